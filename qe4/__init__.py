@@ -1,0 +1,20 @@
+"""qe4: post-training 4-bit quantization of embedding tables.
+
+The readable NumPy specification (this package) of row-wise asymmetric uniform
+quantization with the greedy clipping search of Guan et al. (arXiv 1911.02079),
+codebook quantization, FBGEMM/torch-compatible packed rows and pooled lookups.
+``qe4_fast`` is its compiled, byte-identical twin.
+"""
+
+from .bag import embedding_bag
+from .metrics import row_errors, table_error, zipf_weights
+from .rowwise import range_loss, row_ranges
+from .table import QuantizedTable
+from .uniform import dequantize, from_tbe, methods, quantize, to_tbe
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "QuantizedTable", "quantize", "dequantize", "embedding_bag", "row_ranges", "range_loss",
+    "to_tbe", "from_tbe", "methods", "row_errors", "table_error", "zipf_weights",
+]

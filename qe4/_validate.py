@@ -1,0 +1,229 @@
+"""Argument checking shared by the reference (``qe4``) and the fast twin (``qe4_fast``).
+
+Every public function validates through these helpers, so both packages raise the
+same exception with the same message for the same bad input.  Kernels behind
+them receive only validated, contiguous, native-endian buffers and never raise.
+
+Exception kinds: ``TypeError`` for a wrong kind of object or dtype,
+``ValueError`` for a bad shape, value or parameter, ``IndexError`` for an
+index outside the table.  Messages name the argument and the offending value.
+"""
+
+import numbers
+
+import numpy as np
+
+BITS = (2, 4, 8)
+UNIFORM_METHODS = ("minmax", "greedy", "exhaustive", "aciq-laplace", "aciq-gauss")
+SCALE_DTYPES = ("float16", "float32")
+FP16_MAX = 65504.0
+
+
+def check_bits(bits, allowed=BITS):
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
+        raise TypeError(f"bits must be an integer, got {bits!r}")
+    if int(bits) not in allowed:
+        raise ValueError(f"bits must be one of {allowed}, got {bits!r}")
+    return int(bits)
+
+
+def check_scale_dtype(scale_dtype, bits):
+    """Resolve ``scale_dtype``: None means torch's layout for ``bits``.
+
+    2 and 4 bits default to float16 (torch's fused N-bit layout); 8 bits is
+    torch's byte layout, whose scale and bias are always float32.
+    """
+    if scale_dtype is None:
+        return "float32" if bits == 8 else "float16"
+    name = np.dtype(scale_dtype).name if not isinstance(scale_dtype, str) else scale_dtype
+    if name not in SCALE_DTYPES:
+        raise ValueError(f"scale_dtype must be one of {SCALE_DTYPES} or None, got {scale_dtype!r}")
+    if bits == 8 and name != "float32":
+        raise ValueError(
+            "scale_dtype='float16' is not available at bits=8: the 8-bit layout is torch's byte "
+            "layout with float32 scale and bias (pass scale_dtype=None or 'float32')")
+    return name
+
+
+def check_method(method, allowed):
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, got {method!r}")
+    if method not in allowed:
+        raise ValueError(f"method must be one of {tuple(allowed)}, got {method!r}")
+    return method
+
+
+def check_n_bins(n_bins):
+    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral):
+        raise TypeError(f"n_bins must be an integer, got {n_bins!r}")
+    if not 1 <= int(n_bins) <= 1_000_000:
+        raise ValueError(f"n_bins must be in [1, 1000000], got {n_bins!r}")
+    return int(n_bins)
+
+
+def check_ratio(ratio):
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        raise TypeError(f"ratio must be a real number, got {ratio!r}")
+    if not 0.0 <= float(ratio) < 1.0:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
+    return float(ratio)
+
+
+def as_table(x, name="x"):
+    """Return ``x`` as a finite, C-contiguous, native float32 array [n_rows, n_cols].
+
+    float16 widens exactly; float64 is rounded to float32 (nearest-even), and a
+    value that overflows float32 is reported as non-finite.  Integer, bool and
+    complex inputs are rejected: a table of codes passed by mistake must not be
+    silently treated as weights.
+    """
+    if isinstance(x, np.ndarray):
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # ragged lists, objects numpy cannot take
+            raise TypeError(f"{name} must be a 2-D float array, got {type(x).__name__}: {exc}")
+    if arr.dtype.kind != "f" or arr.dtype.itemsize not in (2, 4, 8):
+        raise TypeError(f"{name} must have dtype float16, float32 or float64, got {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n_rows, n_cols], got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {arr.shape}")
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    if out is arr and not out.flags.writeable:
+        pass  # read-only input is fine: nothing writes to it
+    check_finite(out, name)
+    return out
+
+
+def check_finite(a, name):
+    finite = np.isfinite(a)
+    if not finite.all():
+        r, c = np.argwhere(~finite)[0]
+        raise ValueError(f"{name} must be finite: {name}[{r}, {c}] = {a[r, c]!r}")
+
+
+def check_fp16_ranges(x, bits, scale_dtype, name="x"):
+    """Reject rows whose float16 scale or bias would overflow (float16 tables only).
+
+    torch stores inf and later dequantizes NaN for such rows; qe4 refuses them.
+    The rule: every value satisfies |v| <= 65504 rounded to float16 (so any
+    clipping bound inside the row is a finite float16), and
+    fp16((max - min) / (2**bits - 1)) is finite.
+    """
+    if scale_dtype != "float16":
+        lo = x.min(axis=1)
+        hi = x.max(axis=1)
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(hi - lo)
+        if bad.any():
+            r = int(np.argmax(bad))
+            raise ValueError(f"{name}: row {r} has range [{lo[r]!r}, {hi[r]!r}] that overflows float32")
+        return
+    lo = x.min(axis=1)
+    hi = x.max(axis=1)
+    qmax = np.float32(2 ** bits - 1)
+    with np.errstate(over="ignore"):
+        big = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float16)
+        scale = ((hi - lo) / qmax).astype(np.float16)
+    bad = ~np.isfinite(big) | ~np.isfinite(scale)
+    if bad.any():
+        r = int(np.argmax(bad))
+        raise ValueError(
+            f"{name}: row {r} has range [{lo[r]!r}, {hi[r]!r}], which overflows the float16 "
+            f"scale/bias (|value| <= {FP16_MAX} and range <= {FP16_MAX} * {int(qmax)} required); "
+            "use scale_dtype='float32'")
+
+
+def check_uint8_table(data, name="data"):
+    if not isinstance(data, np.ndarray):
+        data = np.asarray(data)
+    if data.dtype != np.uint8:
+        raise TypeError(f"{name} must have dtype uint8, got {data.dtype}")
+    if data.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [n_rows, row_bytes], got shape {data.shape}")
+    return data
+
+
+def _as_int_array(a, name):
+    if isinstance(a, np.ndarray):
+        arr = a
+    else:
+        arr = np.asarray(a)
+        if arr.size == 0 and arr.dtype.kind == "f":
+            arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu" or arr.dtype == np.uint64:
+        raise TypeError(f"{name} must be an int32 or int64 array, got dtype {arr.dtype}")
+    return arr
+
+
+def check_bag_args(indices, offsets, n_rows, per_sample_weights, include_last_offset, mode,
+                   modes=("sum", "mean")):
+    """Validate embedding-bag arguments.
+
+    Returns ``(indices, starts, weights)`` where ``indices`` is int64 [n_indices],
+    ``starts`` is int64 [n_bags + 1] (bag m covers positions starts[m]:starts[m+1]),
+    and ``weights`` is float32 [n_indices] or None.  2-D ``indices`` [B, L] means B
+    bags of L positions (``offsets`` must then be None).
+    """
+    if not isinstance(mode, str) or mode not in modes:
+        raise ValueError(f"mode must be one of {modes}, got {mode!r}")
+    idx = _as_int_array(indices, "indices")
+    if idx.ndim == 2:
+        if offsets is not None:
+            raise ValueError("offsets must be None when indices is 2-D [n_bags, bag_size]")
+        n_bags, length = idx.shape
+        starts = np.arange(n_bags + 1, dtype=np.int64) * length
+        idx = idx.reshape(-1)
+    elif idx.ndim == 1:
+        if offsets is None:
+            raise ValueError("offsets is required when indices is 1-D")
+        off = _as_int_array(offsets, "offsets")
+        if off.ndim != 1:
+            raise ValueError(f"offsets must be 1-D, got shape {off.shape}")
+        off = off.astype(np.int64)
+        if include_last_offset:
+            if off.size == 0:
+                raise ValueError("offsets must have at least one entry with include_last_offset=True")
+            if off[-1] != idx.size:
+                raise ValueError(
+                    f"offsets[-1] must equal len(indices) = {idx.size} with include_last_offset=True, "
+                    f"got {int(off[-1])}")
+            starts = off
+        else:
+            starts = np.concatenate([off, np.array([idx.size], dtype=np.int64)])
+        if starts.size > 1 or not include_last_offset:
+            if starts[0] != 0:
+                raise ValueError(f"offsets[0] must be 0, got {int(starts[0])}")
+        steps = np.diff(starts)
+        if (steps < 0).any():
+            m = int(np.argmax(steps < 0))
+            if m == starts.size - 2 and not include_last_offset:
+                raise ValueError(
+                    f"offsets[{m}] = {int(starts[m])} is past the end of indices (len {idx.size})")
+            raise ValueError(
+                f"offsets must be non-decreasing: offsets[{m}] = {int(starts[m])} > "
+                f"offsets[{m + 1}] = {int(starts[m + 1])}")
+    else:
+        raise ValueError(f"indices must be 1-D or 2-D, got shape {idx.shape}")
+    idx = idx.astype(np.int64)
+    if idx.size:
+        bad = (idx < 0) | (idx >= n_rows)
+        if bad.any():
+            p = int(np.argmax(bad))
+            raise IndexError(
+                f"indices[{p}] = {int(idx[p])} is out of range for a table of {n_rows} rows")
+    weights = None
+    if per_sample_weights is not None:
+        w = np.asarray(per_sample_weights)
+        if w.dtype.kind != "f":
+            raise TypeError(f"per_sample_weights must be a float array, got dtype {w.dtype}")
+        w = w.reshape(-1) if w.ndim == 2 and np.asarray(indices).ndim == 2 else w
+        if w.shape != idx.shape:
+            raise ValueError(
+                f"per_sample_weights must have the shape of indices {idx.shape}, got {w.shape}")
+        weights = np.ascontiguousarray(w, dtype=np.float32)
+        check_finite(weights.reshape(1, -1), "per_sample_weights")
+    return np.ascontiguousarray(idx), np.ascontiguousarray(starts), weights

@@ -1,0 +1,363 @@
+"""Row-wise asymmetric uniform quantization: the executable specification.
+
+Everything here is plain NumPy, vectorized across rows and sequential along a
+row wherever the order of floating-point operations matters.  ``qe4_fast``
+reproduces these functions byte for byte; read this file to learn what it does.
+
+All arithmetic is IEEE float32 (numpy float32 arrays and ``np.float32``
+constants, never Python floats, which would promote to float64), rounding to
+nearest-even, with no fused multiply-add unless named (``fma32``).
+
+Notation: ``b`` bits, ``qmax = 2**b - 1``; ``h(v)`` rounds a float32 to the
+stored scale/bias dtype and back (float16 nearest-even, or the identity for
+float32 tables).
+"""
+
+import numpy as np
+
+from . import _validate as V
+
+F32 = np.float32
+ZERO = F32(0.0)
+ONE = F32(1.0)
+
+# ACIQ clipping constants (Banner et al.): alpha = c * b (Laplace, b = mean |x - mean|)
+# or alpha = c * sigma (Gaussian), per bit width.
+ACIQ_LAPLACE = {2: F32(2.83), 4: F32(5.03), 8: F32(9.89)}
+ACIQ_GAUSS = {2: F32(1.71), 4: F32(2.55), 8: F32(3.92)}
+
+
+def qmax_of(bits):
+    return F32(2 ** bits - 1)
+
+
+def round_to(v, scale_dtype):
+    """``h(v)``: round float32 ``v`` to ``scale_dtype`` (nearest-even) and widen back."""
+    if scale_dtype == "float16":
+        with np.errstate(over="ignore"):
+            return np.asarray(v, dtype=F32).astype(np.float16).astype(F32)
+    return np.asarray(v, dtype=F32)
+
+
+# --------------------------------------------------------------------------- ranges
+
+def minmax_range(x):
+    """Each row's (min, max).  ``+ 0.0`` makes a zero minimum or maximum +0.0.
+
+    FBGEMM's SIMD min picks the sign of a zero by lane order; qe4 defines it as +0.0.
+    """
+    return x.min(axis=1) + ZERO, x.max(axis=1) + ZERO
+
+
+def range_loss(x, lo, hi, bits=4, scale_dtype="float16"):
+    """L2 reconstruction error of each row quantized with the range [lo, hi].
+
+    The greedy search's objective, exactly as torch's ``choose_qparams_optimized``::
+
+        lo    = h(lo);  rng = hi - lo
+        scale = 1.0 if rng == 0 else h(rng / qmax)
+        inv   = 1.0 if scale == 0 else 1.0 / scale
+        acc   = 0
+        for j in 0 .. D-1, strictly in order:
+            q   = clip(rint((x[j] - lo) * inv), 0, qmax)
+            d   = x[j] - (q * scale + lo)          # two roundings, no FMA
+            acc = acc + d * d
+        return sqrt(acc)
+
+    Parameters
+    ----------
+    x : float32 ndarray [n_rows, n_cols]
+    lo, hi : float32 ndarray [n_rows]
+    bits : int
+    scale_dtype : {"float16", "float32"}
+
+    Returns
+    -------
+    float32 ndarray [n_rows]
+    """
+    return _range_loss_t(np.ascontiguousarray(np.asarray(x, F32).T), lo, hi, bits, scale_dtype)
+
+
+def _range_loss_t(xt, lo, hi, bits, scale_dtype):
+    # xt is x transposed [n_cols, n_rows], so each column is contiguous
+    qmax = qmax_of(bits)
+    lo = round_to(lo, scale_dtype)
+    rng = (np.asarray(hi, F32) - lo).astype(F32)
+    scale = np.where(rng == ZERO, ONE, round_to(rng / qmax, scale_dtype)).astype(F32)
+    inv = (ONE / np.where(scale == ZERO, ONE, scale)).astype(F32)
+    acc = np.zeros(lo.shape, F32)
+    for col in xt:
+        q = np.clip(np.rint((col - lo) * inv), ZERO, qmax)
+        d = col - (q * scale + lo)
+        acc = acc + d * d
+    return np.sqrt(acc)
+
+
+def _min_bins(n_bins, ratio):
+    # torch: float min_bins = n_bins * (1.0 - (float)ratio), double arithmetic then float
+    return F32(n_bins * (1.0 - float(F32(ratio))))
+
+
+def greedy_range(x, bits=4, n_bins=200, ratio=0.16, scale_dtype="float16", return_path=False):
+    """The paper's greedy clipping search, bit-identical to torch's
+    ``choose_qparams_optimized`` (used by ``embedding_bag_4bit_prepack(w, True, ...)``).
+
+    For each row::
+
+        xmin, xmax = min(x), max(x);  step = (xmax - xmin) / n_bins
+        thr  = float32(n_bins * (1 - ratio)) * step
+        best = cur = loss(xmin, xmax);  cmin, cmax = xmin, xmax
+        while cmin + thr < cmax:
+            l_left  = loss(cmin + step, cmax)
+            l_right = loss(cmin, cmax - step)
+            if cur < l_left and cur < l_right and cur < best:
+                best = cur;  xmin, xmax = cmin, cmax
+            if l_left < l_right: cmin += step; cur = l_left
+            else:                cmax -= step; cur = l_right     # a tie trims the max
+        return xmin, xmax
+
+    ``loss`` is :func:`range_loss`.  Note that the start (xmin, xmax) can never
+    beat ``best`` (which it initialises), and a state is kept only when it is a
+    strict local minimum along the path.  Rows are searched together: each
+    iteration advances every row whose loop condition still holds.
+
+    Returns
+    -------
+    lo, hi : float32 ndarray [n_rows]
+    path : list of (cmin, cmax) float32 arrays, one per iteration, NaN for rows
+        already finished (only with ``return_path=True``; the first entry is the start).
+    """
+    x = np.asarray(x, F32)
+    xt = np.ascontiguousarray(x.T)
+    xmin, xmax = minmax_range(x)
+    step = ((xmax - xmin) / F32(n_bins)).astype(F32)
+    thr = (_min_bins(n_bins, ratio) * step).astype(F32)
+    cur = _range_loss_t(xt, xmin, xmax, bits, scale_dtype)
+    best = cur.copy()
+    lo, hi = xmin.copy(), xmax.copy()
+    cmin, cmax = xmin.copy(), xmax.copy()
+    path = [(cmin.copy(), cmax.copy())]
+    active = np.nonzero(cmin + thr < cmax)[0]
+    while active.size:
+        a_t = xt[:, active]
+        a_min, a_max, a_step, a_cur = cmin[active], cmax[active], step[active], cur[active]
+        l_left = _range_loss_t(a_t, a_min + a_step, a_max, bits, scale_dtype)
+        l_right = _range_loss_t(a_t, a_min, a_max - a_step, bits, scale_dtype)
+        keep = (a_cur < l_left) & (a_cur < l_right) & (a_cur < best[active])
+        best[active[keep]] = a_cur[keep]
+        lo[active[keep]] = a_min[keep]
+        hi[active[keep]] = a_max[keep]
+        left = l_left < l_right
+        cmin[active] = np.where(left, a_min + a_step, a_min)
+        cmax[active] = np.where(left, a_max, a_max - a_step)
+        cur[active] = np.where(left, l_left, l_right)
+        if return_path:
+            pmin = np.full_like(cmin, np.nan)
+            pmax = np.full_like(cmax, np.nan)
+            pmin[active], pmax[active] = cmin[active], cmax[active]
+            path.append((pmin, pmax))
+        active = active[cmin[active] + thr[active] < cmax[active]]
+    if return_path:
+        return lo, hi, path
+    return lo, hi
+
+
+def exhaustive_range(x, bits=4, n_bins=200, ratio=0.16, scale_dtype="float16"):
+    """The best range on greedy's own grid: the oracle greedy is judged against.
+
+    Candidate bounds are built exactly as greedy builds them, by repeated float32
+    additions: ``cmin_0 = xmin, cmin_{i+1} = cmin_i + step`` and
+    ``cmax_0 = xmax, cmax_{j+1} = cmax_j - step``.  The candidates are every
+    state (i, j) the greedy loop could reach: (0, 0), and (i+1, j) or (i, j+1)
+    from a reachable (i, j) whose loop condition ``cmin_i + thr < cmax_j`` holds
+    (so at most about ``ratio * n_bins`` bins are trimmed in total).  Greedy only
+    ever returns such a state, hence ``loss(exhaustive) <= loss(greedy)``.
+
+    Returns the (lo, hi) of least :func:`range_loss`; ties go to the state met
+    first in the order (i + j, i) ascending.
+    """
+    x = np.asarray(x, F32)
+    xt = np.ascontiguousarray(x.T)
+    xmin, xmax = minmax_range(x)
+    step = ((xmax - xmin) / F32(n_bins)).astype(F32)
+    thr = (_min_bins(n_bins, ratio) * step).astype(F32)
+    best = _range_loss_t(xt, xmin, xmax, bits, scale_dtype)
+    lo, hi = xmin.copy(), xmax.copy()
+    cmins, cmaxs = [xmin], [xmax]            # cmins[i], cmaxs[j], built by repeated adds
+    level = {0: np.ones(xmin.shape, bool)}   # reachable[(i)] for states with i + j = t
+    t = 0
+    while True:
+        # states at level t that continue the loop
+        go = {i: r & (cmins[i] + thr < cmaxs[t - i]) for i, r in level.items()}
+        nxt = {}
+        for i, g in go.items():
+            for ni in (i, i + 1):            # (i, j+1) and (i+1, j)
+                nxt[ni] = nxt.get(ni, False) | g
+        nxt = {i: r for i, r in nxt.items() if r.any()}
+        if not nxt:
+            break
+        t += 1
+        cmins.append(cmins[-1] + step)
+        cmaxs.append(cmaxs[-1] - step)
+        for i in sorted(nxt):
+            rows = np.nonzero(nxt[i])[0]
+            c_lo, c_hi = cmins[i][rows], cmaxs[t - i][rows]
+            loss = _range_loss_t(xt[:, rows], c_lo, c_hi, bits, scale_dtype)
+            better = loss < best[rows]
+            r = rows[better]
+            best[r], lo[r], hi[r] = loss[better], c_lo[better], c_hi[better]
+        level = nxt
+    return lo, hi
+
+
+def _sequential_mean(xt):
+    """Row means with the sum taken column by column in float32 (order fixed)."""
+    acc = np.zeros(xt.shape[1], F32)
+    for col in xt:
+        acc = acc + col
+    return acc / F32(xt.shape[0])
+
+
+def aciq_range(x, bits=4, dist="laplace"):
+    """ACIQ clipping (Banner et al.): clip at mean +- alpha.
+
+    ``mean`` is the float32 row mean summed in column order; Laplace:
+    ``alpha = c_b * mean(|x - mean|)``, Gaussian: ``alpha = c_b * sqrt(mean((x - mean)**2))``
+    (both means summed in column order), with c_b from ``ACIQ_LAPLACE`` / ``ACIQ_GAUSS``.
+    The asymmetric range is ``lo = max(min(x), mean - alpha)``,
+    ``hi = min(max(x), lo + 2 * alpha)``, then clamped so that
+    ``min(x) <= lo <= hi <= max(x)`` (a constant row's float32 mean may round outside it).
+    """
+    x = np.asarray(x, F32)
+    xt = np.ascontiguousarray(x.T)
+    xmin, xmax = minmax_range(x)
+    mean = _sequential_mean(xt)
+    dev = xt - mean
+    if dist == "laplace":
+        alpha = ACIQ_LAPLACE[bits] * _sequential_mean(np.abs(dev))
+    else:
+        alpha = ACIQ_GAUSS[bits] * np.sqrt(_sequential_mean(dev * dev))
+    lo = np.minimum(np.maximum(xmin, mean - alpha), xmax) + ZERO
+    hi = np.maximum(np.minimum(xmax, lo + F32(2.0) * alpha), lo) + ZERO
+    return lo.astype(F32), hi.astype(F32)
+
+
+def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None):
+    """Each row's clipping range (lo, hi) chosen by ``method``.
+
+    Validates like :func:`qe4.quantize` and returns float32 arrays [n_rows].
+    """
+    bits = V.check_bits(bits)
+    method = V.check_method(method, V.UNIFORM_METHODS)
+    n_bins = V.check_n_bins(n_bins)
+    ratio = V.check_ratio(ratio)
+    scale_dtype = V.check_scale_dtype(scale_dtype, bits)
+    x = V.as_table(x)
+    V.check_fp16_ranges(x, bits, scale_dtype)
+    return _ranges(x, bits, method, n_bins, ratio, scale_dtype)
+
+
+def _ranges(x, bits, method, n_bins, ratio, scale_dtype):
+    if method == "minmax":
+        return minmax_range(x)
+    if method == "greedy":
+        return greedy_range(x, bits, n_bins, ratio, scale_dtype)
+    if method == "exhaustive":
+        return exhaustive_range(x, bits, n_bins, ratio, scale_dtype)
+    return aciq_range(x, bits, method.split("-")[1])
+
+
+# --------------------------------------------------------------------------- codes
+
+def scale_bias(lo, hi, bits, scale_dtype):
+    """Stored scale and bias of each row, and the reciprocal used to quantize.
+
+    2 and 4 bits (torch's fused N-bit rows)::
+
+        bias  = h(lo);  rng = hi - bias           # hi is not rounded
+        scale = 1.0 if rng == 0 else rng / qmax
+        scale = h(scale);  if scale == 0: scale = 1.0
+        inv   = 1.0 / scale;  if inv is inf: scale = inv = 1.0
+
+    8 bits (torch's byte rows; float32, nothing rounded)::
+
+        bias = lo;  scale = (hi - lo) / 255;  inv = 255 / ((hi - lo) + 1e-8)
+
+    Returns
+    -------
+    scale, bias, inv : float32 ndarray [n_rows]
+    """
+    lo = np.asarray(lo, F32)
+    hi = np.asarray(hi, F32)
+    if bits == 8:
+        rng = hi - lo
+        return rng / F32(255.0), lo + ZERO, F32(255.0) / (rng + F32(1e-8))
+    bias = round_to(lo, scale_dtype)
+    rng = hi - bias
+    scale = np.where(rng == ZERO, ONE, rng / qmax_of(bits)).astype(F32)
+    scale = round_to(scale, scale_dtype)
+    scale = np.where(scale == ZERO, ONE, scale).astype(F32)
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = (ONE / scale).astype(F32)
+    bad = np.isinf(inv)
+    scale = np.where(bad, ONE, scale).astype(F32)
+    inv = np.where(bad, ONE, inv).astype(F32)
+    return scale, bias + ZERO, inv
+
+
+def quantize_codes(x, lo, inv, bits):
+    """Codes ``q = clip(rint((x - lo) * inv), 0, qmax)`` as uint8 [n_rows, n_cols].
+
+    ``lo`` is the stored bias (float32 value), ``inv`` from :func:`scale_bias`;
+    ``rint`` rounds half to even.  Clipping happens before the cast.
+    """
+    q = np.rint((x - lo[:, None]) * inv[:, None])
+    return np.clip(q, ZERO, qmax_of(bits)).astype(np.uint8)
+
+
+def pack_codes(codes, bits):
+    """Pack uint8 codes [n_rows, n_cols] into bytes [n_rows, ceil(n_cols * bits / 8)].
+
+    Element c goes to byte ``c // (8 // bits)`` at bit offset ``(c % (8 // bits)) * bits``
+    (4-bit: even element in the LOW nibble).  Unused high bits are zero.
+    """
+    codes = np.asarray(codes, np.uint8)
+    epb = 8 // bits
+    n_rows, n_cols = codes.shape
+    nb = -(-n_cols // epb)
+    padded = np.zeros((n_rows, nb * epb), np.uint8)
+    padded[:, :n_cols] = codes
+    padded = padded.reshape(n_rows, nb, epb)
+    out = np.zeros((n_rows, nb), np.uint8)
+    for k in range(epb):
+        out |= padded[:, :, k] << np.uint8(k * bits)
+    return out
+
+
+def unpack_codes(packed, bits, n_cols):
+    """Inverse of :func:`pack_codes`: uint8 bytes -> codes [n_rows, n_cols]."""
+    packed = np.asarray(packed, np.uint8)
+    epb = 8 // bits
+    mask = np.uint8(2 ** bits - 1)
+    parts = [(packed >> np.uint8(k * bits)) & mask for k in range(epb)]
+    return np.stack(parts, axis=2).reshape(packed.shape[0], -1)[:, :n_cols]
+
+
+def fma32(a, b, c):
+    """float32 fused multiply-add ``a * b + c`` with one rounding, in NumPy.
+
+    ``a * b`` of a float32 and a code (<= 8 bits) is exact in float64.  The
+    float64 sum is rounded to odd (TwoSum error, then one step toward it when
+    the sum is inexact and its last bit is even) so the final cast to float32
+    rounds once, correctly.
+    """
+    a = np.asarray(a, np.float64)
+    p = a * np.asarray(b, np.float64)
+    c = np.asarray(c, np.float64)
+    s = p + c
+    bp = s - c
+    err = (p - bp) + (c - (s - bp))                 # TwoSum: s + err == p + c exactly
+    even = (s.view(np.int64) & 1) == 0
+    fix = (err != 0) & even
+    s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+    return s.astype(F32)
