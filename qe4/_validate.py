@@ -193,10 +193,11 @@ def check_bag_args(indices, offsets, n_rows, per_sample_weights, include_last_of
                     f"got {int(off[-1])}")
             starts = off
         else:
+            if off.size == 0 and idx.size:
+                raise ValueError(f"offsets is empty but indices has {idx.size} entries")
             starts = np.concatenate([off, np.array([idx.size], dtype=np.int64)])
-        if starts.size > 1 or not include_last_offset:
-            if starts[0] != 0:
-                raise ValueError(f"offsets[0] must be 0, got {int(starts[0])}")
+        if starts[0] != 0 and (off.size or include_last_offset):
+            raise ValueError(f"offsets[0] must be 0, got {int(starts[0])}")
         steps = np.diff(starts)
         if (steps < 0).any():
             m = int(np.argmax(steps < 0))
