@@ -1,0 +1,447 @@
+"""The qe4 file format: a safetensors file holding one :class:`QuantizedTable`.
+
+A qe4 file is a plain safetensors file (readable by ``safetensors.numpy``,
+``safetensors.torch`` and any other safetensors reader)::
+
+    [u64 little-endian N][N bytes of JSON header, space-padded to a multiple of 8][buffer]
+
+Header::
+
+    {"__metadata__": {"format": "qe4", "format_version": "1", "bits": "4", "dim": "50",
+                      "method": "greedy", "scale_dtype": "float16", "layout": "rowwise",
+                      "params": "{\\"n_bins\\": 200, \\"ratio\\": 0.16}"},
+     "extra.<name>": {"dtype": "F32", "shape": [...], "data_offsets": [b, e]},   # 0 or more
+     "data":         {"dtype": "U8", "shape": [n_rows, row_bytes], "data_offsets": [b, e]}}
+
+Offsets are relative to the buffer, tensors tile it without gaps, the extras come
+first (widest dtype first, so every one is aligned) and the packed rows last, so a
+writer can stream them.  Every metadata value is a string (a safetensors rule).
+
+Writing is atomic: a temporary file in the destination directory is filled,
+flushed and fsynced, then renamed over ``path`` and the directory fsynced.  An
+error or interrupt at any point removes the temporary file; ``path`` then either
+does not exist or still holds its previous content.  No pickle is involved anywhere.
+"""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from . import _validate as V
+from .table import FORMAT_VERSION, LAYOUTS, QuantizedTable
+
+FORMAT = "qe4"
+MAX_HEADER_BYTES = 100_000_000      # safetensors' own limit
+DATA_KEY = "data"
+EXTRA_PREFIX = "extra."
+
+# safetensors dtype name <-> numpy dtype (little-endian)
+_DTYPES = {
+    "BOOL": np.dtype("?"), "U8": np.dtype("u1"), "I8": np.dtype("i1"),
+    "U16": np.dtype("<u2"), "I16": np.dtype("<i2"), "F16": np.dtype("<f2"),
+    "U32": np.dtype("<u4"), "I32": np.dtype("<i4"), "F32": np.dtype("<f4"),
+    "U64": np.dtype("<u8"), "I64": np.dtype("<i8"), "F64": np.dtype("<f8"),
+}
+_NAMES = {(dt.kind, dt.itemsize): name for name, dt in _DTYPES.items()}
+
+
+def _st_dtype(arr, what):
+    """safetensors dtype name of a numpy array (TypeError if it has none)."""
+    name = _NAMES.get((arr.dtype.kind, arr.dtype.itemsize))
+    if name is None:
+        raise TypeError(f"{what} has dtype {arr.dtype}, which safetensors cannot store")
+    return name
+
+
+# --------------------------------------------------------------------------- reading
+
+class _Header:
+    """A validated safetensors header: tensors, metadata and where the buffer starts."""
+
+    def __init__(self, path, tensors, metadata, buffer_start, file_size):
+        self.path = path
+        self.tensors = tensors          # name -> (dtype, shape tuple, begin, end), buffer-relative
+        self.metadata = metadata        # dict str -> str
+        self.buffer_start = buffer_start
+        self.file_size = file_size
+
+    def offset(self, name):
+        """Absolute file offset of tensor ``name``."""
+        return self.buffer_start + self.tensors[name][2]
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r} in the header")
+        out[k] = v
+    return out
+
+
+def read_safetensors_header(path):
+    """Read and validate the header of any safetensors file (no tensor data is read).
+
+    Checks the length prefix, the JSON, every tensor's dtype, shape and offsets
+    (inside the file, sizes matching shape x itemsize, tiling the buffer with no
+    gap or overlap, the buffer ending at the end of the file) and that the
+    metadata maps strings to strings.  Raises ValueError naming ``path`` and the
+    problem; OSError if the file cannot be opened.
+    """
+    path = os.fspath(path)
+
+    def bad(msg):
+        return ValueError(f"{path}: not a valid safetensors file: {msg}")
+
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise bad(f"the file is {file_size} bytes, too short for the 8-byte header length")
+        n = int.from_bytes(prefix, "little")
+        if n < 2 or n > MAX_HEADER_BYTES:
+            raise bad(f"header length {n} is out of range [2, {MAX_HEADER_BYTES}]")
+        if 8 + n > file_size:
+            raise bad(f"header length {n} runs past the end of the file ({file_size} bytes; truncated?)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise bad(f"the header is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise bad(f"the header is a JSON {type(header).__name__}, not an object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise bad("__metadata__ must map strings to strings")
+    buffer_start = 8 + n
+    tensors = {}
+    for name, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise bad(f"tensor {name!r} must have exactly dtype, shape and data_offsets, got {info!r}")
+        dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str):
+            raise bad(f"tensor {name!r} has dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(
+                type(s) is int and s >= 0 for s in shape):
+            raise bad(f"tensor {name!r} has shape {shape!r}, not a list of non-negative integers")
+        if not isinstance(offs, list) or len(offs) != 2 or not all(
+                type(o) is int and o >= 0 for o in offs) or offs[0] > offs[1]:
+            raise bad(f"tensor {name!r} has data_offsets {offs!r}, not [begin, end] with 0 <= begin <= end")
+        np_dtype = _DTYPES.get(dtype)
+        if np_dtype is not None:
+            nbytes = int(np.prod(shape, dtype=object)) * np_dtype.itemsize
+            if nbytes != offs[1] - offs[0]:
+                raise bad(f"tensor {name!r} of dtype {dtype} and shape {shape} needs {nbytes} bytes, "
+                          f"its data_offsets {offs} span {offs[1] - offs[0]}")
+        tensors[name] = (dtype, tuple(shape), offs[0], offs[1])
+    end = 0
+    for name, (_, _, b, e) in sorted(tensors.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+        if b != end:
+            raise bad(f"tensor {name!r} starts at buffer offset {b}, expected {end} "
+                      "(tensors must tile the buffer without gaps or overlaps)")
+        end = e
+    if buffer_start + end != file_size:
+        raise bad(f"the tensors end at byte {buffer_start + end} but the file has {file_size} bytes"
+                  + (" (truncated?)" if buffer_start + end > file_size else " (trailing garbage)"))
+    return _Header(path, tensors, metadata, buffer_start, file_size)
+
+
+def _parse_qe4(hdr):
+    """Check a header describes a qe4 table; return the QuantizedTable keyword arguments."""
+    path, meta = hdr.path, hdr.metadata
+
+    def bad(msg):
+        return ValueError(f"{path}: {msg}")
+
+    if meta.get("format") != FORMAT:
+        names = ", ".join(sorted(hdr.tensors)) or "none"
+        raise bad(f"not a qe4 file (a safetensors file whose metadata has format="
+                  f"{meta.get('format')!r}, expected 'qe4'; tensors: {names})")
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise bad(f"unsupported qe4 format_version {meta.get('format_version')!r} "
+                  f"(this qe4 reads version {FORMAT_VERSION})")
+    missing = [k for k in ("bits", "dim", "method", "scale_dtype", "layout", "params") if k not in meta]
+    if missing:
+        raise bad(f"qe4 metadata is missing {missing}")
+    kw = {}
+    for key in ("bits", "dim"):
+        try:
+            kw[key] = int(meta[key])
+        except ValueError:
+            raise bad(f"metadata {key}={meta[key]!r} is not an integer") from None
+    if meta["layout"] not in LAYOUTS:
+        raise bad(f"metadata layout={meta['layout']!r} is not one of {LAYOUTS}")
+    try:
+        params = json.loads(meta["params"])
+    except ValueError:
+        raise bad(f"metadata params={meta['params']!r} is not JSON") from None
+    if not isinstance(params, dict):
+        raise bad(f"metadata params must be a JSON object, got {meta['params']!r}")
+    kw.update(method=meta["method"], scale_dtype=meta["scale_dtype"], layout=meta["layout"],
+              params=params)
+    if DATA_KEY not in hdr.tensors:
+        raise bad("the file has no 'data' tensor")
+    dtype, shape, _, _ = hdr.tensors[DATA_KEY]
+    if dtype != "U8" or len(shape) != 2:
+        raise bad(f"tensor 'data' must be U8 [n_rows, row_bytes], got {dtype} {list(shape)}")
+    for name, (dt, _, _, _) in hdr.tensors.items():
+        if name != DATA_KEY and not name.startswith(EXTRA_PREFIX):
+            raise bad(f"unexpected tensor {name!r} (a qe4 file holds 'data' and 'extra.*' only)")
+        if dt not in _DTYPES:
+            raise bad(f"tensor {name!r} has dtype {dt}, which qe4 does not read")
+    return kw
+
+
+def read_metadata(path):
+    """The metadata of a qe4 file, from its header alone (cheap).
+
+    Returns a dict with the string metadata decoded (``bits`` and ``dim`` as
+    int, ``params`` as a dict) plus ``n_rows``, ``row_bytes``, ``extras``
+    ({name: (dtype, shape)}), ``data_bytes`` (rows plus extras) and ``file_size``.
+    Raises ValueError naming the path when the file is not a valid qe4 file.
+    """
+    hdr = read_safetensors_header(path)
+    kw = _parse_qe4(hdr)
+    shape = hdr.tensors[DATA_KEY][1]
+    extras = {n[len(EXTRA_PREFIX):]: (str(_DTYPES[d]), list(s))
+              for n, (d, s, _, _) in hdr.tensors.items() if n != DATA_KEY}
+    return dict(hdr.metadata, **kw, n_rows=shape[0], row_bytes=shape[1], extras=extras,
+                data_bytes=sum(e - b for _, _, b, e in hdr.tensors.values()),
+                file_size=hdr.file_size)
+
+
+def load(path, *, mmap=True):
+    """Read a qe4 file written by :func:`save` or :class:`TableWriter`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    mmap : bool
+        True (default): ``table.data`` is a read-only ``np.memmap`` of the rows,
+        so lookups touch only the pages they need.  False: the rows are read into
+        memory.  The (small) extras are always read into memory.
+
+    Returns
+    -------
+    QuantizedTable
+
+    Raises
+    ------
+    ValueError
+        The file is truncated, corrupt, not a qe4 file, or its metadata is
+        inconsistent (e.g. ``row_bytes`` does not match bits/dim/scale_dtype).
+        The message names the path and the problem.
+    """
+    hdr = read_safetensors_header(path)
+    kw = _parse_qe4(hdr)
+    path = hdr.path
+    shape = hdr.tensors[DATA_KEY][1]
+    if mmap and shape[0] * shape[1] > 0:
+        data = np.memmap(path, dtype=np.uint8, mode="r", offset=hdr.offset(DATA_KEY), shape=shape)
+    else:
+        data = _read_array(path, hdr, DATA_KEY)
+        data.flags.writeable = not mmap
+    extras = {name[len(EXTRA_PREFIX):]: _read_array(path, hdr, name)
+              for name in hdr.tensors if name != DATA_KEY}
+    try:
+        return QuantizedTable(data, extras=extras, **kw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: inconsistent qe4 metadata: {exc}") from None
+
+
+def _read_array(path, hdr, name):
+    dtype, shape, b, e = hdr.tensors[name]
+    with open(path, "rb") as f:
+        f.seek(hdr.buffer_start + b)
+        raw = f.read(e - b)
+    if len(raw) != e - b:   # the file shrank since the header was read
+        raise ValueError(f"{path}: tensor {name!r} is truncated")
+    arr = np.frombuffer(raw, dtype=_DTYPES[dtype]).reshape(shape)
+    return arr.astype(arr.dtype.newbyteorder("="))  # native order, writable copy
+
+
+# --------------------------------------------------------------------------- writing
+
+def _metadata(bits, dim, method, scale_dtype, layout, params):
+    return {"format": FORMAT, "format_version": str(FORMAT_VERSION), "bits": str(bits),
+            "dim": str(dim), "method": str(method), "scale_dtype": str(scale_dtype),
+            "layout": str(layout), "params": json.dumps(params or {}, sort_keys=True)}
+
+
+class TableWriter:
+    """Write a qe4 file incrementally and publish it atomically.
+
+    The header is written first (all sizes are known up front), then the
+    extras, then the rows as they come, in order::
+
+        with TableWriter(path, n_rows=n, bits=4, dim=64, method="greedy",
+                         scale_dtype="float16") as w:
+            for chunk in chunks:          # uint8 [k, row_bytes]
+                w.write(chunk)
+
+    Only a clean exit of the ``with`` block after exactly ``n_rows`` rows
+    publishes the file (flush, fsync, ``os.replace`` onto ``path``, fsync of the
+    directory).  Anything else (an exception, KeyboardInterrupt, too few rows)
+    removes the temporary file and leaves ``path`` untouched.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    n_rows, bits, dim, method, scale_dtype, layout, params, extras
+        As in :class:`QuantizedTable`; the metadata is validated by building an
+        empty table with it.
+    row_bytes : int, optional
+        Bytes per row; derived from bits/dim/scale_dtype for rowwise tables,
+        required for the other layouts.
+    """
+
+    def __init__(self, path, *, n_rows, bits, dim, method, scale_dtype, layout="rowwise",
+                 params=None, extras=None, row_bytes=None):
+        self.path = os.fspath(path)
+        if isinstance(n_rows, bool) or not isinstance(n_rows, (int, np.integer)) or n_rows < 0:
+            raise ValueError(f"n_rows must be a non-negative integer, got {n_rows!r}")
+        self.n_rows = int(n_rows)
+        if row_bytes is None:
+            if layout != "rowwise":
+                raise ValueError(f"row_bytes is required for layout {layout!r}")
+            bits = V.check_bits(bits)
+            if scale_dtype not in V.SCALE_DTYPES:
+                raise ValueError(f"scale_dtype must be one of {V.SCALE_DTYPES}, got {scale_dtype!r}")
+            row_bytes = -(-int(dim) * bits // 8) + 2 * np.dtype(scale_dtype).itemsize
+        self.row_bytes = int(row_bytes)
+        extras = {str(k): np.asarray(v) for k, v in (extras or {}).items()}
+        # validates bits/dim/scale_dtype/layout and row_bytes against them
+        QuantizedTable(np.zeros((0, self.row_bytes), np.uint8), bits=bits, dim=dim, method=method,
+                       scale_dtype=scale_dtype, layout=layout, params=params)
+        self.extras = []
+        for name in sorted(extras, key=lambda k: (-extras[k].dtype.itemsize, k)):
+            arr = extras[name]
+            st = _st_dtype(arr, f"extras[{name!r}]")
+            self.extras.append((EXTRA_PREFIX + name, st,
+                                np.ascontiguousarray(arr, dtype=_DTYPES[st])))
+        meta = _metadata(int(bits), int(dim), method, scale_dtype, layout, params)
+        self._header = self._build_header(meta)
+        self.rows_written = 0
+        self._file = None
+        self._tmp = None
+
+    def _build_header(self, meta):
+        header = {"__metadata__": meta}
+        offset = 0
+        for name, st, arr in self.extras:
+            header[name] = {"dtype": st, "shape": list(arr.shape),
+                            "data_offsets": [offset, offset + arr.nbytes]}
+            offset += arr.nbytes
+        end = offset + self.n_rows * self.row_bytes
+        header[DATA_KEY] = {"dtype": "U8", "shape": [self.n_rows, self.row_bytes],
+                            "data_offsets": [offset, end]}
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)       # buffer starts 8-byte aligned
+        self.file_size = 8 + len(raw) + end
+        return len(raw).to_bytes(8, "little") + raw
+
+    def _write(self, buf):
+        """Write bytes to the temporary file (one place, so tests can inject failures)."""
+        self._file.write(buf)
+
+    def __enter__(self):
+        directory = os.path.dirname(os.path.abspath(self.path))
+        fd, self._tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(self.path) + ".",
+                                         suffix=".qe4tmp")
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+            self._file = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            self._discard()
+            raise
+        try:
+            self._write(self._header)
+            for _, _, arr in self.extras:
+                self._write(arr.reshape(-1).view(np.uint8).data)
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def write(self, chunk):
+        """Append rows: uint8 [k, row_bytes], in order."""
+        if self._file is None:
+            raise ValueError("TableWriter.write called outside its with block")
+        if not isinstance(chunk, np.ndarray) or chunk.dtype != np.uint8 or chunk.ndim != 2 \
+                or chunk.shape[1] != self.row_bytes:
+            got = (f"{chunk.dtype} {chunk.shape}" if isinstance(chunk, np.ndarray)
+                   else type(chunk).__name__)
+            raise ValueError(f"chunk must be uint8 [k, {self.row_bytes}], got {got}")
+        if self.rows_written + chunk.shape[0] > self.n_rows:
+            raise ValueError(f"too many rows: {self.rows_written} written + {chunk.shape[0]} "
+                             f"> n_rows = {self.n_rows}")
+        if chunk.size:
+            self._write(np.ascontiguousarray(chunk).reshape(-1).data)
+        self.rows_written += chunk.shape[0]
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._discard()
+            return False
+        if self.rows_written != self.n_rows:
+            self._discard()
+            raise ValueError(f"{self.path}: only {self.rows_written} of {self.n_rows} rows were "
+                             "written; the file was not created")
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self.path)
+            self._tmp = None
+        except BaseException:
+            self._discard()
+            raise
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        return False
+
+    def _discard(self):
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass        # e.g. ENOSPC again while flushing the buffer we are dropping
+            self._file = None
+        if self._tmp is not None:
+            try:
+                os.unlink(self._tmp)
+            except FileNotFoundError:
+                pass
+            self._tmp = None
+
+
+def _fsync_dir(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return      # platforms without directory fds
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass        # some file systems refuse fsync on directories
+    finally:
+        os.close(fd)
+
+
+def save(table, path):
+    """Write ``table`` to ``path`` as a qe4 safetensors file, atomically.
+
+    See the module docstring for the layout.  On any failure (disk full,
+    interrupt) the temporary file is removed and an existing ``path`` is left as it was.
+    """
+    if not isinstance(table, QuantizedTable):
+        raise TypeError(f"table must be a QuantizedTable, got {type(table).__name__}")
+    with TableWriter(path, n_rows=table.n_rows, bits=table.bits, dim=table.dim,
+                     method=table.method, scale_dtype=table.scale_dtype, layout=table.layout,
+                     params=table.params, extras=table.extras, row_bytes=table.row_bytes) as w:
+        w.write(np.ascontiguousarray(table.data))
