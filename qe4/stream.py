@@ -1,0 +1,349 @@
+"""Out-of-core quantization: quantize a table on disk, chunk by chunk, into a qe4 file.
+
+The input is memory-mapped; row chunks sized to a memory budget are converted to
+float32, validated (errors name the global row index), quantized by the chosen
+engine and appended to a :class:`qe4.io.TableWriter`, which publishes the output
+atomically only when every row is written.  Row-wise methods treat every row
+independently, so the result is byte-identical to quantizing the whole table in memory.
+"""
+
+import mmap
+import os
+import re
+import sys
+import time
+
+import numpy as np
+
+from . import _validate as V
+from .io import TableWriter, read_safetensors_header
+
+_ST_FLOATS = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+
+# bytes of float32 workspace per input value an engine needs beyond the chunk itself
+# (the reference's greedy search holds a transposed copy, candidate copies and loss temporaries)
+_WORKSPACE = {"reference": 12, "fast": 2}
+
+DEFAULT_MAX_MEMORY_CAP = 1 << 30
+
+
+# --------------------------------------------------------------------------- engines
+
+def get_engine(engine):
+    """The module whose ``quantize`` / ``dequantize`` / ``methods`` do the work.
+
+    ``"fast"`` is the compiled ``qe4_fast``; it never falls back to the reference:
+    when it is not built this raises ImportError saying how to build it.
+    """
+    if engine == "reference":
+        import qe4
+        return qe4
+    if engine == "fast":
+        try:
+            import qe4_fast
+            qe4_fast.quantize        # noqa: B018 -- a half-built package must fail here too
+        except (ImportError, AttributeError) as exc:
+            raise ImportError(
+                f"engine='fast' needs the compiled qe4_fast package, which is not available ({exc}). "
+                "Build it with `python setup.py build_ext --inplace` in the source tree (or "
+                "`pip install .`), or pass engine='reference' (CLI: --engine reference) to use "
+                "the NumPy reference, which is much slower") from None
+        return qe4_fast
+    raise ValueError(f"engine must be 'fast' or 'reference', got {engine!r}")
+
+
+def _engine_quantize(mod, engine, x, bits, method, n_bins, ratio, scale_dtype, n_threads):
+    kw = dict(n_bins=n_bins, ratio=ratio, scale_dtype=scale_dtype)
+    if engine == "fast":
+        kw["n_threads"] = n_threads
+    return mod.quantize(x, bits, method, **kw)
+
+
+# --------------------------------------------------------------------------- sources
+
+class Source:
+    """A read-only 2-D float table memory-mapped from a .npy or .safetensors file.
+
+    ``array`` is an ndarray view of the mapping; :meth:`release` drops pages
+    already consumed from this process's resident set (the data stays in the
+    page cache), so reading a file larger than RAM keeps the RSS flat.
+    """
+
+    def __init__(self, path, tensor=None):
+        self.path = os.fspath(path)
+        with open(self.path, "rb") as f:
+            magic = f.read(6)
+            self.file_size = os.fstat(f.fileno()).st_size
+        if magic == b"\x93NUMPY":
+            if tensor is not None:
+                raise ValueError(f"{self.path}: tensor={tensor!r} applies to .safetensors inputs only")
+            shape, dtype, offset, order = self._npy()
+        else:
+            shape, dtype, offset, order = self._safetensors(tensor)
+        if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+            raise TypeError(f"{self.path}: the table must have dtype float16, float32 or float64, "
+                            f"got {dtype}")
+        if len(shape) != 2:
+            raise ValueError(f"{self.path}: the table must be 2-D [n_rows, n_cols], got shape {shape}")
+        if shape[0] == 0 or shape[1] == 0:
+            raise ValueError(f"{self.path}: the table must have at least one row and one column, "
+                             f"got shape {shape}")
+        self.dtype = dtype
+        self.n_rows, self.n_cols = int(shape[0]), int(shape[1])
+        self.offset = offset
+        self.row_major = order == "C"
+        with open(self.path, "rb") as f:
+            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.array = np.ndarray(shape, dtype=dtype, buffer=self._mmap, offset=offset, order=order)
+
+    def _npy(self):
+        try:
+            arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"{self.path}: not a readable .npy file ({exc})") from None
+        order = "F" if (arr.flags.f_contiguous and not arr.flags.c_contiguous) else "C"
+        return arr.shape, arr.dtype, int(arr.offset), order
+
+    def _safetensors(self, tensor):
+        try:
+            hdr = read_safetensors_header(self.path)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (inputs must be .npy or .safetensors files)") from None
+        if tensor is None:
+            floats = [n for n, (d, s, _, _) in hdr.tensors.items() if len(s) == 2 and d in _ST_FLOATS]
+            if len(floats) != 1:
+                raise ValueError(
+                    f"{self.path}: holds {len(floats)} 2-D float tensors "
+                    f"({', '.join(sorted(floats)) or 'none'}); name the one to quantize with tensor=")
+            tensor = floats[0]
+        if tensor not in hdr.tensors:
+            raise ValueError(f"{self.path}: no tensor named {tensor!r} "
+                             f"(it has: {', '.join(sorted(hdr.tensors)) or 'none'})")
+        dtype, shape, _, _ = hdr.tensors[tensor]
+        if dtype not in _ST_FLOATS:
+            raise TypeError(f"{self.path}: tensor {tensor!r} has dtype {dtype}; "
+                            "only F16, F32 and F64 tables can be quantized")
+        self.tensor = tensor
+        return shape, _ST_FLOATS[dtype], hdr.offset(tensor), "C"
+
+    @property
+    def nbytes(self):
+        return self.n_rows * self.n_cols * self.dtype.itemsize
+
+    def release(self, stop_row):
+        """Drop the mapping's pages holding rows before ``stop_row`` from our resident set."""
+        if not self.row_major or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        end = (self.offset + stop_row * self.n_cols * self.dtype.itemsize) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > 0:
+            self._mmap.madvise(mmap.MADV_DONTNEED, 0, end)
+
+    def close(self):
+        self.array = None
+        try:
+            self._mmap.close()
+        except BufferError:
+            pass        # a caller still holds a view; the mapping goes when it does
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --------------------------------------------------------------------------- chunking
+
+def default_max_memory():
+    """A quarter of the currently available RAM, between 64 MiB and 1 GiB."""
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        avail = 1 << 30
+    return int(min(max(avail // 4, 64 << 20), DEFAULT_MAX_MEMORY_CAP))
+
+
+def bytes_per_row(n_cols, in_itemsize, row_bytes, engine, measure_error=False):
+    """Peak working bytes one row costs: the input chunk, its float32 copy, the
+    engine's workspace, the packed output (twice: result and write buffer), and,
+    when measuring the error, a float64 reconstruction and difference."""
+    per = n_cols * (in_itemsize + 4 + 4 * _WORKSPACE[engine]) + 2 * row_bytes
+    if measure_error:
+        per += n_cols * 8 * 3
+    return per
+
+
+def parse_size(text):
+    """'2G', '512M', '1.5GiB', '100000' -> bytes (binary multiples)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"cannot read a size from {text!r} (examples: 2G, 512M, 1000000)")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+
+
+# --------------------------------------------------------------------------- validation
+
+def _as_float32_chunk(block, start, label):
+    """float32 copy of a row block, finite, with errors naming the global row."""
+    with np.errstate(over="ignore"):
+        x = np.ascontiguousarray(block, dtype=np.float32)
+    finite = np.isfinite(x)
+    if not finite.all():
+        r, c = np.argwhere(~finite)[0]
+        raise ValueError(f"{label} must be finite: row {start + r}, column {c} is {block[r, c]!r}"
+                         + (" (overflows float32)" if np.isfinite(block[r, c]) else ""))
+    return x
+
+
+def _check_ranges(x, bits, scale_dtype, start, label):
+    try:
+        V.check_fp16_ranges(x, bits, scale_dtype, name=label)
+    except ValueError as exc:
+        msg = str(exc)
+        m = re.search(r": row (\d+) ", msg)
+        if m:
+            msg = msg[:m.start(1)] + str(start + int(m.group(1))) + msg[m.end(1):]
+        raise ValueError(msg) from None
+
+
+# --------------------------------------------------------------------------- main entry
+
+def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None,
+                  max_memory=None, engine="fast", n_threads=None, progress=None, tensor=None,
+                  measure_error=False, **kwargs):
+    """Quantize a table stored on disk into a qe4 file, without loading it into RAM.
+
+    Parameters
+    ----------
+    src : path
+        A ``.npy`` file (float16/32/64, 2-D) or a ``.safetensors`` file holding a
+        single 2-D float tensor (or name it with ``tensor``).  The file is
+        memory-mapped and read chunk by chunk.
+    dst : path
+        The qe4 file to write (see :mod:`qe4.io`).  Written atomically: it appears
+        only when complete, and an interrupted or failed run leaves no file at ``dst``.
+    bits, method, n_bins, ratio, scale_dtype
+        As in :func:`qe4.quantize`.  Only the row-wise methods
+        (``qe4._validate.UNIFORM_METHODS``) stream; codebook methods need the whole table.
+    max_memory : int or str, optional
+        Working-memory budget in bytes (or a size like ``"2G"``) for one chunk: its input
+        rows, their float32 copy, the engine's workspace and the output rows.
+        Default: :func:`default_max_memory`.
+    engine : {"fast", "reference"}
+        ``"fast"`` uses the compiled ``qe4_fast`` (an ImportError explains how to build
+        it when missing; there is no silent fallback), ``"reference"`` uses ``qe4``.
+    n_threads : int, optional
+        Threads of the fast engine (None = all usable cores).
+    progress : bool or None
+        A tqdm bar (rows/s, ETA) on stderr; None shows it only when stderr is a terminal.
+    tensor : str, optional
+        The tensor to read from a safetensors input.
+    measure_error : bool
+        Also compute the normalized error ``sum ||x - x_hat||^2 / sum ||x||^2`` (float64),
+        chunk by chunk.
+
+    Returns
+    -------
+    dict
+        ``n_rows, n_cols, in_dtype, in_bytes, out_bytes, chunk_rows, n_chunks, seconds,
+        engine, error`` (``error`` is None unless ``measure_error``).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad parameters, or bad input; input errors name the global row index.
+    ImportError
+        ``engine="fast"`` without a built ``qe4_fast``.
+    """
+    t0 = time.perf_counter()
+    bits = V.check_bits(bits)
+    method = V.check_method(method, _all_methods())
+    if method not in V.UNIFORM_METHODS:
+        raise ValueError(f"method {method!r} is not row-wise and cannot be streamed; quantize the "
+                         "table in memory with qe4.quantize and write it with qe4.io.save")
+    if kwargs:
+        raise TypeError(f"unexpected keyword arguments for method {method!r}: {sorted(kwargs)}")
+    n_bins = V.check_n_bins(n_bins)
+    ratio = V.check_ratio(ratio)
+    scale_dtype = V.check_scale_dtype(scale_dtype, bits)
+    if engine not in _WORKSPACE:
+        raise ValueError(f"engine must be 'fast' or 'reference', got {engine!r}")
+    if n_threads is not None and engine != "fast":
+        raise ValueError(f"n_threads={n_threads!r} applies to engine='fast' only")
+    if max_memory is None:
+        max_memory = default_max_memory()
+    elif isinstance(max_memory, str):
+        max_memory = parse_size(max_memory)
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory <= 0:
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    mod = get_engine(engine)
+    src, dst = os.fspath(src), os.fspath(dst)
+    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        raise ValueError(f"dst {dst!r} is the input file; choose another output path")
+
+    with Source(src, tensor) as source:
+        n_rows, n_cols = source.n_rows, source.n_cols
+        row_bytes = -(-n_cols * bits // 8) + 2 * np.dtype(scale_dtype).itemsize
+        per_row = bytes_per_row(n_cols, source.dtype.itemsize, row_bytes, engine, measure_error)
+        if max_memory < per_row:
+            raise ValueError(f"max_memory={max_memory} bytes is less than one row of {n_cols} "
+                             f"columns needs ({per_row} bytes)")
+        chunk_rows = int(min(n_rows, max_memory // per_row))
+        params = {"n_bins": n_bins, "ratio": ratio} if method in ("greedy", "exhaustive") else {}
+        label = f"{src}" + (f" tensor {source.tensor!r}" if getattr(source, "tensor", None) else "")
+        num = den = 0.0
+        bar = _progress_bar(progress, n_rows, os.path.basename(dst))
+        try:
+            with TableWriter(dst, n_rows=n_rows, bits=bits, dim=n_cols, method=method,
+                             scale_dtype=scale_dtype, params=params) as writer:
+                for start in range(0, n_rows, chunk_rows):
+                    stop = min(start + chunk_rows, n_rows)
+                    x = _as_float32_chunk(source.array[start:stop], start, label)
+                    _check_ranges(x, bits, scale_dtype, start, label)
+                    table = _engine_quantize(mod, engine, x, bits, method, n_bins, ratio,
+                                             scale_dtype, n_threads)
+                    writer.write(table.data)
+                    if measure_error:
+                        a, b = _error_terms(mod, x, table)
+                        num, den = num + a, den + b
+                    del x, table
+                    source.release(stop)
+                    bar.update(stop - start)
+        finally:
+            bar.close()
+        in_dtype, in_bytes = str(source.dtype), source.file_size
+    return {"n_rows": n_rows, "n_cols": n_cols, "in_dtype": in_dtype, "in_bytes": in_bytes,
+            "out_bytes": os.path.getsize(dst), "chunk_rows": chunk_rows,
+            "n_chunks": -(-n_rows // chunk_rows), "seconds": time.perf_counter() - t0,
+            "engine": engine, "error": (num / den if den else (0.0 if num == 0 else float("inf")))
+            if measure_error else None}
+
+
+def _all_methods():
+    from .uniform import methods
+    return methods()
+
+
+def _error_terms(mod, x, table):
+    """Sums of squared error and squared norm of one chunk, in float64."""
+    deq = getattr(mod, "dequantize", None)
+    x_hat = (deq(table) if deq is not None else table.dequantize()).astype(np.float64)
+    x64 = x.astype(np.float64)
+    return float(((x64 - x_hat) ** 2).sum()), float((x64 ** 2).sum())
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(progress, total, desc):
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    if not show:
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, unit="row", unit_scale=True, desc=desc, file=sys.stderr,
+                dynamic_ncols=True, smoothing=0.1)
