@@ -1,0 +1,521 @@
+"""Codebook (scalar k-means) quantization: the executable specification.
+
+Each element is stored as a b-bit index into a small sorted codebook of ``K = 2**b``
+centroids instead of a point of a uniform grid (the paper's second method).
+
+Methods (``qe4.quantize(x, bits, method, **options)``)
+-------------------------------------------------------
+``"kmeans"``
+    Per-row codebook fitted by Lloyd iterations (the paper's and QKeras' approach).
+    Deterministic, no randomness and no seed: initialised at quantiles of the sorted
+    row.  Option ``max_iter`` (default 100).  See :func:`lloyd_centroids`.
+``"kmeans-optimal"``
+    Per-row codebook that is the exact optimum of 1-D k-means (Wang & Song 2011,
+    Ckmeans.1d.dp), by dynamic programming with the O(K n log n) divide-and-conquer
+    rule.  See :func:`optimal_partition`.
+``"two-tier"``
+    Rows are put in ``n_groups`` groups (default 16) by a grid on the ranks of their
+    minimum and maximum; each group has one codebook, the optimal 1-D k-means of the
+    group's values over bins of 11 significant bits (:func:`group_codebooks`); each row
+    stores its group id.  The codebook overhead moves from every row to the table.
+
+Bit widths 2 and 4 (4 and 16 centroids).  8 bits (256 centroids per row, more than the
+values of a typical row) is refused.
+
+Storage (``scale_dtype``): centroids are stored as float16 (``None`` or ``"float16"``, the
+default) or float32 (``"float32"``).  With float16, every |value| must round to a finite
+float16 (<= 65504).
+
+Layouts (all little-endian; codes packed exactly as :func:`qe4.rowwise.pack_codes`)
+----------------------------------------------------------------------------------
+``layout="codebook"`` (kmeans, kmeans-optimal): row = ``[codes][c_0 .. c_{K-1}]``,
+``ceil(dim * b / 8) + K * itemsize`` bytes (4 bits, dim 64, float16: 32 + 32 = 64).
+
+``layout="two-tier"``: row = ``[codes][group id]``, the id uint8 when ``n_groups <= 256``
+else uint16 little-endian (4 bits, dim 64: 33 bytes); ``extras["codebooks"]`` is
+``[n_groups, K]`` float16/float32, counted in ``QuantizedTable.nbytes``.
+
+Centroids are sorted ascending (ties possible).  A value ``x`` gets the code of its
+nearest stored centroid, ties to the LOWER one::
+
+    mid_k = (float64(c_{k-1}) + float64(c_k)) * 0.5        k = 1 .. K-1
+    code  = number of k with float64(x) > mid_k
+
+(exactly nearest except when two centroids differ by a factor > 2**29, where the float64
+midpoint itself is rounded).  Dequantized value = the centroid, float32.  Embedding bags
+use ``acc = fma(w, c[code], acc + 0)`` (:func:`bag_terms`).
+
+Floating-point rules shared with ``qe4_fast`` (byte-identical results): all fitting
+arithmetic is float64, every sum is sequential in a stated order, ``-0.0`` inputs are
+canonicalised to ``+0.0`` before sorting, fitted centroids are rounded float64 ->
+float32 (nearest-even) -> storage dtype (nearest-even), then sorted.
+"""
+
+import numbers
+
+import numpy as np
+
+from . import _validate as V
+from .rowwise import fma32, pack_codes, round_to, unpack_codes
+from .table import QuantizedTable
+
+METHODS = ("kmeans", "kmeans-optimal", "two-tier")
+BITS = (2, 4)
+MAX_GROUPS = 65536
+OPTIONS = {"kmeans": {"max_iter": 100}, "kmeans-optimal": {}, "two-tier": {"n_groups": 16}}
+F32 = np.float32
+F64 = np.float64
+_CHUNK = 8192          # rows per chunk in the per-row fits (bounds the DP's memory)
+
+
+# --------------------------------------------------------------------------- validation
+
+def _check_int(value, name, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+    return int(value)
+
+
+def check_args(x, bits, method, scale_dtype, kwargs):
+    """Validate a codebook ``quantize`` call; returns (x, bits, method, scale_dtype, options).
+
+    Shared by ``qe4_fast`` so both packages raise the same errors.
+    """
+    method = V.check_method(method, METHODS)
+    if isinstance(bits, numbers.Integral) and not isinstance(bits, bool) and int(bits) == 8:
+        raise ValueError("bits=8 is not supported by codebook methods (256 centroids per row); "
+                         f"use bits in {BITS}")
+    bits = V.check_bits(bits, BITS)
+    unknown = sorted(set(kwargs) - set(OPTIONS[method]))
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments for method {method!r}: {unknown}")
+    opts = dict(OPTIONS[method], **kwargs)
+    if "max_iter" in opts:
+        opts["max_iter"] = _check_int(opts["max_iter"], "max_iter", 1, 1_000_000)
+    if "n_groups" in opts:
+        opts["n_groups"] = _check_int(opts["n_groups"], "n_groups", 1, MAX_GROUPS)
+    scale_dtype = V.check_scale_dtype(scale_dtype, bits)
+    x = V.as_table(x)
+    if scale_dtype == "float16":
+        with np.errstate(over="ignore"):
+            big = np.abs(x).max(axis=1).astype(np.float16)
+        bad = ~np.isfinite(big)
+        if bad.any():
+            r = int(np.argmax(bad))
+            c = int(np.argmax(np.abs(x[r])))
+            raise ValueError(f"x: x[{r}, {c}] = {x[r, c]!r} overflows the float16 centroids "
+                             "(|value| <= 65504 required); use scale_dtype='float32'")
+    return x, bits, method, scale_dtype, opts
+
+
+# --------------------------------------------------------------------------- entry points
+
+def quantize_codebook(x, bits, method, *, scale_dtype=None, **kwargs):
+    """Codebook-quantize each row of ``x``; called by :func:`qe4.quantize`.
+
+    Parameters
+    ----------
+    x : array_like [n_rows, n_cols] float (see :func:`qe4.quantize`)
+    bits : {2, 4}
+    method : {"kmeans", "kmeans-optimal", "two-tier"}
+    scale_dtype : {None, "float16", "float32"}
+        Centroid storage; None means float16.
+    max_iter : int, optional (kmeans; default 100)
+    n_groups : int, optional (two-tier; default 16, at most 65536)
+
+    Returns
+    -------
+    QuantizedTable with ``layout="codebook"`` or ``"two-tier"``.
+    """
+    x, bits, method, scale_dtype, opts = check_args(x, bits, method, scale_dtype, kwargs)
+    k = 2 ** bits
+    if method == "two-tier":
+        gid = group_ids(x, opts["n_groups"])
+        books = group_codebooks(x, gid, opts["n_groups"], k, scale_dtype)
+        codes = assign_codes(x, books[gid])
+        return two_tier_table(codes, gid, books, bits, scale_dtype, opts["n_groups"])
+    cents = np.empty((x.shape[0], k), F32)
+    for r0 in range(0, x.shape[0], _CHUNK):
+        xs = sorted_rows(x[r0:r0 + _CHUNK])
+        if method == "kmeans":
+            c64 = lloyd_centroids(xs, k, opts["max_iter"])
+        else:
+            c64 = row_optimal_centroids(xs, k)
+        cents[r0:r0 + _CHUNK] = store_centroids(c64, scale_dtype)
+    codes = assign_codes(x, cents)
+    return codebook_table(codes, cents, bits, scale_dtype, method, opts)
+
+
+def dequantize_codebook(table):
+    """float32 [n_rows, dim]: each element's centroid (exactly the stored value, widened)."""
+    cents = row_centroids(table, slice(None))
+    return np.take_along_axis(cents, table.codes().astype(np.intp), axis=1)
+
+
+def bag_terms(table, rows, weights):
+    """(s, v, t) of the embedding-bag step ``acc = fma(s, v, acc + t)`` for codebook rows.
+
+    ``s`` = the weights (1 when None), ``v`` = the rows' centroid values, ``t`` = 0.
+    """
+    check_table(table)
+    cents = row_centroids(table, rows)
+    codes = unpack_codes(table.data[rows, :table.code_bytes], table.bits, table.dim)
+    v = np.take_along_axis(cents, codes.astype(np.intp), axis=1)
+    s = np.ones(len(rows), F32) if weights is None else np.asarray(weights, F32)
+    return s, v, np.zeros(len(rows), F32)
+
+
+# --------------------------------------------------------------------------- layouts
+
+def _dtype(scale_dtype):
+    return np.dtype(scale_dtype).newbyteorder("<")
+
+
+def id_dtype(n_groups):
+    """Group id storage: uint8 for <= 256 groups, else uint16 little-endian."""
+    return np.dtype(np.uint8) if n_groups <= 256 else np.dtype("<u2")
+
+
+def codebook_table(codes, cents, bits, scale_dtype, method, params):
+    """Rows ``[packed codes][K centroids, little-endian scale_dtype]``."""
+    n = codes.shape[0]
+    cb = cents.astype(_dtype(scale_dtype)).view(np.uint8).reshape(n, -1)
+    data = np.ascontiguousarray(np.concatenate([pack_codes(codes, bits), cb], axis=1))
+    return QuantizedTable(data, bits=bits, dim=codes.shape[1], method=method,
+                          scale_dtype=scale_dtype, layout="codebook", params=params)
+
+
+def two_tier_table(codes, gid, books, bits, scale_dtype, n_groups):
+    """Rows ``[packed codes][group id]`` plus ``extras["codebooks"]`` [n_groups, K]."""
+    n = codes.shape[0]
+    ids = gid.astype(id_dtype(n_groups)).view(np.uint8).reshape(n, -1)
+    data = np.ascontiguousarray(np.concatenate([pack_codes(codes, bits), ids], axis=1))
+    extras = {"codebooks": np.ascontiguousarray(books.astype(_dtype(scale_dtype)))}
+    return QuantizedTable(data, bits=bits, dim=codes.shape[1], method="two-tier",
+                          scale_dtype=scale_dtype, layout="two-tier", extras=extras,
+                          params={"n_groups": int(n_groups)})
+
+
+def check_table(table):
+    """Check a codebook/two-tier table's shapes (e.g. after loading a file); ValueError if bad."""
+    if table.bits not in BITS:
+        raise ValueError(f"a {table.layout} table must have bits in {BITS}, got {table.bits}")
+    k = 2 ** table.bits
+    item = np.dtype(table.scale_dtype).itemsize
+    if table.layout == "codebook":
+        need = table.code_bytes + k * item
+    else:
+        books = table.extras.get("codebooks")
+        if books is None:
+            raise ValueError("a two-tier table needs extras['codebooks']")
+        if books.ndim != 2 or books.shape[1] != k or not 1 <= books.shape[0] <= MAX_GROUPS:
+            raise ValueError(f"extras['codebooks'] must have shape [n_groups, {k}], got {books.shape}")
+        if books.dtype != _dtype(table.scale_dtype):
+            raise ValueError(f"extras['codebooks'] must have dtype {table.scale_dtype}, got {books.dtype}")
+        need = table.code_bytes + id_dtype(books.shape[0]).itemsize
+    if table.row_bytes != need:
+        raise ValueError(f"data has {table.row_bytes} bytes per row; a {table.layout} table of "
+                         f"dim {table.dim} at {table.bits} bits needs {need}")
+
+
+def group_of(table, rows):
+    """Group ids (intp) of ``rows`` of a two-tier table; ValueError if one is out of range."""
+    n_groups = table.extras["codebooks"].shape[0]
+    raw = np.ascontiguousarray(table.data[rows, table.code_bytes:])
+    gid = raw.view(id_dtype(n_groups)).reshape(-1).astype(np.intp)
+    if gid.size and gid.max() >= n_groups:
+        raise ValueError(f"data: group id {int(gid.max())} is out of range for {n_groups} codebooks")
+    return gid
+
+
+def row_centroids(table, rows):
+    """float32 [len(rows), K]: the codebook each of ``rows`` (an index array or slice) uses."""
+    check_table(table)
+    if table.layout == "two-tier":
+        return table.extras["codebooks"].astype(F32)[group_of(table, rows)]
+    k = 2 ** table.bits
+    raw = np.ascontiguousarray(table.data[rows, table.code_bytes:])
+    return raw.view(_dtype(table.scale_dtype)).reshape(-1, k).astype(F32)
+
+
+# --------------------------------------------------------------------------- shared steps
+
+def sorted_rows(x):
+    """Each row sorted ascending as float64, ``-0.0`` first made ``+0.0``."""
+    return np.sort(np.asarray(x, F32) + F32(0.0), axis=1).astype(F64)
+
+
+def store_centroids(c64, scale_dtype):
+    """float64 centroids -> float32 (nearest-even) -> storage dtype (nearest-even), sorted."""
+    return np.sort(round_to(np.asarray(c64).astype(F32), scale_dtype), axis=1)
+
+
+def assign_codes(x, cents):
+    """Nearest-centroid codes uint8 [n_rows, n_cols], ties to the lower centroid.
+
+    ``cents`` float32 [n_rows, K], sorted.  ``code = #{k : float64(x) > mid_k}`` with
+    ``mid_k = (c_{k-1} + c_k) * 0.5`` in float64.
+    """
+    c = cents.astype(F64)
+    mids = (c[:, :-1] + c[:, 1:]) * 0.5
+    xd = np.asarray(x, F64)
+    codes = np.zeros(xd.shape, np.uint8)
+    for k in range(mids.shape[1]):
+        codes += xd > mids[:, k:k + 1]
+    return codes
+
+
+def _cluster_sums(values, cluster, k):
+    """Per (row, cluster) sums of ``values`` [R, n] taken sequentially along each row.
+
+    ``np.bincount`` adds its weights one by one in input order (row-major here).
+    """
+    n_rows = values.shape[0]
+    flat = (np.arange(n_rows)[:, None] * k + cluster).ravel()
+    return np.bincount(flat, weights=values.ravel(), minlength=n_rows * k).reshape(n_rows, k)
+
+
+# --------------------------------------------------------------------------- Lloyd
+
+def lloyd_centroids(xs, k, max_iter=100):
+    """Lloyd's k-means of each sorted row ``xs`` float64 [R, n]; float64 centroids [R, k].
+
+    Notes
+    -----
+    Initialization: quantiles of the sorted row, ``c_i = xs[((2 i + 1) n) // (2 k)]``.
+    Then up to ``max_iter`` times::
+
+        assign: code(x) = #{i : x > (c_{i-1} + c_i) * 0.5}      (float64, ties lower)
+        stop if the assignment equals the previous one
+        update: c_i = (sequential sum of the row's values with code i, in sorted
+                order) / count;  an empty cluster keeps its centroid
+
+    So at most ``max_iter`` updates.  Rows stop independently.
+    """
+    n_rows, n = xs.shape
+    c = xs[:, ((2 * np.arange(k) + 1) * n) // (2 * k)].copy()
+    prev = np.full(xs.shape, -1, np.int64)
+    active = np.arange(n_rows)
+    for _ in range(max_iter):
+        if not active.size:
+            break
+        ca, xa = c[active], xs[active]
+        mids = (ca[:, :-1] + ca[:, 1:]) * 0.5
+        codes = np.zeros(xa.shape, np.int64)
+        for i in range(k - 1):
+            codes += xa > mids[:, i:i + 1]
+        moved = (codes != prev[active]).any(axis=1)
+        active, codes, xa, ca = active[moved], codes[moved], xa[moved], ca[moved]
+        prev[active] = codes
+        sums = _cluster_sums(xa, codes, k)
+        counts = _cluster_sums(np.ones_like(xa), codes, k)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c[active] = np.where(counts > 0, sums / counts, ca)
+    return c
+
+
+# --------------------------------------------------------------------------- exact DP
+
+def prefix_sums(s, q, w):
+    """Sequential prefix sums [R, n + 1] (first column 0) of per-point sums, squares, counts."""
+    out = []
+    for a in (s, q, w):
+        p = np.zeros((a.shape[0], a.shape[1] + 1), F64)
+        p[:, 1:] = np.cumsum(a, axis=1)          # add.accumulate: strictly sequential
+        out.append(p)
+    return out
+
+
+def _cost(P1, P2, PW, r, a, b):
+    s = P1[r, b] - P1[r, a]
+    q = P2[r, b] - P2[r, a]
+    return q - (s * s) * (1.0 / (PW[r, b] - PW[r, a]))
+
+
+def optimal_partition(P1, P2, PW, k):
+    """Optimal split of n sorted points into ``k`` contiguous clusters, for each of R rows.
+
+    Parameters
+    ----------
+    P1, P2, PW : float64 [R, n + 1]
+        Prefix sums (:func:`prefix_sums`) of the points' (shifted) sums, sums of squares
+        and counts.  ``k <= n``.
+
+    Returns
+    -------
+    int64 [R, k + 1]: cluster i is points ``[bounds[i], bounds[i + 1])``.
+
+    Notes
+    -----
+    Cost of points [a, b) (float64, this order)::
+
+        s = P1[b] - P1[a];  q = P2[b] - P2[a];  cost = q - (s * s) * (1.0 / (PW[b] - PW[a]))
+
+    ``F_1(b) = cost(0, b)`` and ``F_j(b) = min over a in [j-1, b-1] of F_{j-1}(a) + cost(a, b)``
+    for ``j <= b <= n - (k - j)`` (only ``b = n`` at ``j = k``); the least ``a`` wins a tie.
+    Each layer is solved by divide and conquer on the monotone argmin (Wang & Song 2011)::
+
+        solve(b_lo, b_hi, a_lo, a_hi):
+            mid = (b_lo + b_hi) // 2
+            scan a = a_lo .. min(a_hi, mid - 1) ascending, keep the first strict minimum
+            solve(b_lo, mid - 1, a_lo, best);  solve(mid + 1, b_hi, best, a_hi)
+
+    starting from ``(j, n - (k - j), j - 1, n - 1)``; O(k n log n).  The recursion is
+    evaluated here level by level, vectorized over rows and nodes (nodes are independent,
+    so the result equals the depth-first recursion of ``qe4_fast``).
+    """
+    n_rows, n = P1.shape[0], P1.shape[1] - 1
+    rows = np.arange(n_rows)
+    F = np.full((n_rows, n + 1), np.inf)
+    last1 = n if k == 1 else n - (k - 1)
+    b1 = np.arange(1, last1 + 1)
+    F[:, 1:last1 + 1] = _cost(P1, P2, PW, rows[:, None], 0, b1[None, :])
+    arg = []
+    for j in range(2, k + 1):
+        b_lo, b_hi = (n, n) if j == k else (j, n - (k - j))
+        G = np.full((n_rows, n + 1), np.inf)
+        A = np.zeros((n_rows, n + 1), np.int64)
+        lo, hi = np.array([b_lo]), np.array([b_hi])                        # nodes [m]
+        a_lo, a_top = np.full((1, n_rows), j - 1), np.full((1, n_rows), n - 1)  # [m, R]
+        while lo.size:
+            mids = (lo + hi) // 2
+            a_hi = np.minimum(a_top, mids[:, None] - 1)
+            cnt = (a_hi - a_lo + 1).ravel()
+            starts = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+            seg = np.repeat(np.arange(cnt.size), cnt)
+            a = a_lo.ravel()[seg] + (np.arange(seg.size) - starts[seg])
+            r, b = seg % n_rows, mids[seg // n_rows]
+            val = F[r, a] + _cost(P1, P2, PW, r, a, b)
+            best = np.minimum.reduceat(val, starts)
+            best_a = np.minimum.reduceat(np.where(val == best[seg], a, n + 1), starts)
+            best, best_a = best.reshape(lo.size, n_rows), best_a.reshape(lo.size, n_rows)
+            G[:, mids] = best.T
+            A[:, mids] = best_a.T
+            left, right = lo <= mids - 1, mids + 1 <= hi
+            lo, hi = np.concatenate([lo[left], mids[right] + 1]), np.concatenate([mids[left] - 1, hi[right]])
+            a_lo, a_top = (np.concatenate([a_lo[left], best_a[right]]),
+                           np.concatenate([best_a[left], a_top[right]]))
+        F = G
+        arg.append(A)
+    bounds = np.zeros((n_rows, k + 1), np.int64)
+    bounds[:, k] = n
+    for j in range(k, 1, -1):
+        bounds[:, j - 1] = arg[j - 2][rows, bounds[:, j]]
+    return bounds
+
+
+def partition_centroids(s, w, bounds, shift, k_out):
+    """float64 centroids [R, k_out] of a partition: ``shift + S / m`` per cluster.
+
+    ``S`` sums the clusters' point sums ``s`` sequentially in point order, ``m`` their
+    counts ``w``.  Clusters beyond the partition's (fewer points than ``k_out``) repeat
+    the last centroid.
+    """
+    n_rows, n = s.shape
+    k = bounds.shape[1] - 1
+    t = np.arange(n)
+    cluster = np.zeros((n_rows, n), np.int64)
+    for i in range(1, k):
+        cluster += t[None, :] >= bounds[:, i:i + 1]
+    c = shift[:, None] + _cluster_sums(s, cluster, k) / _cluster_sums(w, cluster, k)
+    if k < k_out:
+        c = np.concatenate([c, np.repeat(c[:, -1:], k_out - k, axis=1)], axis=1)
+    return c
+
+
+def row_optimal_centroids(xs, k):
+    """Exact 1-D k-means centroids (float64 [R, k]) of each sorted row ``xs`` [R, n].
+
+    Points are the row's values shifted by its middle element ``shift = xs[n // 2]``:
+    ``s = xs - shift``, ``q = s * s``, ``w = 1`` (:func:`optimal_partition`,
+    :func:`partition_centroids`); ``min(k, n)`` clusters.
+    """
+    n = xs.shape[1]
+    shift = xs[:, n // 2].copy()
+    s = xs - shift[:, None]
+    w = np.ones_like(s)
+    bounds = optimal_partition(*prefix_sums(s, s * s, w), min(k, n))
+    return partition_centroids(s, w, bounds, shift, k)
+
+
+# --------------------------------------------------------------------------- two-tier
+
+def grid_shape(n_groups):
+    """(g1, g2): g1 the largest divisor of n_groups with g1 <= sqrt(n_groups)."""
+    g1 = max(d for d in range(1, int(np.sqrt(n_groups)) + 1) if n_groups % d == 0)
+    return g1, n_groups // g1
+
+
+def _equal_slices(order, n_parts):
+    """Slice index of each position of ``order``: position p is in slice i when
+    ``i * len // n_parts <= p < (i + 1) * len // n_parts``."""
+    bounds = (np.arange(n_parts + 1) * len(order)) // n_parts
+    return np.searchsorted(bounds, np.arange(len(order)), side="right") - 1
+
+
+def group_ids(x, n_groups):
+    """Group of each row (int64 [n_rows]): a g1 x g2 grid on the ranks of min and max.
+
+    Rows are ranked by their minimum (stable: ties by row index) and cut into g1
+    equal-count slices; each slice is ranked by the rows' maximum (stable) and cut into
+    g2 slices; group = i1 * g2 + i2 (:func:`grid_shape`).  Rows of similar range share a
+    codebook, which adapts its levels to their common spread and tails.
+    """
+    g1, g2 = grid_shape(n_groups)
+    lo, hi = x.min(axis=1) + F32(0.0), x.max(axis=1) + F32(0.0)
+    order = np.argsort(lo, kind="stable")
+    gid = np.empty(x.shape[0], np.int64)
+    i1 = _equal_slices(order, g1)
+    for i in range(g1):
+        rows = order[i1 == i]
+        sub = rows[np.argsort(hi[rows], kind="stable")]
+        gid[sub] = i * g2 + _equal_slices(sub, g2)
+    return gid
+
+
+def bin_keys(v):
+    """Bin of each float32 value: rounded to 11 significant bits (nearest-even on the
+    float32 bit pattern), ``-0.0`` made ``+0.0``.  Monotone, so bins are intervals."""
+    u = np.ascontiguousarray(v, F32).view(np.uint32)
+    r = (u + np.uint32(0x0FFF) + ((u >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
+    return r.view(F32) + F32(0.0)
+
+
+def group_points(x, rows):
+    """Binned points of a group: (s, q, w, shift), float64 [n_bins] and a float64 shift.
+
+    The group's values in row-major order (rows ascending) are binned by
+    :func:`bin_keys`; ``shift`` = the key of bin ``n_bins // 2``; per bin, ``s`` and ``q``
+    sum ``y = x - shift`` and ``y * y`` sequentially in that order, ``w`` counts.
+    """
+    v = x[rows].ravel()
+    keys, inv = np.unique(bin_keys(v), return_inverse=True)
+    shift = F64(keys[keys.size // 2])
+    y = v.astype(F64) - shift
+    nb = keys.size
+    return (np.bincount(inv, y, nb), np.bincount(inv, y * y, nb),
+            np.bincount(inv, minlength=nb).astype(F64), shift)
+
+
+def group_codebooks(x, gid, n_groups, k, scale_dtype):
+    """float32 [n_groups, k] stored codebooks: exact 1-D k-means of each group's binned
+    values (:func:`group_points`, :func:`optimal_partition`), then :func:`store_centroids`.
+
+    The optimum is over partitions that keep each bin whole.  An empty group gets zeros.
+    """
+    books = np.zeros((n_groups, k), F64)
+    order = np.argsort(gid, kind="stable")
+    edges = np.searchsorted(gid[order], np.arange(n_groups + 1))
+    for g in range(n_groups):
+        rows = order[edges[g]:edges[g + 1]]
+        if rows.size:
+            books[g] = _points_centroids(*group_points(x, rows), k)
+    return store_centroids(books, scale_dtype)
+
+
+def _points_centroids(s, q, w, shift, k):
+    s, q, w = s[None], q[None], w[None]
+    bounds = optimal_partition(*prefix_sums(s, q, w), min(k, s.shape[1]))
+    return partition_centroids(s, w, bounds, np.array([shift]), k)[0]
