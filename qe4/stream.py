@@ -139,11 +139,13 @@ class Source:
             self._mmap.madvise(mmap.MADV_DONTNEED, 0, end)
 
     def close(self):
+        """Drop our references; the mapping is unmapped when no array uses it any more.
+
+        (``mmap.close()`` here would unmap memory that views handed out still point to:
+        numpy keeps the mmap object alive as their base but does not block closing it.)
+        """
         self.array = None
-        try:
-            self._mmap.close()
-        except BufferError:
-            pass        # a caller still holds a view; the mapping goes when it does
+        self._mmap = None
 
     def __enter__(self):
         return self
@@ -190,7 +192,7 @@ def _as_float32_chunk(block, start, label):
     finite = np.isfinite(x)
     if not finite.all():
         r, c = np.argwhere(~finite)[0]
-        raise ValueError(f"{label} must be finite: row {start + r}, column {c} is {block[r, c]!r}"
+        raise ValueError(f"{label} must be finite: row {start + r}, column {c} is {float(block[r, c])!r}"
                          + (" (overflows float32)" if np.isfinite(block[r, c]) else ""))
     return x
 

@@ -1,0 +1,283 @@
+"""The ``qe4`` command line: quantize, info, demo, plot, evidence.
+
+``main(argv=None)`` returns the exit code: 0 on success, 2 for a user error
+(bad arguments or input), which is printed as one line on stderr without a
+traceback, 130 when interrupted.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import _validate as V
+
+EXIT_USAGE = 2
+GLOVE_CREDIT = ("Data: GloVe 6B 50d, the 20,000 most frequent words (Pennington, Socher and "
+                "Manning, EMNLP 2014; PDDL-1.0), bundled with qe4.")
+# subcommands implemented elsewhere: name -> (module, help); imported only when used
+DELEGATED = {
+    "plot": ("qe4.plots", "draw the figures from `qe4 evidence` results, or one row's error grid"),
+    "evidence": ("qe4.evidence", "run the real-data experiments (GloVe, MovieLens) and cache results"),
+}
+
+
+class UserError(Exception):
+    """An error to print as one line (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def _size(text):
+    from .stream import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _int(text):
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    return n
+
+
+def _fmt_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+
+
+# --------------------------------------------------------------------------- parser
+
+def build_parser(command=None):
+    """The argparse parser; ``command`` (the subcommand about to run) lets ``plot`` and
+    ``evidence`` import their modules only when they are used."""
+    p = _Parser(prog="qe4", description="Post-training 4-bit quantization of embedding tables "
+                "(greedy clipping search, codebooks), byte-compatible with PyTorch/FBGEMM.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"qe4 {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    q = sub.add_parser("quantize", help="quantize a .npy/.safetensors table into a qe4 file (streaming)",
+                       description="Quantize a table on disk into a qe4 file, chunk by chunk "
+                       "(out of core): the input is memory-mapped, the output written atomically.")
+    q.add_argument("input", metavar="IN", help=".npy or .safetensors file holding a 2-D float table")
+    q.add_argument("output", metavar="OUT", help="qe4 file to write (safetensors)")
+    q.add_argument("--bits", type=int, default=4, choices=V.BITS, help="bits per value (default 4)")
+    q.add_argument("--method", default="greedy",
+                   help="minmax, greedy (default), exhaustive, aciq-laplace, aciq-gauss, or a "
+                        "codebook method (kmeans, kmeans-optimal, two-tier; those load the table in RAM)")
+    q.add_argument("--n-bins", type=int, default=200, help="search grid bins (default 200)")
+    q.add_argument("--ratio", type=float, default=0.16, help="greedy ratio (default 0.16)")
+    q.add_argument("--scale-dtype", choices=V.SCALE_DTYPES, default=None,
+                   help="dtype of scale/bias (default: torch's layout, float16 at 2/4 bits)")
+    q.add_argument("--engine", choices=("fast", "reference"), default="fast",
+                   help="fast = compiled qe4_fast (default), reference = NumPy qe4")
+    q.add_argument("--threads", type=_int, default=None, help="threads of the fast engine")
+    q.add_argument("--max-memory", type=_size, default=None,
+                   help="working-memory budget, e.g. 2G or 512M (default: 1/4 of free RAM, <= 1G)")
+    q.add_argument("--tensor", default=None, help="tensor name inside a .safetensors input")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_quantize)
+
+    i = sub.add_parser("info", help="describe a qe4 file", description="Print a qe4 file's metadata.")
+    i.add_argument("file", metavar="FILE")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("demo", help="compare every method on the bundled GloVe table",
+                       description="Quantize the bundled real table (the 20,000 most frequent "
+                       "GloVe 6B 50d rows) with every method and print a comparison.")
+    d.add_argument("--engine", choices=("fast", "reference"), default="fast",
+                   help="fast = compiled qe4_fast (default), reference = NumPy qe4 (slow)")
+    d.add_argument("--bits", type=int, nargs="+", default=[2, 4], choices=V.BITS,
+                   help="bit widths (default: 2 4)")
+    d.add_argument("--methods", nargs="+", default=None, help="subset of methods (default: all)")
+    d.add_argument("--threads", type=_int, default=None, help="threads of the fast engine")
+    d.set_defaults(func=cmd_demo)
+
+    for name, (module, help_text) in DELEGATED.items():
+        s = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            _configure_delegate(s, name, module)
+    return p
+
+
+def _configure_delegate(parser, name, module):
+    try:
+        import importlib
+        mod = importlib.import_module(module)
+        configure, run = mod.configure_parser, mod.run
+    except (ImportError, AttributeError) as exc:
+        def unavailable(args, exc=exc):
+            raise UserError(f"qe4 {name} is not available: {module} could not be loaded ({exc})")
+        parser.set_defaults(func=unavailable)
+        return
+    configure(parser)
+    parser.set_defaults(func=lambda args: run(args) or 0)
+
+
+def _command_of(argv):
+    for a in argv:
+        if not a.startswith("-"):
+            return a
+    return None
+
+
+def main(argv=None):
+    """Run the qe4 command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(_command_of(argv))
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:        # --help, --version
+            return exc.code if isinstance(exc.code, int) else 0
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, TypeError, IndexError, OSError, ImportError) as exc:
+        print(f"qe4: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("qe4: interrupted (no output file was written)", file=sys.stderr)
+        return 130
+
+
+# --------------------------------------------------------------------------- quantize
+
+def cmd_quantize(args):
+    from . import stream
+    from .io import save
+    progress = False if args.no_progress else None
+    t0 = time.perf_counter()
+    V.check_method(args.method, stream._all_methods())
+    if args.method in V.UNIFORM_METHODS:
+        info = stream.quantize_file(args.input, args.output, args.bits, args.method,
+                                    n_bins=args.n_bins, ratio=args.ratio,
+                                    scale_dtype=args.scale_dtype, max_memory=args.max_memory,
+                                    engine=args.engine, n_threads=args.threads, progress=progress,
+                                    tensor=args.tensor, measure_error=True)
+        n_rows, n_cols, dtype = info["n_rows"], info["n_cols"], info["in_dtype"]
+        in_bytes, error, how = info["in_bytes"], info["error"], \
+            f"{info['n_chunks']} chunk(s) of <= {info['chunk_rows']:,} rows"
+    else:
+        # codebook methods cluster across the whole table: no streaming
+        from .metrics import table_error
+        print(f"note: method {args.method!r} needs the whole table in memory", file=sys.stderr)
+        with stream.Source(args.input, args.tensor) as src:
+            x = np.ascontiguousarray(src.array)
+            n_rows, n_cols, dtype, in_bytes = src.n_rows, src.n_cols, str(src.dtype), src.file_size
+        mod = stream.get_engine(args.engine)
+        kw = {"n_threads": args.threads} if args.engine == "fast" else {}
+        if args.threads is not None and args.engine != "fast":
+            raise ValueError("--threads applies to --engine fast only")
+        table = mod.quantize(x, args.bits, args.method, scale_dtype=args.scale_dtype, **kw)
+        save(table, args.output)
+        error, how = table_error(x, table), "in memory"
+    seconds = time.perf_counter() - t0
+    out_bytes = os.path.getsize(args.output)
+    from .io import read_metadata
+    meta = read_metadata(args.output)
+    print(f"input   {args.input}: {n_rows:,} x {n_cols} {dtype}, {_fmt_bytes(in_bytes)}")
+    print(f"output  {args.output}: {meta['bits']}-bit {meta['method']} {meta['layout']}, "
+          f"{meta['row_bytes']} bytes/row, {_fmt_bytes(out_bytes)}")
+    print(f"compression  {in_bytes / out_bytes:.2f}x smaller than the input "
+          f"({100 * out_bytes / in_bytes:.2f}% of it; {100 * out_bytes / (4 * n_rows * n_cols):.2f}% of float32)")
+    print(f"normalized error  {error:.4e}  (sum ||x - x_hat||^2 / sum ||x||^2)")
+    print(f"time  {seconds:.2f} s, {n_rows / seconds:,.0f} rows/s, engine {args.engine}, {how}")
+    return 0
+
+
+# --------------------------------------------------------------------------- info
+
+def cmd_info(args):
+    from .io import read_metadata
+    m = read_metadata(args.file)
+    fp32 = 4 * m["dim"]
+    per_row = m["data_bytes"] / m["n_rows"] if m["n_rows"] else float(m["row_bytes"])
+    lines = [
+        ("file", args.file),
+        ("format", f"qe4 version {m['format_version']} (safetensors)"),
+        ("shape", f"{m['n_rows']:,} x {m['dim']}"),
+        ("bits", m["bits"]),
+        ("method", m["method"]),
+        ("layout", m["layout"]),
+        ("scale dtype", m["scale_dtype"]),
+        ("params", m["params"] or "-"),
+        ("bytes/row", f"{m['row_bytes']} packed" + (f", {per_row:.2f} with extras" if m["extras"] else "")),
+        ("compression", f"{fp32 / per_row:.2f}x vs float32 ({100 * per_row / fp32:.2f}% of {fp32} bytes/row)"),
+        ("file size", f"{m['file_size']:,} bytes ({_fmt_bytes(m['file_size'])})"),
+    ]
+    for name, (dtype, shape) in m["extras"].items():
+        lines.append((f"extra {name}", f"{dtype} {shape}"))
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+def cmd_demo(args):
+    from . import datasets
+    from .metrics import table_error, zipf_weights
+    from .stream import get_engine
+    if args.threads is not None and args.engine != "fast":
+        raise ValueError("--threads applies to --engine fast only")
+    mod = get_engine(args.engine)
+    x, _ = datasets.load_glove_top20k()
+    weights = zipf_weights(x.shape[0])
+    methods = list(mod.methods())
+    if args.methods:
+        for m in args.methods:
+            V.check_method(m, methods)
+        methods = args.methods
+    kw = {"n_threads": args.threads} if args.engine == "fast" else {}
+    fp32 = 4 * x.shape[1]
+    header = ("method", "bits", "bytes/row", "vs fp32", "error", "zipf error", "time s")
+    rows, missing = [], {}
+    print(f"qe4 demo: {x.shape[0]:,} x {x.shape[1]} GloVe rows, engine {args.engine}"
+          + (f" ({mod.__name__})" if args.engine == "fast" else ""), flush=True)
+    t_all = time.perf_counter()
+    for bits in sorted(set(args.bits)):
+        for method in methods:
+            t = time.perf_counter()
+            try:
+                table = mod.quantize(x, bits, method, **kw)
+            except ImportError as exc:       # e.g. a method the fast engine does not have yet
+                missing[method] = str(exc)
+                rows.append((method, str(bits)) + ("n/a",) * 5)
+                continue
+            seconds = time.perf_counter() - t
+            per_row = table.nbytes / table.n_rows
+            rows.append((method, str(bits), f"{per_row:.2f}", f"{fp32 / per_row:.2f}x",
+                         f"{table_error(x, table):.3e}", f"{table_error(x, table, weights):.3e}",
+                         f"{seconds:.2f}"))
+    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" if k == 0 else f"{{:>{w}}}" for k, w in enumerate(widths))
+    print(fmt.format(*header))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(fmt.format(*r))
+    print(f"\nerror = sum ||x - x_hat||^2 / sum ||x||^2; zipf error weights row r by 1/(r+1) "
+          f"(rows are in frequency order). fp32 = {fp32} bytes/row. "
+          f"Total {time.perf_counter() - t_all:.1f} s.")
+    for method, why in missing.items():
+        print(f"n/a: {method!r} is not available in engine {args.engine}: {why}")
+    print(GLOVE_CREDIT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
