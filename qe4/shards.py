@@ -46,13 +46,19 @@ FORMAT = "qe4-sharded"
 VERSION = 1
 INDEX = "index.json"
 SHARD_SUFFIX = ".qe4"
-_SHARD_NAME = re.compile(r"^shard-\d{5,}\.qe4$")
+_SHARD_NAME = re.compile(r"^shard-\d{5,}(-[0-9a-z]{1,32})?\.qe4$")
+_LEFTOVER = re.compile(r"^\.(shard-.*\.qe4tmp|index\.json\.\d+\.tmp)$")  # of interrupted writers
 _META_KEYS = ("dim", "bits", "method", "scale_dtype", "layout", "params", "row_bytes")
 
 
-def shard_name(i):
-    """File name of shard ``i``: ``shard-00000.qe4``."""
-    return f"shard-{i:05d}{SHARD_SUFFIX}"
+def shard_name(i, tag=None):
+    """File name of shard ``i``: ``shard-00000.qe4``, or ``shard-00000-<tag>.qe4``.
+
+    A tag unique to one run (:func:`qe4.dask.to_sharded` uses one) keeps a
+    straggling writer of an earlier, abandoned run from replacing a file the
+    current index refers to.
+    """
+    return f"shard-{i:05d}{'' if tag is None else '-' + tag}{SHARD_SUFFIX}"
 
 
 def engine_function(engine, name):
@@ -93,7 +99,7 @@ def file_sha256(path):
 
 # --------------------------------------------------------------------------- writing
 
-def write_shard(table, path, i, start):
+def write_shard(table, path, i, start, tag=None):
     """Write ``table`` as shard ``i`` (rows ``start:start + n_rows``) of the table in ``path``.
 
     The file is written atomically by :func:`qe4.io.save`.  Returns the shard's
@@ -103,7 +109,7 @@ def write_shard(table, path, i, start):
     """
     if not isinstance(table, QuantizedTable):
         raise TypeError(f"shard {i} must be a QuantizedTable, got {type(table).__name__}")
-    name = shard_name(i)
+    name = shard_name(i, tag)
     full = os.path.join(path, name)
     qio.save(table, full)
     return {"file": name, "start": int(start), "stop": int(start) + table.n_rows,
@@ -125,7 +131,7 @@ def prepare_dir(path, overwrite=False):
             raise FileExistsError(
                 f"path {path!r} is not empty; pass overwrite=True to replace the table in it")
         stray = [f for f in os.listdir(path) if f != INDEX and not _SHARD_NAME.match(f)
-                 and not f.startswith(".")]
+                 and not _LEFTOVER.match(f)]
         if stray:
             raise FileExistsError(
                 f"path {path!r} holds files that are not part of a sharded table ({stray[:3]}); "
@@ -134,7 +140,7 @@ def prepare_dir(path, overwrite=False):
             os.remove(os.path.join(path, INDEX))
             _fsync_dir(path)
         for f in os.listdir(path):
-            if _SHARD_NAME.match(f):
+            if _SHARD_NAME.match(f) or _LEFTOVER.match(f):
                 os.remove(os.path.join(path, f))
     os.makedirs(path, exist_ok=True)
     return path

@@ -153,6 +153,11 @@ def test_overwrite_rules(written, table, tmp_path):
     with pytest.raises(FileExistsError, match="not part of a sharded table"):
         S.write_sharded(table, tmp_path / "other", rows_per_shard=50, overwrite=True)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    # leftovers of interrupted writers are cleared by an overwrite, tagged shards too
+    for name in (".shard-00001.qe4.x1y2.qe4tmp", ".index.json.123.tmp", "shard-00007-ab12.qe4"):
+        open(os.path.join(written.path, name), "w").close()
+    st = S.write_sharded(table, written.path, rows_per_shard=60, overwrite=True)
+    assert sorted(os.listdir(written.path)) == [S.INDEX, "shard-00000.qe4", "shard-00001.qe4"]
 
 
 def test_failed_overwrite_leaves_no_index(written, table, monkeypatch):
@@ -276,3 +281,25 @@ def test_fast_engine_is_explicit(written):
         fast = written.embedding_bag([0, 5, 99], [0, 1], per_sample_weights=np.ones(3, np.float32),
                                      engine="fast", n_threads=2)
         assert np.array_equal(ref.view(np.uint8), fast.view(np.uint8))
+
+
+def test_codebook_tables(tmp_path, same_bytes):
+    codebook = pytest.importorskip("qe4.codebook")
+    x = _weights(40, 16)
+    per_row = qe4.quantize(x, 4, "kmeans")
+    assert per_row.layout == "codebook" and not per_row.extras
+    st = S.write_sharded(per_row, tmp_path / "cb", rows_per_shard=15)
+    assert st.layout == "codebook" and st.to_table() == per_row
+    same_bytes(st.dequantize(), qe4.dequantize(per_row))
+    idx, off = np.array([39, 0, 14, 15, 15, 30]), np.array([0, 3, 3])
+    w = np.linspace(-2, 2, 6).astype(np.float32)
+    same_bytes(st.embedding_bag(idx, off, per_sample_weights=w),
+               qe4.embedding_bag(per_row, idx, off, per_sample_weights=w))
+    if "two-tier" in codebook.METHODS:
+        two_tier = qe4.quantize(x, 4, "two-tier")
+        with pytest.raises(ValueError, match="cannot be cut into row shards"):
+            S.write_sharded(two_tier, tmp_path / "tt", rows_per_shard=15)
+        one = S.write_sharded([two_tier], tmp_path / "tt1")          # one shard is fine
+        assert one.shard(0) == two_tier
+        with pytest.raises(ValueError, match="row access across shards needs rows that hold all"):
+            one.to_table()
