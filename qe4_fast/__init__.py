@@ -1,0 +1,107 @@
+"""qe4_fast: the compiled (Cython + OpenMP) twin of :mod:`qe4`.
+
+Same public names and signatures as :mod:`qe4`, plus a keyword-only ``n_threads=None``
+(None = all usable cores honouring ``OMP_NUM_THREADS``, negative counts back from the
+number of cores, see :func:`qe4_fast._threads.effective_n_threads`).  Results are
+byte-identical to the reference for every input and every thread count; arguments
+are validated by the same helpers (``qe4._validate``), so errors match too.  The
+numerics are documented once, in the reference docstrings.
+
+There is no fallback: without its compiled modules ``import qe4_fast`` raises an
+ImportError that says how to build them.
+"""
+
+import numpy as np
+
+from qe4 import _validate as V
+from qe4 import rowwise as R
+from qe4.table import QuantizedTable
+from qe4.uniform import methods
+
+from ._threads import effective_n_threads, openmp_enabled  # raises ImportError when not built
+from . import _rowwise
+
+__all__ = [
+    "QuantizedTable", "quantize", "dequantize", "embedding_bag", "row_ranges", "range_loss",
+    "to_tbe", "from_tbe", "methods", "openmp_enabled",
+]
+
+F32 = np.float32
+
+
+def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None,
+             n_threads=None, **kwargs):
+    """Quantize each row of an embedding table; see :func:`qe4.quantize`.
+
+    ``n_threads`` : int or None, the number of OpenMP threads (rows are split in
+    independent blocks; the bytes do not depend on it).
+    """
+    bits = V.check_bits(bits)
+    method = V.check_method(method, methods())
+    if method not in V.UNIFORM_METHODS:
+        from .codebook import quantize_codebook
+        return quantize_codebook(x, bits, method, scale_dtype=scale_dtype, n_threads=n_threads,
+                                 **kwargs)
+    if kwargs:
+        raise TypeError(f"unexpected keyword arguments for method {method!r}: {sorted(kwargs)}")
+    n_bins = V.check_n_bins(n_bins)
+    ratio = V.check_ratio(ratio)
+    scale_dtype = V.check_scale_dtype(scale_dtype, bits)
+    x = V.as_table(x)
+    V.check_fp16_ranges(x, bits, scale_dtype)
+    data, _, _ = _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode=True)
+    params = {"n_bins": n_bins, "ratio": ratio} if method in ("greedy", "exhaustive") else {}
+    return QuantizedTable(data, bits=bits, dim=x.shape[1], method=method,
+                          scale_dtype=scale_dtype, params=params)
+
+
+def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None,
+               n_threads=None):
+    """Each row's clipping range (lo, hi); see :func:`qe4.row_ranges`."""
+    bits = V.check_bits(bits)
+    method = V.check_method(method, V.UNIFORM_METHODS)
+    n_bins = V.check_n_bins(n_bins)
+    ratio = V.check_ratio(ratio)
+    scale_dtype = V.check_scale_dtype(scale_dtype, bits)
+    x = V.as_table(x)
+    V.check_fp16_ranges(x, bits, scale_dtype)
+    _, lo, hi = _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode=False)
+    return lo, hi
+
+
+def range_loss(x, lo, hi, bits=4, scale_dtype="float16", *, n_threads=None):
+    """L2 error of each row quantized with the range [lo, hi]; see :func:`qe4.range_loss`."""
+    x = np.ascontiguousarray(np.asarray(x, F32))
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D [n_rows, n_cols], got shape {x.shape}")
+    n_rows = x.shape[0]
+    lo = np.ascontiguousarray(np.broadcast_to(np.asarray(lo, F32), (n_rows,)))
+    hi = np.ascontiguousarray(np.broadcast_to(np.asarray(hi, F32), (n_rows,)))
+    out = np.empty(n_rows, F32)
+    n_threads = effective_n_threads(n_threads, n_rows)
+    if x.shape[1] == 0:
+        out[:] = 0.0
+        return out
+    _rowwise.range_loss_rows(x, lo, hi, float(R.qmax_of(bits)), scale_dtype == "float16", out,
+                             n_threads)
+    return out
+
+
+def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
+    """Ranges (and packed rows when ``encode``) of validated ``x`` in one kernel call."""
+    n_rows, n_cols = x.shape
+    n_threads = effective_n_threads(n_threads, -(-n_rows // _rowwise.LANES))
+    code = _rowwise.METHOD_CODES[method]
+    aciq = {"aciq-laplace": R.ACIQ_LAPLACE, "aciq-gauss": R.ACIQ_GAUSS}.get(method)
+    aciq_c = float(aciq[bits]) if aciq else 0.0
+    max_levels = 2 * n_bins + 16   # exhaustive: deeper levels only exist when steps are absorbed
+    work = np.empty((n_threads, _rowwise.work_floats(n_cols, code, max_levels)), F32)
+    codes = np.empty((n_threads, n_cols), np.uint8)
+    lo = np.empty(n_rows, F32)
+    hi = np.empty(n_rows, F32)
+    row_bytes = -(-n_cols * bits // 8) + 2 * np.dtype(scale_dtype).itemsize
+    out = np.empty((n_rows if encode else 0, row_bytes), np.uint8)
+    _rowwise.quantize_rows(x, bits, code, scale_dtype == "float16", float(n_bins),
+                           float(R._min_bins(n_bins, ratio)), aciq_c, max_levels, work, codes,
+                           lo, hi, out, n_threads)
+    return out, lo, hi

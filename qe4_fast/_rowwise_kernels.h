@@ -1,0 +1,439 @@
+/* Row-wise quantization kernels of qe4_fast: the C twin of qe4/rowwise.py.
+ *
+ * Every function here reproduces the reference bit for bit: IEEE float32, round to
+ * nearest-even, no FMA contraction (-ffp-contract=off), the reference's sequential
+ * order along each row.  Kernels take validated buffers and never fail.
+ *
+ * The greedy search runs QE4_LANES rows at once, transposed (lane k = row k), each
+ * lane keeping its row's column order: the arithmetic per lane is exactly the
+ * scalar reference, the compiler vectorizes across lanes.  Wider SIMD (AVX2,
+ * AVX-512) is chosen at run time with GCC target_clones; the operations are the
+ * same IEEE operations at every width, so every clone gives the same bits.
+ */
+#ifndef QE4_ROWWISE_KERNELS_H
+#define QE4_ROWWISE_KERNELS_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define QE4_LANES 16
+#define QE4_RINT_MAGIC 12582912.0f /* 1.5 * 2^23: (v + M) - M == rint(v) for |v| < 2^22 */
+
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__)) \
+    && !defined(QE4_NO_CLONES)
+#define QE4_CLONES __attribute__((target_clones("default", "avx2", "arch=x86-64-v4")))
+#else
+#define QE4_CLONES
+/* Packed rows [r0, r0 + n) from their ranges: scale/bias, codes, packing. */
+static void qe4_encode_block(const float *x, int r0, int n, int n_cols, int bits, int fp16,
+                             const float *lo, const float *hi, uint8_t *codes, uint8_t *out,
+                             size_t row_bytes)
+{
+    for (int r = r0; r < r0 + n; r++) {
+        float scale, bias, inv;
+        qe4_scale_bias(lo[r], hi[r], bits, fp16, &scale, &bias, &inv);
+        qe4_encode_row(x + (size_t)r * n_cols, n_cols, bits, fp16, scale, bias, inv, codes,
+                       out + (size_t)r * row_bytes);
+    }
+}
+
+#endif
+
+enum { QE4_MINMAX = 0, QE4_GREEDY = 1, QE4_EXHAUSTIVE = 2, QE4_ACIQ_LAPLACE = 3, QE4_ACIQ_GAUSS = 4 };
+
+/* ------------------------------------------------------------------ float16 */
+
+static inline uint32_t qe4_bits(float v) { uint32_t u; memcpy(&u, &v, 4); return u; }
+static inline float qe4_float(uint32_t u) { float v; memcpy(&v, &u, 4); return v; }
+
+/* float32 -> IEEE binary16 bits, round to nearest-even; overflow gives inf, tiny
+ * values give float16 subnormals or zero (numpy's astype(float16)). */
+static inline uint16_t qe4_f2h(float v)
+{
+    uint32_t u = qe4_bits(v);
+    uint16_t s = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) /* NaN: keep it quiet */
+        return (uint16_t)(s | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) /* >= 65520 rounds to inf */
+        return (uint16_t)(s | 0x7c00u);
+    if (a >= 0x38800000u) { /* normal float16: drop 13 mantissa bits, ties to even */
+        a += 0x0fffu + ((a >> 13) & 1u);
+        return (uint16_t)(s | ((a - 0x38000000u) >> 13));
+    }
+    /* subnormal float16: a multiple of 2^-24; v * 2^24 is exact and < 1024 */
+    float m = qe4_float(a) * 16777216.0f;
+    m = (m + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+    return (uint16_t)(s | (uint16_t)m); /* m == 1024 encodes the smallest normal */
+}
+
+static inline float qe4_h2f(uint16_t h)
+{
+    uint32_t s = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) /* zero or subnormal: m * 2^-24, exact */
+        return qe4_float(s | qe4_bits((float)m * 5.9604644775390625e-08f));
+    if (e == 31)
+        return qe4_float(s | 0x7f800000u | (m << 13));
+    return qe4_float(s | ((e + 112u) << 23) | (m << 13));
+}
+
+/* h(v): round to the stored scale/bias dtype and back (identity for float32). */
+static inline float qe4_h(float v, int fp16) { return fp16 ? qe4_h2f(qe4_f2h(v)) : v; }
+
+/* ------------------------------------------------------------------ ranges */
+
+/* min and max of a row; "+ 0.0f" makes a zero bound +0.0 (qe4's convention), so the
+ * reduction order is free and the compiler may vectorize it. */
+static inline void qe4_row_minmax(const float *x, int n_cols, float *lo, float *hi)
+{
+    float mn = x[0], mx = x[0];
+    int j = 0;
+    if (n_cols >= 16) { /* 16 independent partial results: vectorizes without reassociation */
+        float pmn[16], pmx[16];
+        for (int k = 0; k < 16; k++)
+            pmn[k] = pmx[k] = x[k];
+        for (j = 16; j + 16 <= n_cols; j += 16)
+            for (int k = 0; k < 16; k++) {
+                float v = x[j + k];
+                pmn[k] = v < pmn[k] ? v : pmn[k];
+                pmx[k] = v > pmx[k] ? v : pmx[k];
+            }
+        for (int k = 0; k < 16; k++) {
+            mn = pmn[k] < mn ? pmn[k] : mn;
+            mx = pmx[k] > mx ? pmx[k] : mx;
+        }
+    }
+    for (; j < n_cols; j++) {
+        mn = x[j] < mn ? x[j] : mn;
+        mx = x[j] > mx ? x[j] : mx;
+    }
+    *lo = mn + 0.0f;
+    *hi = mx + 0.0f;
+}
+
+/* range_loss parameters of one candidate (lo, hi): h(lo), scale, inv. */
+static inline void qe4_loss_params(float lo, float hi, float qmax, int fp16,
+                                   float *lo_h, float *scale, float *inv)
+{
+    float l = qe4_h(lo, fp16);
+    float rng = hi - l;
+    float s = rng == 0.0f ? 1.0f : qe4_h(rng / qmax, fp16);
+    *lo_h = l;
+    *scale = s;
+    *inv = 1.0f / (s == 0.0f ? 1.0f : s);
+}
+
+/* range_loss of one row, scalar, columns in order. */
+static inline float qe4_row_loss(const float *x, int n_cols, float lo, float hi, float qmax, int fp16)
+{
+    float l, s, inv, acc = 0.0f;
+    qe4_loss_params(lo, hi, qmax, fp16, &l, &s, &inv);
+    for (int j = 0; j < n_cols; j++) {
+        float t = (x[j] - l) * inv;
+        t = t < 0.0f ? 0.0f : t;      /* clamp first (NaN stays NaN), then rint */
+        t = t > qmax ? qmax : t;
+        t = (t + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+        float d = x[j] - (t * s + l);
+        acc = acc + d * d;
+    }
+    return sqrtf(acc);
+}
+
+/* range_loss of QE4_LANES rows stored transposed, xt[j * QE4_LANES + k] = row k, column j,
+ * for two candidate ranges at once (they share the loads of x). */
+static inline void qe4_lanes_loss2(const float *restrict xt, int n_cols, float qmax, int fp16,
+                                   const float *lo_a, const float *hi_a, float *restrict out_a,
+                                   const float *lo_b, const float *hi_b, float *restrict out_b)
+{
+    float la[QE4_LANES], sa[QE4_LANES], ia[QE4_LANES], aa[QE4_LANES];
+    float lb[QE4_LANES], sb[QE4_LANES], ib[QE4_LANES], ab[QE4_LANES];
+    for (int k = 0; k < QE4_LANES; k++) {
+        qe4_loss_params(lo_a[k], hi_a[k], qmax, fp16, &la[k], &sa[k], &ia[k]);
+        qe4_loss_params(lo_b[k], hi_b[k], qmax, fp16, &lb[k], &sb[k], &ib[k]);
+        aa[k] = 0.0f;
+        ab[k] = 0.0f;
+    }
+    for (int j = 0; j < n_cols; j++) {
+        const float *xj = xt + (size_t)j * QE4_LANES;
+        for (int k = 0; k < QE4_LANES; k++) {
+            float x = xj[k];
+            float ta = (x - la[k]) * ia[k];
+            float tb = (x - lb[k]) * ib[k];
+            ta = ta < 0.0f ? 0.0f : ta;
+            tb = tb < 0.0f ? 0.0f : tb;
+            ta = ta > qmax ? qmax : ta;
+            tb = tb > qmax ? qmax : tb;
+            ta = (ta + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+            tb = (tb + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+            float da = x - (ta * sa[k] + la[k]);
+            float db = x - (tb * sb[k] + lb[k]);
+            aa[k] = aa[k] + da * da;
+            ab[k] = ab[k] + db * db;
+        }
+    }
+    for (int k = 0; k < QE4_LANES; k++) {
+        out_a[k] = sqrtf(aa[k]);
+        out_b[k] = sqrtf(ab[k]);
+    }
+}
+
+/* Greedy search (SPEC section 5) of n rows (1 <= n <= QE4_LANES) starting at x.
+ * work: QE4_LANES * n_cols floats.  A lane whose state stops changing while its loop
+ * condition still holds (steps absorbed by rounding: the reference loops forever)
+ * stops there; that is the limit of the reference's endless loop. */
+QE4_CLONES
+static void qe4_greedy_block(const float *restrict x, int n, int n_cols, float qmax, int fp16,
+                             float n_bins, float min_bins, float *work, float *lo_out, float *hi_out)
+{
+    float xmin[QE4_LANES], xmax[QE4_LANES], step[QE4_LANES], thr[QE4_LANES];
+    float cmin[QE4_LANES], cmax[QE4_LANES], cur[QE4_LANES], best[QE4_LANES];
+    float lo[QE4_LANES], hi[QE4_LANES];
+    float llo[QE4_LANES], lhi[QE4_LANES], rlo[QE4_LANES], rhi[QE4_LANES];
+    float l_left[QE4_LANES], l_right[QE4_LANES];
+    int active[QE4_LANES];
+    float *restrict xt = work;
+
+    for (int k = 0; k < QE4_LANES; k++) {
+        const float *row = x + (size_t)(k < n ? k : n - 1) * n_cols; /* pad with the last row */
+        for (int j = 0; j < n_cols; j++)
+            xt[(size_t)j * QE4_LANES + k] = row[j];
+        qe4_row_minmax(row, n_cols, &xmin[k], &xmax[k]);
+        step[k] = (xmax[k] - xmin[k]) / n_bins;
+        thr[k] = min_bins * step[k];
+    }
+    qe4_lanes_loss2(xt, n_cols, qmax, fp16, xmin, xmax, cur, xmin, xmax, best);
+    int n_active = 0;
+    for (int k = 0; k < QE4_LANES; k++) {
+        best[k] = cur[k];
+        cmin[k] = lo[k] = xmin[k];
+        cmax[k] = hi[k] = xmax[k];
+        active[k] = k < n && cmin[k] + thr[k] < cmax[k];
+        n_active += active[k];
+    }
+    while (n_active) {
+        for (int k = 0; k < QE4_LANES; k++) {
+            llo[k] = cmin[k] + step[k];
+            lhi[k] = cmax[k];
+            rlo[k] = cmin[k];
+            rhi[k] = cmax[k] - step[k];
+        }
+        qe4_lanes_loss2(xt, n_cols, qmax, fp16, llo, lhi, l_left, rlo, rhi, l_right);
+        n_active = 0;
+        for (int k = 0; k < QE4_LANES; k++) {
+            if (!active[k])
+                continue;
+            if (cur[k] < l_left[k] && cur[k] < l_right[k] && cur[k] < best[k]) {
+                best[k] = cur[k];
+                lo[k] = cmin[k];
+                hi[k] = cmax[k];
+            }
+            float old_min = cmin[k], old_max = cmax[k];
+            if (l_left[k] < l_right[k]) {
+                cmin[k] = llo[k];
+                cur[k] = l_left[k];
+            } else {
+                cmax[k] = rhi[k];
+                cur[k] = l_right[k];
+            }
+            active[k] = cmin[k] + thr[k] < cmax[k] && !(cmin[k] == old_min && cmax[k] == old_max);
+            n_active += active[k];
+        }
+    }
+    for (int k = 0; k < n; k++) {
+        lo_out[k] = lo[k];
+        hi_out[k] = hi[k];
+    }
+}
+
+/* Exhaustive search over greedy's reachable grid (qe4.rowwise.exhaustive_range) of one row.
+ * work: 4 * (max_levels + 2) floats.  Levels beyond max_levels are not searched (the
+ * reference would loop forever there: steps absorbed by rounding). */
+static void qe4_exhaustive_row(const float *x, int n_cols, float qmax, int fp16, float n_bins,
+                               float min_bins, int max_levels, float *work, float *lo_out, float *hi_out)
+{
+    int cap = max_levels + 2;
+    float *cmins = work, *cmaxs = work + cap, *reach = work + 2 * cap, *nxt = work + 3 * cap;
+    float xmin, xmax;
+    qe4_row_minmax(x, n_cols, &xmin, &xmax);
+    float step = (xmax - xmin) / n_bins;
+    float thr = min_bins * step;
+    float best = qe4_row_loss(x, n_cols, xmin, xmax, qmax, fp16);
+    float lo = xmin, hi = xmax;
+    cmins[0] = xmin;
+    cmaxs[0] = xmax;
+    reach[0] = 1.0f;
+    for (int t = 0; t < max_levels; t++) {
+        int any = 0;
+        int prev_go = 0;
+        for (int i = 0; i <= t + 1; i++) { /* nxt[i] = go[i] | go[i - 1] */
+            int go = i <= t && reach[i] != 0.0f && cmins[i] + thr < cmaxs[t - i];
+            nxt[i] = (go || prev_go) ? 1.0f : 0.0f;
+            any |= go || prev_go;
+            prev_go = go;
+        }
+        if (!any)
+            break;
+        cmins[t + 1] = cmins[t] + step;
+        cmaxs[t + 1] = cmaxs[t] - step;
+        for (int i = 0; i <= t + 1; i++) {
+            reach[i] = nxt[i];
+            if (nxt[i] == 0.0f)
+                continue;
+            float loss = qe4_row_loss(x, n_cols, cmins[i], cmaxs[t + 1 - i], qmax, fp16);
+            if (loss < best) {
+                best = loss;
+                lo = cmins[i];
+                hi = cmaxs[t + 1 - i];
+            }
+        }
+    }
+    *lo_out = lo;
+    *hi_out = hi;
+}
+
+/* ACIQ range of one row (qe4.rowwise.aciq_range): means summed in column order. */
+static void qe4_aciq_row(const float *x, int n_cols, int gauss, float c, float *lo_out, float *hi_out)
+{
+    float xmin, xmax, acc = 0.0f, dacc = 0.0f;
+    float fn = (float)n_cols;
+    qe4_row_minmax(x, n_cols, &xmin, &xmax);
+    for (int j = 0; j < n_cols; j++)
+        acc = acc + x[j];
+    float mean = acc / fn;
+    for (int j = 0; j < n_cols; j++) {
+        float d = x[j] - mean;
+        dacc = dacc + (gauss ? d * d : fabsf(d));
+    }
+    float alpha = gauss ? c * sqrtf(dacc / fn) : c * (dacc / fn);
+    float a = mean - alpha;
+    float lo = a > xmin ? a : xmin;          /* np.maximum / np.minimum: no NaN here */
+    lo = (lo < xmax ? lo : xmax) + 0.0f;
+    float b = lo + 2.0f * alpha;
+    float hi = b < xmax ? b : xmax;
+    hi = (hi > lo ? hi : lo) + 0.0f;
+    *lo_out = lo;
+    *hi_out = hi;
+}
+
+/* ------------------------------------------------------------------ codes */
+
+/* Stored scale and bias and the reciprocal used to quantize (qe4.rowwise.scale_bias). */
+static inline void qe4_scale_bias(float lo, float hi, int bits, int fp16,
+                                  float *scale, float *bias, float *inv)
+{
+    if (bits == 8) {
+        float rng = hi - lo;
+        *scale = rng / 255.0f;
+        *bias = lo + 0.0f;
+        *inv = 255.0f / (rng + 1e-8f);
+        return;
+    }
+    float qmax = (float)((1 << bits) - 1);
+    float b = qe4_h(lo, fp16);
+    float rng = hi - b;
+    float s = rng == 0.0f ? 1.0f : rng / qmax;
+    s = qe4_h(s, fp16);
+    if (s == 0.0f)
+        s = 1.0f;
+    float i = 1.0f / s;
+    if (isinf(i))
+        s = i = 1.0f;
+    *scale = s;
+    *bias = b + 0.0f;
+    *inv = i;
+}
+
+/* Codes of one row, clip(rint((x - bias) * inv), 0, qmax), packed low bits first, then the
+ * scale and bias little-endian (float16 when fp16, else float32).  codes: n_cols bytes. */
+static inline void qe4_encode_row(const float *restrict x, int n_cols, int bits, int fp16,
+                                  float scale, float bias, float inv,
+                                  uint8_t *restrict codes, uint8_t *restrict out)
+{
+    float qmax = (float)((1 << bits) - 1);
+    for (int j = 0; j < n_cols; j++) {
+        float t = (x[j] - bias) * inv;
+        t = t < 0.0f ? 0.0f : t;
+        t = t > qmax ? qmax : t;
+        codes[j] = (uint8_t)(int)((t + QE4_RINT_MAGIC) - QE4_RINT_MAGIC);
+    }
+    int nb;
+    if (bits == 8) {
+        memcpy(out, codes, (size_t)n_cols);
+        nb = n_cols;
+    } else if (bits == 4) {
+        nb = (n_cols + 1) / 2;
+        int full = n_cols / 2;
+        for (int c = 0; c < full; c++)
+            out[c] = (uint8_t)(codes[2 * c] | (codes[2 * c + 1] << 4));
+        if (n_cols & 1)
+            out[full] = codes[n_cols - 1];
+    } else {
+        nb = (n_cols + 3) / 4;
+        int full = n_cols / 4;
+        for (int c = 0; c < full; c++)
+            out[c] = (uint8_t)(codes[4 * c] | (codes[4 * c + 1] << 2) | (codes[4 * c + 2] << 4)
+                               | (codes[4 * c + 3] << 6));
+        if (n_cols & 3) {
+            uint8_t v = 0;
+            for (int j = 4 * full; j < n_cols; j++)
+                v |= (uint8_t)(codes[j] << (2 * (j - 4 * full)));
+            out[full] = v;
+        }
+    }
+    if (fp16) {
+        uint16_t hs = qe4_f2h(scale), hb = qe4_f2h(bias);
+        out[nb] = (uint8_t)(hs & 0xff);
+        out[nb + 1] = (uint8_t)(hs >> 8);
+        out[nb + 2] = (uint8_t)(hb & 0xff);
+        out[nb + 3] = (uint8_t)(hb >> 8);
+    } else {
+        uint32_t us = qe4_bits(scale), ub = qe4_bits(bias);
+        for (int i = 0; i < 4; i++) {
+            out[nb + i] = (uint8_t)(us >> (8 * i));
+            out[nb + 4 + i] = (uint8_t)(ub >> (8 * i));
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ blocks */
+
+/* Ranges of rows [r0, r0 + n) by method; n <= QE4_LANES.  work: see qe4_work_floats. */
+static void qe4_ranges_block(const float *x, int r0, int n, int n_cols, int bits, int method,
+                             int fp16, float n_bins, float min_bins, float aciq_c, int max_levels,
+                             float *work, float *lo, float *hi)
+{
+    float qmax = (float)((1 << bits) - 1);
+    const float *xb = x + (size_t)r0 * n_cols;
+    if (method == QE4_GREEDY) {
+        qe4_greedy_block(xb, n, n_cols, qmax, fp16, n_bins, min_bins, work, lo + r0, hi + r0);
+        return;
+    }
+    for (int k = 0; k < n; k++) {
+        const float *row = xb + (size_t)k * n_cols;
+        int r = r0 + k;
+        if (method == QE4_MINMAX)
+            qe4_row_minmax(row, n_cols, &lo[r], &hi[r]);
+        else if (method == QE4_EXHAUSTIVE)
+            qe4_exhaustive_row(row, n_cols, qmax, fp16, n_bins, min_bins, max_levels, work,
+                               &lo[r], &hi[r]);
+        else
+            qe4_aciq_row(row, n_cols, method == QE4_ACIQ_GAUSS, aciq_c, &lo[r], &hi[r]);
+    }
+}
+
+/* Packed rows [r0, r0 + n) from their ranges: scale/bias, codes, packing. */
+static void qe4_encode_block(const float *x, int r0, int n, int n_cols, int bits, int fp16,
+                             const float *lo, const float *hi, uint8_t *codes, uint8_t *out,
+                             size_t row_bytes)
+{
+    for (int r = r0; r < r0 + n; r++) {
+        float scale, bias, inv;
+        qe4_scale_bias(lo[r], hi[r], bits, fp16, &scale, &bias, &inv);
+        qe4_encode_row(x + (size_t)r * n_cols, n_cols, bits, fp16, scale, bias, inv, codes,
+                       out + (size_t)r * row_bytes);
+    }
+}
+
+#endif
