@@ -226,7 +226,7 @@ def group_of(table, rows):
     raw = np.ascontiguousarray(table.data[rows, table.code_bytes:])
     gid = raw.view(id_dtype(n_groups)).reshape(-1).astype(np.intp)
     if gid.size and gid.max() >= n_groups:
-        raise ValueError(f"data: group id {int(gid.max())} is out of range for {n_groups} codebooks")
+        raise ValueError(f"data: a row's group id is out of range for {n_groups} codebooks")
     return gid
 
 
@@ -248,8 +248,10 @@ def sorted_rows(x):
 
 
 def store_centroids(c64, scale_dtype):
-    """float64 centroids -> float32 (nearest-even) -> storage dtype (nearest-even), sorted."""
-    return np.sort(round_to(np.asarray(c64).astype(F32), scale_dtype), axis=1)
+    """float64 centroids -> float32 (nearest-even) -> storage dtype (nearest-even) -> + 0.0
+    (a tiny negative mean that rounds to -0.0 becomes +0.0, so equal centroids have equal
+    bytes and the sort is unambiguous), sorted ascending."""
+    return np.sort(round_to(np.asarray(c64).astype(F32), scale_dtype) + F32(0.0), axis=1)
 
 
 def assign_codes(x, cents):

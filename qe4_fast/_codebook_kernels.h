@@ -1,0 +1,420 @@
+/* Kernels of qe4_fast._codebook: codebook quantization, dequantization and bags.
+ *
+ * The numerics are specified in qe4/codebook.py; every function here reproduces one
+ * reference step bit for bit (float64 fitting arithmetic in the same order, no
+ * contraction: the module is compiled with -ffp-contract=off).  Every function works on
+ * ONE row, group or bag; callers run them on any number of threads.
+ * Stored bytes are little-endian; this file refuses big-endian hosts.
+ */
+#ifndef QE4_CODEBOOK_KERNELS_H
+#define QE4_CODEBOOK_KERNELS_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "qe4_fast._codebook assumes a little-endian host"
+#endif
+
+/* ------------------------------------------------------------------ float16 */
+
+/* float16 bits -> float32, exact: the 15 low bits placed in a float32's exponent and
+ * mantissa give the value times 2^-112 (subnormals too), undone by an exact multiply. */
+static inline float cb_half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, em = h & 0x7fffu, u;
+    float f;
+    if (em >= 0x7c00u) {
+        u = sign | 0x7f800000u | ((em & 0x3ffu) << 13);
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    u = em << 13;
+    memcpy(&f, &u, 4);
+    f *= 0x1p112f;
+    memcpy(&u, &f, 4);
+    u |= sign;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* float32 -> float16 (nearest-even, GCC's _Float16 conversion) */
+static inline uint16_t cb_float_to_half(float f)
+{
+    _Float16 h = (_Float16)f;
+    uint16_t b;
+    memcpy(&b, &h, 2);
+    return b;
+}
+
+/* qe4.codebook.store_centroids for one value: float64 -> float32 -> storage, + 0.0 */
+static inline float cb_store(double c, int f16)
+{
+    float f = (float)c;
+    if (f16)
+        f = cb_half_to_float(cb_float_to_half(f));
+    return f + 0.0f;
+}
+
+static void cb_sort_floats(float *v, int n)
+{
+    for (int i = 1; i < n; i++) {
+        float t = v[i];
+        int j = i - 1;
+        while (j >= 0 && v[j] > t) {
+            v[j + 1] = v[j];
+            j--;
+        }
+        v[j + 1] = t;
+    }
+}
+
+static int cb_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* qe4.codebook.sorted_rows for one row: float64(x + 0.0f), ascending (no NaN here) */
+static void cb_sort_row(const float *x, int64_t n, double *xs)
+{
+    for (int64_t i = 0; i < n; i++)
+        xs[i] = (double)(x[i] + 0.0f);
+    if (n > 64) {
+        qsort(xs, (size_t)n, sizeof(double), cb_cmp_double);
+        return;
+    }
+    for (int64_t i = 1; i < n; i++) {
+        double t = xs[i];
+        int64_t j = i - 1;
+        while (j >= 0 && xs[j] > t) {
+            xs[j + 1] = xs[j];
+            j--;
+        }
+        xs[j + 1] = t;
+    }
+}
+
+/* ------------------------------------------------------------------ exact 1-D k-means */
+
+typedef struct {
+    const double *P1, *P2, *PW;  /* prefix sums [n + 1] */
+    const double *inv;           /* inv[m] = 1.0 / m for unit-weight points, or NULL */
+    double *Fprev, *Fcur;        /* [n + 1] */
+    int64_t n;
+} cb_dp;
+
+/* qe4.codebook._cost: q - (s * s) * (1.0 / m) */
+static inline double cb_cost(const cb_dp *d, int64_t a, int64_t b)
+{
+    double s = d->P1[b] - d->P1[a];
+    double q = d->P2[b] - d->P2[a];
+    double r = d->inv ? d->inv[b - a] : 1.0 / (d->PW[b] - d->PW[a]);
+    return q - (s * s) * r;
+}
+
+/* One divide-and-conquer node and its subtree (qe4.codebook.optimal_partition):
+ * scan a = a_lo .. min(a_hi, mid - 1), keep the first strict minimum. */
+static void cb_solve(cb_dp *d, int32_t *A, int64_t b_lo, int64_t b_hi, int64_t a_lo, int64_t a_hi)
+{
+    while (b_lo <= b_hi) {
+        int64_t mid = (b_lo + b_hi) / 2;
+        int64_t hi = a_hi < mid - 1 ? a_hi : mid - 1;
+        double best = d->Fprev[a_lo] + cb_cost(d, a_lo, mid);
+        int64_t best_a = a_lo;
+        for (int64_t a = a_lo + 1; a <= hi; a++) {
+            double v = d->Fprev[a] + cb_cost(d, a, mid);
+            if (v < best) {
+                best = v;
+                best_a = a;
+            }
+        }
+        d->Fcur[mid] = best;
+        A[mid] = (int32_t)best_a;
+        cb_solve(d, A, b_lo, mid - 1, a_lo, best_a);
+        b_lo = mid + 1;
+        a_lo = best_a;
+    }
+}
+
+/* Optimal partition of n points into k <= n clusters: bounds[0..k].
+ * A: scratch int32 [(k - 1) * (n + 1)]. */
+static void cb_optimal_partition(cb_dp *d, int64_t k, int32_t *A, int64_t *bounds)
+{
+    int64_t n = d->n;
+    int64_t last1 = k == 1 ? n : n - (k - 1);
+    for (int64_t b = 1; b <= last1; b++)
+        d->Fprev[b] = cb_cost(d, 0, b);
+    for (int64_t j = 2; j <= k; j++) {
+        int64_t b_lo = j == k ? n : j, b_hi = j == k ? n : n - (k - j);
+        cb_solve(d, A + (j - 2) * (n + 1), b_lo, b_hi, j - 1, n - 1);
+        double *t = d->Fprev;
+        d->Fprev = d->Fcur;
+        d->Fcur = t;
+    }
+    bounds[0] = 0;
+    bounds[k] = n;
+    for (int64_t j = k; j >= 2; j--)
+        bounds[j - 1] = A[(j - 2) * (n + 1) + bounds[j]];
+}
+
+/* qe4.codebook.prefix_sums (cumsum: P[1] = a[0], P[t + 1] = P[t] + a[t]) */
+static void cb_prefix(const double *a, int64_t n, double *P)
+{
+    P[0] = 0.0;
+    if (n > 0)
+        P[1] = a[0];
+    for (int64_t t = 1; t < n; t++)
+        P[t + 1] = P[t] + a[t];
+}
+
+/* qe4.codebook.partition_centroids: shift + S / m per cluster, padded to k_out */
+static void cb_partition_centroids(const double *s, const double *w, const int64_t *bounds,
+                                   int64_t k, double shift, int64_t k_out, double *c)
+{
+    for (int64_t i = 0; i < k; i++) {
+        double S = 0.0, m = 0.0;
+        for (int64_t t = bounds[i]; t < bounds[i + 1]; t++) {
+            S += s[t];
+            m += w[t];
+        }
+        c[i] = shift + S / m;
+    }
+    for (int64_t i = k; i < k_out; i++)
+        c[i] = c[k - 1];
+}
+
+/* ------------------------------------------------------------------ per-row work space */
+
+typedef struct {
+    int64_t n, K;
+    double *xs, *s, *q, *w, *P1, *P2, *PW, *Fa, *Fb, *c64, *sums, *cnts;
+    int32_t *A, *codes, *prev;
+    int64_t *bounds;
+    float *cents;
+    void *block;
+} cb_work;
+
+static void cb_work_free(cb_work *wk)
+{
+    free(wk->block);
+    wk->block = NULL;
+}
+
+/* Allocate scratch for n points and K centroids; 0 on success, -1 when out of memory. */
+static int cb_work_init(cb_work *wk, int64_t n, int64_t K)
+{
+    size_t nd = (size_t)(4 * n + 5 * (n + 1) + 3 * K);
+    size_t ni = (size_t)((K > 1 ? K - 1 : 1) * (n + 1) + 2 * n);
+    size_t bytes = nd * 8 + (size_t)(K + 1) * 8 + ni * 4 + (size_t)K * 4 + 64;
+    char *p = (char *)malloc(bytes);
+    wk->block = p;
+    if (!p)
+        return -1;
+    wk->n = n;
+    wk->K = K;
+    double *dp = (double *)p;
+    wk->xs = dp; dp += n;
+    wk->s = dp; dp += n;
+    wk->q = dp; dp += n;
+    wk->w = dp; dp += n;
+    wk->P1 = dp; dp += n + 1;
+    wk->P2 = dp; dp += n + 1;
+    wk->PW = dp; dp += n + 1;
+    wk->Fa = dp; dp += n + 1;
+    wk->Fb = dp; dp += n + 1;
+    wk->c64 = dp; dp += K;
+    wk->sums = dp; dp += K;
+    wk->cnts = dp; dp += K;
+    wk->bounds = (int64_t *)dp;
+    int32_t *ip = (int32_t *)(wk->bounds + K + 1);
+    wk->A = ip; ip += (K > 1 ? K - 1 : 1) * (n + 1);
+    wk->codes = ip; ip += n;
+    wk->prev = ip; ip += n;
+    wk->cents = (float *)ip;
+    return 0;
+}
+
+/* Exact 1-D k-means of the points (s, q, w) [n] -> float64 centroids wk->c64 [K].
+ * inv: 1/m table for unit weights (or NULL). */
+static void cb_points_optimal(cb_work *wk, int64_t n, double shift, const double *inv)
+{
+    int64_t k = wk->K < n ? wk->K : n;
+    cb_prefix(wk->s, n, wk->P1);
+    cb_prefix(wk->q, n, wk->P2);
+    cb_prefix(wk->w, n, wk->PW);
+    cb_dp d = {wk->P1, wk->P2, wk->PW, inv, wk->Fa, wk->Fb, n};
+    cb_optimal_partition(&d, k, wk->A, wk->bounds);
+    cb_partition_centroids(wk->s, wk->w, wk->bounds, k, shift, wk->K, wk->c64);
+}
+
+/* qe4.codebook.row_optimal_centroids for the sorted row wk->xs [n] */
+static void cb_row_optimal(cb_work *wk, const double *inv)
+{
+    int64_t n = wk->n;
+    double shift = wk->xs[n / 2];
+    for (int64_t t = 0; t < n; t++) {
+        double y = wk->xs[t] - shift;
+        wk->s[t] = y;
+        wk->q[t] = y * y;
+        wk->w[t] = 1.0;
+    }
+    cb_points_optimal(wk, n, shift, inv);
+}
+
+/* qe4.codebook.lloyd_centroids for the sorted row wk->xs [n] */
+static void cb_row_lloyd(cb_work *wk, int64_t max_iter)
+{
+    int64_t n = wk->n, K = wk->K;
+    const double *xs = wk->xs;
+    double *c = wk->c64;
+    for (int64_t i = 0; i < K; i++)
+        c[i] = xs[((2 * i + 1) * n) / (2 * K)];
+    for (int64_t t = 0; t < n; t++)
+        wk->prev[t] = -1;
+    for (int64_t it = 0; it < max_iter; it++) {
+        int moved = 0;
+        for (int64_t t = 0; t < n; t++) {
+            int32_t code = 0;
+            for (int64_t i = 1; i < K; i++)
+                code += xs[t] > (c[i - 1] + c[i]) * 0.5;
+            wk->codes[t] = code;
+            moved |= code != wk->prev[t];
+        }
+        if (!moved)
+            break;
+        for (int64_t i = 0; i < K; i++)
+            wk->sums[i] = wk->cnts[i] = 0.0;
+        for (int64_t t = 0; t < n; t++) {
+            wk->prev[t] = wk->codes[t];
+            wk->sums[wk->codes[t]] += xs[t];
+            wk->cnts[wk->codes[t]] += 1.0;
+        }
+        for (int64_t i = 0; i < K; i++)
+            if (wk->cnts[i] > 0)
+                c[i] = wk->sums[i] / wk->cnts[i];
+    }
+}
+
+/* ------------------------------------------------------------------ codes and rows */
+
+/* qe4.codebook.assign_codes + pack_codes for one row: sorted float32 cents [K]. */
+static void cb_assign_pack(const float *x, int64_t dim, const float *cents, int K, int bits,
+                           uint8_t *out)
+{
+    double mids[16];
+    for (int i = 1; i < K; i++)
+        mids[i - 1] = ((double)cents[i - 1] + (double)cents[i]) * 0.5;
+    int64_t nb = (dim * bits + 7) / 8;
+    memset(out, 0, (size_t)nb);
+    int epb = 8 / bits;
+    for (int64_t j = 0; j < dim; j++) {
+        double v = (double)x[j];
+        int code = 0;
+        for (int step = K / 2; step >= 1; step /= 2)     /* #{mids < v}, mids sorted */
+            if (v > mids[code + step - 1])
+                code += step;
+        out[j / epb] |= (uint8_t)(code << ((j % epb) * bits));
+    }
+}
+
+/* Fit, store and encode one row of a "codebook" table.
+ * method 0 = kmeans (Lloyd), 1 = kmeans-optimal.  Row = [codes][K centroids]. */
+static void cb_encode_row(cb_work *wk, const float *x, int method, int64_t max_iter, int bits,
+                          int f16, const double *inv, uint8_t *row)
+{
+    int64_t n = wk->n, K = wk->K;
+    cb_sort_row(x, n, wk->xs);
+    if (method == 0)
+        cb_row_lloyd(wk, max_iter);
+    else
+        cb_row_optimal(wk, inv);
+    for (int64_t i = 0; i < K; i++)
+        wk->cents[i] = cb_store(wk->c64[i], f16);
+    cb_sort_floats(wk->cents, (int)K);
+    int64_t nb = (n * bits + 7) / 8;
+    cb_assign_pack(x, n, wk->cents, (int)K, bits, row);
+    uint8_t *dst = row + nb;
+    for (int64_t i = 0; i < K; i++) {
+        if (f16) {
+            uint16_t h = cb_float_to_half(wk->cents[i]);
+            memcpy(dst + 2 * i, &h, 2);
+        } else {
+            memcpy(dst + 4 * i, &wk->cents[i], 4);
+        }
+    }
+}
+
+/* The K float32 centroids of row r (layout 0 = codebook: in the row; 1 = two-tier:
+ * books[gid] with the id after the codes, id_bytes 1 or 2). */
+static inline const float *cb_row_cents(const uint8_t *row, int64_t code_bytes, int layout,
+                                        int f16, int K, int id_bytes, const float *books,
+                                        float *tmp)
+{
+    const uint8_t *p = row + code_bytes;
+    if (layout == 1) {
+        int64_t g = id_bytes == 1 ? p[0] : (int64_t)p[0] | ((int64_t)p[1] << 8);
+        return books + g * K;
+    }
+    if (f16) {
+        for (int i = 0; i < K; i++)
+            tmp[i] = cb_half_to_float((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
+    } else {
+        memcpy(tmp, p, (size_t)K * 4);
+    }
+    return tmp;
+}
+
+/* values of one row: out[j] = cents[code_j] */
+static inline void cb_row_values(const uint8_t *row, int64_t dim, int bits, const float *cents,
+                                 float *out)
+{
+    if (bits == 4) {
+        int64_t j = 0;
+        for (; j + 1 < dim; j += 2) {
+            uint8_t b = row[j >> 1];
+            out[j] = cents[b & 15];
+            out[j + 1] = cents[b >> 4];
+        }
+        if (j < dim)
+            out[j] = cents[row[j >> 1] & 15];
+    } else {
+        for (int64_t j = 0; j < dim; j++)
+            out[j] = cents[(row[j >> 2] >> ((j & 3) * 2)) & 3];
+    }
+}
+
+/* One bag: acc = fma(w, c[code], acc + 0) (unweighted: acc + c, the same bits since acc is
+ * never -0.0), mean: acc * (1.0f / len).  vals: scratch [dim]. */
+static void cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, int64_t dim,
+                   int bits, int layout, int f16, int id_bytes, const float *books,
+                   const int64_t *idx, int64_t p0, int64_t p1, const float *weights, int mean,
+                   float *acc, float *vals)
+{
+    int K = 1 << bits;
+    float tmp[16];
+    for (int64_t j = 0; j < dim; j++)
+        acc[j] = 0.0f;
+    for (int64_t p = p0; p < p1; p++) {
+        const uint8_t *row = data + idx[p] * row_bytes;
+        const float *c = cb_row_cents(row, code_bytes, layout, f16, K, id_bytes, books, tmp);
+        cb_row_values(row, dim, bits, c, vals);
+        if (weights) {
+            float w = weights[p];
+            for (int64_t j = 0; j < dim; j++)
+                acc[j] = fmaf(w, vals[j], acc[j]);
+        } else {
+            for (int64_t j = 0; j < dim; j++)
+                acc[j] = acc[j] + vals[j];
+        }
+    }
+    if (mean && p1 > p0) {
+        float r = 1.0f / (float)(p1 - p0);
+        for (int64_t j = 0; j < dim; j++)
+            acc[j] = acc[j] * r;
+    }
+}
+
+#endif

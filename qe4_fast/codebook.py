@@ -1,0 +1,118 @@
+"""Compiled codebook quantization and lookups: the twin of :mod:`qe4.codebook`.
+
+Same validation (``qe4.codebook.check_args``/``check_table``), byte-identical tables,
+dequantized rows and bags for every thread count.  The numerics are documented in
+:mod:`qe4.codebook`.
+
+What is compiled: every per-row fit (Lloyd and the exact dynamic program), the
+per-group dynamic programs of ``two-tier``, encoding, dequantization and bags.  Two
+``two-tier`` preparation steps are the reference's own vectorized NumPy functions,
+called explicitly (not a fallback): the row grouping (:func:`qe4.codebook.group_ids`,
+two stable argsorts) and the binning of each group's values
+(:func:`qe4.codebook.group_points`, ``np.unique`` + ``np.bincount``).
+"""
+
+import numpy as np
+
+from qe4 import codebook as C
+from qe4.table import QuantizedTable
+
+from . import _codebook
+from ._threads import effective_n_threads
+
+F32 = np.float32
+_METHOD_CODE = {"kmeans": 0, "kmeans-optimal": 1}
+_LAYOUT_CODE = {"codebook": 0, "two-tier": 1}
+
+METHODS = C.METHODS
+
+
+def quantize_codebook(x, bits, method, *, scale_dtype=None, n_threads=None, **kwargs):
+    """Codebook-quantize each row of ``x``; see :func:`qe4.codebook.quantize_codebook`.
+
+    ``n_threads``: None = all usable cores; rows (or groups) are split between threads.
+    """
+    x, bits, method, scale_dtype, opts = C.check_args(x, bits, method, scale_dtype, kwargs)
+    f16 = int(scale_dtype == "float16")
+    k = 2 ** bits
+    n_rows, dim = x.shape
+    code_bytes = -(-dim * bits // 8)
+    if method == "two-tier":
+        n_groups = opts["n_groups"]
+        nt = effective_n_threads(n_threads, n_groups)
+        gid = C.group_ids(x, n_groups)
+        books = _group_books(x, gid, n_groups, k, f16, nt)
+        id_dt = C.id_dtype(n_groups)
+        data = np.empty((n_rows, code_bytes + id_dt.itemsize), np.uint8)
+        _codebook.encode_two_tier(x, gid.astype(np.int64), books, bits, id_dt.itemsize, data,
+                                  effective_n_threads(n_threads, n_rows))
+        extras = {"codebooks": np.ascontiguousarray(books.astype(C._dtype(scale_dtype)))}
+        return QuantizedTable(data, bits=bits, dim=dim, method=method, scale_dtype=scale_dtype,
+                              layout="two-tier", extras=extras, params={"n_groups": n_groups})
+    data = np.empty((n_rows, code_bytes + k * (2 if f16 else 4)), np.uint8)
+    _codebook.encode_rows(x, bits, _METHOD_CODE[method], opts.get("max_iter", 1), f16, data,
+                          effective_n_threads(n_threads, n_rows))
+    return QuantizedTable(data, bits=bits, dim=dim, method=method, scale_dtype=scale_dtype,
+                          layout="codebook", params=opts)
+
+
+def _group_books(x, gid, n_groups, k, f16, n_threads):
+    order = np.argsort(gid, kind="stable")
+    edges = np.searchsorted(gid[order], np.arange(n_groups + 1))
+    parts, shifts, starts = [], np.zeros(n_groups), np.zeros(n_groups + 1, np.int64)
+    for g in range(n_groups):
+        rows = order[edges[g]:edges[g + 1]]
+        if rows.size:
+            s, q, w, shift = C.group_points(x, rows)
+            parts.append((s, q, w))
+            shifts[g] = shift
+            starts[g + 1] = starts[g] + s.size
+        else:
+            starts[g + 1] = starts[g]
+    cat = [np.ascontiguousarray(np.concatenate([p[i] for p in parts]) if parts else np.zeros(0))
+           for i in range(3)]
+    books = np.empty((n_groups, k), F32)
+    _codebook.fit_groups(*cat, starts, shifts, f16, books, n_threads)
+    return books
+
+
+def _table_args(table):
+    """(data, dim, bits, layout, f16, id_bytes, books float32) for the kernels."""
+    C.check_table(table)
+    k = 2 ** table.bits
+    if table.layout == "two-tier":
+        books = table.extras["codebooks"]
+        id_bytes = C.id_dtype(books.shape[0]).itemsize
+        books = np.ascontiguousarray(books.astype(F32))
+    else:
+        books, id_bytes = np.zeros((1, k), F32), 0
+    return (np.ascontiguousarray(table.data), table.dim, table.bits, _LAYOUT_CODE[table.layout],
+            int(table.scale_dtype == "float16"), id_bytes, books)
+
+
+def dequantize_codebook(table, *, n_threads=None):
+    """float32 [n_rows, dim]; see :func:`qe4.codebook.dequantize_codebook`."""
+    args = _table_args(table)
+    if table.layout == "two-tier":
+        C.group_of(table, slice(None))
+    out = np.empty((table.n_rows, table.dim), F32)
+    _codebook.dequantize(*args, out, effective_n_threads(n_threads, table.n_rows))
+    return out
+
+
+def embedding_bag_codebook(table, idx, starts, weights, mode, n_threads=None):
+    """Bags over a codebook table from validated arguments (``qe4._validate.check_bag_args``):
+    ``idx`` int64 [n], ``starts`` int64 [n_bags + 1], ``weights`` float32 [n] or None,
+    ``mode`` "sum" or "mean".  See :func:`qe4.embedding_bag`."""
+    if mode == "mean" and weights is not None:
+        raise ValueError("per_sample_weights is only supported with mode='sum'")
+    args = _table_args(table)
+    if table.layout == "two-tier":
+        C.group_of(table, idx)
+    n_bags = starts.size - 1
+    out = np.empty((n_bags, table.dim), F32)
+    _codebook.embedding_bag(*args, np.ascontiguousarray(idx, np.int64),
+                            np.ascontiguousarray(starts, np.int64),
+                            None if weights is None else np.ascontiguousarray(weights, F32),
+                            int(mode == "mean"), out, effective_n_threads(n_threads, n_bags))
+    return out
