@@ -100,6 +100,8 @@ def read_safetensors_header(path):
         prefix = f.read(8)
         if len(prefix) < 8:
             raise bad(f"the file is {file_size} bytes, too short for the 8-byte header length")
+        if prefix.startswith(b"\x93NUMPY"):
+            raise bad("it is a .npy array file")
         n = int.from_bytes(prefix, "little")
         if n < 2 or n > MAX_HEADER_BYTES:
             raise bad(f"header length {n} is out of range [2, {MAX_HEADER_BYTES}]")

@@ -326,6 +326,12 @@ def test_plain_safetensors_is_not_qe4(tmp_path):
         qio.read_metadata(tmp_path / "w.safetensors")
 
 
+def test_npy_is_not_qe4(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match="x.npy: not a valid safetensors file: it is a .npy array file"):
+        qio.read_metadata(tmp_path / "x.npy")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         qio.load(tmp_path / "nope.qe4")
