@@ -95,6 +95,7 @@ class Source:
         with open(self.path, "rb") as f:
             self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.array = np.ndarray(shape, dtype=dtype, buffer=self._mmap, offset=offset, order=order)
+        self._released = 0
 
     def _npy(self):
         try:
@@ -135,8 +136,9 @@ class Source:
         if not self.row_major or not hasattr(mmap, "MADV_DONTNEED"):
             return
         end = (self.offset + stop_row * self.n_cols * self.dtype.itemsize) // mmap.PAGESIZE * mmap.PAGESIZE
-        if end > 0:
-            self._mmap.madvise(mmap.MADV_DONTNEED, 0, end)
+        if end > self._released:
+            self._mmap.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
+            self._released = end
 
     def close(self):
         """Drop our references; the mapping is unmapped when no array uses it any more.
