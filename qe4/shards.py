@@ -2,20 +2,23 @@
 
 A sharded table is a directory holding
 
-- shard files ``shard-00000.qe4``, ``shard-00001.qe4``, ... each an ordinary
-  single-file qe4 table (:func:`qe4.io.save`) holding the rows ``[start, stop)``;
+- shard files ``shard-00000.qe4``, ``shard-00001.qe4``, ... (``shard-00000-<tag>.qe4``
+  when written by :func:`qe4.dask.to_sharded`, the tag unique to the run), each an
+  ordinary single-file qe4 table (:func:`qe4.io.save`) holding the rows ``[start, stop)``;
 - ``index.json``, written last::
 
     {"format": "qe4-sharded", "version": 1,
      "n_rows": 1000000, "dim": 64, "bits": 4, "method": "greedy",
      "scale_dtype": "float16", "layout": "rowwise", "row_bytes": 36,
-     "params": {"n_bins": 200, "ratio": 0.16},
+     "params": {"n_bins": 200, "ratio": 0.16}, "extras": [],
      "shards": [{"file": "shard-00000.qe4", "start": 0, "stop": 250000,
                  "file_bytes": 9000512, "nbytes": 9000000, "sha256": "9f2c..."}, ...]}
 
   ``file_bytes`` is the size of the shard file, ``nbytes`` the bytes of its table
   (:attr:`qe4.QuantizedTable.nbytes`), ``sha256`` the SHA-256 of the whole shard
-  file (its header, rows and any layout arrays).
+  file (its header, rows and any layout arrays); ``extras`` names the layout
+  arrays of the shards (none for rowwise and per-row codebook tables; a table
+  with arrays shared by all its rows, e.g. two-tier, can only be one shard).
 
 The directory is never silently incomplete.  Writers publish ``index.json``
 atomically (temporary file, fsync, rename) only after every shard file is in
@@ -48,7 +51,7 @@ INDEX = "index.json"
 SHARD_SUFFIX = ".qe4"
 _SHARD_NAME = re.compile(r"^shard-\d{5,}(-[0-9a-z]{1,32})?\.qe4$")
 _LEFTOVER = re.compile(r"^\.(shard-.*\.qe4tmp|index\.json\.\d+\.tmp)$")  # of interrupted writers
-_META_KEYS = ("dim", "bits", "method", "scale_dtype", "layout", "params", "row_bytes")
+_META_KEYS = ("dim", "bits", "method", "scale_dtype", "layout", "params", "row_bytes", "extras")
 
 
 def shard_name(i, tag=None):
@@ -86,7 +89,8 @@ def table_meta(table):
     """The per-table metadata every shard of one sharded table must share."""
     return {"dim": table.dim, "bits": table.bits, "method": table.method,
             "scale_dtype": table.scale_dtype, "layout": table.layout,
-            "params": json.loads(json.dumps(table.params)), "row_bytes": table.row_bytes}
+            "params": json.loads(json.dumps(table.params)), "row_bytes": table.row_bytes,
+            "extras": sorted(table.extras)}
 
 
 def file_sha256(path):
@@ -393,9 +397,9 @@ class ShardedTable:
                               scale_dtype=self.scale_dtype, layout=self.layout, params=self.params)
 
     def _require_self_contained(self):
-        if self.shard(0).extras:
+        if self.index["extras"]:
             raise ValueError(f"row access across shards needs rows that hold all their bytes; this "
-                             f"{self.layout!r} table has layout arrays {sorted(self.shard(0).extras)}; "
+                             f"{self.layout!r} table has layout arrays {self.index['extras']}; "
                              "open its shards with .shard(i)")
 
     def rows(self, indices):
@@ -415,8 +419,10 @@ class ShardedTable:
                              f"{self.n_rows} rows")
         out = np.empty((idx.size, self.row_bytes), np.uint8)
         which = np.searchsorted(self.bounds, idx, side="right") - 1
-        for i in np.unique(which):
-            sel = np.nonzero(which == i)[0]
+        order = np.argsort(which, kind="stable")          # positions grouped by shard
+        cuts = np.searchsorted(which[order], np.arange(self.n_shards + 1))
+        for i in np.nonzero(np.diff(cuts))[0]:            # only the shards that are referenced
+            sel = order[cuts[i]:cuts[i + 1]]
             out[sel] = self.shard(int(i)).data[idx[sel] - self.bounds[i]]
         return self._empty(out)
 

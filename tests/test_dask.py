@@ -296,3 +296,51 @@ def test_worker_killed_every_time_job_fails_clearly(fault_client, tmp_path):
     st = qd.to_sharded(da.from_array(x, chunks=(25, 16)), tmp_path / "k", 4, "greedy",
                        engine="reference", overwrite=True, timeout=TIMEOUT)
     assert st.to_table() == qe4.quantize(x, 4, "greedy")
+
+
+def _kill_when_writing_rows(name, dask_worker=None):
+    """Patch this worker's qe4.io writer to die once the header of file ``name`` is written.
+
+    Only this process is patched: the worker the nanny restarts after the kill is not.
+    """
+    import qe4.io
+
+    real = qe4.io.TableWriter._write
+
+    def dying(self, buf):
+        if name in os.path.basename(self.path) and self._file.tell() > 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(self, buf)
+
+    dying.real = real
+    qe4.io.TableWriter._write = dying
+
+
+def _unpatch_writer(dask_worker=None):
+    import qe4.io
+    qe4.io.TableWriter._write = getattr(qe4.io.TableWriter._write, "real", qe4.io.TableWriter._write)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_worker_killed_while_writing_a_shard(client, tmp_path, same_bytes):
+    # Every current worker dies half-way through writing shard 2; restarted workers do not.
+    # At most both die (allowed-failures 3 tolerates that), the retry then succeeds.
+    x = _weights(150, 16)
+    old = client.run_on_scheduler(_set_allowed_failures, 3)
+    client.run(_kill_when_writing_rows, "shard-00002-")
+    try:
+        st = qd.to_sharded(da.from_array(x, chunks=(25, 16)), tmp_path / "w", 4, "greedy",
+                           engine="reference", timeout=TIMEOUT)
+    finally:
+        client.run(_unpatch_writer)
+        client.run_on_scheduler(_set_allowed_failures, old)
+        client.wait_for_workers(2, timeout=TIMEOUT)
+    leftovers = [f for f in os.listdir(st.path) if f.endswith(".qe4tmp")]
+    assert leftovers and all(f.startswith(".shard-00002-") for f in leftovers)  # the dead writers'
+    st = S.open_sharded(st.path, verify=True)
+    same_bytes(st.to_table().data, qe4.quantize(x, 4, "greedy").data)
+    # an overwrite clears the leftovers
+    qd.to_sharded(da.from_array(x, chunks=(75, 16)), tmp_path / "w", 4, "greedy",
+                  engine="reference", overwrite=True, timeout=TIMEOUT)
+    assert not [f for f in os.listdir(st.path) if f.endswith(".qe4tmp")]

@@ -72,6 +72,8 @@ def test_roundtrip_bytes_and_properties(written, table, same_bytes):
 
 
 def test_rows_gathers_across_shards_in_order(written, table, same_bytes):
+    same_bytes(written.rows([101, 100, 102]).data, table.data[[101, 100, 102]])
+    assert [s is not None for s in written._shards] == [False] * 4 + [True]   # opens what it reads
     idx = np.array([102, 0, 24, 25, 24, 77, 102, 50], np.int32)
     same_bytes(written.rows(idx).data, table.data[idx])
     assert written.rows([]).n_rows == 0
