@@ -121,6 +121,12 @@ def greedy_range(x, bits=4, n_bins=200, ratio=0.16, scale_dtype="float16", retur
     strict local minimum along the path.  Rows are searched together: each
     iteration advances every row whose loop condition still holds.
 
+    One addition to torch: a row also stops when an iteration leaves (cmin, cmax)
+    unchanged, i.e. ``step`` is absorbed by rounding (a range far below the ulp of
+    its values, e.g. [1.0021218, 1.0021269]).  torch loops forever there; every
+    later iteration would repeat the same computation without changing anything,
+    so the result is the one torch's endless loop converges to.
+
     Returns
     -------
     lo, hi : float32 ndarray [n_rows]
@@ -156,7 +162,8 @@ def greedy_range(x, bits=4, n_bins=200, ratio=0.16, scale_dtype="float16", retur
             pmax = np.full_like(cmax, np.nan)
             pmin[active], pmax[active] = cmin[active], cmax[active]
             path.append((pmin, pmax))
-        active = active[cmin[active] + thr[active] < cmax[active]]
+        moved = (cmin[active] != a_min) | (cmax[active] != a_max)
+        active = active[moved & (cmin[active] + thr[active] < cmax[active])]
     if return_path:
         return lo, hi, path
     return lo, hi
@@ -172,6 +179,9 @@ def exhaustive_range(x, bits=4, n_bins=200, ratio=0.16, scale_dtype="float16"):
     from a reachable (i, j) whose loop condition ``cmin_i + thr < cmax_j`` holds
     (so at most about ``ratio * n_bins`` bins are trimmed in total).  Greedy only
     ever returns such a state, hence ``loss(exhaustive) <= loss(greedy)``.
+    A successor whose bound does not move (``step`` absorbed by rounding) is the
+    same point as its parent and is not expanded: this changes no result and
+    ends the search where greedy's stalled loop stops.
 
     Returns the (lo, hi) of least :func:`range_loss`; ties go to the state met
     first in the order (i + j, i) ascending.
@@ -189,16 +199,17 @@ def exhaustive_range(x, bits=4, n_bins=200, ratio=0.16, scale_dtype="float16"):
     while True:
         # states at level t that continue the loop
         go = {i: r & (cmins[i] + thr < cmaxs[t - i]) for i, r in level.items()}
+        cmins.append(cmins[-1] + step)
+        cmaxs.append(cmaxs[-1] - step)
         nxt = {}
         for i, g in go.items():
-            for ni in (i, i + 1):            # (i, j+1) and (i+1, j)
-                nxt[ni] = nxt.get(ni, False) | g
+            j = t - i                        # (i, j+1) and (i+1, j), if the bound moves
+            nxt[i] = nxt.get(i, False) | (g & (cmaxs[j + 1] != cmaxs[j]))
+            nxt[i + 1] = nxt.get(i + 1, False) | (g & (cmins[i + 1] != cmins[i]))
         nxt = {i: r for i, r in nxt.items() if r.any()}
         if not nxt:
             break
         t += 1
-        cmins.append(cmins[-1] + step)
-        cmaxs.append(cmaxs[-1] - step)
         for i in sorted(nxt):
             rows = np.nonzero(nxt[i])[0]
             c_lo, c_hi = cmins[i][rows], cmaxs[t - i][rows]
