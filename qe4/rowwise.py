@@ -290,6 +290,9 @@ def scale_bias(lo, hi, bits, scale_dtype):
         scale = h(scale);  if scale == 0: scale = 1.0
         inv   = 1.0 / scale;  if inv is inf: scale = inv = 1.0
 
+    A tiny negative ``lo`` that rounds to float16 -0.0 keeps its sign in the stored
+    bias, as in torch (only a zero minimum is made +0.0, by :func:`minmax_range`).
+
     8 bits (torch's byte rows; float32, nothing rounded)::
 
         bias = lo;  scale = (hi - lo) / 255;  inv = 255 / ((hi - lo) + 1e-8)
@@ -313,7 +316,7 @@ def scale_bias(lo, hi, bits, scale_dtype):
     bad = np.isinf(inv)
     scale = np.where(bad, ONE, scale).astype(F32)
     inv = np.where(bad, ONE, inv).astype(F32)
-    return scale, bias + ZERO, inv
+    return scale, bias, inv
 
 
 def quantize_codes(x, lo, inv, bits):

@@ -1,0 +1,216 @@
+"""PyTorch interop: torch's packed rows, quantizing ``nn.Embedding`` weights, and a
+module that pools quantized rows with torch's own operators.
+
+torch is an optional dependency (``pip install "qe4[torch]"``).  Exchange is by
+bytes: a rowwise :class:`qe4.QuantizedTable` with torch's scale dtype *is*
+torch's ``embedding_bag_{4,2}bit_prepack`` / ``embedding_bag_byte_prepack``
+output, so :func:`to_torch` and :func:`from_torch` only copy.
+
+The torch operators behind :class:`QuantizedEmbeddingBag` do not check their
+arguments (an ``offsets[0] != 0`` or decreasing offsets give garbage, ``mode``
+"mean" is silently a sum).  The module validates through the same helper as
+:func:`qe4.embedding_bag` and computes the mean itself, so its output equals
+:func:`qe4.embedding_bag` byte for byte.
+"""
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise ImportError('qe4.torch needs PyTorch: pip install "qe4[torch]"') from exc
+
+import numpy as np
+
+from . import _validate as V
+from .table import QuantizedTable
+from .uniform import quantize
+
+__all__ = ["to_torch", "from_torch", "quantize_embedding", "QuantizedEmbeddingBag"]
+
+# torch's scale/bias dtype per bit width (fused N-bit rows: fp16; byte rows: fp32)
+TORCH_SCALE_DTYPE = {2: "float16", 4: "float16", 8: "float32"}
+_BAG_OPS = {2: "embedding_bag_2bit_rowwise_offsets", 4: "embedding_bag_4bit_rowwise_offsets",
+            8: "embedding_bag_byte_rowwise_offsets"}
+
+
+def _check_torch_compatible(table):
+    """Raise ValueError unless torch's quantized embedding-bag ops can read ``table``."""
+    if not isinstance(table, QuantizedTable):
+        raise TypeError(f"table must be a QuantizedTable, got {type(table).__name__}")
+    if table.layout != "rowwise":
+        raise ValueError(f"table has layout {table.layout!r}; torch reads only rowwise tables")
+    want = TORCH_SCALE_DTYPE[table.bits]
+    if table.scale_dtype != want:
+        raise ValueError(f"table stores {table.scale_dtype} scale/bias; torch's {table.bits}-bit "
+                         f"rows use {want} (quantize with scale_dtype=None)")
+    epb = 8 // table.bits
+    if table.dim % epb:
+        raise ValueError(f"table has dim {table.dim}; torch's {table.bits}-bit rows need dim % "
+                         f"{epb} == 0 (torch infers dim from the row width)")
+
+
+def to_torch(table):
+    """The packed rows as the uint8 CPU tensor torch's quantized ops consume.
+
+    Parameters
+    ----------
+    table : QuantizedTable
+        Rowwise, with torch's scale dtype (float16 at 2/4 bits, float32 at 8
+        bits), and ``dim`` a multiple of ``8 // bits``.
+
+    Returns
+    -------
+    torch.Tensor, uint8 [n_rows, row_bytes] (a copy of ``table.data``)
+
+    Raises
+    ------
+    TypeError
+        ``table`` is not a QuantizedTable.
+    ValueError
+        torch cannot read the table (codebook layout, float32 scales at 2/4 bits,
+        or a dim torch would infer wrongly); the message says which.
+    """
+    _check_torch_compatible(table)
+    return torch.from_numpy(np.array(table.data, dtype=np.uint8, order="C"))
+
+
+def from_torch(tensor, bits, dim=None):
+    """A :class:`QuantizedTable` from torch's packed rows (copied to CPU memory).
+
+    ``tensor`` is the output of ``torch.ops.quantized.embedding_bag_{4,2}bit_prepack``
+    (``bits`` 4 or 2) or ``embedding_bag_byte_prepack`` (``bits=8``).  ``dim``
+    defaults to what torch infers from the row width.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dtype != torch.uint8:
+        raise TypeError(f"tensor must have dtype torch.uint8, got {tensor.dtype}")
+    return QuantizedTable.from_fused(tensor.detach().cpu().numpy(), bits, dim)
+
+
+def _weight_array(module_or_weight):
+    """The float weight of an ``nn.Embedding``/``nn.EmbeddingBag``/tensor as a NumPy array."""
+    if isinstance(module_or_weight, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
+        weight = module_or_weight.weight
+    elif isinstance(module_or_weight, torch.Tensor):
+        weight = module_or_weight
+    else:
+        raise TypeError("module_or_weight must be an nn.Embedding, nn.EmbeddingBag or a tensor, "
+                        f"got {type(module_or_weight).__name__}")
+    if weight.dtype not in (torch.float16, torch.float32, torch.float64):
+        raise TypeError(f"module_or_weight must hold float16, float32 or float64 weights, "
+                        f"got {weight.dtype}")
+    return weight.detach().cpu().numpy()
+
+
+def quantize_embedding(module_or_weight, bits=4, method="greedy", **kwargs):
+    """Quantize the weight of an ``nn.Embedding``, ``nn.EmbeddingBag`` or a 2-D tensor.
+
+    Equivalent to ``qe4.quantize(weight.detach().cpu().numpy(), bits, method, **kwargs)``
+    (see :func:`qe4.quantize` for the numerics and every keyword).  With the defaults
+    the bytes equal ``torch.ops.quantized.embedding_bag_4bit_prepack(weight, True)``.
+    """
+    return quantize(_weight_array(module_or_weight), bits, method, **kwargs)
+
+
+class QuantizedEmbeddingBag(torch.nn.Module):
+    """Sum or mean of quantized rows per bag, using torch's quantized operators.
+
+    Parameters
+    ----------
+    table : QuantizedTable
+        torch-compatible (see :func:`to_torch`).  Its bytes become the buffer
+        ``weight`` (uint8 [n_rows, row_bytes]), saved in the state dict.
+    mode : {"sum", "mean"}
+    include_last_offset : bool
+        As in ``nn.EmbeddingBag``: ``offsets`` has ``n_bags + 1`` entries.
+
+    Notes
+    -----
+    ``forward`` validates like :func:`qe4.embedding_bag`, then calls
+    ``torch.ops.quantized.embedding_bag_{4bit,2bit,byte}_rowwise_offsets`` (always a
+    sum: the op ignores its ``mode``) and, for ``"mean"``, multiplies each non-empty
+    bag by ``float32(1 / len)``: the spec's mean, so the output equals
+    ``qe4.embedding_bag(table, ...)`` byte for byte.
+    """
+
+    def __init__(self, table, mode="sum", include_last_offset=False):
+        super().__init__()
+        packed = to_torch(table)
+        if not isinstance(mode, str) or mode not in ("sum", "mean"):
+            raise ValueError(f"mode must be 'sum' or 'mean', got {mode!r}")
+        self.bits = table.bits
+        self.dim = table.dim
+        self.mode = mode
+        self.include_last_offset = bool(include_last_offset)
+        self.register_buffer("weight", packed)
+
+    @classmethod
+    def from_float(cls, module, bits=4, method="greedy", *, mode=None, include_last_offset=None,
+                   **kwargs):
+        """Quantize an ``nn.EmbeddingBag`` or ``nn.Embedding`` (or a weight tensor).
+
+        ``mode`` and ``include_last_offset`` default to the module's (``"sum"`` and
+        False for an ``nn.Embedding`` or a tensor).  Other keywords go to
+        :func:`qe4.quantize`.
+        """
+        if isinstance(module, torch.nn.EmbeddingBag):
+            if module.padding_idx is not None:
+                raise ValueError("module has padding_idx set; QuantizedEmbeddingBag does not "
+                                 "support padding_idx (torch's quantized ops have no equivalent)")
+            if module.max_norm is not None:
+                raise ValueError("module has max_norm set; quantized rows cannot be renormalized")
+            mode = module.mode if mode is None else mode
+            if include_last_offset is None:
+                include_last_offset = module.include_last_offset
+        table = quantize_embedding(module, bits, method, **kwargs)
+        return cls(table, mode="sum" if mode is None else mode,
+                   include_last_offset=bool(include_last_offset))
+
+    @property
+    def num_embeddings(self):
+        return self.weight.shape[0]
+
+    @property
+    def embedding_dim(self):
+        return self.dim
+
+    def table(self):
+        """The current ``weight`` buffer as a :class:`QuantizedTable` (a copy)."""
+        return from_torch(self.weight, self.bits, self.dim)
+
+    def extra_repr(self):
+        return (f"{self.num_embeddings}, {self.dim}, bits={self.bits}, mode={self.mode!r}, "
+                f"include_last_offset={self.include_last_offset}")
+
+    def forward(self, input, offsets=None, per_sample_weights=None):
+        """Pooled rows, float32 [n_bags, dim] on the weight's device (CPU).
+
+        ``input`` and ``offsets`` are int32/int64 tensors or arrays, as for
+        :func:`qe4.embedding_bag` (2-D ``input`` means fixed-length bags).
+        """
+        idx, starts, w = V.check_bag_args(
+            _numpy(input, "input"), None if offsets is None else _numpy(offsets, "offsets"),
+            self.num_embeddings, None if per_sample_weights is None
+            else _numpy(per_sample_weights, "per_sample_weights"),
+            self.include_last_offset, self.mode)
+        if self.mode == "mean" and w is not None:
+            raise ValueError("per_sample_weights is only supported with mode='sum'")
+        op = getattr(torch.ops.quantized, _BAG_OPS[self.bits])
+        out = op(self.weight, torch.from_numpy(idx), torch.from_numpy(starts),
+                 per_sample_weights=None if w is None else torch.from_numpy(w),
+                 include_last_offset=True)
+        if self.mode == "mean":
+            lengths = np.diff(starts)
+            factor = np.ones(lengths.size, np.float32)       # an empty bag stays zero
+            full = lengths > 0
+            factor[full] = np.float32(1.0) / lengths[full].astype(np.float32)
+            out = out * torch.from_numpy(factor)[:, None]
+        return out
+
+
+def _numpy(a, name):
+    if isinstance(a, torch.Tensor):
+        if a.dtype == torch.bfloat16:
+            raise TypeError(f"{name} must be an int32/int64 or float32 tensor, got {a.dtype}")
+        return a.detach().cpu().numpy()
+    return a
