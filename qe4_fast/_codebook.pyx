@@ -33,10 +33,11 @@ cdef extern from "_codebook_kernels.h" nogil:
                               int K, int id_bytes, const float *books, float *tmp)
     void cb_row_values(const uint8_t *row, int64_t dim, int bits, const float *cents,
                        float *out)
-    void cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, int64_t dim,
-                int bits, int layout, int f16, int id_bytes, const float *books,
+    int cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, int64_t dim,
+                int bits, int layout, int f16, int id_bytes, const float *books, int64_t n_groups,
                 const int64_t *idx, int64_t p0, int64_t p1, const float *weights, int mean,
-                float *acc, float *vals)
+                float *acc, float *vals, int simd)
+    int cb_simd_ok()
 
 
 def encode_rows(const float[:, ::1] x,      # IN  [n_rows, dim]
@@ -147,12 +148,18 @@ def embedding_bag(const uint8_t[:, ::1] data, int64_t dim, int bits, int layout,
                   weights,                    # IN  float32 [n_indices] or None
                   int mean,
                   float[:, ::1] out,          # OUT [n_bags, dim]
-                  int n_threads):
+                  int n_threads, bint simd=True):
+    """Bags over codebook rows; simd=False forces the portable loop (same bytes).
+
+    Returns the number of bags that met a two-tier group id >= books.shape[0] (their
+    output is unfinished: the caller raises)."""
     cdef int64_t n_bags = out.shape[0], m, nb = (dim * bits + 7) // 8
     cdef const float[::1] wv
     cdef const float *wp = NULL
     cdef float *vals = <float *>malloc((dim + 1) * n_threads * sizeof(float))
     cdef const int64_t *ip = &idx[0] if idx.shape[0] else NULL
+    cdef int use_simd = simd and cb_simd_ok()
+    cdef int64_t n_bad = 0, n_groups = books.shape[0]
     if weights is not None:
         wv = weights
         if wv.shape[0]:
@@ -160,7 +167,13 @@ def embedding_bag(const uint8_t[:, ::1] data, int64_t dim, int bits, int layout,
     if vals == NULL:
         raise MemoryError("qe4_fast.codebook: no memory for bag scratch space")
     for m in prange(n_bags, nogil=True, schedule="static", num_threads=n_threads):
-        cb_bag(&data[0, 0], data.shape[1], nb, dim, bits, layout, f16, id_bytes, &books[0, 0],
-               ip, starts[m], starts[m + 1], wp, mean, &out[m, 0],
-               vals + (dim + 1) * omp_get_thread_num())
+        n_bad += cb_bag(&data[0, 0], data.shape[1], nb, dim, bits, layout, f16, id_bytes,
+               &books[0, 0], n_groups, ip, starts[m], starts[m + 1], wp, mean, &out[m, 0],
+               vals + (dim + 1) * omp_get_thread_num(), use_simd)
     free(vals)
+    return n_bad
+
+
+def simd_available():
+    """True when the CPU has AVX2 + FMA + F16C (the 4-bit bag kernel then uses them)."""
+    return bool(cb_simd_ok())

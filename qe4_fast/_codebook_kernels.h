@@ -386,19 +386,115 @@ static inline void cb_row_values(const uint8_t *row, int64_t dim, int bits, cons
     }
 }
 
+#define CB_PREFETCH 16
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define CB_X86 1
+
+/* AVX2 + FMA + F16C path of cb_bag for 4-bit rows (chosen at run time, cb_simd_ok()).
+ * Each lane does the scalar path's operation on its element (an exact table lookup, then
+ * one IEEE add or fma), so the bytes are those of the scalar loop. */
+__attribute__((target("avx2,fma,f16c")))
+static int cb_bag4_avx2(const uint8_t *data, int64_t row_bytes, int64_t code_bytes,
+                        int64_t dim, int layout, int f16, int id_bytes, const float *books,
+                        int64_t n_groups, const int64_t *idx, int64_t p0, int64_t p1,
+                        const float *weights, float *acc)
+{
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    const __m256i fifteen = _mm256_set1_epi32(15), seven = _mm256_set1_epi32(7);
+    int64_t d8 = dim & ~(int64_t)7;
+    for (int64_t p = p0; p < p1; p++) {
+        if (p + CB_PREFETCH < p1) {
+            const uint8_t *ahead = data + idx[p + CB_PREFETCH] * row_bytes;
+            __builtin_prefetch(ahead);
+            __builtin_prefetch(ahead + row_bytes - 1);
+        }
+        const uint8_t *row = data + idx[p] * row_bytes;
+        const uint8_t *cp = row + code_bytes;
+        __m256 lo, hi;
+        float c[16];
+        if (layout == 1) {
+            int64_t g = id_bytes == 1 ? cp[0] : (int64_t)cp[0] | ((int64_t)cp[1] << 8);
+            if (g >= n_groups)
+                return 1;
+            lo = _mm256_loadu_ps(books + 16 * g);
+            hi = _mm256_loadu_ps(books + 16 * g + 8);
+        } else if (f16) {
+            lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)cp));
+            hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(cp + 16)));
+        } else {
+            lo = _mm256_loadu_ps((const float *)cp);
+            hi = _mm256_loadu_ps((const float *)(cp + 32));
+        }
+        _mm256_storeu_ps(c, lo);
+        _mm256_storeu_ps(c + 8, hi);
+        __m256 w = _mm256_set1_ps(weights ? weights[p] : 1.0f);
+        int64_t j = 0;
+        for (; j < d8; j += 8) {
+            uint32_t packed;
+            memcpy(&packed, row + j / 2, 4);
+            __m256i q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)packed), shifts),
+                                         fifteen);
+            __m256 vlo = _mm256_permutevar8x32_ps(lo, q);
+            __m256 vhi = _mm256_permutevar8x32_ps(hi, q);
+            __m256 v = _mm256_blendv_ps(vlo, vhi, _mm256_castsi256_ps(_mm256_cmpgt_epi32(q, seven)));
+            __m256 a = _mm256_loadu_ps(acc + j);
+            a = weights ? _mm256_fmadd_ps(w, v, a) : _mm256_add_ps(a, v);
+            _mm256_storeu_ps(acc + j, a);
+        }
+        for (; j < dim; j++) {
+            float v = c[(row[j >> 1] >> ((j & 1) * 4)) & 15];
+            acc[j] = weights ? fmaf(weights[p], v, acc[j]) : acc[j] + v;
+        }
+    }
+    return 0;
+}
+
+static int cb_simd_ok(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+           && __builtin_cpu_supports("f16c");
+}
+#else
+#define CB_X86 0
+static int cb_simd_ok(void) { return 0; }
+#endif
+
 /* One bag: acc = fma(w, c[code], acc + 0) (unweighted: acc + c, the same bits since acc is
- * never -0.0), mean: acc * (1.0f / len).  vals: scratch [dim]. */
-static void cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, int64_t dim,
-                   int bits, int layout, int f16, int id_bytes, const float *books,
+ * never -0.0), mean: acc * (1.0f / len).  vals: scratch [dim].  Returns 1 (and leaves acc
+ * unfinished) when a two-tier row's group id is >= n_groups, else 0. */
+static int cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, int64_t dim,
+                  int bits, int layout, int f16, int id_bytes, const float *books, int64_t n_groups,
                    const int64_t *idx, int64_t p0, int64_t p1, const float *weights, int mean,
-                   float *acc, float *vals)
+                   float *acc, float *vals, int simd)
 {
     int K = 1 << bits;
+    int64_t len = p1 - p0;
     float tmp[16];
     for (int64_t j = 0; j < dim; j++)
         acc[j] = 0.0f;
+#if CB_X86
+    if (simd && bits == 4) {
+        if (cb_bag4_avx2(data, row_bytes, code_bytes, dim, layout, f16, id_bytes, books,
+                         n_groups, idx, p0, p1, weights, acc))
+            return 1;
+        p0 = p1;
+    }
+#endif
     for (int64_t p = p0; p < p1; p++) {
+        if (p + CB_PREFETCH < p1) {   /* rows are random: ask for a later row's lines early */
+            const uint8_t *ahead = data + idx[p + CB_PREFETCH] * row_bytes;
+            __builtin_prefetch(ahead);
+            __builtin_prefetch(ahead + row_bytes - 1);
+        }
         const uint8_t *row = data + idx[p] * row_bytes;
+        if (layout == 1) {
+            const uint8_t *cp = row + code_bytes;
+            if ((id_bytes == 1 ? cp[0] : (int64_t)cp[0] | ((int64_t)cp[1] << 8)) >= n_groups)
+                return 1;
+        }
         const float *c = cb_row_cents(row, code_bytes, layout, f16, K, id_bytes, books, tmp);
         cb_row_values(row, dim, bits, c, vals);
         if (weights) {
@@ -410,11 +506,12 @@ static void cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, i
                 acc[j] = acc[j] + vals[j];
         }
     }
-    if (mean && p1 > p0) {
-        float r = 1.0f / (float)(p1 - p0);
+    if (mean && len > 0) {
+        float r = 1.0f / (float)len;
         for (int64_t j = 0; j < dim; j++)
             acc[j] = acc[j] * r;
     }
+    return 0;
 }
 
 #endif

@@ -26,6 +26,9 @@ _LAYOUT_CODE = {"codebook": 0, "two-tier": 1}
 
 METHODS = C.METHODS
 
+# AVX2+FMA+F16C 4-bit bag kernel when the CPU has it (same bytes); tests also run it False.
+_SIMD = _codebook.simd_available()
+
 
 def quantize_codebook(x, bits, method, *, scale_dtype=None, n_threads=None, **kwargs):
     """Codebook-quantize each row of ``x``; see :func:`qe4.codebook.quantize_codebook`.
@@ -107,12 +110,13 @@ def embedding_bag_codebook(table, idx, starts, weights, mode, n_threads=None):
     if mode == "mean" and weights is not None:
         raise ValueError("per_sample_weights is only supported with mode='sum'")
     args = _table_args(table)
-    if table.layout == "two-tier":
-        C.group_of(table, idx)
     n_bags = starts.size - 1
     out = np.empty((n_bags, table.dim), F32)
-    _codebook.embedding_bag(*args, np.ascontiguousarray(idx, np.int64),
-                            np.ascontiguousarray(starts, np.int64),
-                            None if weights is None else np.ascontiguousarray(weights, F32),
-                            int(mode == "mean"), out, effective_n_threads(n_threads, n_bags))
+    n_bad = _codebook.embedding_bag(*args, np.ascontiguousarray(idx, np.int64),
+                                    np.ascontiguousarray(starts, np.int64),
+                                    None if weights is None else np.ascontiguousarray(weights, F32),
+                                    int(mode == "mean"), out, effective_n_threads(n_threads, n_bags),
+                                    _SIMD)
+    if n_bad:
+        C.group_of(table, idx)          # raises the reference's error
     return out

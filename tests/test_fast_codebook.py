@@ -89,11 +89,13 @@ def test_lloyd_max_iter(same_bytes):
 
 @pytest.mark.parametrize("method", C.METHODS)
 @pytest.mark.parametrize("bits", C.BITS)
-def test_bags_bytes(method, bits, same_bytes):
+@pytest.mark.parametrize("simd", (True, False))
+def test_bags_bytes(method, bits, simd, same_bytes, monkeypatch):
     from qe4 import _validate as V
+    monkeypatch.setattr(FC, "_SIMD", simd and FC._SIMD)     # portable loop, and AVX2 if present
     rng = np.random.default_rng(bits)
-    for dim in (1, 7, 33):
-        t = qe4.quantize(_table(dim), bits, method, **_opts(method))
+    for dim, sd in ((1, None), (7, "float32"), (33, None), (64, "float32")):
+        t = qe4.quantize(_table(dim), bits, method, scale_dtype=sd, **_opts(method))
         idx = rng.integers(0, t.n_rows, 60)
         off = np.array([0, 0, 5, 6, 30, 30, 59])
         w = rng.standard_normal(60).astype(F32)
@@ -104,7 +106,7 @@ def test_bags_bytes(method, bits, same_bytes):
                 same_bytes(FC.embedding_bag_codebook(t, i, s, ww, mode, nt), ref)
     empty = FC.embedding_bag_codebook(t, np.zeros(0, np.int64), np.zeros(1, np.int64), None,
                                       "sum", 2)
-    assert empty.shape == (0, 33)
+    assert empty.shape == (0, 64)
 
 
 def test_public_qe4_fast_dispatch(same_bytes):
