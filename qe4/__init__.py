@@ -7,6 +7,7 @@ codebook quantization, FBGEMM/torch-compatible packed rows and pooled lookups.
 """
 
 from .bag import embedding_bag
+from .io import load, save
 from .metrics import row_errors, table_error, zipf_weights
 from .rowwise import range_loss, row_ranges
 from .table import QuantizedTable
@@ -16,5 +17,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "QuantizedTable", "quantize", "dequantize", "embedding_bag", "row_ranges", "range_loss",
-    "to_tbe", "from_tbe", "methods", "row_errors", "table_error", "zipf_weights",
+    "to_tbe", "from_tbe", "methods", "save", "load", "row_errors", "table_error", "zipf_weights",
 ]
