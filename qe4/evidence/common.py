@@ -1,0 +1,195 @@
+"""Shared pieces of the evidence run: engine choice, the methods compared, peers, progress."""
+
+import importlib
+import sys
+import time
+
+import numpy as np
+
+import qe4
+
+UNIFORM_BITS = (2, 4, 8)
+
+
+# --------------------------------------------------------------------------- engine
+
+class Engine:
+    """Which implementation quantizes: the NumPy reference ``qe4`` or the compiled ``qe4_fast``.
+
+    Chosen explicitly (``--engine``); "auto" takes ``qe4_fast`` when it imports and says
+    so, and an explicit "fast" that does not import is an error, never a quiet fallback.
+    """
+
+    def __init__(self, name="auto", n_threads=None):
+        if name not in ("auto", "fast", "reference"):
+            raise ValueError(f"engine must be 'auto', 'fast' or 'reference', got {name!r}")
+        self.reason = ""
+        self.module = qe4
+        if name in ("auto", "fast"):
+            try:
+                self.module = importlib.import_module("qe4_fast")
+                self.module.quantize          # noqa: B018  (a half-built package has no quantize)
+                name = "fast"
+            except (ImportError, AttributeError) as exc:
+                if name == "fast":
+                    raise RuntimeError(f"engine 'fast' requested but qe4_fast is unusable: {exc}") from exc
+                self.module, name, self.reason = qe4, "reference", f"qe4_fast unavailable: {exc}"
+        self.name = name
+        self.n_threads = n_threads
+        self.fast_methods, self.not_fast = set(), {}
+        if name == "fast":
+            for m in qe4.methods():
+                why = self._probe(m)
+                if why is None:
+                    self.fast_methods.add(m)
+                else:
+                    self.not_fast[m] = why
+
+    def _probe(self, method):
+        """None if qe4_fast quantizes ``method`` (a tiny call succeeds), else the reason."""
+        if method not in getattr(self.module, "methods", qe4.methods)():
+            return "not offered by qe4_fast"
+        probe = np.linspace(-1, 1, 32, dtype=np.float32).reshape(4, 8)
+        try:
+            self.module.quantize(probe, 4, method)
+        except ImportError as exc:              # a half-built twin: say so, run the reference
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def engine_for(self, method):
+        """"fast" or "reference": the engine that runs ``method`` (codebooks may be reference-only)."""
+        return "fast" if method in self.fast_methods else "reference"
+
+    def quantize(self, x, bits, method):
+        if self.engine_for(method) == "fast":
+            kw = {} if self.n_threads is None else {"n_threads": self.n_threads}
+            return self.module.quantize(x, bits, method, **kw)
+        return qe4.quantize(x, bits, method)
+
+    def describe(self):
+        """One line for the log: the engine, and every method it does not run itself."""
+        text = self.name + (f" ({self.reason})" if self.reason else "")
+        for m, why in self.not_fast.items():
+            text += f"; {m} runs on the reference ({why})"
+        return text
+
+
+def offered_bits(method, candidates=(2, 3, 4, 8)):
+    """The bit widths ``qe4.quantize`` accepts for ``method`` (probed on a tiny table)."""
+    probe = np.linspace(-1, 1, 16, dtype=np.float32).reshape(2, 8)
+    out = []
+    for b in candidates:
+        try:
+            qe4.quantize(probe, b, method)
+        except (ValueError, TypeError):
+            continue
+        out.append(b)
+    return tuple(out)
+
+
+def qe4_methods(only=None):
+    """Every qe4 method (or those in ``only``) with the bit widths it offers,
+    e.g. {"greedy": (2, 4, 8)}."""
+    names = qe4.methods()
+    if only is not None:
+        unknown = sorted(set(only) - set(names) - set(PEERS))
+        if unknown:
+            raise ValueError(f"--methods: unknown method(s) {unknown}; qe4 offers {list(names)}")
+        names = [m for m in names if m in only]
+    return {m: offered_bits(m) for m in names}
+
+
+# --------------------------------------------------------------------------- peers
+
+def _faiss_sq(x, bits):
+    """faiss-cpu ScalarQuantizer (per-dimension min/max trained on the table)."""
+    import faiss
+    qtype = {4: faiss.ScalarQuantizer.QT_4bit, 8: faiss.ScalarQuantizer.QT_8bit}[bits]
+    x = np.ascontiguousarray(x, np.float32)
+    sq = faiss.ScalarQuantizer(x.shape[1], qtype)
+    sq.train(x)
+    codes = sq.compute_codes(x)
+    x_hat = sq.decode(codes)
+    # codes plus the trained per-dimension (vmin, vdiff), shared by the table
+    return x_hat, codes.nbytes + 2 * 4 * x.shape[1]
+
+
+def _bnb_nf4(x, bits):
+    """bitsandbytes NF4 with one block per row (rows zero-padded to a supported block size)."""
+    import bitsandbytes.functional as F
+    import torch
+    n_rows, dim = x.shape
+    block = next(b for b in (64, 128, 256, 512, 1024, 2048, 4096) if b >= dim)
+    padded = np.zeros((n_rows, block), np.float32)
+    padded[:, :dim] = x                       # zeros never change a block's absmax
+    q, state = F.quantize_4bit(torch.from_numpy(padded), blocksize=block, quant_type="nf4")
+    x_hat = F.dequantize_4bit(q, state).numpy().reshape(n_rows, block)[:, :dim]
+    # per row: dim 4-bit codes + one float32 absmax (padding is not stored in a real layout)
+    return np.ascontiguousarray(x_hat), n_rows * (-(-dim // 2) + 4)
+
+
+PEERS = {
+    "faiss-sq": ("faiss", (4, 8), _faiss_sq),
+    "bnb-nf4": ("bitsandbytes.functional", (4,), _bnb_nf4),
+}
+
+
+def available_peers():
+    """{name: (bits, fn)} of the peers that import here, and {name: reason} of those that do not."""
+    ok, missing = {}, {}
+    for name, (module, bits, fn) in PEERS.items():
+        try:
+            import logging
+            logging.disable(logging.WARNING)    # bitsandbytes logs about optional GPU kernels
+            try:
+                importlib.import_module(module)
+            finally:
+                logging.disable(logging.NOTSET)
+        except Exception as exc:                # noqa: BLE001  (a broken optional install is "absent")
+            missing[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        ok[name] = (bits, fn)
+    return ok, missing
+
+
+def peer_version(name):
+    module = {"faiss-sq": "faiss", "bnb-nf4": "bitsandbytes"}[name]
+    try:
+        return importlib.import_module(module).__version__
+    except Exception:                           # noqa: BLE001
+        return None
+
+
+# --------------------------------------------------------------------------- running
+
+def reconstruct(engine, x, bits, method, peers=None):
+    """(x_hat float32, stored bytes, seconds) of ``method`` at ``bits`` on table ``x``."""
+    t0 = time.perf_counter()
+    if peers and method in peers:
+        x_hat, nbytes = peers[method][1](x, bits)
+    else:
+        table = engine.quantize(x, bits, method)
+        x_hat, nbytes = table.dequantize(), table.nbytes
+    return np.asarray(x_hat, np.float32), int(nbytes), time.perf_counter() - t0
+
+
+def jobs(methods, peers, bits_wanted):
+    """The (method, bits, family) pairs to run: qe4 methods at every offered width, then peers."""
+    out = []
+    for m, offered in methods.items():
+        out += [(m, b, "qe4") for b in bits_wanted if b in offered]
+    for m, (offered, _) in peers.items():
+        out += [(m, b, "peer") for b in bits_wanted if b in offered]
+    return out
+
+
+def progress(iterable, desc, total=None, quiet=False):
+    """tqdm progress on stderr (silent when ``quiet``)."""
+    from tqdm import tqdm
+    return tqdm(iterable, desc=desc, total=total, disable=quiet, file=sys.stderr, leave=False,
+                dynamic_ncols=True)
+
+
+def log(msg, quiet=False):
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
