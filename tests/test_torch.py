@@ -207,6 +207,25 @@ def test_bag_ops(same_bytes, bits, weighted):
         same_bytes(qe4.embedding_bag(table, indices, offsets, per_sample_weights=w), expected)
 
 
+@pytest.mark.parametrize("bits", (4, 2, 8))
+def test_bag_ops_int32_last_offset_and_fixed_length(same_bytes, bits):
+    x = mixed_table(550, 64, 16)
+    table = qe4.quantize(x, bits, "minmax")
+    rng = np.random.default_rng(551)
+    indices, offsets, weights = random_bags(rng, 64, 25)
+    last = np.append(offsets, indices.size)
+    expected = qe4.embedding_bag(table, indices, offsets, per_sample_weights=weights)
+    for dt in (np.int32, np.int64):
+        out = BAG_OPS[bits](to_torch(table), torch.from_numpy(indices.astype(dt)),
+                            torch.from_numpy(last.astype(dt)), include_last_offset=True,
+                            per_sample_weights=torch.from_numpy(weights)).numpy()
+        same_bytes(out, expected)
+    # 2-D indices (fixed-length bags), as torch's op takes them without offsets
+    idx2 = rng.integers(0, 64, (7, 4))
+    out = BAG_OPS[bits](to_torch(table), torch.from_numpy(idx2)).numpy()
+    same_bytes(out, qe4.embedding_bag(table, idx2))
+
+
 # ------------------------------------------------------------------------ conversions
 
 def test_to_from_torch_roundtrip(same_bytes):
@@ -232,6 +251,10 @@ def test_to_torch_rejects_incompatible_tables():
         to_torch(qe4.quantize(x[:, :6], 4, "minmax", scale_dtype="float32"))
     with pytest.raises(TypeError, match="QuantizedTable"):
         to_torch(x)
+    with pytest.raises(ValueError, match="layout 'codebook'; torch reads only rowwise"):
+        to_torch(qe4.quantize(x[:, :6], 4, "kmeans"))
+    with pytest.raises(ValueError, match="dim % 2 == 0"):
+        QuantizedEmbeddingBag(qe4.quantize(x, 4, "minmax"))
     # odd dims round-trip through from_torch only when dim is given
     odd = qe4.quantize(x, 4, "minmax")
     t = torch.from_numpy(odd.data.copy())
@@ -345,6 +368,9 @@ def test_module_validates_what_torch_does_not():
         mean(idx, torch.tensor([0]), torch.ones(4))
     with pytest.raises(ValueError, match="mode"):
         QuantizedEmbeddingBag(module.table(), mode="max")
+    # empty input: bags of nothing are zeros
+    out = mean(torch.tensor([], dtype=torch.int64), torch.tensor([0, 0]))
+    assert out.shape == (2, 8) and not out.any() and not torch.signbit(out).any()
 
 
 def test_module_from_float_options_and_state(same_bytes):
