@@ -20,6 +20,7 @@ from qe4.uniform import methods
 
 from ._threads import effective_n_threads, openmp_enabled  # raises ImportError when not built
 from . import _rowwise
+from .bag import dequantize, embedding_bag, from_tbe, to_tbe
 
 __all__ = [
     "QuantizedTable", "quantize", "dequantize", "embedding_bag", "row_ranges", "range_loss",
@@ -48,7 +49,6 @@ def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=
     ratio = V.check_ratio(ratio)
     scale_dtype = V.check_scale_dtype(scale_dtype, bits)
     x = V.as_table(x)
-    V.check_fp16_ranges(x, bits, scale_dtype)
     data, _, _ = _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode=True)
     params = {"n_bins": n_bins, "ratio": ratio} if method in ("greedy", "exhaustive") else {}
     return QuantizedTable(data, bits=bits, dim=x.shape[1], method=method,
@@ -64,7 +64,6 @@ def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtyp
     ratio = V.check_ratio(ratio)
     scale_dtype = V.check_scale_dtype(scale_dtype, bits)
     x = V.as_table(x)
-    V.check_fp16_ranges(x, bits, scale_dtype)
     _, lo, hi = _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode=False)
     return lo, hi
 
@@ -88,20 +87,34 @@ def range_loss(x, lo, hi, bits=4, scale_dtype="float16", *, n_threads=None):
 
 
 def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
-    """Ranges (and packed rows when ``encode``) of validated ``x`` in one kernel call."""
+    """Validate the ranges of finite ``x`` (float32, C order) and run the row kernel.
+
+    Returns the packed rows (0 rows unless ``encode``) and the chosen (lo, hi).  The
+    kernels flag rows failing ``V.check_fp16_ranges`` (same rule, see
+    ``qe4_range_bad``), and the helper itself then raises the reference's error.  The
+    minmax method checks after its single fused pass (its kernel is safe on any finite
+    rows); the searches check first.
+    """
     n_rows, n_cols = x.shape
     n_threads = effective_n_threads(n_threads, -(-n_rows // _rowwise.LANES))
+    fp16 = scale_dtype == "float16"
+    if method != "minmax":
+        lo = np.empty(n_rows, F32)
+        hi = np.empty(n_rows, F32)
+        if _rowwise.row_minmax(x, bits, fp16, lo, hi, n_threads):
+            V.check_fp16_ranges(x, bits, scale_dtype)   # raises the reference's error
     code = _rowwise.METHOD_CODES[method]
     aciq = {"aciq-laplace": R.ACIQ_LAPLACE, "aciq-gauss": R.ACIQ_GAUSS}.get(method)
     aciq_c = float(aciq[bits]) if aciq else 0.0
     max_levels = 2 * n_bins + 16   # exhaustive: deeper levels only exist when steps are absorbed
     work = np.empty((n_threads, _rowwise.work_floats(n_cols, code, max_levels)), F32)
-    codes = np.empty((n_threads, n_cols), np.uint8)
     lo = np.empty(n_rows, F32)
     hi = np.empty(n_rows, F32)
     row_bytes = -(-n_cols * bits // 8) + 2 * np.dtype(scale_dtype).itemsize
     out = np.empty((n_rows if encode else 0, row_bytes), np.uint8)
-    _rowwise.quantize_rows(x, bits, code, scale_dtype == "float16", float(n_bins),
-                           float(R._min_bins(n_bins, ratio)), aciq_c, max_levels, work, codes,
-                           lo, hi, out, n_threads)
+    n_bad = _rowwise.quantize_rows(x, bits, code, fp16, float(n_bins),
+                                   float(R._min_bins(n_bins, ratio)), aciq_c, max_levels, work,
+                                   lo, hi, out, n_threads)
+    if n_bad:
+        V.check_fp16_ranges(x, bits, scale_dtype)       # raises the reference's error
     return out, lo, hi

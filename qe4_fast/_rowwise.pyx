@@ -17,8 +17,10 @@ cdef extern from "_rowwise_kernels.h":
                           int fp16, float n_bins, float min_bins, float aciq_c, int max_levels,
                           float *work, float *lo, float *hi) noexcept nogil
     void qe4_encode_block(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                          const float *lo, const float *hi, uint8_t *codes, uint8_t *out,
+                          const float *lo, const float *hi, uint8_t *out,
                           size_t row_bytes) noexcept nogil
+    int qe4_minmax_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
+                        float *lo, float *hi) noexcept nogil
     float qe4_row_loss(const float *x, int n_cols, float lo, float hi, float qmax,
                        int fp16) noexcept nogil
 
@@ -47,16 +49,18 @@ def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
                   int bits, int method, bint fp16, float n_bins, float min_bins,
                   float aciq_c, int max_levels,
                   float[:, ::1] work,         # scratch [n_threads, work_floats]
-                  uint8_t[:, ::1] codes,      # scratch [n_threads, n_cols]
                   float[::1] lo,              # OUT [n_rows] chosen ranges
                   float[::1] hi,              # OUT [n_rows]
                   uint8_t[:, ::1] out,        # OUT [n_rows, row_bytes], or 0 rows: ranges only
                   int n_threads):
-    """Ranges of every row by ``method``, then (if ``out`` has rows) the packed rows."""
+    """Ranges of every row by ``method``, then (if ``out`` has rows) the packed rows.
+
+    Returns, for method minmax, the number of rows failing check_fp16_ranges (else 0)."""
     cdef int n_rows = x.shape[0], n_cols = x.shape[1]
     cdef int n_blocks = (n_rows + QE4_LANES - 1) // QE4_LANES
     cdef bint encode = out.shape[0] > 0
     cdef int b, r0, n, tid
+    cdef int n_bad = 0
     cdef size_t row_bytes = out.shape[1]
     for b in prange(n_blocks, nogil=True, schedule="static", num_threads=n_threads):
         tid = threadid()
@@ -64,11 +68,15 @@ def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
         n = n_rows - r0
         if n > QE4_LANES:
             n = QE4_LANES
-        qe4_ranges_block(&x[0, 0], r0, n, n_cols, bits, method, fp16, n_bins, min_bins, aciq_c,
-                         max_levels, &work[tid, 0], &lo[0], &hi[0])
+        if method == 0:
+            n_bad += qe4_minmax_rows(&x[0, 0], r0, n, n_cols, bits, fp16, &lo[0], &hi[0])
+        else:
+            qe4_ranges_block(&x[0, 0], r0, n, n_cols, bits, method, fp16, n_bins, min_bins,
+                             aciq_c, max_levels, &work[tid, 0], &lo[0], &hi[0])
         if encode:
             qe4_encode_block(&x[0, 0], r0, n, n_cols, bits, fp16, &lo[0], &hi[0],
-                             &codes[tid, 0], &out[0, 0], row_bytes)
+                             &out[0, 0], row_bytes)
+    return n_bad
 
 
 def range_loss_rows(const float[:, ::1] x,    # IN  [n_rows, n_cols]
@@ -82,3 +90,23 @@ def range_loss_rows(const float[:, ::1] x,    # IN  [n_rows, n_cols]
     cdef int n_cols = x.shape[1]
     for r in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
         out[r] = qe4_row_loss(&x[r, 0], n_cols, lo[r], hi[r], qmax, fp16)
+
+
+def row_minmax(const float[:, ::1] x,         # IN  [n_rows, n_cols]
+               int bits, bint fp16,
+               float[::1] lo,                 # OUT [n_rows] min + 0.0
+               float[::1] hi,                 # OUT [n_rows] max + 0.0
+               int n_threads):
+    """Each row's min and max (a zero bound is +0.0); returns the number of rows whose
+    range fails qe4._validate.check_fp16_ranges."""
+    cdef int n_rows = x.shape[0], n_cols = x.shape[1]
+    cdef int n_blocks = (n_rows + QE4_LANES - 1) // QE4_LANES
+    cdef int b, r0, n
+    cdef int n_bad = 0
+    for b in prange(n_blocks, nogil=True, schedule="static", num_threads=n_threads):
+        r0 = b * QE4_LANES
+        n = n_rows - r0
+        if n > QE4_LANES:
+            n = QE4_LANES
+        n_bad += qe4_minmax_rows(&x[0, 0], r0, n, n_cols, bits, fp16, &lo[0], &hi[0])
+    return n_bad

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #define QE4_LANES 16
+#define QE4_INLINE static inline __attribute__((always_inline))
 #define QE4_RINT_MAGIC 12582912.0f /* 1.5 * 2^23: (v + M) - M == rint(v) for |v| < 2^22 */
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__)) \
@@ -25,15 +26,39 @@
 #define QE4_CLONES __attribute__((target_clones("default", "avx2", "arch=x86-64-v4")))
 #else
 #define QE4_CLONES
+/* 1 when the row with min lo and max hi fails qe4._validate.check_fp16_ranges (the
+ * float16 scale/bias would overflow, or for float32 tables the range overflows);
+ * the Python wrapper then calls that helper, which raises the reference's error. */
+QE4_INLINE int qe4_range_bad(float lo, float hi, int bits, int fp16)
+{
+    float rng = hi - lo;
+    if (!fp16)
+        return !(rng - rng == 0.0f);
+    float big = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
+    float scale = rng / (float)((1 << bits) - 1);
+    return !(big < 65520.0f) || !(scale < 65520.0f); /* values that round to float16 inf */
+}
+
+static int qe4_minmax_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
+                           float *lo, float *hi)
+{
+    int n_bad = 0;
+    for (int r = r0; r < r0 + n; r++) {
+        qe4_row_minmax(x + (size_t)r * n_cols, n_cols, &lo[r], &hi[r]);
+        n_bad += qe4_range_bad(lo[r], hi[r], bits, fp16);
+    }
+    return n_bad;
+}
+
 /* Packed rows [r0, r0 + n) from their ranges: scale/bias, codes, packing. */
+QE4_CLONES
 static void qe4_encode_block(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                             const float *lo, const float *hi, uint8_t *codes, uint8_t *out,
-                             size_t row_bytes)
+                             const float *lo, const float *hi, uint8_t *out, size_t row_bytes)
 {
     for (int r = r0; r < r0 + n; r++) {
         float scale, bias, inv;
         qe4_scale_bias(lo[r], hi[r], bits, fp16, &scale, &bias, &inv);
-        qe4_encode_row(x + (size_t)r * n_cols, n_cols, bits, fp16, scale, bias, inv, codes,
+        qe4_encode_row(x + (size_t)r * n_cols, n_cols, bits, fp16, scale, bias, inv,
                        out + (size_t)r * row_bytes);
     }
 }
@@ -44,12 +69,12 @@ enum { QE4_MINMAX = 0, QE4_GREEDY = 1, QE4_EXHAUSTIVE = 2, QE4_ACIQ_LAPLACE = 3,
 
 /* ------------------------------------------------------------------ float16 */
 
-static inline uint32_t qe4_bits(float v) { uint32_t u; memcpy(&u, &v, 4); return u; }
-static inline float qe4_float(uint32_t u) { float v; memcpy(&v, &u, 4); return v; }
+QE4_INLINE uint32_t qe4_bits(float v) { uint32_t u; memcpy(&u, &v, 4); return u; }
+QE4_INLINE float qe4_float(uint32_t u) { float v; memcpy(&v, &u, 4); return v; }
 
 /* float32 -> IEEE binary16 bits, round to nearest-even; overflow gives inf, tiny
  * values give float16 subnormals or zero (numpy's astype(float16)). */
-static inline uint16_t qe4_f2h(float v)
+QE4_INLINE uint16_t qe4_f2h(float v)
 {
     uint32_t u = qe4_bits(v);
     uint16_t s = (uint16_t)((u >> 16) & 0x8000u);
@@ -68,7 +93,7 @@ static inline uint16_t qe4_f2h(float v)
     return (uint16_t)(s | (uint16_t)m); /* m == 1024 encodes the smallest normal */
 }
 
-static inline float qe4_h2f(uint16_t h)
+QE4_INLINE float qe4_h2f(uint16_t h)
 {
     uint32_t s = (uint32_t)(h & 0x8000u) << 16;
     uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
@@ -80,13 +105,13 @@ static inline float qe4_h2f(uint16_t h)
 }
 
 /* h(v): round to the stored scale/bias dtype and back (identity for float32). */
-static inline float qe4_h(float v, int fp16) { return fp16 ? qe4_h2f(qe4_f2h(v)) : v; }
+QE4_INLINE float qe4_h(float v, int fp16) { return fp16 ? qe4_h2f(qe4_f2h(v)) : v; }
 
 /* ------------------------------------------------------------------ ranges */
 
 /* min and max of a row; "+ 0.0f" makes a zero bound +0.0 (qe4's convention), so the
  * reduction order is free and the compiler may vectorize it. */
-static inline void qe4_row_minmax(const float *x, int n_cols, float *lo, float *hi)
+QE4_INLINE void qe4_row_minmax(const float *x, int n_cols, float *lo, float *hi)
 {
     float mn = x[0], mx = x[0];
     int j = 0;
@@ -113,13 +138,30 @@ static inline void qe4_row_minmax(const float *x, int n_cols, float *lo, float *
     *hi = mx + 0.0f;
 }
 
-/* range_loss parameters of one candidate (lo, hi): h(lo), scale, inv. */
-static inline void qe4_loss_params(float lo, float hi, float qmax, int fp16,
-                                   float *lo_h, float *scale, float *inv)
+/* h(v) for float16 without branches (vectorizable across lanes); equals
+ * qe4_h2f(qe4_f2h(v)) for every float32 (checked exhaustively). */
+QE4_INLINE float qe4_h16(float v)
 {
-    float l = qe4_h(lo, fp16);
+    uint32_t u = qe4_bits(v);
+    uint32_t a = u & 0x7fffffffu;
+    uint32_t norm = (a + 0x0fffu + ((a >> 13) & 1u)) & ~0x1fffu;
+    uint32_t sub = qe4_bits((qe4_float(a) + 0.75f) - 0.75f); /* multiple of 2^-24, ties even */
+    uint32_t r = a >= 0x38800000u ? norm : sub;
+    r = a >= 0x477ff000u ? 0x7f800000u : r;
+    r = a > 0x7f800000u ? (a | 0x00400000u) : r;
+    return qe4_float(r | (u & 0x80000000u));
+}
+
+QE4_INLINE float qe4_hv(float v, int fp16) { return fp16 ? qe4_h16(v) : v; }
+
+/* range_loss parameters of one candidate (lo, hi): h(lo), scale, inv. */
+QE4_INLINE void qe4_loss_params(float lo, float hi, float qmax, int fp16,
+                                float *lo_h, float *scale, float *inv)
+{
+    float l = qe4_hv(lo, fp16);
     float rng = hi - l;
-    float s = rng == 0.0f ? 1.0f : qe4_h(rng / qmax, fp16);
+    float s = qe4_hv(rng / qmax, fp16);
+    s = rng == 0.0f ? 1.0f : s;
     *lo_h = l;
     *scale = s;
     *inv = 1.0f / (s == 0.0f ? 1.0f : s);
@@ -143,7 +185,7 @@ static inline float qe4_row_loss(const float *x, int n_cols, float lo, float hi,
 
 /* range_loss of QE4_LANES rows stored transposed, xt[j * QE4_LANES + k] = row k, column j,
  * for two candidate ranges at once (they share the loads of x). */
-static inline void qe4_lanes_loss2(const float *restrict xt, int n_cols, float qmax, int fp16,
+QE4_INLINE void qe4_lanes_loss2(const float *restrict xt, int n_cols, float qmax, int fp16,
                                    const float *lo_a, const float *hi_a, float *restrict out_a,
                                    const float *lo_b, const float *hi_b, float *restrict out_b)
 {
@@ -221,23 +263,20 @@ static void qe4_greedy_block(const float *restrict x, int n, int n_cols, float q
         }
         qe4_lanes_loss2(xt, n_cols, qmax, fp16, llo, lhi, l_left, rlo, rhi, l_right);
         n_active = 0;
-        for (int k = 0; k < QE4_LANES; k++) {
-            if (!active[k])
-                continue;
-            if (cur[k] < l_left[k] && cur[k] < l_right[k] && cur[k] < best[k]) {
-                best[k] = cur[k];
-                lo[k] = cmin[k];
-                hi[k] = cmax[k];
-            }
-            float old_min = cmin[k], old_max = cmax[k];
-            if (l_left[k] < l_right[k]) {
-                cmin[k] = llo[k];
-                cur[k] = l_left[k];
-            } else {
-                cmax[k] = rhi[k];
-                cur[k] = l_right[k];
-            }
-            active[k] = cmin[k] + thr[k] < cmax[k] && !(cmin[k] == old_min && cmax[k] == old_max);
+        for (int k = 0; k < QE4_LANES; k++) { /* branch-free, so it vectorizes across lanes */
+            int act = active[k];
+            int keep = act & (cur[k] < l_left[k]) & (cur[k] < l_right[k]) & (cur[k] < best[k]);
+            best[k] = keep ? cur[k] : best[k];
+            lo[k] = keep ? cmin[k] : lo[k];
+            hi[k] = keep ? cmax[k] : hi[k];
+            int left = l_left[k] < l_right[k];
+            float new_min = (act & left) ? llo[k] : cmin[k];
+            float new_max = (act & !left) ? rhi[k] : cmax[k];
+            cur[k] = act ? (left ? l_left[k] : l_right[k]) : cur[k];
+            int moved = (new_min != cmin[k]) | (new_max != cmax[k]);
+            cmin[k] = new_min;
+            cmax[k] = new_max;
+            active[k] = act & moved & (new_min + thr[k] < new_max);
             n_active += active[k];
         }
     }
@@ -320,7 +359,7 @@ static void qe4_aciq_row(const float *x, int n_cols, int gauss, float c, float *
 /* ------------------------------------------------------------------ codes */
 
 /* Stored scale and bias and the reciprocal used to quantize (qe4.rowwise.scale_bias). */
-static inline void qe4_scale_bias(float lo, float hi, int bits, int fp16,
+QE4_INLINE void qe4_scale_bias(float lo, float hi, int bits, int fp16,
                                   float *scale, float *bias, float *inv)
 {
     if (bits == 8) {
@@ -331,10 +370,10 @@ static inline void qe4_scale_bias(float lo, float hi, int bits, int fp16,
         return;
     }
     float qmax = (float)((1 << bits) - 1);
-    float b = qe4_h(lo, fp16);
+    float b = qe4_hv(lo, fp16);
     float rng = hi - b;
     float s = rng == 0.0f ? 1.0f : rng / qmax;
-    s = qe4_h(s, fp16);
+    s = qe4_hv(s, fp16);
     if (s == 0.0f)
         s = 1.0f;
     float i = 1.0f / s;
@@ -345,42 +384,49 @@ static inline void qe4_scale_bias(float lo, float hi, int bits, int fp16,
     *inv = i;
 }
 
-/* Codes of one row, clip(rint((x - bias) * inv), 0, qmax), packed low bits first, then the
- * scale and bias little-endian (float16 when fp16, else float32).  codes: n_cols bytes. */
-static inline void qe4_encode_row(const float *restrict x, int n_cols, int bits, int fp16,
-                                  float scale, float bias, float inv,
-                                  uint8_t *restrict codes, uint8_t *restrict out)
+/* One code, clip(rint((x - bias) * inv), 0, qmax): clamped first, then rounded by the
+ * magic number, whose float bits then hold the integer in their low bits. */
+QE4_INLINE uint32_t qe4_code(float x, float bias, float inv, float qmax)
+{
+    float t = (x - bias) * inv;
+    t = t < 0.0f ? 0.0f : t;
+    t = t > qmax ? qmax : t;
+    return qe4_bits(t + QE4_RINT_MAGIC) & 0xffu;
+}
+
+/* One packed row: codes low bits first, then scale and bias little-endian (float16 when
+ * fp16, else float32).  Unused high bits of the last code byte are zero. */
+QE4_INLINE void qe4_encode_row(const float *restrict x, int n_cols, int bits, int fp16,
+                               float scale, float bias, float inv, uint8_t *restrict out)
 {
     float qmax = (float)((1 << bits) - 1);
-    for (int j = 0; j < n_cols; j++) {
-        float t = (x[j] - bias) * inv;
-        t = t < 0.0f ? 0.0f : t;
-        t = t > qmax ? qmax : t;
-        codes[j] = (uint8_t)(int)((t + QE4_RINT_MAGIC) - QE4_RINT_MAGIC);
-    }
     int nb;
     if (bits == 8) {
-        memcpy(out, codes, (size_t)n_cols);
+        for (int j = 0; j < n_cols; j++)
+            out[j] = (uint8_t)qe4_code(x[j], bias, inv, qmax);
         nb = n_cols;
     } else if (bits == 4) {
-        nb = (n_cols + 1) / 2;
         int full = n_cols / 2;
         for (int c = 0; c < full; c++)
-            out[c] = (uint8_t)(codes[2 * c] | (codes[2 * c + 1] << 4));
+            out[c] = (uint8_t)(qe4_code(x[2 * c], bias, inv, qmax)
+                               | (qe4_code(x[2 * c + 1], bias, inv, qmax) << 4));
         if (n_cols & 1)
-            out[full] = codes[n_cols - 1];
+            out[full] = (uint8_t)qe4_code(x[n_cols - 1], bias, inv, qmax);
+        nb = (n_cols + 1) / 2;
     } else {
-        nb = (n_cols + 3) / 4;
         int full = n_cols / 4;
         for (int c = 0; c < full; c++)
-            out[c] = (uint8_t)(codes[4 * c] | (codes[4 * c + 1] << 2) | (codes[4 * c + 2] << 4)
-                               | (codes[4 * c + 3] << 6));
+            out[c] = (uint8_t)(qe4_code(x[4 * c], bias, inv, qmax)
+                               | (qe4_code(x[4 * c + 1], bias, inv, qmax) << 2)
+                               | (qe4_code(x[4 * c + 2], bias, inv, qmax) << 4)
+                               | (qe4_code(x[4 * c + 3], bias, inv, qmax) << 6));
         if (n_cols & 3) {
-            uint8_t v = 0;
+            uint32_t v = 0;
             for (int j = 4 * full; j < n_cols; j++)
-                v |= (uint8_t)(codes[j] << (2 * (j - 4 * full)));
-            out[full] = v;
+                v |= qe4_code(x[j], bias, inv, qmax) << (2 * (j - 4 * full));
+            out[full] = (uint8_t)v;
         }
+        nb = (n_cols + 3) / 4;
     }
     if (fp16) {
         uint16_t hs = qe4_f2h(scale), hb = qe4_f2h(bias);
@@ -423,15 +469,39 @@ static void qe4_ranges_block(const float *x, int r0, int n, int n_cols, int bits
     }
 }
 
+/* 1 when the row with min lo and max hi fails qe4._validate.check_fp16_ranges (the
+ * float16 scale/bias would overflow, or for float32 tables the range overflows);
+ * the Python wrapper then calls that helper, which raises the reference's error. */
+QE4_INLINE int qe4_range_bad(float lo, float hi, int bits, int fp16)
+{
+    float rng = hi - lo;
+    if (!fp16)
+        return !(rng - rng == 0.0f);
+    float big = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
+    float scale = rng / (float)((1 << bits) - 1);
+    return !(big < 65520.0f) || !(scale < 65520.0f); /* values that round to float16 inf */
+}
+
+static int qe4_minmax_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
+                           float *lo, float *hi)
+{
+    int n_bad = 0;
+    for (int r = r0; r < r0 + n; r++) {
+        qe4_row_minmax(x + (size_t)r * n_cols, n_cols, &lo[r], &hi[r]);
+        n_bad += qe4_range_bad(lo[r], hi[r], bits, fp16);
+    }
+    return n_bad;
+}
+
 /* Packed rows [r0, r0 + n) from their ranges: scale/bias, codes, packing. */
+QE4_CLONES
 static void qe4_encode_block(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                             const float *lo, const float *hi, uint8_t *codes, uint8_t *out,
-                             size_t row_bytes)
+                             const float *lo, const float *hi, uint8_t *out, size_t row_bytes)
 {
     for (int r = r0; r < r0 + n; r++) {
         float scale, bias, inv;
         qe4_scale_bias(lo[r], hi[r], bits, fp16, &scale, &bias, &inv);
-        qe4_encode_row(x + (size_t)r * n_cols, n_cols, bits, fp16, scale, bias, inv, codes,
+        qe4_encode_row(x + (size_t)r * n_cols, n_cols, bits, fp16, scale, bias, inv,
                        out + (size_t)r * row_bytes);
     }
 }
