@@ -137,6 +137,49 @@ def check_fp16_ranges(x, bits, scale_dtype, name="x"):
             "use scale_dtype='float32'")
 
 
+def check_table(table):
+    """``table`` must be a :class:`qe4.QuantizedTable`."""
+    from .table import QuantizedTable
+    if not isinstance(table, QuantizedTable):
+        raise TypeError(f"table must be a QuantizedTable, got {type(table).__name__}")
+    return table
+
+
+def check_row_alignment(row_alignment):
+    if isinstance(row_alignment, bool) or not isinstance(row_alignment, (int, np.integer)):
+        raise TypeError(f"row_alignment must be an integer, got {row_alignment!r}")
+    if row_alignment < 1:
+        raise ValueError(f"row_alignment must be >= 1, got {row_alignment}")
+    return int(row_alignment)
+
+
+def check_tbe_rows(data, bits, dim, scale_dtype, row_alignment):
+    """Validate TBE rows ``[scale][bias][codes][zero padding]`` (see :func:`qe4.from_tbe`).
+
+    Returns ``(data, bits, dim, scale_dtype, qp, row_bytes)``: the uint8 rows, the
+    resolved arguments, the scale/bias block size and the unpadded row size.
+    """
+    bits = check_bits(bits)
+    scale_dtype = check_scale_dtype(scale_dtype, bits)
+    row_alignment = check_row_alignment(row_alignment)
+    data = check_uint8_table(np.asarray(data), "data")
+    qp = 2 * np.dtype(scale_dtype).itemsize
+    if dim is None:
+        dim = (data.shape[1] - qp) * 8 // bits
+        if dim < 1:
+            raise ValueError(f"data rows of {data.shape[1]} bytes are too short for {bits}-bit rows")
+    dim = int(dim)
+    row_bytes = qp + -(-dim * bits // 8)
+    width = -(-row_bytes // row_alignment) * row_alignment
+    if data.shape[1] != width:
+        raise ValueError(f"data has {data.shape[1]} bytes per row; TBE rows of dim {dim} at {bits} bits "
+                         f"aligned to {row_alignment} need {width}")
+    if width > row_bytes and data[:, row_bytes:].any():
+        r = int(np.argmax(data[:, row_bytes:].any(axis=1)))
+        raise ValueError(f"data: padding bytes of row {r} are not zero")
+    return data, bits, dim, scale_dtype, qp, row_bytes
+
+
 def check_uint8_table(data, name="data"):
     if not isinstance(data, np.ndarray):
         data = np.asarray(data)
@@ -227,4 +270,6 @@ def check_bag_args(indices, offsets, n_rows, per_sample_weights, include_last_of
                 f"per_sample_weights must have the shape of indices {idx.shape}, got {w.shape}")
         weights = np.ascontiguousarray(w, dtype=np.float32)
         check_finite(weights.reshape(1, -1), "per_sample_weights")
+    if mode == "mean" and weights is not None:
+        raise ValueError("per_sample_weights is only supported with mode='sum'")
     return np.ascontiguousarray(idx), np.ascontiguousarray(starts), weights

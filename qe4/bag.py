@@ -4,7 +4,6 @@ import numpy as np
 
 from . import _validate as V
 from .rowwise import fma32, unpack_codes
-from .table import QuantizedTable
 
 F32 = np.float32
 
@@ -48,12 +47,9 @@ def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weight
     values and ``t = 0`` (see :mod:`qe4.codebook`).  Bags are processed together:
     step k adds the k-th position of every bag that has one.
     """
-    if not isinstance(table, QuantizedTable):
-        raise TypeError(f"table must be a QuantizedTable, got {type(table).__name__}")
+    V.check_table(table)
     idx, starts, w = V.check_bag_args(indices, offsets, table.n_rows, per_sample_weights,
                                       include_last_offset, mode)
-    if mode == "mean" and w is not None:
-        raise ValueError("per_sample_weights is only supported with mode='sum'")
     lengths = np.diff(starts)
     out = np.zeros((lengths.size, table.dim), F32)
     for k in range(int(lengths.max(initial=0))):

@@ -110,8 +110,7 @@ def dequantize(table):
     exact, so it equals ``scale * q + bias``).  This is the embedding bag of a
     single row with weight 1.
     """
-    if not isinstance(table, QuantizedTable):
-        raise TypeError(f"table must be a QuantizedTable, got {type(table).__name__}")
+    V.check_table(table)
     if table.layout != "rowwise":
         return _codebook().dequantize_codebook(table)
     q = table.codes()
@@ -125,10 +124,9 @@ def to_tbe(table, row_alignment=1):
     padded with zeros to a multiple of ``row_alignment`` bytes (1 on CPU, 16 on GPU).
     Returns a new uint8 array [n_rows, padded_row_bytes].
     """
-    if not isinstance(table, QuantizedTable):
-        raise TypeError(f"table must be a QuantizedTable, got {type(table).__name__}")
+    V.check_table(table)
     table._require_rowwise("the TBE layout")
-    row_alignment = _check_alignment(row_alignment)
+    row_alignment = V.check_row_alignment(row_alignment)
     cb = table.code_bytes
     width = -(-table.row_bytes // row_alignment) * row_alignment
     out = np.zeros((table.n_rows, width), np.uint8)
@@ -142,32 +140,9 @@ def from_tbe(data, bits, dim=None, *, scale_dtype="float16", row_alignment=1):
 
     ``dim`` defaults to every code slot of an unpadded row.  Padding bytes must be zero.
     """
-    bits = V.check_bits(bits)
-    scale_dtype = V.check_scale_dtype(scale_dtype, bits)
-    row_alignment = _check_alignment(row_alignment)
-    data = V.check_uint8_table(np.asarray(data), "data")
-    qp = 2 * np.dtype(scale_dtype).itemsize
-    if dim is None:
-        dim = (data.shape[1] - qp) * 8 // bits
-        if dim < 1:
-            raise ValueError(f"data rows of {data.shape[1]} bytes are too short for {bits}-bit rows")
-    dim = int(dim)
-    row_bytes = qp + -(-dim * bits // 8)
-    width = -(-row_bytes // row_alignment) * row_alignment
-    if data.shape[1] != width:
-        raise ValueError(f"data has {data.shape[1]} bytes per row; TBE rows of dim {dim} at {bits} bits "
-                         f"aligned to {row_alignment} need {width}")
-    if width > row_bytes and data[:, row_bytes:].any():
-        r = int(np.argmax(data[:, row_bytes:].any(axis=1)))
-        raise ValueError(f"data: padding bytes of row {r} are not zero")
+    data, bits, dim, scale_dtype, qp, row_bytes = V.check_tbe_rows(data, bits, dim, scale_dtype,
+                                                                    row_alignment)
     fused = np.concatenate([data[:, qp:row_bytes], data[:, :qp]], axis=1)
     return QuantizedTable(np.ascontiguousarray(fused), bits=bits, dim=dim, method="fused",
                           scale_dtype=scale_dtype)
 
-
-def _check_alignment(row_alignment):
-    if isinstance(row_alignment, bool) or not isinstance(row_alignment, (int, np.integer)):
-        raise TypeError(f"row_alignment must be an integer, got {row_alignment!r}")
-    if row_alignment < 1:
-        raise ValueError(f"row_alignment must be >= 1, got {row_alignment}")
-    return int(row_alignment)

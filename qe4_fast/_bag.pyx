@@ -1,0 +1,92 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Lookup-side kernels of qe4_fast: embedding bags, dequantization, TBE row conversion.
+
+Every function takes validated, C-contiguous buffers and a resolved ``n_threads``
+(qe4_fast.bag does both), writes into a preallocated output and never raises.  Work
+is split with one ``prange`` over independent bags or rows; each bag/row is computed
+in a fixed order (_bag_kernels.h), so the bytes do not depend on the thread count.
+"""
+
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t, uint8_t
+from libc.string cimport memcpy, memset
+
+cdef extern from "_bag_kernels.h" nogil:
+    ctypedef struct qe4_rows:
+        const uint8_t *data
+        int64_t row_bytes
+        int64_t code_bytes
+        int64_t dim
+        int bits
+        int f16
+    int qe4_simd_available()
+    void qe4_bag(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const float *w,
+                 int64_t start, int64_t end, int mean, int simd, float *out) noexcept
+    void qe4_dequantize_row(const qe4_rows *t, int64_t r, int simd, float *out) noexcept
+
+
+def simd_available():
+    """True when the CPU runs the AVX2+FMA row kernels (else the portable C ones)."""
+    return bool(qe4_simd_available())
+
+
+cdef qe4_rows _rows(const uint8_t[:, ::1] data, int bits, Py_ssize_t dim, bint f16):
+    cdef qe4_rows t
+    t.data = &data[0, 0] if data.shape[0] > 0 else NULL
+    t.row_bytes = data.shape[1]
+    t.code_bytes = (dim * bits + 7) // 8
+    t.dim = dim
+    t.bits = bits
+    t.f16 = f16
+    return t
+
+
+def embedding_bag_rowwise(const uint8_t[:, ::1] data,    # IN  packed rows [n_rows, row_bytes]
+                          int bits, Py_ssize_t dim, bint f16,
+                          const int64_t[::1] idx,         # IN  row of each position, all in range
+                          const int64_t[::1] starts,      # IN  [n_bags + 1], non-decreasing, 0 .. n_idx
+                          const float[::1] weights,       # IN  [n_idx] or None
+                          bint mean,
+                          float[:, ::1] out,              # OUT [n_bags, dim]
+                          int n_threads, bint simd):
+    """Pooled rows of each bag into ``out`` (see qe4.embedding_bag for the arithmetic)."""
+    cdef qe4_rows t = _rows(data, bits, dim, f16)
+    cdef Py_ssize_t m, n_bags = out.shape[0]
+    cdef const int64_t *ip = &idx[0] if idx.shape[0] > 0 else NULL
+    cdef const float *wp = &weights[0] if weights is not None and weights.shape[0] > 0 else NULL
+    cdef int64_t n_idx = idx.shape[0]
+    if n_bags == 0:
+        return
+    for m in prange(n_bags, nogil=True, num_threads=n_threads, schedule="dynamic", chunksize=8):
+        qe4_bag(&t, ip, n_idx, wp, starts[m], starts[m + 1], mean, simd, &out[m, 0])
+
+
+def dequantize_rowwise(const uint8_t[:, ::1] data,       # IN  packed rows [n_rows, row_bytes]
+                       int bits, Py_ssize_t dim, bint f16,
+                       float[:, ::1] out,                 # OUT [n_rows, dim]
+                       int n_threads, bint simd):
+    """``out[r] = fma(scale[r], q[r], bias[r])`` for every row."""
+    cdef qe4_rows t = _rows(data, bits, dim, f16)
+    cdef Py_ssize_t r, n_rows = out.shape[0]
+    if n_rows == 0:
+        return
+    for r in prange(n_rows, nogil=True, num_threads=n_threads, schedule="static"):
+        qe4_dequantize_row(&t, r, simd, &out[r, 0])
+
+
+def move_qparams(const uint8_t[:, ::1] src,     # IN  [n_rows, src_width]
+                 uint8_t[:, ::1] dst,           # OUT [n_rows, dst_width], dst_width >= n_bytes
+                 Py_ssize_t head, Py_ssize_t n_bytes, int n_threads):
+    """Rotate each row's first ``n_bytes`` left by ``head`` bytes and zero-pad to dst's width.
+
+    Fused -> TBE: head = code_bytes (the scale/bias block moves to the front);
+    TBE -> fused: head = 2 * itemsize (it moves back to the end).
+    """
+    cdef Py_ssize_t r, n_rows = src.shape[0], width = dst.shape[1]
+    if n_rows == 0:
+        return
+    for r in prange(n_rows, nogil=True, num_threads=n_threads, schedule="static"):
+        memcpy(&dst[r, 0], &src[r, head], n_bytes - head)
+        memcpy(&dst[r, n_bytes - head], &src[r, 0], head)
+        if width > n_bytes:
+            memset(&dst[r, n_bytes], 0, width - n_bytes)

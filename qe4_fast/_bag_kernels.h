@@ -1,0 +1,365 @@
+/* Row kernels of qe4_fast._bag: embedding bags and dequantization of fused rowwise rows.
+ *
+ * A row is [codes][scale][bias] (qe4.rowwise.pack_codes layout, scale/bias little-endian
+ * float16 or float32).  Every function here handles ONE bag or ONE row, in a fixed order:
+ * bags/rows are independent, so the caller may run them on any number of threads and the
+ * bytes never change.  Columns are independent accumulators too, so SIMD along the row
+ * keeps each element's sequence of roundings exactly that of qe4.embedding_bag:
+ *
+ *     acc[j] = 0;  for p in bag:  acc[j] = fma(s_p, q_p[j], acc[j] + t_p)
+ *     (s_p = w_p * scale, t_p = w_p * bias, float32; unweighted: s_p = scale, t_p = bias)
+ *
+ * Fused vs unfused.  fma(s, q, a) rounds s*q + a once.  When s*q is exactly representable
+ * in float32, fl(s*q) == s*q and fl(a + fl(s*q)) is that same single rounding, so the
+ * unfused form is bit-identical.  s*q is exact whenever s is a float16 value and q an
+ * integer in [0, 255]: s = m * 2^e with an integer |m| < 2^11 and e >= -24, so
+ * s*q = (m*q) * 2^e with |m*q| < 2^19 <= 2^24 (at most 19 significant bits), and a nonzero
+ * |s*q| lies in [2^-24, 65504 * 255], inside float32's normal range: no rounding.  Hence the
+ * portable kernel uses (acc + t) + s*q for unweighted float16 tables (libm's fmaf is a slow
+ * call), and the AVX2+FMA kernel may use vfmadd for them.  Weighted bags (s = fl(w*scale) has
+ * up to 24 significant bits) and float32 scales need a true fma: fmaf() in the portable
+ * kernel (libm, correctly rounded), vfmadd*ps / vfmadd*ss in the AVX2+FMA kernel, which is
+ * chosen at run time when the CPU has AVX2, FMA and F16C (qe4_simd_available).
+ *
+ * Compiled with -ffp-contract=off (setup.py): the compiler never fuses on its own.
+ */
+#ifndef QE4_BAG_KERNELS_H
+#define QE4_BAG_KERNELS_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define QE4_X86 1
+#include <immintrin.h>
+#else
+#define QE4_X86 0
+#endif
+
+typedef struct {
+    const uint8_t *data;   /* [n_rows, row_bytes], C-contiguous */
+    int64_t row_bytes;
+    int64_t code_bytes;    /* ceil(dim * bits / 8) */
+    int64_t dim;
+    int bits;              /* 2, 4 or 8 */
+    int f16;               /* 1: float16 scale/bias, 0: float32 */
+} qe4_rows;
+
+/* ------------------------------------------------------------------ scalar helpers */
+
+/* float16 bits -> float32, exact (as numpy's astype): the 15 low bits moved into a float32's
+ * exponent/mantissa give the value times 2^-112 (also for subnormals), undone by an exact
+ * power-of-two multiply; inf/NaN keep their payload. */
+static inline float qe4_half_to_float(uint32_t h)
+{
+    uint32_t sign = (h & 0x8000u) << 16, em = h & 0x7fffu, u;
+    float f;
+    if (em >= 0x7c00u) {
+        u = sign | 0x7f800000u | ((em & 0x3ffu) << 13);
+    } else {
+        u = em << 13;
+        memcpy(&f, &u, 4);
+        f *= 0x1p112f;
+        memcpy(&u, &f, 4);
+        u |= sign;
+    }
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Little-endian load of the row's scale (k = 0) or bias (k = 1), widened to float32. */
+static inline float qe4_qparam(const qe4_rows *t, const uint8_t *row, int k)
+{
+    const uint8_t *p = row + t->code_bytes + (t->f16 ? 2 : 4) * k;
+    if (t->f16)
+        return qe4_half_to_float((uint32_t)p[0] | ((uint32_t)p[1] << 8));
+    uint32_t u = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Code j of a packed row: byte j / epb, bit offset (j % epb) * bits. */
+static inline float qe4_code(const uint8_t *c, int bits, int64_t j)
+{
+    int epb = 8 / bits;
+    return (float)((c[j / epb] >> ((j % epb) * bits)) & ((1u << bits) - 1u));
+}
+
+/* Rows that are at most PF positions ahead are prefetched (random rows miss the cache). */
+#ifndef QE4_PREFETCH
+#define QE4_PREFETCH 32
+#endif
+
+static inline void qe4_prefetch_row(const qe4_rows *t, int64_t r)
+{
+    const uint8_t *row = t->data + r * t->row_bytes;
+    __builtin_prefetch(row, 0, 3);
+#ifndef QE4_PF1
+    if ((((uintptr_t)row + t->row_bytes - 1) ^ (uintptr_t)row) >= 64)
+        __builtin_prefetch(row + t->row_bytes - 1, 0, 3);
+#endif
+}
+
+/* One element: init ? op(s, q, t) : op(s, q, acc + t), op fused or not (see the header). */
+#define QE4_STEP(acc, s, q, t, fused, init)                                   \
+    do {                                                                      \
+        float a_ = (init) ? (t) : (acc) + (t);                                \
+        (acc) = (fused) ? fmaf((s), (q), a_) : a_ + (s) * (q);                \
+    } while (0)
+
+/* ------------------------------------------------------------------ portable rows */
+
+static inline __attribute__((always_inline)) void
+qe4_row_generic_t(const uint8_t *c, int bits, int64_t dim, float s, float t, float *acc,
+                  const int fused, const int init)
+{
+    int64_t j;
+    switch (bits) {
+    case 4:
+        for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, qe4_code(c, 4, j), t, fused, init);
+        break;
+    case 2:
+        for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, qe4_code(c, 2, j), t, fused, init);
+        break;
+    default:
+        for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, (float)c[j], t, fused, init);
+    }
+}
+
+static void qe4_row_generic(const uint8_t *c, int bits, int64_t dim, float s, float t,
+                            float *acc, int fused, int init)
+{
+    if (fused) {
+        if (init) qe4_row_generic_t(c, bits, dim, s, t, acc, 1, 1);
+        else qe4_row_generic_t(c, bits, dim, s, t, acc, 1, 0);
+    } else {
+        if (init) qe4_row_generic_t(c, bits, dim, s, t, acc, 0, 1);
+        else qe4_row_generic_t(c, bits, dim, s, t, acc, 0, 0);
+    }
+}
+
+/* ------------------------------------------------------------------ portable bag */
+
+static void qe4_bag_generic(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const float *w,
+                            int64_t start, int64_t end, float *out)
+{
+    int fused = (w != NULL) || !t->f16;
+    int64_t p, j;
+    for (j = 0; j < t->dim; j++) out[j] = 0.0f;
+    for (p = start; p < end; p++) {
+        if (p + QE4_PREFETCH < n_idx) qe4_prefetch_row(t, idx[p + QE4_PREFETCH]);
+        const uint8_t *row = t->data + idx[p] * t->row_bytes;
+        float s = qe4_qparam(t, row, 0), b = qe4_qparam(t, row, 1);
+        if (w != NULL) {
+            s = w[p] * s;
+            b = w[p] * b;
+        }
+        qe4_row_generic(row, t->bits, t->dim, s, b, out, fused, 0);
+    }
+}
+
+/* ------------------------------------------------------------------ AVX2 + FMA + F16C */
+#if QE4_X86
+#include <cpuid.h>
+#define QE4_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define QE4_INLINE static inline __attribute__((always_inline))
+
+/* Every step is fma(s, q, acc + t) with a real FMA instruction (exact for all tables). */
+
+QE4_INLINE QE4_AVX2 void qe4_qparams_avx2(const qe4_rows *t, const uint8_t *row, float *s, float *b)
+{
+    const uint8_t *p = row + t->code_bytes;
+    if (t->f16) {
+        uint32_t u;
+        memcpy(&u, p, 4);
+        __m128 v = _mm_cvtph_ps(_mm_cvtsi32_si128((int)u));
+        *s = _mm_cvtss_f32(v);
+        *b = _mm_cvtss_f32(_mm_movehdup_ps(v));
+    } else {
+        memcpy(s, p, 4);
+        memcpy(b, p + 4, 4);
+    }
+}
+
+/* 8 codes -> 8 floats, for the chunk of codes starting at element j (j % 8 == 0). */
+QE4_INLINE QE4_AVX2 __m256 qe4_codes8_avx2(const uint8_t *c, int bits, int64_t j)
+{
+    uint32_t u = 0;
+    if (bits == 8)
+        return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(c + j))));
+    if (bits == 4) {
+        memcpy(&u, c + j / 2, 4);
+        __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)u), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+        return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15)));
+    }
+    memcpy(&u, c + j / 4, 2);
+    __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)u), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(3)));
+}
+
+/* 16 4-bit codes (8 bytes at c) in element order, as bytes. */
+QE4_INLINE QE4_AVX2 __m128i qe4_nibbles16_avx2(const uint8_t *c)
+{
+    const __m128i m = _mm_set1_epi8(0x0f);
+    __m128i b = _mm_loadl_epi64((const __m128i *)c);
+    return _mm_unpacklo_epi8(_mm_and_si128(b, m), _mm_and_si128(_mm_srli_epi16(b, 4), m));
+}
+
+QE4_INLINE QE4_AVX2 __m256 qe4_lo8_avx2(__m128i q) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)); }
+QE4_INLINE QE4_AVX2 __m256 qe4_hi8_avx2(__m128i q) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q, 8))); }
+
+/* acc[0:dim] = fma(s, q, init ? t : acc + t), columns in chunks of 16/8, then a scalar tail. */
+QE4_INLINE QE4_AVX2 void qe4_row_avx2_t(const uint8_t *c, int bits, int64_t dim, float s, float t,
+                                        float *acc, const int init)
+{
+    __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(t);
+    int64_t j = 0;
+    if (bits == 4) {
+        for (; j + 16 <= dim; j += 16) {
+            __m128i q = qe4_nibbles16_avx2(c + j / 2);
+            __m256 a0 = init ? vt : _mm256_add_ps(_mm256_loadu_ps(acc + j), vt);
+            __m256 a1 = init ? vt : _mm256_add_ps(_mm256_loadu_ps(acc + j + 8), vt);
+            _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(vs, qe4_lo8_avx2(q), a0));
+            _mm256_storeu_ps(acc + j + 8, _mm256_fmadd_ps(vs, qe4_hi8_avx2(q), a1));
+        }
+    }
+    for (; j + 8 <= dim; j += 8) {
+        __m256 a = init ? vt : _mm256_add_ps(_mm256_loadu_ps(acc + j), vt);
+        _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(vs, qe4_codes8_avx2(c, bits, j), a));
+    }
+    for (; j < dim; j++) QE4_STEP(acc[j], s, qe4_code(c, bits, j), t, 1, init);
+}
+
+QE4_AVX2 static void qe4_row_avx2(const uint8_t *c, int bits, int64_t dim, float s, float t,
+                                  float *acc, int init)
+{
+    if (init) qe4_row_avx2_t(c, bits, dim, s, t, acc, 1);
+    else qe4_row_avx2_t(c, bits, dim, s, t, acc, 0);
+}
+
+/* Columns [j0, j0 + 64) of a bag, the 8 accumulators held in registers. */
+QE4_INLINE QE4_AVX2 void qe4_block64_avx2_t(const qe4_rows *t, const int64_t *idx, int64_t n_idx,
+                                            const float *w, int64_t start, int64_t end,
+                                            int64_t j0, float *out, const int bits)
+{
+    __m256 acc[8];
+    int64_t p;
+    int k;
+    for (k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+    for (p = start; p < end; p++) {
+        if (j0 == 0 && p + QE4_PREFETCH < n_idx) qe4_prefetch_row(t, idx[p + QE4_PREFETCH]);
+        const uint8_t *row = t->data + idx[p] * t->row_bytes;
+        float s, b;
+        qe4_qparams_avx2(t, row, &s, &b);
+        if (w != NULL) {
+            s = w[p] * s;
+            b = w[p] * b;
+        }
+        __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(b);
+        for (k = 0; k < 8; k++) acc[k] = _mm256_add_ps(acc[k], vt);
+        if (bits == 4) {
+            /* 64 nibbles: unpacking within 128-bit lanes gives codes [0,16) and [32,48) in
+             * u1, [16,32) and [48,64) in u2 */
+            const __m256i m = _mm256_set1_epi8(0x0f);
+            __m256i b = _mm256_loadu_si256((const __m256i *)(row + j0 / 2));
+            __m256i lo = _mm256_and_si256(b, m), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+            __m256i u1 = _mm256_unpacklo_epi8(lo, hi), u2 = _mm256_unpackhi_epi8(lo, hi);
+            __m128i q[4] = {_mm256_castsi256_si128(u1), _mm256_castsi256_si128(u2),
+                            _mm256_extracti128_si256(u1, 1), _mm256_extracti128_si256(u2, 1)};
+            for (k = 0; k < 4; k++) {
+                acc[2 * k] = _mm256_fmadd_ps(vs, qe4_lo8_avx2(q[k]), acc[2 * k]);
+                acc[2 * k + 1] = _mm256_fmadd_ps(vs, qe4_hi8_avx2(q[k]), acc[2 * k + 1]);
+            }
+        } else {
+            for (k = 0; k < 8; k++)
+                acc[k] = _mm256_fmadd_ps(vs, qe4_codes8_avx2(row, bits, j0 + 8 * k), acc[k]);
+        }
+    }
+    for (k = 0; k < 8; k++) _mm256_storeu_ps(out + j0 + 8 * k, acc[k]);
+}
+
+QE4_AVX2 static void qe4_bag_avx2(const qe4_rows *t, const int64_t *idx, int64_t n_idx,
+                                  const float *w, int64_t start, int64_t end, float *out)
+{
+    int64_t p, j, j0 = 0;
+    for (; j0 + 64 <= t->dim; j0 += 64) {
+        switch (t->bits) {
+        case 4: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 4); break;
+        case 2: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 2); break;
+        default: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 8);
+        }
+    }
+    if (j0 == t->dim) return;
+    /* the remaining columns accumulate in out[j0:dim], position by position */
+    for (j = j0; j < t->dim; j++) out[j] = 0.0f;
+    for (p = start; p < end; p++) {
+        if (j0 == 0 && p + QE4_PREFETCH < n_idx) qe4_prefetch_row(t, idx[p + QE4_PREFETCH]);
+        const uint8_t *row = t->data + idx[p] * t->row_bytes;
+        float s, b;
+        qe4_qparams_avx2(t, row, &s, &b);
+        if (w != NULL) {
+            s = w[p] * s;
+            b = w[p] * b;
+        }
+        qe4_row_avx2_t(row + j0 * t->bits / 8, t->bits, t->dim - j0, s, b, out + j0, 0);
+    }
+}
+
+QE4_AVX2 static void qe4_dequantize_row_avx2(const qe4_rows *t, int64_t r, float *out)
+{
+    const uint8_t *row = t->data + r * t->row_bytes;
+    float s, b;
+    qe4_qparams_avx2(t, row, &s, &b);
+    qe4_row_avx2(row, t->bits, t->dim, s, b, out, 1);
+}
+
+static int qe4_simd_available(void)
+{
+    unsigned a, b, c, d;
+    __builtin_cpu_init();
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_F16C)) return 0;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+static void qe4_bag_avx2(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const float *w,
+                         int64_t start, int64_t end, float *out)
+{
+    qe4_bag_generic(t, idx, n_idx, w, start, end, out);
+}
+
+static void qe4_dequantize_row_avx2(const qe4_rows *t, int64_t r, float *out)
+{
+    const uint8_t *row = t->data + r * t->row_bytes;
+    qe4_row_generic(row, t->bits, t->dim, qe4_qparam(t, row, 0), qe4_qparam(t, row, 1), out, !t->f16, 1);
+}
+
+static int qe4_simd_available(void) { return 0; }
+#endif
+
+/* ------------------------------------------------------------------ public kernels */
+
+/* out[0:dim] = pooled rows idx[start:end] (weights w[start:end] or NULL; mean divides by
+ * the length).  n_idx bounds the prefetch look-ahead.  Indices are valid (checked before). */
+static void qe4_bag(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const float *w,
+                    int64_t start, int64_t end, int mean, int simd, float *out)
+{
+    int64_t j;
+    if (simd) qe4_bag_avx2(t, idx, n_idx, w, start, end, out);
+    else qe4_bag_generic(t, idx, n_idx, w, start, end, out);
+    if (mean && end > start) {
+        float inv = 1.0f / (float)(end - start);
+        for (j = 0; j < t->dim; j++) out[j] *= inv;
+    }
+}
+
+/* out[0:dim] = fma(scale, q, bias) of row r. */
+static void qe4_dequantize_row(const qe4_rows *t, int64_t r, int simd, float *out)
+{
+    const uint8_t *row = t->data + r * t->row_bytes;
+    if (simd) qe4_dequantize_row_avx2(t, r, out);
+    else qe4_row_generic(row, t->bits, t->dim, qe4_qparam(t, row, 0), qe4_qparam(t, row, 1), out, !t->f16, 1);
+}
+
+#endif
