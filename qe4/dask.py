@@ -120,6 +120,8 @@ import numpy as np
 from . import _validate as V
 from . import shards as S
 from .table import QuantizedTable
+from .uniform import methods
+from .uniform import quantize as quantize_reference
 
 # Methods whose rows depend on other rows (they cluster the rows of the whole table):
 # quantizing them chunk by chunk would not reproduce a single-machine run.
@@ -150,16 +152,28 @@ class QuantizedChunks:
         are the chunk's metadata (the same for every chunk).
     starts : int64 ndarray [n_chunks + 1]
         Row offsets of the chunks.
-    n_rows, dim, bits, method : int, int, int, str
+    n_rows, dim, bits, method, row_bytes : int, int, int, str, int
     """
 
-    def __init__(self, chunks, starts, dim, bits, method):
+    def __init__(self, chunks, starts, dim, bits, method, row_bytes):
         self.chunks = chunks
         self.starts = starts
         self.n_rows = int(starts[-1])
         self.dim = dim
         self.bits = bits
         self.method = method
+        self.row_bytes = row_bytes
+
+    def packed(self):
+        """The packed rows as a lazy uint8 dask array [n_rows, row_bytes], chunked like the input.
+
+        For Dask-native storage of the bytes (``.to_zarr(...)``); the metadata
+        needed to read them back is that of :meth:`compute`'s tables.
+        """
+        _, da = _dask()
+        return da.concatenate([
+            da.from_delayed(chunk.data, (int(b - a), self.row_bytes), np.uint8)
+            for chunk, a, b in zip(self.chunks, self.starts[:-1], self.starts[1:])])
 
     @property
     def n_chunks(self):
@@ -255,13 +269,14 @@ def quantize(darr, bits=4, method="greedy", *, engine="fast", n_threads=1, **kwa
     if darr.shape[0] == 0 or darr.shape[1] == 0:
         raise ValueError(f"darr must have at least one row and one column, got shape {darr.shape}")
     bits = V.check_bits(bits)
-    from .uniform import methods
     method = V.check_method(method, methods())
     if method in CROSS_ROW_METHODS:
         raise ValueError(f"method {method!r} clusters rows across the whole table, so quantizing it "
                          "in row chunks would not match a single-machine run; use qe4.quantize")
-    if method in V.UNIFORM_METHODS:
-        _check_uniform_kwargs(bits, kwargs)
+    # one made-up row quantized on the client checks the options now, with qe4.quantize's
+    # errors, and gives the row width (every chunk has the same)
+    probe = quantize_reference(np.linspace(-1, 1, darr.shape[1], dtype=np.float32)[None], bits,
+                               method, **kwargs)
     S.engine_function(engine, "quantize")          # fail now, on the client, if it is missing
     if engine == "reference":
         if n_threads not in (1, None):
@@ -276,18 +291,7 @@ def quantize(darr, bits=4, method="greedy", *, engine="fast", n_threads=1, **kwa
     run = dask.delayed(_quantize_chunk, pure=True)
     chunks = [run(block, int(starts[i]), int(starts[i + 1]), bits, method, engine, opts)
               for i, block in enumerate(blocks)]
-    return QuantizedChunks(chunks, starts, int(darr.shape[1]), bits, method)
-
-
-def _check_uniform_kwargs(bits, kwargs):
-    unknown = sorted(set(kwargs) - {"n_bins", "ratio", "scale_dtype"})
-    if unknown:
-        raise TypeError(f"unexpected keyword arguments for a uniform method: {unknown}")
-    if "n_bins" in kwargs:
-        V.check_n_bins(kwargs["n_bins"])
-    if "ratio" in kwargs:
-        V.check_ratio(kwargs["ratio"])
-    V.check_scale_dtype(kwargs.get("scale_dtype"), bits)
+    return QuantizedChunks(chunks, starts, int(darr.shape[1]), bits, method, probe.row_bytes)
 
 
 def _quantize_chunk(block, start, stop, bits, method, engine, opts):

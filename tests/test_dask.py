@@ -102,6 +102,10 @@ def test_sharded_output_matches_one_machine(client, tmp_path, same_bytes):
     assert [p.n_rows for p in parts] == [1, 50, 7, 63]
     assert all(p.params == {"n_bins": 200, "ratio": 0.16} and p.bits == 4 for p in parts)
     same_bytes(np.concatenate([p.data for p in parts]), want.data)
+    packed = lazy.packed()
+    assert packed.shape == (121, 7 + 4)            # ceil(13 / 2) code bytes, fp16 scale, bias
+    assert packed.chunks[0] == (1, 50, 7, 63)
+    same_bytes(packed.compute(), want.data)
 
 
 @pytest.mark.timeout(120)
