@@ -106,7 +106,7 @@ def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
     code = _rowwise.METHOD_CODES[method]
     aciq = {"aciq-laplace": R.ACIQ_LAPLACE, "aciq-gauss": R.ACIQ_GAUSS}.get(method)
     aciq_c = float(aciq[bits]) if aciq else 0.0
-    max_levels = 2 * n_bins + 16   # exhaustive: deeper levels only exist when steps are absorbed
+    max_levels = 4 * n_bins + 64   # exhaustive: a guard far beyond any level a search reaches
     work = np.empty((n_threads, _rowwise.work_floats(n_cols, code, max_levels)), F32)
     lo = np.empty(n_rows, F32)
     hi = np.empty(n_rows, F32)

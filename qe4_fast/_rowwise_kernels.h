@@ -287,8 +287,9 @@ static void qe4_greedy_block(const float *restrict x, int n, int n_cols, float q
 }
 
 /* Exhaustive search over greedy's reachable grid (qe4.rowwise.exhaustive_range) of one row.
- * work: 4 * (max_levels + 2) floats.  Levels beyond max_levels are not searched (the
- * reference would loop forever there: steps absorbed by rounding). */
+ * A successor whose bound does not move (step absorbed by rounding) is not expanded, as in
+ * the reference.  work: 4 * (max_levels + 2) floats; max_levels (4 * n_bins + 64) is far
+ * beyond any level a search reaches, a guard only. */
 static void qe4_exhaustive_row(const float *x, int n_cols, float qmax, int fp16, float n_bins,
                                float min_bins, int max_levels, float *work, float *lo_out, float *hi_out)
 {
@@ -304,18 +305,26 @@ static void qe4_exhaustive_row(const float *x, int n_cols, float qmax, int fp16,
     cmaxs[0] = xmax;
     reach[0] = 1.0f;
     for (int t = 0; t < max_levels; t++) {
+        cmins[t + 1] = cmins[t] + step;
+        cmaxs[t + 1] = cmaxs[t] - step;
         int any = 0;
-        int prev_go = 0;
-        for (int i = 0; i <= t + 1; i++) { /* nxt[i] = go[i] | go[i - 1] */
-            int go = i <= t && reach[i] != 0.0f && cmins[i] + thr < cmaxs[t - i];
-            nxt[i] = (go || prev_go) ? 1.0f : 0.0f;
-            any |= go || prev_go;
-            prev_go = go;
+        for (int i = 0; i <= t + 1; i++)
+            nxt[i] = 0.0f;
+        for (int i = 0; i <= t; i++) { /* from (i, j = t - i): (i, j + 1) and (i + 1, j) */
+            int j = t - i;
+            if (reach[i] == 0.0f || !(cmins[i] + thr < cmaxs[j]))
+                continue;
+            if (cmaxs[j + 1] != cmaxs[j]) {
+                nxt[i] = 1.0f;
+                any = 1;
+            }
+            if (cmins[i + 1] != cmins[i]) {
+                nxt[i + 1] = 1.0f;
+                any = 1;
+            }
         }
         if (!any)
             break;
-        cmins[t + 1] = cmins[t] + step;
-        cmaxs[t + 1] = cmaxs[t] - step;
         for (int i = 0; i <= t + 1; i++) {
             reach[i] = nxt[i];
             if (nxt[i] == 0.0f)
@@ -380,7 +389,7 @@ QE4_INLINE void qe4_scale_bias(float lo, float hi, int bits, int fp16,
     if (isinf(i))
         s = i = 1.0f;
     *scale = s;
-    *bias = b + 0.0f;
+    *bias = b; /* a tiny negative lo keeps its float16 -0.0, as in torch */
     *inv = i;
 }
 
