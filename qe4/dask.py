@@ -60,19 +60,24 @@ Row chunks
 ``darr`` is rechunked to span all columns (``darr.rechunk({1: -1})``); its row
 chunks are kept.  Each row chunk is one task, one
 :class:`~qe4.QuantizedTable` and, with :func:`to_sharded`, one shard file, so
-choose chunks of ~10^5-10^6 rows (tens of MB): big enough to amortise the ~1 ms
-per-task overhead of the scheduler, small enough that a lost worker costs
-little to redo and there are several chunks per core.
+choose chunks of ~10^5-10^6 rows (tens of MB): big enough to amortise the
+scheduler's overhead per task (about a millisecond), small enough that a lost
+worker costs little to redo and that there are several chunks per core.
 
 Faults
 ------
 Tasks are pure: a task lost with a dead worker is recomputed on another one
-and rewrites the same shard file with the same bytes.  If the scheduler gives
-up (``distributed.scheduler.allowed-failures`` deaths of a task: KilledWorker),
-or any chunk fails (e.g. a NaN in the input), :func:`to_sharded` raises and
-never writes ``index.json``; the shards already written stay on disk but the
-directory is refused by :func:`~qe4.shards.open_sharded` until a later run
-succeeds.  ``timeout`` bounds the wait for the cluster.
+and rewrites the same shard file with the same bytes (shard files are written
+to a temporary name and renamed, so a worker killed mid-write leaves only a
+hidden ``.shard-*.qe4tmp`` file, never a torn shard).  If the scheduler gives
+up (a task involved in more than ``distributed.scheduler.allowed-failures``
+worker deaths: KilledWorker), or any chunk fails (e.g. a NaN in the input),
+:func:`to_sharded` raises and never writes ``index.json``: the shards already
+written stay on disk, but :func:`~qe4.shards.open_sharded` refuses the
+directory until a later run (``overwrite=True``, which also clears the
+leftovers) succeeds.  Each run names its shards with its own tag, so tasks of
+an abandoned run that are still running cannot replace files of a newer one.
+``timeout`` (seconds) bounds the wait for the cluster.
 
 Throughput
 ----------
@@ -108,8 +113,8 @@ efficiency, which on this machine was 0.84 (to_table) and 0.73 (to_sharded,
 which also writes the shards and re-reads them for the checksums) of the
 threaded single process on the same cores.  Storage has to keep up: at 1.3e5
 rows/s a core reads 33 MB/s of float32 input and writes 4.7 MB/s of shards, so
-100 cores need ~3.3 GB/s of input bandwidth and greedy quantization is then
-usually I/O-bound; with ``engine="reference"`` it is compute-bound.
+100 cores need ~3.3 GB/s of input bandwidth, and on most storage greedy
+quantization with ``engine="fast"`` is then I/O-bound; with ``engine="reference"`` it is compute-bound.
 """
 
 import os
