@@ -3,9 +3,12 @@
 import json
 import os
 import re
+import tempfile
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import qe4
 from qe4 import shards as S
@@ -305,3 +308,32 @@ def test_codebook_tables(tmp_path, same_bytes):
         assert one.shard(0) == two_tier
         with pytest.raises(ValueError, match="row access across shards needs rows that hold all"):
             one.to_table()
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_random_shards_and_bags_match_the_whole_table(data):
+    bits = data.draw(st.sampled_from([2, 4, 8]), label="bits")
+    n_rows = data.draw(st.integers(1, 40), label="n_rows")
+    dim = data.draw(st.integers(1, 9), label="dim")
+    x = _weights(n_rows, dim, seed=data.draw(st.integers(0, 2**16), label="seed"))
+    table = qe4.quantize(x, bits, "minmax")
+    cuts = sorted(data.draw(st.sets(st.integers(1, n_rows - 1), max_size=6), label="cuts")) \
+        if n_rows > 1 else []
+    bounds = [0] + cuts + [n_rows]
+    chunks = [qe4.QuantizedTable(table.data[a:b], bits=bits, dim=dim, method="minmax",
+                                 scale_dtype=table.scale_dtype) for a, b in zip(bounds, bounds[1:])]
+    lengths = data.draw(st.lists(st.integers(0, 5), max_size=8), label="bag lengths")
+    idx = np.array(data.draw(st.lists(st.integers(0, n_rows - 1), min_size=sum(lengths),
+                                      max_size=sum(lengths)), label="indices"), np.int64)
+    offsets = np.cumsum([0] + lengths[:-1]).astype(np.int64) if lengths else np.zeros(0, np.int64)
+    weights = np.linspace(-3, 3, idx.size).astype(np.float32)
+    mode = data.draw(st.sampled_from(["sum", "mean", "weighted"]), label="mode")
+    kw = {"per_sample_weights": weights} if mode == "weighted" else {"mode": mode}
+    with tempfile.TemporaryDirectory() as d:
+        sharded = S.write_sharded(chunks, os.path.join(d, "t"))
+        got = sharded.embedding_bag(idx, offsets, **kw)
+        gathered = sharded.rows(idx).data
+    want = qe4.embedding_bag(table, idx, offsets, **kw)
+    assert got.shape == want.shape and np.array_equal(got.view(np.uint8), want.view(np.uint8))
+    assert np.array_equal(gathered, table.data[idx])
