@@ -19,15 +19,15 @@ cdef extern from "_bag_kernels.h" nogil:
         int64_t dim
         int bits
         int f16
-    int qe4_simd_available()
+    int qe4_simd_level()
     void qe4_bag(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const float *w,
                  int64_t start, int64_t end, int mean, int simd, float *out) noexcept
     void qe4_dequantize_row(const qe4_rows *t, int64_t r, int simd, float *out) noexcept
 
 
-def simd_available():
-    """True when the CPU runs the AVX2+FMA row kernels (else the portable C ones)."""
-    return bool(qe4_simd_available())
+def simd_level():
+    """Widest row kernels the CPU runs: 2 AVX-512 (4-bit blocks) + AVX2, 1 AVX2+FMA, 0 portable C."""
+    return qe4_simd_level()
 
 
 cdef qe4_rows _rows(const uint8_t[:, ::1] data, int bits, Py_ssize_t dim, bint f16):
@@ -48,7 +48,7 @@ def embedding_bag_rowwise(const uint8_t[:, ::1] data,    # IN  packed rows [n_ro
                           const float[::1] weights,       # IN  [n_idx] or None
                           bint mean,
                           float[:, ::1] out,              # OUT [n_bags, dim]
-                          int n_threads, bint simd):
+                          int n_threads, int simd):
     """Pooled rows of each bag into ``out`` (see qe4.embedding_bag for the arithmetic)."""
     cdef qe4_rows t = _rows(data, bits, dim, f16)
     cdef Py_ssize_t m, n_bags = out.shape[0]
@@ -64,7 +64,7 @@ def embedding_bag_rowwise(const uint8_t[:, ::1] data,    # IN  packed rows [n_ro
 def dequantize_rowwise(const uint8_t[:, ::1] data,       # IN  packed rows [n_rows, row_bytes]
                        int bits, Py_ssize_t dim, bint f16,
                        float[:, ::1] out,                 # OUT [n_rows, dim]
-                       int n_threads, bint simd):
+                       int n_threads, int simd):
     """``out[r] = fma(scale[r], q[r], bias[r])`` for every row."""
     cdef qe4_rows t = _rows(data, bits, dim, f16)
     cdef Py_ssize_t r, n_rows = out.shape[0]

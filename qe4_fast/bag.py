@@ -16,9 +16,9 @@ from ._threads import effective_n_threads
 
 F32 = np.float32
 
-# AVX2+FMA row kernels when the CPU has them (identical bytes: see _bag_kernels.h);
-# tests set this to False to check the portable kernels.
-_SIMD = _bag.simd_available()
+# The widest row kernels the CPU runs (2 AVX-512, 1 AVX2+FMA, 0 portable C; identical
+# bytes, see _bag_kernels.h); tests lower it to check every kernel.
+_SIMD = _bag.simd_level()
 
 
 def _codebook():
