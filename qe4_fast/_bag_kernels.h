@@ -31,7 +31,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(QE4_NO_SIMD)
 #define QE4_X86 1
 #include <immintrin.h>
 #else
@@ -103,6 +103,15 @@ static inline void qe4_prefetch_row(const qe4_rows *t, int64_t r)
 #endif
 }
 
+/* Weighted positions scale both terms: s = w*scale, t = w*bias (float32). */
+static inline void qe4_weigh(const float *w, int64_t p, float *s, float *b)
+{
+    if (w != NULL) {
+        *s = w[p] * *s;
+        *b = w[p] * *b;
+    }
+}
+
 /* One element: init ? op(s, q, t) : op(s, q, acc + t), op fused or not (see the header). */
 #define QE4_STEP(acc, s, q, t, fused, init)                                   \
     do {                                                                      \
@@ -153,10 +162,7 @@ static void qe4_bag_generic(const qe4_rows *t, const int64_t *idx, int64_t n_idx
         if (p + QE4_PREFETCH < n_idx) qe4_prefetch_row(t, idx[p + QE4_PREFETCH]);
         const uint8_t *row = t->data + idx[p] * t->row_bytes;
         float s = qe4_qparam(t, row, 0), b = qe4_qparam(t, row, 1);
-        if (w != NULL) {
-            s = w[p] * s;
-            b = w[p] * b;
-        }
+        qe4_weigh(w, p, &s, &b);
         qe4_row_generic(row, t->bits, t->dim, s, b, out, fused, 0);
     }
 }
@@ -182,6 +188,18 @@ QE4_INLINE QE4_AVX2 void qe4_qparams_avx2(const qe4_rows *t, const uint8_t *row,
         memcpy(s, p, 4);
         memcpy(b, p + 4, 4);
     }
+}
+
+/* Row of position p with its (weighted) s and t; prefetches position p + QE4_PREFETCH. */
+QE4_INLINE QE4_AVX2 const uint8_t *qe4_position_avx2(const qe4_rows *t, const int64_t *idx,
+                                                     int64_t n_idx, const float *w, int64_t p,
+                                                     int prefetch, float *s, float *b)
+{
+    if (prefetch && p + QE4_PREFETCH < n_idx) qe4_prefetch_row(t, idx[p + QE4_PREFETCH]);
+    const uint8_t *row = t->data + idx[p] * t->row_bytes;
+    qe4_qparams_avx2(t, row, s, b);
+    qe4_weigh(w, p, s, b);
+    return row;
 }
 
 /* 8 codes -> 8 floats, for the chunk of codes starting at element j (j % 8 == 0). */
@@ -250,14 +268,8 @@ QE4_INLINE QE4_AVX2 void qe4_block64_avx2_t(const qe4_rows *t, const int64_t *id
     int k;
     for (k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
     for (p = start; p < end; p++) {
-        if (j0 == 0 && p + QE4_PREFETCH < n_idx) qe4_prefetch_row(t, idx[p + QE4_PREFETCH]);
-        const uint8_t *row = t->data + idx[p] * t->row_bytes;
         float s, b;
-        qe4_qparams_avx2(t, row, &s, &b);
-        if (w != NULL) {
-            s = w[p] * s;
-            b = w[p] * b;
-        }
+        const uint8_t *row = qe4_position_avx2(t, idx, n_idx, w, p, j0 == 0, &s, &b);
         __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(b);
         for (k = 0; k < 8; k++) acc[k] = _mm256_add_ps(acc[k], vt);
         if (bits == 4) {
@@ -295,14 +307,8 @@ QE4_INLINE QE4_AVX512 void qe4_block64_avx512_t(const qe4_rows *t, const int64_t
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t p;
     for (p = start; p < end; p++) {
-        if (j0 == 0 && p + QE4_PREFETCH < n_idx) qe4_prefetch_row(t, idx[p + QE4_PREFETCH]);
-        const uint8_t *row = t->data + idx[p] * t->row_bytes;
         float s, b;
-        qe4_qparams_avx2(t, row, &s, &b);
-        if (weighted) {
-            s = w[p] * s;
-            b = w[p] * b;
-        }
+        const uint8_t *row = qe4_position_avx2(t, idx, n_idx, weighted ? w : NULL, p, j0 == 0, &s, &b);
         __m512 vs = _mm512_set1_ps(s), vt = _mm512_set1_ps(b);
         /* as in qe4_block64_avx2_t: u1 holds codes [0,16) and [32,48), u2 [16,32) and [48,64) */
         __m256i c = _mm256_loadu_si256((const __m256i *)(row + j0 / 2));
@@ -346,14 +352,8 @@ QE4_AVX2 static void qe4_bag_avx2(const qe4_rows *t, const int64_t *idx, int64_t
     /* the remaining columns accumulate in out[j0:dim], position by position */
     for (j = j0; j < t->dim; j++) out[j] = 0.0f;
     for (p = start; p < end; p++) {
-        if (j0 == 0 && p + QE4_PREFETCH < n_idx) qe4_prefetch_row(t, idx[p + QE4_PREFETCH]);
-        const uint8_t *row = t->data + idx[p] * t->row_bytes;
         float s, b;
-        qe4_qparams_avx2(t, row, &s, &b);
-        if (w != NULL) {
-            s = w[p] * s;
-            b = w[p] * b;
-        }
+        const uint8_t *row = qe4_position_avx2(t, idx, n_idx, w, p, j0 == 0, &s, &b);
         qe4_row_avx2_t(row + j0 * t->bits / 8, t->bits, t->dim - j0, s, b, out + j0, 0);
     }
 }
