@@ -74,6 +74,8 @@ def range_loss(x, lo, hi, bits=4, scale_dtype="float16"):
     Returns
     -------
     float32 ndarray [n_rows]
+        NaN where a float32 scale below 2**-128 has an infinite reciprocal
+        (``0 * inf``); such a candidate never compares less than another.
     """
     return _range_loss_t(np.ascontiguousarray(np.asarray(x, F32).T), lo, hi, bits, scale_dtype)
 
@@ -84,12 +86,15 @@ def _range_loss_t(xt, lo, hi, bits, scale_dtype):
     lo = round_to(lo, scale_dtype)
     rng = (np.asarray(hi, F32) - lo).astype(F32)
     scale = np.where(rng == ZERO, ONE, round_to(rng / qmax, scale_dtype)).astype(F32)
-    inv = (ONE / np.where(scale == ZERO, ONE, scale)).astype(F32)
     acc = np.zeros(lo.shape, F32)
-    for col in xt:
-        q = np.clip(np.rint((col - lo) * inv), ZERO, qmax)
-        d = col - (q * scale + lo)
-        acc = acc + d * d
+    # float32 scales below 2**-128 (never float16 ones) have an infinite reciprocal:
+    # 0 * inf is NaN, the clip keeps it, and the loss is NaN (never chosen), as in C
+    with np.errstate(over="ignore", invalid="ignore"):
+        inv = (ONE / np.where(scale == ZERO, ONE, scale)).astype(F32)
+        for col in xt:
+            q = np.clip(np.rint((col - lo) * inv), ZERO, qmax)
+            d = col - (q * scale + lo)
+            acc = acc + d * d
     return np.sqrt(acc)
 
 

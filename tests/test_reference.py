@@ -151,6 +151,17 @@ def test_stalled_greedy_terminates(same_bytes):
     same_bytes(row_bytes(tiny, 4, "greedy", n_bins=1000), row_bytes(tiny, 4, "minmax"))
 
 
+@pytest.mark.parametrize("bits, scale_dtype", [(8, None), (4, "float32"), (2, "float32")])
+def test_subnormal_float32_scales(same_bytes, bits, scale_dtype):
+    """A float32 scale below 2**-128 has an infinite reciprocal: the search's loss is
+    NaN there (never chosen) and quantizing warns nothing (warnings are errors here)."""
+    x = np.array([[1.81967e-40, 0.0], [1e-39, 3e-39], [0.0, 1e-45]], F32)
+    assert np.isnan(R.range_loss(x[:2], x[:2].min(axis=1), x[:2].max(axis=1), bits, "float32")).all()
+    for method in ("greedy", "exhaustive"):
+        same_bytes(row_bytes(x, bits, method, scale_dtype=scale_dtype),
+                   row_bytes(x, bits, "minmax", scale_dtype=scale_dtype))
+
+
 # ------------------------------------------------------------------------ searches
 
 def random_rows(seed, n_rows=40, dim=32):
