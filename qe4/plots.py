@@ -218,6 +218,7 @@ def fig_rate_distortion(results):
 
 def draw_row_error_cdf(ax, res, bits):
     p = None
+    lo, hi = np.inf, 0.0
     for r in res:
         if r["bits"] != bits:
             continue
@@ -229,14 +230,18 @@ def draw_row_error_cdf(ax, res, bits):
                 gid=f"cdf-{r['method']}")
         mid = len(q) // 2
         ax.plot(q[mid], p[mid], m, color=c, ms=7)
+        lo, hi = min(lo, max(q[0], 1e-12)), max(hi, q[-3])   # view: up to the 99th percentile
     ax.set_xscale("log")
     from matplotlib.ticker import NullFormatter
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("per-row normalized error ||x_r - x̂_r||² / ||x_r||²")
-    ax.set_ylabel("fraction of rows with error ≤ x")
+    ax.set_ylabel("fraction of rows with error ≤ x (axis ends at the 99th percentile)")
     ax.set_title(f"GloVe rows, {bits}-bit: CDF of per-row error (marker = median)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7.5, loc="upper left")
+    if p is not None:
+        ax.set_xlim(lo / 1.5, hi * 1.5)
+        ax.set_ylim(0, 1.01)
+    ax.legend(fontsize=7.5, loc="lower right")
     return p is not None
 
 
@@ -308,7 +313,9 @@ ML_METRICS = (("mf_rmse", "Δ RMSE, MF (lower is better)"),
 
 def draw_ml_deltas(ax, ml, key, bits, ylab, show_xlabels):
     """Bars: mean paired delta vs fp32 per method at one bit width; dots: each seed."""
-    rs = [r for r in ml["results"].values() if r["bits"] == bits]
+    order = list(STYLE)
+    rs = sorted((r for r in ml["results"].values() if r["bits"] == bits),
+                key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
     for k, r in enumerate(rs):
         c, m = style(r["method"])
         d = np.asarray(r["delta"][key], float)

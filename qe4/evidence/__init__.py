@@ -137,7 +137,8 @@ def _meta(args, engine, peers, missing):
     import qe4
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": "qe4 evidence" + (" --quick" if args.quick else ""),
-            "engine": engine.name, "engine_note": engine.reason, "qe4": qe4.__version__,
+            "engine": engine.name, "engine_note": engine.notes(),
+            "qe4": qe4.__version__,
             "methods": {m: list(b) for m, b in C.qe4_methods().items()},
             "methods_run": args.methods or "all",
             "python": platform.python_version(), "numpy": numpy.__version__,

@@ -52,7 +52,7 @@ class Engine:
         probe = np.linspace(-1, 1, 32, dtype=np.float32).reshape(4, 8)
         try:
             self.module.quantize(probe, 4, method)
-        except ImportError as exc:              # a half-built twin: say so, run the reference
+        except Exception as exc:                # noqa: BLE001  a half-built twin: say so, run the reference
             return f"{type(exc).__name__}: {exc}"
         return None
 
@@ -66,12 +66,15 @@ class Engine:
             return self.module.quantize(x, bits, method, **kw)
         return qe4.quantize(x, bits, method)
 
+    def notes(self):
+        """Why the reference runs where it does ("" when the fast engine runs everything)."""
+        out = [self.reason] if self.reason else []
+        out += [f"{m} runs on the reference ({why})" for m, why in self.not_fast.items()]
+        return "; ".join(out)
+
     def describe(self):
         """One line for the log: the engine, and every method it does not run itself."""
-        text = self.name + (f" ({self.reason})" if self.reason else "")
-        for m, why in self.not_fast.items():
-            text += f"; {m} runs on the reference ({why})"
-        return text
+        return self.name + (f" ({self.notes()})" if self.notes() else "")
 
 
 def offered_bits(method, candidates=(2, 3, 4, 8)):
@@ -171,6 +174,12 @@ def reconstruct(engine, x, bits, method, peers=None):
         table = engine.quantize(x, bits, method)
         x_hat, nbytes = table.dequantize(), table.nbytes
     return np.asarray(x_hat, np.float32), int(nbytes), time.perf_counter() - t0
+
+
+def same_bytes_as_reference(engine, x, bits, method):
+    """True if ``engine`` and the reference produce byte-identical tables for ``x``."""
+    a, b = engine.quantize(x, bits, method), qe4.quantize(x, bits, method)
+    return a == b
 
 
 def jobs(methods, peers, bits_wanted):

@@ -109,6 +109,10 @@ def run(engine, *, n_rows=None, bits=(2, 4, 8), peers=None, quiet=False, curve_r
         out["results"].append(_measure(x, xh, w, heavy, questions, vocab, method, b, family,
                                        nbytes, secs, eng))
         r = out["results"][-1]
+        if eng == "fast":                       # exactness first: the twin must give the same bytes
+            r["fast_equals_reference"] = C.same_bytes_as_reference(engine, x[:2000], b, method)
+            if not r["fast_equals_reference"]:
+                C.log(f"  WARNING: qe4_fast and qe4 differ for {method} {b}-bit", quiet)
         C.log(f"  {method:>14} {b}-bit: error {r['table_error']:.3e}  weighted {r['weighted_error']:.3e}"
               f"  analogy {r['analogy']:.4f}  ({secs:.1f} s, {eng})", quiet)
     out["figures"] = _figure_data(x, words, methods, engine, quiet, curve_rows)
@@ -152,8 +156,9 @@ def _figure_data(x, words, methods, engine, quiet, curve_rows):
         fig["rows"][label] = entry
     rng = np.random.default_rng(0)
     light = np.sort(rng.choice(tail, size=min(curve_rows, len(tail)), replace=False))
-    for label, idx in (("rows 0-999 (frequent, heavy-tailed)", np.arange(min(curve_rows, len(x)))),
-                       ("random rows past 100k (light-tailed)", light)):
+    head = np.arange(min(curve_rows, len(x)))
+    for label, idx in ((f"rows 0-{len(head) - 1} (frequent, heavy-tailed)", head),
+                       (f"{len(light)} random rows past {tail[0]:,} (light-tailed)", light)):
         for b in (2, 4):
             c = clip_curve(x[idx], b)
             c["label"] = label

@@ -245,8 +245,9 @@ def run(engine, *, seeds=(0, 1, 2), bits=(2, 3, 4), peers=None, quiet=False, epo
         for method, b, family in todo:
             res, bpe = _quantized_eval(engine, (mf, dlrm), method, b, peers, feats, rating, click, te)
             key = f"{method}@{b}"
+            eng = engine.engine_for(method) if family == "qe4" else "peer"
             r = out["results"].setdefault(key, {"method": method, "bits": b, "family": family,
-                                                "bits_per_element": bpe, "delta": {}})
+                                                "engine": eng, "bits_per_element": bpe, "delta": {}})
             for k, v in res.items():
                 r["delta"].setdefault(k, []).append(v - base[k])
     return out
