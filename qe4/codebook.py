@@ -65,7 +65,7 @@ MAX_GROUPS = 65536
 OPTIONS = {"kmeans": {"max_iter": 100}, "kmeans-optimal": {}, "two-tier": {"n_groups": 16}}
 F32 = np.float32
 F64 = np.float64
-_CHUNK = 8192          # rows per chunk in the per-row fits (bounds the DP's memory)
+_CHUNK_CELLS = 1 << 22  # rows x columns x centroids per chunk of the per-row fits (DP memory)
 
 
 # --------------------------------------------------------------------------- validation
@@ -137,13 +137,14 @@ def quantize_codebook(x, bits, method, *, scale_dtype=None, **kwargs):
         codes = assign_codes(x, books[gid])
         return two_tier_table(codes, gid, books, bits, scale_dtype, opts["n_groups"])
     cents = np.empty((x.shape[0], k), F32)
-    for r0 in range(0, x.shape[0], _CHUNK):
-        xs = sorted_rows(x[r0:r0 + _CHUNK])
+    chunk = max(1, _CHUNK_CELLS // (x.shape[1] * k))
+    for r0 in range(0, x.shape[0], chunk):
+        xs = sorted_rows(x[r0:r0 + chunk])
         if method == "kmeans":
             c64 = lloyd_centroids(xs, k, opts["max_iter"])
         else:
             c64 = row_optimal_centroids(xs, k)
-        cents[r0:r0 + _CHUNK] = store_centroids(c64, scale_dtype)
+        cents[r0:r0 + chunk] = store_centroids(c64, scale_dtype)
     codes = assign_codes(x, cents)
     return codebook_table(codes, cents, bits, scale_dtype, method, opts)
 

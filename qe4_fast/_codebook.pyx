@@ -25,6 +25,9 @@ cdef extern from "_codebook_kernels.h" nogil:
     void cb_encode_row(cb_work *wk, const float *x, int method, int64_t max_iter, int bits,
                        int f16, const double *inv, uint8_t *row)
     void cb_points_optimal(cb_work *wk, int64_t n, double shift, const double *inv)
+    int CB_SLOTS
+    int64_t cb_group_points(const float *x, int64_t dim, const int64_t *rows, int64_t m,
+                            int32_t *rank, double *s, double *q, double *w, double *shift)
     float cb_store(double c, int f16)
     void cb_sort_floats(float *v, int n)
     void cb_assign_pack(const float *x, int64_t dim, const float *cents, int K, int bits,
@@ -35,8 +38,8 @@ cdef extern from "_codebook_kernels.h" nogil:
                        float *out)
     int cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, int64_t dim,
                 int bits, int layout, int f16, int id_bytes, const float *books, int64_t n_groups,
-                const int64_t *idx, int64_t p0, int64_t p1, const float *weights, int mean,
-                float *acc, float *vals, int simd)
+               const int64_t *idx, int64_t n_idx, int64_t p0, int64_t p1, const float *weights,
+               int mean, float *acc, float *vals, int simd)
     int cb_simd_ok()
 
 
@@ -70,41 +73,69 @@ def encode_rows(const float[:, ::1] x,      # IN  [n_rows, dim]
         raise MemoryError("qe4_fast.codebook: no memory for per-thread scratch space")
 
 
-def fit_groups(const double[::1] s, const double[::1] q, const double[::1] w,  # IN points
-               const int64_t[::1] starts,    # IN  [n_groups + 1]: group g = points starts[g]:starts[g+1]
-               const double[::1] shifts,     # IN  [n_groups]
+def fit_groups(const float[:, ::1] x,        # IN  [n_rows, dim]
+               const int64_t[::1] order,     # IN  rows sorted by group (stable)
+               const int64_t[::1] edges,     # IN  [n_groups + 1]: group g = order[edges[g]:edges[g+1]]
                int f16,
                float[:, ::1] books,          # OUT [n_groups, K] stored, sorted centroids
                int n_threads):
-    """Exact 1-D k-means of each group's binned points (empty group: zeros)."""
-    cdef int64_t n_groups = books.shape[0], K = books.shape[1], g, i, n
-    cdef int failed = 0
+    """Bin each group's values and fit its exact 1-D k-means codebook (empty group: zeros)."""
+    cdef int64_t n_groups = books.shape[0], K = books.shape[1], dim = x.shape[1], g, i, n, m
+    cdef int64_t cap = min(<int64_t>CB_SLOTS, max(<int64_t>1, x.shape[0] * dim))
+    cdef int failed = 0, t
+    cdef double shift
     cdef cb_work *wk
     cdef cb_work *wks = <cb_work *>calloc(n_threads, sizeof(cb_work))
-    if wks == NULL:
-        raise MemoryError("qe4_fast.codebook: no memory for scratch space")
-    for g in prange(n_groups, nogil=True, schedule="dynamic", num_threads=n_threads):
-        n = starts[g + 1] - starts[g]
-        if n == 0:
+    cdef int32_t **ranks = <int32_t **>calloc(n_threads, sizeof(int32_t *))
+    cdef double **pts = <double **>calloc(n_threads, sizeof(double *))
+    cdef int32_t *rank
+    cdef double *pt
+    if wks == NULL or ranks == NULL or pts == NULL:
+        failed = 1
+    else:
+        for t in range(n_threads):
+            ranks[t] = <int32_t *>malloc(CB_SLOTS * sizeof(int32_t))
+            pts[t] = <double *>malloc(3 * cap * sizeof(double))
+            if ranks[t] == NULL or pts[t] == NULL:
+                failed = 1
+            else:
+                for i in range(CB_SLOTS):
+                    ranks[t][i] = -1
+    if not failed:
+        for g in prange(n_groups, nogil=True, schedule="dynamic", num_threads=n_threads):
+            m = edges[g + 1] - edges[g]
+            if m == 0:
+                for i in range(K):
+                    books[g, i] = 0.0
+                continue
+            t = omp_get_thread_num()
+            pt = pts[t]
+            n = cb_group_points(&x[0, 0], dim, &order[edges[g]], m, ranks[t], pt, pt + cap,
+                                pt + 2 * cap, &shift)
+            wk = &wks[t]
+            if cb_work_init(wk, n, K) != 0:
+                failed = 1
+                continue
+            for i in range(n):
+                wk.s[i] = pt[i]
+                wk.q[i] = pt[cap + i]
+                wk.w[i] = pt[2 * cap + i]
+            cb_points_optimal(wk, n, shift, NULL)
             for i in range(K):
-                books[g, i] = 0.0
-            continue
-        wk = &wks[omp_get_thread_num()]
-        if cb_work_init(wk, n, K) != 0:
-            failed = 1
-            continue
-        for i in range(n):
-            wk.s[i] = s[starts[g] + i]
-            wk.q[i] = q[starts[g] + i]
-            wk.w[i] = w[starts[g] + i]
-        cb_points_optimal(wk, n, shifts[g], NULL)
-        for i in range(K):
-            books[g, i] = cb_store(wk.c64[i], f16)
-        cb_sort_floats(&books[g, 0], <int>K)
-        cb_work_free(wk)
+                books[g, i] = cb_store(wk.c64[i], f16)
+            cb_sort_floats(&books[g, 0], <int>K)
+            cb_work_free(wk)
+    if ranks != NULL:
+        for t in range(n_threads):
+            free(ranks[t])
+    if pts != NULL:
+        for t in range(n_threads):
+            free(pts[t])
+    free(ranks)
+    free(pts)
     free(wks)
     if failed:
-        raise MemoryError("qe4_fast.codebook: no memory for a group's dynamic program")
+        raise MemoryError("qe4_fast.codebook: no memory for the groups' dynamic programs")
 
 
 def encode_two_tier(const float[:, ::1] x,        # IN  [n_rows, dim]
@@ -168,7 +199,7 @@ def embedding_bag(const uint8_t[:, ::1] data, int64_t dim, int bits, int layout,
         raise MemoryError("qe4_fast.codebook: no memory for bag scratch space")
     for m in prange(n_bags, nogil=True, schedule="static", num_threads=n_threads):
         n_bad += cb_bag(&data[0, 0], data.shape[1], nb, dim, bits, layout, f16, id_bytes,
-               &books[0, 0], n_groups, ip, starts[m], starts[m + 1], wp, mean, &out[m, 0],
+               &books[0, 0], n_groups, ip, idx.shape[0], starts[m], starts[m + 1], wp, mean, &out[m, 0],
                vals + (dim + 1) * omp_get_thread_num(), use_simd)
     free(vals)
     return n_bad

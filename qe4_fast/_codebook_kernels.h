@@ -20,27 +20,15 @@
 
 /* ------------------------------------------------------------------ float16 */
 
-/* float16 bits -> float32, exact: the 15 low bits placed in a float32's exponent and
- * mantissa give the value times 2^-112 (subnormals too), undone by an exact multiply. */
-static inline float cb_half_to_float(uint16_t h)
+/* float16 bits -> float32 (exact) and float32 -> float16 (nearest-even): GCC's _Float16
+ * conversions (F16C instructions in the AVX2 bag kernel give the same values). */
+static inline float cb_half_to_float(uint16_t b)
 {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, em = h & 0x7fffu, u;
-    float f;
-    if (em >= 0x7c00u) {
-        u = sign | 0x7f800000u | ((em & 0x3ffu) << 13);
-        memcpy(&f, &u, 4);
-        return f;
-    }
-    u = em << 13;
-    memcpy(&f, &u, 4);
-    f *= 0x1p112f;
-    memcpy(&u, &f, 4);
-    u |= sign;
-    memcpy(&f, &u, 4);
-    return f;
+    _Float16 h;
+    memcpy(&h, &b, 2);
+    return (float)h;
 }
 
-/* float32 -> float16 (nearest-even, GCC's _Float16 conversion) */
 static inline uint16_t cb_float_to_half(float f)
 {
     _Float16 h = (_Float16)f;
@@ -124,11 +112,25 @@ static void cb_solve(cb_dp *d, int32_t *A, int64_t b_lo, int64_t b_hi, int64_t a
         int64_t hi = a_hi < mid - 1 ? a_hi : mid - 1;
         double best = d->Fprev[a_lo] + cb_cost(d, a_lo, mid);
         int64_t best_a = a_lo;
-        for (int64_t a = a_lo + 1; a <= hi; a++) {
-            double v = d->Fprev[a] + cb_cost(d, a, mid);
-            if (v < best) {
-                best = v;
-                best_a = a;
+        const double *P1 = d->P1, *P2 = d->P2, *F = d->Fprev;
+        const double p1 = P1[mid], p2 = P2[mid];
+        if (d->inv) {       /* unit weights: the same value as 1.0 / m, from a table */
+            const double *inv = d->inv + mid;
+            for (int64_t a = a_lo + 1; a <= hi; a++) {
+                double s = p1 - P1[a], q = p2 - P2[a];
+                double v = F[a] + (q - (s * s) * inv[-a]);
+                if (v < best) {
+                    best = v;
+                    best_a = a;
+                }
+            }
+        } else {
+            for (int64_t a = a_lo + 1; a <= hi; a++) {
+                double v = F[a] + cb_cost(d, a, mid);
+                if (v < best) {
+                    best = v;
+                    best_a = a;
+                }
             }
         }
         d->Fcur[mid] = best;
@@ -298,6 +300,71 @@ static void cb_row_lloyd(cb_work *wk, int64_t max_iter)
     }
 }
 
+/* ------------------------------------------------------------------ two-tier bins */
+
+#define CB_SLOTS (1 << 19)
+
+/* Slot of a value's bin key (qe4.codebook.bin_keys: float32 bits rounded to 11 significant
+ * bits, +0.0 for zeros): the key's 19 high bits, mapped so that slot order is value order. */
+static inline int32_t cb_slot(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u = (u + 0x0FFFu + ((u >> 13) & 1u)) & 0xFFFFE000u;
+    if ((u & 0x7FFFFFFFu) == 0)
+        u = 0;                                   /* -0.0 -> +0.0 */
+    uint32_t t = u >> 13;
+    return (int32_t)((t & 0x40000u) ? 0x3FFFFu - (t & 0x3FFFFu) : 0x40000u + t);
+}
+
+static inline float cb_slot_key(int32_t slot)
+{
+    uint32_t t = slot >= 0x40000 ? (uint32_t)slot - 0x40000u : 0x40000u | (0x3FFFFu - (uint32_t)slot);
+    uint32_t u = t << 13;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* qe4.codebook.group_points for the rows `rows` [m] (ascending) of x [., dim]: the binned
+ * points in key order into s, q, w (capacity >= min(m * dim, CB_SLOTS)); returns n_bins.
+ * rank: scratch int32 [CB_SLOTS], all -1 on entry and on return. */
+static int64_t cb_group_points(const float *x, int64_t dim, const int64_t *rows, int64_t m,
+                               int32_t *rank, double *s, double *q, double *w, double *shift)
+{
+    int64_t nb = 0;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < dim; j++)
+            rank[cb_slot(x[rows[i] * dim + j])] = 0;       /* mark */
+    for (int32_t t = 0; t < CB_SLOTS; t++)
+        if (rank[t] == 0)
+            rank[t] = (int32_t)(nb++ + 1);                 /* 1-based until the shift is known */
+    int32_t mid_slot = 0;
+    for (int32_t t = 0; t < CB_SLOTS; t++)
+        if (rank[t] == nb / 2 + 1) {
+            mid_slot = t;
+            break;
+        }
+    double sh = (double)cb_slot_key(mid_slot);
+    for (int64_t b = 0; b < nb; b++)
+        s[b] = q[b] = w[b] = 0.0;
+    for (int64_t i = 0; i < m; i++) {
+        const float *row = x + rows[i] * dim;
+        for (int64_t j = 0; j < dim; j++) {
+            int64_t b = rank[cb_slot(row[j])] - 1;
+            double y = (double)row[j] - sh;
+            s[b] += y;
+            q[b] += y * y;
+            w[b] += 1.0;
+        }
+    }
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < dim; j++)
+            rank[cb_slot(x[rows[i] * dim + j])] = -1;
+    *shift = sh;
+    return nb;
+}
+
 /* ------------------------------------------------------------------ codes and rows */
 
 /* qe4.codebook.assign_codes + pack_codes for one row: sorted float32 cents [K]. */
@@ -386,7 +453,7 @@ static inline void cb_row_values(const uint8_t *row, int64_t dim, int bits, cons
     }
 }
 
-#define CB_PREFETCH 16
+#define CB_PREFETCH 32
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -398,14 +465,14 @@ static inline void cb_row_values(const uint8_t *row, int64_t dim, int bits, cons
 __attribute__((target("avx2,fma,f16c")))
 static int cb_bag4_avx2(const uint8_t *data, int64_t row_bytes, int64_t code_bytes,
                         int64_t dim, int layout, int f16, int id_bytes, const float *books,
-                        int64_t n_groups, const int64_t *idx, int64_t p0, int64_t p1,
-                        const float *weights, float *acc)
+                        int64_t n_groups, const int64_t *idx, int64_t n_idx, int64_t p0,
+                        int64_t p1, const float *weights, float *acc)
 {
     const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
     const __m256i fifteen = _mm256_set1_epi32(15), seven = _mm256_set1_epi32(7);
     int64_t d8 = dim & ~(int64_t)7;
     for (int64_t p = p0; p < p1; p++) {
-        if (p + CB_PREFETCH < p1) {
+        if (p + CB_PREFETCH < n_idx) {   /* also across bags */
             const uint8_t *ahead = data + idx[p + CB_PREFETCH] * row_bytes;
             __builtin_prefetch(ahead);
             __builtin_prefetch(ahead + row_bytes - 1);
@@ -467,8 +534,8 @@ static int cb_simd_ok(void) { return 0; }
  * unfinished) when a two-tier row's group id is >= n_groups, else 0. */
 static int cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, int64_t dim,
                   int bits, int layout, int f16, int id_bytes, const float *books, int64_t n_groups,
-                   const int64_t *idx, int64_t p0, int64_t p1, const float *weights, int mean,
-                   float *acc, float *vals, int simd)
+                  const int64_t *idx, int64_t n_idx, int64_t p0, int64_t p1, const float *weights,
+                  int mean, float *acc, float *vals, int simd)
 {
     int K = 1 << bits;
     int64_t len = p1 - p0;
@@ -478,13 +545,13 @@ static int cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, in
 #if CB_X86
     if (simd && bits == 4) {
         if (cb_bag4_avx2(data, row_bytes, code_bytes, dim, layout, f16, id_bytes, books,
-                         n_groups, idx, p0, p1, weights, acc))
+                         n_groups, idx, n_idx, p0, p1, weights, acc))
             return 1;
         p0 = p1;
     }
 #endif
     for (int64_t p = p0; p < p1; p++) {
-        if (p + CB_PREFETCH < p1) {   /* rows are random: ask for a later row's lines early */
+        if (p + CB_PREFETCH < n_idx) {   /* also across bags */   /* rows are random: ask for a later row's lines early */
             const uint8_t *ahead = data + idx[p + CB_PREFETCH] * row_bytes;
             __builtin_prefetch(ahead);
             __builtin_prefetch(ahead + row_bytes - 1);

@@ -5,11 +5,10 @@ dequantized rows and bags for every thread count.  The numerics are documented i
 :mod:`qe4.codebook`.
 
 What is compiled: every per-row fit (Lloyd and the exact dynamic program), the
-per-group dynamic programs of ``two-tier``, encoding, dequantization and bags.  Two
-``two-tier`` preparation steps are the reference's own vectorized NumPy functions,
-called explicitly (not a fallback): the row grouping (:func:`qe4.codebook.group_ids`,
-two stable argsorts) and the binning of each group's values
-(:func:`qe4.codebook.group_points`, ``np.unique`` + ``np.bincount``).
+binning and dynamic program of each ``two-tier`` group, encoding, dequantization and
+bags.  One ``two-tier`` step is the reference's own vectorized NumPy function, called
+explicitly (not a fallback): the row grouping (:func:`qe4.codebook.group_ids`, two
+stable argsorts).
 """
 
 import numpy as np
@@ -62,20 +61,8 @@ def quantize_codebook(x, bits, method, *, scale_dtype=None, n_threads=None, **kw
 def _group_books(x, gid, n_groups, k, f16, n_threads):
     order = np.argsort(gid, kind="stable")
     edges = np.searchsorted(gid[order], np.arange(n_groups + 1))
-    parts, shifts, starts = [], np.zeros(n_groups), np.zeros(n_groups + 1, np.int64)
-    for g in range(n_groups):
-        rows = order[edges[g]:edges[g + 1]]
-        if rows.size:
-            s, q, w, shift = C.group_points(x, rows)
-            parts.append((s, q, w))
-            shifts[g] = shift
-            starts[g + 1] = starts[g] + s.size
-        else:
-            starts[g + 1] = starts[g]
-    cat = [np.ascontiguousarray(np.concatenate([p[i] for p in parts]) if parts else np.zeros(0))
-           for i in range(3)]
     books = np.empty((n_groups, k), F32)
-    _codebook.fit_groups(*cat, starts, shifts, f16, books, n_threads)
+    _codebook.fit_groups(x, order.astype(np.int64), edges.astype(np.int64), f16, books, n_threads)
     return books
 
 

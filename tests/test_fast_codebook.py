@@ -191,3 +191,24 @@ def test_corrupt_tables_raise_alike():
         FC.quantize_codebook(x, 4, "kmeans", n_threads=1.0)
     with pytest.raises(ValueError, match="n_threads"):
         FC.quantize_codebook(x, 4, "kmeans", n_threads=0)
+
+
+def test_random_tables_property(same_bytes):
+    hyp = pytest.importorskip("hypothesis")
+    st = hyp.strategies
+    hnp = pytest.importorskip("hypothesis.extra.numpy")
+    values = st.one_of(st.sampled_from([0.0, -0.0, 1.0, -2.5, 1e-7, 3e4]),
+                       st.floats(-60000, 60000, width=32))
+
+    @hyp.settings(max_examples=60, deadline=None, derandomize=True)
+    @hyp.given(x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40),
+                            elements=values),
+               method=st.sampled_from(C.METHODS), bits=st.sampled_from(C.BITS),
+               n_threads=st.sampled_from(THREADS))
+    def check(x, method, bits, n_threads):
+        ref = qe4.quantize(x, bits, method, **_opts(method))
+        fast = FC.quantize_codebook(x, bits, method, n_threads=n_threads, **_opts(method))
+        assert fast == ref
+        same_bytes(FC.dequantize_codebook(fast, n_threads=n_threads), qe4.dequantize(ref))
+
+    check()
