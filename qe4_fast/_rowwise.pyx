@@ -62,7 +62,9 @@ def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
     cdef int b, r0, n, tid
     cdef int n_bad = 0
     cdef size_t row_bytes = out.shape[1]
-    for b in prange(n_blocks, nogil=True, schedule="static", num_threads=n_threads):
+    cdef int chunk = max(1, n_blocks // (16 * n_threads))  # dynamic: a busy core slows no one
+    for b in prange(n_blocks, nogil=True, schedule="dynamic", chunksize=chunk,
+                    num_threads=n_threads):
         tid = threadid()
         r0 = b * QE4_LANES
         n = n_rows - r0

@@ -26,43 +26,6 @@
 #define QE4_CLONES __attribute__((target_clones("default", "avx2", "arch=x86-64-v4")))
 #else
 #define QE4_CLONES
-/* 1 when the row with min lo and max hi fails qe4._validate.check_fp16_ranges (the
- * float16 scale/bias would overflow, or for float32 tables the range overflows);
- * the Python wrapper then calls that helper, which raises the reference's error. */
-QE4_INLINE int qe4_range_bad(float lo, float hi, int bits, int fp16)
-{
-    float rng = hi - lo;
-    if (!fp16)
-        return !(rng - rng == 0.0f);
-    float big = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
-    float scale = rng / (float)((1 << bits) - 1);
-    return !(big < 65520.0f) || !(scale < 65520.0f); /* values that round to float16 inf */
-}
-
-static int qe4_minmax_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                           float *lo, float *hi)
-{
-    int n_bad = 0;
-    for (int r = r0; r < r0 + n; r++) {
-        qe4_row_minmax(x + (size_t)r * n_cols, n_cols, &lo[r], &hi[r]);
-        n_bad += qe4_range_bad(lo[r], hi[r], bits, fp16);
-    }
-    return n_bad;
-}
-
-/* Packed rows [r0, r0 + n) from their ranges: scale/bias, codes, packing. */
-QE4_CLONES
-static void qe4_encode_block(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                             const float *lo, const float *hi, uint8_t *out, size_t row_bytes)
-{
-    for (int r = r0; r < r0 + n; r++) {
-        float scale, bias, inv;
-        qe4_scale_bias(lo[r], hi[r], bits, fp16, &scale, &bias, &inv);
-        qe4_encode_row(x + (size_t)r * n_cols, n_cols, bits, fp16, scale, bias, inv,
-                       out + (size_t)r * row_bytes);
-    }
-}
-
 #endif
 
 enum { QE4_MINMAX = 0, QE4_GREEDY = 1, QE4_EXHAUSTIVE = 2, QE4_ACIQ_LAPLACE = 3, QE4_ACIQ_GAUSS = 4 };
@@ -262,21 +225,31 @@ static void qe4_greedy_block(const float *restrict x, int n, int n_cols, float q
             rhi[k] = cmax[k] - step[k];
         }
         qe4_lanes_loss2(xt, n_cols, qmax, fp16, llo, lhi, l_left, rlo, rhi, l_right);
-        n_active = 0;
-        for (int k = 0; k < QE4_LANES; k++) { /* branch-free, so it vectorizes across lanes */
+        /* every comparison first, unconditionally, then integer selects: both loops
+         * vectorize across lanes */
+        int c_left[QE4_LANES], c_right[QE4_LANES], c_best[QE4_LANES], go_left[QE4_LANES];
+        for (int k = 0; k < QE4_LANES; k++) {
+            c_left[k] = cur[k] < l_left[k];
+            c_right[k] = cur[k] < l_right[k];
+            c_best[k] = cur[k] < best[k];
+            go_left[k] = l_left[k] < l_right[k];
+        }
+        for (int k = 0; k < QE4_LANES; k++) {
             int act = active[k];
-            int keep = act & (cur[k] < l_left[k]) & (cur[k] < l_right[k]) & (cur[k] < best[k]);
+            int keep = act & c_left[k] & c_right[k] & c_best[k];
             best[k] = keep ? cur[k] : best[k];
             lo[k] = keep ? cmin[k] : lo[k];
             hi[k] = keep ? cmax[k] : hi[k];
-            int left = l_left[k] < l_right[k];
-            float new_min = (act & left) ? llo[k] : cmin[k];
-            float new_max = (act & !left) ? rhi[k] : cmax[k];
-            cur[k] = act ? (left ? l_left[k] : l_right[k]) : cur[k];
-            int moved = (new_min != cmin[k]) | (new_max != cmax[k]);
-            cmin[k] = new_min;
-            cmax[k] = new_max;
-            active[k] = act & moved & (new_min + thr[k] < new_max);
+            int left = act & go_left[k], right = act & !go_left[k];
+            cur[k] = left ? l_left[k] : (right ? l_right[k] : cur[k]);
+            cmin[k] = left ? llo[k] : cmin[k];
+            cmax[k] = right ? rhi[k] : cmax[k];
+        }
+        n_active = 0;
+        for (int k = 0; k < QE4_LANES; k++) {
+            /* a lane whose bound did not move (step absorbed) stops, as in the reference */
+            int moved = go_left[k] ? llo[k] != rlo[k] : rhi[k] != lhi[k];
+            active[k] = active[k] & moved & (cmin[k] + thr[k] < cmax[k]);
             n_active += active[k];
         }
     }
