@@ -3,6 +3,9 @@ malformed argument.  (Bytes against torch: test_golden.py and test_torch.py.)"""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import qe4
 
@@ -146,3 +149,19 @@ def test_malformed_arguments(args, kwargs, exc, match):
 def test_table_must_be_a_quantized_table():
     with pytest.raises(TypeError, match="table must be a QuantizedTable, got ndarray"):
         qe4.embedding_bag(X, np.array([0]), np.array([0]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=hnp.arrays(F32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=9),
+                    elements=st.floats(-60000, 60000, width=32)),
+       bits=st.sampled_from([2, 4, 8]), data=st.data())
+def test_one_row_bags_are_dequantized_rows(same_bytes, x, bits, data):
+    """A bag of one row (weight 1 or none, sum or mean) is exactly that row dequantized."""
+    t = qe4.quantize(x, bits, "minmax")
+    rows = np.array(data.draw(st.lists(st.integers(0, x.shape[0] - 1), max_size=12)), np.int64)
+    expected = t.dequantize()[rows]
+    offsets = np.arange(rows.size)
+    same_bytes(qe4.embedding_bag(t, rows, offsets), expected)
+    same_bytes(qe4.embedding_bag(t, rows, offsets, mode="mean"), expected)
+    same_bytes(qe4.embedding_bag(t, rows, offsets, per_sample_weights=np.ones(rows.size, F32)),
+               expected)

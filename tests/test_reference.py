@@ -480,12 +480,20 @@ def test_pack_unpack_roundtrip(same_bytes, codes, bits):
         assert not (packed[:, -1] >> np.uint8(used)).any()
 
 
-@settings(max_examples=60, deadline=None)
-@given(x=finite_tables, bits=st.sampled_from([2, 4, 8]),
-       method=st.sampled_from(["greedy", "exhaustive", "aciq-laplace", "aciq-gauss"]))
-def test_every_method_roundtrips_its_bytes(same_bytes, x, bits, method):
-    t = qe4.quantize(x, bits, method)
-    back = qe4.QuantizedTable.from_fused(t.data, bits, x.shape[1])
+wide_tables = hnp.arrays(
+    F32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=9),
+    elements=st.one_of(st.floats(-60000, 60000, width=32),
+                       st.floats(-2.0 ** -116, 2.0 ** -116, width=32)))   # subnormal scales
+
+
+@settings(max_examples=80, deadline=None)
+@given(x=st.one_of(finite_tables, wide_tables), bits=st.sampled_from([2, 4, 8]),
+       method=st.sampled_from(["greedy", "exhaustive", "aciq-laplace", "aciq-gauss"]),
+       scale_dtype=st.sampled_from([None, "float32"]))
+def test_every_method_roundtrips_its_bytes(same_bytes, x, bits, method, scale_dtype):
+    t = qe4.quantize(x, bits, method, scale_dtype=scale_dtype)
+    back = qe4.QuantizedTable.from_fused(t.data, bits, x.shape[1], scale_dtype=scale_dtype)
     same_bytes(back.dequantize(), t.dequantize())
-    lo, hi = qe4.row_ranges(x, bits, method)
+    assert (t.codes() <= 2 ** bits - 1).all() and np.isfinite(t.dequantize()).all()
+    lo, hi = qe4.row_ranges(x, bits, method, scale_dtype=scale_dtype)
     assert (x.min(axis=1) <= lo).all() and (lo <= hi).all() and (hi <= x.max(axis=1)).all()

@@ -11,7 +11,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import qe4  # noqa: E402
-from qe4 import rowwise as R  # noqa: E402
 from qe4.torch import (QuantizedEmbeddingBag, from_torch, quantize_embedding,  # noqa: E402
                        to_torch)
 
