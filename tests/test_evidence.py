@@ -226,3 +226,12 @@ def test_write_json_is_atomic(tmp_path):
     p = tmp_path / "sub" / "r.json"
     evidence.write_json({"a": [1.5, float("nan")]}, str(p))
     assert json.loads(p.read_text())["a"][0] == 1.5 and not os.path.exists(str(p) + ".tmp")
+
+
+def test_report_is_valid_rst():
+    docutils_core = pytest.importorskip("docutils.core")
+    res = {"meta": {"engine": "reference"}, "sizes": sizes.size_table((72,)),
+           "movielens": {"skipped": "recbole is not installed"}}
+    from docutils.writers import null
+    docutils_core.publish_string(report.render(res, "nowhere"), writer=null.Writer(),
+                                 settings_overrides={"report_level": 2, "halt_level": 2})
