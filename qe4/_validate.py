@@ -268,8 +268,13 @@ def check_bag_args(indices, offsets, n_rows, per_sample_weights, include_last_of
         if w.shape != idx.shape:
             raise ValueError(
                 f"per_sample_weights must have the shape of indices {idx.shape}, got {w.shape}")
-        weights = np.ascontiguousarray(w, dtype=np.float32)
-        check_finite(weights.reshape(1, -1), "per_sample_weights")
+        with np.errstate(over="ignore"):       # float64 beyond float32 becomes inf: reported
+            weights = np.ascontiguousarray(w, dtype=np.float32)
+        bad = ~np.isfinite(weights)
+        if bad.any():
+            p = int(np.argmax(bad))
+            raise ValueError("per_sample_weights must be finite: "
+                             f"per_sample_weights[{p}] = {weights[p]!r}")
     if mode == "mean" and weights is not None:
         raise ValueError("per_sample_weights is only supported with mode='sum'")
     return np.ascontiguousarray(idx), np.ascontiguousarray(starts), weights
