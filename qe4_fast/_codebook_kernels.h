@@ -46,17 +46,23 @@ static inline float cb_store(double c, int f16)
     return f + 0.0f;
 }
 
+/* ascending insertion sort of v[0..n) of type T (short arrays; no NaN) */
+#define CB_INSERTION_SORT(T, v, n)                     \
+    do {                                               \
+        for (int64_t i_ = 1; i_ < (int64_t)(n); i_++) {  \
+            T t_ = (v)[i_];                            \
+            int64_t j_ = i_ - 1;                       \
+            while (j_ >= 0 && (v)[j_] > t_) {          \
+                (v)[j_ + 1] = (v)[j_];                 \
+                j_--;                                  \
+            }                                          \
+            (v)[j_ + 1] = t_;                          \
+        }                                              \
+    } while (0)
+
 static void cb_sort_floats(float *v, int n)
 {
-    for (int i = 1; i < n; i++) {
-        float t = v[i];
-        int j = i - 1;
-        while (j >= 0 && v[j] > t) {
-            v[j + 1] = v[j];
-            j--;
-        }
-        v[j + 1] = t;
-    }
+    CB_INSERTION_SORT(float, v, n);
 }
 
 static int cb_cmp_double(const void *a, const void *b)
@@ -70,19 +76,10 @@ static void cb_sort_row(const float *x, int64_t n, double *xs)
 {
     for (int64_t i = 0; i < n; i++)
         xs[i] = (double)(x[i] + 0.0f);
-    if (n > 64) {
+    if (n > 64)
         qsort(xs, (size_t)n, sizeof(double), cb_cmp_double);
-        return;
-    }
-    for (int64_t i = 1; i < n; i++) {
-        double t = xs[i];
-        int64_t j = i - 1;
-        while (j >= 0 && xs[j] > t) {
-            xs[j + 1] = xs[j];
-            j--;
-        }
-        xs[j + 1] = t;
-    }
+    else
+        CB_INSERTION_SORT(double, xs, n);
 }
 
 /* ------------------------------------------------------------------ exact 1-D k-means */

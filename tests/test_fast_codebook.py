@@ -212,3 +212,10 @@ def test_random_tables_property(same_bytes):
         same_bytes(FC.dequantize_codebook(fast, n_threads=n_threads), qe4.dequantize(ref))
 
     check()
+
+
+@pytest.mark.parametrize("method", C.METHODS)
+def test_wide_rows(method, same_bytes):
+    x = _table(130, n_rows=9)                    # rows longer than 64 values are qsorted
+    same_bytes(FC.quantize_codebook(x, 4, method, n_threads=2, **_opts(method)).data,
+               qe4.quantize(x, 4, method, **_opts(method)).data)
