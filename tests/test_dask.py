@@ -329,15 +329,18 @@ def _unpatch_writer(dask_worker=None):
 @pytest.mark.timeout(120)
 def test_worker_killed_while_writing_a_shard(client, tmp_path, same_bytes):
     # Every current worker dies half-way through writing shard 2; restarted workers do not.
-    # At most both die (allowed-failures 3 tolerates that), the retry then succeeds.
+    # At most both die (allowed-failures 5 tolerates that and a queued task's deaths too),
+    # and the retry on a restarted worker succeeds.
     x = _weights(150, 16)
-    old = client.run_on_scheduler(_set_allowed_failures, 3)
+    client.wait_for_workers(2, timeout=TIMEOUT)
+    old = client.run_on_scheduler(_set_allowed_failures, 5)
     client.run(_kill_when_writing_rows, "shard-00002-")
     try:
         st = qd.to_sharded(da.from_array(x, chunks=(25, 16)), tmp_path / "w", 4, "greedy",
                            engine="reference", timeout=TIMEOUT)
     finally:
-        client.run(_unpatch_writer)
+        # a worker may still be restarting: the new one is not patched, so skip what fails
+        client.run(_unpatch_writer, on_error="ignore")
         client.run_on_scheduler(_set_allowed_failures, old)
         client.wait_for_workers(2, timeout=TIMEOUT)
     leftovers = [f for f in os.listdir(st.path) if f.endswith(".qe4tmp")]
