@@ -138,6 +138,8 @@ from .table import QuantizedTable
 from .uniform import methods
 from .uniform import quantize as quantize_reference
 
+__all__ = ["quantize", "to_table", "to_sharded", "QuantizedChunks", "concat_tables"]
+
 # Methods whose rows depend on other rows (they cluster the rows of the whole table):
 # quantizing them chunk by chunk would not reproduce a single-machine run.
 CROSS_ROW_METHODS = ("two-tier",)

@@ -45,6 +45,8 @@ from . import io as qio
 from .io import _fsync_dir
 from .table import QuantizedTable
 
+__all__ = ["open_sharded", "write_sharded", "ShardedTable"]
+
 FORMAT = "qe4-sharded"
 VERSION = 1
 INDEX = "index.json"
