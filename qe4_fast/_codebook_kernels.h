@@ -100,41 +100,59 @@ static inline double cb_cost(const cb_dp *d, int64_t a, int64_t b)
     return q - (s * s) * r;
 }
 
-/* One divide-and-conquer node and its subtree (qe4.codebook.optimal_partition):
- * scan a = a_lo .. min(a_hi, mid - 1), keep the first strict minimum. */
+/* One layer by divide and conquer (qe4.codebook.optimal_partition), with an explicit
+ * stack: per node scan a = a_lo .. min(a_hi, mid - 1), keep the first strict minimum.
+ * Nodes are independent given their parents, so the visiting order does not matter. */
 static void cb_solve(cb_dp *d, int32_t *A, int64_t b_lo, int64_t b_hi, int64_t a_lo, int64_t a_hi)
 {
-    while (b_lo <= b_hi) {
-        int64_t mid = (b_lo + b_hi) / 2;
-        int64_t hi = a_hi < mid - 1 ? a_hi : mid - 1;
-        double best = d->Fprev[a_lo] + cb_cost(d, a_lo, mid);
-        int64_t best_a = a_lo;
-        const double *P1 = d->P1, *P2 = d->P2, *F = d->Fprev;
-        const double p1 = P1[mid], p2 = P2[mid];
-        if (d->inv) {       /* unit weights: the same value as 1.0 / m, from a table */
-            const double *inv = d->inv + mid;
-            for (int64_t a = a_lo + 1; a <= hi; a++) {
-                double s = p1 - P1[a], q = p2 - P2[a];
-                double v = F[a] + (q - (s * s) * inv[-a]);
-                if (v < best) {
-                    best = v;
-                    best_a = a;
+    int64_t stack[4 * 64];           /* depth <= log2(n) + 1 <= 64 nodes pending */
+    int64_t top = 0;
+    const double *P1 = d->P1, *P2 = d->P2, *PW = d->PW, *F = d->Fprev, *inv = d->inv;
+    double *G = d->Fcur;
+    for (;;) {
+        while (b_lo <= b_hi) {
+            int64_t mid = (b_lo + b_hi) / 2;
+            int64_t hi = a_hi < mid - 1 ? a_hi : mid - 1;
+            const double p1 = P1[mid], p2 = P2[mid];
+            double best = F[a_lo] + cb_cost(d, a_lo, mid);
+            int64_t best_a = a_lo;
+            if (inv) {      /* unit weights: the same value as 1.0 / m, from a table */
+                const double *im = inv + mid;
+                for (int64_t a = a_lo + 1; a <= hi; a++) {
+                    double s = p1 - P1[a], q = p2 - P2[a];
+                    double v = F[a] + (q - (s * s) * im[-a]);
+                    if (v < best) {
+                        best = v;
+                        best_a = a;
+                    }
+                }
+            } else {
+                for (int64_t a = a_lo + 1; a <= hi; a++) {
+                    double s = p1 - P1[a], q = p2 - P2[a];
+                    double v = F[a] + (q - (s * s) * (1.0 / (PW[mid] - PW[a])));
+                    if (v < best) {
+                        best = v;
+                        best_a = a;
+                    }
                 }
             }
-        } else {
-            for (int64_t a = a_lo + 1; a <= hi; a++) {
-                double v = F[a] + cb_cost(d, a, mid);
-                if (v < best) {
-                    best = v;
-                    best_a = a;
-                }
+            G[mid] = best;
+            A[mid] = (int32_t)best_a;
+            if (mid + 1 <= b_hi) {   /* right child later */
+                stack[top++] = mid + 1;
+                stack[top++] = b_hi;
+                stack[top++] = best_a;
+                stack[top++] = a_hi;
             }
+            b_hi = mid - 1;          /* left child now */
+            a_hi = best_a;
         }
-        d->Fcur[mid] = best;
-        A[mid] = (int32_t)best_a;
-        cb_solve(d, A, b_lo, mid - 1, a_lo, best_a);
-        b_lo = mid + 1;
-        a_lo = best_a;
+        if (top == 0)
+            return;
+        a_hi = stack[--top];
+        a_lo = stack[--top];
+        b_hi = stack[--top];
+        b_lo = stack[--top];
     }
 }
 
