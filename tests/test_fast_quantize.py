@@ -152,6 +152,23 @@ def test_golden_torch_bytes(golden, same_bytes):
     assert n_checked == 52
 
 
+def test_float16_rounding_ties_subnormals(same_bytes):
+    """Biases and scales at every kind of float16 rounding case: exact ties between
+    neighbours (ties to even), one float32 ulp either side, subnormals, the overflow edge."""
+    h = np.arange(0, 0x7BFF, 7, dtype=np.uint16).view(np.float16).astype(np.float32)
+    mid = ((h[:-1].astype(np.float64) + np.nextafter(h[:-1].astype(np.float16), np.float16(np.inf))
+            .astype(np.float64)) / 2).astype(np.float32)          # exact ties in float32
+    lo = np.concatenate([mid, np.nextafter(mid, 0), np.nextafter(mid, np.inf), h])
+    lo = np.concatenate([lo, -lo])
+    lo = lo[np.abs(lo) < 60000]
+    widths = np.float32([0.0, 1e-7, 3e-5, 0.01, 1.0, 100.0])[np.arange(lo.size) % 6]
+    x = np.stack([lo, lo + widths * np.maximum(np.abs(lo), 1), lo + widths], axis=1)
+    x = np.clip(x, -65000, 65000).astype(np.float32)
+    for bits, method in ((4, "minmax"), (2, "minmax"), (4, "greedy")):
+        ref, fast = ref_and_fast("quantize", x, bits, method, n_threads=2)
+        same_bytes(fast.data, ref.data)
+
+
 def test_worked_example():
     """A hand-checked 4-bit row: min 0, max 1.5 -> scale fp16(0.1) = 0.0999755859375."""
     x = np.array([[0.0, 0.75, 1.5, 0.1]], np.float32)
