@@ -59,6 +59,11 @@ def glove_section(g):
                      f"{100 * r['bytes_per_row'] / (4 * g['dim']):.2f}%",
                      f"{r['table_error']:.3e}", f"{r['weighted_error']:.3e}", f"{r['heavy_error']:.3e}",
                      f"{r['analogy']:.4f}", f"{r['analogy'] - fp32:+.4f}", f"{r['seconds']:.1f}"])
+    checked = [r["fast_equals_reference"] for r in res if "fast_equals_reference" in r]
+    exact = ""
+    if checked:
+        exact = (f"  Exactness first: for {sum(checked)} of {len(checked)} (method, bits) runs on ``qe4_fast`` "
+                 "the tables of the first 2,000 rows were byte-identical to the reference ``qe4``.")
     return (_title(f"GloVe 6B 50d ({g['n_rows']:,} x {g['dim']})") + "\n"
             "Normalized squared error ``sum ||x - x̂||² / sum ||x||²`` over the whole table, the same "
             "with Zipf frequency weights ``1/(rank+1)`` (rows are in frequency order), over the "
@@ -68,7 +73,8 @@ def glove_section(g):
             "``ScalarQuantizer`` QT_4bit/QT_8bit (one min/max per dimension trained on the table; bytes "
             "include those 2 x D float32) and bitsandbytes NF4 with one absmax block per row (rows "
             "zero-padded to 64, its smallest block size; counted as D/2 code bytes + a float32 absmax).  "
-            "Seconds: quantize + dequantize with the engine named in the run details.\n\n"
+            "Seconds: quantize + dequantize with the engine named in the run details (a shared, busy "
+            "2-core machine: indicative only)." + exact + "\n\n"
             + _table(["method", "bits", "bytes/row", "% fp32", "table err", "weighted err",
                       "top-1k err", "analogy", "Δ analogy", "s"], rows))
 
