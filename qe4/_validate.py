@@ -69,13 +69,15 @@ def check_ratio(ratio):
     return float(ratio)
 
 
-def as_table(x, name="x"):
+def as_table(x, name="x", *, finite=True):
     """Return ``x`` as a finite, C-contiguous, native float32 array [n_rows, n_cols].
 
     float16 widens exactly; float64 is rounded to float32 (nearest-even), and a
     value that overflows float32 is reported as non-finite.  Integer, bool and
     complex inputs are rejected: a table of codes passed by mistake must not be
-    silently treated as weights.
+    silently treated as weights.  ``finite=False`` leaves the finiteness check to
+    the caller (qe4_fast's kernels flag non-finite rows in their own pass over the
+    table and then call :func:`check_finite`, which raises this same error).
     """
     if isinstance(x, np.ndarray):
         arr = x
@@ -94,7 +96,8 @@ def as_table(x, name="x"):
         out = np.ascontiguousarray(arr, dtype=np.float32)
     if out is arr and not out.flags.writeable:
         pass  # read-only input is fine: nothing writes to it
-    check_finite(out, name)
+    if finite:
+        check_finite(out, name)
     return out
 
 

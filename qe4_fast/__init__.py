@@ -85,17 +85,17 @@ def _check_uniform(x, bits, n_bins, ratio, scale_dtype):
     n_bins = V.check_n_bins(n_bins)
     ratio = V.check_ratio(ratio)
     scale_dtype = V.check_scale_dtype(scale_dtype, bits)
-    return V.as_table(x), n_bins, ratio, scale_dtype
+    return V.as_table(x, finite=False), n_bins, ratio, scale_dtype   # finiteness: in _run
 
 
 def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
     """Validate the ranges of finite ``x`` (float32, C order) and run the row kernel.
 
     Returns the packed rows (0 rows unless ``encode``) and the chosen (lo, hi).  The
-    kernels flag rows failing ``V.check_fp16_ranges`` (same rule, see
-    ``qe4_range_bad``), and the helper itself then raises the reference's error.  The
-    minmax method checks after its single fused pass (its kernel is safe on any finite
-    rows); the searches check first.
+    kernels flag rows that are non-finite or fail ``V.check_fp16_ranges`` (same rule,
+    see ``qe4_range_bad``); the helpers themselves then raise the reference's error.
+    The minmax method checks after its single fused pass (its kernel has no undefined
+    behaviour on any input: no float-to-int casts); the searches check first.
     """
     n_rows, n_cols = x.shape
     n_threads = effective_n_threads(n_threads, -(-n_rows // _rowwise.LANES))
@@ -104,7 +104,7 @@ def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
         lo = np.empty(n_rows, F32)
         hi = np.empty(n_rows, F32)
         if _rowwise.row_minmax(x, bits, fp16, lo, hi, n_threads):
-            V.check_fp16_ranges(x, bits, scale_dtype)   # raises the reference's error
+            _raise_bad_rows(x, bits, scale_dtype)
     code = _rowwise.METHOD_CODES[method]
     aciq = {"aciq-laplace": R.ACIQ_LAPLACE, "aciq-gauss": R.ACIQ_GAUSS}.get(method)
     aciq_c = float(aciq[bits]) if aciq else 0.0
@@ -118,5 +118,13 @@ def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
                                    float(R._min_bins(n_bins, ratio)), aciq_c, max_levels, work,
                                    lo, hi, out, n_threads)
     if n_bad:
-        V.check_fp16_ranges(x, bits, scale_dtype)       # raises the reference's error
+        _raise_bad_rows(x, bits, scale_dtype)
     return out, lo, hi
+
+
+def _raise_bad_rows(x, bits, scale_dtype):
+    """A kernel flagged a non-finite row or a range failing check_fp16_ranges: the
+    reference's helpers, in the reference's order, raise the reference's error."""
+    V.check_finite(x, "x")
+    V.check_fp16_ranges(x, bits, scale_dtype)
+    raise AssertionError("qe4_fast: a kernel flagged a row that qe4._validate accepts")

@@ -74,31 +74,40 @@ QE4_INLINE float qe4_h(float v, int fp16) { return fp16 ? qe4_h2f(qe4_f2h(v)) : 
 
 /* min and max of a row; "+ 0.0f" makes a zero bound +0.0 (qe4's convention), so the
  * reduction order is free and the compiler may vectorize it. */
-QE4_INLINE void qe4_row_minmax(const float *x, int n_cols, float *lo, float *hi)
+/* Min and max of a row; "+ 0.0f" makes a zero bound +0.0 (qe4's convention), so the
+ * reduction order is free and 16 independent partial results vectorize.  Returns 1
+ * when the row holds an inf or a NaN (x * 0 is exactly 0 for every finite x). */
+QE4_INLINE int qe4_row_minmax(const float *x, int n_cols, float *lo, float *hi)
 {
-    float mn = x[0], mx = x[0];
+    float mn = x[0], mx = x[0], zero = x[0] * 0.0f;
     int j = 0;
-    if (n_cols >= 16) { /* 16 independent partial results: vectorizes without reassociation */
-        float pmn[16], pmx[16];
-        for (int k = 0; k < 16; k++)
+    if (n_cols >= 16) {
+        float pmn[16], pmx[16], pz[16];
+        for (int k = 0; k < 16; k++) {
             pmn[k] = pmx[k] = x[k];
+            pz[k] = x[k] * 0.0f;
+        }
         for (j = 16; j + 16 <= n_cols; j += 16)
             for (int k = 0; k < 16; k++) {
                 float v = x[j + k];
                 pmn[k] = v < pmn[k] ? v : pmn[k];
                 pmx[k] = v > pmx[k] ? v : pmx[k];
+                pz[k] = pz[k] + v * 0.0f;
             }
         for (int k = 0; k < 16; k++) {
             mn = pmn[k] < mn ? pmn[k] : mn;
             mx = pmx[k] > mx ? pmx[k] : mx;
+            zero = zero + pz[k];
         }
     }
     for (; j < n_cols; j++) {
         mn = x[j] < mn ? x[j] : mn;
         mx = x[j] > mx ? x[j] : mx;
+        zero = zero + x[j] * 0.0f;
     }
     *lo = mn + 0.0f;
     *hi = mx + 0.0f;
+    return zero != 0.0f;
 }
 
 /* h(v) for float16 without branches (vectorizable across lanes); equals
@@ -479,15 +488,16 @@ QE4_INLINE int qe4_range_bad(float lo, float hi, int bits, int fp16)
     return !(big < 65520.0f) || !(scale < 65520.0f); /* values that round to float16 inf */
 }
 
+/* Min and max of rows [r0, r0 + n); returns how many of them are non-finite or fail
+ * check_fp16_ranges (the Python wrapper then calls those helpers, which raise). */
 QE4_CLONES
 static int qe4_minmax_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
                            float *lo, float *hi)
 {
     int n_bad = 0;
     for (int r = r0; r < r0 + n; r++)
-        qe4_row_minmax(x + (size_t)r * n_cols, n_cols, &lo[r], &hi[r]);
-    for (int r = r0; r < r0 + n; r++)
-        n_bad += qe4_range_bad(lo[r], hi[r], bits, fp16);
+        n_bad += qe4_row_minmax(x + (size_t)r * n_cols, n_cols, &lo[r], &hi[r])
+                 | qe4_range_bad(lo[r], hi[r], bits, fp16);
     return n_bad;
 }
 
