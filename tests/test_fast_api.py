@@ -103,3 +103,10 @@ def test_import_without_compiled_modules_says_how_to_build():
     assert first.startswith("ImportError:")
     assert "pip install ." in first and "python setup.py build_ext --inplace" in first
     assert second == "qe4 ok (1, 5)"
+
+
+def test_codebook_methods_dispatch():
+    """quantize hands every qe4.codebook method to qe4_fast.codebook (same table as qe4)."""
+    x = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
+    for method in qe4.methods()[len(qe4.uniform.V.UNIFORM_METHODS):]:
+        assert qe4_fast.quantize(x, 4, method, n_threads=2) == qe4.quantize(x, 4, method)
