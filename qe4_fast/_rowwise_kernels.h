@@ -352,12 +352,14 @@ static void qe4_aciq_row(const float *x, int n_cols, int gauss, float c, float *
         dacc = dacc + (gauss ? d * d : fabsf(d));
     }
     float alpha = gauss ? c * sqrtf(dacc / fn) : c * (dacc / fn);
+    /* np.maximum / np.minimum propagate NaN: only reachable when a float32 sum of the
+     * row overflows (values near 3.4e38), where the reference stores NaN; so does this */
     float a = mean - alpha;
-    float lo = a > xmin ? a : xmin;          /* np.maximum / np.minimum: no NaN here */
-    lo = (lo < xmax ? lo : xmax) + 0.0f;
+    float lo = a != a ? a : (a > xmin ? a : xmin);
+    lo = (lo != lo ? lo : (lo < xmax ? lo : xmax)) + 0.0f;
     float b = lo + 2.0f * alpha;
-    float hi = b < xmax ? b : xmax;
-    hi = (hi > lo ? hi : lo) + 0.0f;
+    float hi = b != b ? b : (b < xmax ? b : xmax);
+    hi = (hi != hi ? hi : (hi > lo ? hi : lo)) + 0.0f;
     *lo_out = lo;
     *hi_out = hi;
 }

@@ -45,6 +45,8 @@ def zoo(n_cols, seed, fp16_safe=True):
         rng.uniform(-big, big, (2, d)),                  # near the float16 limit
         np.where(rng.random((1, d)) < 0.5, -65504.0, 65504.0) if fp16_safe
         else np.eye(1, d, d // 2) * 3e38,    # one huge value: sums of the row stay finite
+        np.zeros((1, d)) if fp16_safe          # float32 sums overflow: ACIQ's range is NaN
+        else np.where(rng.random((1, d)) < 0.5, 0.0, 3e38),   # in qe4 (stored as is), so in qe4_fast
         1000.0 + rng.standard_normal((2, d)) * 0.01,     # large offsets
         -3.0e4 + rng.standard_normal((1, d)),
         np.round(rng.standard_normal((2, d)) * 4) / 4,   # many exact ties
