@@ -18,9 +18,13 @@ from qe4 import rowwise as R
 from qe4.table import QuantizedTable
 from qe4.uniform import methods
 
-from ._threads import effective_n_threads, openmp_enabled  # raises ImportError when not built
-from . import _rowwise
-from .bag import dequantize, embedding_bag, from_tbe, to_tbe
+from ._threads import BUILD_HINT, effective_n_threads, openmp_enabled  # ImportError if not built
+
+try:
+    from . import _rowwise
+    from .bag import dequantize, embedding_bag, from_tbe, to_tbe
+except ImportError as exc:   # one compiled module missing (a partial build): no fallback
+    raise ImportError(f"{BUILD_HINT} ({exc})") from exc
 
 __all__ = [
     "QuantizedTable", "quantize", "dequantize", "embedding_bag", "row_ranges", "range_loss",
