@@ -115,15 +115,20 @@ def check_fp16_ranges(x, bits, scale_dtype, name="x"):
     The rule: every value satisfies |v| <= 65504 rounded to float16 (so any
     clipping bound inside the row is a finite float16), and
     fp16((max - min) / (2**bits - 1)) is finite.
+
+    float32 tables: ``max - min`` and ``max(|min|, |max|) * (2 * n_cols)`` must be
+    finite in float32, so that no row statistic (ACIQ's row sum included) overflows.
     """
     if scale_dtype != "float16":
         lo = x.min(axis=1)
         hi = x.max(axis=1)
         with np.errstate(over="ignore"):
-            bad = ~np.isfinite(hi - lo)
+            big = np.maximum(np.abs(lo), np.abs(hi)) * np.float32(2 * x.shape[1])
+            bad = ~np.isfinite(hi - lo) | ~np.isfinite(big)
         if bad.any():
             r = int(np.argmax(bad))
-            raise ValueError(f"{name}: row {r} has range [{lo[r]!r}, {hi[r]!r}] that overflows float32")
+            raise ValueError(f"{name}: row {r} has range [{lo[r]!r}, {hi[r]!r}], too close to the "
+                             f"float32 limit (max - min and max|value| * 2 * n_cols must be finite)")
         return
     lo = x.min(axis=1)
     hi = x.max(axis=1)

@@ -480,12 +480,14 @@ static void qe4_ranges_block(const float *x, int r0, int n, int n_cols, int bits
 /* 1 when the row with min lo and max hi fails qe4._validate.check_fp16_ranges (the
  * float16 scale/bias would overflow, or for float32 tables the range overflows);
  * the Python wrapper then calls that helper, which raises the reference's error. */
-QE4_INLINE int qe4_range_bad(float lo, float hi, int bits, int fp16)
+QE4_INLINE int qe4_range_bad(float lo, float hi, int bits, int fp16, int n_cols)
 {
     float rng = hi - lo;
-    if (!fp16)
-        return !(rng - rng == 0.0f);
     float big = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
+    if (!fp16) {
+        float sum_bound = big * (float)(2 * n_cols);
+        return !(rng - rng == 0.0f) || !(sum_bound - sum_bound == 0.0f);
+    }
     float scale = rng / (float)((1 << bits) - 1);
     return !(big < 65520.0f) || !(scale < 65520.0f); /* values that round to float16 inf */
 }
@@ -499,7 +501,7 @@ static int qe4_minmax_rows(const float *x, int r0, int n, int n_cols, int bits, 
     int n_bad = 0;
     for (int r = r0; r < r0 + n; r++)
         n_bad += qe4_row_minmax(x + (size_t)r * n_cols, n_cols, &lo[r], &hi[r])
-                 | qe4_range_bad(lo[r], hi[r], bits, fp16);
+                 | qe4_range_bad(lo[r], hi[r], bits, fp16, n_cols);
     return n_bad;
 }
 

@@ -44,9 +44,9 @@ def zoo(n_cols, seed, fp16_safe=True):
         1e-30 + rng.standard_normal((1, d)) * 1e-33,
         rng.uniform(-big, big, (2, d)),                  # near the float16 limit
         np.where(rng.random((1, d)) < 0.5, -65504.0, 65504.0) if fp16_safe
-        else np.eye(1, d, d // 2) * 3e38,    # one huge value: sums of the row stay finite
-        np.zeros((1, d)) if fp16_safe          # float32 sums overflow: ACIQ's range is NaN
-        else np.where(rng.random((1, d)) < 0.5, 0.0, 3e38),   # in qe4 (stored as is), so in qe4_fast
+        else np.eye(1, d, d // 2) * (1.6e38 / d),   # one huge value, just inside the float32 rule
+        np.zeros((1, d)) if fp16_safe                   # many huge values: row sums near the limit
+        else np.where(rng.random((1, d)) < 0.5, 0.0, 1.6e38 / d),
         1000.0 + rng.standard_normal((2, d)) * 0.01,     # large offsets
         -3.0e4 + rng.standard_normal((1, d)),
         np.round(rng.standard_normal((2, d)) * 4) / 4,   # many exact ties
@@ -199,6 +199,7 @@ BAD_INPUTS = [
     ("fp16-value", lambda x: (x * 70000).astype(np.float32), {}),
     ("fp16-range", lambda x: np.array([[0.0, 1e6]], np.float32), {}),
     ("fp32-range", lambda x: np.array([[-3e38, 3e38]], np.float32), {"scale_dtype": "float32"}),
+    ("fp32-row-sum", lambda x: np.array([[0.0, 1e38, 1e38]], np.float32), {"scale_dtype": "float32"}),
     ("1-D", lambda x: x[0], {}),
     ("3-D", lambda x: x[None], {}),
     ("empty-rows", lambda x: x[:0], {}),

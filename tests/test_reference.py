@@ -130,8 +130,11 @@ def test_near_fp16_limit(same_bytes):
         # float32 scales/biases and the 8-bit layout hold such rows
         qe4.quantize(np.array([[0.0, bad]], F32), 4, scale_dtype="float32")
         qe4.quantize(np.array([[0.0, bad]], F32), 8)
-    with pytest.raises(ValueError, match="overflows float32"):
+    with pytest.raises(ValueError, match="too close to the float32 limit"):
         qe4.quantize(np.array([[-3e38, 3e38]], F32), 8)
+    # a float32 row sum (ACIQ's mean) must not overflow either: no NaN scale is ever stored
+    with pytest.raises(ValueError, match=r"row 0 .*max\|value\| \* 2 \* n_cols"):
+        qe4.quantize(np.array([[0.0, 1e38, 1e38]], F32), 4, "aciq-laplace", scale_dtype="float32")
 
 
 def test_stalled_greedy_terminates(same_bytes):
