@@ -9,6 +9,15 @@ numerics are documented once, in the reference docstrings.
 
 There is no fallback: without its compiled modules ``import qe4_fast`` raises an
 ImportError that says how to build them.
+
+Threads: kernels release the GIL and parallelize only across independent rows or
+bags.  Calls made at the same time from several Python threads share the cores
+when ``n_threads`` is None (each takes its share of ``omp_max_threads()``), so they
+do not oversubscribe the machine.  Fork caveat: GNU libgomp is not fork-safe.  A
+process that has run an OpenMP kernel and then forks (``multiprocessing`` with the
+``"fork"`` start method, the default on Linux before Python 3.14) can hang in the
+child at its first parallel kernel.  Use the ``"spawn"`` or ``"forkserver"`` start
+method (dask's worker processes spawn), or call qe4_fast only in the children.
 """
 
 import numpy as np
@@ -18,7 +27,7 @@ from qe4 import rowwise as R
 from qe4.table import QuantizedTable
 from qe4.uniform import methods
 
-from ._threads import BUILD_HINT, effective_n_threads, openmp_enabled  # ImportError if not built
+from ._threads import BUILD_HINT, effective_n_threads, openmp_enabled, shares_cores  # ImportError if not built
 
 try:
     from . import _rowwise
@@ -34,6 +43,7 @@ __all__ = [
 F32 = np.float32
 
 
+@shares_cores
 def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None,
              n_threads=None, **kwargs):
     """Quantize each row of an embedding table; see :func:`qe4.quantize`.
@@ -56,6 +66,7 @@ def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=
                           scale_dtype=scale_dtype, params=params)
 
 
+@shares_cores
 def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None,
                n_threads=None):
     """Each row's clipping range (lo, hi); see :func:`qe4.row_ranges`."""
@@ -66,6 +77,7 @@ def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtyp
     return lo, hi
 
 
+@shares_cores
 def range_loss(x, lo, hi, bits=4, scale_dtype="float16", *, n_threads=None):
     """L2 error of each row quantized with the range [lo, hi]; see :func:`qe4.range_loss`."""
     x = np.ascontiguousarray(np.asarray(x, F32))

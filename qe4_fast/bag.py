@@ -12,7 +12,7 @@ from qe4 import _validate as V
 from qe4.table import QuantizedTable
 
 from . import _bag
-from ._threads import effective_n_threads
+from ._threads import effective_n_threads, shares_cores
 
 F32 = np.float32
 
@@ -31,6 +31,7 @@ def _rows(table):
     return np.ascontiguousarray(table.data), table.bits, table.dim, table.scale_dtype == "float16"
 
 
+@shares_cores
 def dequantize(table, *, n_threads=None):
     """Reconstruct float32 rows [n_rows, dim]; see :func:`qe4.dequantize`.
 
@@ -49,6 +50,7 @@ def dequantize(table, *, n_threads=None):
     return out
 
 
+@shares_cores
 def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weights=None,
                   include_last_offset=False, n_threads=None):
     """Sum or mean of table rows per bag; see :func:`qe4.embedding_bag`.
@@ -76,6 +78,7 @@ def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weight
     return out
 
 
+@shares_cores
 def to_tbe(table, row_alignment=1, *, n_threads=None):
     """Rows in fbgemm_gpu's TBE inference layout; see :func:`qe4.to_tbe`."""
     V.check_table(table)
@@ -88,6 +91,7 @@ def to_tbe(table, row_alignment=1, *, n_threads=None):
     return out
 
 
+@shares_cores
 def from_tbe(data, bits, dim=None, *, scale_dtype="float16", row_alignment=1, n_threads=None):
     """A :class:`qe4.QuantizedTable` from TBE rows; see :func:`qe4.from_tbe`."""
     data, bits, dim, scale_dtype, qp, row_bytes = V.check_tbe_rows(data, bits, dim, scale_dtype,

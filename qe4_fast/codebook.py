@@ -17,7 +17,7 @@ from qe4 import codebook as C
 from qe4.table import QuantizedTable
 
 from . import _codebook
-from ._threads import effective_n_threads
+from ._threads import effective_n_threads, shares_cores
 
 F32 = np.float32
 _METHOD_CODE = {"kmeans": 0, "kmeans-optimal": 1}
@@ -29,6 +29,7 @@ METHODS = C.METHODS
 _SIMD = _codebook.simd_available()
 
 
+@shares_cores
 def quantize_codebook(x, bits, method, *, scale_dtype=None, n_threads=None, **kwargs):
     """Codebook-quantize each row of ``x``; see :func:`qe4.codebook.quantize_codebook`.
 
@@ -80,6 +81,7 @@ def _table_args(table):
             int(table.scale_dtype == "float16"), id_bytes, books)
 
 
+@shares_cores
 def dequantize_codebook(table, *, n_threads=None):
     """float32 [n_rows, dim]; see :func:`qe4.codebook.dequantize_codebook`."""
     args = _table_args(table)
@@ -90,6 +92,7 @@ def dequantize_codebook(table, *, n_threads=None):
     return out
 
 
+@shares_cores
 def embedding_bag_codebook(table, idx, starts, weights, mode, n_threads=None):
     """Bags over a codebook table from validated arguments (``qe4._validate.check_bag_args``):
     ``idx`` int64 [n], ``starts`` int64 [n_bags + 1], ``weights`` float32 [n] or None,

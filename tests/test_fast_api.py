@@ -113,3 +113,50 @@ def test_codebook_methods_dispatch():
     x = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
     for method in qe4.methods()[len(qe4.uniform.V.UNIFORM_METHODS):]:
         assert qe4_fast.quantize(x, 4, method, n_threads=2) == qe4.quantize(x, 4, method)
+
+
+
+def test_concurrent_calls_share_the_cores_and_keep_bytes():
+    """n_threads=None divides the cores among calls running at once in several Python
+    threads (no oversubscription); nested calls count once; explicit counts are kept;
+    the bytes never change."""
+    import threading
+    from qe4_fast import _threads
+
+    started, hold = threading.Barrier(3), threading.Event()
+
+    def busy():
+        _threads.shares_cores(lambda: (started.wait(), hold.wait()))()
+
+    others = [threading.Thread(target=busy) for _ in range(2)]
+    for t in others:
+        t.start()
+    started.wait()                     # two other calls are running now
+    try:
+        nested = _threads.shares_cores(
+            lambda: _threads.shares_cores(lambda: effective_n_threads(None, 10 ** 6))())()
+    finally:
+        hold.set()
+        for t in others:
+            t.join()
+    assert _threads._active_calls == 0
+    if qe4_fast.openmp_enabled():
+        assert nested == max(1, _threads.omp_max_threads() // 3)
+        assert effective_n_threads(None, 10 ** 6) == _threads.omp_max_threads()
+        assert effective_n_threads(3, 10 ** 6) == 3
+    else:
+        assert nested == 1
+
+    x = np.random.default_rng(5).standard_normal((3000, 40), dtype=np.float32)
+    ref = qe4_fast.quantize(x, 4, "greedy", n_threads=1).data.tobytes()
+    out = [None] * 4
+
+    def work(i):
+        out[i] = qe4_fast.quantize(x, 4, "greedy").data.tobytes()
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert out == [ref] * 4
