@@ -288,6 +288,11 @@ def fig_row_errors(results):
 # --------------------------------------------------------------------------- figure 4
 
 def draw_analogy(ax, g):
+    if not g.get("n_questions"):
+        ax.text(0.5, 0.5, "no analogy questions in these results\n(gensim's questions-words.txt "
+                "was not installed)", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
     fp32 = next(r["analogy"] for r in g["results"] if r["method"] == "fp32")
     for method, rs in _by_method([r for r in g["results"] if r["bits"]]).items():
         c, m = style(method)
