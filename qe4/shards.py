@@ -41,6 +41,7 @@ import re
 import numpy as np
 
 from . import _validate as V
+from .engines import get_engine
 from . import io as qio
 from .io import _fsync_dir
 from .table import QuantizedTable
@@ -67,24 +68,8 @@ def shard_name(i, tag=None):
 
 
 def engine_function(engine, name):
-    """Function ``name`` of the engine: ``"reference"`` -> :mod:`qe4`, ``"fast"`` -> ``qe4_fast``.
-
-    There is no fallback: ``"fast"`` without a built ``qe4_fast`` that provides
-    ``name`` raises ImportError saying how to build it.
-    """
-    if engine == "reference":
-        import qe4
-        return getattr(qe4, name)
-    if engine != "fast":
-        raise ValueError(f"engine must be 'fast' or 'reference', got {engine!r}")
-    try:
-        import qe4_fast
-        return getattr(qe4_fast, name)
-    except (ImportError, AttributeError) as exc:
-        raise ImportError(
-            f"engine='fast' needs qe4_fast.{name} from the compiled qe4_fast package, which is not "
-            f"available ({exc}); build it (pip install -e . or python setup.py build_ext --inplace) "
-            "or pass engine='reference'") from exc
+    """Function ``name`` of the engine (:func:`qe4.engines.get_engine`); no fallback."""
+    return getattr(get_engine(engine), name)
 
 
 def table_meta(table):

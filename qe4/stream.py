@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from . import _validate as V
+from .engines import get_engine
 from .io import TableWriter, read_safetensors_header
 
 _ST_FLOATS = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
@@ -28,29 +29,7 @@ DEFAULT_MAX_MEMORY_CAP = 1 << 30
 
 
 # --------------------------------------------------------------------------- engines
-
-def get_engine(engine):
-    """The module whose ``quantize`` / ``dequantize`` / ``methods`` do the work.
-
-    ``"fast"`` is the compiled ``qe4_fast``; it never falls back to the reference:
-    when it is not built this raises ImportError saying how to build it.
-    """
-    if engine == "reference":
-        import qe4
-        return qe4
-    if engine == "fast":
-        try:
-            import qe4_fast
-            qe4_fast.quantize        # noqa: B018 -- a half-built package must fail here too
-        except (ImportError, AttributeError) as exc:
-            raise ImportError(
-                f"engine='fast' needs the compiled qe4_fast package, which is not available ({exc}). "
-                "Build it with `python setup.py build_ext --inplace` in the source tree (or "
-                "`pip install .`), or pass engine='reference' (CLI: --engine reference) to use "
-                "the NumPy reference, which is much slower") from None
-        return qe4_fast
-    raise ValueError(f"engine must be 'fast' or 'reference', got {engine!r}")
-
+# get_engine: see qe4.engines (the one place an implementation is chosen)
 
 def _engine_quantize(mod, engine, x, bits, method, n_bins, ratio, scale_dtype, n_threads):
     kw = dict(n_bins=n_bins, ratio=ratio, scale_dtype=scale_dtype)

@@ -144,7 +144,7 @@ def test_engine_choice_is_explicit():
     try:
         import qe4_fast  # noqa: F401
     except ImportError:
-        with pytest.raises(RuntimeError, match="qe4_fast"):
+        with pytest.raises(ImportError, match="qe4_fast"):
             C.Engine("fast")
         assert C.Engine("auto").name == "reference" and "unavailable" in C.Engine("auto").describe()
 
