@@ -76,7 +76,7 @@ def build_parser(command=None):
     q.add_argument("--bits", type=int, default=4, choices=V.BITS, help="bits per value (default 4)")
     q.add_argument("--method", default="greedy",
                    help="minmax, greedy (default), exhaustive, aciq-laplace, aciq-gauss, or a "
-                        "codebook method (kmeans, kmeans-optimal, two-tier; those load the table in RAM)")
+                        "codebook method (kmeans, kmeans-optimal, two-tier; two-tier loads the table in RAM)")
     q.add_argument("--n-bins", type=int, default=200, help="search grid bins (default 200)")
     q.add_argument("--ratio", type=float, default=0.16, help="greedy ratio (default 0.16)")
     q.add_argument("--scale-dtype", choices=V.SCALE_DTYPES, default=None,
@@ -162,7 +162,7 @@ def cmd_quantize(args):
     progress = False if args.no_progress else None
     t0 = time.perf_counter()
     V.check_method(args.method, stream._all_methods())
-    if args.method in V.UNIFORM_METHODS:
+    if args.method in stream.STREAMABLE:
         info = stream.quantize_file(args.input, args.output, args.bits, args.method,
                                     n_bins=args.n_bins, ratio=args.ratio,
                                     scale_dtype=args.scale_dtype, max_memory=args.max_memory,
@@ -172,7 +172,7 @@ def cmd_quantize(args):
         in_bytes, error, how = info["in_bytes"], info["error"], \
             f"{info['n_chunks']} chunk(s) of <= {info['chunk_rows']:,} rows"
     else:
-        # codebook methods cluster across the whole table: no streaming
+        # two-tier clusters rows across the whole table: no streaming
         from .metrics import table_error
         print(f"note: method {args.method!r} needs the whole table in memory", file=sys.stderr)
         with stream.Source(args.input, args.tensor) as src:

@@ -7,6 +7,7 @@ atomically only when every row is written.  Row-wise methods treat every row
 independently, so the result is byte-identical to quantizing the whole table in memory.
 """
 
+import contextlib
 import mmap
 import os
 import re
@@ -31,8 +32,10 @@ DEFAULT_MAX_MEMORY_CAP = 1 << 30
 # --------------------------------------------------------------------------- engines
 # get_engine: see qe4.engines (the one place an implementation is chosen)
 
-def _engine_quantize(mod, engine, x, bits, method, n_bins, ratio, scale_dtype, n_threads):
-    kw = dict(n_bins=n_bins, ratio=ratio, scale_dtype=scale_dtype)
+STREAMABLE = V.UNIFORM_METHODS + ("kmeans", "kmeans-optimal")   # each row quantized on its own
+
+def _engine_quantize(mod, engine, x, bits, method, n_bins, ratio, scale_dtype, n_threads, kwargs):
+    kw = dict(kwargs, n_bins=n_bins, ratio=ratio, scale_dtype=scale_dtype)
     if engine == "fast":
         kw["n_threads"] = n_threads
     return mod.quantize(x, bits, method, **kw)
@@ -178,15 +181,19 @@ def _as_float32_chunk(block, start, label):
     return x
 
 
-def _check_ranges(x, bits, scale_dtype, start, label):
+@contextlib.contextmanager
+def _global_rows(start, label):
+    """Re-raise a chunk's ValueError with its row made global (``row N`` or ``x[N, c]``
+    becomes N + ``start``) and the input named."""
     try:
-        V.check_fp16_ranges(x, bits, scale_dtype, name=label)
+        yield
     except ValueError as exc:
         msg = str(exc)
-        m = re.search(r": row (\d+) ", msg)
-        if m:
-            msg = msg[:m.start(1)] + str(start + int(m.group(1))) + msg[m.end(1):]
-        raise ValueError(msg) from None
+        m = re.search(r"\brow (\d+)\b", msg) or re.search(r"\w\[(\d+), \d+\]", msg)
+        if not m:
+            raise
+        msg = msg[:m.start(1)] + str(start + int(m.group(1))) + msg[m.end(1):]
+        raise ValueError(msg if msg.startswith(label) else f"{label}: {msg}") from None
 
 
 # --------------------------------------------------------------------------- main entry
@@ -207,7 +214,9 @@ def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, 
         only when complete, and an interrupted or failed run leaves no file at ``dst``.
     bits, method, n_bins, ratio, scale_dtype
         As in :func:`qe4.quantize`.  Only the row-wise methods
-        (``qe4._validate.UNIFORM_METHODS``) stream; codebook methods need the whole table.
+        (``qe4._validate.UNIFORM_METHODS``) and the per-row codebook methods (``"kmeans"``,
+        ``"kmeans-optimal"``, with their options in ``**kwargs``) stream; ``"two-tier"``
+        clusters rows across the whole table and cannot.
     max_memory : int or str, optional
         Working-memory budget in bytes (or a size like ``"2G"``) for one chunk: its input
         rows, their float32 copy, the engine's workspace and the output rows.
@@ -241,14 +250,24 @@ def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, 
     t0 = time.perf_counter()
     bits = V.check_bits(bits)
     method = V.check_method(method, _all_methods())
-    if method not in V.UNIFORM_METHODS:
+    if method not in STREAMABLE:
         raise ValueError(f"method {method!r} is not row-wise and cannot be streamed; quantize the "
                          "table in memory with qe4.quantize and write it with qe4.io.save")
-    if kwargs:
-        raise TypeError(f"unexpected keyword arguments for method {method!r}: {sorted(kwargs)}")
     n_bins = V.check_n_bins(n_bins)
     ratio = V.check_ratio(ratio)
-    scale_dtype = V.check_scale_dtype(scale_dtype, bits)
+    if method in V.UNIFORM_METHODS:
+        if kwargs:
+            raise TypeError(f"unexpected keyword arguments for method {method!r}: {sorted(kwargs)}")
+        scale_dtype = V.check_scale_dtype(scale_dtype, bits)
+        layout = "rowwise"
+        params = {"n_bins": n_bins, "ratio": ratio} if method in ("greedy", "exhaustive") else {}
+        qparam_bytes = 2 * np.dtype(scale_dtype).itemsize
+    else:   # per-row codebooks: options checked now, on a made-up row, with qe4's own errors
+        from . import codebook
+        _, bits, _, scale_dtype, params = codebook.check_args(
+            np.zeros((1, 1), np.float32), bits, method, scale_dtype, dict(kwargs))
+        layout = "codebook"
+        qparam_bytes = 2 ** bits * np.dtype(scale_dtype).itemsize
     if engine not in _WORKSPACE:
         raise ValueError(f"engine must be 'fast' or 'reference', got {engine!r}")
     if n_threads is not None and engine != "fast":
@@ -266,25 +285,27 @@ def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, 
 
     with Source(src, tensor) as source:
         n_rows, n_cols = source.n_rows, source.n_cols
-        row_bytes = -(-n_cols * bits // 8) + 2 * np.dtype(scale_dtype).itemsize
+        row_bytes = -(-n_cols * bits // 8) + qparam_bytes
         per_row = bytes_per_row(n_cols, source.dtype.itemsize, row_bytes, engine, measure_error)
         if max_memory < per_row:
             raise ValueError(f"max_memory={max_memory} bytes is less than one row of {n_cols} "
                              f"columns needs ({per_row} bytes)")
         chunk_rows = int(min(n_rows, max_memory // per_row))
-        params = {"n_bins": n_bins, "ratio": ratio} if method in ("greedy", "exhaustive") else {}
         label = f"{src}" + (f" tensor {source.tensor!r}" if getattr(source, "tensor", None) else "")
         num = den = 0.0
         bar = _progress_bar(progress, n_rows, os.path.basename(dst))
         try:
             with TableWriter(dst, n_rows=n_rows, bits=bits, dim=n_cols, method=method,
-                             scale_dtype=scale_dtype, params=params) as writer:
+                             scale_dtype=scale_dtype, layout=layout, params=params,
+                             row_bytes=row_bytes) as writer:
                 for start in range(0, n_rows, chunk_rows):
                     stop = min(start + chunk_rows, n_rows)
                     x = _as_float32_chunk(source.array[start:stop], start, label)
-                    _check_ranges(x, bits, scale_dtype, start, label)
-                    table = _engine_quantize(mod, engine, x, bits, method, n_bins, ratio,
-                                             scale_dtype, n_threads)
+                    with _global_rows(start, label):
+                        if layout == "rowwise":
+                            V.check_fp16_ranges(x, bits, scale_dtype, name=label)
+                        table = _engine_quantize(mod, engine, x, bits, method, n_bins, ratio,
+                                                 scale_dtype, n_threads, kwargs)
                     writer.write(table.data)
                     if measure_error:
                         a, b = _error_terms(mod, x, table)

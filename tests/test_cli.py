@@ -102,12 +102,17 @@ def test_quantize_codebook_method_in_memory(capsys, tmp_path, npy):
         pytest.skip("qe4.codebook is not available")
     x, src = npy
     code, out, err = run(capsys, "quantize", str(src), str(tmp_path / "k.qe4"), "--engine", "reference",
-                         "--method", "kmeans", "--bits", "2")
+                         "--method", "two-tier", "--bits", "2")
     assert code == 0, err
     assert "whole table in memory" in err
-    assert qio.load(tmp_path / "k.qe4") == qe4.quantize(x, 2, "kmeans")
+    assert qio.load(tmp_path / "k.qe4") == qe4.quantize(x, 2, "two-tier")
     code, out, _ = run(capsys, "info", str(tmp_path / "k.qe4"))
-    assert code == 0 and "codebook" in out
+    assert code == 0 and "two-tier" in out
+    # the per-row codebooks stream, chunk by chunk, to the same bytes
+    code, out, err = run(capsys, "quantize", str(src), str(tmp_path / "m.qe4"), "--engine", "reference",
+                         "--method", "kmeans-optimal", "--bits", "4", "--max-memory", "20K")
+    assert code == 0 and "whole table" not in err, err
+    assert qio.load(tmp_path / "m.qe4") == qe4.quantize(x, 4, "kmeans-optimal")
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -316,3 +316,31 @@ def test_fast_engine_threads_byte_identical(tmp_path, n_threads):
     stream.quantize_file(tmp_path / "x.npy", tmp_path / "s.qe4", engine="fast", n_threads=n_threads,
                          max_memory=small_budget(33, np.float32, 4, "fast", rows=64))
     assert (tmp_path / "s.qe4").read_bytes() == in_memory_file(x, tmp_path / "m.qe4", 4, "greedy")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("bits,method,kwargs", [
+    (4, "kmeans-optimal", {}), (2, "kmeans", {"max_iter": 7}), (4, "kmeans", {})])
+def test_per_row_codebooks_stream_byte_identical(tmp_path, engine, bits, method, kwargs):
+    x = table()
+    np.save(tmp_path / "x.npy", x)
+    info = stream.quantize_file(tmp_path / "x.npy", tmp_path / "s.qe4", bits, method, engine=engine,
+                                max_memory=40 * stream.bytes_per_row(13, 4, 64, engine), **kwargs)
+    assert info["n_chunks"] > 1
+    whole = qe4.quantize(x, bits, method, **kwargs)
+    assert qio.load(tmp_path / "s.qe4") == whole and whole.layout == "codebook"
+
+
+def test_codebook_stream_rejects_before_writing(tmp_path):
+    x = table()
+    x[201, 3] = 70000.0            # beyond float16 centroids
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(TypeError, match="n_groups"):
+        stream.quantize_file(tmp_path / "x.npy", tmp_path / "a.qe4", 4, "kmeans", n_groups=3,
+                             engine="reference")
+    with pytest.raises(ValueError, match="not row-wise and cannot be streamed"):
+        stream.quantize_file(tmp_path / "x.npy", tmp_path / "a.qe4", 4, "two-tier", engine="reference")
+    with pytest.raises(ValueError, match=r"x\.npy: x: x\[201, 3\] = .*70000"):
+        stream.quantize_file(tmp_path / "x.npy", tmp_path / "a.qe4", 4, "kmeans-optimal",
+                             engine="reference", max_memory=30 * stream.bytes_per_row(13, 4, 64, "reference"))
+    assert os.listdir(tmp_path) == ["x.npy"]
