@@ -21,6 +21,8 @@ cdef extern from "_rowwise_kernels.h":
                           size_t row_bytes) noexcept nogil
     int qe4_minmax_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
                         float *lo, float *hi) noexcept nogil
+    int qe4_minmax_encode_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
+                               float *lo, float *hi, uint8_t *out, size_t row_bytes) noexcept nogil
     float qe4_row_loss(const float *x, int n_cols, float lo, float hi, float qmax,
                        int fp16) noexcept nogil
 
@@ -70,6 +72,10 @@ def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
         n = n_rows - r0
         if n > QE4_LANES:
             n = QE4_LANES
+        if method == 0 and encode:   # one fused pass
+            n_bad += qe4_minmax_encode_rows(&x[0, 0], r0, n, n_cols, bits, fp16, &lo[0], &hi[0],
+                                            &out[0, 0], row_bytes)
+            continue
         if method == 0:
             n_bad += qe4_minmax_rows(&x[0, 0], r0, n, n_cols, bits, fp16, &lo[0], &hi[0])
         else:

@@ -518,4 +518,84 @@ static void qe4_encode_block(const float *x, int r0, int n, int n_cols, int bits
     }
 }
 
+/* ------------------------------------------------------------------ minmax, fused */
+
+/* GCC vector extensions (16 floats; each clone lowers them to its own SIMD width): the
+ * min/max partials are written as explicit compare-and-select, which every clone turns
+ * into SIMD compares and blends (GCC's auto-vectorizer keeps the trapping scalar
+ * compares of the plain loop).  Same IEEE operations, so the same bits. */
+typedef float qe4_v16f __attribute__((vector_size(64), aligned(4)));
+typedef int32_t qe4_v16i __attribute__((vector_size(64), aligned(4)));
+typedef float qe4_v8f __attribute__((vector_size(32), aligned(4)));
+typedef int32_t qe4_v8i __attribute__((vector_size(32), aligned(4)));
+
+#define QE4_VSEL(m, a, b, vf, vi) ((vf)(((vi)(a) & (m)) | ((vi)(b) & ~(m))))
+/* select of the high half of v against the low half by op (< for min, > for max) */
+#define QE4_HALF_SEL(v, op)                                                                 \
+    ({                                                                                      \
+        qe4_v8f lo_ = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);                \
+        qe4_v8f hi_ = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);          \
+        QE4_VSEL(hi_ op lo_, hi_, lo_, qe4_v8f, qe4_v8i);                                   \
+    })
+
+/* qe4_row_minmax for the fused pass: the same lo, hi and flag (a NaN row is flagged;
+ * its lo/hi are never used).  The order of the min/max reduction is free because a
+ * zero bound is made +0.0; an overlapping last load only repeats values (and adds
+ * x * 0 once more, still 0 for every finite x). */
+QE4_INLINE int qe4_row_minmax_simd(const float *restrict x, int n_cols, float *lo, float *hi)
+{
+    if (n_cols < 16)
+        return qe4_row_minmax(x, n_cols, lo, hi);
+    qe4_v16f v, mn, mx, z;
+    memcpy(&mn, x, sizeof mn);
+    mx = mn;
+    z = mn * 0.0f;
+    for (int j = 16; j < n_cols; j += 16) {
+        memcpy(&v, x + (j + 16 <= n_cols ? j : n_cols - 16), sizeof v);
+        mn = QE4_VSEL(v < mn, v, mn, qe4_v16f, qe4_v16i);
+        mx = QE4_VSEL(v > mx, v, mx, qe4_v16f, qe4_v16i);
+        z = z + v * 0.0f;
+    }
+    /* a tree, halving the vectors: 4 dependent steps, not 15 */
+    qe4_v8f mn8 = QE4_HALF_SEL(mn, <), mx8 = QE4_HALF_SEL(mx, >);
+    qe4_v8f z8 = __builtin_shufflevector(z, z, 0, 1, 2, 3, 4, 5, 6, 7)
+                 + __builtin_shufflevector(z, z, 8, 9, 10, 11, 12, 13, 14, 15);
+    float a[8], b[8], c[8];
+    memcpy(a, &mn8, sizeof a);
+    memcpy(b, &mx8, sizeof b);
+    memcpy(c, &z8, sizeof c);
+    for (int w = 4; w >= 1; w /= 2)
+        for (int k = 0; k < w; k++) {
+            a[k] = a[k + w] < a[k] ? a[k + w] : a[k];
+            b[k] = b[k + w] > b[k] ? b[k + w] : b[k];
+            c[k] = c[k] + c[k + w];
+        }
+    *lo = a[0] + 0.0f;
+    *hi = b[0] + 0.0f;
+    return c[0] != 0.0f;
+}
+
+/* Min, max, check and packed row of rows [r0, r0 + n), n <= QE4_LANES: qe4_minmax_rows
+ * followed by qe4_encode_block, in one pass while the rows are in L1.  Each step runs
+ * over all the rows before the next (the rows are independent, so their latencies
+ * overlap).  Returns the number of flagged rows. */
+QE4_CLONES
+static int qe4_minmax_encode_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
+                                  float *lo, float *hi, uint8_t *out, size_t row_bytes)
+{
+    float scale[QE4_LANES], bias[QE4_LANES], inv[QE4_LANES];
+    int bad[QE4_LANES], n_bad = 0;
+    const float *xb = x + (size_t)r0 * n_cols;
+    for (int k = 0; k < n; k++)
+        bad[k] = qe4_row_minmax_simd(xb + (size_t)k * n_cols, n_cols, &lo[r0 + k], &hi[r0 + k]);
+    for (int k = 0; k < n; k++) {
+        n_bad += bad[k] | qe4_range_bad(lo[r0 + k], hi[r0 + k], bits, fp16, n_cols);
+        qe4_scale_bias(lo[r0 + k], hi[r0 + k], bits, fp16, &scale[k], &bias[k], &inv[k]);
+    }
+    for (int k = 0; k < n; k++)
+        qe4_encode_row(xb + (size_t)k * n_cols, n_cols, bits, fp16, scale[k], bias[k], inv[k],
+                       out + (size_t)(r0 + k) * row_bytes);
+    return n_bad;
+}
+
 #endif
