@@ -107,7 +107,8 @@ def _check_uniform(x, bits, n_bins, ratio, scale_dtype):
 def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
     """Validate the ranges of finite ``x`` (float32, C order) and run the row kernel.
 
-    Returns the packed rows (0 rows unless ``encode``) and the chosen (lo, hi).  The
+    Returns the packed rows (0 rows unless ``encode``) and the chosen (lo, hi) (0 rows
+    for minmax with ``encode``: its fused pass keeps no ranges).  The
     kernels flag rows that are non-finite or fail ``V.check_fp16_ranges`` (same rule,
     see ``qe4_range_bad``); the helpers themselves then raise the reference's error.
     The minmax method checks after its single fused pass (its kernel has no undefined
@@ -126,8 +127,9 @@ def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
     aciq_c = float(aciq[bits]) if aciq else 0.0
     max_levels = 4 * n_bins + 64   # exhaustive: a guard far beyond any level a search reaches
     work = np.empty((n_threads, _rowwise.work_floats(n_cols, code, max_levels)), F32)
-    lo = np.empty(n_rows, F32)
-    hi = np.empty(n_rows, F32)
+    n_ranges = 0 if method == "minmax" and encode else n_rows   # fused minmax keeps no ranges
+    lo = np.empty(n_ranges, F32)
+    hi = np.empty(n_ranges, F32)
     row_bytes = -(-n_cols * bits // 8) + 2 * np.dtype(scale_dtype).itemsize
     out = np.empty((n_rows if encode else 0, row_bytes), np.uint8)
     n_bad = _rowwise.quantize_rows(x, bits, code, fp16, float(n_bins),

@@ -22,7 +22,7 @@ cdef extern from "_rowwise_kernels.h":
     int qe4_minmax_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
                         float *lo, float *hi) noexcept nogil
     int qe4_minmax_encode_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                               float *lo, float *hi, uint8_t *out, size_t row_bytes) noexcept nogil
+                               uint8_t *out, size_t row_bytes) noexcept nogil
     float qe4_row_loss(const float *x, int n_cols, float lo, float hi, float qmax,
                        int fp16) noexcept nogil
 
@@ -51,13 +51,15 @@ def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
                   int bits, int method, bint fp16, float n_bins, float min_bins,
                   float aciq_c, int max_levels,
                   float[:, ::1] work,         # scratch [n_threads, work_floats]
-                  float[::1] lo,              # OUT [n_rows] chosen ranges
+                  float[::1] lo,              # OUT [n_rows] chosen ranges (0 rows: minmax + out)
                   float[::1] hi,              # OUT [n_rows]
                   uint8_t[:, ::1] out,        # OUT [n_rows, row_bytes], or 0 rows: ranges only
                   int n_threads):
     """Ranges of every row by ``method``, then (if ``out`` has rows) the packed rows.
 
-    Returns, for method minmax, the number of rows failing check_fp16_ranges (else 0)."""
+    Method minmax with ``out``: one fused pass that does not keep the ranges (``lo`` and
+    ``hi`` may have 0 rows).  Returns, for method minmax, the number of rows failing
+    check_fp16_ranges (else 0)."""
     cdef int n_rows = x.shape[0], n_cols = x.shape[1]
     cdef int n_blocks = (n_rows + QE4_LANES - 1) // QE4_LANES
     cdef bint encode = out.shape[0] > 0
@@ -73,8 +75,8 @@ def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
         if n > QE4_LANES:
             n = QE4_LANES
         if method == 0 and encode:   # one fused pass
-            n_bad += qe4_minmax_encode_rows(&x[0, 0], r0, n, n_cols, bits, fp16, &lo[0], &hi[0],
-                                            &out[0, 0], row_bytes)
+            n_bad += qe4_minmax_encode_rows(&x[0, 0], r0, n, n_cols, bits, fp16, &out[0, 0],
+                                            row_bytes)
             continue
         if method == 0:
             n_bad += qe4_minmax_rows(&x[0, 0], r0, n, n_cols, bits, fp16, &lo[0], &hi[0])

@@ -578,19 +578,20 @@ QE4_INLINE int qe4_row_minmax_simd(const float *restrict x, int n_cols, float *l
 /* Min, max, check and packed row of rows [r0, r0 + n), n <= QE4_LANES: qe4_minmax_rows
  * followed by qe4_encode_block, in one pass while the rows are in L1.  Each step runs
  * over all the rows before the next (the rows are independent, so their latencies
- * overlap).  Returns the number of flagged rows. */
+ * overlap).  The ranges are not kept (quantize does not return them).  Returns the number
+ * of flagged rows. */
 QE4_CLONES
 static int qe4_minmax_encode_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                                  float *lo, float *hi, uint8_t *out, size_t row_bytes)
+                                  uint8_t *out, size_t row_bytes)
 {
-    float scale[QE4_LANES], bias[QE4_LANES], inv[QE4_LANES];
+    float lo[QE4_LANES], hi[QE4_LANES], scale[QE4_LANES], bias[QE4_LANES], inv[QE4_LANES];
     int bad[QE4_LANES], n_bad = 0;
     const float *xb = x + (size_t)r0 * n_cols;
     for (int k = 0; k < n; k++)
-        bad[k] = qe4_row_minmax_simd(xb + (size_t)k * n_cols, n_cols, &lo[r0 + k], &hi[r0 + k]);
+        bad[k] = qe4_row_minmax_simd(xb + (size_t)k * n_cols, n_cols, &lo[k], &hi[k]);
     for (int k = 0; k < n; k++) {
-        n_bad += bad[k] | qe4_range_bad(lo[r0 + k], hi[r0 + k], bits, fp16, n_cols);
-        qe4_scale_bias(lo[r0 + k], hi[r0 + k], bits, fp16, &scale[k], &bias[k], &inv[k]);
+        n_bad += bad[k] | qe4_range_bad(lo[k], hi[k], bits, fp16, n_cols);
+        qe4_scale_bias(lo[k], hi[k], bits, fp16, &scale[k], &bias[k], &inv[k]);
     }
     for (int k = 0; k < n; k++)
         qe4_encode_row(xb + (size_t)k * n_cols, n_cols, bits, fp16, scale[k], bias[k], inv[k],
