@@ -575,6 +575,55 @@ QE4_INLINE int qe4_row_minmax_simd(const float *restrict x, int n_cols, float *l
     return c[0] != 0.0f;
 }
 
+/* qe4_range_bad and qe4_scale_bias of QE4_LANES rows, written without branches so that
+ * the loop vectorizes across rows (compiled non-trapping, as the greedy lanes: no value
+ * changes).  The same operations as those two functions; a value computed and then not
+ * selected never changes a result. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
+QE4_INLINE void qe4_lanes_scale_bias(const float *restrict lo, const float *restrict hi, int bits,
+                                     int fp16, int n_cols, int *restrict bad,
+                                     float *restrict scale, float *restrict bias,
+                                     float *restrict inv)
+{
+    float qmax = (float)((1 << bits) - 1), n2 = (float)(2 * n_cols);
+    for (int k = 0; k < QE4_LANES; k++) { /* qe4_range_bad */
+        float rng = hi[k] - lo[k], al = fabsf(lo[k]), ah = fabsf(hi[k]);
+        float big = al > ah ? al : ah;
+        float sb = big * n2, sc = rng / qmax;
+        int b16 = !(big < 65520.0f) | !(sc < 65520.0f);
+        int b32 = !(rng - rng == 0.0f) | !(sb - sb == 0.0f);
+        bad[k] |= fp16 ? b16 : b32;
+    }
+    if (bits == 8) {
+        for (int k = 0; k < QE4_LANES; k++) {
+            float rng = hi[k] - lo[k];
+            scale[k] = rng / 255.0f;
+            bias[k] = lo[k] + 0.0f;
+            inv[k] = 255.0f / (rng + 1e-8f);
+        }
+        return;
+    }
+    for (int k = 0; k < QE4_LANES; k++)
+        bias[k] = fp16 ? qe4_h16(lo[k]) : lo[k];
+    for (int k = 0; k < QE4_LANES; k++) {
+        float r = hi[k] - bias[k];
+        float s = r / qmax;
+        scale[k] = r == 0.0f ? 1.0f : s;
+    }
+    for (int k = 0; k < QE4_LANES; k++)
+        scale[k] = fp16 ? qe4_h16(scale[k]) : scale[k];
+    for (int k = 0; k < QE4_LANES; k++) {
+        float s = scale[k] == 0.0f ? 1.0f : scale[k];
+        float iv = 1.0f / s;
+        int inf = fabsf(iv) == INFINITY;
+        scale[k] = inf ? 1.0f : s;
+        inv[k] = inf ? 1.0f : iv;
+    }
+}
+
 /* Min, max, check and packed row of rows [r0, r0 + n), n <= QE4_LANES: qe4_minmax_rows
  * followed by qe4_encode_block, in one pass while the rows are in L1.  Each step runs
  * over all the rows before the next (the rows are independent, so their latencies
@@ -587,16 +636,19 @@ static int qe4_minmax_encode_rows(const float *x, int r0, int n, int n_cols, int
     float lo[QE4_LANES], hi[QE4_LANES], scale[QE4_LANES], bias[QE4_LANES], inv[QE4_LANES];
     int bad[QE4_LANES], n_bad = 0;
     const float *xb = x + (size_t)r0 * n_cols;
+    for (int k = 0; k < QE4_LANES; k++) /* rows past n repeat the last row */
+        bad[k] = qe4_row_minmax_simd(xb + (size_t)(k < n ? k : n - 1) * n_cols, n_cols, &lo[k], &hi[k]);
+    qe4_lanes_scale_bias(lo, hi, bits, fp16, n_cols, bad, scale, bias, inv);
     for (int k = 0; k < n; k++)
-        bad[k] = qe4_row_minmax_simd(xb + (size_t)k * n_cols, n_cols, &lo[k], &hi[k]);
-    for (int k = 0; k < n; k++) {
-        n_bad += bad[k] | qe4_range_bad(lo[k], hi[k], bits, fp16, n_cols);
-        qe4_scale_bias(lo[k], hi[k], bits, fp16, &scale[k], &bias[k], &inv[k]);
-    }
+        n_bad += bad[k];
     for (int k = 0; k < n; k++)
         qe4_encode_row(xb + (size_t)k * n_cols, n_cols, bits, fp16, scale[k], bias[k], inv[k],
                        out + (size_t)(r0 + k) * row_bytes);
     return n_bad;
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
 
 #endif
