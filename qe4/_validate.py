@@ -260,8 +260,11 @@ def check_bag_args(indices, offsets, n_rows, per_sample_weights, include_last_of
                 f"offsets[{m + 1}] = {int(starts[m + 1])}")
     else:
         raise ValueError(f"indices must be 1-D or 2-D, got shape {idx.shape}")
-    idx = idx.astype(np.int64)
-    if idx.size:
+    # callers only read idx: a writable int64 array is not copied (a read-only one is, as
+    # torch.from_numpy warns about those)
+    idx = idx.astype(np.int64, copy=not idx.flags.writeable)
+    # one pass: a negative index seen as uint64 is >= 2**63 > n_rows
+    if idx.size and int(idx.view(np.uint64).max()) >= n_rows:
         bad = (idx < 0) | (idx >= n_rows)
         if bad.any():
             p = int(np.argmax(bad))

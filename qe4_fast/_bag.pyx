@@ -51,14 +51,53 @@ def embedding_bag_rowwise(const uint8_t[:, ::1] data,    # IN  packed rows [n_ro
                           int n_threads, int simd):
     """Pooled rows of each bag into ``out`` (see qe4.embedding_bag for the arithmetic)."""
     cdef qe4_rows t = _rows(data, bits, dim, f16)
-    cdef Py_ssize_t m, n_bags = out.shape[0]
+    cdef Py_ssize_t n_bags = out.shape[0]
     cdef const int64_t *ip = &idx[0] if idx.shape[0] > 0 else NULL
     cdef const float *wp = &weights[0] if weights is not None and weights.shape[0] > 0 else NULL
     cdef int64_t n_idx = idx.shape[0]
+    cdef const int64_t *sp = &starts[0]
+    cdef float *op = &out[0, 0] if n_bags > 0 else NULL
+    cdef Py_ssize_t k, m0, m1, n_parts
     if n_bags == 0:
         return
-    for m in prange(n_bags, nogil=True, num_threads=n_threads, schedule="dynamic", chunksize=8):
-        qe4_bag(&t, ip, n_idx, wp, starts[m], starts[m + 1], mean, simd, &out[m, 0])
+    if n_threads == 1:
+        with nogil:
+            _bags(&t, ip, n_idx, wp, sp, 0, n_bags, mean, simd, op)
+        return
+    # n_parts runs of consecutive bags holding about n_idx / n_parts positions each (balanced
+    # when bag lengths differ), a few per thread, handed out dynamically: few scheduling
+    # steps, and a thread delayed by another process does not hold up the rest
+    n_parts = min(n_bags, 8 * n_threads)
+    for k in prange(n_parts, nogil=True, num_threads=n_threads, schedule="dynamic", chunksize=1):
+        m0 = _first_bag(sp, n_bags, k, n_parts)
+        m1 = _first_bag(sp, n_bags, k + 1, n_parts)
+        _bags(&t, ip, n_idx, wp, sp, m0, m1, mean, simd, op)
+
+
+cdef inline Py_ssize_t _first_bag(const int64_t *starts, Py_ssize_t n_bags, Py_ssize_t k,
+                                  Py_ssize_t n_parts) noexcept nogil:
+    """First bag of part k of n_parts: the first m with starts[m] >= k * n_idx / n_parts
+    (n_bags for the last part), so the parts cover every bag once, in order."""
+    cdef int64_t target
+    cdef Py_ssize_t lo = 0, hi = n_bags, mid
+    if k >= n_parts:
+        return n_bags
+    target = starts[0] + <int64_t>((<double>(starts[n_bags] - starts[0]) * k) / n_parts)
+    while lo < hi:
+        mid = lo + (hi - lo) // 2
+        if starts[mid] < target:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef inline void _bags(const qe4_rows *t, const int64_t *ip, int64_t n_idx, const float *wp,
+                       const int64_t *starts, Py_ssize_t m0, Py_ssize_t m1, bint mean, int simd,
+                       float *out) noexcept nogil:
+    cdef Py_ssize_t m
+    for m in range(m0, m1):
+        qe4_bag(t, ip, n_idx, wp, starts[m], starts[m + 1], mean, simd, out + m * t.dim)
 
 
 def dequantize_rowwise(const uint8_t[:, ::1] data,       # IN  packed rows [n_rows, row_bytes]

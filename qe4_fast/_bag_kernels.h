@@ -96,11 +96,10 @@ static inline float qe4_code(const uint8_t *c, int bits, int64_t j)
 static inline void qe4_prefetch_row(const qe4_rows *t, int64_t r)
 {
     const uint8_t *row = t->data + r * t->row_bytes;
+    /* both ends of the row, without a branch on whether it straddles two cache lines (that
+     * branch is unpredictable for random rows; a second prefetch of the same line is cheap) */
     __builtin_prefetch(row, 0, 3);
-#ifndef QE4_PF1
-    if ((((uintptr_t)row + t->row_bytes - 1) ^ (uintptr_t)row) >= 64)
-        __builtin_prefetch(row + t->row_bytes - 1, 0, 3);
-#endif
+    __builtin_prefetch(row + t->row_bytes - 1, 0, 3);
 }
 
 /* Weighted positions scale both terms: s = w*scale, t = w*bias (float32). */
@@ -294,35 +293,40 @@ QE4_INLINE QE4_AVX2 void qe4_block64_avx2_t(const qe4_rows *t, const int64_t *id
 }
 
 /* AVX-512F variant of the 4-bit block: four 16-lane accumulators, fewer instructions per row
- * (the same per-element operations: zmm lanes are just wider columns). */
+ * (the same per-element operations: zmm lanes are just wider columns).  Each code byte is
+ * widened to a dword lane once; vpermps with the table 0.0 .. 15.0 turns the low 4 bits of a
+ * lane into the exact float of the low nibble (it ignores the higher bits) and, after a shift,
+ * of the high nibble.  So a0/a2 hold the even columns, a1/a3 the odd ones, interleaved back
+ * at the store. */
 #define QE4_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
-
-QE4_INLINE QE4_AVX512 __m512 qe4_zmm16(__m128i q) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q)); }
 
 QE4_INLINE QE4_AVX512 void qe4_block64_avx512_t(const qe4_rows *t, const int64_t *idx, int64_t n_idx,
                                                 const float *w, int64_t start, int64_t end,
                                                 int64_t j0, float *out, const int weighted)
 {
-    const __m256i m = _mm256_set1_epi8(0x0f);
+    const __m512 lut = _mm512_setr_ps(0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f, 7.0f, 8.0f, 9.0f,
+                                      10.0f, 11.0f, 12.0f, 13.0f, 14.0f, 15.0f);
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t p;
     for (p = start; p < end; p++) {
         float s, b;
         const uint8_t *row = qe4_position_avx2(t, idx, n_idx, weighted ? w : NULL, p, j0 == 0, &s, &b);
         __m512 vs = _mm512_set1_ps(s), vt = _mm512_set1_ps(b);
-        /* as in qe4_block64_avx2_t: u1 holds codes [0,16) and [32,48), u2 [16,32) and [48,64) */
-        __m256i c = _mm256_loadu_si256((const __m256i *)(row + j0 / 2));
-        __m256i lo = _mm256_and_si256(c, m), hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), m);
-        __m256i u1 = _mm256_unpacklo_epi8(lo, hi), u2 = _mm256_unpackhi_epi8(lo, hi);
-        a0 = _mm512_fmadd_ps(vs, qe4_zmm16(_mm256_castsi256_si128(u1)), _mm512_add_ps(a0, vt));
-        a1 = _mm512_fmadd_ps(vs, qe4_zmm16(_mm256_castsi256_si128(u2)), _mm512_add_ps(a1, vt));
-        a2 = _mm512_fmadd_ps(vs, qe4_zmm16(_mm256_extracti128_si256(u1, 1)), _mm512_add_ps(a2, vt));
-        a3 = _mm512_fmadd_ps(vs, qe4_zmm16(_mm256_extracti128_si256(u2, 1)), _mm512_add_ps(a3, vt));
+        /* x0: bytes 0..15 (columns j0 .. j0+31), x1: bytes 16..31 (columns j0+32 .. j0+63) */
+        __m512i x0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + j0 / 2)));
+        __m512i x1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + j0 / 2 + 16)));
+        a0 = _mm512_fmadd_ps(vs, _mm512_permutexvar_ps(x0, lut), _mm512_add_ps(a0, vt));
+        a1 = _mm512_fmadd_ps(vs, _mm512_permutexvar_ps(_mm512_srli_epi32(x0, 4), lut), _mm512_add_ps(a1, vt));
+        a2 = _mm512_fmadd_ps(vs, _mm512_permutexvar_ps(x1, lut), _mm512_add_ps(a2, vt));
+        a3 = _mm512_fmadd_ps(vs, _mm512_permutexvar_ps(_mm512_srli_epi32(x1, 4), lut), _mm512_add_ps(a3, vt));
     }
-    _mm512_storeu_ps(out + j0, a0);
-    _mm512_storeu_ps(out + j0 + 16, a1);
-    _mm512_storeu_ps(out + j0 + 32, a2);
-    _mm512_storeu_ps(out + j0 + 48, a3);
+    /* column 2i of a group is lane i of the even accumulator, column 2i+1 lane i of the odd */
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    _mm512_storeu_ps(out + j0, _mm512_permutex2var_ps(a0, lo, a1));
+    _mm512_storeu_ps(out + j0 + 16, _mm512_permutex2var_ps(a0, hi, a1));
+    _mm512_storeu_ps(out + j0 + 32, _mm512_permutex2var_ps(a2, lo, a3));
+    _mm512_storeu_ps(out + j0 + 48, _mm512_permutex2var_ps(a2, hi, a3));
 }
 
 QE4_AVX512 static void qe4_block64_avx512(const qe4_rows *t, const int64_t *idx, int64_t n_idx,
