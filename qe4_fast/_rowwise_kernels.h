@@ -576,9 +576,10 @@ QE4_INLINE int qe4_row_minmax_simd(const float *restrict x, int n_cols, float *l
 }
 
 /* qe4_range_bad and qe4_scale_bias of QE4_LANES rows, written without branches so that
- * the loop vectorizes across rows (compiled non-trapping, as the greedy lanes: no value
- * changes).  The same operations as those two functions; a value computed and then not
- * selected never changes a result. */
+ * the loops vectorize across rows.  The same operations as those two functions; a value
+ * computed and then not selected never changes a result.  This function and its caller
+ * (whose flags the inlined loops take) are compiled non-trapping, as the greedy lanes:
+ * no value changes. */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("no-trapping-math")
@@ -637,7 +638,8 @@ static int qe4_minmax_encode_rows(const float *x, int r0, int n, int n_cols, int
     int bad[QE4_LANES], n_bad = 0;
     const float *xb = x + (size_t)r0 * n_cols;
     for (int k = 0; k < QE4_LANES; k++) /* rows past n repeat the last row */
-        bad[k] = qe4_row_minmax_simd(xb + (size_t)(k < n ? k : n - 1) * n_cols, n_cols, &lo[k], &hi[k]);
+        bad[k] = qe4_row_minmax_simd(xb + (size_t)(k < n ? k : n - 1) * n_cols, n_cols,
+                                     &lo[k], &hi[k]);
     qe4_lanes_scale_bias(lo, hi, bits, fp16, n_cols, bad, scale, bias, inv);
     for (int k = 0; k < n; k++)
         n_bad += bad[k];
