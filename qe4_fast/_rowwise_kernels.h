@@ -528,15 +528,26 @@ typedef float qe4_v16f __attribute__((vector_size(64), aligned(4)));
 typedef int32_t qe4_v16i __attribute__((vector_size(64), aligned(4)));
 typedef float qe4_v8f __attribute__((vector_size(32), aligned(4)));
 typedef int32_t qe4_v8i __attribute__((vector_size(32), aligned(4)));
+typedef float qe4_v4f __attribute__((vector_size(16), aligned(4)));
+typedef int32_t qe4_v4i __attribute__((vector_size(16), aligned(4)));
+typedef float qe4_v2f __attribute__((vector_size(8), aligned(4)));
+typedef int32_t qe4_v2i __attribute__((vector_size(8), aligned(4)));
 
 #define QE4_VSEL(m, a, b, vf, vi) ((vf)(((vi)(a) & (m)) | ((vi)(b) & ~(m))))
-/* select of the high half of v against the low half by op (< for min, > for max) */
-#define QE4_HALF_SEL(v, op)                                                                 \
+/* v's high half against its low half (lanes LO and HI): select by op (< for min, > for
+ * max) into a vector of type vf (mask type vi), or add them */
+#define QE4_HALF_SEL(v, op, vf, vi, LO, HI)                                                 \
     ({                                                                                      \
-        qe4_v8f lo_ = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);                \
-        qe4_v8f hi_ = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);          \
-        QE4_VSEL(hi_ op lo_, hi_, lo_, qe4_v8f, qe4_v8i);                                   \
+        vf lo_ = __builtin_shufflevector(v, v, LO), hi_ = __builtin_shufflevector(v, v, HI); \
+        QE4_VSEL(hi_ op lo_, hi_, lo_, vf, vi);                                             \
     })
+#define QE4_HALF_ADD(v, LO, HI) (__builtin_shufflevector(v, v, LO) + __builtin_shufflevector(v, v, HI))
+#define QE4_L16 0, 1, 2, 3, 4, 5, 6, 7
+#define QE4_H16 8, 9, 10, 11, 12, 13, 14, 15
+#define QE4_L8 0, 1, 2, 3
+#define QE4_H8 4, 5, 6, 7
+#define QE4_L4 0, 1
+#define QE4_H4 2, 3
 
 /* qe4_row_minmax for the fused pass: the same lo, hi and flag (a NaN row is flagged;
  * its lo/hi are never used).  The order of the min/max reduction is free because a
@@ -557,22 +568,21 @@ QE4_INLINE int qe4_row_minmax_simd(const float *restrict x, int n_cols, float *l
         z = z + v * 0.0f;
     }
     /* a tree, halving the vectors: 4 dependent steps, not 15 */
-    qe4_v8f mn8 = QE4_HALF_SEL(mn, <), mx8 = QE4_HALF_SEL(mx, >);
-    qe4_v8f z8 = __builtin_shufflevector(z, z, 0, 1, 2, 3, 4, 5, 6, 7)
-                 + __builtin_shufflevector(z, z, 8, 9, 10, 11, 12, 13, 14, 15);
-    float a[8], b[8], c[8];
-    memcpy(a, &mn8, sizeof a);
-    memcpy(b, &mx8, sizeof b);
-    memcpy(c, &z8, sizeof c);
-    for (int w = 4; w >= 1; w /= 2)
-        for (int k = 0; k < w; k++) {
-            a[k] = a[k + w] < a[k] ? a[k + w] : a[k];
-            b[k] = b[k + w] > b[k] ? b[k + w] : b[k];
-            c[k] = c[k] + c[k + w];
-        }
-    *lo = a[0] + 0.0f;
-    *hi = b[0] + 0.0f;
-    return c[0] != 0.0f;
+    qe4_v8f mn8 = QE4_HALF_SEL(mn, <, qe4_v8f, qe4_v8i, QE4_L16, QE4_H16);
+    qe4_v8f mx8 = QE4_HALF_SEL(mx, >, qe4_v8f, qe4_v8i, QE4_L16, QE4_H16);
+    qe4_v8f z8 = QE4_HALF_ADD(z, QE4_L16, QE4_H16);
+    qe4_v4f mn4 = QE4_HALF_SEL(mn8, <, qe4_v4f, qe4_v4i, QE4_L8, QE4_H8);
+    qe4_v4f mx4 = QE4_HALF_SEL(mx8, >, qe4_v4f, qe4_v4i, QE4_L8, QE4_H8);
+    qe4_v4f z4 = QE4_HALF_ADD(z8, QE4_L8, QE4_H8);
+    qe4_v2f mn2 = QE4_HALF_SEL(mn4, <, qe4_v2f, qe4_v2i, QE4_L4, QE4_H4);
+    qe4_v2f mx2 = QE4_HALF_SEL(mx4, >, qe4_v2f, qe4_v2i, QE4_L4, QE4_H4);
+    qe4_v2f z2 = QE4_HALF_ADD(z4, QE4_L4, QE4_H4);
+    float a = mn2[1] < mn2[0] ? mn2[1] : mn2[0];
+    float b = mx2[1] > mx2[0] ? mx2[1] : mx2[0];
+    float c = z2[0] + z2[1];
+    *lo = a + 0.0f;
+    *hi = b + 0.0f;
+    return c != 0.0f;
 }
 
 /* qe4_range_bad and qe4_scale_bias of QE4_LANES rows, written without branches so that
