@@ -14,6 +14,7 @@ from libc.string cimport memcpy, memset
 cdef extern from "_bag_kernels.h" nogil:
     ctypedef struct qe4_rows:
         const uint8_t *data
+        int64_t n_rows
         int64_t row_bytes
         int64_t code_bytes
         int64_t dim
@@ -33,6 +34,7 @@ def simd_level():
 cdef qe4_rows _rows(const uint8_t[:, ::1] data, int bits, Py_ssize_t dim, bint f16):
     cdef qe4_rows t
     t.data = &data[0, 0] if data.shape[0] > 0 else NULL
+    t.n_rows = data.shape[0]
     t.row_bytes = data.shape[1]
     t.code_bytes = (dim * bits + 7) // 8
     t.dim = dim

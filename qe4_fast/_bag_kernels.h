@@ -40,6 +40,7 @@
 
 typedef struct {
     const uint8_t *data;   /* [n_rows, row_bytes], C-contiguous */
+    int64_t n_rows;
     int64_t row_bytes;
     int64_t code_bytes;    /* ceil(dim * bits / 8) */
     int64_t dim;
@@ -149,6 +150,17 @@ static void qe4_row_generic(const uint8_t *c, int bits, int64_t dim, float s, fl
     }
 }
 
+/* Row r's bytes.  The indices were validated in Python, but the kernel reads the caller's
+ * own index array (no private copy): if another Python thread rewrote it during the call
+ * (a data race in the caller's program), an index could be out of range here.  It is then
+ * read as row 0, so the kernel never reads outside the table: wrong sums for a racing
+ * caller, never a crash.  One well-predicted compare per position. */
+static inline const uint8_t *qe4_row_at(const qe4_rows *t, int64_t r)
+{
+    if ((uint64_t)r >= (uint64_t)t->n_rows) r = 0;
+    return t->data + r * t->row_bytes;
+}
+
 /* ------------------------------------------------------------------ portable bag */
 
 static void qe4_bag_generic(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const float *w,
@@ -159,7 +171,7 @@ static void qe4_bag_generic(const qe4_rows *t, const int64_t *idx, int64_t n_idx
     for (j = 0; j < t->dim; j++) out[j] = 0.0f;
     for (p = start; p < end; p++) {
         if (p + QE4_PREFETCH < n_idx) qe4_prefetch_row(t, idx[p + QE4_PREFETCH]);
-        const uint8_t *row = t->data + idx[p] * t->row_bytes;
+        const uint8_t *row = qe4_row_at(t, idx[p]);
         float s = qe4_qparam(t, row, 0), b = qe4_qparam(t, row, 1);
         qe4_weigh(w, p, &s, &b);
         qe4_row_generic(row, t->bits, t->dim, s, b, out, fused, 0);
@@ -195,7 +207,7 @@ QE4_INLINE QE4_AVX2 const uint8_t *qe4_position_avx2(const qe4_rows *t, const in
                                                      int prefetch, float *s, float *b)
 {
     if (prefetch && p + QE4_PREFETCH < n_idx) qe4_prefetch_row(t, idx[p + QE4_PREFETCH]);
-    const uint8_t *row = t->data + idx[p] * t->row_bytes;
+    const uint8_t *row = qe4_row_at(t, idx[p]);
     qe4_qparams_avx2(t, row, s, b);
     qe4_weigh(w, p, s, b);
     return row;

@@ -102,7 +102,9 @@ def embedding_bag_codebook(table, idx, starts, weights, mode, n_threads=None):
     args = _table_args(table)
     n_bags = starts.size - 1
     out = np.empty((n_bags, table.dim), F32)
-    n_bad = _codebook.embedding_bag(*args, np.ascontiguousarray(idx, np.int64),
+    # a private copy of the indices: the kernel trusts them (validated), so another Python
+    # thread must not be able to rewrite them while it runs
+    n_bad = _codebook.embedding_bag(*args, np.array(idx, np.int64, order="C"),
                                     np.ascontiguousarray(starts, np.int64),
                                     None if weights is None else np.ascontiguousarray(weights, F32),
                                     int(mode == "mean"), out, effective_n_threads(n_threads, n_bags),

@@ -401,3 +401,21 @@ def test_property_random_bags(bits_scale, dim, n_rows, n_bags, weighted, mean, s
     ref = qe4.embedding_bag(table, idx, offsets, mode=mode, per_sample_weights=w)
     assert got.shape == ref.shape and np.array_equal(got.view(np.uint8), ref.view(np.uint8))
     assert np.array_equal(deq.view(np.uint8), qe4.dequantize(table).view(np.uint8))
+
+
+def test_kernel_never_reads_outside_the_table_even_if_indices_change_after_validation():
+    """The wrapper validates, then the kernel reads the caller's index array without a copy.
+    If another thread rewrote it in between (a race in the caller), an out-of-range index
+    is read as row 0: the kernel stays inside the table (no crash, no stray read)."""
+    from qe4_fast import _bag
+    x = np.random.default_rng(3).standard_normal((5, 16)).astype(np.float32)
+    t = qe4.quantize(x, 4, "minmax")
+    starts = np.array([0, 2, 3], np.int64)
+    for simd in range(_bag.simd_level() + 1):
+        for n_threads in (1, 2):
+            bad = np.array([1, 10 ** 12, -7], np.int64)
+            out = np.empty((2, 16), np.float32)
+            _bag.embedding_bag_rowwise(t.data, 4, 16, True, bad, starts, None, False, out,
+                                       n_threads, simd)
+            want = qe4.embedding_bag(t, np.array([1, 0, 0]), np.array([0, 2]))
+            assert out.tobytes() == want.tobytes()
