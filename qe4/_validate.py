@@ -69,6 +69,18 @@ def check_ratio(ratio):
     return float(ratio)
 
 
+def check_uniform_args(x, bits, n_bins, ratio, scale_dtype, *, finite=True):
+    """The row-wise methods' checks after ``bits`` and ``method``, in one order for both
+    packages: n_bins, ratio, scale_dtype, then ``x`` (see :func:`as_table`).
+
+    Returns ``(x, n_bins, ratio, scale_dtype)``.
+    """
+    n_bins = check_n_bins(n_bins)
+    ratio = check_ratio(ratio)
+    scale_dtype = check_scale_dtype(scale_dtype, bits)
+    return as_table(x, finite=finite), n_bins, ratio, scale_dtype
+
+
 def as_table(x, name="x", *, finite=True):
     """Return ``x`` as a finite, C-contiguous, native float32 array [n_rows, n_cols].
 

@@ -265,10 +265,7 @@ def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtyp
     """
     bits = V.check_bits(bits)
     method = V.check_method(method, V.UNIFORM_METHODS)
-    n_bins = V.check_n_bins(n_bins)
-    ratio = V.check_ratio(ratio)
-    scale_dtype = V.check_scale_dtype(scale_dtype, bits)
-    x = V.as_table(x)
+    x, n_bins, ratio, scale_dtype = V.check_uniform_args(x, bits, n_bins, ratio, scale_dtype)
     V.check_fp16_ranges(x, bits, scale_dtype)
     return _ranges(x, bits, method, n_bins, ratio, scale_dtype)
 

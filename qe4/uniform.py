@@ -79,10 +79,7 @@ def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=
         return _codebook().quantize_codebook(x, bits, method, scale_dtype=scale_dtype, **kwargs)
     if kwargs:
         raise TypeError(f"unexpected keyword arguments for method {method!r}: {sorted(kwargs)}")
-    n_bins = V.check_n_bins(n_bins)
-    ratio = V.check_ratio(ratio)
-    scale_dtype = V.check_scale_dtype(scale_dtype, bits)
-    x = V.as_table(x)
+    x, n_bins, ratio, scale_dtype = V.check_uniform_args(x, bits, n_bins, ratio, scale_dtype)
     V.check_fp16_ranges(x, bits, scale_dtype)
     lo, hi = R._ranges(x, bits, method, n_bins, ratio, scale_dtype)
     scale, bias, inv = R.scale_bias(lo, hi, bits, scale_dtype)

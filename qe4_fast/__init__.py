@@ -59,7 +59,8 @@ def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=
                                  **kwargs)
     if kwargs:
         raise TypeError(f"unexpected keyword arguments for method {method!r}: {sorted(kwargs)}")
-    x, n_bins, ratio, scale_dtype = _check_uniform(x, bits, n_bins, ratio, scale_dtype)
+    x, n_bins, ratio, scale_dtype = V.check_uniform_args(x, bits, n_bins, ratio, scale_dtype,
+                                                          finite=False)   # finite: in _run
     data, _, _ = _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode=True)
     params = {"n_bins": n_bins, "ratio": ratio} if method in ("greedy", "exhaustive") else {}
     return QuantizedTable(data, bits=bits, dim=x.shape[1], method=method,
@@ -72,7 +73,8 @@ def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtyp
     """Each row's clipping range (lo, hi); see :func:`qe4.row_ranges`."""
     bits = V.check_bits(bits)
     method = V.check_method(method, V.UNIFORM_METHODS)
-    x, n_bins, ratio, scale_dtype = _check_uniform(x, bits, n_bins, ratio, scale_dtype)
+    x, n_bins, ratio, scale_dtype = V.check_uniform_args(x, bits, n_bins, ratio, scale_dtype,
+                                                          finite=False)   # finite: in _run
     _, lo, hi = _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode=False)
     return lo, hi
 
@@ -94,14 +96,6 @@ def range_loss(x, lo, hi, bits=4, scale_dtype="float16", *, n_threads=None):
     _rowwise.range_loss_rows(x, lo, hi, float(R.qmax_of(bits)), scale_dtype == "float16", out,
                              n_threads)
     return out
-
-
-def _check_uniform(x, bits, n_bins, ratio, scale_dtype):
-    """The reference's checks, in its order, after bits and method (ranges: in :func:`_run`)."""
-    n_bins = V.check_n_bins(n_bins)
-    ratio = V.check_ratio(ratio)
-    scale_dtype = V.check_scale_dtype(scale_dtype, bits)
-    return V.as_table(x, finite=False), n_bins, ratio, scale_dtype   # finiteness: in _run
 
 
 def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
