@@ -40,7 +40,7 @@ cdef extern from "_codebook_kernels.h" nogil:
                 int bits, int layout, int f16, int id_bytes, const float *books, int64_t n_groups,
                const int64_t *idx, int64_t n_idx, int64_t p0, int64_t p1, const float *weights,
                int mean, float *acc, float *vals, int simd)
-    int cb_simd_ok()
+    int cb_simd_level()
 
 
 def encode_rows(const float[:, ::1] x,      # IN  [n_rows, dim]
@@ -179,8 +179,10 @@ def embedding_bag(const uint8_t[:, ::1] data, int64_t dim, int bits, int layout,
                   weights,                    # IN  float32 [n_indices] or None
                   int mean,
                   float[:, ::1] out,          # OUT [n_bags, dim]
-                  int n_threads, bint simd=True):
-    """Bags over codebook rows; simd=False forces the portable loop (same bytes).
+                  int n_threads, simd=True):
+    """Bags over codebook rows, all paths giving the same bytes.  simd: True = the best the
+    CPU has (4-bit rows: AVX-512F, else AVX2), False or 0 = the portable loop, 1 = at most
+    AVX2, 2 = at most AVX-512F.
 
     Returns the number of bags that met a two-tier group id >= books.shape[0] (their
     output is unfinished: the caller raises)."""
@@ -189,7 +191,7 @@ def embedding_bag(const uint8_t[:, ::1] data, int64_t dim, int bits, int layout,
     cdef const float *wp = NULL
     cdef float *vals = <float *>malloc((dim + 1) * n_threads * sizeof(float))
     cdef const int64_t *ip = &idx[0] if idx.shape[0] else NULL
-    cdef int use_simd = simd and cb_simd_ok()
+    cdef int use_simd = cb_simd_level() if simd is True else max(0, min(int(simd), cb_simd_level()))
     cdef int64_t n_bad = 0, n_groups = books.shape[0]
     if weights is not None:
         wv = weights
@@ -207,4 +209,9 @@ def embedding_bag(const uint8_t[:, ::1] data, int64_t dim, int bits, int layout,
 
 def simd_available():
     """True when the CPU has AVX2 + FMA + F16C (the 4-bit bag kernel then uses them)."""
-    return bool(cb_simd_ok())
+    return cb_simd_level() >= 1
+
+
+def simd_level():
+    """0: portable bag loop only, 1: AVX2 + FMA + F16C, 2: also AVX-512F (4-bit bags)."""
+    return cb_simd_level()

@@ -474,7 +474,7 @@ static inline void cb_row_values(const uint8_t *row, int64_t dim, int bits, cons
 #include <immintrin.h>
 #define CB_X86 1
 
-/* AVX2 + FMA + F16C path of cb_bag for 4-bit rows (chosen at run time, cb_simd_ok()).
+/* AVX2 + FMA + F16C path of cb_bag for 4-bit rows (chosen at run time, cb_simd_level() >= 1).
  * Each lane does the scalar path's operation on its element (an exact table lookup, then
  * one IEEE add or fma), so the bytes are those of the scalar loop. */
 __attribute__((target("avx2,fma,f16c")))
@@ -533,20 +533,124 @@ static int cb_bag4_avx2(const uint8_t *data, int64_t row_bytes, int64_t code_byt
     return 0;
 }
 
-static int cb_simd_ok(void)
+/* AVX-512F path of cb_bag for 4-bit rows with dim >= 32 (cb_simd_level() == 2).  The row's 16
+ * centroids ARE the vpermps table: each code byte is widened to a dword lane once, vpermps
+ * reads the low 4 bits of a lane (the low nibble = an even column) and, after a shift, the
+ * high nibble (the next, odd column).  Columns go in blocks of 64 (then one of 32) held in
+ * registers across the bag's rows; even and odd columns sit in separate accumulators,
+ * interleaved back at the store.  Per element this is the scalar path's operation (exact
+ * table lookup, then fma(w, c, acc) or acc + c, rows in order), so the bytes are the same. */
+#define CB_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+
+/* The row's 16 centroids as one vector (layouts as in cb_row_cents); 1 for a bad group id. */
+CB_AVX512 static inline int cb_cents16_avx512(const uint8_t *cp, int layout, int f16,
+                                              int id_bytes, const float *books,
+                                              int64_t n_groups, __m512 *c)
+{
+    if (layout == 1) {
+        int64_t g = id_bytes == 1 ? cp[0] : (int64_t)cp[0] | ((int64_t)cp[1] << 8);
+        if (g >= n_groups)
+            return 1;
+        *c = _mm512_loadu_ps(books + 16 * g);
+    } else if (f16) {
+        *c = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)cp));
+    } else {
+        *c = _mm512_loadu_ps((const float *)cp);
+    }
+    return 0;
+}
+
+/* columns j0 .. j0 + 32 * (1 + wide) of acc; prefetch: ask for later rows (first block only) */
+CB_AVX512 static inline int cb_block_avx512_t(const uint8_t *data, int64_t row_bytes,
+                                              int64_t code_bytes, int layout, int f16,
+                                              int id_bytes, const float *books, int64_t n_groups,
+                                              const int64_t *idx, int64_t n_idx, int64_t p0,
+                                              int64_t p1, const float *weights, int64_t j0,
+                                              int prefetch, float *acc, const int weighted,
+                                              const int wide)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t p = p0; p < p1; p++) {
+        if (prefetch && p + CB_PREFETCH < n_idx) {   /* also across bags */
+            const uint8_t *ahead = data + idx[p + CB_PREFETCH] * row_bytes;
+            __builtin_prefetch(ahead);
+            __builtin_prefetch(ahead + row_bytes - 1);
+        }
+        const uint8_t *row = data + idx[p] * row_bytes;
+        __m512 c;
+        if (cb_cents16_avx512(row + code_bytes, layout, f16, id_bytes, books, n_groups, &c))
+            return 1;
+        __m512 w = _mm512_set1_ps(weighted ? weights[p] : 1.0f);
+        __m512i x0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + j0 / 2)));
+        __m512 v0 = _mm512_permutexvar_ps(x0, c);
+        __m512 v1 = _mm512_permutexvar_ps(_mm512_srli_epi32(x0, 4), c);
+        a0 = weighted ? _mm512_fmadd_ps(w, v0, a0) : _mm512_add_ps(a0, v0);
+        a1 = weighted ? _mm512_fmadd_ps(w, v1, a1) : _mm512_add_ps(a1, v1);
+        if (wide) {
+            __m128i b1 = _mm_loadu_si128((const __m128i *)(row + j0 / 2 + 16));
+            __m512i x1 = _mm512_cvtepu8_epi32(b1);
+            __m512 v2 = _mm512_permutexvar_ps(x1, c);
+            __m512 v3 = _mm512_permutexvar_ps(_mm512_srli_epi32(x1, 4), c);
+            a2 = weighted ? _mm512_fmadd_ps(w, v2, a2) : _mm512_add_ps(a2, v2);
+            a3 = weighted ? _mm512_fmadd_ps(w, v3, a3) : _mm512_add_ps(a3, v3);
+        }
+    }
+    /* column 2i of a group of 32 is lane i of the even accumulator, 2i + 1 lane i of the odd */
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19,
+                                         4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27,
+                                         12, 28, 13, 29, 14, 30, 15, 31);
+    _mm512_storeu_ps(acc + j0, _mm512_permutex2var_ps(a0, lo, a1));
+    _mm512_storeu_ps(acc + j0 + 16, _mm512_permutex2var_ps(a0, hi, a1));
+    if (wide) {
+        _mm512_storeu_ps(acc + j0 + 32, _mm512_permutex2var_ps(a2, lo, a3));
+        _mm512_storeu_ps(acc + j0 + 48, _mm512_permutex2var_ps(a2, hi, a3));
+    }
+    return 0;
+}
+
+/* All columns of a bag in blocks of 64 and 32; returns the first column left (< 32 remain)
+ * or -1 for a bad group id. */
+CB_AVX512 static int64_t cb_bag4_avx512(const uint8_t *data, int64_t row_bytes,
+                                        int64_t code_bytes, int64_t dim, int layout, int f16,
+                                        int id_bytes, const float *books, int64_t n_groups,
+                                        const int64_t *idx, int64_t n_idx, int64_t p0, int64_t p1,
+                                        const float *weights, float *acc)
+{
+    int64_t j0 = 0;
+    int bad = 0;
+    for (; j0 + 32 <= dim && !bad; j0 += j0 + 64 <= dim ? 64 : 32) {
+        int wide = j0 + 64 <= dim, pf = j0 == 0;
+#define CB_BLOCK(W, WIDE)                                                                  \
+        cb_block_avx512_t(data, row_bytes, code_bytes, layout, f16, id_bytes, books, n_groups, \
+                          idx, n_idx, p0, p1, weights, j0, pf, acc, W, WIDE)
+        if (weights)
+            bad = wide ? CB_BLOCK(1, 1) : CB_BLOCK(1, 0);
+        else
+            bad = wide ? CB_BLOCK(0, 1) : CB_BLOCK(0, 0);
+#undef CB_BLOCK
+    }
+    return bad ? -1 : j0;
+}
+
+/* 0: portable only, 1: AVX2 + FMA + F16C, 2: also AVX-512F */
+static int cb_simd_level(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-           && __builtin_cpu_supports("f16c");
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+          && __builtin_cpu_supports("f16c")))
+        return 0;
+    return __builtin_cpu_supports("avx512f") ? 2 : 1;
 }
 #else
 #define CB_X86 0
-static int cb_simd_ok(void) { return 0; }
+static int cb_simd_level(void) { return 0; }
 #endif
 
 /* One bag: acc = fma(w, c[code], acc + 0) (unweighted: acc + c, the same bits since acc is
  * never -0.0), mean: acc * (1.0f / len).  vals: scratch [dim].  Returns 1 (and leaves acc
- * unfinished) when a two-tier row's group id is >= n_groups, else 0. */
+ * unfinished) when a two-tier row's group id is >= n_groups, else 0.
+ * simd: 0 portable, 1 AVX2, 2 AVX-512 (at most cb_simd_level()). */
 static int cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, int64_t dim,
                   int bits, int layout, int f16, int id_bytes, const float *books, int64_t n_groups,
                   const int64_t *idx, int64_t n_idx, int64_t p0, int64_t p1, const float *weights,
@@ -558,6 +662,21 @@ static int cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, in
     for (int64_t j = 0; j < dim; j++)
         acc[j] = 0.0f;
 #if CB_X86
+    if (simd >= 2 && bits == 4 && dim >= 32) {
+        int64_t j0 = cb_bag4_avx512(data, row_bytes, code_bytes, dim, layout, f16, id_bytes,
+                                    books, n_groups, idx, n_idx, p0, p1, weights, acc);
+        if (j0 < 0)
+            return 1;
+        for (int64_t p = p0; j0 < dim && p < p1; p++) {   /* the < 32 columns left */
+            const uint8_t *row = data + idx[p] * row_bytes;  /* group ids checked above */
+            const float *c = cb_row_cents(row, code_bytes, layout, f16, K, id_bytes, books, tmp);
+            for (int64_t j = j0; j < dim; j++) {
+                float v = c[(row[j >> 1] >> ((j & 1) * 4)) & 15];
+                acc[j] = weights ? fmaf(weights[p], v, acc[j]) : acc[j] + v;
+            }
+        }
+        p0 = p1;
+    }
     if (simd && bits == 4) {
         if (cb_bag4_avx2(data, row_bytes, code_bytes, dim, layout, f16, id_bytes, books,
                          n_groups, idx, n_idx, p0, p1, weights, acc))

@@ -89,12 +89,17 @@ def test_lloyd_max_iter(same_bytes):
 
 @pytest.mark.parametrize("method", C.METHODS)
 @pytest.mark.parametrize("bits", C.BITS)
-@pytest.mark.parametrize("simd", (True, False))
+@pytest.mark.parametrize("simd", (2, 1, 0))
 def test_bags_bytes(method, bits, simd, same_bytes, monkeypatch):
     from qe4 import _validate as V
-    monkeypatch.setattr(FC, "_SIMD", simd and FC._SIMD)     # portable loop, and AVX2 if present
+    from qe4_fast import _codebook
+    # 2: AVX-512F (4 bits, blocks of 64 and 32 columns), 1: AVX2, 0: portable; each capped
+    # at what the CPU has
+    monkeypatch.setattr(FC, "_SIMD", simd)
+    assert _codebook.simd_level() in (0, 1, 2)
     rng = np.random.default_rng(bits)
-    for dim, sd in ((1, None), (7, "float32"), (33, None), (64, "float32")):
+    for dim, sd in ((1, None), (7, "float32"), (33, None), (64, "float32"), (31, None),
+                    (96, "float32"), (130, None)):
         t = qe4.quantize(_table(dim), bits, method, scale_dtype=sd, **_opts(method))
         idx = rng.integers(0, t.n_rows, 60)
         off = np.array([0, 0, 5, 6, 30, 30, 59])
@@ -106,7 +111,7 @@ def test_bags_bytes(method, bits, simd, same_bytes, monkeypatch):
                 same_bytes(FC.embedding_bag_codebook(t, i, s, ww, mode, nt), ref)
     empty = FC.embedding_bag_codebook(t, np.zeros(0, np.int64), np.zeros(1, np.int64), None,
                                       "sum", 2)
-    assert empty.shape == (0, 64)
+    assert empty.shape == (0, t.dim)
 
 
 def test_public_qe4_fast_dispatch(same_bytes):
@@ -212,6 +217,21 @@ def test_random_tables_property(same_bytes):
         same_bytes(FC.dequantize_codebook(fast, n_threads=n_threads), qe4.dequantize(ref))
 
     check()
+
+
+@pytest.mark.parametrize("simd", (2, 1, 0))
+def test_bad_group_id_in_4bit_bags(simd, monkeypatch):
+    monkeypatch.setattr(FC, "_SIMD", simd)                  # AVX-512F, AVX2, portable
+    t = qe4.quantize(_table(40), 4, "two-tier", n_groups=3)
+    bad = qe4.QuantizedTable(t.data.copy(), bits=4, dim=40, method="two-tier", layout="two-tier",
+                             extras=t.extras)
+    bad.data[6, -1] = 3                                     # the first id >= n_groups
+    idx, off = np.array([0, 1, 2, 6, 5]), np.array([0, 2])
+    with pytest.raises(ValueError) as ref:
+        qe4.embedding_bag(bad, idx, off)
+    with pytest.raises(ValueError) as fast:
+        FC.embedding_bag_codebook(bad, idx, np.array([0, 2, 5]), None, "sum", 2)
+    assert str(fast.value) == str(ref.value)
 
 
 @pytest.mark.parametrize("method", C.METHODS)
