@@ -342,6 +342,8 @@ class TableWriter:
                             "data_offsets": [offset, end]}
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)       # buffer starts 8-byte aligned
+        if offset % 8 == 0:                 # and the packed rows start on a 64-byte cache line
+            raw += b" " * (-(8 + len(raw) + offset) % 64)   # (memory-mapped rows stay aligned)
         self.file_size = 8 + len(raw) + end
         return len(raw).to_bytes(8, "little") + raw
 
