@@ -165,12 +165,13 @@ def check_table(table):
     return table
 
 
-def check_row_alignment(row_alignment):
-    if isinstance(row_alignment, bool) or not isinstance(row_alignment, (int, np.integer)):
-        raise TypeError(f"row_alignment must be an integer, got {row_alignment!r}")
-    if row_alignment < 1:
-        raise ValueError(f"row_alignment must be >= 1, got {row_alignment}")
-    return int(row_alignment)
+def check_positive_int(value, name):
+    """``value`` as an int >= 1 (TypeError / ValueError naming ``name`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
 
 
 def check_tbe_rows(data, bits, dim, scale_dtype, row_alignment):
@@ -181,7 +182,7 @@ def check_tbe_rows(data, bits, dim, scale_dtype, row_alignment):
     """
     bits = check_bits(bits)
     scale_dtype = check_scale_dtype(scale_dtype, bits)
-    row_alignment = check_row_alignment(row_alignment)
+    row_alignment = check_positive_int(row_alignment, "row_alignment")
     data = check_uint8_table(np.asarray(data), "data")
     qp = 2 * np.dtype(scale_dtype).itemsize
     if dim is None:

@@ -193,7 +193,7 @@ def write_sharded(table_or_chunks, path, rows_per_shard=None, *, overwrite=False
     """
     if isinstance(table_or_chunks, QuantizedTable):
         table = table_or_chunks
-        rows_per_shard = _check_rows_per_shard(rows_per_shard)
+        rows_per_shard = V.check_positive_int(rows_per_shard, "rows_per_shard")
         _require_splittable(table)
         chunks = (QuantizedTable(table.data[s:s + rows_per_shard], bits=table.bits, dim=table.dim,
                                  method=table.method, scale_dtype=table.scale_dtype,
@@ -210,14 +210,6 @@ def write_sharded(table_or_chunks, path, rows_per_shard=None, *, overwrite=False
         start += chunk.n_rows
     publish_index(path, entries, verify=verify)
     return open_sharded(path)
-
-
-def _check_rows_per_shard(n):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"rows_per_shard must be an integer, got {n!r}")
-    if n < 1:
-        raise ValueError(f"rows_per_shard must be >= 1, got {n}")
-    return int(n)
 
 
 def _require_splittable(table):

@@ -192,9 +192,7 @@ class QuantizedEmbeddingBag(torch.nn.Module):
             _numpy(input, "input"), None if offsets is None else _numpy(offsets, "offsets"),
             self.num_embeddings, None if per_sample_weights is None
             else _numpy(per_sample_weights, "per_sample_weights"),
-            self.include_last_offset, self.mode)
-        if self.mode == "mean" and w is not None:
-            raise ValueError("per_sample_weights is only supported with mode='sum'")
+            self.include_last_offset, self.mode)     # also refuses mean + weights
         op = getattr(torch.ops.quantized, _BAG_OPS[self.bits])
         out = op(self.weight, torch.from_numpy(idx), torch.from_numpy(starts),
                  per_sample_weights=None if w is None else torch.from_numpy(w),

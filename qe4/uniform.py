@@ -123,7 +123,7 @@ def to_tbe(table, row_alignment=1):
     """
     V.check_table(table)
     table._require_rowwise("the TBE layout")
-    row_alignment = V.check_row_alignment(row_alignment)
+    row_alignment = V.check_positive_int(row_alignment, "row_alignment")
     cb = table.code_bytes
     width = -(-table.row_bytes // row_alignment) * row_alignment
     out = np.zeros((table.n_rows, width), np.uint8)

@@ -83,7 +83,7 @@ def to_tbe(table, row_alignment=1, *, n_threads=None):
     """Rows in fbgemm_gpu's TBE inference layout; see :func:`qe4.to_tbe`."""
     V.check_table(table)
     table._require_rowwise("the TBE layout")
-    row_alignment = V.check_row_alignment(row_alignment)
+    row_alignment = V.check_positive_int(row_alignment, "row_alignment")
     width = -(-table.row_bytes // row_alignment) * row_alignment
     out = np.empty((table.n_rows, width), np.uint8)
     _bag.move_qparams(np.ascontiguousarray(table.data), out, table.code_bytes, table.row_bytes,
