@@ -27,7 +27,8 @@ from qe4 import rowwise as R
 from qe4.table import QuantizedTable
 from qe4.uniform import methods
 
-from ._threads import BUILD_HINT, effective_n_threads, openmp_enabled, shares_cores  # ImportError if not built
+from ._threads import (BUILD_HINT, GRAIN_SEARCH, GRAIN_STREAM,  # ImportError if not built
+                       effective_n_threads, openmp_enabled, shares_cores)
 
 try:
     from . import _rowwise
@@ -89,7 +90,7 @@ def range_loss(x, lo, hi, bits=4, scale_dtype="float16", *, n_threads=None):
     lo = np.ascontiguousarray(np.broadcast_to(np.asarray(lo, F32), (n_rows,)))
     hi = np.ascontiguousarray(np.broadcast_to(np.asarray(hi, F32), (n_rows,)))
     out = np.empty(n_rows, F32)
-    n_threads = effective_n_threads(n_threads, n_rows)
+    n_threads = effective_n_threads(n_threads, n_rows, x.size)
     if x.shape[1] == 0:
         out[:] = 0.0
         return out
@@ -109,7 +110,8 @@ def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
     behaviour on any input: no float-to-int casts); the searches check first.
     """
     n_rows, n_cols = x.shape
-    n_threads = effective_n_threads(n_threads, -(-n_rows // _rowwise.LANES))
+    n_threads = effective_n_threads(n_threads, -(-n_rows // _rowwise.LANES), x.size,
+                                    GRAIN_STREAM if method == "minmax" else GRAIN_SEARCH)
     fp16 = scale_dtype == "float16"
     if method != "minmax":
         lo = np.empty(n_rows, F32)

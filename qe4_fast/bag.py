@@ -44,7 +44,7 @@ def dequantize(table, *, n_threads=None):
     V.check_table(table)
     if table.layout != "rowwise":
         return _codebook().dequantize_codebook(table, n_threads=n_threads)
-    n = effective_n_threads(n_threads, table.n_rows)
+    n = effective_n_threads(n_threads, table.n_rows, table.n_rows * table.dim)
     out = np.empty((table.n_rows, table.dim), F32)
     _bag.dequantize_rowwise(*_rows(table), out, n, _SIMD)
     return out
@@ -72,7 +72,7 @@ def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weight
     n_bags = starts.size - 1
     if table.layout != "rowwise":
         return _codebook().embedding_bag_codebook(table, idx, starts, w, mode, n_threads)
-    n = effective_n_threads(n_threads, n_bags)
+    n = effective_n_threads(n_threads, n_bags, idx.size * table.dim)
     out = np.empty((n_bags, table.dim), F32)
     _bag.embedding_bag_rowwise(*_rows(table), idx, starts, w, mode == "mean", out, n, _SIMD)
     return out
@@ -87,7 +87,7 @@ def to_tbe(table, row_alignment=1, *, n_threads=None):
     width = -(-table.row_bytes // row_alignment) * row_alignment
     out = np.empty((table.n_rows, width), np.uint8)
     _bag.move_qparams(np.ascontiguousarray(table.data), out, table.code_bytes, table.row_bytes,
-                      effective_n_threads(n_threads, table.n_rows))
+                      effective_n_threads(n_threads, table.n_rows, out.size))
     return out
 
 
@@ -98,5 +98,5 @@ def from_tbe(data, bits, dim=None, *, scale_dtype="float16", row_alignment=1, n_
                                                                     row_alignment)
     fused = np.empty((data.shape[0], row_bytes), np.uint8)
     _bag.move_qparams(np.ascontiguousarray(data), fused, qp, row_bytes,
-                      effective_n_threads(n_threads, data.shape[0]))
+                      effective_n_threads(n_threads, data.shape[0], fused.size))
     return QuantizedTable(fused, bits=bits, dim=dim, method="fused", scale_dtype=scale_dtype)
