@@ -54,6 +54,7 @@ static void qe4_pool_run(int64_t n_chunks, int n_threads, qe4_chunk_fn fn, void 
 #else  /* the parallel build */
 
 #include <pthread.h>
+#include <sched.h>                       /* SCHED_BATCH: Python.h defines _GNU_SOURCE */
 #include <stdatomic.h>
 #include <time.h>
 
@@ -170,6 +171,13 @@ static int64_t qe4_job_work(qe4_job *job, int worker)
 static void *qe4_helper_main(void *arg)
 {
     uint_fast64_t seen = (uint_fast64_t)(uintptr_t)arg;
+#ifdef SCHED_BATCH
+    /* A woken helper must not preempt the thread that woke it (the caller, about to do
+     * the work itself) nor a neighbour: SCHED_BATCH threads never preempt on wake-up; they
+     * run on an idle CPU at once, else when the CPU's current thread yields or ticks. */
+    struct sched_param sp = {0};
+    pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+#endif
     for (;;) {
         /* short watch for the next job without the lock (back-to-back calls) */
         int64_t until = qe4_now_ns() + QE4_HELPER_SPIN_NS;
