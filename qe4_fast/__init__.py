@@ -31,12 +31,13 @@ from ._threads import (BUILD_HINT, GRAIN_SEARCH, GRAIN_STREAM,  # ImportError if
 
 try:
     from . import _rowwise
-    from .bag import dequantize, embedding_bag, from_tbe, to_tbe
+    from .bag import dequantize, embedding, embedding_bag, embedding_bags, from_tbe, to_tbe
 except ImportError as exc:   # one compiled module missing (a partial build): no fallback
     raise ImportError(f"{BUILD_HINT} ({exc})") from exc
 
 __all__ = [
-    "QuantizedTable", "quantize", "dequantize", "embedding_bag", "row_ranges", "range_loss",
+    "QuantizedTable", "quantize", "dequantize", "embedding", "embedding_bag", "embedding_bags",
+    "row_ranges", "range_loss",
     "to_tbe", "from_tbe", "methods", "openmp_enabled",
 ]
 
