@@ -72,7 +72,7 @@ def embedding(table, indices, *, out_dtype="float32", n_threads=None):
     idx, shape = V.check_gather_indices(indices, table.n_rows)
     out = np.empty((idx.size, table.dim), _BUFFER[out_dtype])
     n_bad = _lookup.gather(_spec(table), idx, _lookup.KINDS[out_dtype], out.view(np.uint8),
-                           effective_n_threads(n_threads, idx.size), _SIMD)
+                           effective_n_threads(n_threads, idx.size, out.size), _SIMD)
     if n_bad:
         _raise_bad_groups([table], idx)
     return _result(out, out_dtype).reshape(shape + (table.dim,))
@@ -162,7 +162,7 @@ def _bags(tables, idx, starts, w, n_bags, mode, out_dtype, n_threads):
         # another Python thread cannot rewrite them while the kernel runs
         idx = np.array(idx, np.int64, order="C")
     col_bytes = np.concatenate([[0], np.cumsum(dims[:-1])]).astype(np.int64) * out.itemsize
-    n = effective_n_threads(n_threads, n_bags * len(tables))
+    n = effective_n_threads(n_threads, n_bags * len(tables), idx.size * max(dims))
     n_bad = _lookup.bags(specs, idx, starts, w, n_bags, _lookup.MODES[mode],
                          _lookup.KINDS[out_dtype], out.view(np.uint8), col_bytes, max(dims), n,
                          _SIMD)
