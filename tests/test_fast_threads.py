@@ -224,3 +224,25 @@ def test_concurrent_python_threads_with_explicit_counts():
     for th in threads:
         th.join()
     assert bad == []
+
+
+@pytest.mark.parametrize("first", ["torch", "qe4_fast"])
+def test_one_libgomp_with_torch(first):
+    """torch's wheel ships libgomp.so.1 under the system soname, so one OpenMP runtime serves
+    both, whichever loads first: threadpoolctl sees one, and torch.set_num_threads(1) (which
+    sets OpenMP's default) lowers qe4_fast's default for the calling thread too."""
+    pytest.importorskip("torch")
+    pytest.importorskip("threadpoolctl")
+    if not qe4_fast.openmp_enabled():
+        pytest.skip("serial build: no OpenMP runtime")
+    second = "qe4_fast" if first == "torch" else "torch"
+    out = _run(f"""
+        import {first}, {second}
+        import threadpoolctl, torch
+        from qe4_fast._threads import effective_n_threads
+        libs = [d for d in threadpoolctl.threadpool_info() if d["user_api"] == "openmp"]
+        torch.set_num_threads(1)
+        print(len(libs), effective_n_threads(None, 10 ** 6), effective_n_threads(-1, 10 ** 6))
+    """)
+    n_libs, default, minus_one = map(int, out.stdout.split())
+    assert (n_libs, default, minus_one) == (1, 1, _threads.cpu_count()), out.stderr
