@@ -215,6 +215,7 @@ def start_neighbour():
 
 def grain_sweep(lines):
     """1 vs 2 threads (explicit counts, back-off off) over bag sizes: where 2 threads pay."""
+    sys.path.insert(0, os.path.dirname(HERE))     # this source tree, as the workers use
     import qe4_fast
     from qe4_fast import _pool
     rows = 200_000
