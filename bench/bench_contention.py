@@ -160,8 +160,12 @@ def make_quota_cgroup():
         path = os.path.join(mount, f"qe4-bench-{os.getpid()}")
         try:
             if version == 2:
-                with open(os.path.join(mount, "cgroup.subtree_control"), "w") as f:
-                    f.write("+cpu")
+                control = os.path.join(mount, "cgroup.subtree_control")
+                with open(control) as f:
+                    enabled = "cpu" in f.read().split()
+                if not enabled:
+                    with open(control, "w") as f:
+                        f.write("+cpu")
                 os.mkdir(path)
                 with open(os.path.join(path, "cpu.max"), "w") as f:
                     f.write(f"{PERIOD_US} {PERIOD_US}")
