@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _validate as V
 from .table import QuantizedTable
-from .uniform import quantize
+from .api import quantize
 
 __all__ = ["to_torch", "from_torch", "quantize_embedding", "QuantizedEmbeddingBag"]
 
