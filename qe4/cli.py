@@ -225,8 +225,9 @@ def cmd_quantize(args):
 # --------------------------------------------------------------------------- info
 
 def cmd_info(args):
-    from .io import read_metadata
+    from .io import check_rows, load, read_metadata
     m = read_metadata(args.file)
+    check_rows(load(args.file), args.file)      # a file that would fail its lookups is not "valid"
     fp32 = 4 * m["dim"]
     per_row = m["data_bytes"] / m["n_rows"] if m["n_rows"] else float(m["row_bytes"])
     lines = [

@@ -253,8 +253,12 @@ def load(path, *, mmap=True):
     ------
     ValueError
         The file is truncated, corrupt, not a qe4 file, or its metadata is
-        inconsistent (e.g. ``row_bytes`` does not match bits/dim/scale_dtype).
-        The message names the path and the problem.
+        inconsistent (e.g. ``row_bytes`` does not match bits/dim/scale_dtype, or the
+        extras do not match the layout: checked from the header, before any tensor is
+        read).  With ``mmap=False`` also a row breaking its layout's value rules (a
+        two-tier group id out of range; memory-mapped tables report it at the first
+        lookup of that row, so opening a file never reads all its rows).  The message
+        names the path and the problem.
     """
     hdr = read_safetensors_header(path)
     kw = _parse_qe4(hdr)
@@ -268,9 +272,21 @@ def load(path, *, mmap=True):
     extras = {name[len(EXTRA_PREFIX):]: _read_array(path, hdr, name)
               for name in hdr.tensors if name != DATA_KEY}
     try:
-        return QuantizedTable(data, extras=extras, **kw)
+        table = QuantizedTable(data, extras=extras, **kw)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: inconsistent qe4 metadata: {exc}") from None
+    if not mmap:        # the rows are in memory: their value rules cost one pass (group ids)
+        check_rows(table, path)
+    return table
+
+
+def check_rows(table, path):
+    """The layout's value rules over every row (:meth:`qe4.layouts.Layout.check_rows`,
+    e.g. two-tier group ids), with errors naming ``path``."""
+    try:
+        table.layout_entry.check_rows(table.data, table.extras)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _read_array(path, hdr, name):

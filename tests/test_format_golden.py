@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import qe4
+from qe4 import layouts as L
 
 HERE = os.path.join(os.path.dirname(__file__), "golden")
 with open(os.path.join(HERE, "manifest.json")) as _f:
@@ -34,6 +35,14 @@ def expected():
 
 def _file(name):
     return os.path.join(HERE, name + ".qe4")
+
+
+def test_every_layout_and_bit_width_has_a_golden_file():
+    """A layout or bit width added to the registry needs its golden file
+    (tests/golden/write_once.py writes the missing ones)."""
+    have = {(qe4.load(_file(n)).layout, MANIFEST[n]["bits"]) for n in NAMES}
+    want = {(lay.name, b) for lay in L.LAYOUTS.values() for b in lay.bits}
+    assert want <= have, f"no golden file for {sorted(want - have)}"
 
 
 @pytest.mark.parametrize("name", NAMES)
