@@ -11,20 +11,20 @@ There is no fallback: without its compiled modules ``import qe4_fast`` raises an
 ImportError that says how to build them.
 
 Threads: kernels release the GIL and parallelize only across independent rows or
-bags.  ``n_threads=None`` uses the usable CPUs (the affinity mask lowered by a
-cgroup CPU quota, see :func:`qe4_fast._threads.cpu_count`); calls made at the same
-time from several Python threads share them (each takes its share), so they do not
-oversubscribe the machine.  Fork: GNU libgomp is not fork-safe, so a child forked
-after a parallel qe4_fast call (``multiprocessing``'s ``"fork"`` start method, the
-default on Linux before Python 3.14) runs its kernels serially, with the same bytes;
-``"spawn"`` and ``"forkserver"`` children keep their threads.
+bags, on qe4_fast's own thread pool (qe4_fast/_pool_impl.h: the calling thread works
+too and never waits for a helper that has not started).  ``n_threads=None`` uses the
+usable CPUs (the affinity mask lowered by a cgroup CPU quota, see
+:func:`qe4_fast._threads.cpu_count`); calls made at the same time from several Python
+threads share them (each takes its share), so they do not oversubscribe the machine.
+A child forked after qe4_fast calls starts with a fresh pool.
 """
 
 from qe4 import frontend
 from qe4.table import QuantizedTable
 from qe4.api import methods
 
-from ._threads import BUILD_HINT, effective_n_threads, openmp_enabled, shares_cores  # ImportError if not built
+from ._threads import (BUILD_HINT, GRAIN_SEARCH, GRAIN_STREAM,  # ImportError if not built
+                       effective_n_threads, openmp_enabled, shares_cores)
 
 try:
     from . import _rowwise  # noqa: F401

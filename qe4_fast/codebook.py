@@ -17,7 +17,7 @@ from qe4 import codebook as C
 from qe4 import layouts as L
 
 from . import _codebook
-from ._threads import effective_n_threads, shares_cores
+from ._threads import GRAIN_SEARCH, effective_n_threads, shares_cores
 
 F32 = np.float32
 # The codebook kernels still number their methods and layouts from 0 (issue 9 item 5
@@ -61,18 +61,18 @@ def encode(request, x, n_threads=None):
     row_bytes = request.row_bytes(dim)
     if request.layout.name == "two-tier":
         n_groups = request.options["n_groups"]
-        nt = effective_n_threads(n_threads, n_groups)
+        nt = effective_n_threads(n_threads, n_groups, x.size, GRAIN_SEARCH)
         gid = C.group_ids(x, n_groups)
         books = _group_books(x, gid, n_groups, k, f16, nt)
         data = _aligned_rows(n_rows, row_bytes)
         _codebook.encode_two_tier(x, gid.astype(np.int64), books, bits,
                                   L.id_dtype(n_groups).itemsize, data,
-                                  effective_n_threads(n_threads, n_rows))
+                                  effective_n_threads(n_threads, n_rows, x.size * k, GRAIN_SEARCH))
         return data, {"codebooks": np.ascontiguousarray(books.astype(L.little(scale_dtype)))}
     data = _aligned_rows(n_rows, row_bytes)
     _codebook.encode_rows(x, bits, _KERNEL_METHOD[request.method.code],
                           request.options.get("max_iter", 1), f16, data,
-                          effective_n_threads(n_threads, n_rows))
+                          effective_n_threads(n_threads, n_rows, x.size, GRAIN_SEARCH))
     return data, {}
 
 
@@ -106,7 +106,7 @@ def dequantize_codebook(table, *, n_threads=None):
     if table.layout == "two-tier":
         C.group_of(table, slice(None))
     out = np.empty((table.n_rows, table.dim), F32)
-    _codebook.dequantize(*args, out, effective_n_threads(n_threads, table.n_rows))
+    _codebook.dequantize(*args, out, effective_n_threads(n_threads, table.n_rows, out.size))
     return out
 
 
@@ -125,7 +125,8 @@ def embedding_bag_codebook(table, idx, starts, weights, mode, n_threads=None):
     n_bad = _codebook.embedding_bag(*args, np.array(idx, np.int64, order="C"),
                                     np.ascontiguousarray(starts, np.int64),
                                     None if weights is None else np.ascontiguousarray(weights, F32),
-                                    int(mode == "mean"), out, effective_n_threads(n_threads, n_bags),
+                                    int(mode == "mean"), out,
+                                    effective_n_threads(n_threads, n_bags, idx.size * table.dim),
                                     _SIMD)
     if n_bad:
         C.group_of(table, idx)          # raises the reference's error

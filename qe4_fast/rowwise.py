@@ -13,7 +13,7 @@ from qe4 import _validate as V
 from qe4 import rowwise as R
 
 from . import _rowwise
-from ._threads import effective_n_threads, shares_cores
+from ._threads import GRAIN_SEARCH, GRAIN_STREAM, effective_n_threads, shares_cores
 
 F32 = np.float32
 
@@ -44,7 +44,7 @@ def range_loss(x, lo, hi, bits=4, scale_dtype="float16", *, n_threads=None):
     lo = np.ascontiguousarray(np.broadcast_to(np.asarray(lo, F32), (n_rows,)))
     hi = np.ascontiguousarray(np.broadcast_to(np.asarray(hi, F32), (n_rows,)))
     out = np.empty(n_rows, F32)
-    n_threads = effective_n_threads(n_threads, n_rows)
+    n_threads = effective_n_threads(n_threads, n_rows, x.size)
     if x.shape[1] == 0:
         out[:] = 0.0
         return out
@@ -66,9 +66,10 @@ def _run(request, x, n_threads, encode):
     method, bits, scale_dtype = request.method, request.bits, request.scale_dtype
     code = method.code
     n_rows, n_cols = x.shape
-    n_threads = effective_n_threads(n_threads, -(-n_rows // _rowwise.LANES))
-    fp16 = scale_dtype == "float16"
     fused_minmax = method.name == "minmax"      # the kernel's one-pass path (code 0)
+    n_threads = effective_n_threads(n_threads, -(-n_rows // _rowwise.LANES), x.size,
+                                    GRAIN_STREAM if fused_minmax else GRAIN_SEARCH)
+    fp16 = scale_dtype == "float16"
     if not fused_minmax:
         lo = np.empty(n_rows, F32)
         hi = np.empty(n_rows, F32)
