@@ -10,6 +10,11 @@ numerics are documented once, in the reference docstrings.
 There is no fallback: without its compiled modules ``import qe4_fast`` raises an
 ImportError that says how to build them.
 
+SIMD: every kernel runs at one level, :func:`simd_level` (``"portable"``, ``"avx2"`` or
+``"avx512"``): the widest this CPU runs, or the one the environment variable ``QE4_SIMD``
+names when qe4_fast is imported (a bad value or a level the CPU lacks is a ValueError at
+import).  The bytes are the same at every level.
+
 Threads: kernels release the GIL and parallelize only across independent rows or
 bags.  Calls made at the same time from several Python threads share the cores
 when ``n_threads`` is None (each takes its share of ``omp_max_threads()``), so they
@@ -29,6 +34,9 @@ from qe4.uniform import methods
 
 from ._threads import BUILD_HINT, effective_n_threads, openmp_enabled, shares_cores  # ImportError if not built
 
+from . import _simd   # the SIMD level (QE4_SIMD); a bad value is a ValueError here
+from ._simd import simd_level
+
 try:
     from . import _rowwise
     from .bag import dequantize, embedding_bag, from_tbe, to_tbe
@@ -37,7 +45,7 @@ except ImportError as exc:   # one compiled module missing (a partial build): no
 
 __all__ = [
     "QuantizedTable", "quantize", "dequantize", "embedding_bag", "row_ranges", "range_loss",
-    "to_tbe", "from_tbe", "methods", "openmp_enabled",
+    "to_tbe", "from_tbe", "methods", "openmp_enabled", "simd_level",
 ]
 
 F32 = np.float32
@@ -114,7 +122,7 @@ def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
     if method != "minmax":
         lo = np.empty(n_rows, F32)
         hi = np.empty(n_rows, F32)
-        if _rowwise.row_minmax(x, bits, fp16, lo, hi, n_threads):
+        if _rowwise.row_minmax(x, bits, fp16, lo, hi, n_threads, _simd.LEVEL):
             _raise_bad_rows(x, bits, scale_dtype)
     code = _rowwise.METHOD_CODES[method]
     aciq = {"aciq-laplace": R.ACIQ_LAPLACE, "aciq-gauss": R.ACIQ_GAUSS}.get(method)
@@ -128,7 +136,7 @@ def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
     out = np.empty((n_rows if encode else 0, row_bytes), np.uint8)
     n_bad = _rowwise.quantize_rows(x, bits, code, fp16, float(n_bins),
                                    float(R._min_bins(n_bins, ratio)), aciq_c, max_levels, work,
-                                   lo, hi, out, n_threads)
+                                   lo, hi, out, n_threads, _simd.LEVEL)
     if n_bad:
         _raise_bad_rows(x, bits, scale_dtype)
     return out, lo, hi

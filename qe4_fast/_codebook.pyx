@@ -1,18 +1,24 @@
 # cython: language_level=3
 """Codebook kernels (see _codebook_kernels.h; numerics in qe4/codebook.py).
 
-Inputs are validated, C-contiguous, native buffers; kernels never raise except
-MemoryError when scratch space cannot be allocated.  Work is split across
-independent rows, groups or bags only, so the bytes do not depend on n_threads.
+Inputs are validated, C-contiguous, native buffers; kernels raise only MemoryError when
+scratch space cannot be allocated, and ValueError for a method, layout, bit width or SIMD
+level code they do not implement (cb_check, before any row is touched).  Work is split
+across independent rows, groups or bags only, so the bytes do not depend on n_threads.
 """
 
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free, malloc
 
+from ._common cimport QE4_LAYOUT_CODEBOOK, QE4_LAYOUT_TWO_TIER, QE4_SIMD_PORTABLE, check
 from ._openmp_helpers cimport omp_get_thread_num
 
 cdef extern from "_codebook_kernels.h" nogil:
+    enum:
+        CB_KMEANS
+        CB_KMEANS_OPTIMAL
+    int cb_check(int method, int layout, int bits, int simd)
     ctypedef struct cb_work:
         double *xs
         double *s
@@ -40,14 +46,23 @@ cdef extern from "_codebook_kernels.h" nogil:
                 int bits, int layout, int f16, int id_bytes, const float *books, int64_t n_groups,
                const int64_t *idx, int64_t n_idx, int64_t p0, int64_t p1, const float *weights,
                int mean, float *acc, float *vals, int simd)
-    int cb_simd_level()
+
+# the codes the kernels dispatch on (the registry's codes; tests/test_fast_simd.py checks)
+METHOD_CODES = {"kmeans": CB_KMEANS, "kmeans-optimal": CB_KMEANS_OPTIMAL}
+LAYOUT_CODES = {"codebook": QE4_LAYOUT_CODEBOOK, "two-tier": QE4_LAYOUT_TWO_TIER}
+
+
+cdef int _check(int method, int layout, int bits, int simd, str kernel) except -1:
+    return check(cb_check(method, layout, bits, simd), "qe4_fast._codebook." + kernel,
+                 METHOD_CODES, method, bits, layout, simd)
 
 
 def encode_rows(const float[:, ::1] x,      # IN  [n_rows, dim]
                 int bits, int method, int64_t max_iter, int f16,
                 uint8_t[:, ::1] out,         # OUT [n_rows, row_bytes]
                 int n_threads):
-    """Fit, store and encode every row of a "codebook" table (method 0 kmeans, 1 optimal)."""
+    """Fit, store and encode every row of a "codebook" table (``method``: a METHOD_CODES value)."""
+    _check(method, -1, bits, QE4_SIMD_PORTABLE, "encode_rows")
     cdef int64_t n_rows = x.shape[0], dim = x.shape[1], K = 1 << bits, r, m
     cdef int failed = 0, t
     cdef cb_work *wks = <cb_work *>calloc(n_threads, sizeof(cb_work))
@@ -144,6 +159,7 @@ def encode_two_tier(const float[:, ::1] x,        # IN  [n_rows, dim]
                     int bits, int id_bytes,
                     uint8_t[:, ::1] out,           # OUT [n_rows, code_bytes + id_bytes]
                     int n_threads):
+    _check(-1, QE4_LAYOUT_TWO_TIER, bits, QE4_SIMD_PORTABLE, "encode_two_tier")
     cdef int64_t n_rows = x.shape[0], dim = x.shape[1], r, nb = (dim * bits + 7) // 8
     cdef int K = 1 << bits
     for r in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
@@ -158,6 +174,8 @@ def dequantize(const uint8_t[:, ::1] data,    # IN  [n_rows, row_bytes]
                const float[:, ::1] books,     # IN  [n_groups, K] (two-tier) or [1, K] unused
                float[:, ::1] out,             # OUT [n_rows, dim]
                int n_threads):
+    """Centroid values of every row (``layout``: a LAYOUT_CODES value)."""
+    _check(-1, layout, bits, QE4_SIMD_PORTABLE, "dequantize")
     cdef int64_t n_rows = data.shape[0], r, nb = (dim * bits + 7) // 8
     cdef int K = 1 << bits
     cdef const float *c
@@ -179,19 +197,19 @@ def embedding_bag(const uint8_t[:, ::1] data, int64_t dim, int bits, int layout,
                   weights,                    # IN  float32 [n_indices] or None
                   int mean,
                   float[:, ::1] out,          # OUT [n_bags, dim]
-                  int n_threads, simd=True):
-    """Bags over codebook rows, all paths giving the same bytes.  simd: True = the best the
-    CPU has (4-bit rows: AVX-512F, else AVX2), False or 0 = the portable loop, 1 = at most
-    AVX2, 2 = at most AVX-512F.
+                  int n_threads, int simd):
+    """Bags over codebook rows (``layout``: a LAYOUT_CODES value) with the kernels of SIMD
+    level code ``simd`` (4-bit rows: AVX-512F at avx512, AVX2 at avx2; the portable loop
+    otherwise), every level giving the same bytes.
 
     Returns the number of bags that met a two-tier group id >= books.shape[0] (their
     output is unfinished: the caller raises)."""
+    _check(-1, layout, bits, simd, "embedding_bag")
     cdef int64_t n_bags = out.shape[0], m, nb = (dim * bits + 7) // 8
     cdef const float[::1] wv
     cdef const float *wp = NULL
     cdef float *vals = <float *>malloc((dim + 1) * n_threads * sizeof(float))
     cdef const int64_t *ip = &idx[0] if idx.shape[0] else NULL
-    cdef int use_simd = cb_simd_level() if simd is True else max(0, min(int(simd), cb_simd_level()))
     cdef int64_t n_bad = 0, n_groups = books.shape[0]
     if weights is not None:
         wv = weights
@@ -202,16 +220,6 @@ def embedding_bag(const uint8_t[:, ::1] data, int64_t dim, int bits, int layout,
     for m in prange(n_bags, nogil=True, schedule="static", num_threads=n_threads):
         n_bad += cb_bag(&data[0, 0], data.shape[1], nb, dim, bits, layout, f16, id_bytes,
                &books[0, 0], n_groups, ip, idx.shape[0], starts[m], starts[m + 1], wp, mean, &out[m, 0],
-               vals + (dim + 1) * omp_get_thread_num(), use_simd)
+               vals + (dim + 1) * omp_get_thread_num(), simd)
     free(vals)
     return n_bad
-
-
-def simd_available():
-    """True when the CPU has AVX2 + FMA + F16C (the 4-bit bag kernel then uses them)."""
-    return cb_simd_level() >= 1
-
-
-def simd_level():
-    """0: portable bag loop only, 1: AVX2 + FMA + F16C, 2: also AVX-512F (4-bit bags)."""
-    return cb_simd_level()

@@ -5,29 +5,62 @@
 # releases the GIL and runs one prange over independent blocks of QE4_LANES rows.
 # Each row is computed in the reference's sequential order, so the bytes do not
 # depend on n_threads.  The numerics live in qe4_fast/_rowwise_kernels.h.
+#
+# Method, bit width and SIMD level are dispatched once per call by qe4_rowwise_plan_init
+# (C switches whose default is an error code, raised here as a ValueError).  This module
+# also exports the codes every kernel module shares: METHOD_CODES, LAYOUT_CODES, SIMD_LEVELS.
 
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t
+from libc.string cimport memset
 
+from qe4_fast._common cimport (QE4_ERR_METHOD, QE4_LAYOUT_CODEBOOK, QE4_LAYOUT_ROWWISE, QE4_LAYOUT_TWO_TIER,
+                               QE4_SIMD_LEVELS, check, qe4_cpu_simd_level, simd_name)
 from qe4_fast._openmp_helpers cimport QE4_OPENMP, omp_get_max_threads
 
-cdef extern from "_rowwise_kernels.h":
+cdef extern from "_rowwise_kernels.h" nogil:
     int QE4_LANES
-    void qe4_ranges_block(const float *x, int r0, int n, int n_cols, int bits, int method,
-                          int fp16, float n_bins, float min_bins, float aciq_c, int max_levels,
-                          float *work, float *lo, float *hi) noexcept nogil
-    void qe4_encode_block(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                          const float *lo, const float *hi, uint8_t *out,
-                          size_t row_bytes) noexcept nogil
-    int qe4_minmax_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                        float *lo, float *hi) noexcept nogil
-    int qe4_minmax_encode_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                               uint8_t *out, size_t row_bytes) noexcept nogil
+    enum:
+        QE4_MINMAX
+        QE4_GREEDY
+        QE4_EXHAUSTIVE
+        QE4_ACIQ_LAPLACE
+        QE4_ACIQ_GAUSS
+    ctypedef struct qe4_rowwise_plan:
+        const float *x
+        int n_cols
+        int bits
+        int fp16
+        float n_bins
+        float min_bins
+        float aciq_c
+        int max_levels
+        float *lo
+        float *hi
+        uint8_t *out
+        size_t row_bytes
+    int qe4_rowwise_plan_init(qe4_rowwise_plan *p, int method, int simd) noexcept
+    int qe4_rowwise_block(const qe4_rowwise_plan *p, int r0, int n, float *work) noexcept
+    int64_t qe4_rowwise_work_floats(int method, int n_cols, int max_levels) noexcept
     float qe4_row_loss(const float *x, int n_cols, float lo, float hi, float qmax,
-                       int fp16) noexcept nogil
+                       int fp16) noexcept
+    float qe4_half_to_float(uint16_t h) noexcept
+    uint16_t qe4_float_to_half(float v) noexcept
+    float qe4_round_half(float v) noexcept
 
 LANES = QE4_LANES
-METHOD_CODES = {"minmax": 0, "greedy": 1, "exhaustive": 2, "aciq-laplace": 3, "aciq-gauss": 4}
+# the codes the kernels dispatch on (the registry's codes; tests/test_fast_simd.py checks)
+METHOD_CODES = {"minmax": QE4_MINMAX, "greedy": QE4_GREEDY, "exhaustive": QE4_EXHAUSTIVE,
+                "aciq-laplace": QE4_ACIQ_LAPLACE, "aciq-gauss": QE4_ACIQ_GAUSS}
+LAYOUT_CODES = {"rowwise": QE4_LAYOUT_ROWWISE, "codebook": QE4_LAYOUT_CODEBOOK,
+                "two-tier": QE4_LAYOUT_TWO_TIER}
+# SIMD level names by level code (qe4_fast._simd chooses one; every kernel takes its code)
+SIMD_LEVELS = tuple(simd_name(level) for level in range(QE4_SIMD_LEVELS))
+
+
+def cpu_simd_level():
+    """The code of the widest SIMD level this CPU (and OS) runs: an index into SIMD_LEVELS."""
+    return qe4_cpu_simd_level()
 
 
 def openmp_compiled():
@@ -41,10 +74,11 @@ def omp_max_threads():
 
 
 def work_floats(int n_cols, int method, int max_levels):
-    """Floats of per-thread scratch space a block of rows needs."""
-    if method == 2:
-        return max(4 * (max_levels + 2), 1)
-    return QE4_LANES * n_cols
+    """Floats of per-thread scratch space a block of rows of ``method`` needs."""
+    cdef int64_t n = qe4_rowwise_work_floats(method, n_cols, max_levels)
+    if n < 0:
+        check(QE4_ERR_METHOD, "qe4_fast._rowwise.work_floats", METHOD_CODES, method, -1, -1, -1)
+    return n
 
 
 def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
@@ -54,19 +88,31 @@ def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
                   float[::1] lo,              # OUT [n_rows] chosen ranges (0 rows: minmax + out)
                   float[::1] hi,              # OUT [n_rows]
                   uint8_t[:, ::1] out,        # OUT [n_rows, row_bytes], or 0 rows: ranges only
-                  int n_threads):
-    """Ranges of every row by ``method``, then (if ``out`` has rows) the packed rows.
+                  int n_threads, int simd):
+    """Ranges of every row by ``method``, then (if ``out`` has rows) the packed rows, with
+    the kernels of SIMD level code ``simd``.
 
     Method minmax with ``out``: one fused pass that does not keep the ranges (``lo`` and
     ``hi`` may have 0 rows).  Returns, for method minmax, the number of rows failing
-    check_fp16_ranges (else 0)."""
+    check_fp16_ranges (else 0).  Raises ValueError for an unknown method code, a bit width
+    without a kernel or a SIMD level this CPU does not run (before touching any row)."""
     cdef int n_rows = x.shape[0], n_cols = x.shape[1]
     cdef int n_blocks = (n_rows + QE4_LANES - 1) // QE4_LANES
     cdef bint encode = out.shape[0] > 0
     cdef int b, r0, n, tid
     cdef int n_bad = 0
-    cdef size_t row_bytes = out.shape[1]
     cdef int chunk = max(1, n_blocks // (16 * n_threads))  # dynamic: a busy core slows no one
+    cdef qe4_rowwise_plan plan
+    memset(&plan, 0, sizeof(plan))
+    plan.x = &x[0, 0] if n_rows > 0 else NULL
+    plan.n_cols, plan.bits, plan.fp16 = n_cols, bits, fp16
+    plan.n_bins, plan.min_bins, plan.aciq_c, plan.max_levels = n_bins, min_bins, aciq_c, max_levels
+    plan.lo = &lo[0] if lo.shape[0] > 0 else NULL
+    plan.hi = &hi[0] if hi.shape[0] > 0 else NULL
+    plan.out = &out[0, 0] if encode else NULL
+    plan.row_bytes = out.shape[1]
+    check(qe4_rowwise_plan_init(&plan, method, simd), "qe4_fast._rowwise.quantize_rows",
+          METHOD_CODES, method, bits, -1, simd)
     for b in prange(n_blocks, nogil=True, schedule="dynamic", chunksize=chunk,
                     num_threads=n_threads):
         tid = threadid()
@@ -74,18 +120,7 @@ def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
         n = n_rows - r0
         if n > QE4_LANES:
             n = QE4_LANES
-        if method == 0 and encode:   # one fused pass
-            n_bad += qe4_minmax_encode_rows(&x[0, 0], r0, n, n_cols, bits, fp16, &out[0, 0],
-                                            row_bytes)
-            continue
-        if method == 0:
-            n_bad += qe4_minmax_rows(&x[0, 0], r0, n, n_cols, bits, fp16, &lo[0], &hi[0])
-        else:
-            qe4_ranges_block(&x[0, 0], r0, n, n_cols, bits, method, fp16, n_bins, min_bins,
-                             aciq_c, max_levels, &work[tid, 0], &lo[0], &hi[0])
-        if encode:
-            qe4_encode_block(&x[0, 0], r0, n, n_cols, bits, fp16, &lo[0], &hi[0],
-                             &out[0, 0], row_bytes)
+        n_bad += qe4_rowwise_block(&plan, r0, n, &work[tid, 0])
     return n_bad
 
 
@@ -106,17 +141,48 @@ def row_minmax(const float[:, ::1] x,         # IN  [n_rows, n_cols]
                int bits, bint fp16,
                float[::1] lo,                 # OUT [n_rows] min + 0.0
                float[::1] hi,                 # OUT [n_rows] max + 0.0
-               int n_threads):
+               int n_threads, int simd):
     """Each row's min and max (a zero bound is +0.0); returns the number of rows whose
     range fails qe4._validate.check_fp16_ranges."""
     cdef int n_rows = x.shape[0], n_cols = x.shape[1]
     cdef int n_blocks = (n_rows + QE4_LANES - 1) // QE4_LANES
     cdef int b, r0, n
     cdef int n_bad = 0
+    cdef qe4_rowwise_plan plan
+    memset(&plan, 0, sizeof(plan))
+    plan.x = &x[0, 0] if n_rows > 0 else NULL
+    plan.n_cols, plan.bits, plan.fp16 = n_cols, bits, fp16
+    plan.lo = &lo[0] if n_rows > 0 else NULL
+    plan.hi = &hi[0] if n_rows > 0 else NULL
+    check(qe4_rowwise_plan_init(&plan, QE4_MINMAX, simd), "qe4_fast._rowwise.row_minmax",
+          METHOD_CODES, QE4_MINMAX, bits, -1, simd)
     for b in prange(n_blocks, nogil=True, schedule="static", num_threads=n_threads):
         r0 = b * QE4_LANES
         n = n_rows - r0
         if n > QE4_LANES:
             n = QE4_LANES
-        n_bad += qe4_minmax_rows(&x[0, 0], r0, n, n_cols, bits, fp16, &lo[0], &hi[0])
+        n_bad += qe4_rowwise_block(&plan, r0, n, NULL)
     return n_bad
+
+
+# float16 conversions of _common.h, for tests against numpy (every kernel uses these)
+
+def half_to_float(const uint16_t[::1] h, float[::1] out):
+    """out[i] = float32 value of the float16 bits h[i] (numpy's astype(float32))."""
+    cdef Py_ssize_t i
+    for i in range(h.shape[0]):
+        out[i] = qe4_half_to_float(h[i])
+
+
+def float_to_half(const float[::1] v, uint16_t[::1] out):
+    """out[i] = float16 bits of v[i], round to nearest-even (numpy's astype(float16))."""
+    cdef Py_ssize_t i
+    for i in range(v.shape[0]):
+        out[i] = qe4_float_to_half(v[i])
+
+
+def round_half(const float[::1] v, float[::1] out):
+    """out[i] = v[i] rounded to float16 and back, branch-free (the kernels' vector form)."""
+    cdef Py_ssize_t i
+    for i in range(v.shape[0]):
+        out[i] = qe4_round_half(v[i])

@@ -11,14 +11,10 @@ import numpy as np
 from qe4 import _validate as V
 from qe4.table import QuantizedTable
 
-from . import _bag
+from . import _bag, _simd
 from ._threads import effective_n_threads, shares_cores
 
 F32 = np.float32
-
-# The widest row kernels the CPU runs (2 AVX-512, 1 AVX2+FMA, 0 portable C; identical
-# bytes, see _bag_kernels.h); tests lower it to check every kernel.
-_SIMD = _bag.simd_level()
 
 
 def _codebook():
@@ -46,7 +42,7 @@ def dequantize(table, *, n_threads=None):
         return _codebook().dequantize_codebook(table, n_threads=n_threads)
     n = effective_n_threads(n_threads, table.n_rows)
     out = np.empty((table.n_rows, table.dim), F32)
-    _bag.dequantize_rowwise(*_rows(table), out, n, _SIMD)
+    _bag.dequantize_rowwise(*_rows(table), out, n, _simd.LEVEL)
     return out
 
 
@@ -74,7 +70,8 @@ def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weight
         return _codebook().embedding_bag_codebook(table, idx, starts, w, mode, n_threads)
     n = effective_n_threads(n_threads, n_bags)
     out = np.empty((n_bags, table.dim), F32)
-    _bag.embedding_bag_rowwise(*_rows(table), idx, starts, w, mode == "mean", out, n, _SIMD)
+    _bag.embedding_bag_rowwise(*_rows(table), idx, starts, w, mode == "mean", out, n,
+                               _simd.LEVEL)
     return out
 
 

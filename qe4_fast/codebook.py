@@ -16,17 +16,12 @@ import numpy as np
 from qe4 import codebook as C
 from qe4.table import QuantizedTable
 
-from . import _codebook
+from . import _codebook, _simd
 from ._threads import effective_n_threads, shares_cores
 
 F32 = np.float32
-_METHOD_CODE = {"kmeans": 0, "kmeans-optimal": 1}
-_LAYOUT_CODE = {"codebook": 0, "two-tier": 1}
 
 METHODS = C.METHODS
-
-# AVX2+FMA+F16C 4-bit bag kernel when the CPU has it (same bytes); tests also run it False.
-_SIMD = _codebook.simd_available()
 
 
 def _aligned_rows(n_rows, row_bytes, align=64):
@@ -61,7 +56,7 @@ def quantize_codebook(x, bits, method, *, scale_dtype=None, n_threads=None, **kw
         return QuantizedTable(data, bits=bits, dim=dim, method=method, scale_dtype=scale_dtype,
                               layout="two-tier", extras=extras, params={"n_groups": n_groups})
     data = _aligned_rows(n_rows, code_bytes + k * (2 if f16 else 4))
-    _codebook.encode_rows(x, bits, _METHOD_CODE[method], opts.get("max_iter", 1), f16, data,
+    _codebook.encode_rows(x, bits, _codebook.METHOD_CODES[method], opts.get("max_iter", 1), f16, data,
                           effective_n_threads(n_threads, n_rows))
     return QuantizedTable(data, bits=bits, dim=dim, method=method, scale_dtype=scale_dtype,
                           layout="codebook", params=opts)
@@ -85,7 +80,7 @@ def _table_args(table):
         books = np.ascontiguousarray(books.astype(F32))
     else:
         books, id_bytes = np.zeros((1, k), F32), 0
-    return (np.ascontiguousarray(table.data), table.dim, table.bits, _LAYOUT_CODE[table.layout],
+    return (np.ascontiguousarray(table.data), table.dim, table.bits, _codebook.LAYOUT_CODES[table.layout],
             int(table.scale_dtype == "float16"), id_bytes, books)
 
 
@@ -116,7 +111,7 @@ def embedding_bag_codebook(table, idx, starts, weights, mode, n_threads=None):
                                     np.ascontiguousarray(starts, np.int64),
                                     None if weights is None else np.ascontiguousarray(weights, F32),
                                     int(mode == "mean"), out, effective_n_threads(n_threads, n_bags),
-                                    _SIMD)
+                                    _simd.LEVEL)
     if n_bad:
         C.group_of(table, idx)          # raises the reference's error
     return out
