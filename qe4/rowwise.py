@@ -277,7 +277,10 @@ def _ranges(x, bits, method, n_bins, ratio, scale_dtype):
         return greedy_range(x, bits, n_bins, ratio, scale_dtype)
     if method == "exhaustive":
         return exhaustive_range(x, bits, n_bins, ratio, scale_dtype)
-    return aciq_range(x, bits, method.split("-")[1])
+    if method in ("aciq-laplace", "aciq-gauss"):
+        return aciq_range(x, bits, method.split("-")[1])
+    raise ValueError(f"no range method {method!r} (row-wise methods: "
+                     f"{', '.join(V.UNIFORM_METHODS)})")
 
 
 # --------------------------------------------------------------------------- codes
