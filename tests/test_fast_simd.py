@@ -23,7 +23,7 @@ from qe4 import codebook as C
 from qe4.table import LAYOUTS
 
 qe4_fast = pytest.importorskip("qe4_fast", reason="qe4_fast is not built")
-from qe4_fast import _bag, _codebook, _rowwise, _simd  # noqa: E402
+from qe4_fast import _bag, _codebook, _lookup, _rowwise, _simd  # noqa: E402
 
 F32 = np.float32
 CPU = _rowwise.cpu_simd_level()
@@ -251,6 +251,33 @@ def test_codebook_kernels_refuse_bad_codes():
     assert np.all(two == 0xAB)
 
 
+def test_lookup_kernels_refuse_bad_codes():
+    t = qe4.quantize(_data(6, 16), 4, "minmax")
+    spec = (t.data, _lookup.LAYOUTS["rowwise"], 4, 16, 1, 0, np.zeros((1, 16), F32))
+    idx, starts = np.array([0, 1, 5], np.int64), np.array([0, 2, 3], np.int64)
+    out = np.full((2, 64), 0xAB, np.uint8)
+    ok = dict(mode=_lookup.MODES["sum"], kind=_lookup.KINDS["float32"], simd=_simd.LEVEL)
+
+    def bags(spec=spec, mode=ok["mode"], kind=ok["kind"], simd=ok["simd"]):
+        return _lookup.bags([spec], idx, starts, None, 2, mode, kind, out,
+                            np.zeros(1, np.int64), 16, 1, simd)
+
+    for kwargs, match in (({"mode": 3}, "unknown mode code 3"),
+                          ({"kind": 5}, "unknown output kind code 5"),
+                          ({"simd": 4}, "SIMD level code 4"),
+                          ({"spec": spec[:1] + (7,) + spec[2:]}, "unknown layout code 7"),
+                          ({"spec": spec[:2] + (3,) + spec[3:]}, "no kernel for bits=3")):
+        with pytest.raises(ValueError, match="qe4_fast._lookup.bags: " + match):
+            bags(**kwargs)
+    with pytest.raises(ValueError, match="qe4_fast._lookup.gather: unknown output kind code 9"):
+        _lookup.gather(spec, idx, 9, out, 1, _simd.LEVEL)
+    with pytest.raises(ValueError, match="qe4_fast._lookup.gather: no kernel for bits=5"):
+        _lookup.gather(spec[:2] + (5,) + spec[3:], idx, 0, out, 1, _simd.LEVEL)
+    assert np.all(out == 0xAB)
+    with pytest.raises(ValueError, match="round_floats: SIMD level code 3"):
+        _lookup.round_floats(np.ones(4, F32), 1, np.zeros(8, np.uint8), 3)
+
+
 def test_reference_refuses_an_unknown_range_method():
     """qe4.rowwise._ranges has no fall-through either (the twin of the C default)."""
     from qe4 import rowwise as R
@@ -268,6 +295,7 @@ def test_method_and_layout_codes_match_the_python_side():
     per_row = [m for m in C.METHODS if m != "two-tier"]     # two-tier is its layout's kernel
     assert _codebook.METHOD_CODES == {m: i for i, m in enumerate(per_row)}
     assert _codebook.LAYOUT_CODES == {k: _rowwise.LAYOUT_CODES[k] for k in ("codebook", "two-tier")}
+    assert _lookup.LAYOUTS == _rowwise.LAYOUT_CODES
 
 
 # ----------------------------------------------------------------------------- float16
