@@ -11,13 +11,11 @@ from cython.parallel cimport parallel, prange
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free, malloc
 
-from ._common cimport QE4_LAYOUT_CODEBOOK, QE4_LAYOUT_TWO_TIER, QE4_SIMD_PORTABLE, check
+from ._common cimport (QE4_KMEANS, QE4_KMEANS_OPTIMAL, QE4_LAYOUT_CODEBOOK, QE4_LAYOUT_TWO_TIER,
+                      QE4_SIMD_PORTABLE, QE4_TWO_TIER, check)
 from ._openmp_helpers cimport omp_get_thread_num
 
 cdef extern from "_codebook_kernels.h" nogil:
-    enum:
-        CB_KMEANS
-        CB_KMEANS_OPTIMAL
     int cb_check(int method, int layout, int bits, int simd)
     ctypedef struct cb_work:
         double *xs
@@ -48,7 +46,9 @@ cdef extern from "_codebook_kernels.h" nogil:
                int mean, float *acc, float *vals, int simd)
 
 # the codes the kernels dispatch on (the registry's codes; tests/test_fast_simd.py checks)
-METHOD_CODES = {"kmeans": CB_KMEANS, "kmeans-optimal": CB_KMEANS_OPTIMAL}
+# (two-tier: fit_groups + encode_two_tier; encode_rows takes the per-row methods' codes)
+METHOD_CODES = {"kmeans": QE4_KMEANS, "kmeans-optimal": QE4_KMEANS_OPTIMAL,
+                "two-tier": QE4_TWO_TIER}
 LAYOUT_CODES = {"codebook": QE4_LAYOUT_CODEBOOK, "two-tier": QE4_LAYOUT_TWO_TIER}
 
 

@@ -15,9 +15,6 @@
 
 #include "_common.h"
 
-/* Method codes of the codebook kernels (qe4_fast._codebook.METHOD_CODES). */
-enum { CB_KMEANS = 0, CB_KMEANS_OPTIMAL = 1 };
-
 /* QE4_OK when the kernels implement method (-1: not used by the caller), layout (-1: not
  * used) and bits, and this CPU runs SIMD level simd; else the QE4_ERR_* code. */
 static int cb_check(int method, int layout, int bits, int simd)
@@ -27,8 +24,8 @@ static int cb_check(int method, int layout, int bits, int simd)
         return err;
     switch (method) {
     case -1:
-    case CB_KMEANS:
-    case CB_KMEANS_OPTIMAL:
+    case QE4_KMEANS:
+    case QE4_KMEANS_OPTIMAL:
         break;
     default:
         return QE4_ERR_METHOD;
@@ -416,7 +413,7 @@ static void cb_assign_pack(const float *x, int64_t dim, const float *cents, int 
 }
 
 /* Fit, store and encode one row of a "codebook" table.  Row = [codes][K centroids].
- * method CB_KMEANS (Lloyd) or CB_KMEANS_OPTIMAL (checked by cb_check: any other code leaves
+ * method QE4_KMEANS (Lloyd) or QE4_KMEANS_OPTIMAL (checked by cb_check: any other code leaves
  * the centroids unset, never runs another method). */
 static void cb_encode_row(cb_work *wk, const float *x, int method, int64_t max_iter, int bits,
                           int f16, const double *inv, uint8_t *row)
@@ -424,10 +421,10 @@ static void cb_encode_row(cb_work *wk, const float *x, int method, int64_t max_i
     int64_t n = wk->n, K = wk->K;
     cb_sort_row(x, n, wk->xs);
     switch (method) {
-    case CB_KMEANS:
+    case QE4_KMEANS:
         cb_row_lloyd(wk, max_iter);
         break;
-    case CB_KMEANS_OPTIMAL:
+    case QE4_KMEANS_OPTIMAL:
         cb_row_optimal(wk, inv);
         break;
     default:

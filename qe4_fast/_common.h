@@ -44,7 +44,18 @@ enum {
     QE4_ERR_SIMD = 4    /* unknown SIMD level, or one this CPU cannot run */
 };
 
-/* Layout codes shared by every kernel family (the registry's layout codes). */
+/* Method and layout codes, one code space for every kernel family (the registry's codes;
+ * the kernel modules export them as METHOD_CODES and LAYOUT_CODES). */
+enum {
+    QE4_MINMAX = 0,
+    QE4_GREEDY = 1,
+    QE4_EXHAUSTIVE = 2,
+    QE4_ACIQ_LAPLACE = 3,
+    QE4_ACIQ_GAUSS = 4,
+    QE4_KMEANS = 5,
+    QE4_KMEANS_OPTIMAL = 6,
+    QE4_TWO_TIER = 7
+};
 enum { QE4_LAYOUT_ROWWISE = 0, QE4_LAYOUT_CODEBOOK = 1, QE4_LAYOUT_TWO_TIER = 2 };
 
 /* ------------------------------------------------------------------ float bits, float16 */

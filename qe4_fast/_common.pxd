@@ -9,6 +9,15 @@ cdef extern from "_common.h" nogil:
         QE4_ERR_LAYOUT
         QE4_ERR_SIMD
     enum:
+        QE4_MINMAX
+        QE4_GREEDY
+        QE4_EXHAUSTIVE
+        QE4_ACIQ_LAPLACE
+        QE4_ACIQ_GAUSS
+        QE4_KMEANS
+        QE4_KMEANS_OPTIMAL
+        QE4_TWO_TIER
+    enum:
         QE4_LAYOUT_ROWWISE
         QE4_LAYOUT_CODEBOOK
         QE4_LAYOUT_TWO_TIER

@@ -14,18 +14,14 @@ from cython.parallel cimport prange, threadid
 from libc.stdint cimport int64_t, uint8_t, uint16_t
 from libc.string cimport memset
 
-from qe4_fast._common cimport (QE4_ERR_METHOD, QE4_LAYOUT_CODEBOOK, QE4_LAYOUT_ROWWISE, QE4_LAYOUT_TWO_TIER,
-                               QE4_SIMD_LEVELS, check, qe4_cpu_simd_level, simd_name)
+from qe4_fast._common cimport (QE4_ACIQ_GAUSS, QE4_ACIQ_LAPLACE, QE4_ERR_METHOD, QE4_EXHAUSTIVE,
+                               QE4_GREEDY, QE4_LAYOUT_CODEBOOK, QE4_LAYOUT_ROWWISE,
+                               QE4_LAYOUT_TWO_TIER, QE4_MINMAX, QE4_SIMD_LEVELS, check,
+                               qe4_cpu_simd_level, simd_name)
 from qe4_fast._openmp_helpers cimport QE4_OPENMP, omp_get_max_threads
 
 cdef extern from "_rowwise_kernels.h" nogil:
     int QE4_LANES
-    enum:
-        QE4_MINMAX
-        QE4_GREEDY
-        QE4_EXHAUSTIVE
-        QE4_ACIQ_LAPLACE
-        QE4_ACIQ_GAUSS
     ctypedef struct qe4_rowwise_plan:
         const float *x
         int n_cols

@@ -21,9 +21,6 @@
 
 #define QE4_LANES 16
 
-/* Method codes (qe4_fast._rowwise.METHOD_CODES, the registry's method codes). */
-enum { QE4_MINMAX = 0, QE4_GREEDY = 1, QE4_EXHAUSTIVE = 2, QE4_ACIQ_LAPLACE = 3, QE4_ACIQ_GAUSS = 4 };
-
 /* One call's work, planned once (qe4_rowwise_plan_init) and then run block by block
  * (qe4_rowwise_block) on any number of threads. */
 typedef struct qe4_rowwise_plan qe4_rowwise_plan;

@@ -222,10 +222,11 @@ def test_bag_kernels_refuse_bad_codes(kwargs, match):
 def test_codebook_kernels_refuse_bad_codes():
     x = _data(5, 8)
     out = np.full((5, 4 + 32), 0xAB, np.uint8)
-    with pytest.raises(ValueError, match="encode_rows: unknown method code 2"):
-        _codebook.encode_rows(x, 4, 2, 1, 1, out, 1)
+    for method in (_rowwise.METHOD_CODES["exhaustive"], _codebook.METHOD_CODES["two-tier"], 99):
+        with pytest.raises(ValueError, match=f"encode_rows: unknown method code {method}"):
+            _codebook.encode_rows(x, 4, method, 1, 1, out, 1)
     with pytest.raises(ValueError, match="encode_rows: no kernel for bits=8"):
-        _codebook.encode_rows(x, 8, 0, 1, 1, out, 1)
+        _codebook.encode_rows(x, 8, _codebook.METHOD_CODES["kmeans"], 1, 1, out, 1)
     assert np.all(out == 0xAB)
     t = qe4.quantize(x, 4, "kmeans")
     books = np.zeros((1, 16), F32)
@@ -288,13 +289,14 @@ def test_reference_refuses_an_unknown_range_method():
 # ----------------------------------------------------------------------------- codes
 
 def test_method_and_layout_codes_match_the_python_side():
-    """The compiled modules' codes are the Python side's: row-wise methods in their order,
-    layouts in qe4.table.LAYOUTS order, the per-row codebook methods in qe4.codebook order."""
-    assert _rowwise.METHOD_CODES == {m: i for i, m in enumerate(V.UNIFORM_METHODS)}
+    """The compiled modules share one code space, the Python side's: methods numbered in
+    qe4.methods() order (row-wise first, then the codebook family), layouts in
+    qe4.table.LAYOUTS order; each module exports the codes of the methods it computes."""
+    assert {**_rowwise.METHOD_CODES, **_codebook.METHOD_CODES} == {
+        m: i for i, m in enumerate(qe4.methods())}
+    assert list(_rowwise.METHOD_CODES) == list(V.UNIFORM_METHODS)
+    assert list(_codebook.METHOD_CODES) == list(C.METHODS)
     assert _rowwise.LAYOUT_CODES == {name: i for i, name in enumerate(LAYOUTS)}
-    per_row = [m for m in C.METHODS if m != "two-tier"]     # two-tier is its layout's kernel
-    assert _codebook.METHOD_CODES == {m: i for i, m in enumerate(per_row)}
-    assert _codebook.LAYOUT_CODES == {k: _rowwise.LAYOUT_CODES[k] for k in ("codebook", "two-tier")}
     assert _lookup.LAYOUTS == _rowwise.LAYOUT_CODES
 
 
