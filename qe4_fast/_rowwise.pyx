@@ -203,19 +203,8 @@ def row_minmax(const float[:, ::1] x,         # IN  [n_rows, n_cols]
     check(qe4_rowwise_plan_init(&j.plan, QE4_MINMAX, simd), "qe4_fast._rowwise.row_minmax",
           METHOD_CODES, QE4_MINMAX, bits, -1, simd)
     with nogil:
-        par_run(j.n_chunks, n_threads, _minmax_chunk, &j)
+        par_run(j.n_chunks, n_threads, _quantize_chunk, &j)
     return j.n_bad
-
-
-cdef void _minmax_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
-    cdef rows_job *j = <rows_job *>ctx
-    cdef int64_t b, n_bad = 0
-    cdef int r0, n
-    for b in range(qe4_chunk_start(j.n_blocks, j.n_chunks, c),
-                   qe4_chunk_start(j.n_blocks, j.n_chunks, c + 1)):
-        _block(j, b, &r0, &n)
-        n_bad += qe4_rowwise_block(&j.plan, r0, n, NULL)
-    qe4_count_add(&j.n_bad, n_bad)
 
 
 # float16 conversions of _common.h, for tests against numpy (every kernel uses these)
