@@ -10,6 +10,11 @@ numerics are documented once, in the reference docstrings.
 There is no fallback: without its compiled modules ``import qe4_fast`` raises an
 ImportError that says how to build them.
 
+SIMD: every kernel runs at one level, :func:`simd_level` (``"portable"``, ``"avx2"`` or
+``"avx512"``): the widest this CPU runs, or the one the environment variable ``QE4_SIMD``
+names when qe4_fast is imported (a bad value or a level the CPU lacks is a ValueError at
+import).  The bytes are the same at every level.
+
 Threads: kernels release the GIL and parallelize only across independent rows or
 bags, on qe4_fast's own thread pool (qe4_fast/_pool_impl.h: the calling thread works
 too and never waits for a helper that has not started).  ``n_threads=None`` uses the
@@ -26,6 +31,9 @@ from qe4.api import methods
 from ._threads import (BUILD_HINT, GRAIN_SEARCH, GRAIN_STREAM,  # ImportError if not built
                        effective_n_threads, openmp_enabled, shares_cores)
 
+from . import _simd   # the SIMD level (QE4_SIMD); a bad value is a ValueError here
+from ._simd import simd_level
+
 try:
     from . import _rowwise  # noqa: F401
     from .bag import dequantize, embedding, embedding_bag, embedding_bags, from_tbe, to_tbe
@@ -36,7 +44,7 @@ except ImportError as exc:   # one compiled module missing (a partial build): no
 __all__ = [
     "QuantizedTable", "quantize", "dequantize", "embedding", "embedding_bag", "embedding_bags",
     "row_ranges", "range_loss",
-    "to_tbe", "from_tbe", "methods", "openmp_enabled",
+    "to_tbe", "from_tbe", "methods", "openmp_enabled", "simd_level",
 ]
 
 

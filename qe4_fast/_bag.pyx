@@ -1,16 +1,18 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Lookup-side kernels of qe4_fast: embedding bags, dequantization, TBE row conversion.
 
-Every function takes validated, C-contiguous buffers and a resolved ``n_threads``
-(qe4_fast.bag does both), writes into a preallocated output and never raises.  Work
-is split into chunks of independent bags or rows run by qe4_fast's pool (_pool.h);
-each bag/row is computed in a fixed order (_bag_kernels.h), so the bytes do not
-depend on the thread count.
+Every function takes validated, C-contiguous buffers, a resolved ``n_threads`` and the
+SIMD level code (qe4_fast.bag passes all three) and writes into a preallocated output; the
+only errors are a bit width without a kernel or a SIMD level this CPU does not run, raised
+as ValueError before any row is read (qe4_bag_check).  Work is split into chunks of
+independent bags or rows run by qe4_fast's pool (_pool.h); each bag/row is computed in a
+fixed order (_bag_kernels.h), so the bytes do not depend on the thread count.
 """
 
 from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memcpy, memset
 
+from qe4_fast._common cimport check
 from qe4_fast._pool cimport par_run, qe4_chunk_start, qe4_n_chunks
 
 cdef extern from "_bag_kernels.h" nogil:
@@ -22,15 +24,10 @@ cdef extern from "_bag_kernels.h" nogil:
         int64_t dim
         int bits
         int f16
-    int qe4_simd_level()
+    int qe4_bag_check(int bits, int simd) noexcept
     void qe4_bag(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const float *w,
                  int64_t start, int64_t end, int mean, int simd, float *out) noexcept
     void qe4_dequantize_row(const qe4_rows *t, int64_t r, int simd, float *out) noexcept
-
-
-def simd_level():
-    """Widest row kernels the CPU runs: 2 AVX-512 (4-bit blocks) + AVX2, 1 AVX2+FMA, 0 portable C."""
-    return qe4_simd_level()
 
 
 cdef qe4_rows _rows(const uint8_t[:, ::1] data, int bits, Py_ssize_t dim, bint f16):
@@ -54,6 +51,8 @@ def embedding_bag_rowwise(const uint8_t[:, ::1] data,    # IN  packed rows [n_ro
                           float[:, ::1] out,              # OUT [n_bags, dim]
                           int n_threads, int simd):
     """Pooled rows of each bag into ``out`` (see qe4.embedding_bag for the arithmetic)."""
+    check(qe4_bag_check(bits, simd), "qe4_fast._bag.embedding_bag_rowwise", None, -1, bits, -1,
+          simd)
     cdef qe4_rows t = _rows(data, bits, dim, f16)
     cdef Py_ssize_t n_bags = out.shape[0]
     cdef const int64_t *ip = &idx[0] if idx.shape[0] > 0 else NULL
@@ -130,6 +129,8 @@ def dequantize_rowwise(const uint8_t[:, ::1] data,       # IN  packed rows [n_ro
                        float[:, ::1] out,                 # OUT [n_rows, dim]
                        int n_threads, int simd):
     """``out[r] = fma(scale[r], q[r], bias[r])`` for every row."""
+    check(qe4_bag_check(bits, simd), "qe4_fast._bag.dequantize_rowwise", None, -1, bits, -1,
+          simd)
     cdef rows_job job
     job.t = _rows(data, bits, dim, f16)
     job.n_rows = out.shape[0]

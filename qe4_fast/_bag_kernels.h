@@ -19,24 +19,16 @@
  * call), and the AVX2+FMA kernel may use vfmadd for them.  Weighted bags (s = fl(w*scale) has
  * up to 24 significant bits) and float32 scales need a true fma: fmaf() in the portable
  * kernel (libm, correctly rounded), vfmadd*ps / vfmadd*ss in the AVX2+FMA kernel, which is
- * chosen at run time when the CPU has AVX2, FMA and F16C, with an AVX-512F block for 4-bit
- * rows when it has that too (qe4_simd_level).
+ * used at the SIMD levels avx2 and avx512, with an AVX-512F block for 4-bit rows at avx512
+ * (the level is chosen once per process, see _common.h; qe4_bag_check refuses a level the
+ * CPU does not run and a bit width without a kernel before any bag is computed).
  *
  * Compiled with -ffp-contract=off (setup.py): the compiler never fuses on its own.
  */
 #ifndef QE4_BAG_KERNELS_H
 #define QE4_BAG_KERNELS_H
 
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(QE4_NO_SIMD)
-#define QE4_X86 1
-#include <immintrin.h>
-#else
-#define QE4_X86 0
-#endif
+#include "_common.h"
 
 typedef struct {
     const uint8_t *data;   /* [n_rows, row_bytes], C-contiguous */
@@ -48,59 +40,41 @@ typedef struct {
     int f16;               /* 1: float16 scale/bias, 0: float32 */
 } qe4_rows;
 
-/* ------------------------------------------------------------------ scalar helpers */
-
-/* float16 bits -> float32, exact (as numpy's astype): the 15 low bits moved into a float32's
- * exponent/mantissa give the value times 2^-112 (also for subnormals), undone by an exact
- * power-of-two multiply; inf/NaN keep their payload. */
-static inline float qe4_half_to_float(uint32_t h)
+/* QE4_OK when the kernels run at SIMD level simd on this CPU and implement `bits`. */
+static int qe4_bag_check(int bits, int simd)
 {
-    uint32_t sign = (h & 0x8000u) << 16, em = h & 0x7fffu, u;
-    float f;
-    if (em >= 0x7c00u) {
-        u = sign | 0x7f800000u | ((em & 0x3ffu) << 13);
-    } else {
-        u = em << 13;
-        memcpy(&f, &u, 4);
-        f *= 0x1p112f;
-        memcpy(&u, &f, 4);
-        u |= sign;
+    int err = qe4_check_simd(simd);
+    if (err != QE4_OK)
+        return err;
+    switch (bits) {
+    case 2:
+    case 4:
+    case 8:
+        return QE4_OK;
+    default:
+        return QE4_ERR_BITS;
     }
-    memcpy(&f, &u, 4);
-    return f;
 }
 
-/* Little-endian load of the row's scale (k = 0) or bias (k = 1), widened to float32. */
+/* ------------------------------------------------------------------ scalar helpers */
+
+/* The row's scale (k = 0) or bias (k = 1), widened to float32. */
 static inline float qe4_qparam(const qe4_rows *t, const uint8_t *row, int k)
 {
     const uint8_t *p = row + t->code_bytes + (t->f16 ? 2 : 4) * k;
-    if (t->f16)
-        return qe4_half_to_float((uint32_t)p[0] | ((uint32_t)p[1] << 8));
-    uint32_t u = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    return t->f16 ? qe4_load_f16(p) : qe4_load_f32(p);
 }
 
-/* Code j of a packed row: byte j / epb, bit offset (j % epb) * bits. */
-static inline float qe4_code(const uint8_t *c, int bits, int64_t j)
+/* Code j of a packed row, as a float. */
+static inline float qe4_code_value(const uint8_t *c, int bits, int64_t j)
 {
-    int epb = 8 / bits;
-    return (float)((c[j / epb] >> ((j % epb) * bits)) & ((1u << bits) - 1u));
+    return (float)qe4_unpack_code(c, bits, j);
 }
 
-/* Rows that are at most PF positions ahead are prefetched (random rows miss the cache). */
-#ifndef QE4_PREFETCH
-#define QE4_PREFETCH 32
-#endif
-
-static inline void qe4_prefetch_row(const qe4_rows *t, int64_t r)
+/* Prefetch row r (random rows miss the cache). */
+static inline void qe4_prefetch_table_row(const qe4_rows *t, int64_t r)
 {
-    const uint8_t *row = t->data + r * t->row_bytes;
-    /* both ends of the row, without a branch on whether it straddles two cache lines (that
-     * branch is unpredictable for random rows; a second prefetch of the same line is cheap) */
-    __builtin_prefetch(row, 0, 3);
-    __builtin_prefetch(row + t->row_bytes - 1, 0, 3);
+    qe4_prefetch_row(t->data + r * t->row_bytes, t->row_bytes);
 }
 
 /* Weighted positions scale both terms: s = w*scale, t = w*bias (float32). */
@@ -126,15 +100,18 @@ qe4_row_generic_t(const uint8_t *c, int bits, int64_t dim, float s, float t, flo
                   const int fused, const int init)
 {
     int64_t j;
-    switch (bits) {
+    switch (bits) { /* 2, 4 or 8: qe4_bag_check refused any other width */
+    case 8:
+        for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, (float)c[j], t, fused, init);
+        break;
     case 4:
-        for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, qe4_code(c, 4, j), t, fused, init);
+        for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, qe4_code_value(c, 4, j), t, fused, init);
         break;
     case 2:
-        for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, qe4_code(c, 2, j), t, fused, init);
+        for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, qe4_code_value(c, 2, j), t, fused, init);
         break;
     default:
-        for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, (float)c[j], t, fused, init);
+        break;
     }
 }
 
@@ -170,7 +147,7 @@ static void qe4_bag_generic(const qe4_rows *t, const int64_t *idx, int64_t n_idx
     int64_t p, j;
     for (j = 0; j < t->dim; j++) out[j] = 0.0f;
     for (p = start; p < end; p++) {
-        if (p + QE4_PREFETCH < n_idx) qe4_prefetch_row(t, idx[p + QE4_PREFETCH]);
+        if (p + QE4_PREFETCH < n_idx) qe4_prefetch_table_row(t, idx[p + QE4_PREFETCH]);
         const uint8_t *row = qe4_row_at(t, idx[p]);
         float s = qe4_qparam(t, row, 0), b = qe4_qparam(t, row, 1);
         qe4_weigh(w, p, &s, &b);
@@ -180,9 +157,7 @@ static void qe4_bag_generic(const qe4_rows *t, const int64_t *idx, int64_t n_idx
 
 /* ------------------------------------------------------------------ AVX2 + FMA + F16C */
 #if QE4_X86
-#include <cpuid.h>
-#define QE4_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define QE4_INLINE static inline __attribute__((always_inline))
+#define QE4_AVX2 QE4_TARGET_AVX2
 
 /* Every step is fma(s, q, acc + t) with a real FMA instruction (exact for all tables). */
 
@@ -206,7 +181,7 @@ QE4_INLINE QE4_AVX2 const uint8_t *qe4_position_avx2(const qe4_rows *t, const in
                                                      int64_t n_idx, const float *w, int64_t p,
                                                      int prefetch, float *s, float *b)
 {
-    if (prefetch && p + QE4_PREFETCH < n_idx) qe4_prefetch_row(t, idx[p + QE4_PREFETCH]);
+    if (prefetch && p + QE4_PREFETCH < n_idx) qe4_prefetch_table_row(t, idx[p + QE4_PREFETCH]);
     const uint8_t *row = qe4_row_at(t, idx[p]);
     qe4_qparams_avx2(t, row, s, b);
     qe4_weigh(w, p, s, b);
@@ -217,16 +192,21 @@ QE4_INLINE QE4_AVX2 const uint8_t *qe4_position_avx2(const qe4_rows *t, const in
 QE4_INLINE QE4_AVX2 __m256 qe4_codes8_avx2(const uint8_t *c, int bits, int64_t j)
 {
     uint32_t u = 0;
-    if (bits == 8)
+    __m256i v;
+    switch (bits) { /* 2, 4 or 8 (qe4_bag_check) */
+    case 8:
         return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(c + j))));
-    if (bits == 4) {
+    case 4:
         memcpy(&u, c + j / 2, 4);
-        __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)u), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+        v = _mm256_srlv_epi32(_mm256_set1_epi32((int)u), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
         return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15)));
+    case 2:
+        memcpy(&u, c + j / 4, 2);
+        v = _mm256_srlv_epi32(_mm256_set1_epi32((int)u), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+        return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(3)));
+    default:
+        return _mm256_setzero_ps();
     }
-    memcpy(&u, c + j / 4, 2);
-    __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)u), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
-    return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(3)));
 }
 
 /* 16 4-bit codes (8 bytes at c) in element order, as bytes. */
@@ -259,7 +239,7 @@ QE4_INLINE QE4_AVX2 void qe4_row_avx2_t(const uint8_t *c, int bits, int64_t dim,
         __m256 a = init ? vt : _mm256_add_ps(_mm256_loadu_ps(acc + j), vt);
         _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(vs, qe4_codes8_avx2(c, bits, j), a));
     }
-    for (; j < dim; j++) QE4_STEP(acc[j], s, qe4_code(c, bits, j), t, 1, init);
+    for (; j < dim; j++) QE4_STEP(acc[j], s, qe4_code_value(c, bits, j), t, 1, init);
 }
 
 QE4_AVX2 static void qe4_row_avx2(const uint8_t *c, int bits, int64_t dim, float s, float t,
@@ -310,7 +290,7 @@ QE4_INLINE QE4_AVX2 void qe4_block64_avx2_t(const qe4_rows *t, const int64_t *id
  * lane into the exact float of the low nibble (it ignores the higher bits) and, after a shift,
  * of the high nibble.  So a0/a2 hold the even columns, a1/a3 the odd ones, interleaved back
  * at the store. */
-#define QE4_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+#define QE4_AVX512 QE4_TARGET_AVX512
 
 QE4_INLINE QE4_AVX512 void qe4_block64_avx512_t(const qe4_rows *t, const int64_t *idx, int64_t n_idx,
                                                 const float *w, int64_t start, int64_t end,
@@ -354,14 +334,15 @@ QE4_AVX2 static void qe4_bag_avx2(const qe4_rows *t, const int64_t *idx, int64_t
 {
     int64_t p, j, j0 = 0;
     for (; j0 + 64 <= t->dim; j0 += 64) {
-        if (level >= 2 && t->bits == 4) {
+        if (level >= QE4_SIMD_AVX512 && t->bits == 4) {
             qe4_block64_avx512(t, idx, n_idx, w, start, end, j0, out);
             continue;
         }
-        switch (t->bits) {
+        switch (t->bits) { /* 2, 4 or 8 (qe4_bag_check) */
+        case 8: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 8); break;
         case 4: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 4); break;
         case 2: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 2); break;
-        default: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 8);
+        default: break;
         }
     }
     if (j0 == t->dim) return;
@@ -381,16 +362,6 @@ QE4_AVX2 static void qe4_dequantize_row_avx2(const qe4_rows *t, int64_t r, float
     qe4_qparams_avx2(t, row, &s, &b);
     qe4_row_avx2(row, t->bits, t->dim, s, b, out, 1);
 }
-
-/* 2: AVX-512F + AVX2 + FMA + F16C, 1: AVX2 + FMA + F16C, 0: portable C only. */
-static int qe4_simd_level(void)
-{
-    unsigned a, b, c, d;
-    __builtin_cpu_init();
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_F16C)) return 0;
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 0;
-    return __builtin_cpu_supports("avx512f") ? 2 : 1;
-}
 #else
 static void qe4_bag_avx2(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const float *w,
                          int64_t start, int64_t end, float *out, int level)
@@ -404,20 +375,18 @@ static void qe4_dequantize_row_avx2(const qe4_rows *t, int64_t r, float *out)
     const uint8_t *row = t->data + r * t->row_bytes;
     qe4_row_generic(row, t->bits, t->dim, qe4_qparam(t, row, 0), qe4_qparam(t, row, 1), out, !t->f16, 1);
 }
-
-static int qe4_simd_level(void) { return 0; }
 #endif
 
 /* ------------------------------------------------------------------ public kernels */
 
 /* out[0:dim] = pooled rows idx[start:end] (weights w[start:end] or NULL; mean divides by
  * the length).  n_idx bounds the prefetch look-ahead.  Indices are valid (checked before).
- * simd: 0 portable, 1 AVX2, 2 AVX2 + AVX-512 (at most qe4_simd_level()). */
+ * simd: a QE4_SIMD_* level and t->bits a width accepted by qe4_bag_check. */
 static void qe4_bag(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const float *w,
                     int64_t start, int64_t end, int mean, int simd, float *out)
 {
     int64_t j;
-    if (simd) qe4_bag_avx2(t, idx, n_idx, w, start, end, out, simd);
+    if (simd >= QE4_SIMD_AVX2) qe4_bag_avx2(t, idx, n_idx, w, start, end, out, simd);
     else qe4_bag_generic(t, idx, n_idx, w, start, end, out);
     if (mean && end > start) {
         float inv = 1.0f / (float)(end - start);
@@ -429,7 +398,7 @@ static void qe4_bag(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const 
 static void qe4_dequantize_row(const qe4_rows *t, int64_t r, int simd, float *out)
 {
     const uint8_t *row = t->data + r * t->row_bytes;
-    if (simd) qe4_dequantize_row_avx2(t, r, out);
+    if (simd >= QE4_SIMD_AVX2) qe4_dequantize_row_avx2(t, r, out);
     else qe4_row_generic(row, t->bits, t->dim, qe4_qparam(t, row, 0), qe4_qparam(t, row, 1), out, !t->f16, 1);
 }
 

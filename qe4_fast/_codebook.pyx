@@ -1,19 +1,23 @@
 # cython: language_level=3
 """Codebook kernels (see _codebook_kernels.h; numerics in qe4/codebook.py).
 
-Inputs are validated, C-contiguous, native buffers; kernels never raise except
-MemoryError when scratch space cannot be allocated.  Work is split across
-independent rows, groups or bags only (chunks run by qe4_fast's pool, _pool.h;
-per-thread scratch is indexed by the pool's worker id), so the bytes do not depend
-on n_threads.
+Inputs are validated, C-contiguous, native buffers; kernels raise only MemoryError when
+scratch space cannot be allocated, and ValueError for a method, layout, bit width or SIMD
+level code they do not implement (cb_check, before any row is touched).  Work is split
+across independent rows, groups or bags only (chunks run by qe4_fast's pool, _pool.h;
+per-thread scratch is indexed by the pool's worker id), so the bytes do not depend on
+n_threads.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free, malloc
 
+from qe4_fast._common cimport (QE4_KMEANS, QE4_KMEANS_OPTIMAL, QE4_LAYOUT_CODEBOOK,
+                               QE4_LAYOUT_TWO_TIER, QE4_SIMD_PORTABLE, QE4_TWO_TIER, check)
 from qe4_fast._pool cimport par_run, qe4_chunk_start, qe4_count_add, qe4_n_chunks
 
 cdef extern from "_codebook_kernels.h" nogil:
+    int cb_check(int method, int layout, int bits, int simd)
     ctypedef struct cb_work:
         double *xs
         double *s
@@ -41,14 +45,25 @@ cdef extern from "_codebook_kernels.h" nogil:
                 int bits, int layout, int f16, int id_bytes, const float *books, int64_t n_groups,
                const int64_t *idx, int64_t n_idx, int64_t p0, int64_t p1, const float *weights,
                int mean, float *acc, float *vals, int simd)
-    int cb_simd_level()
+
+# the codes the kernels dispatch on (the registry's codes; tests/test_fast_simd.py checks)
+# (two-tier: fit_groups + encode_two_tier; encode_rows takes the per-row methods' codes)
+METHOD_CODES = {"kmeans": QE4_KMEANS, "kmeans-optimal": QE4_KMEANS_OPTIMAL,
+                "two-tier": QE4_TWO_TIER}
+LAYOUT_CODES = {"codebook": QE4_LAYOUT_CODEBOOK, "two-tier": QE4_LAYOUT_TWO_TIER}
+
+
+cdef int _check(int method, int layout, int bits, int simd, str kernel) except -1:
+    return check(cb_check(method, layout, bits, simd), "qe4_fast._codebook." + kernel,
+                 METHOD_CODES, method, bits, layout, simd)
 
 
 def encode_rows(const float[:, ::1] x,      # IN  [n_rows, dim]
                 int bits, int method, int64_t max_iter, int f16,
                 uint8_t[:, ::1] out,         # OUT [n_rows, row_bytes]
                 int n_threads):
-    """Fit, store and encode every row of a "codebook" table (method 0 kmeans, 1 optimal)."""
+    """Fit, store and encode every row of a "codebook" table (``method``: a METHOD_CODES value)."""
+    _check(method, -1, bits, QE4_SIMD_PORTABLE, "encode_rows")
     cdef int64_t dim = x.shape[1], K = 1 << bits, m
     cdef int failed = 0, t
     cdef cb_job j
@@ -220,6 +235,7 @@ def encode_two_tier(const float[:, ::1] x,        # IN  [n_rows, dim]
                     int bits, int id_bytes,
                     uint8_t[:, ::1] out,           # OUT [n_rows, code_bytes + id_bytes]
                     int n_threads):
+    _check(-1, QE4_LAYOUT_TWO_TIER, bits, QE4_SIMD_PORTABLE, "encode_two_tier")
     cdef cb_job j
     _job(&j, x, bits, 0, out, n_threads)
     j.gid = &gid[0] if gid.shape[0] > 0 else NULL
@@ -246,6 +262,8 @@ def dequantize(const uint8_t[:, ::1] data,    # IN  [n_rows, row_bytes]
                const float[:, ::1] books,     # IN  [n_groups, K] (two-tier) or [1, K] unused
                float[:, ::1] out,             # OUT [n_rows, dim]
                int n_threads):
+    """Centroid values of every row (``layout``: a LAYOUT_CODES value)."""
+    _check(-1, layout, bits, QE4_SIMD_PORTABLE, "dequantize")
     cdef cb_job j
     cdef float *tmp = <float *>malloc(16 * n_threads * sizeof(float))
     if tmp == NULL:
@@ -294,20 +312,20 @@ def embedding_bag(const uint8_t[:, ::1] data, int64_t dim, int bits, int layout,
                   weights,                    # IN  float32 [n_indices] or None
                   int mean,
                   float[:, ::1] out,          # OUT [n_bags, dim]
-                  int n_threads, simd=True):
-    """Bags over codebook rows, all paths giving the same bytes.  simd: True = the best the
-    CPU has (4-bit rows: AVX-512F, else AVX2), False or 0 = the portable loop, 1 = at most
-    AVX2, 2 = at most AVX-512F.
+                  int n_threads, int simd):
+    """Bags over codebook rows (``layout``: a LAYOUT_CODES value) with the kernels of SIMD
+    level code ``simd`` (4-bit rows: AVX-512F at avx512, AVX2 at avx2; the portable loop
+    otherwise), every level giving the same bytes.
 
     Returns the number of bags that met a two-tier group id >= books.shape[0] (their
     output is unfinished: the caller raises)."""
+    _check(-1, layout, bits, simd, "embedding_bag")
     cdef int64_t n_bags = out.shape[0]
     cdef cb_job j
     cdef const float[::1] wv
     cdef const float *wp = NULL
     cdef float *vals = <float *>malloc((dim + 1) * n_threads * sizeof(float))
     cdef const int64_t *ip = &idx[0] if idx.shape[0] else NULL
-    cdef int use_simd = cb_simd_level() if simd is True else max(0, min(int(simd), cb_simd_level()))
     if weights is not None:
         wv = weights
         if wv.shape[0]:
@@ -324,7 +342,7 @@ def embedding_bag(const uint8_t[:, ::1] data, int64_t dim, int bits, int layout,
     j.mean = mean
     j.fout = &out[0, 0] if n_bags > 0 else NULL
     j.tmp = vals
-    j.simd = use_simd
+    j.simd = simd
     with nogil:
         par_run(j.n_chunks, n_threads, _bag_chunk, &j)
     free(vals)
@@ -341,12 +359,3 @@ cdef void _bag_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
                         j.simd)
     qe4_count_add(&j.n_bad, n_bad)
 
-
-def simd_available():
-    """True when the CPU has AVX2 + FMA + F16C (the 4-bit bag kernel then uses them)."""
-    return cb_simd_level() >= 1
-
-
-def simd_level():
-    """0: portable bag loop only, 1: AVX2 + FMA + F16C, 2: also AVX-512F (4-bit bags)."""
-    return cb_simd_level()

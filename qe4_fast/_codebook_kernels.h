@@ -4,37 +4,47 @@
  * reference step bit for bit (float64 fitting arithmetic in the same order, no
  * contraction: the module is compiled with -ffp-contract=off).  Every function works on
  * ONE row, group or bag; callers run them on any number of threads.
- * Stored bytes are little-endian; this file refuses big-endian hosts.
+ * Stored bytes are little-endian (_common.h refuses big-endian hosts).  Method, layout, bit
+ * width and SIMD level codes are checked once per call by cb_check (a switch whose default is
+ * an error, raised by the Cython wrapper), so the per-row code never meets a bad one.
  */
 #ifndef QE4_CODEBOOK_KERNELS_H
 #define QE4_CODEBOOK_KERNELS_H
 
-#include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "qe4_fast._codebook assumes a little-endian host"
-#endif
+#include "_common.h"
 
-/* ------------------------------------------------------------------ float16 */
-
-/* float16 bits -> float32 (exact) and float32 -> float16 (nearest-even): GCC's _Float16
- * conversions (F16C instructions in the AVX2 bag kernel give the same values). */
-static inline float cb_half_to_float(uint16_t b)
+/* QE4_OK when the kernels implement method (-1: not used by the caller), layout (-1: not
+ * used) and bits, and this CPU runs SIMD level simd; else the QE4_ERR_* code. */
+static int cb_check(int method, int layout, int bits, int simd)
 {
-    _Float16 h;
-    memcpy(&h, &b, 2);
-    return (float)h;
-}
-
-static inline uint16_t cb_float_to_half(float f)
-{
-    _Float16 h = (_Float16)f;
-    uint16_t b;
-    memcpy(&b, &h, 2);
-    return b;
+    int err = qe4_check_simd(simd);
+    if (err != QE4_OK)
+        return err;
+    switch (method) {
+    case -1:
+    case QE4_KMEANS:
+    case QE4_KMEANS_OPTIMAL:
+        break;
+    default:
+        return QE4_ERR_METHOD;
+    }
+    switch (layout) {
+    case -1:
+    case QE4_LAYOUT_CODEBOOK:
+    case QE4_LAYOUT_TWO_TIER:
+        break;
+    default:
+        return QE4_ERR_LAYOUT;
+    }
+    switch (bits) {
+    case 2:
+    case 4:
+        return QE4_OK;
+    default:
+        return QE4_ERR_BITS;
+    }
 }
 
 /* qe4.codebook.store_centroids for one value: float64 -> float32 -> storage, + 0.0 */
@@ -42,7 +52,7 @@ static inline float cb_store(double c, int f16)
 {
     float f = (float)c;
     if (f16)
-        f = cb_half_to_float(cb_float_to_half(f));
+        f = qe4_half_to_float(qe4_float_to_half(f));
     return f + 0.0f;
 }
 
@@ -402,17 +412,24 @@ static void cb_assign_pack(const float *x, int64_t dim, const float *cents, int 
     }
 }
 
-/* Fit, store and encode one row of a "codebook" table.
- * method 0 = kmeans (Lloyd), 1 = kmeans-optimal.  Row = [codes][K centroids]. */
+/* Fit, store and encode one row of a "codebook" table.  Row = [codes][K centroids].
+ * method QE4_KMEANS (Lloyd) or QE4_KMEANS_OPTIMAL (checked by cb_check: any other code leaves
+ * the centroids unset, never runs another method). */
 static void cb_encode_row(cb_work *wk, const float *x, int method, int64_t max_iter, int bits,
                           int f16, const double *inv, uint8_t *row)
 {
     int64_t n = wk->n, K = wk->K;
     cb_sort_row(x, n, wk->xs);
-    if (method == 0)
+    switch (method) {
+    case QE4_KMEANS:
         cb_row_lloyd(wk, max_iter);
-    else
+        break;
+    case QE4_KMEANS_OPTIMAL:
         cb_row_optimal(wk, inv);
+        break;
+    default:
+        return;
+    }
     for (int64_t i = 0; i < K; i++)
         wk->cents[i] = cb_store(wk->c64[i], f16);
     cb_sort_floats(wk->cents, (int)K);
@@ -421,7 +438,7 @@ static void cb_encode_row(cb_work *wk, const float *x, int method, int64_t max_i
     uint8_t *dst = row + nb;
     for (int64_t i = 0; i < K; i++) {
         if (f16) {
-            uint16_t h = cb_float_to_half(wk->cents[i]);
+            uint16_t h = qe4_float_to_half(wk->cents[i]);
             memcpy(dst + 2 * i, &h, 2);
         } else {
             memcpy(dst + 4 * i, &wk->cents[i], 4);
@@ -429,32 +446,33 @@ static void cb_encode_row(cb_work *wk, const float *x, int method, int64_t max_i
     }
 }
 
-/* The K float32 centroids of row r (layout 0 = codebook: in the row; 1 = two-tier:
- * books[gid] with the id after the codes, id_bytes 1 or 2). */
+/* The K float32 centroids of row r (layout QE4_LAYOUT_CODEBOOK: in the row;
+ * QE4_LAYOUT_TWO_TIER: books[gid] with the id after the codes, id_bytes 1 or 2). */
 static inline const float *cb_row_cents(const uint8_t *row, int64_t code_bytes, int layout,
                                         int f16, int K, int id_bytes, const float *books,
                                         float *tmp)
 {
     const uint8_t *p = row + code_bytes;
-    if (layout == 1) {
+    if (layout == QE4_LAYOUT_TWO_TIER) {
         int64_t g = id_bytes == 1 ? p[0] : (int64_t)p[0] | ((int64_t)p[1] << 8);
         return books + g * K;
     }
     if (f16) {
         for (int i = 0; i < K; i++)
-            tmp[i] = cb_half_to_float((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
+            tmp[i] = qe4_load_f16(p + 2 * i);
     } else {
         memcpy(tmp, p, (size_t)K * 4);
     }
     return tmp;
 }
 
-/* values of one row: out[j] = cents[code_j] */
+/* values of one row: out[j] = cents[code_j] (bits 2 or 4, see cb_check) */
 static inline void cb_row_values(const uint8_t *row, int64_t dim, int bits, const float *cents,
                                  float *out)
 {
-    if (bits == 4) {
-        int64_t j = 0;
+    int64_t j = 0;
+    switch (bits) {
+    case 4:
         for (; j + 1 < dim; j += 2) {
             uint8_t b = row[j >> 1];
             out[j] = cents[b & 15];
@@ -462,22 +480,22 @@ static inline void cb_row_values(const uint8_t *row, int64_t dim, int bits, cons
         }
         if (j < dim)
             out[j] = cents[row[j >> 1] & 15];
-    } else {
-        for (int64_t j = 0; j < dim; j++)
+        break;
+    case 2:
+        for (; j < dim; j++)
             out[j] = cents[(row[j >> 2] >> ((j & 3) * 2)) & 3];
+        break;
+    default:
+        break;
     }
 }
 
-#define CB_PREFETCH 32
+#if QE4_X86
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
-#define CB_X86 1
-
-/* AVX2 + FMA + F16C path of cb_bag for 4-bit rows (chosen at run time, cb_simd_level() >= 1).
+/* AVX2 + FMA + F16C path of cb_bag for 4-bit rows (SIMD level avx2 and above).
  * Each lane does the scalar path's operation on its element (an exact table lookup, then
  * one IEEE add or fma), so the bytes are those of the scalar loop. */
-__attribute__((target("avx2,fma,f16c")))
+QE4_TARGET_AVX2
 static int cb_bag4_avx2(const uint8_t *data, int64_t row_bytes, int64_t code_bytes,
                         int64_t dim, int layout, int f16, int id_bytes, const float *books,
                         int64_t n_groups, const int64_t *idx, int64_t n_idx, int64_t p0,
@@ -487,16 +505,13 @@ static int cb_bag4_avx2(const uint8_t *data, int64_t row_bytes, int64_t code_byt
     const __m256i fifteen = _mm256_set1_epi32(15), seven = _mm256_set1_epi32(7);
     int64_t d8 = dim & ~(int64_t)7;
     for (int64_t p = p0; p < p1; p++) {
-        if (p + CB_PREFETCH < n_idx) {   /* also across bags */
-            const uint8_t *ahead = data + idx[p + CB_PREFETCH] * row_bytes;
-            __builtin_prefetch(ahead);
-            __builtin_prefetch(ahead + row_bytes - 1);
-        }
+        if (p + QE4_PREFETCH < n_idx)   /* also across bags */
+            qe4_prefetch_row(data + idx[p + QE4_PREFETCH] * row_bytes, row_bytes);
         const uint8_t *row = data + idx[p] * row_bytes;
         const uint8_t *cp = row + code_bytes;
         __m256 lo, hi;
         float c[16];
-        if (layout == 1) {
+        if (layout == QE4_LAYOUT_TWO_TIER) {
             int64_t g = id_bytes == 1 ? cp[0] : (int64_t)cp[0] | ((int64_t)cp[1] << 8);
             if (g >= n_groups)
                 return 1;
@@ -533,21 +548,21 @@ static int cb_bag4_avx2(const uint8_t *data, int64_t row_bytes, int64_t code_byt
     return 0;
 }
 
-/* AVX-512F path of cb_bag for 4-bit rows with dim >= 32 (cb_simd_level() == 2).  The row's 16
+/* AVX-512F path of cb_bag for 4-bit rows with dim >= 32 (SIMD level avx512).  The row's 16
  * centroids ARE the vpermps table: each code byte is widened to a dword lane once, vpermps
  * reads the low 4 bits of a lane (the low nibble = an even column) and, after a shift, the
  * high nibble (the next, odd column).  Columns go in blocks of 64 (then one of 32) held in
  * registers across the bag's rows; even and odd columns sit in separate accumulators,
  * interleaved back at the store.  Per element this is the scalar path's operation (exact
  * table lookup, then fma(w, c, acc) or acc + c, rows in order), so the bytes are the same. */
-#define CB_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+#define CB_AVX512 QE4_TARGET_AVX512
 
 /* The row's 16 centroids as one vector (layouts as in cb_row_cents); 1 for a bad group id. */
 CB_AVX512 static inline int cb_cents16_avx512(const uint8_t *cp, int layout, int f16,
                                               int id_bytes, const float *books,
                                               int64_t n_groups, __m512 *c)
 {
-    if (layout == 1) {
+    if (layout == QE4_LAYOUT_TWO_TIER) {
         int64_t g = id_bytes == 1 ? cp[0] : (int64_t)cp[0] | ((int64_t)cp[1] << 8);
         if (g >= n_groups)
             return 1;
@@ -571,11 +586,8 @@ CB_AVX512 static inline int cb_block_avx512_t(const uint8_t *data, int64_t row_b
 {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t p = p0; p < p1; p++) {
-        if (prefetch && p + CB_PREFETCH < n_idx) {   /* also across bags */
-            const uint8_t *ahead = data + idx[p + CB_PREFETCH] * row_bytes;
-            __builtin_prefetch(ahead);
-            __builtin_prefetch(ahead + row_bytes - 1);
-        }
+        if (prefetch && p + QE4_PREFETCH < n_idx)   /* also across bags */
+            qe4_prefetch_row(data + idx[p + QE4_PREFETCH] * row_bytes, row_bytes);
         const uint8_t *row = data + idx[p] * row_bytes;
         __m512 c;
         if (cb_cents16_avx512(row + code_bytes, layout, f16, id_bytes, books, n_groups, &c))
@@ -633,24 +645,12 @@ CB_AVX512 static int64_t cb_bag4_avx512(const uint8_t *data, int64_t row_bytes,
     return bad ? -1 : j0;
 }
 
-/* 0: portable only, 1: AVX2 + FMA + F16C, 2: also AVX-512F */
-static int cb_simd_level(void)
-{
-    __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-          && __builtin_cpu_supports("f16c")))
-        return 0;
-    return __builtin_cpu_supports("avx512f") ? 2 : 1;
-}
-#else
-#define CB_X86 0
-static int cb_simd_level(void) { return 0; }
 #endif
 
 /* One bag: acc = fma(w, c[code], acc + 0) (unweighted: acc + c, the same bits since acc is
  * never -0.0), mean: acc * (1.0f / len).  vals: scratch [dim].  Returns 1 (and leaves acc
  * unfinished) when a two-tier row's group id is >= n_groups, else 0.
- * simd: 0 portable, 1 AVX2, 2 AVX-512 (at most cb_simd_level()). */
+ * simd: a QE4_SIMD_* level, checked by cb_check. */
 static int cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, int64_t dim,
                   int bits, int layout, int f16, int id_bytes, const float *books, int64_t n_groups,
                   const int64_t *idx, int64_t n_idx, int64_t p0, int64_t p1, const float *weights,
@@ -661,8 +661,8 @@ static int cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, in
     float tmp[16];
     for (int64_t j = 0; j < dim; j++)
         acc[j] = 0.0f;
-#if CB_X86
-    if (simd >= 2 && bits == 4 && dim >= 32) {
+#if QE4_X86
+    if (simd >= QE4_SIMD_AVX512 && bits == 4 && dim >= 32) {
         int64_t j0 = cb_bag4_avx512(data, row_bytes, code_bytes, dim, layout, f16, id_bytes,
                                     books, n_groups, idx, n_idx, p0, p1, weights, acc);
         if (j0 < 0)
@@ -677,7 +677,7 @@ static int cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, in
         }
         p0 = p1;
     }
-    if (simd && bits == 4) {
+    if (simd >= QE4_SIMD_AVX2 && bits == 4) {
         if (cb_bag4_avx2(data, row_bytes, code_bytes, dim, layout, f16, id_bytes, books,
                          n_groups, idx, n_idx, p0, p1, weights, acc))
             return 1;
@@ -685,13 +685,10 @@ static int cb_bag(const uint8_t *data, int64_t row_bytes, int64_t code_bytes, in
     }
 #endif
     for (int64_t p = p0; p < p1; p++) {
-        if (p + CB_PREFETCH < n_idx) {   /* also across bags */   /* rows are random: ask for a later row's lines early */
-            const uint8_t *ahead = data + idx[p + CB_PREFETCH] * row_bytes;
-            __builtin_prefetch(ahead);
-            __builtin_prefetch(ahead + row_bytes - 1);
-        }
+        if (p + QE4_PREFETCH < n_idx)   /* rows are random: ask for a later row's lines early */
+            qe4_prefetch_row(data + idx[p + QE4_PREFETCH] * row_bytes, row_bytes);
         const uint8_t *row = data + idx[p] * row_bytes;
-        if (layout == 1) {
+        if (layout == QE4_LAYOUT_TWO_TIER) {
             const uint8_t *cp = row + code_bytes;
             if ((id_bytes == 1 ? cp[0] : (int64_t)cp[0] | ((int64_t)cp[1] << 8)) >= n_groups)
                 return 1;

@@ -6,12 +6,16 @@ validated, C-contiguous buffers (qe4_fast.bag does both); outputs are preallocat
 views whose rows may be strided (a table's columns inside a wider batched result).
 Work is split into runs of consecutive bags or positions run by qe4_fast's pool
 (_pool.h); each bag/row is computed in a fixed order, so the bytes do not depend on
-the thread count.
+the thread count.  Layout, bit width, mode, output kind and SIMD level codes are checked
+once per call (qe4_lookup_check): a code without a kernel is a ValueError before any
+output is written.
 """
 
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 
+from qe4_fast._common cimport (QE4_LAYOUT_CODEBOOK, QE4_LAYOUT_ROWWISE, QE4_LAYOUT_TWO_TIER,
+                               check)
 from qe4_fast._pool cimport par_run, qe4_count_add
 
 cdef extern from "_lookup_kernels.h" nogil:
@@ -20,7 +24,16 @@ cdef extern from "_lookup_kernels.h" nogil:
     void qe4_table_init(qe4_table *T, const uint8_t *data, int64_t n_rows, int64_t row_bytes,
                         int64_t dim, int bits, int f16, int layout, int id_bytes,
                         const float *books, int64_t n_groups)
-    int qe4_simd_level()
+    enum:
+        QE4_OUT_F32
+        QE4_OUT_F16
+        QE4_OUT_BF16
+        QE4_MODE_SUM
+        QE4_MODE_MEAN
+        QE4_MODE_MAX
+        QE4_ERR_MODE
+        QE4_ERR_KIND
+    int qe4_lookup_check(int layout, int bits, int mode, int kind, int simd) noexcept
     void qe4_store(const float *src, int64_t n, int kind, void *dst, int simd) noexcept
     int64_t qe4_table_bags(const qe4_table *T, const int64_t *idx, int64_t n_idx, const float *w,
                            const int64_t *starts, int64_t m0, int64_t m1, int mode, int kind,
@@ -30,14 +43,22 @@ cdef extern from "_lookup_kernels.h" nogil:
                        float *scratch) noexcept
 
 # out_dtype name -> kernel code; layout name -> kernel code; mode name -> kernel code
-KINDS = {"float32": 0, "float16": 1, "bfloat16": 2}
-LAYOUTS = {"rowwise": 0, "codebook": 1, "two-tier": 2}
-MODES = {"sum": 0, "mean": 1, "max": 2}
+KINDS = {"float32": QE4_OUT_F32, "float16": QE4_OUT_F16, "bfloat16": QE4_OUT_BF16}
+LAYOUTS = {"rowwise": QE4_LAYOUT_ROWWISE, "codebook": QE4_LAYOUT_CODEBOOK,
+           "two-tier": QE4_LAYOUT_TWO_TIER}
+MODES = {"sum": QE4_MODE_SUM, "mean": QE4_MODE_MEAN, "max": QE4_MODE_MAX}
 
 
-def simd_level():
-    """Widest row kernels the CPU runs: 2 AVX-512 (4-bit blocks) + AVX2, 1 AVX2+FMA+F16C, 0 C."""
-    return qe4_simd_level()
+cdef int _check(str kernel, int layout, int bits, int mode, int kind, int simd) except -1:
+    """ValueError unless the kernels implement these codes and the CPU runs level simd."""
+    cdef int err = qe4_lookup_check(layout, bits, mode, kind, simd)
+    name = "qe4_fast._lookup." + kernel
+    if err == QE4_ERR_MODE:
+        raise ValueError(f"{name}: unknown mode code {mode} (the kernels implement {MODES})")
+    if err == QE4_ERR_KIND:
+        raise ValueError(f"{name}: unknown output kind code {kind} (the kernels implement "
+                         f"{KINDS})")
+    return check(err, name, None, -1, bits, layout, simd)
 
 
 cdef void _fill(qe4_table *T, const uint8_t[:, ::1] data, int layout, int bits, int64_t dim,
@@ -46,7 +67,7 @@ cdef void _fill(qe4_table *T, const uint8_t[:, ::1] data, int layout, int bits, 
                    dim, bits, f16, layout, id_bytes, &books[0, 0], books.shape[0])
 
 
-cdef qe4_table *_tables(list specs) except NULL:
+cdef qe4_table *_tables(list specs, str kernel) except NULL:
     """C descriptors of the tables: each spec is (data uint8 [n_rows, row_bytes] C order,
     layout, bits, dim, f16, id_bytes, books float32 [n_groups, K] C order).  The arrays
     must outlive the call (the caller's list holds them)."""
@@ -56,7 +77,12 @@ cdef qe4_table *_tables(list specs) except NULL:
         raise MemoryError("qe4_fast: no memory for the table descriptors")
     for t in range(n):
         data, layout, bits, dim, f16, id_bytes, books = specs[t]
-        _fill(&ts[t], data, layout, bits, dim, f16, id_bytes, books)
+        try:
+            _check(kernel, layout, bits, -1, QE4_OUT_F32, 0)   # level 0: checked by the caller
+            _fill(&ts[t], data, layout, bits, dim, f16, id_bytes, books)
+        except BaseException:
+            free(ts)
+            raise
     return ts
 
 
@@ -75,6 +101,7 @@ def bags(list specs,                       # IN  n_tables table specs (see _tabl
     cdef int64_t n_tables = len(specs), total = n_tables * n_bags
     cdef lookup_job j
     cdef const float[::1] wv
+    _check("bags", -1, -1, mode, kind, simd)
     if total == 0:
         return 0
     j.n_idx = idx.shape[0]
@@ -98,7 +125,7 @@ def bags(list specs,                       # IN  n_tables table specs (see _tabl
     # runs of consecutive bags, several per thread, claimed one at a time (_pool.h: a
     # thread delayed by another process does not hold up the rest); a run may span two tables
     j.n_chunks = 1 if n_threads == 1 else min(total, 8 * n_threads)
-    j.tables = _tables(specs)
+    j.tables = _tables(specs, "bags")
     with nogil:
         par_run(j.n_chunks, n_threads, _bags_chunk, &j)
     free(j.tables)
@@ -149,6 +176,7 @@ def gather(tuple spec,                     # IN  one table spec (see _tables)
     Returns the number of two-tier group ids out of range met (the caller raises)."""
     cdef lookup_job j
     cdef int64_t n = idx.shape[0]
+    _check("gather", -1, -1, -1, kind, simd)
     if n == 0:
         return 0
     j.idx = &idx[0]
@@ -160,7 +188,7 @@ def gather(tuple spec,                     # IN  one table spec (see _tables)
     j.scratch_floats = <int64_t>spec[3] + 1
     j.n_bad = j.n_oom = 0
     j.n_chunks = 1 if n_threads == 1 else min(n, 8 * n_threads)
-    j.tables = _tables([spec])
+    j.tables = _tables([spec], "gather")
     with nogil:
         par_run(j.n_chunks, n_threads, _gather_chunk, &j)
     free(j.tables)
@@ -187,5 +215,6 @@ def round_floats(const float[::1] x,       # IN  [n]
                  uint8_t[::1] out,         # OUT [n * itemsize]
                  int simd):
     """out = x rounded to ``kind`` (the output rule of every lookup); for tests."""
+    _check("round_floats", -1, -1, -1, kind, simd)
     if x.shape[0]:
         qe4_store(&x[0], x.shape[0], kind, &out[0], simd)

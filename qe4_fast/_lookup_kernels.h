@@ -10,7 +10,9 @@
  *     (F16C vcvtps2ph, or the integer recipe below: the same bits) or bfloat16
  *     (u + 0x7fff + bit16) >> 16.
  * Every function handles one row, bag or run of them in a fixed order, so the caller may
- * split work between any number of threads without changing a byte.
+ * split work between any number of threads without changing a byte.  Layout, bit width,
+ * mode, output kind and SIMD level codes are checked once per call by qe4_lookup_check
+ * (switches whose default is an error, raised by the Cython wrapper).
  * Compiled with -ffp-contract=off (setup.py).
  */
 #ifndef QE4_LOOKUP_KERNELS_H
@@ -24,8 +26,46 @@
 #include "_codebook_kernels.h"
 
 enum { QE4_OUT_F32 = 0, QE4_OUT_F16 = 1, QE4_OUT_BF16 = 2 };
-enum { QE4_LAYOUT_ROWWISE = 0, QE4_LAYOUT_CODEBOOK = 1, QE4_LAYOUT_TWO_TIER = 2 };
 enum { QE4_MODE_SUM = 0, QE4_MODE_MEAN = 1, QE4_MODE_MAX = 2 };
+/* error codes beyond _common.h's */
+enum { QE4_ERR_MODE = 16, QE4_ERR_KIND = 17 };
+
+/* QE4_OK when the kernels implement the layout with these bits, the mode (-1: not used)
+ * and the output kind, and this CPU runs SIMD level simd; else a QE4_ERR_* code. */
+static int qe4_lookup_check(int layout, int bits, int mode, int kind, int simd)
+{
+    int err = qe4_check_simd(simd);
+    if (err != QE4_OK)
+        return err;
+    switch (mode) {
+    case -1:
+    case QE4_MODE_SUM:
+    case QE4_MODE_MEAN:
+    case QE4_MODE_MAX:
+        break;
+    default:
+        return QE4_ERR_MODE;
+    }
+    switch (kind) {
+    case QE4_OUT_F32:
+    case QE4_OUT_F16:
+    case QE4_OUT_BF16:
+        break;
+    default:
+        return QE4_ERR_KIND;
+    }
+    switch (layout) {
+    case -1:
+        return QE4_OK;
+    case QE4_LAYOUT_ROWWISE:
+        return qe4_bag_check(bits, simd);
+    case QE4_LAYOUT_CODEBOOK:
+    case QE4_LAYOUT_TWO_TIER:
+        return cb_check(-1, layout, bits, simd);
+    default:
+        return QE4_ERR_LAYOUT;
+    }
+}
 
 /* One table of any layout.  Codebook layouts use rows.{data, row_bytes, code_bytes, dim,
  * bits, f16} too; books/n_groups/id_bytes only for two-tier. */
@@ -56,13 +96,6 @@ static inline void qe4_table_init(qe4_table *T, const uint8_t *data, int64_t n_r
 
 /* ------------------------------------------------------------------ output rounding */
 
-static inline uint32_t qe4_bits_of(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
 /* NaN -> the quiet NaN of its sign without payload (0x7fc00000 | sign); others unchanged. */
 static inline uint32_t qe4_canonical_nan(uint32_t u)
 {
@@ -71,47 +104,33 @@ static inline uint32_t qe4_canonical_nan(uint32_t u)
 
 static inline uint16_t qe4_to_bf16(float f)
 {
-    uint32_t u = qe4_canonical_nan(qe4_bits_of(f));
+    uint32_t u = qe4_canonical_nan(qe4_bits(f));
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-/* float32 -> float16, round to nearest, ties to even, with subnormals (as numpy's astype). */
+/* float32 -> float16 (_common.h: round to nearest, ties to even, with subnormals), NaN
+ * canonical first (0x7fc00000 -> 0x7e00). */
 static inline uint16_t qe4_to_f16(float f)
 {
-    uint32_t u = qe4_canonical_nan(qe4_bits_of(f));
-    uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu, h, rem, half;
-    if (a >= 0x7f800000u)                       /* inf; NaN is canonical: 0x7fc00000 -> 0x7e00 */
-        return (uint16_t)(sign | (a == 0x7f800000u ? 0x7c00u : 0x7e00u));
-    if (a >= 0x477ff000u)                       /* >= 65520 (a tie with 65536) rounds to inf */
-        return (uint16_t)(sign | 0x7c00u);
-    if (a >= 0x38800000u) {                     /* normal: rebias 127 -> 15, keep 10 bits */
-        a -= 112u << 23;
-        h = a >> 13;
-        rem = a & 0x1fffu;
-        h += rem > 0x1000u || (rem == 0x1000u && (h & 1u));   /* a carry bumps the exponent */
-        return (uint16_t)(sign | h);
-    }
-    if (a < 0x33000000u)                        /* below 2^-25: rounds to zero */
-        return (uint16_t)sign;
-    /* subnormal: round(value / 2^-24) = round(m * 2^(e - 126)), m the 24-bit significand */
-    uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, shift = 126u - e;
-    h = m >> shift;
-    rem = m & ((1u << shift) - 1u);
-    half = 1u << (shift - 1u);
-    h += rem > half || (rem == half && (h & 1u));             /* 0x400 = the smallest normal */
-    return (uint16_t)(sign | h);
+    return qe4_float_to_half(qe4_float(qe4_canonical_nan(qe4_bits(f))));
 }
 
 static void qe4_store_generic(const float *src, int64_t n, int kind, void *dst)
 {
     uint16_t *d = (uint16_t *)dst;
     int64_t j;
-    if (kind == QE4_OUT_F32) {
+    switch (kind) { /* checked by qe4_lookup_check */
+    case QE4_OUT_F32:
         if ((const void *)src != dst) memcpy(dst, src, (size_t)n * 4);
-    } else if (kind == QE4_OUT_F16) {
+        break;
+    case QE4_OUT_F16:
         for (j = 0; j < n; j++) d[j] = qe4_to_f16(src[j]);
-    } else {
+        break;
+    case QE4_OUT_BF16:
         for (j = 0; j < n; j++) d[j] = qe4_to_bf16(src[j]);
+        break;
+    default:
+        break;
     }
 }
 
@@ -160,7 +179,7 @@ static void qe4_store_avx2(const float *src, int64_t n, int kind, void *dst)
 /* dst[0:n] = src[0:n] rounded to the output type (src == dst allowed for float32). */
 static inline void qe4_store(const float *src, int64_t n, int kind, void *dst, int simd)
 {
-    if (simd) qe4_store_avx2(src, n, kind, dst);
+    if (simd >= QE4_SIMD_AVX2) qe4_store_avx2(src, n, kind, dst);
     else qe4_store_generic(src, n, kind, dst);
 }
 
@@ -176,7 +195,7 @@ static inline void qe4_prefetch_at(const qe4_table *T, const int64_t *idx, int64
 {
     if (p + QE4_PREFETCH < n_idx) {
         int64_t r = idx[p + QE4_PREFETCH];
-        if ((uint64_t)r < (uint64_t)T->rows.n_rows) qe4_prefetch_row(&T->rows, r);
+        if ((uint64_t)r < (uint64_t)T->rows.n_rows) qe4_prefetch_table_row(&T->rows, r);
     }
 }
 
@@ -189,7 +208,7 @@ static int qe4_row_values(const qe4_table *T, int64_t r, int simd, float *out)
     if (T->layout == QE4_LAYOUT_ROWWISE) {
         float s = qe4_qparam(t, row, 0), b = qe4_qparam(t, row, 1);
 #if QE4_X86
-        if (simd) {
+        if (simd >= QE4_SIMD_AVX2) {
             qe4_row_avx2(row, t->bits, t->dim, s, b, out, 1);
             return 0;
         }
@@ -202,7 +221,7 @@ static int qe4_row_values(const qe4_table *T, int64_t r, int simd, float *out)
     if (T->layout == QE4_LAYOUT_TWO_TIER
         && (T->id_bytes == 1 ? cp[0] : (int64_t)cp[0] | ((int64_t)cp[1] << 8)) >= T->n_groups)
         return 1;
-    const float *c = cb_row_cents(row, t->code_bytes, T->layout - 1, t->f16, 1 << t->bits,
+    const float *c = cb_row_cents(row, t->code_bytes, T->layout, t->f16, 1 << t->bits,
                                   T->id_bytes, T->books, tmp);
     cb_row_values(row, t->dim, t->bits, c, out);
     return 0;
@@ -235,7 +254,7 @@ QE4_AVX2 static void qe4_max_avx2(float *acc, const float *v, int64_t n)
 static inline void qe4_max(float *acc, const float *v, int64_t n, int simd)
 {
 #if QE4_X86
-    if (simd) {
+    if (simd >= QE4_SIMD_AVX2) {
         qe4_max_avx2(acc, v, n);
         return;
     }
@@ -284,7 +303,7 @@ static int64_t qe4_table_bags(const qe4_table *T, const int64_t *idx, int64_t n_
         else if (T->layout == QE4_LAYOUT_ROWWISE)
             qe4_bag(t, idx, n_idx, w, start, end, mode == QE4_MODE_MEAN, simd, acc);
         else
-            bad = cb_bag(t->data, t->row_bytes, t->code_bytes, dim, t->bits, T->layout - 1, t->f16,
+            bad = cb_bag(t->data, t->row_bytes, t->code_bytes, dim, t->bits, T->layout, t->f16,
                          T->id_bytes, T->books, T->n_groups, idx, n_idx, start, end, w,
                          mode == QE4_MODE_MEAN, acc, vals, simd);
         if (bad) n_bad++;

@@ -6,29 +6,58 @@
 # qe4_fast's pool (_pool.h).  Each row is computed in the reference's sequential order,
 # so the bytes do not depend on n_threads.  The numerics live in
 # qe4_fast/_rowwise_kernels.h.
+#
+# Method, bit width and SIMD level are dispatched once per call by qe4_rowwise_plan_init
+# (C switches whose default is an error code, raised here as a ValueError).  This module
+# also exports the codes every kernel module shares: METHOD_CODES, LAYOUT_CODES, SIMD_LEVELS.
 
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t
+from libc.string cimport memset
 
+from qe4_fast._common cimport (QE4_ACIQ_GAUSS, QE4_ACIQ_LAPLACE, QE4_ERR_METHOD, QE4_EXHAUSTIVE,
+                               QE4_GREEDY, QE4_LAYOUT_CODEBOOK, QE4_LAYOUT_ROWWISE,
+                               QE4_LAYOUT_TWO_TIER, QE4_MINMAX, QE4_SIMD_LEVELS, check,
+                               qe4_cpu_simd_level, simd_name)
 from qe4_fast._openmp_helpers cimport QE4_OPENMP, omp_get_max_threads
 from qe4_fast._pool cimport par_run, qe4_chunk_start, qe4_count_add, qe4_n_chunks
 
-cdef extern from "_rowwise_kernels.h":
+cdef extern from "_rowwise_kernels.h" nogil:
     int QE4_LANES
-    void qe4_ranges_block(const float *x, int r0, int n, int n_cols, int bits, int method,
-                          int fp16, float n_bins, float min_bins, float aciq_c, int max_levels,
-                          float *work, float *lo, float *hi) noexcept nogil
-    void qe4_encode_block(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                          const float *lo, const float *hi, uint8_t *out,
-                          size_t row_bytes) noexcept nogil
-    int qe4_minmax_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                        float *lo, float *hi) noexcept nogil
-    int qe4_minmax_encode_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                               uint8_t *out, size_t row_bytes) noexcept nogil
+    ctypedef struct qe4_rowwise_plan:
+        const float *x
+        int n_cols
+        int bits
+        int fp16
+        float n_bins
+        float min_bins
+        float aciq_c
+        int max_levels
+        float *lo
+        float *hi
+        uint8_t *out
+        size_t row_bytes
+    int qe4_rowwise_plan_init(qe4_rowwise_plan *p, int method, int simd) noexcept
+    int qe4_rowwise_block(const qe4_rowwise_plan *p, int r0, int n, float *work) noexcept
+    int64_t qe4_rowwise_work_floats(int method, int n_cols, int max_levels) noexcept
     float qe4_row_loss(const float *x, int n_cols, float lo, float hi, float qmax,
-                       int fp16) noexcept nogil
+                       int fp16) noexcept
+    float qe4_half_to_float(uint16_t h) noexcept
+    uint16_t qe4_float_to_half(float v) noexcept
+    float qe4_round_half(float v) noexcept
 
 LANES = QE4_LANES
-METHOD_CODES = {"minmax": 0, "greedy": 1, "exhaustive": 2, "aciq-laplace": 3, "aciq-gauss": 4}
+# the codes the kernels dispatch on (the registry's codes; tests/test_fast_simd.py checks)
+METHOD_CODES = {"minmax": QE4_MINMAX, "greedy": QE4_GREEDY, "exhaustive": QE4_EXHAUSTIVE,
+                "aciq-laplace": QE4_ACIQ_LAPLACE, "aciq-gauss": QE4_ACIQ_GAUSS}
+LAYOUT_CODES = {"rowwise": QE4_LAYOUT_ROWWISE, "codebook": QE4_LAYOUT_CODEBOOK,
+                "two-tier": QE4_LAYOUT_TWO_TIER}
+# SIMD level names by level code (qe4_fast._simd chooses one; every kernel takes its code)
+SIMD_LEVELS = tuple(simd_name(level) for level in range(QE4_SIMD_LEVELS))
+
+
+def cpu_simd_level():
+    """The code of the widest SIMD level this CPU (and OS) runs: an index into SIMD_LEVELS."""
+    return qe4_cpu_simd_level()
 
 
 def openmp_compiled():
@@ -42,10 +71,11 @@ def omp_max_threads():
 
 
 def work_floats(int n_cols, int method, int max_levels):
-    """Floats of per-thread scratch space a block of rows needs."""
-    if method == 2:
-        return max(4 * (max_levels + 2), 1)
-    return QE4_LANES * n_cols
+    """Floats of per-thread scratch space a block of rows of ``method`` needs."""
+    cdef int64_t n = qe4_rowwise_work_floats(method, n_cols, max_levels)
+    if n < 0:
+        check(QE4_ERR_METHOD, "qe4_fast._rowwise.work_floats", METHOD_CODES, method, -1, -1, -1)
+    return n
 
 
 def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
@@ -55,55 +85,59 @@ def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
                   float[::1] lo,              # OUT [n_rows] chosen ranges (0 rows: minmax + out)
                   float[::1] hi,              # OUT [n_rows]
                   uint8_t[:, ::1] out,        # OUT [n_rows, row_bytes], or 0 rows: ranges only
-                  int n_threads):
-    """Ranges of every row by ``method``, then (if ``out`` has rows) the packed rows.
+                  int n_threads, int simd):
+    """Ranges of every row by ``method``, then (if ``out`` has rows) the packed rows, with
+    the kernels of SIMD level code ``simd``.
 
     Method minmax with ``out``: one fused pass that does not keep the ranges (``lo`` and
     ``hi`` may have 0 rows).  Returns, for method minmax, the number of rows failing
-    check_fp16_ranges (else 0)."""
+    check_fp16_ranges (else 0).  Raises ValueError for an unknown method code, a bit width
+    without a kernel or a SIMD level this CPU does not run (before touching any row)."""
     cdef rows_job j
     _job(&j, x, bits, fp16, out, n_threads)
-    j.method = method
-    j.n_bins = n_bins
-    j.min_bins = min_bins
-    j.aciq_c = aciq_c
-    j.max_levels = max_levels
     j.work = &work[0, 0]
     j.work_stride = work.shape[1]
-    j.lo = &lo[0] if lo.shape[0] > 0 else NULL
-    j.hi = &hi[0] if hi.shape[0] > 0 else NULL
+    j.plan.n_bins = n_bins
+    j.plan.min_bins = min_bins
+    j.plan.aciq_c = aciq_c
+    j.plan.max_levels = max_levels
+    j.plan.lo = &lo[0] if lo.shape[0] > 0 else NULL
+    j.plan.hi = &hi[0] if hi.shape[0] > 0 else NULL
+    check(qe4_rowwise_plan_init(&j.plan, method, simd), "qe4_fast._rowwise.quantize_rows",
+          METHOD_CODES, method, bits, -1, simd)
     with nogil:
         par_run(j.n_chunks, n_threads, _quantize_chunk, &j)
     return j.n_bad
 
 
 ctypedef struct rows_job:
+    qe4_rowwise_plan plan             # quantize_rows, row_minmax: what each block computes
     const float *x
-    int n_rows, n_cols, bits, method, max_levels
+    int n_rows, n_cols
     bint fp16
-    float n_bins, min_bins, aciq_c, qmax
+    float qmax
     float *work
     Py_ssize_t work_stride
     const float *lo_in
     const float *hi_in
-    float *lo
-    float *hi
     float *loss
-    uint8_t *out
-    size_t row_bytes
     int64_t n_blocks, n_chunks, n_bad
 
 
 cdef void _job(rows_job *j, const float[:, ::1] x, int bits, bint fp16, uint8_t[:, ::1] out,
                int n_threads):
     """The fields every row kernel uses; chunks are runs of blocks of QE4_LANES rows."""
+    memset(j, 0, sizeof(rows_job))
     j.x = &x[0, 0] if x.shape[0] > 0 and x.shape[1] > 0 else NULL
     j.n_rows = x.shape[0]
     j.n_cols = x.shape[1]
-    j.bits = bits
     j.fp16 = fp16
-    j.out = &out[0, 0] if out is not None and out.shape[0] > 0 else NULL
-    j.row_bytes = out.shape[1] if out is not None else 0
+    j.plan.x = j.x
+    j.plan.n_cols = j.n_cols
+    j.plan.bits = bits
+    j.plan.fp16 = fp16
+    j.plan.out = &out[0, 0] if out is not None and out.shape[0] > 0 else NULL
+    j.plan.row_bytes = out.shape[1] if out is not None else 0
     j.n_blocks = (j.n_rows + QE4_LANES - 1) // QE4_LANES
     j.n_chunks = qe4_n_chunks(j.n_blocks, n_threads)
     j.n_bad = 0
@@ -123,19 +157,7 @@ cdef void _quantize_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
     for b in range(qe4_chunk_start(j.n_blocks, j.n_chunks, c),
                    qe4_chunk_start(j.n_blocks, j.n_chunks, c + 1)):
         _block(j, b, &r0, &n)
-        if j.method == 0 and j.out != NULL:   # one fused pass
-            n_bad += qe4_minmax_encode_rows(j.x, r0, n, j.n_cols, j.bits, j.fp16, j.out,
-                                            j.row_bytes)
-            continue
-        if j.method == 0:
-            n_bad += qe4_minmax_rows(j.x, r0, n, j.n_cols, j.bits, j.fp16, j.lo, j.hi)
-        else:
-            qe4_ranges_block(j.x, r0, n, j.n_cols, j.bits, j.method, j.fp16, j.n_bins,
-                             j.min_bins, j.aciq_c, j.max_levels, j.work + worker * j.work_stride,
-                             j.lo, j.hi)
-        if j.out != NULL:
-            qe4_encode_block(j.x, r0, n, j.n_cols, j.bits, j.fp16, j.lo, j.hi, j.out,
-                             j.row_bytes)
+        n_bad += qe4_rowwise_block(&j.plan, r0, n, j.work + worker * j.work_stride)
     qe4_count_add(&j.n_bad, n_bad)
 
 
@@ -171,14 +193,38 @@ def row_minmax(const float[:, ::1] x,         # IN  [n_rows, n_cols]
                int bits, bint fp16,
                float[::1] lo,                 # OUT [n_rows] min + 0.0
                float[::1] hi,                 # OUT [n_rows] max + 0.0
-               int n_threads):
+               int n_threads, int simd):
     """Each row's min and max (a zero bound is +0.0); returns the number of rows whose
     range fails qe4._validate.check_fp16_ranges."""
     cdef rows_job j
     _job(&j, x, bits, fp16, None, n_threads)
-    j.method = 0                          # min/max ranges only: the quantize chunk, no output
-    j.lo = &lo[0] if lo.shape[0] > 0 else NULL
-    j.hi = &hi[0] if hi.shape[0] > 0 else NULL
+    j.plan.lo = &lo[0] if lo.shape[0] > 0 else NULL
+    j.plan.hi = &hi[0] if hi.shape[0] > 0 else NULL
+    check(qe4_rowwise_plan_init(&j.plan, QE4_MINMAX, simd), "qe4_fast._rowwise.row_minmax",
+          METHOD_CODES, QE4_MINMAX, bits, -1, simd)
     with nogil:
         par_run(j.n_chunks, n_threads, _quantize_chunk, &j)
     return j.n_bad
+
+
+# float16 conversions of _common.h, for tests against numpy (every kernel uses these)
+
+def half_to_float(const uint16_t[::1] h, float[::1] out):
+    """out[i] = float32 value of the float16 bits h[i] (numpy's astype(float32))."""
+    cdef Py_ssize_t i
+    for i in range(h.shape[0]):
+        out[i] = qe4_half_to_float(h[i])
+
+
+def float_to_half(const float[::1] v, uint16_t[::1] out):
+    """out[i] = float16 bits of v[i], round to nearest-even (numpy's astype(float16))."""
+    cdef Py_ssize_t i
+    for i in range(v.shape[0]):
+        out[i] = qe4_float_to_half(v[i])
+
+
+def round_half(const float[::1] v, float[::1] out):
+    """out[i] = v[i] rounded to float16 and back, branch-free (the kernels' vector form)."""
+    cdef Py_ssize_t i
+    for i in range(v.shape[0]):
+        out[i] = qe4_round_half(v[i])

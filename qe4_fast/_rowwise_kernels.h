@@ -2,78 +2,56 @@
  *
  * Every function here reproduces the reference bit for bit: IEEE float32, round to
  * nearest-even, no FMA contraction (-ffp-contract=off), the reference's sequential
- * order along each row.  Kernels take validated buffers and never fail.
+ * order along each row.  Kernels take validated buffers; the only failure is a bad
+ * method, bit width or SIMD level code, refused by qe4_rowwise_plan_init (a switch whose
+ * default is an error, see _common.h) before any row is touched.
  *
  * The greedy search runs QE4_LANES rows at once, transposed (lane k = row k), each
  * lane keeping its row's column order: the arithmetic per lane is exactly the
- * scalar reference, the compiler vectorizes across lanes.  Wider SIMD (AVX2,
- * AVX-512) is chosen at run time with GCC target_clones; the operations are the
- * same IEEE operations at every width, so every clone gives the same bits.
+ * scalar reference, the compiler vectorizes across lanes.  Every step of a block
+ * (ranges by method, encoding, the fused minmax pass) is compiled once per SIMD level
+ * (QE4_PER_LEVEL) and the plan picks the level's variants once per call; the
+ * operations are the same IEEE operations at every width, so every level gives the
+ * same bits.
  */
 #ifndef QE4_ROWWISE_KERNELS_H
 #define QE4_ROWWISE_KERNELS_H
 
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
+#include "_common.h"
 
 #define QE4_LANES 16
-#define QE4_INLINE static inline __attribute__((always_inline))
-#define QE4_RINT_MAGIC 12582912.0f /* 1.5 * 2^23: (v + M) - M == rint(v) for |v| < 2^22 */
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__)) \
-    && !defined(QE4_NO_CLONES)
-#define QE4_CLONES __attribute__((target_clones("default", "avx2", "arch=x86-64-v4")))
-#else
-#define QE4_CLONES
-#endif
+/* One call's work, planned once (qe4_rowwise_plan_init) and then run block by block
+ * (qe4_rowwise_block) on any number of threads. */
+typedef struct qe4_rowwise_plan qe4_rowwise_plan;
 
-enum { QE4_MINMAX = 0, QE4_GREEDY = 1, QE4_EXHAUSTIVE = 2, QE4_ACIQ_LAPLACE = 3, QE4_ACIQ_GAUSS = 4 };
+/* One step over rows [r0, r0 + n), n <= QE4_LANES, with per-thread scratch `work`
+ * (qe4_rowwise_work_floats); returns the number of rows it flags (see qe4_range_bad). */
+typedef int (*qe4_rowwise_step)(const qe4_rowwise_plan *p, int r0, int n, float *work);
 
-/* ------------------------------------------------------------------ float16 */
+struct qe4_rowwise_plan {
+    /* set by the caller */
+    const float *x;            /* IN  [n_rows, n_cols], finite */
+    int n_cols, bits, fp16;
+    float n_bins, min_bins;    /* greedy and exhaustive */
+    float aciq_c;              /* aciq-laplace and aciq-gauss */
+    int max_levels;            /* exhaustive: a guard far beyond any level a search reaches */
+    float *lo, *hi;            /* OUT [n_rows] chosen ranges (not used by the fused minmax pass) */
+    uint8_t *out;              /* OUT [n_rows, row_bytes] packed rows, or NULL: ranges only */
+    size_t row_bytes;
+    /* set by qe4_rowwise_plan_init */
+    float qmax;
+    qe4_rowwise_step ranges;   /* the method's ranges, or the fused minmax pass */
+    qe4_rowwise_step encode;   /* scale/bias and codes from the ranges, or NULL */
+};
 
-QE4_INLINE uint32_t qe4_bits(float v) { uint32_t u; memcpy(&u, &v, 4); return u; }
-QE4_INLINE float qe4_float(uint32_t u) { float v; memcpy(&v, &u, 4); return v; }
-
-/* float32 -> IEEE binary16 bits, round to nearest-even; overflow gives inf, tiny
- * values give float16 subnormals or zero (numpy's astype(float16)). */
-QE4_INLINE uint16_t qe4_f2h(float v)
-{
-    uint32_t u = qe4_bits(v);
-    uint16_t s = (uint16_t)((u >> 16) & 0x8000u);
-    uint32_t a = u & 0x7fffffffu;
-    if (a > 0x7f800000u) /* NaN: keep it quiet */
-        return (uint16_t)(s | 0x7e00u | ((a >> 13) & 0x3ffu));
-    if (a >= 0x477ff000u) /* >= 65520 rounds to inf */
-        return (uint16_t)(s | 0x7c00u);
-    if (a >= 0x38800000u) { /* normal float16: drop 13 mantissa bits, ties to even */
-        a += 0x0fffu + ((a >> 13) & 1u);
-        return (uint16_t)(s | ((a - 0x38000000u) >> 13));
-    }
-    /* subnormal float16: a multiple of 2^-24; v * 2^24 is exact and < 1024 */
-    float m = qe4_float(a) * 16777216.0f;
-    m = (m + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
-    return (uint16_t)(s | (uint16_t)m); /* m == 1024 encodes the smallest normal */
-}
-
-QE4_INLINE float qe4_h2f(uint16_t h)
-{
-    uint32_t s = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    if (e == 0) /* zero or subnormal: m * 2^-24, exact */
-        return qe4_float(s | qe4_bits((float)m * 5.9604644775390625e-08f));
-    if (e == 31)
-        return qe4_float(s | 0x7f800000u | (m << 13));
-    return qe4_float(s | ((e + 112u) << 23) | (m << 13));
-}
-
-/* h(v): round to the stored scale/bias dtype and back (identity for float32). */
-QE4_INLINE float qe4_h(float v, int fp16) { return fp16 ? qe4_h2f(qe4_f2h(v)) : v; }
+/* A step body compiled for every SIMD level: name_at[level] (see QE4_PER_LEVEL). */
+#define QE4_STEP_AT_EVERY_LEVEL(name)                                                      \
+    QE4_PER_LEVEL(int, name, (const qe4_rowwise_plan *p, int r0, int n, float *work),     \
+                  (p, r0, n, work))
 
 /* ------------------------------------------------------------------ ranges */
 
-/* min and max of a row; "+ 0.0f" makes a zero bound +0.0 (qe4's convention), so the
- * reduction order is free and the compiler may vectorize it. */
 /* Min and max of a row; "+ 0.0f" makes a zero bound +0.0 (qe4's convention), so the
  * reduction order is free and 16 independent partial results vectorize.  Returns 1
  * when the row holds an inf or a NaN (x * 0 is exactly 0 for every finite x). */
@@ -110,21 +88,8 @@ QE4_INLINE int qe4_row_minmax(const float *x, int n_cols, float *lo, float *hi)
     return zero != 0.0f;
 }
 
-/* h(v) for float16 without branches (vectorizable across lanes); equals
- * qe4_h2f(qe4_f2h(v)) for every float32 (checked exhaustively). */
-QE4_INLINE float qe4_h16(float v)
-{
-    uint32_t u = qe4_bits(v);
-    uint32_t a = u & 0x7fffffffu;
-    uint32_t norm = (a + 0x0fffu + ((a >> 13) & 1u)) & ~0x1fffu;
-    uint32_t sub = qe4_bits((qe4_float(a) + 0.75f) - 0.75f); /* multiple of 2^-24, ties even */
-    uint32_t r = a >= 0x38800000u ? norm : sub;
-    r = a >= 0x477ff000u ? 0x7f800000u : r;
-    r = a > 0x7f800000u ? (a | 0x00400000u) : r;
-    return qe4_float(r | (u & 0x80000000u));
-}
-
-QE4_INLINE float qe4_hv(float v, int fp16) { return fp16 ? qe4_h16(v) : v; }
+/* h(v): round to the stored scale/bias dtype and back (identity for float32). */
+QE4_INLINE float qe4_hv(float v, int fp16) { return fp16 ? qe4_round_half(v) : v; }
 
 /* range_loss parameters of one candidate (lo, hi): h(lo), scale, inv. */
 QE4_INLINE void qe4_loss_params(float lo, float hi, float qmax, int fp16,
@@ -208,9 +173,9 @@ QE4_INLINE void qe4_lanes_loss2(const float *restrict xt, int n_cols, float qmax
  * work: QE4_LANES * n_cols floats.  A lane whose state stops changing while its loop
  * condition still holds (steps absorbed by rounding: the reference loops forever)
  * stops there; that is the limit of the reference's endless loop. */
-QE4_CLONES
-static void qe4_greedy_block(const float *restrict x, int n, int n_cols, float qmax, int fp16,
-                             float n_bins, float min_bins, float *work, float *lo_out, float *hi_out)
+QE4_INLINE void qe4_greedy_block(const float *restrict x, int n, int n_cols, float qmax, int fp16,
+                                 float n_bins, float min_bins, float *work, float *lo_out,
+                                 float *hi_out)
 {
     float xmin[QE4_LANES], xmax[QE4_LANES], step[QE4_LANES], thr[QE4_LANES];
     float cmin[QE4_LANES], cmax[QE4_LANES], cur[QE4_LANES], best[QE4_LANES];
@@ -278,6 +243,15 @@ static void qe4_greedy_block(const float *restrict x, int n, int n_cols, float q
         hi_out[k] = hi[k];
     }
 }
+
+/* Ranges of rows [r0, r0 + n) by the greedy search. */
+QE4_INLINE int qe4_step_greedy(const qe4_rowwise_plan *p, int r0, int n, float *work)
+{
+    qe4_greedy_block(p->x + (size_t)r0 * p->n_cols, n, p->n_cols, p->qmax, p->fp16, p->n_bins,
+                     p->min_bins, work, p->lo + r0, p->hi + r0);
+    return 0;
+}
+QE4_STEP_AT_EVERY_LEVEL(qe4_step_greedy);
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
@@ -394,7 +368,7 @@ QE4_INLINE void qe4_scale_bias(float lo, float hi, int bits, int fp16,
 
 /* One code, clip(rint((x - bias) * inv), 0, qmax): clamped first, then rounded by the
  * magic number, whose float bits then hold the integer in their low bits. */
-QE4_INLINE uint32_t qe4_code(float x, float bias, float inv, float qmax)
+QE4_INLINE uint32_t qe4_quantize_code(float x, float bias, float inv, float qmax)
 {
     float t = (x - bias) * inv;
     t = t < 0.0f ? 0.0f : t;
@@ -403,41 +377,49 @@ QE4_INLINE uint32_t qe4_code(float x, float bias, float inv, float qmax)
 }
 
 /* One packed row: codes low bits first, then scale and bias little-endian (float16 when
- * fp16, else float32).  Unused high bits of the last code byte are zero. */
+ * fp16, else float32).  Unused high bits of the last code byte are zero.  bits is 2, 4 or
+ * 8: qe4_rowwise_plan_init refuses any other width before a row is encoded, so the
+ * default case (which writes nothing) is never reached. */
 QE4_INLINE void qe4_encode_row(const float *restrict x, int n_cols, int bits, int fp16,
                                float scale, float bias, float inv, uint8_t *restrict out)
 {
     float qmax = (float)((1 << bits) - 1);
-    int nb;
-    if (bits == 8) {
+    int nb, full;
+    switch (bits) {
+    case 8:
         for (int j = 0; j < n_cols; j++)
-            out[j] = (uint8_t)qe4_code(x[j], bias, inv, qmax);
+            out[j] = (uint8_t)qe4_quantize_code(x[j], bias, inv, qmax);
         nb = n_cols;
-    } else if (bits == 4) {
-        int full = n_cols / 2;
+        break;
+    case 4:
+        full = n_cols / 2;
         for (int c = 0; c < full; c++)
-            out[c] = (uint8_t)(qe4_code(x[2 * c], bias, inv, qmax)
-                               | (qe4_code(x[2 * c + 1], bias, inv, qmax) << 4));
+            out[c] = (uint8_t)(qe4_quantize_code(x[2 * c], bias, inv, qmax)
+                               | (qe4_quantize_code(x[2 * c + 1], bias, inv, qmax) << 4));
         if (n_cols & 1)
-            out[full] = (uint8_t)qe4_code(x[n_cols - 1], bias, inv, qmax);
+            out[full] = (uint8_t)qe4_quantize_code(x[n_cols - 1], bias, inv, qmax);
         nb = (n_cols + 1) / 2;
-    } else {
-        int full = n_cols / 4;
+        break;
+    case 2:
+        full = n_cols / 4;
         for (int c = 0; c < full; c++)
-            out[c] = (uint8_t)(qe4_code(x[4 * c], bias, inv, qmax)
-                               | (qe4_code(x[4 * c + 1], bias, inv, qmax) << 2)
-                               | (qe4_code(x[4 * c + 2], bias, inv, qmax) << 4)
-                               | (qe4_code(x[4 * c + 3], bias, inv, qmax) << 6));
+            out[c] = (uint8_t)(qe4_quantize_code(x[4 * c], bias, inv, qmax)
+                               | (qe4_quantize_code(x[4 * c + 1], bias, inv, qmax) << 2)
+                               | (qe4_quantize_code(x[4 * c + 2], bias, inv, qmax) << 4)
+                               | (qe4_quantize_code(x[4 * c + 3], bias, inv, qmax) << 6));
         if (n_cols & 3) {
             uint32_t v = 0;
             for (int j = 4 * full; j < n_cols; j++)
-                v |= qe4_code(x[j], bias, inv, qmax) << (2 * (j - 4 * full));
+                v |= qe4_quantize_code(x[j], bias, inv, qmax) << (2 * (j - 4 * full));
             out[full] = (uint8_t)v;
         }
         nb = (n_cols + 3) / 4;
+        break;
+    default:
+        return;
     }
     if (fp16) {
-        uint16_t hs = qe4_f2h(scale), hb = qe4_f2h(bias);
+        uint16_t hs = qe4_float_to_half(scale), hb = qe4_float_to_half(bias);
         out[nb] = (uint8_t)(hs & 0xff);
         out[nb + 1] = (uint8_t)(hs >> 8);
         out[nb + 2] = (uint8_t)(hb & 0xff);
@@ -452,30 +434,6 @@ QE4_INLINE void qe4_encode_row(const float *restrict x, int n_cols, int bits, in
 }
 
 /* ------------------------------------------------------------------ blocks */
-
-/* Ranges of rows [r0, r0 + n) by method; n <= QE4_LANES.  work: see qe4_work_floats. */
-static void qe4_ranges_block(const float *x, int r0, int n, int n_cols, int bits, int method,
-                             int fp16, float n_bins, float min_bins, float aciq_c, int max_levels,
-                             float *work, float *lo, float *hi)
-{
-    float qmax = (float)((1 << bits) - 1);
-    const float *xb = x + (size_t)r0 * n_cols;
-    if (method == QE4_GREEDY) {
-        qe4_greedy_block(xb, n, n_cols, qmax, fp16, n_bins, min_bins, work, lo + r0, hi + r0);
-        return;
-    }
-    for (int k = 0; k < n; k++) {
-        const float *row = xb + (size_t)k * n_cols;
-        int r = r0 + k;
-        if (method == QE4_MINMAX)
-            qe4_row_minmax(row, n_cols, &lo[r], &hi[r]);
-        else if (method == QE4_EXHAUSTIVE)
-            qe4_exhaustive_row(row, n_cols, qmax, fp16, n_bins, min_bins, max_levels, work,
-                               &lo[r], &hi[r]);
-        else
-            qe4_aciq_row(row, n_cols, method == QE4_ACIQ_GAUSS, aciq_c, &lo[r], &hi[r]);
-    }
-}
 
 /* 1 when the row with min lo and max hi fails qe4._validate.check_fp16_ranges (the
  * float16 scale/bias would overflow, or for float32 tables the range overflows);
@@ -494,34 +452,66 @@ QE4_INLINE int qe4_range_bad(float lo, float hi, int bits, int fp16, int n_cols)
 
 /* Min and max of rows [r0, r0 + n); returns how many of them are non-finite or fail
  * check_fp16_ranges (the Python wrapper then calls those helpers, which raise). */
-QE4_CLONES
-static int qe4_minmax_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                           float *lo, float *hi)
+QE4_INLINE int qe4_step_minmax(const qe4_rowwise_plan *p, int r0, int n, float *work)
 {
-    int n_bad = 0;
+    int n_bad = 0, n_cols = p->n_cols;
+    (void)work;
     for (int r = r0; r < r0 + n; r++)
-        n_bad += qe4_row_minmax(x + (size_t)r * n_cols, n_cols, &lo[r], &hi[r])
-                 | qe4_range_bad(lo[r], hi[r], bits, fp16, n_cols);
+        n_bad += qe4_row_minmax(p->x + (size_t)r * n_cols, n_cols, &p->lo[r], &p->hi[r])
+                 | qe4_range_bad(p->lo[r], p->hi[r], p->bits, p->fp16, n_cols);
     return n_bad;
 }
+QE4_STEP_AT_EVERY_LEVEL(qe4_step_minmax);
+
+/* Ranges of rows [r0, r0 + n) by the exhaustive search (work: 4 * (max_levels + 2) floats). */
+QE4_INLINE int qe4_step_exhaustive(const qe4_rowwise_plan *p, int r0, int n, float *work)
+{
+    for (int r = r0; r < r0 + n; r++)
+        qe4_exhaustive_row(p->x + (size_t)r * p->n_cols, p->n_cols, p->qmax, p->fp16, p->n_bins,
+                           p->min_bins, p->max_levels, work, &p->lo[r], &p->hi[r]);
+    return 0;
+}
+QE4_STEP_AT_EVERY_LEVEL(qe4_step_exhaustive);
+
+/* Ranges of rows [r0, r0 + n) by ACIQ (Laplace or Gauss). */
+QE4_INLINE int qe4_step_aciq(const qe4_rowwise_plan *p, int r0, int n, int gauss)
+{
+    for (int r = r0; r < r0 + n; r++)
+        qe4_aciq_row(p->x + (size_t)r * p->n_cols, p->n_cols, gauss, p->aciq_c, &p->lo[r],
+                     &p->hi[r]);
+    return 0;
+}
+QE4_INLINE int qe4_step_aciq_laplace(const qe4_rowwise_plan *p, int r0, int n, float *work)
+{
+    (void)work;
+    return qe4_step_aciq(p, r0, n, 0);
+}
+QE4_STEP_AT_EVERY_LEVEL(qe4_step_aciq_laplace);
+QE4_INLINE int qe4_step_aciq_gauss(const qe4_rowwise_plan *p, int r0, int n, float *work)
+{
+    (void)work;
+    return qe4_step_aciq(p, r0, n, 1);
+}
+QE4_STEP_AT_EVERY_LEVEL(qe4_step_aciq_gauss);
 
 /* Packed rows [r0, r0 + n) from their ranges: scale/bias, codes, packing. */
-QE4_CLONES
-static void qe4_encode_block(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                             const float *lo, const float *hi, uint8_t *out, size_t row_bytes)
+QE4_INLINE int qe4_step_encode(const qe4_rowwise_plan *p, int r0, int n, float *work)
 {
+    (void)work;
     for (int r = r0; r < r0 + n; r++) {
         float scale, bias, inv;
-        qe4_scale_bias(lo[r], hi[r], bits, fp16, &scale, &bias, &inv);
-        qe4_encode_row(x + (size_t)r * n_cols, n_cols, bits, fp16, scale, bias, inv,
-                       out + (size_t)r * row_bytes);
+        qe4_scale_bias(p->lo[r], p->hi[r], p->bits, p->fp16, &scale, &bias, &inv);
+        qe4_encode_row(p->x + (size_t)r * p->n_cols, p->n_cols, p->bits, p->fp16, scale, bias,
+                       inv, p->out + (size_t)r * p->row_bytes);
     }
+    return 0;
 }
+QE4_STEP_AT_EVERY_LEVEL(qe4_step_encode);
 
 /* ------------------------------------------------------------------ minmax, fused */
 
-/* GCC vector extensions (16 floats; each clone lowers them to its own SIMD width): the
- * min/max partials are written as explicit compare-and-select, which every clone turns
+/* GCC vector extensions (16 floats; each level lowers them to its own SIMD width): the
+ * min/max partials are written as explicit compare-and-select, which every level turns
  * into SIMD compares and blends (GCC's auto-vectorizer keeps the trapping scalar
  * compares of the plain loop).  Same IEEE operations, so the same bits. */
 typedef float qe4_v16f __attribute__((vector_size(64), aligned(4)));
@@ -618,14 +608,14 @@ QE4_INLINE void qe4_lanes_scale_bias(const float *restrict lo, const float *rest
         return;
     }
     for (int k = 0; k < QE4_LANES; k++)
-        bias[k] = fp16 ? qe4_h16(lo[k]) : lo[k];
+        bias[k] = fp16 ? qe4_round_half(lo[k]) : lo[k];
     for (int k = 0; k < QE4_LANES; k++) {
         float r = hi[k] - bias[k];
         float s = r / qmax;
         scale[k] = r == 0.0f ? 1.0f : s;
     }
     for (int k = 0; k < QE4_LANES; k++)
-        scale[k] = fp16 ? qe4_h16(scale[k]) : scale[k];
+        scale[k] = fp16 ? qe4_round_half(scale[k]) : scale[k];
     for (int k = 0; k < QE4_LANES; k++) {
         float s = scale[k] == 0.0f ? 1.0f : scale[k];
         float iv = 1.0f / s;
@@ -640,9 +630,8 @@ QE4_INLINE void qe4_lanes_scale_bias(const float *restrict lo, const float *rest
  * over all the rows before the next (the rows are independent, so their latencies
  * overlap).  The ranges are not kept (quantize does not return them).  Returns the number
  * of flagged rows. */
-QE4_CLONES
-static int qe4_minmax_encode_rows(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                                  uint8_t *out, size_t row_bytes)
+QE4_INLINE int qe4_minmax_encode_rows(const float *x, int r0, int n, int n_cols, int bits,
+                                      int fp16, uint8_t *out, size_t row_bytes)
 {
     float lo[QE4_LANES], hi[QE4_LANES], scale[QE4_LANES], bias[QE4_LANES], inv[QE4_LANES];
     int bad[QE4_LANES], n_bad = 0;
@@ -659,8 +648,84 @@ static int qe4_minmax_encode_rows(const float *x, int r0, int n, int n_cols, int
     return n_bad;
 }
 
+QE4_INLINE int qe4_step_fused_minmax(const qe4_rowwise_plan *p, int r0, int n, float *work)
+{
+    (void)work;
+    return qe4_minmax_encode_rows(p->x, r0, n, p->n_cols, p->bits, p->fp16, p->out,
+                                  p->row_bytes);
+}
+QE4_STEP_AT_EVERY_LEVEL(qe4_step_fused_minmax);
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
+
+/* ------------------------------------------------------------------ plan */
+
+/* Floats of per-thread scratch a block of `method` needs, or -1 for an unknown method. */
+static int64_t qe4_rowwise_work_floats(int method, int n_cols, int max_levels)
+{
+    switch (method) {
+    case QE4_EXHAUSTIVE:
+        return 4 * ((int64_t)max_levels + 2);
+    case QE4_MINMAX:
+    case QE4_GREEDY:
+    case QE4_ACIQ_LAPLACE:
+    case QE4_ACIQ_GAUSS:
+        return (int64_t)QE4_LANES * n_cols;
+    default:
+        return -1;
+    }
+}
+
+/* Choose the steps of p (whose caller fields are set) for `method` at SIMD level `simd`:
+ * QE4_OK, or QE4_ERR_SIMD / QE4_ERR_BITS / QE4_ERR_METHOD (nothing runs).  Method minmax
+ * with output rows is the fused pass, which keeps no ranges. */
+static int qe4_rowwise_plan_init(qe4_rowwise_plan *p, int method, int simd)
+{
+    int err = qe4_check_simd(simd);
+    if (err != QE4_OK)
+        return err;
+    switch (p->bits) {
+    case 2:
+    case 4:
+    case 8:
+        break;
+    default:
+        return QE4_ERR_BITS;
+    }
+    p->qmax = (float)((1 << p->bits) - 1);
+    p->encode = p->out != NULL ? qe4_step_encode_at[simd] : NULL;
+    switch (method) {
+    case QE4_MINMAX:
+        p->ranges = p->out != NULL ? qe4_step_fused_minmax_at[simd] : qe4_step_minmax_at[simd];
+        if (p->out != NULL)
+            p->encode = NULL;
+        return QE4_OK;
+    case QE4_GREEDY:
+        p->ranges = qe4_step_greedy_at[simd];
+        return QE4_OK;
+    case QE4_EXHAUSTIVE:
+        p->ranges = qe4_step_exhaustive_at[simd];
+        return QE4_OK;
+    case QE4_ACIQ_LAPLACE:
+        p->ranges = qe4_step_aciq_laplace_at[simd];
+        return QE4_OK;
+    case QE4_ACIQ_GAUSS:
+        p->ranges = qe4_step_aciq_gauss_at[simd];
+        return QE4_OK;
+    default:
+        return QE4_ERR_METHOD;
+    }
+}
+
+/* Rows [r0, r0 + n) of a planned call, n <= QE4_LANES; returns the number of flagged rows. */
+static inline int qe4_rowwise_block(const qe4_rowwise_plan *p, int r0, int n, float *work)
+{
+    int n_bad = p->ranges(p, r0, n, work);
+    if (p->encode != NULL)
+        p->encode(p, r0, n, work);
+    return n_bad;
+}
 
 #endif

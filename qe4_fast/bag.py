@@ -13,14 +13,10 @@ from qe4 import _validate as V
 from qe4.bag import MODES, check_lookup_table
 from qe4.table import QuantizedTable
 
-from . import _bag, _lookup
+from . import _bag, _lookup, _simd
 from ._threads import effective_n_threads, shares_cores
 
 F32 = np.float32
-
-# The widest row kernels the CPU runs (2 AVX-512, 1 AVX2+FMA, 0 portable C; identical
-# bytes, see _bag_kernels.h); tests lower it to check every kernel.
-_SIMD = _bag.simd_level()
 
 
 def _codebook():
@@ -48,7 +44,7 @@ def dequantize(table, *, n_threads=None):
         return _codebook().dequantize_codebook(table, n_threads=n_threads)
     n = effective_n_threads(n_threads, table.n_rows, table.n_rows * table.dim)
     out = np.empty((table.n_rows, table.dim), F32)
-    _bag.dequantize_rowwise(*_rows(table), out, n, _SIMD)
+    _bag.dequantize_rowwise(*_rows(table), out, n, _simd.LEVEL)
     return out
 
 
@@ -72,7 +68,7 @@ def embedding(table, indices, *, out_dtype="float32", n_threads=None):
     idx, shape = V.check_gather_indices(indices, table.n_rows)
     out = np.empty((idx.size, table.dim), _BUFFER[out_dtype])
     n_bad = _lookup.gather(_spec(table), idx, _lookup.KINDS[out_dtype], out.view(np.uint8),
-                           effective_n_threads(n_threads, idx.size, out.size), _SIMD)
+                           effective_n_threads(n_threads, idx.size, out.size), _simd.LEVEL)
     if n_bad:
         _raise_bad_groups([table], idx)
     return _result(out, out_dtype).reshape(shape + (table.dim,))
@@ -105,7 +101,8 @@ def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weight
         return _codebook().embedding_bag_codebook(table, idx, starts, w, mode, n_threads)
     n = effective_n_threads(n_threads, n_bags, idx.size * table.dim)
     out = np.empty((n_bags, table.dim), F32)
-    _bag.embedding_bag_rowwise(*_rows(table), idx, starts, w, mode == "mean", out, n, _SIMD)
+    _bag.embedding_bag_rowwise(*_rows(table), idx, starts, w, mode == "mean", out, n,
+                               _simd.LEVEL)
     return out
 
 
@@ -165,7 +162,7 @@ def _bags(tables, idx, starts, w, n_bags, mode, out_dtype, n_threads):
     n = effective_n_threads(n_threads, n_bags * len(tables), idx.size * max(dims))
     n_bad = _lookup.bags(specs, idx, starts, w, n_bags, _lookup.MODES[mode],
                          _lookup.KINDS[out_dtype], out.view(np.uint8), col_bytes, max(dims), n,
-                         _SIMD)
+                         _simd.LEVEL)
     if n_bad:
         _raise_bad_groups(tables, idx)
     return _result(out, out_dtype)

@@ -16,19 +16,13 @@ import numpy as np
 from qe4 import codebook as C
 from qe4 import layouts as L
 
-from . import _codebook
+from . import _codebook, _simd
 from ._threads import GRAIN_SEARCH, effective_n_threads, shares_cores
 
 F32 = np.float32
-# The codebook kernels still number their methods and layouts from 0 (issue 9 item 5
-# moves them to the registry codes); this is the one translation, keyed by registry code.
-_KERNEL_METHOD = {5: 0, 6: 1}                       # kmeans, kmeans-optimal
-_KERNEL_LAYOUT = {L.LAYOUTS["codebook"].code: 0, L.LAYOUTS["two-tier"].code: 1}
+
 
 METHODS = C.METHODS
-
-# AVX2+FMA+F16C 4-bit bag kernel when the CPU has it (same bytes); tests also run it False.
-_SIMD = _codebook.simd_available()
 
 
 def _aligned_rows(n_rows, row_bytes, align=64):
@@ -70,7 +64,7 @@ def encode(request, x, n_threads=None):
                                   effective_n_threads(n_threads, n_rows, x.size * k, GRAIN_SEARCH))
         return data, {"codebooks": np.ascontiguousarray(books.astype(L.little(scale_dtype)))}
     data = _aligned_rows(n_rows, row_bytes)
-    _codebook.encode_rows(x, bits, _KERNEL_METHOD[request.method.code],
+    _codebook.encode_rows(x, bits, request.method.code,
                           request.options.get("max_iter", 1), f16, data,
                           effective_n_threads(n_threads, n_rows, x.size, GRAIN_SEARCH))
     return data, {}
@@ -95,7 +89,7 @@ def _table_args(table):
     else:
         books, id_bytes = np.zeros((1, k), F32), 0
     return (np.ascontiguousarray(table.data), table.dim, table.bits,
-            _KERNEL_LAYOUT[table.layout_entry.code],
+            table.layout_entry.code,
             int(table.scale_dtype == "float16"), id_bytes, books)
 
 
@@ -127,7 +121,7 @@ def embedding_bag_codebook(table, idx, starts, weights, mode, n_threads=None):
                                     None if weights is None else np.ascontiguousarray(weights, F32),
                                     int(mode == "mean"), out,
                                     effective_n_threads(n_threads, n_bags, idx.size * table.dim),
-                                    _SIMD)
+                                    _simd.LEVEL)
     if n_bad:
         C.group_of(table, idx)          # raises the reference's error
     return out

@@ -12,7 +12,7 @@ import numpy as np
 from qe4 import _validate as V
 from qe4 import rowwise as R
 
-from . import _rowwise
+from . import _rowwise, _simd
 from ._threads import GRAIN_SEARCH, GRAIN_STREAM, effective_n_threads, shares_cores
 
 F32 = np.float32
@@ -73,7 +73,7 @@ def _run(request, x, n_threads, encode):
     if not fused_minmax:
         lo = np.empty(n_rows, F32)
         hi = np.empty(n_rows, F32)
-        if _rowwise.row_minmax(x, bits, fp16, lo, hi, n_threads):
+        if _rowwise.row_minmax(x, bits, fp16, lo, hi, n_threads, _simd.LEVEL):
             _raise_bad_rows(x, bits, scale_dtype)
     dist = dict(method.fixed).get("dist")
     aciq_c = float(R.aciq_constant(bits, dist)) if dist else 0.0
@@ -86,7 +86,7 @@ def _run(request, x, n_threads, encode):
     out = np.empty((n_rows if encode else 0, row_bytes), np.uint8)
     n_bad = _rowwise.quantize_rows(x, bits, code, fp16, float(request.n_bins),
                                    float(R._min_bins(request.n_bins, request.ratio)), aciq_c,
-                                   max_levels, work, lo, hi, out, n_threads)
+                                   max_levels, work, lo, hi, out, n_threads, _simd.LEVEL)
     if n_bad:
         _raise_bad_rows(x, bits, scale_dtype)
     return out, lo, hi

@@ -16,20 +16,20 @@ from conftest import float_dtype_configs
 from qe4 import layouts as L
 from qe4.table import QuantizedTable
 
-from qe4_fast import _bag
+from qe4_fast import _bag, _simd
 from qe4_fast import bag as fast
 
 BITS_SCALES = [(b, sd or L.LAYOUTS["rowwise"].default_float_dtype(b))
                for b, sd in float_dtype_configs("rowwise")]
 DIMS = [1, 2, 7, 8, 15, 16, 33, 64, 130, 257]
 N_THREADS = [1, 2, 7, None]
-KERNELS = list(range(_bag.simd_level() + 1))
+KERNELS = _simd.levels_up_to_chosen()
 
 
-@pytest.fixture(params=KERNELS, ids=lambda level: ("portable", "avx2", "avx512")[level])
+@pytest.fixture(params=KERNELS, ids=lambda level: _simd.SIMD_LEVELS[level])
 def kernel(request, monkeypatch):
-    """Run the test with each row kernel the CPU has: portable C, AVX2+FMA, AVX-512."""
-    monkeypatch.setattr(fast, "_SIMD", request.param)
+    """Run the test at each SIMD level up to qe4_fast's (portable C, AVX2+FMA, AVX-512)."""
+    monkeypatch.setattr(_simd, "LEVEL", request.param)
     return request.param
 
 
@@ -321,14 +321,14 @@ def test_kernel_writes_only_its_output_and_reads_only_its_rows(kernel):
             flat = np.full(17 * dim + 2 * margin, -7.5, np.float32)
             view = flat[margin:margin + 17 * dim].reshape(17, dim)
             _bag.embedding_bag_rowwise(inner.data, bits, dim, scale_dtype == "float16", idx, starts,
-                                       weights, mean, view, 2, fast._SIMD)
+                                       weights, mean, view, 2, _simd.LEVEL)
             assert np.all(flat[:margin] == -7.5) and np.all(flat[-margin:] == -7.5)
             ref = qe4.embedding_bag(table, idx, off, mode="mean" if mean else "sum",
                                     per_sample_weights=weights)
             assert np.array_equal(view.view(np.uint8), ref.view(np.uint8))
         flat = np.full(30 * dim + 2 * 16, -7.5, np.float32)
         view = flat[16:16 + 30 * dim].reshape(30, dim)
-        _bag.dequantize_rowwise(inner.data, bits, dim, scale_dtype == "float16", view, 2, fast._SIMD)
+        _bag.dequantize_rowwise(inner.data, bits, dim, scale_dtype == "float16", view, 2, _simd.LEVEL)
         assert np.all(flat[:16] == -7.5) and np.all(flat[-16:] == -7.5)
         assert np.array_equal(view.view(np.uint8), qe4.dequantize(table).view(np.uint8))
 
@@ -394,14 +394,14 @@ def test_property_random_bags(bits_scale, dim, n_rows, n_bags, weighted, mean, s
     idx = rng.integers(0, n_rows, int(lengths.sum()))
     w = (rng.standard_normal(idx.size) * 4).astype(np.float32) if weighted and not mean else None
     mode = "mean" if mean else "sum"
-    old = fast._SIMD
-    fast._SIMD = simd
+    old = _simd.LEVEL
+    _simd.LEVEL = simd
     try:
         got = fast.embedding_bag(table, idx, offsets, mode=mode, per_sample_weights=w,
                                  n_threads=n_threads)
         deq = fast.dequantize(table, n_threads=n_threads)
     finally:
-        fast._SIMD = old
+        _simd.LEVEL = old
     ref = qe4.embedding_bag(table, idx, offsets, mode=mode, per_sample_weights=w)
     assert got.shape == ref.shape and np.array_equal(got.view(np.uint8), ref.view(np.uint8))
     assert np.array_equal(deq.view(np.uint8), qe4.dequantize(table).view(np.uint8))
@@ -415,7 +415,7 @@ def test_kernel_never_reads_outside_the_table_even_if_indices_change_after_valid
     x = np.random.default_rng(3).standard_normal((5, 16)).astype(np.float32)
     t = qe4.quantize(x, 4, "minmax")
     starts = np.array([0, 2, 3], np.int64)
-    for simd in range(_bag.simd_level() + 1):
+    for simd in KERNELS:
         for n_threads in (1, 2):
             bad = np.array([1, 10 ** 12, -7], np.int64)
             out = np.empty((2, 16), np.float32)

@@ -9,6 +9,7 @@ import qe4
 from qe4 import codebook as C
 
 FC = pytest.importorskip("qe4_fast.codebook", reason="qe4_fast is not built")
+from qe4_fast import _simd  # noqa: E402  (after the skip: qe4_fast is built)
 
 F32 = np.float32
 DIMS = (1, 7, 16, 33, 64)
@@ -89,14 +90,11 @@ def test_lloyd_max_iter(same_bytes):
 
 @pytest.mark.parametrize("method", C.METHODS)
 @pytest.mark.parametrize("bits", C.BITS)
-@pytest.mark.parametrize("simd", (2, 1, 0))
+@pytest.mark.parametrize("simd", _simd.levels_up_to_chosen())
 def test_bags_bytes(method, bits, simd, same_bytes, monkeypatch):
     from qe4 import _validate as V
-    from qe4_fast import _codebook
-    # 2: AVX-512F (4 bits, blocks of 64 and 32 columns), 1: AVX2, 0: portable; each capped
-    # at what the CPU has
-    monkeypatch.setattr(FC, "_SIMD", simd)
-    assert _codebook.simd_level() in (0, 1, 2)
+    # avx512: AVX-512F (4 bits, blocks of 64 and 32 columns), avx2: AVX2, portable: C loops
+    monkeypatch.setattr(_simd, "LEVEL", simd)
     rng = np.random.default_rng(bits)
     for dim, sd in ((1, None), (7, "float32"), (33, None), (64, "float32"), (31, None),
                     (96, "float32"), (130, None)):
@@ -216,9 +214,9 @@ def test_random_tables_property(same_bytes):
     check()
 
 
-@pytest.mark.parametrize("simd", (2, 1, 0))
+@pytest.mark.parametrize("simd", _simd.levels_up_to_chosen())
 def test_bad_group_id_in_4bit_bags(simd, monkeypatch):
-    monkeypatch.setattr(FC, "_SIMD", simd)                  # AVX-512F, AVX2, portable
+    monkeypatch.setattr(_simd, "LEVEL", simd)               # AVX-512F, AVX2, portable
     t = qe4.quantize(_table(40), 4, "two-tier", n_groups=3)
     bad = qe4.QuantizedTable(t.data.copy(), bits=4, dim=40, method="two-tier", layout="two-tier",
                              extras=t.extras)

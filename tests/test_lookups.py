@@ -12,7 +12,7 @@ import qe4_fast
 from qe4 import _validate as V
 from qe4.bag import round_output
 from qe4.table import QuantizedTable
-from qe4_fast import _lookup
+from qe4_fast import _lookup, _simd
 from qe4_fast import bag as fast
 
 try:
@@ -24,7 +24,7 @@ F32 = np.float32
 DIMS = [1, 7, 33, 257]
 N_THREADS = [1, 2, 7]
 OUT_DTYPES = V.OUT_DTYPES if ml_dtypes else tuple(d for d in V.OUT_DTYPES if d != "bfloat16")
-KERNELS = list(range(_lookup.simd_level() + 1))
+KERNELS = _simd.levels_up_to_chosen()
 
 
 def table_kinds():
@@ -61,10 +61,10 @@ def make_table(kind, n_rows, dim, seed=0):
     return qe4.quantize(x, bits, KINDS[kind], scale_dtype=scale_dtype, **opts)
 
 
-@pytest.fixture(params=KERNELS, ids=lambda level: ("portable", "avx2", "avx512")[level])
+@pytest.fixture(params=KERNELS, ids=lambda level: _simd.SIMD_LEVELS[level])
 def kernel(request, monkeypatch):
-    """Run with each row kernel the CPU has (the rounding to float16/bfloat16 included)."""
-    monkeypatch.setattr(fast, "_SIMD", request.param)
+    """Run at each SIMD level up to qe4_fast's (the rounding to float16/bfloat16 included)."""
+    monkeypatch.setattr(_simd, "LEVEL", request.param)
     return request.param
 
 
