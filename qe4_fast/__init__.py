@@ -32,13 +32,14 @@ from ._threads import BUILD_HINT, effective_n_threads, openmp_enabled, shares_co
 try:
     from . import _rowwise
     from .bag import dequantize, embedding, embedding_bag, embedding_bags, from_tbe, to_tbe
+    from .update import update_file, update_rows
 except ImportError as exc:   # one compiled module missing (a partial build): no fallback
     raise ImportError(f"{BUILD_HINT} ({exc})") from exc
 
 __all__ = [
     "QuantizedTable", "quantize", "dequantize", "embedding", "embedding_bag", "embedding_bags",
     "row_ranges", "range_loss",
-    "to_tbe", "from_tbe", "methods", "openmp_enabled",
+    "to_tbe", "from_tbe", "methods", "openmp_enabled", "update_rows", "update_file",
 ]
 
 F32 = np.float32
