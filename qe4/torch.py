@@ -1,5 +1,6 @@
-"""PyTorch interop: torch's packed rows, quantizing ``nn.Embedding`` weights, and a
-module that pools quantized rows with torch's own operators.
+"""PyTorch interop: torch's packed rows, quantizing ``nn.Embedding`` weights, modules
+that look up quantized rows (``QuantizedEmbedding``, ``QuantizedEmbeddingBag``) and
+:func:`quantize_model`, which replaces every embedding of a model.
 
 torch is an optional dependency (``pip install "qe4[torch]"``).  Exchange is by
 bytes: a rowwise :class:`qe4.QuantizedTable` with torch's scale dtype *is*
@@ -18,13 +19,18 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError('qe4.torch needs PyTorch: pip install "qe4[torch]"') from exc
 
+import copy
+
 import numpy as np
 
 from . import _validate as V
+from .bag import check_lookup_table
+from .engines import get_engine
 from .table import QuantizedTable
 from .api import quantize
 
-__all__ = ["to_torch", "from_torch", "quantize_embedding", "QuantizedEmbeddingBag"]
+__all__ = ["to_torch", "from_torch", "quantize_embedding", "QuantizedEmbedding",
+           "QuantizedEmbeddingBag", "quantize_model"]
 
 # torch's scale/bias dtype per bit width (fused N-bit rows: fp16; byte rows: fp32)
 TORCH_SCALE_DTYPE = {2: "float16", 4: "float16", 8: "float32"}
@@ -112,17 +118,238 @@ def quantize_embedding(module_or_weight, bits=4, method="greedy", **kwargs):
     return quantize(_weight_array(module_or_weight), bits, method, **kwargs)
 
 
-class QuantizedEmbeddingBag(torch.nn.Module):
-    """Sum or mean of quantized rows per bag, using torch's quantized operators.
+class _TableModule(torch.nn.Module):
+    """A :class:`QuantizedTable` held in a module's state.
+
+    ``state_dict()`` holds the packed rows (buffer ``weight``, uint8), the layout's extra
+    arrays (buffers ``extra_<name>``) and, as torch's extra state, the table's metadata
+    and the module's options.  ``load_state_dict`` accepts the state of any table (other
+    bits, layout or shape): the module then holds that table.
+    """
+
+    _OPTIONS = ()          # names of the module options kept in the extra state
+
+    def _hold(self, table):
+        self._meta = dict(bits=table.bits, dim=table.dim, method=table.method,
+                          scale_dtype=table.scale_dtype, layout=table.layout,
+                          params=dict(table.params))
+        self.register_buffer("weight", torch.from_numpy(np.array(table.data, np.uint8, order="C")))
+        self.__dict__["_weight_shape"] = tuple(self.weight.shape)
+        for name in [n for n in self._buffers if n.startswith("extra_")]:
+            del self._buffers[name]
+        for name, arr in table.extras.items():
+            self.register_buffer("extra_" + name, torch.from_numpy(np.array(arr, order="C")))
+
+    _READ_ONLY = ("weight", "bits", "dim")
+
+    def __setattr__(self, name, value):
+        # the packed rows, their bit width and dim are fixed once held (issue 10 F1): the
+        # kernels must never see sizes that disagree.  load_state_dict replaces the buffers
+        # through _load_from_state_dict, which stays allowed.
+        if name in self._READ_ONLY and "_weight_shape" in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}.{name} is read-only; build a new module "
+                                 f"({type(self).__name__}(table) or .from_float)")
+        super().__setattr__(name, value)
+
+    def _checked_weight(self):
+        """The weight buffer, refused unless it still has the shape, dtype and layout it was
+        held with (an in-place resize or a replaced buffer would be read out of bounds)."""
+        w = self.weight
+        if (tuple(w.shape) != self._weight_shape or w.dtype != torch.uint8 or not w.is_contiguous()
+                or w.device.type != "cpu"):
+            raise ValueError(f"weight was changed after construction: it is {w.dtype} "
+                             f"{tuple(w.shape)} on {w.device}, the module holds a table of "
+                             f"torch.uint8 {self._weight_shape} on cpu (contiguous)")
+        return w
+
+    def _table(self):
+        """The held table, sharing the buffers' memory (CPU)."""
+        extras = {n[len("extra_"):]: b.detach().cpu().numpy() for n, b in self._buffers.items()
+                  if n.startswith("extra_")}
+        return QuantizedTable(self._checked_weight().detach().numpy(), extras=extras, **self._meta)
+
+    def table(self):
+        """The held table as a :class:`QuantizedTable` (a copy)."""
+        t = self._table()
+        return QuantizedTable(t.data.copy(), extras={k: v.copy() for k, v in t.extras.items()},
+                              **self._meta)
+
+    @property
+    def num_embeddings(self):
+        return self.weight.shape[0]
+
+    @property
+    def embedding_dim(self):
+        return self._meta["dim"]
+
+    @property
+    def bits(self):
+        return self._meta["bits"]
+
+    @property
+    def dim(self):
+        return self._meta["dim"]
+
+    def get_extra_state(self):
+        return {"table": dict(self._meta), "options": {k: getattr(self, k) for k in self._OPTIONS}}
+
+    def set_extra_state(self, state):
+        if not isinstance(state, dict) or set(state) != {"table", "options"}:
+            raise ValueError(f"not the extra state of a {type(self).__name__}: {state!r}")
+        old = self._meta
+        self._meta = dict(state["table"])
+        try:
+            check_lookup_table(self._table())      # the buffers and metadata must agree
+        except (TypeError, ValueError):
+            self._meta = old
+            raise
+        for k, v in state["options"].items():
+            if k in self._OPTIONS:
+                setattr(self, k, v)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # take the incoming table's shapes and extras, then let torch copy and check
+        names = {k[len(prefix):] for k in state_dict if k.startswith(prefix)}
+        w = state_dict.get(prefix + "weight")
+        if w is not None and (w.dtype != torch.uint8 or "_extra_state" not in names):
+            error_msgs.append(f"{prefix}weight is a {w.dtype} tensor without a qe4 table's "
+                              f"extra state: the saved module was not a {type(self).__name__} "
+                              "(quantize the saved model's tables the same way)")
+            return
+        if "weight" in names:
+            self._buffers["weight"] = torch.empty_like(state_dict[prefix + "weight"])
+            self.__dict__["_weight_shape"] = tuple(self.weight.shape)
+        for name in [n for n in self._buffers if n.startswith("extra_") and n not in names]:
+            del self._buffers[name]
+        for name in names:
+            if name.startswith("extra_") and "." not in name:
+                self._buffers[name] = torch.empty_like(state_dict[prefix + name])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _engine(self):
+        return get_engine(self.engine)
+
+    def _engine_kwargs(self):
+        return {} if self.engine == "reference" else {"n_threads": self.n_threads}
+
+
+def _check_engine(engine, allowed):
+    if engine not in allowed:
+        raise ValueError(f"engine must be one of {allowed}, got {engine!r}")
+    if engine != "torch":
+        get_engine(engine)                    # ImportError now if qe4_fast is not built
+    return engine
+
+
+def _to_tensor(out, out_dtype):
+    if out_dtype == "bfloat16":
+        return torch.from_numpy(out.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(out)
+
+
+class QuantizedEmbedding(_TableModule):
+    """A drop-in for ``nn.Embedding`` at inference, reading quantized rows.
+
+    ``module(input)`` returns the rows of ``input`` (an int tensor of any shape):
+    ``[*input.shape, embedding_dim]``, exactly :func:`qe4.embedding` (the dequantized
+    rows; float32, or float16/bfloat16 with ``out_dtype``).
 
     Parameters
     ----------
     table : QuantizedTable
-        torch-compatible (see :func:`to_torch`).  Its bytes become the buffer
-        ``weight`` (uint8 [n_rows, row_bytes]), saved in the state dict.
-    mode : {"sum", "mean"}
+        Any layout.  Held in the state dict (see below).
+    padding_idx : int, optional
+        As ``nn.Embedding``'s (negative counts from the end; stored normalized).  At
+        inference ``nn.Embedding`` returns its weight's row there, and so does this
+        module: the quantized row (exactly zeros when the float row was zeros, as
+        ``nn.Embedding`` initialises it; a trained model may hold anything there).
+    out_dtype : {"float32", "float16", "bfloat16"}
+    engine : {"fast", "reference"}
+        ``qe4_fast`` (default) or the NumPy reference; the bytes are the same.
+    n_threads : int, optional
+        Threads of the fast engine (None: all usable cores).
+
+    Notes
+    -----
+    ``state_dict()`` holds ``weight`` (uint8 packed rows), ``extra_<name>`` (layout
+    arrays) and the metadata, so ``load_state_dict`` restores any quantized table.
+    ``max_norm`` is refused by :meth:`from_float` (torch renormalizes the float rows in
+    place at lookup, which quantized rows cannot do); ``scale_grad_by_freq`` and
+    ``sparse`` only change gradients and have no effect here (there are none).
+    """
+
+    _OPTIONS = ("padding_idx", "out_dtype")
+
+    def __init__(self, table, padding_idx=None, *, out_dtype="float32", engine="fast",
+                 n_threads=None):
+        super().__init__()
+        V.check_table(table)
+        self.engine = _check_engine(engine, ("fast", "reference"))
+        self.out_dtype = V.check_out_dtype(out_dtype)
+        self.n_threads = n_threads
+        if padding_idx is not None:
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)):
+                raise TypeError(f"padding_idx must be an integer or None, got {padding_idx!r}")
+            if not -table.n_rows <= padding_idx < table.n_rows:
+                raise ValueError(f"padding_idx must be within num_embeddings = {table.n_rows}, "
+                                 f"got {padding_idx}")
+            padding_idx = int(padding_idx) % table.n_rows
+        self.padding_idx = padding_idx
+        self.max_norm = None
+        self._hold(table)
+
+    @classmethod
+    def from_float(cls, module, bits=4, method="greedy", *, out_dtype="float32", engine="fast",
+                   n_threads=None, **kwargs):
+        """Quantize an ``nn.Embedding`` (or a 2-D weight tensor); keywords as
+        :func:`qe4.quantize` (``scale_dtype``, ``n_bins``, method options)."""
+        padding_idx = None
+        if isinstance(module, torch.nn.Embedding):
+            if module.max_norm is not None:
+                raise ValueError("module has max_norm set; quantized rows cannot be renormalized "
+                                 "(torch rescales the float rows in place at lookup)")
+            padding_idx = module.padding_idx
+        elif isinstance(module, torch.nn.EmbeddingBag):
+            raise TypeError("module is an nn.EmbeddingBag: use QuantizedEmbeddingBag.from_float")
+        table = _quantize_with(engine, n_threads, _weight_array(module), bits, method, kwargs)
+        return cls(table, padding_idx, out_dtype=out_dtype, engine=engine, n_threads=n_threads)
+
+    def extra_repr(self):
+        return (f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, "
+                f"layout={self._meta['layout']!r}, method={self._meta['method']!r}"
+                + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
+                + (f", out_dtype={self.out_dtype!r}" if self.out_dtype != "float32" else ""))
+
+    def forward(self, input):
+        """Rows of ``input`` (int32/int64 tensor or array, any shape)."""
+        out = self._engine().embedding(self._table(), _numpy(input, "input"),
+                                       out_dtype=self.out_dtype, **self._engine_kwargs())
+        return _to_tensor(out, self.out_dtype)
+
+
+class QuantizedEmbeddingBag(_TableModule):
+    """Sum, mean or max of quantized rows per bag (a drop-in for ``nn.EmbeddingBag``).
+
+    Parameters
+    ----------
+    table : QuantizedTable
+        With ``engine="torch"``: torch-compatible (see :func:`to_torch`).  With the
+        other engines: any layout.  Its bytes become the buffer ``weight`` (uint8
+        [n_rows, row_bytes]), saved in the state dict with the table's metadata.
+    mode : {"sum", "mean", "max"}
+        ``"max"`` needs ``engine="fast"`` or ``"reference"`` (torch's quantized ops
+        have no max).
     include_last_offset : bool
         As in ``nn.EmbeddingBag``: ``offsets`` has ``n_bags + 1`` entries.
+    engine : {"torch", "fast", "reference"}
+        ``"torch"`` (default): torch's quantized operators; ``"fast"``/``"reference"``:
+        :func:`qe4.embedding_bag` of ``qe4_fast`` / ``qe4``.  Same bytes.
+    out_dtype : {"float32", "float16", "bfloat16"}
+        The fast and reference engines only.
+    n_threads : int, optional
+        Threads of the fast engine.
 
     Notes
     -----
@@ -133,51 +360,30 @@ class QuantizedEmbeddingBag(torch.nn.Module):
     ``qe4.embedding_bag(table, ...)`` byte for byte.
     """
 
-    def __init__(self, table, mode="sum", include_last_offset=False):
+    _OPTIONS = ("mode", "include_last_offset", "out_dtype")
+
+    def __init__(self, table, mode="sum", include_last_offset=False, *, engine="torch",
+                 out_dtype="float32", n_threads=None):
         super().__init__()
-        packed = to_torch(table)
-        if not isinstance(mode, str) or mode not in ("sum", "mean"):
-            raise ValueError(f"mode must be 'sum' or 'mean', got {mode!r}")
-        object.__setattr__(self, "_bits", table.bits)
-        object.__setattr__(self, "_dim", table.dim)
+        self.engine = _check_engine(engine, ("torch", "fast", "reference"))
+        modes = ("sum", "mean") if engine == "torch" else V.LOOKUP_MODES
+        if engine == "torch":
+            _check_torch_compatible(table)
+        else:
+            V.check_table(table)
+        if not isinstance(mode, str) or mode not in modes:
+            raise ValueError(f"mode must be one of {modes} with engine={engine!r}, got {mode!r}")
+        self.out_dtype = V.check_out_dtype(out_dtype)
+        if engine == "torch" and self.out_dtype != "float32":
+            raise ValueError("out_dtype other than 'float32' needs engine='fast' or 'reference'")
         self.mode = mode
         self.include_last_offset = bool(include_last_offset)
-        self.register_buffer("weight", packed)
-        object.__setattr__(self, "_weight_shape", tuple(packed.shape))
-
-    _READ_ONLY = ("weight", "bits", "dim")
-
-    def __setattr__(self, name, value):
-        # the packed rows, their bit width and dim are fixed at construction (issue 10 F1):
-        # the kernels must never see sizes that disagree.  load_state_dict copies into the
-        # buffer in place (same shape), which stays allowed.
-        if name in self._READ_ONLY and "_weight_shape" in self.__dict__:
-            raise AttributeError(f"QuantizedEmbeddingBag.{name} is read-only; build a new module "
-                                 "(QuantizedEmbeddingBag(table) or .from_float)")
-        super().__setattr__(name, value)
-
-    @property
-    def bits(self):
-        return self._bits
-
-    @property
-    def dim(self):
-        return self._dim
-
-    def _checked_weight(self):
-        """The weight buffer, refused unless it still has the shape, dtype and layout it
-        was built with (an in-place resize or a replaced buffer would be read out of bounds)."""
-        w = self.weight
-        if (tuple(w.shape) != self._weight_shape or w.dtype != torch.uint8 or not w.is_contiguous()
-                or w.device.type != "cpu"):
-            raise ValueError(f"weight was changed after construction: it is {w.dtype} "
-                             f"{tuple(w.shape)} on {w.device}, the module was built for "
-                             f"torch.uint8 {self._weight_shape} on cpu (contiguous)")
-        return w
+        self.n_threads = n_threads
+        self._hold(table)
 
     @classmethod
     def from_float(cls, module, bits=4, method="greedy", *, mode=None, include_last_offset=None,
-                   **kwargs):
+                   engine="torch", out_dtype="float32", n_threads=None, **kwargs):
         """Quantize an ``nn.EmbeddingBag`` or ``nn.Embedding`` (or a weight tensor).
 
         ``mode`` and ``include_last_offset`` default to the module's (``"sum"`` and
@@ -193,38 +399,35 @@ class QuantizedEmbeddingBag(torch.nn.Module):
             mode = module.mode if mode is None else mode
             if include_last_offset is None:
                 include_last_offset = module.include_last_offset
-        table = quantize_embedding(module, bits, method, **kwargs)
+        engine_q = "fast" if engine == "torch" and _has_fast() else engine
+        table = _quantize_with("reference" if engine_q == "torch" else engine_q, n_threads,
+                               _weight_array(module), bits, method, kwargs)
         return cls(table, mode="sum" if mode is None else mode,
-                   include_last_offset=bool(include_last_offset))
-
-    @property
-    def num_embeddings(self):
-        return self._weight_shape[0]
-
-    @property
-    def embedding_dim(self):
-        return self.dim
-
-    def table(self):
-        """The current ``weight`` buffer as a :class:`QuantizedTable` (a copy)."""
-        return from_torch(self._checked_weight(), self.bits, self.dim)
+                   include_last_offset=bool(include_last_offset), engine=engine,
+                   out_dtype=out_dtype, n_threads=n_threads)
 
     def extra_repr(self):
         return (f"{self.num_embeddings}, {self.dim}, bits={self.bits}, mode={self.mode!r}, "
-                f"include_last_offset={self.include_last_offset}")
+                f"include_last_offset={self.include_last_offset}"
+                + (f", engine={self.engine!r}" if self.engine != "torch" else ""))
 
     def forward(self, input, offsets=None, per_sample_weights=None):
-        """Pooled rows, float32 [n_bags, dim] on the weight's device (CPU).
+        """Pooled rows, [n_bags, dim] on the weight's device (CPU).
 
         ``input`` and ``offsets`` are int32/int64 tensors or arrays, as for
         :func:`qe4.embedding_bag` (2-D ``input`` means fixed-length bags).
         """
+        args = (_numpy(input, "input"), None if offsets is None else _numpy(offsets, "offsets"))
+        w = None if per_sample_weights is None else _numpy(per_sample_weights, "per_sample_weights")
+        if self.engine != "torch":
+            out = self._engine().embedding_bag(
+                self._table(), *args, mode=self.mode, per_sample_weights=w,
+                include_last_offset=self.include_last_offset, out_dtype=self.out_dtype,
+                **self._engine_kwargs())
+            return _to_tensor(out, self.out_dtype)
         weight = self._checked_weight()
-        idx, starts, w = V.check_bag_args(
-            _numpy(input, "input"), None if offsets is None else _numpy(offsets, "offsets"),
-            self.num_embeddings, None if per_sample_weights is None
-            else _numpy(per_sample_weights, "per_sample_weights"),
-            self.include_last_offset, self.mode)     # also refuses mean + weights
+        idx, starts, w = V.check_bag_args(*args, self.num_embeddings, w,
+                                          self.include_last_offset, self.mode)  # refuses mean + weights
         op = getattr(torch.ops.quantized, _BAG_OPS[self.bits])
         out = op(weight, torch.from_numpy(idx), torch.from_numpy(starts),
                  per_sample_weights=None if w is None else torch.from_numpy(w),
@@ -236,6 +439,130 @@ class QuantizedEmbeddingBag(torch.nn.Module):
             factor[full] = np.float32(1.0) / lengths[full].astype(np.float32)
             out = out * torch.from_numpy(factor)[:, None]
         return out
+
+
+def _has_fast():
+    try:
+        get_engine("fast")
+    except ImportError:
+        return False
+    return True
+
+
+def _quantize_with(engine, n_threads, weight, bits, method, kwargs):
+    """``quantize`` of ``engine`` (``n_threads`` for the fast one); the same bytes."""
+    if engine == "fast":
+        kwargs = dict(kwargs, n_threads=n_threads)
+    return get_engine(engine).quantize(weight, bits, method, **kwargs)
+
+
+# --------------------------------------------------------------------------- whole models
+
+def quantize_model(model, bits=4, method="greedy", *, tables=None, budget=None, allocator=None,
+                   engine="fast", out_dtype="float32", n_threads=None, inplace=False, **options):
+    """Replace every ``nn.Embedding`` and ``nn.EmbeddingBag`` of ``model`` by its quantized
+    module (:class:`QuantizedEmbedding`, :class:`QuantizedEmbeddingBag`).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    bits, method, **options
+        The default choice for every table (see :func:`qe4.quantize`).
+    tables : dict, optional
+        Per-table choices by module name (as in ``model.named_modules()``): a dict of
+        :func:`qe4.quantize` arguments overriding the default (``{"bits": 2}``,
+        ``{"method": "two-tier", "n_groups": 256}``), a ready :class:`QuantizedTable`,
+        or None to keep that table in float.  Unknown names are an error.
+    budget : optional
+        A byte budget for all tables together, handed to ``allocator`` (below); its
+        choices come before ``tables``' overrides.
+    allocator : callable, optional
+        ``allocator(weights, budget) -> {name: choice}`` with ``weights`` a dict of module
+        name -> float32 weight array and a choice as in ``tables``.  Default:
+        ``qe4.allocate.choose_tables`` when this installation has it; without it a budget
+        raises NotImplementedError.
+    engine : {"fast", "reference"}
+        Quantizes the tables and runs the lookups (``QuantizedEmbeddingBag`` of a
+        torch-compatible table and mode sum/mean uses torch's operators instead, as
+        ``engine="torch"``).
+    out_dtype : {"float32", "float16", "bfloat16"}
+        Output of every quantized module.
+    n_threads : int, optional
+        Threads of the fast engine.
+    inplace : bool
+        False (default): a deep copy of ``model`` is quantized and returned.
+
+    Returns
+    -------
+    torch.nn.Module
+        The quantized model.  Its ``state_dict()`` holds each table's packed bytes and
+        metadata; ``quantize_model(fresh_model, ...)`` followed by ``load_state_dict``
+        restores it, even when the saved tables were made with other choices.
+    """
+    embeddings = {name: m for name, m in model.named_modules()
+                  if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))}
+    tables = dict(tables or {})
+    unknown = sorted(set(tables) - set(embeddings))
+    if unknown:
+        raise ValueError(f"tables names modules that are not embeddings of the model: {unknown}; "
+                         f"its embeddings are {sorted(embeddings)}")
+    _check_engine(engine, ("fast", "reference"))
+    V.check_out_dtype(out_dtype)
+    choices = {}
+    if budget is not None:
+        if allocator is None:
+            try:
+                from .allocate import choose_tables as allocator
+            except ImportError:
+                raise NotImplementedError("budget= needs qe4.allocate.choose_tables, which this "
+                                          "installation does not have; pass allocator=") from None
+        choices = dict(allocator({n: _weight_array(m) for n, m in embeddings.items()}, budget))
+    choices.update(tables)
+    if not inplace:
+        model = copy.deepcopy(model)
+    for name in embeddings:
+        choice = choices.get(name, {})
+        if choice is None:
+            continue
+        module = model.get_submodule(name)
+        new = _quantized_module(module, choice, bits, method, options, engine, out_dtype, n_threads)
+        parent, _, attr = name.rpartition(".")
+        if not attr:
+            return new                          # the model itself is an embedding
+        setattr(model.get_submodule(parent) if parent else model, attr, new)
+    return model
+
+
+def _quantized_module(module, choice, bits, method, options, engine, out_dtype, n_threads):
+    if isinstance(choice, QuantizedTable):
+        table = choice
+        if table.n_rows != module.weight.shape[0] or table.dim != module.weight.shape[1]:
+            raise ValueError(f"a table of shape {table.shape} cannot replace a module of weight "
+                             f"shape {tuple(module.weight.shape)}")
+    else:
+        if not isinstance(choice, dict):
+            raise TypeError(f"a table choice must be a dict, a QuantizedTable or None, got "
+                            f"{type(choice).__name__}")
+        kw = dict(options, **choice)
+        table = _quantize_with(engine, n_threads, _weight_array(module), kw.pop("bits", bits),
+                               kw.pop("method", method), kw)
+    if isinstance(module, torch.nn.Embedding):
+        if module.max_norm is not None:
+            raise ValueError("module has max_norm set; quantized rows cannot be renormalized "
+                             "(torch rescales the float rows in place at lookup)")
+        return QuantizedEmbedding(table, module.padding_idx, out_dtype=out_dtype, engine=engine,
+                                  n_threads=n_threads)
+    if module.padding_idx is not None or module.max_norm is not None:
+        raise ValueError("an nn.EmbeddingBag with padding_idx or max_norm cannot be quantized")
+    try:
+        if module.mode == "max" or out_dtype != "float32":
+            raise ValueError
+        _check_torch_compatible(table)
+        bag_engine = "torch"
+    except ValueError:
+        bag_engine = engine
+    return QuantizedEmbeddingBag(table, module.mode, module.include_last_offset, engine=bag_engine,
+                                 out_dtype=out_dtype, n_threads=n_threads)
 
 
 def _numpy(a, name):

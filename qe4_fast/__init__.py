@@ -38,6 +38,7 @@ try:
     from . import _rowwise  # noqa: F401
     from .bag import dequantize, embedding, embedding_bag, embedding_bags, from_tbe, to_tbe
     from .rowwise import range_loss, row_ranges
+    from .update import update_file, update_rows
 except ImportError as exc:   # one compiled module missing (a partial build): no fallback
     raise ImportError(f"{BUILD_HINT} ({exc})") from exc
 
@@ -45,6 +46,7 @@ __all__ = [
     "QuantizedTable", "quantize", "dequantize", "embedding", "embedding_bag", "embedding_bags",
     "row_ranges", "range_loss",
     "to_tbe", "from_tbe", "methods", "openmp_enabled", "simd_level",
+    "update_rows", "update_file",
 ]
 
 

@@ -142,6 +142,9 @@ def _result(out, out_dtype):
 
 def _spec(table):
     """The kernel's description of a table of any layout (see qe4_fast/_lookup.pyx)."""
+    if table.layout not in _lookup.LAYOUTS:
+        raise ValueError(f"qe4_fast has no lookup kernel for layout {table.layout!r} (layouts "
+                         f"with one: {tuple(_lookup.LAYOUTS)}); use the qe4 reference")
     if table.layout == "rowwise":
         data, bits, dim, f16 = _rows(table)
         return (data, 0, bits, dim, int(f16), 0, _NO_BOOKS)

@@ -5,8 +5,10 @@ import os
 import numpy as np
 import pytest
 
+import qe4
 from qe4 import layouts as L
 from qe4 import method_registry as M
+from qe4 import _validate as V
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "fbgemm_golden.npz")
 
@@ -80,3 +82,37 @@ def _same_error(ref_call, fast_call):
 def same_error():
     """``same_error(ref_call, fast_call)``: both raise the same exception type and message."""
     return _same_error
+
+
+def table_kinds():
+    """(layout, bits, scale_dtype) -> the first method making it, for every method
+    ``qe4.methods()`` lists and every bit width and scale dtype it accepts: tests built on
+    it cover every layout and width a new method brings."""
+    x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(2, 8)
+    kinds = {}
+    for method in qe4.methods():
+        for bits in V.BITS:
+            for scale_dtype in V.SCALE_DTYPES:
+                try:
+                    t = qe4.quantize(x, bits, method, scale_dtype=scale_dtype)
+                except ValueError:
+                    continue
+                kinds.setdefault((t.layout, bits, scale_dtype), method)
+    return kinds
+
+
+def kind_rows(n_rows, dim, seed=0):
+    """float32 rows of mixed magnitudes, row 0 all zeros."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_rows, dim)).astype(np.float32)
+    x *= np.exp(rng.uniform(-3, 3, (n_rows, 1))).astype(np.float32)
+    x[0] = 0.0
+    return x
+
+
+def make_kind(kind, n_rows, dim, seed, kinds):
+    """A table of ``kind`` = (layout, bits, scale_dtype) made from :func:`kind_rows`."""
+    layout, bits, scale_dtype = kind
+    opts = {"n_groups": 3} if layout == "two-tier" else {}
+    return qe4.quantize(kind_rows(n_rows, dim, seed), bits, kinds[kind], scale_dtype=scale_dtype,
+                        **opts)

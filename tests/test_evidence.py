@@ -235,3 +235,36 @@ def test_report_is_valid_rst():
     from docutils.writers import null
     docutils_core.publish_string(report.render(res, "nowhere"), writer=null.Writer(),
                                  settings_overrides={"report_level": 2, "halt_level": 2})
+
+
+# --------------------------------------------------------------------------- MiniLM part
+
+def test_minilm_neighbours_and_overlap_by_hand():
+    from qe4.evidence import minilm
+    e = np.array([[1, 0], [0.8, 0.6], [0, 1], [-1, 0]], np.float32)
+    nn = minilm.neighbours(e, k=2)
+    assert nn.tolist() == [[1, 2], [0, 2], [1, 0], [2, 1]]        # never itself
+    assert minilm.overlap(nn, nn) == 1.0
+    assert minilm.overlap(nn, np.array([[1, 3], [3, 3], [3, 3], [2, 1]])) == (0.5 + 0 + 0 + 1) / 4
+
+
+def test_minilm_sentences_from_the_lee_corpus():
+    from qe4.evidence import minilm
+    try:
+        s = minilm.sentences(50)
+    except (ImportError, OSError):
+        pytest.skip("gensim's Lee corpus is not installed")
+    assert len(s) == 50 and all(8 <= len(x.split()) <= 40 for x in s)
+    assert s[0].startswith("Hundreds of people have been forced to vacate their homes")
+
+
+def test_report_renders_minilm():
+    m = {"n_sentences": 1000, "tables": {"0.model.embeddings.word_embeddings": [30522, 384]},
+         "word_table": "0.model.embeddings.word_embeddings", "fp32_bytes": 30522 * 384 * 4,
+         "results": [{"method": "greedy", "bits": 4, "bytes": 30522 * 196, "pct_fp32": 12.76,
+                      "word_table_error": 0.0071, "cos_mean": 0.9931, "cos_min": 0.97,
+                      "cos_p1": 0.98, "top10_overlap": 0.912, "seconds": 20.0}]}
+    text = report.render({"meta": {"engine": "fast"}, "minilm": m}, "nowhere")
+    assert "all-MiniLM-L6-v2" in text and "0.9931" in text and "0.912" in text
+    assert "``word_embeddings`` 30522 x 384" in text
+    assert "Not run: no torch" in report.render({"minilm": {"skipped": "no torch"}}, "nowhere")

@@ -17,7 +17,7 @@ from qe4_fast._threads import effective_n_threads
 
 # The registry shared by both packages: every name here exists in qe4 and qe4_fast.
 SHARED = ["quantize", "dequantize", "embedding_bag", "row_ranges", "range_loss", "to_tbe",
-          "from_tbe"]
+          "from_tbe", "embedding", "embedding_bags", "update_rows", "update_file"]
 
 
 @pytest.mark.parametrize("name", SHARED)

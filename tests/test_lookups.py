@@ -15,6 +15,8 @@ from qe4.table import QuantizedTable
 from qe4_fast import _lookup, _simd
 from qe4_fast import bag as fast
 
+from conftest import make_kind, table_kinds
+
 try:
     import ml_dtypes            # numpy's bfloat16 (the "bfloat16" extra)
 except ImportError:             # pragma: no cover - the bfloat16 cases skip
@@ -27,22 +29,6 @@ OUT_DTYPES = V.OUT_DTYPES if ml_dtypes else tuple(d for d in V.OUT_DTYPES if d !
 KERNELS = _simd.levels_up_to_chosen()
 
 
-def table_kinds():
-    """(layout, bits, scale_dtype) -> the first method making it, for every method
-    ``qe4.methods()`` lists and every bit width and scale dtype it accepts."""
-    x = np.linspace(-1, 1, 16, dtype=F32).reshape(2, 8)
-    kinds = {}
-    for method in qe4.methods():
-        for bits in V.BITS:
-            for scale_dtype in V.SCALE_DTYPES:
-                try:
-                    t = qe4.quantize(x, bits, method, scale_dtype=scale_dtype)
-                except ValueError:
-                    continue
-                kinds.setdefault((t.layout, bits, scale_dtype), method)
-    return kinds
-
-
 KINDS = table_kinds()
 
 
@@ -52,13 +38,7 @@ def test_every_layout_is_covered():
 
 
 def make_table(kind, n_rows, dim, seed=0):
-    layout, bits, scale_dtype = kind
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n_rows, dim)).astype(F32)
-    x *= np.exp(rng.uniform(-3, 3, (n_rows, 1))).astype(F32)
-    x[0] = 0.0
-    opts = {"n_groups": 3} if layout == "two-tier" else {}
-    return qe4.quantize(x, bits, KINDS[kind], scale_dtype=scale_dtype, **opts)
+    return make_kind(kind, n_rows, dim, seed, KINDS)
 
 
 @pytest.fixture(params=KERNELS, ids=lambda level: _simd.SIMD_LEVELS[level])

