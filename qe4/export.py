@@ -6,20 +6,20 @@ for every row (or every block of a row), chooses the best parameters *the
 target layout can hold*, judged by the target's own dequantization formula:
 it is not a re-encoding of qe4's bytes, which would add a second rounding.
 
-========================  =================================================  ============================
-format                    what is written                                    read back (tests) by
-========================  =================================================  ============================
-``"executorch"``          ``quantized_decomposed::embedding_{2,4}bit`` /     the ExecuTorch CPU kernel
-                          ``embedding_byte`` arguments: packed uint8/int8    (``executorch`` runtime) and
-                          weight, scales and zero points [rows, groups]      its Python reference op
-``"gguf"``                a GGUF tensor of type ``Q8_0``, ``Q4_0`` or        ``gguf.GGUFReader`` and
-                          ``Q4_1`` (blocks of 32)                            ``gguf.quants.dequantize``
-``"compressed-tensors"``  the ``pack-quantized`` format: ``weight_packed``   ``compressed_tensors``'
-                          (int32), ``weight_scale``, ``weight_zero_point``,  ``PackedQuantizationCompressor``
-                          ``weight_shape`` and the ``quantization_config``
-``"onnx"``                a model whose ``com.microsoft.GatherBlockQuantized`` ``onnxruntime``
-                          node gathers rows from block-quantized initializers
-========================  =================================================  ============================
+========================  ==========================================================  ==================================
+format                    what is written                                             read back (tests) by
+========================  ==========================================================  ==================================
+``"executorch"``          ``quantized_decomposed::embedding_{2,4}bit`` /              the ExecuTorch CPU kernel
+                          ``embedding_byte`` arguments: packed uint8/int8 weight,     (``executorch`` runtime) and its
+                          scales and zero points [rows, groups]                       Python reference op
+``"gguf"``                a GGUF tensor of type ``Q8_0``, ``Q4_0`` or ``Q4_1``        ``gguf.GGUFReader`` and
+                          (blocks of 32)                                              ``gguf.quants.dequantize``
+``"compressed-tensors"``  the ``pack-quantized`` format: ``weight_packed`` (int32),   compressed-tensors'
+                          ``weight_scale``, ``weight_zero_point``, ``weight_shape``   ``PackedQuantizationCompressor``
+                          and the ``quantization_config``
+``"onnx"``                a model whose ``com.microsoft.GatherBlockQuantized`` node   ``onnxruntime``
+                          gathers rows from block-quantized initializers
+========================  ==========================================================  ==================================
 
 The search
 ----------

@@ -349,6 +349,13 @@ def pack_codes(codes, bits):
 
     Element c goes to byte ``c // (8 // bits)`` at bit offset ``(c % (8 // bits)) * bits``
     (4-bit: even element in the LOW nibble).  Unused high bits are zero.
+
+    Examples
+    --------
+    >>> pack_codes([[1, 2, 3, 15, 7]], 4)          # 0x21, 0xf3, then 7 alone in a low nibble
+    array([[ 33, 243,   7]], dtype=uint8)
+    >>> pack_codes([[0, 1, 2, 3]], 2)              # 0b11_10_01_00
+    array([[228]], dtype=uint8)
     """
     codes = np.asarray(codes, np.uint8)
     epb = 8 // bits
