@@ -66,7 +66,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _validate as V
-from .rowwise import greedy_search
+from .rowwise import greedy_search, pack_codes
 
 F32 = np.float32
 SEARCHES = ("greedy", "minmax")
@@ -298,30 +298,15 @@ def _fit(grid, x, group, search, n_bins, ratio, symmetric):
 
 # --------------------------------------------------------------------------- packing
 
-def _pack_lsb(u, bits):
-    """Unsigned codes [n_rows, n_cols] -> bytes, element c at bit (c % epb) * bits of byte c // epb."""
-    epb = 8 // bits
-    n_rows, n_cols = u.shape
-    u = u.astype(np.uint8).reshape(n_rows, n_cols // epb, epb)
-    out = np.zeros(u.shape[:2], np.uint8)
-    for k in range(epb):
-        out |= u[:, :, k] << np.uint8(k * bits)
-    return out
-
-
 def _pack_int32(u, bits):
     """Unsigned codes [n_rows, n_cols] -> int32 words [n_rows, ceil(n_cols * bits / 32)], element
-    c at bit (c * bits) % 32 of word (c * bits) // 32 (``bits`` divides 32: nothing straddles)."""
+    c at bit (c * bits) % 32 of word (c * bits) // 32: the bytes of :func:`pack_codes` (``bits``
+    divides 8), read four at a time as little-endian words."""
     per_word = 32 // bits
     n_rows, n_cols = u.shape
-    width = -(-n_cols // per_word)
-    padded = np.zeros((n_rows, width * per_word), np.uint32)
+    padded = np.zeros((n_rows, -(-n_cols // per_word) * per_word), np.uint8)
     padded[:, :n_cols] = u
-    padded = padded.reshape(n_rows, width, per_word)
-    out = np.zeros((n_rows, width), np.uint32)
-    for k in range(per_word):
-        out |= padded[:, :, k] << np.uint32(k * bits)
-    return out.view(np.int32)
+    return np.ascontiguousarray(pack_codes(padded, bits)).view("<i4").astype(np.int32)
 
 
 # --------------------------------------------------------------------------- result
@@ -535,7 +520,7 @@ def to_executorch(x, bits: int = 4, *, group_size: int | None = None,
         u = (q + 8).astype(np.uint8)
         weight = ((u[:, 0::2] << np.uint8(4)) | u[:, 1::2]).astype(np.uint8)
     else:
-        weight = _pack_lsb(q + 2, 2)
+        weight = pack_codes(q + 2, 2)
     tensors = {"weight": weight, "weight_scales": _store(s, scale_dtype)}
     dtypes = {"weight": "int8" if bits == 8 else "uint8", "weight_scales": scale_dtype}
     if zero_point:
@@ -721,7 +706,7 @@ def to_onnx(x, bits: int = 4, *, block_size: int = 32, scale_dtype: str = "float
     zp0 = 1 << (bits - 1)
     grid = _Grid("int-zp" if zero_point else "fixed-zp", 0, qmax, scale_dtype, zp0=zp0)
     s, zp, q, xh = _fit(grid, x, block_size, search, n_bins, ratio, symmetric=not zero_point)
-    data = _pack_lsb(q, 4) if bits == 4 else q.astype(np.uint8)
+    data = pack_codes(q, 4) if bits == 4 else q.astype(np.uint8)
     tensors = {"data": data, "scales": _store(s, scale_dtype)}
     dtypes = {"data": "uint8", "scales": scale_dtype}
     if zero_point:
@@ -729,7 +714,7 @@ def to_onnx(x, bits: int = 4, *, block_size: int = 32, scale_dtype: str = "float
         if bits == 4:
             if zpu.shape[1] % 2:
                 zpu = np.concatenate([zpu, np.zeros((zpu.shape[0], 1), np.uint8)], axis=1)
-            zpu = _pack_lsb(zpu, 4)
+            zpu = pack_codes(zpu, 4)
         tensors["zero_points"] = np.ascontiguousarray(zpu)
         dtypes["zero_points"] = "uint8"
     options = {"bits": bits, "block_size": block_size, "scale_dtype": scale_dtype,
