@@ -29,7 +29,7 @@ def embedding(table, indices, *, out_dtype="float32"):
 
     Returns
     -------
-    ndarray [*indices.shape, dim] of ``out_dtype``
+    ndarray [``*indices.shape``, dim] of ``out_dtype``
 
     Raises
     ------

@@ -1,4 +1,4 @@
-"""The ``qe4`` command line: quantize, info, demo, plot, evidence.
+"""The ``qe4`` command line: quantize, info, demo, plot, evidence, export.
 
 ``main(argv=None)`` returns the exit code: 0 on success, 2 for a user error
 (bad arguments or input), which is printed as one line on stderr without a
@@ -24,6 +24,7 @@ GLOVE_CREDIT = ("Data: GloVe 6B 50d, the 20,000 most frequent words (Pennington,
 DELEGATED = {
     "plot": ("qe4.plots", "draw the figures from `qe4 evidence` results, or one row's error grid"),
     "evidence": ("qe4.evidence", "run the real-data experiments (GloVe, MovieLens) and cache results"),
+    "export": ("qe4.export", "export a float table to ExecuTorch, GGUF, compressed-tensors or ONNX layouts"),
 }
 
 

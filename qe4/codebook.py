@@ -32,11 +32,11 @@ Bit widths 2 and 4 (4 and 16 centroids).  8 bits (256 centroids per row, more th
 values of a typical row) is refused.
 
 Storage (``scale_dtype``): centroids are stored as float16 (``None`` or ``"float16"``, the
-default) or float32 (``"float32"``).  With float16, every |value| must round to a finite
+default) or float32 (``"float32"``).  With float16, every ``|value|`` must round to a finite
 float16 (<= 65504).
 
 Layouts (all little-endian; codes packed exactly as :func:`qe4.rowwise.pack_codes`)
-----------------------------------------------------------------------------------
+-----------------------------------------------------------------------------------
 ``layout="codebook"`` (kmeans, kmeans-optimal): row = ``[codes][c_0 .. c_{K-1}]``,
 ``ceil(dim * b / 8) + K * itemsize`` bytes (4 bits, dim 64, float16: 32 + 32 = 64).
 

@@ -93,19 +93,19 @@ so wall-clock rates mislead; the CPU-second rates are what carries over).
 Greedy, 4 bits, N(0,1) float32 rows of 64, bytes equal in every run
 (``bench/results/bench_dask.txt``):
 
-=================================  =========  ===========  ==========
-run                                rows/s     rows/CPU-s   CPU vs 1
-=================================  =========  ===========  ==========
+===================================  =========  ===========  ==========
+run                                  rows/s     rows/CPU-s   CPU vs 1
+===================================  =========  ===========  ==========
 fast, 1e6 rows, 125k-row chunks:
-one process, 1 thread              447,277    887,770      1.00
-one process, 2 threads             350,308    749,091      0.84
-LocalCluster 2 x 1, to_table       240,422    542,151      0.61
-LocalCluster 2 x 1, to_sharded     307,053    599,425      0.68
+one process, 1 thread                447,277    887,770      1.00
+one process, 2 threads               350,308    749,091      0.84
+LocalCluster 2 x 1, to_table         240,422    542,151      0.61
+LocalCluster 2 x 1, to_sharded       307,053    599,425      0.68
 reference, 1e5 rows, 12.5k chunks:
-one process                         13,451     20,062      1.00
-LocalCluster 2 x 1, to_table         9,402     22,406      1.12
-LocalCluster 2 x 1, to_sharded      10,884     23,425      1.17
-=================================  =========  ===========  ==========
+one process                           13,451     20,062      1.00
+LocalCluster 2 x 1, to_table           9,402     22,406      1.12
+LocalCluster 2 x 1, to_sharded        10,884     23,425      1.17
+===================================  =========  ===========  ==========
 
 What to expect per core on a multi-machine cluster, on dedicated cores:
 

@@ -149,11 +149,24 @@ def greedy_range(x, bits=4, n_bins=200, ratio=0.16, scale_dtype="float16", retur
         already finished (only with ``return_path=True``; the first entry is the start).
     """
     x = np.asarray(x, F32)
-    xt = np.ascontiguousarray(x.T)
-    xmin, xmax = minmax_range(x)
+    return greedy_search(np.ascontiguousarray(x.T),
+                         lambda xt, lo, hi: _range_loss_t(xt, lo, hi, bits, scale_dtype),
+                         n_bins, ratio, return_path)
+
+
+def greedy_search(xt, loss, n_bins=200, ratio=0.16, return_path=False):
+    """The loop of :func:`greedy_range` with any objective ``loss(xt, lo, hi)``.
+
+    ``xt`` is the table transposed, float32 [n_cols, n_rows]; ``loss`` receives a
+    column subset ``xt[:, rows]`` and float32 candidate bounds [len(rows)] and
+    returns one float32 loss per row.  :func:`greedy_range` passes
+    :func:`range_loss`; :mod:`qe4.export` passes each target layout's own error,
+    so the search runs in that layout's parametrization.
+    """
+    xmin, xmax = xt.min(axis=0) + ZERO, xt.max(axis=0) + ZERO
     step = ((xmax - xmin) / F32(n_bins)).astype(F32)
     thr = (_min_bins(n_bins, ratio) * step).astype(F32)
-    cur = _range_loss_t(xt, xmin, xmax, bits, scale_dtype)
+    cur = loss(xt, xmin, xmax)
     best = cur.copy()
     lo, hi = xmin.copy(), xmax.copy()
     cmin, cmax = xmin.copy(), xmax.copy()
@@ -162,8 +175,8 @@ def greedy_range(x, bits=4, n_bins=200, ratio=0.16, scale_dtype="float16", retur
     while active.size:
         a_t = xt[:, active]
         a_min, a_max, a_step, a_cur = cmin[active], cmax[active], step[active], cur[active]
-        l_left = _range_loss_t(a_t, a_min + a_step, a_max, bits, scale_dtype)
-        l_right = _range_loss_t(a_t, a_min, a_max - a_step, bits, scale_dtype)
+        l_left = loss(a_t, a_min + a_step, a_max)
+        l_right = loss(a_t, a_min, a_max - a_step)
         keep = (a_cur < l_left) & (a_cur < l_right) & (a_cur < best[active])
         best[active[keep]] = a_cur[keep]
         lo[active[keep]] = a_min[keep]

@@ -169,7 +169,8 @@ QE4_INLINE void qe4_lanes_loss2(const float *restrict xt, int n_cols, float qmax
     }
 }
 
-/* Greedy search (SPEC section 5) of n rows (1 <= n <= QE4_LANES) starting at x.
+/* Greedy search (docs/numerics.rst, "The greedy range search") of n rows
+ * (1 <= n <= QE4_LANES) starting at x.
  * work: QE4_LANES * n_cols floats.  A lane whose state stops changing while its loop
  * condition still holds (steps absorbed by rounding: the reference loops forever)
  * stops there; that is the limit of the reference's endless loop. */

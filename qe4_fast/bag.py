@@ -61,7 +61,7 @@ def embedding(table, indices, *, out_dtype="float32", n_threads=None):
 
     Returns
     -------
-    ndarray [*indices.shape, dim] of ``out_dtype``
+    ndarray [``*indices.shape``, dim] of ``out_dtype``
     """
     check_lookup_table(table)
     out_dtype = V.check_out_dtype(out_dtype)

@@ -62,7 +62,7 @@ def same_bytes():
 
 @pytest.fixture(scope="session")
 def golden():
-    """The arrays torch produced (tests/fbgemm_golden.npz, keys in SPEC.md section 9)."""
+    """The arrays torch produced (tests/fbgemm_golden.npz, keys in docs/numerics.rst, "The golden bytes")."""
     with np.load(GOLDEN) as z:
         return {k: z[k] for k in z.files}
 

@@ -1,6 +1,7 @@
 """The format guard: torch's own bytes (tests/fbgemm_golden.npz) reproduced exactly.
 
-The file was written once by torch 2.14.1 CPU (FBGEMM, AVX2); see SPEC.md section 9.
+The file was written once by torch 2.14.1 CPU (FBGEMM, AVX2); its keys are listed in
+docs/numerics.rst, "The golden bytes".
 Nothing here needs torch.
 """
 

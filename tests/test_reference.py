@@ -1,5 +1,5 @@
 """The reference quantizer (qe4.quantize and qe4.rowwise) on hand-checked bytes,
-edge cases, bad input and properties.  Byte layouts: SPEC.md sections 2-5.
+edge cases, bad input and properties.  Byte layouts: docs/numerics.rst.
 """
 
 import importlib

@@ -83,7 +83,7 @@ def plus_zero_bias(packed, x):
     """torch's rows with the bias of rows whose minimum is a zero made +0.0.
 
     FBGEMM's SIMD min returns -0.0 or +0.0 for such rows depending on lane order;
-    qe4 always stores +0.0 (SPEC.md section 3).  The bias is the row's last field, so
+    qe4 always stores +0.0 (docs/numerics.rst, "Scale and bias").  The bias is the row's last field, so
     its sign is the top bit of the row's last byte.  Every other byte must match.
     """
     out = packed.copy()
