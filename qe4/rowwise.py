@@ -308,9 +308,16 @@ def scale_bias(lo, hi, bits, scale_dtype):
     if bits == 8:
         rng = hi - lo
         return rng / F32(255.0), lo + ZERO, F32(255.0) / (rng + F32(1e-8))
+    return fused_scale_bias(lo, hi, qmax_of(bits), scale_dtype)
+
+
+def fused_scale_bias(lo, hi, qmax, scale_dtype):
+    """The 2/4-bit rule of :func:`scale_bias` for codes ``0 .. qmax`` (any width)."""
+    lo = np.asarray(lo, F32)
+    hi = np.asarray(hi, F32)
     bias = round_to(lo, scale_dtype)
     rng = hi - bias
-    scale = np.where(rng == ZERO, ONE, rng / qmax_of(bits)).astype(F32)
+    scale = np.where(rng == ZERO, ONE, rng / qmax).astype(F32)
     scale = round_to(scale, scale_dtype)
     scale = np.where(scale == ZERO, ONE, scale).astype(F32)
     with np.errstate(divide="ignore", over="ignore"):
