@@ -44,7 +44,7 @@ typedef struct {
     int64_t row_bytes;
     int64_t code_bytes;    /* ceil(dim * bits / 8) */
     int64_t dim;
-    int bits;              /* 2, 4 or 8 */
+    int bits;              /* 2 to 6, or 8 */
     int f16;               /* 1: float16 scale/bias, 0: float32 */
 } qe4_rows;
 
@@ -82,11 +82,18 @@ static inline float qe4_qparam(const qe4_rows *t, const uint8_t *row, int k)
     return f;
 }
 
-/* Code j of a packed row: byte j / epb, bit offset (j % epb) * bits. */
+/* Code j of a packed row: byte j / epb, bit offset (j % epb) * bits, or for 3, 5 and 6
+ * bits (which may straddle two bytes) stream bits j * bits .. j * bits + bits - 1.  The
+ * second byte read is at most the row's first scale byte, never past the row. */
 static inline float qe4_code(const uint8_t *c, int bits, int64_t j)
 {
-    int epb = 8 / bits;
-    return (float)((c[j / epb] >> ((j % epb) * bits)) & ((1u << bits) - 1u));
+    if (8 % bits == 0) {
+        int epb = 8 / bits;
+        return (float)((c[j / epb] >> ((j % epb) * bits)) & ((1u << bits) - 1u));
+    }
+    int64_t at = j * bits;
+    uint32_t w = (uint32_t)c[at >> 3] | ((uint32_t)c[(at >> 3) + 1] << 8);
+    return (float)((w >> (at & 7)) & ((1u << bits) - 1u));
 }
 
 /* Rows that are at most PF positions ahead are prefetched (random rows miss the cache). */
@@ -132,6 +139,9 @@ qe4_row_generic_t(const uint8_t *c, int bits, int64_t dim, float s, float t, flo
         break;
     case 2:
         for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, qe4_code(c, 2, j), t, fused, init);
+        break;
+    case 3: case 5: case 6:
+        for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, qe4_code(c, bits, j), t, fused, init);
         break;
     default:
         for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, (float)c[j], t, fused, init);
@@ -224,9 +234,20 @@ QE4_INLINE QE4_AVX2 __m256 qe4_codes8_avx2(const uint8_t *c, int bits, int64_t j
         __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)u), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
         return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15)));
     }
-    memcpy(&u, c + j / 4, 2);
-    __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)u), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
-    return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(3)));
+    if (bits == 2) {
+        memcpy(&u, c + j / 4, 2);
+        __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)u), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+        return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(3)));
+    }
+    /* 3, 5, 6 bits: the 8 codes are the `bits` bytes from j * bits / 8; codes 0-3 from the
+     * low 4 * bits bits, codes 4-7 from the next 4 * bits */
+    uint64_t w = 0;
+    memcpy(&w, c + j * bits / 8, (size_t)bits);
+    uint32_t lo = (uint32_t)w, hi = (uint32_t)(w >> (4 * bits));
+    __m256i sh = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3), _mm256_set1_epi32(bits));
+    __m256i v = _mm256_srlv_epi32(_mm256_setr_epi32((int)lo, (int)lo, (int)lo, (int)lo,
+                                                    (int)hi, (int)hi, (int)hi, (int)hi), sh);
+    return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32((1 << bits) - 1)));
 }
 
 /* 16 4-bit codes (8 bytes at c) in element order, as bytes. */
@@ -361,6 +382,7 @@ QE4_AVX2 static void qe4_bag_avx2(const qe4_rows *t, const int64_t *idx, int64_t
         switch (t->bits) {
         case 4: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 4); break;
         case 2: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 2); break;
+        case 3: case 5: case 6: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, t->bits); break;
         default: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 8);
         }
     }

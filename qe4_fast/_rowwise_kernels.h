@@ -402,8 +402,9 @@ QE4_INLINE uint32_t qe4_code(float x, float bias, float inv, float qmax)
     return qe4_bits(t + QE4_RINT_MAGIC) & 0xffu;
 }
 
-/* One packed row: codes low bits first, then scale and bias little-endian (float16 when
- * fp16, else float32).  Unused high bits of the last code byte are zero. */
+/* One packed row: codes low bits first (qe4.rowwise.pack_codes), then scale and bias
+ * little-endian (float16 when fp16, else float32).  Unused high bits of the last code
+ * byte are zero. */
 QE4_INLINE void qe4_encode_row(const float *restrict x, int n_cols, int bits, int fp16,
                                float scale, float bias, float inv, uint8_t *restrict out)
 {
@@ -421,6 +422,18 @@ QE4_INLINE void qe4_encode_row(const float *restrict x, int n_cols, int bits, in
         if (n_cols & 1)
             out[full] = (uint8_t)qe4_code(x[n_cols - 1], bias, inv, qmax);
         nb = (n_cols + 1) / 2;
+    } else if (bits != 2) { /* 3, 5, 6 bits: a bit stream, low bits first (pack_codes) */
+        uint32_t acc = 0;
+        int n_acc = 0, o = 0;
+        for (int j = 0; j < n_cols; j++) {
+            acc |= qe4_code(x[j], bias, inv, qmax) << n_acc;
+            n_acc += bits;
+            for (; n_acc >= 8; n_acc -= 8, acc >>= 8)
+                out[o++] = (uint8_t)(acc & 0xffu);
+        }
+        if (n_acc > 0)
+            out[o++] = (uint8_t)acc;
+        nb = o;
     } else {
         int full = n_cols / 4;
         for (int c = 0; c < full; c++)
