@@ -23,8 +23,8 @@ ONE = F32(1.0)
 
 # ACIQ clipping constants (Banner et al.): alpha = c * b (Laplace, b = mean |x - mean|)
 # or alpha = c * sigma (Gaussian), per bit width.
-ACIQ_LAPLACE = {2: F32(2.83), 4: F32(5.03), 8: F32(9.89)}
-ACIQ_GAUSS = {2: F32(1.71), 4: F32(2.55), 8: F32(3.92)}
+ACIQ_LAPLACE = {2: F32(2.83), 3: F32(3.89), 4: F32(5.03), 5: F32(6.2), 6: F32(7.41), 8: F32(9.89)}
+ACIQ_GAUSS = {2: F32(1.71), 3: F32(2.15), 4: F32(2.55), 5: F32(2.94), 6: F32(3.29), 8: F32(3.92)}
 
 
 def qmax_of(bits):

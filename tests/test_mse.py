@@ -202,3 +202,26 @@ def test_bad_tables():
             mod.quantize_mse(np.array([[0.0, 70000.0]], F32), 4)
         with pytest.raises(TypeError, match="dtype float16, float32 or float64"):
             mod.quantize_mse(np.ones((2, 2), np.int32), 4)
+
+
+# ------------------------------------------------------------------ random tables
+
+def test_fast_equals_reference_random_tables(same_bytes):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+    FM = fast_mse()
+    values = st.floats(-1e4, 1e4, width=32, allow_subnormal=True)
+
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(x=hnp.arrays(np.float32, st.tuples(st.integers(1, 40), st.integers(1, 40)),
+                        elements=values),
+           bits=st.sampled_from((2, 4, 8)), n_steps=st.integers(1, 6), n_keep=st.integers(1, 4),
+           n_iter=st.integers(0, 4), max_trim=st.floats(0.0, 0.95))
+    def check(x, bits, n_steps, n_keep, n_iter, max_trim):
+        kw = dict(n_steps=n_steps, n_keep=n_keep, n_iter=n_iter, max_trim=max_trim)
+        with np.errstate(all="ignore"):
+            ref = M.quantize_mse(x, bits, **kw)
+        same_bytes(FM.quantize_mse(x, bits, n_threads=2, **kw).data, ref.data)
+
+    check()
