@@ -11,13 +11,12 @@ There is no fallback: without its compiled modules ``import qe4_fast`` raises an
 ImportError that says how to build them.
 
 Threads: kernels release the GIL and parallelize only across independent rows or
-bags.  ``n_threads=None`` uses the usable CPUs (the affinity mask lowered by a
-cgroup CPU quota, see :func:`qe4_fast._threads.cpu_count`); calls made at the same
-time from several Python threads share them (each takes its share), so they do not
-oversubscribe the machine.  Fork: GNU libgomp is not fork-safe, so a child forked
-after a parallel qe4_fast call (``multiprocessing``'s ``"fork"`` start method, the
-default on Linux before Python 3.14) runs its kernels serially, with the same bytes;
-``"spawn"`` and ``"forkserver"`` children keep their threads.
+bags, on qe4_fast's own thread pool (qe4_fast/_pool_impl.h: the calling thread works
+too and never waits for a helper that has not started).  ``n_threads=None`` uses the
+usable CPUs (the affinity mask lowered by a cgroup CPU quota, see
+:func:`qe4_fast._threads.cpu_count`); calls made at the same time from several Python
+threads share them (each takes its share), so they do not oversubscribe the machine.
+A child forked after qe4_fast calls starts with a fresh pool.
 """
 
 import numpy as np
@@ -27,7 +26,8 @@ from qe4 import rowwise as R
 from qe4.table import QuantizedTable
 from qe4.uniform import methods
 
-from ._threads import BUILD_HINT, effective_n_threads, openmp_enabled, shares_cores  # ImportError if not built
+from ._threads import (BUILD_HINT, GRAIN_SEARCH, GRAIN_STREAM,  # ImportError if not built
+                       effective_n_threads, openmp_enabled, shares_cores)
 
 try:
     from . import _rowwise
@@ -90,7 +90,7 @@ def range_loss(x, lo, hi, bits=4, scale_dtype="float16", *, n_threads=None):
     lo = np.ascontiguousarray(np.broadcast_to(np.asarray(lo, F32), (n_rows,)))
     hi = np.ascontiguousarray(np.broadcast_to(np.asarray(hi, F32), (n_rows,)))
     out = np.empty(n_rows, F32)
-    n_threads = effective_n_threads(n_threads, n_rows)
+    n_threads = effective_n_threads(n_threads, n_rows, x.size)
     if x.shape[1] == 0:
         out[:] = 0.0
         return out
@@ -110,7 +110,8 @@ def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
     behaviour on any input: no float-to-int casts); the searches check first.
     """
     n_rows, n_cols = x.shape
-    n_threads = effective_n_threads(n_threads, -(-n_rows // _rowwise.LANES))
+    n_threads = effective_n_threads(n_threads, -(-n_rows // _rowwise.LANES), x.size,
+                                    GRAIN_STREAM if method == "minmax" else GRAIN_SEARCH)
     fp16 = scale_dtype == "float16"
     if method != "minmax":
         lo = np.empty(n_rows, F32)
