@@ -1,13 +1,13 @@
 # The "mse" search kernels (the compiled twin of qe4/mse.py).
 #
-# Takes validated, C-contiguous, native buffers from qe4_fast.mse (validation goes
-# through qe4._validate, so errors match the reference), releases the GIL and runs one
-# prange over independent blocks of QE4_LANES rows; each row is computed in the
-# reference's order, so the bytes do not depend on n_threads.  The numerics live in
-# qe4_fast/_mse_kernels.h.
+# Takes validated, C-contiguous, native buffers from qe4_fast.mse, releases the GIL and
+# splits independent blocks of QE4_LANES rows into chunks run by qe4_fast's pool
+# (_pool.h); each row is computed in the reference's order, so the bytes do not depend
+# on n_threads.  The numerics live in qe4_fast/_mse_kernels.h.
 
-from cython.parallel cimport prange, threadid
-from libc.stdint cimport uint8_t
+from libc.stdint cimport int64_t, uint8_t
+
+from qe4_fast._pool cimport par_run, qe4_chunk_start, qe4_n_chunks
 
 cdef extern from "_mse_kernels.h":
     int QE4_LANES
@@ -27,6 +27,21 @@ def work_floats(int n_cols, int n_keep):
     return qe4_mse_work_floats(n_cols, n_keep)
 
 
+ctypedef struct mse_job:
+    const float *x
+    int n_rows, n_cols, bits, n_steps, n_keep, n_iter
+    bint fp16
+    float qmax, max_trim
+    float *work
+    Py_ssize_t work_stride
+    float *scale
+    float *bias
+    float *inv
+    uint8_t *out
+    size_t row_bytes
+    int64_t n_blocks, n_chunks
+
+
 def mse_rows(const float[:, ::1] x,       # IN  [n_rows, n_cols], finite, ranges checked
              int bits, bint fp16, float max_trim, int n_steps, int n_keep, int n_iter,
              float[:, ::1] work,          # scratch [n_threads, work_floats]
@@ -37,22 +52,43 @@ def mse_rows(const float[:, ::1] x,       # IN  [n_rows, n_cols], finite, ranges
              int n_threads):
     """qe4.mse.mse_params of every row, then (if ``out`` has rows) the packed rows.
     ``n_keep`` must not exceed the number of scan ranges."""
-    cdef int n_rows = x.shape[0], n_cols = x.shape[1]
-    cdef int n_blocks = (n_rows + QE4_LANES - 1) // QE4_LANES
-    cdef bint encode = out.shape[0] > 0
-    cdef float qmax = <float>((1 << bits) - 1)
-    cdef size_t row_bytes = out.shape[1]
-    cdef int b, r0, n, tid
-    cdef int chunk = max(1, n_blocks // (16 * n_threads))  # dynamic: a busy core slows no one
-    for b in prange(n_blocks, nogil=True, schedule="dynamic", chunksize=chunk,
-                    num_threads=n_threads):
-        tid = threadid()
-        r0 = b * QE4_LANES
-        n = n_rows - r0
+    cdef mse_job j
+    j.x = &x[0, 0]
+    j.n_rows = x.shape[0]
+    j.n_cols = x.shape[1]
+    j.bits = bits
+    j.fp16 = fp16
+    j.qmax = <float>((1 << bits) - 1)
+    j.max_trim = max_trim
+    j.n_steps = n_steps
+    j.n_keep = n_keep
+    j.n_iter = n_iter
+    j.work = &work[0, 0]
+    j.work_stride = work.shape[1]
+    j.scale = &scale[0]
+    j.bias = &bias[0]
+    j.inv = &inv[0]
+    j.out = &out[0, 0] if out.shape[0] > 0 else NULL
+    j.row_bytes = out.shape[1]
+    j.n_blocks = (j.n_rows + QE4_LANES - 1) // QE4_LANES
+    j.n_chunks = qe4_n_chunks(j.n_blocks, n_threads)
+    with nogil:
+        par_run(j.n_chunks, n_threads, _mse_chunk, &j)
+
+
+cdef void _mse_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
+    cdef mse_job *j = <mse_job *>ctx
+    cdef int64_t b
+    cdef int r0, n
+    for b in range(qe4_chunk_start(j.n_blocks, j.n_chunks, c),
+                   qe4_chunk_start(j.n_blocks, j.n_chunks, c + 1)):
+        r0 = <int>(b * QE4_LANES)
+        n = j.n_rows - r0
         if n > QE4_LANES:
             n = QE4_LANES
-        qe4_mse_block(&x[r0, 0], n, n_cols, qmax, fp16, max_trim, n_steps, n_keep, n_iter,
-                      &work[tid, 0], &scale[r0], &bias[r0], &inv[r0])
-        if encode:
-            qe4_mse_encode_block(&x[0, 0], r0, n, n_cols, bits, fp16, &scale[0], &bias[0],
-                                 &inv[0], &out[0, 0], row_bytes)
+        qe4_mse_block(j.x + <size_t>r0 * j.n_cols, n, j.n_cols, j.qmax, j.fp16, j.max_trim,
+                      j.n_steps, j.n_keep, j.n_iter, j.work + worker * j.work_stride,
+                      j.scale + r0, j.bias + r0, j.inv + r0)
+        if j.out != NULL:
+            qe4_mse_encode_block(j.x, r0, n, j.n_cols, j.bits, j.fp16, j.scale, j.bias, j.inv,
+                                 j.out, j.row_bytes)
