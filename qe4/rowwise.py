@@ -341,25 +341,29 @@ def quantize_codes(x, lo, inv, bits):
 def pack_codes(codes, bits):
     """Pack uint8 codes [n_rows, n_cols] into bytes [n_rows, ceil(n_cols * bits / 8)].
 
-    A bit stream, least significant bit first: element c holds bits
-    ``c * bits .. c * bits + bits - 1`` of the row's stream (its own low bit first),
-    and byte k holds stream bits ``8k .. 8k + 7``.  When ``bits`` divides 8 this is
-    torch's packing: element c in byte ``c // (8 // bits)`` at bit offset
-    ``(c % (8 // bits)) * bits`` (4-bit: even element in the LOW nibble).  At 3, 5
-    and 6 bits a code may straddle two bytes.  Unused high bits of the last byte are zero.
+    Element c goes to byte ``c // (8 // bits)`` at bit offset ``(c % (8 // bits)) * bits``
+    (4-bit: even element in the LOW nibble).  Unused high bits are zero.
     """
     codes = np.asarray(codes, np.uint8)
+    epb = 8 // bits
     n_rows, n_cols = codes.shape
-    planes = (codes[:, :, None] >> np.arange(bits, dtype=np.uint8)) & np.uint8(1)
-    return np.packbits(planes.reshape(n_rows, n_cols * bits), axis=1, bitorder="little")
+    nb = -(-n_cols // epb)
+    padded = np.zeros((n_rows, nb * epb), np.uint8)
+    padded[:, :n_cols] = codes
+    padded = padded.reshape(n_rows, nb, epb)
+    out = np.zeros((n_rows, nb), np.uint8)
+    for k in range(epb):
+        out |= padded[:, :, k] << np.uint8(k * bits)
+    return out
 
 
 def unpack_codes(packed, bits, n_cols):
     """Inverse of :func:`pack_codes`: uint8 bytes -> codes [n_rows, n_cols]."""
     packed = np.asarray(packed, np.uint8)
-    stream = np.unpackbits(packed, axis=1, count=n_cols * bits, bitorder="little")
-    planes = stream.reshape(packed.shape[0], n_cols, bits) << np.arange(bits, dtype=np.uint8)
-    return np.bitwise_or.reduce(planes, axis=2).astype(np.uint8)
+    epb = 8 // bits
+    mask = np.uint8(2 ** bits - 1)
+    parts = [(packed >> np.uint8(k * bits)) & mask for k in range(epb)]
+    return np.stack(parts, axis=2).reshape(packed.shape[0], -1)[:, :n_cols]
 
 
 def fma32(a, b, c):
