@@ -24,8 +24,8 @@ ONE = F32(1.0)
 
 # ACIQ clipping constants (Banner et al.): alpha = c * b (Laplace, b = mean |x - mean|)
 # or alpha = c * sigma (Gaussian), per bit width.
-ACIQ_LAPLACE = {2: F32(2.83), 4: F32(5.03), 8: F32(9.89)}
-ACIQ_GAUSS = {2: F32(1.71), 4: F32(2.55), 8: F32(3.92)}
+ACIQ_LAPLACE = {2: F32(2.83), 3: F32(3.89), 4: F32(5.03), 5: F32(6.2), 6: F32(7.41), 8: F32(9.89)}
+ACIQ_GAUSS = {2: F32(1.71), 3: F32(2.15), 4: F32(2.55), 5: F32(2.94), 6: F32(3.29), 8: F32(3.92)}
 
 
 def qmax_of(bits):
@@ -373,9 +373,16 @@ def scale_bias(lo, hi, bits, scale_dtype):
     if bits == 8:
         rng = hi - lo
         return rng / F32(255.0), lo + ZERO, F32(255.0) / (rng + F32(1e-8))
+    return fused_scale_bias(lo, hi, qmax_of(bits), scale_dtype)
+
+
+def fused_scale_bias(lo, hi, qmax, scale_dtype):
+    """The 2/4-bit rule of :func:`scale_bias` for codes ``0 .. qmax`` (any width)."""
+    lo = np.asarray(lo, F32)
+    hi = np.asarray(hi, F32)
     bias = round_to(lo, scale_dtype)
     rng = hi - bias
-    scale = np.where(rng == ZERO, ONE, rng / qmax_of(bits)).astype(F32)
+    scale = np.where(rng == ZERO, ONE, rng / qmax).astype(F32)
     scale = round_to(scale, scale_dtype)
     scale = np.where(scale == ZERO, ONE, scale).astype(F32)
     with np.errstate(divide="ignore", over="ignore"):

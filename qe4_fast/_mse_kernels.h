@@ -1,0 +1,273 @@
+/* The "mse" search of qe4_fast: the C twin of qe4/mse.py (read its notes for the method).
+ *
+ * QE4_LANES rows at once, stored transposed (lane k = row k) as in the greedy kernel;
+ * every lane performs exactly the reference's float32/float64 operations in the
+ * reference's column order, so the compiler vectorizes across lanes and every SIMD
+ * clone gives the same bits.  Kernels take validated buffers and never fail.
+ */
+#ifndef QE4_MSE_KERNELS_H
+#define QE4_MSE_KERNELS_H
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function" /* the row-wise kernels this module does not call */
+#endif
+#include "_rowwise_kernels.h"
+
+/* The mse kernels still pick their SIMD width by GCC's target_clones (same IEEE operations
+ * at every width, so the same bytes), not yet by the one QE4_SIMD level the other kernel
+ * families use (QE4_PER_LEVEL in _rowwise_kernels.h): moving them is the next step. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define QE4_CLONES __attribute__((target_clones("default", "avx2", "arch=x86-64-v4")))
+#else
+#define QE4_CLONES
+#endif
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+
+/* Floats of scratch space one block needs: the transposed rows and, per kept range,
+ * its loss and (scale, bias, inv) in every lane. */
+static inline size_t qe4_mse_work_floats(int n_cols, int n_keep)
+{
+    return (size_t)QE4_LANES * (size_t)n_cols + (size_t)4 * QE4_LANES * (size_t)n_keep;
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math") /* see the greedy lanes: no value changes */
+#endif
+
+/* qe4.rowwise.fused_scale_bias of one lane. */
+QE4_INLINE void qe4_fused_params(float lo, float hi, float qmax, int fp16,
+                                 float *scale, float *bias, float *inv)
+{
+    float b = qe4_hv(lo, fp16);
+    float rng = hi - b;
+    float s = rng / qmax;
+    s = rng == 0.0f ? 1.0f : s;
+    s = qe4_hv(s, fp16);
+    s = s == 0.0f ? 1.0f : s;
+    float iv = 1.0f / s;
+    int bad = fabsf(iv) == INFINITY;
+    *scale = bad ? 1.0f : s;
+    *bias = b;
+    *inv = bad ? 1.0f : iv;
+}
+
+/* Loss of two candidates per lane (they share the loads of x): qe4.mse._pass without sums. */
+QE4_INLINE void qe4_mse_loss2(const float *restrict xt, int n_cols, float qmax,
+                              const float *sa, const float *ba, const float *ia, float *restrict ea,
+                              const float *sb, const float *bb, const float *ib, float *restrict eb)
+{
+    float aa[QE4_LANES], ab[QE4_LANES];
+    for (int k = 0; k < QE4_LANES; k++)
+        aa[k] = ab[k] = 0.0f;
+    for (int j = 0; j < n_cols; j++) {
+        const float *xj = xt + (size_t)j * QE4_LANES;
+        for (int k = 0; k < QE4_LANES; k++) {
+            float x = xj[k];
+            float ta = (x - ba[k]) * ia[k];
+            float tb = (x - bb[k]) * ib[k];
+            ta = ta < 0.0f ? 0.0f : ta;
+            tb = tb < 0.0f ? 0.0f : tb;
+            ta = ta > qmax ? qmax : ta;
+            tb = tb > qmax ? qmax : tb;
+            ta = (ta + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+            tb = (tb + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+            float da = x - (ta * sa[k] + ba[k]);
+            float db = x - (tb * sb[k] + bb[k]);
+            aa[k] = aa[k] + da * da;
+            ab[k] = ab[k] + db * db;
+        }
+    }
+    for (int k = 0; k < QE4_LANES; k++) {
+        ea[k] = aa[k];
+        eb[k] = ab[k];
+    }
+}
+
+/* Loss and least-squares sums of one candidate per lane: qe4.mse._pass with sums. */
+QE4_INLINE void qe4_mse_ls_pass(const float *restrict xt, int n_cols, float qmax,
+                                const float *s, const float *b, const float *iv,
+                                float *restrict err, float *restrict sq, float *restrict sqq,
+                                float *restrict sy, float *restrict syq)
+{
+    float e[QE4_LANES], a[QE4_LANES], aa[QE4_LANES], y1[QE4_LANES], yq[QE4_LANES];
+    for (int k = 0; k < QE4_LANES; k++)
+        e[k] = a[k] = aa[k] = y1[k] = yq[k] = 0.0f;
+    for (int j = 0; j < n_cols; j++) {
+        const float *xj = xt + (size_t)j * QE4_LANES;
+        for (int k = 0; k < QE4_LANES; k++) {
+            float x = xj[k];
+            float y = x - b[k];
+            float t = y * iv[k];
+            t = t < 0.0f ? 0.0f : t;
+            t = t > qmax ? qmax : t;
+            t = (t + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+            float d = x - (t * s[k] + b[k]);
+            e[k] = e[k] + d * d;
+            a[k] = a[k] + t;
+            aa[k] = aa[k] + t * t;
+            y1[k] = y1[k] + y;
+            yq[k] = yq[k] + y * t;
+        }
+    }
+    for (int k = 0; k < QE4_LANES; k++) {
+        err[k] = e[k];
+        sq[k] = a[k];
+        sqq[k] = aa[k];
+        sy[k] = y1[k];
+        syq[k] = yq[k];
+    }
+}
+
+/* qe4.mse.least_squares_step of one lane; returns 1 when (scale, bias) changed. */
+QE4_INLINE int qe4_mse_ls_step(int n_cols, int fp16, float sq, float sqq, float sy, float syq,
+                               float *scale, float *bias, float *inv)
+{
+    double n = (double)n_cols, dq = sq, dqq = sqq, dy = sy, dyq = syq;
+    double det = n * dqq - dq * dq;
+    int ok = det > 0.0;
+    double s = (n * dyq - dq * dy) / (ok ? det : 1.0);
+    double c = (dy - s * dq) / n;
+    float ns = qe4_hv((float)s, fp16);
+    float nb = qe4_hv((float)((double)*bias + c), fp16);
+    float ni = 1.0f / (ns > 0.0f ? ns : 1.0f);
+    ok = ok & (ns > 0.0f) & (ns < INFINITY) & (fabsf(ni) < INFINITY) & (fabsf(nb) < INFINITY);
+    if (!ok)
+        return 0;
+    int changed = ns != *scale || nb != *bias || qe4_bits(nb) != qe4_bits(*bias);
+    *scale = ns;
+    *bias = nb;
+    *inv = ni;
+    return changed;
+}
+
+/* The "mse" (scale, bias, inv) of n rows (1 <= n <= QE4_LANES) starting at x; see
+ * qe4.mse.mse_params.  n_keep >= 1 (capped at the number of scan ranges by the caller). */
+QE4_CLONES
+static void qe4_mse_block(const float *restrict x, int n, int n_cols, float qmax, int fp16,
+                          float max_trim, int n_steps, int n_keep, int n_iter, float *work,
+                          float *scale_out, float *bias_out, float *inv_out)
+{
+    float *restrict xt = work;
+    float *keep = work + (size_t)QE4_LANES * n_cols; /* [n_keep][4][QE4_LANES]: err, s, b, inv */
+    float xmin[QE4_LANES], xmax[QE4_LANES], delta[QE4_LANES];
+    int n_kept[QE4_LANES];
+
+    for (int k = 0; k < QE4_LANES; k++) {
+        const float *row = x + (size_t)(k < n ? k : n - 1) * n_cols; /* pad with the last row */
+        for (int j = 0; j < n_cols; j++)
+            xt[(size_t)j * QE4_LANES + k] = row[j];
+        qe4_row_minmax(row, n_cols, &xmin[k], &xmax[k]);
+        delta[k] = max_trim * (xmax[k] - xmin[k]) / (float)n_steps;
+        n_kept[k] = 0;
+    }
+
+    /* 1. scan the grid (i ascending, then j), two ranges per pass; keep the n_keep
+     * least losses per lane, a later range after an equal one (a stable sort) */
+    int n_grid = (n_steps + 1) * (n_steps + 2) / 2;
+    int gi = 0, gj = 0; /* the next grid point */
+    for (int g = 0; g < n_grid; g += 2) {
+        float s2[2][QE4_LANES], b2[2][QE4_LANES], i2[2][QE4_LANES], e2[2][QE4_LANES];
+        int m = n_grid - g < 2 ? n_grid - g : 2;
+        for (int c = 0; c < 2; c++) {
+            float fi = (float)gi, fj = (float)gj;
+            for (int k = 0; k < QE4_LANES; k++)
+                qe4_fused_params(xmin[k] + fi * delta[k], xmax[k] - fj * delta[k], qmax, fp16,
+                                 &s2[c][k], &b2[c][k], &i2[c][k]);
+            if (c < m) { /* advance (i, j); a lone last range leaves slot 1 unused */
+                if (++gj > n_steps - gi) {
+                    gi++;
+                    gj = 0;
+                }
+            }
+        }
+        qe4_mse_loss2(xt, n_cols, qmax, s2[0], b2[0], i2[0], e2[0], s2[1], b2[1], i2[1], e2[1]);
+        for (int c = 0; c < m; c++)
+            for (int k = 0; k < QE4_LANES; k++) {
+                float e = e2[c][k];
+                int p = n_kept[k];
+                while (p > 0 && e < keep[((size_t)(p - 1) * 4) * QE4_LANES + k])
+                    p--;
+                if (p >= n_keep)
+                    continue;
+                int last = n_kept[k] < n_keep ? n_kept[k] : n_keep - 1;
+                for (int q = last; q > p; q--)
+                    for (int f = 0; f < 4; f++)
+                        keep[((size_t)q * 4 + f) * QE4_LANES + k] =
+                            keep[((size_t)(q - 1) * 4 + f) * QE4_LANES + k];
+                keep[((size_t)p * 4 + 0) * QE4_LANES + k] = e;
+                keep[((size_t)p * 4 + 1) * QE4_LANES + k] = s2[c][k];
+                keep[((size_t)p * 4 + 2) * QE4_LANES + k] = b2[c][k];
+                keep[((size_t)p * 4 + 3) * QE4_LANES + k] = i2[c][k];
+                n_kept[k] = n_kept[k] < n_keep ? n_kept[k] + 1 : n_keep;
+            }
+    }
+
+    float best_e[QE4_LANES], best_s[QE4_LANES], best_b[QE4_LANES], best_i[QE4_LANES];
+    for (int k = 0; k < QE4_LANES; k++) {
+        best_e[k] = keep[0 * QE4_LANES + k];
+        best_s[k] = keep[1 * QE4_LANES + k];
+        best_b[k] = keep[2 * QE4_LANES + k];
+        best_i[k] = keep[3 * QE4_LANES + k];
+    }
+
+    /* 2. refine each kept range by alternating least squares, chain by chain */
+    for (int r = 0; r < n_keep; r++) {
+        float s[QE4_LANES], b[QE4_LANES], iv[QE4_LANES], e[QE4_LANES];
+        float sq[QE4_LANES], sqq[QE4_LANES], sy[QE4_LANES], syq[QE4_LANES];
+        for (int k = 0; k < QE4_LANES; k++) {
+            s[k] = keep[((size_t)r * 4 + 1) * QE4_LANES + k];
+            b[k] = keep[((size_t)r * 4 + 2) * QE4_LANES + k];
+            iv[k] = keep[((size_t)r * 4 + 3) * QE4_LANES + k];
+        }
+        for (int t = 0; t < n_iter; t++) {
+            qe4_mse_ls_pass(xt, n_cols, qmax, s, b, iv, e, sq, sqq, sy, syq);
+            int changed = 0;
+            for (int k = 0; k < QE4_LANES; k++) {
+                int better = e[k] < best_e[k];
+                best_e[k] = better ? e[k] : best_e[k];
+                best_s[k] = better ? s[k] : best_s[k];
+                best_b[k] = better ? b[k] : best_b[k];
+                best_i[k] = better ? iv[k] : best_i[k];
+                changed |= qe4_mse_ls_step(n_cols, fp16, sq[k], sqq[k], sy[k], syq[k],
+                                           &s[k], &b[k], &iv[k]);
+            }
+            if (!changed) /* every lane at a fixed point: later passes repeat this one */
+                goto next_chain;
+        }
+        qe4_mse_loss2(xt, n_cols, qmax, s, b, iv, e, s, b, iv, sq);
+        for (int k = 0; k < QE4_LANES; k++) {
+            int better = e[k] < best_e[k];
+            best_e[k] = better ? e[k] : best_e[k];
+            best_s[k] = better ? s[k] : best_s[k];
+            best_b[k] = better ? b[k] : best_b[k];
+            best_i[k] = better ? iv[k] : best_i[k];
+        }
+    next_chain:;
+    }
+    for (int k = 0; k < n; k++) {
+        scale_out[k] = best_s[k];
+        bias_out[k] = best_b[k];
+        inv_out[k] = best_i[k];
+    }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+/* Packed rows [r0, r0 + n) from their (scale, bias, inv). */
+QE4_CLONES
+static void qe4_mse_encode_block(const float *x, int r0, int n, int n_cols, int bits, int fp16,
+                                 const float *scale, const float *bias, const float *inv,
+                                 uint8_t *out, size_t row_bytes)
+{
+    for (int r = r0; r < r0 + n; r++)
+        qe4_encode_row(x + (size_t)r * n_cols, n_cols, bits, fp16, scale[r], bias[r], inv[r],
+                       out + (size_t)r * row_bytes);
+}
+
+#endif

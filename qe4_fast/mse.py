@@ -1,0 +1,50 @@
+"""The ``"mse"`` search, compiled: the twin of :mod:`qe4.mse` (same bytes, plus ``n_threads``)."""
+
+import numpy as np
+
+from qe4 import _validate as V
+from qe4 import mse as M
+from qe4.table import QuantizedTable
+
+from . import _mse
+from ._threads import effective_n_threads, shares_cores
+
+F32 = np.float32
+
+
+@shares_cores
+def quantize_mse(x, bits=4, *, scale_dtype=None, max_trim=None, n_steps=M.N_STEPS,
+                 n_keep=M.N_KEEP, n_iter=M.N_ITER, n_threads=None):
+    """Quantize each row with its least-squares (scale, bias); see :func:`qe4.mse.quantize_mse`."""
+    bits = V.check_bits(bits)
+    max_trim, n_steps, n_keep, n_iter = M.check_mse_options(bits, max_trim, n_steps, n_keep,
+                                                            n_iter)
+    scale_dtype = V.check_scale_dtype(scale_dtype, bits)
+    x = V.as_table(x)
+    V.check_fp16_ranges(x, bits, scale_dtype)
+    data, _ = _run(x, bits, scale_dtype, max_trim, n_steps, n_keep, n_iter, n_threads, True)
+    return QuantizedTable(data, bits=bits, dim=x.shape[1], method="mse", scale_dtype=scale_dtype,
+                          params=M.mse_saved_params(max_trim, n_steps, n_keep, n_iter))
+
+
+@shares_cores
+def mse_params(x, bits=4, scale_dtype="float16", *, max_trim=None, n_steps=M.N_STEPS,
+               n_keep=M.N_KEEP, n_iter=M.N_ITER, n_threads=None):
+    """Each row's stored (scale, bias, inv); see :func:`qe4.mse.mse_params` (validated ``x``)."""
+    x = np.ascontiguousarray(np.asarray(x, F32))
+    max_trim = M.MAX_TRIM[bits] if max_trim is None else max_trim
+    _, params = _run(x, bits, scale_dtype, max_trim, n_steps, n_keep, n_iter, n_threads, False)
+    return params
+
+
+def _run(x, bits, scale_dtype, max_trim, n_steps, n_keep, n_iter, n_threads, encode):
+    n_rows, n_cols = x.shape
+    n_keep = min(n_keep, len(M.scan_grid(n_steps)))
+    n_threads = effective_n_threads(n_threads, -(-n_rows // _mse.LANES))
+    work = np.empty((n_threads, _mse.work_floats(n_cols, n_keep)), F32)
+    scale, bias, inv = (np.empty(n_rows, F32) for _ in range(3))
+    row_bytes = -(-n_cols * bits // 8) + 2 * np.dtype(scale_dtype).itemsize
+    out = np.empty((n_rows if encode else 0, row_bytes), np.uint8)
+    _mse.mse_rows(x, bits, scale_dtype == "float16", float(F32(max_trim)), n_steps, n_keep,
+                  n_iter, work, scale, bias, inv, out, n_threads)
+    return out, (scale, bias, inv)
