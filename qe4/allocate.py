@@ -335,6 +335,31 @@ class Allocation:
                          f"{nb:>14,} bytes")
         return "\n".join(lines)
 
+    def quantize(self, x, *, engine="fast", n_threads=None):
+        """Store the tables of ``x`` (those allocated, same structure) as chosen.
+
+        Returns a mixed :class:`qe4.QuantizedTable` (:func:`qe4.mixed.quantize_mixed`) for
+        one table, else a list or dict of them.  With ``row_map="renumber"`` each table's
+        rows are renumbered by :meth:`renumbering`.
+        """
+        from .mixed import quantize_mixed
+        names, xs = _tables(x, "x")
+        if (names is None) != (self.names is None) or (names and names != self.names) \
+                or len(xs) != len(self.choices):
+            raise ValueError("x must hold the tables that were allocated, in the same structure")
+        out = [quantize_mixed(t, c, self.ladder, row_map=self.row_map, engine=engine,
+                              n_threads=n_threads) for t, c in zip(xs, self.choices)]
+        if names is None:
+            return out[0]
+        return dict(zip(names, out)) if isinstance(x, dict) else out
+
+    def renumbering(self, table=0):
+        """``order[new_row] = original row`` of a table (``row_map="renumber"``); see
+        :func:`qe4.mixed.renumbering`.  ``table`` is an index or a key."""
+        from .mixed import renumbering
+        i = self.names.index(table) if isinstance(table, str) else table
+        return renumbering(self.choices[i])
+
     def __repr__(self):
         return (f"Allocation(per={self.per!r}, tables={len(self.choices)}, budget={self.budget}, "
                 f"nbytes={self.nbytes}, bpw={self.bpw:.3f}, error={self.error:.4e})")
@@ -436,39 +461,65 @@ def solve(errors, weights, norms, dims, budget, rungs, *, per="row", row_map="ti
     k = len(rungs)
     n_tab = len(errors)
     cost = np.array([[r.row_bytes(d) for r in rungs] for d in dims], np.int64)   # [n_tab, K]
-    dists = [np.where(w[:, None] > 0, w[:, None] * e, 0.0) for w, e in zip(weights, errors)]
+    # weighted errors; a rung a row cannot take (inf error) stays unavailable at weight 0
+    dists = [np.where(np.isinf(e), np.inf, np.where(w[:, None] > 0, w[:, None] * e, 0.0))
+             for w, e in zip(weights, errors)]
     if per == "table":
         n_rows = np.array([e.shape[0] for e in errors], np.int64)
         tcost = cost * n_rows[:, None]
         tdist = np.array([d.sum(axis=0) for d in dists]).reshape(n_tab, k)
-        choice, spent = _lagrange.solve(tdist, tcost, np.arange(n_tab), budget, hull=hull)
+        head = mixed.map_nbytes(1, 1)          # each table is one tier: its header only
+        least = n_tab * head + int(tcost.min(axis=1).sum())
+        if budget < least:
+            raise ValueError(f"budget of {budget} bytes is below the {least} bytes of the "
+                             "cheapest rung for every table")
+        choice, _ = _lagrange.solve(tdist, tcost, np.arange(n_tab), budget - n_tab * head,
+                                    hull=hull)
         choices = [np.full(n, c, np.int8) for n, c in zip(n_rows, choice)]
-        table_nbytes = [int(tcost[t, choice[t]]) for t in range(n_tab)]
+        table_nbytes = [int(tcost[t, choice[t]]) + head for t in range(n_tab)]
     else:
-        allowed = [np.ones(k, bool)] * n_tab
-        for _ in range(2):      # the second pass drops unused rungs: a smaller map
-            over = [mixed.map_nbytes(e.shape[0], int(a.sum()), row_map)
-                    for e, a in zip(errors, allowed)]
-            dist = np.concatenate([np.where(a[None, :], d, np.inf) for d, a in zip(dists, allowed)])
-            group = np.repeat(np.arange(n_tab), [e.shape[0] for e in errors])
-            least = sum(over) + int(sum(e.shape[0] * cost[t].min() for t, e in enumerate(errors)))
-            if budget < least:
-                raise ValueError(f"budget of {budget} bytes is below the {least} bytes of the "
-                                 f"cheapest rung for every row ({sum(over)} of them row maps)")
-            choice, spent = _lagrange.solve(dist, cost, group, budget - sum(over), hull=hull)
-            parts = np.split(choice, np.cumsum([e.shape[0] for e in errors])[:-1])
-            used = [np.bincount(p, minlength=k) > 0 for p in parts]
-            if all(u.sum() == a.sum() for u, a in zip(used, allowed)):
-                break
-            allowed = used
-        choices = [p.astype(np.int8) for p in parts]
-        table_nbytes = [int(cost[t, p].sum()) + mixed.map_nbytes(p.size, int(u.sum()), row_map)
-                        for t, (p, u) in enumerate(zip(parts, used))]
+        choices, table_nbytes = _per_row(dists, cost, budget, row_map, hull)
     dist_t = [float(d[np.arange(c.size), c].sum()) for d, c in zip(dists, choices)]
     norm_t = [float(w @ n) for w, n in zip(weights, norms)]
     return Allocation(ladder=rungs, per=per, row_map=row_map, names=names, choices=choices,
                       dims=list(dims), budget=budget, nbytes=int(sum(table_nbytes)),
                       table_nbytes=table_nbytes, dist=dist_t, norm=norm_t)
+
+
+def _per_row(dists, cost, budget, row_map, hull):
+    """A rung per row of every table: the solver with the row maps' bytes taken off.
+
+    A table's map depends on how many rungs its rows use.  The first pass charges the
+    map of every rung (of only the cheapest when that does not fit: tiny tables); a
+    second pass, when some rungs went unused, re-solves with those rungs removed and
+    their smaller map, so the freed bytes are spent.  Returns (choices, table_nbytes).
+    """
+    from . import mixed
+    k = cost.shape[1]
+    sizes = [d.shape[0] for d in dists]
+    group = np.repeat(np.arange(len(dists)), sizes)
+    allowed = [np.ones(k, bool)] * len(dists)
+    for attempt in range(2):
+        over = sum(mixed.map_nbytes(n, int(a.sum()), row_map) for n, a in zip(sizes, allowed))
+        least = over + int(sum(n * cost[t][a].min() for t, (n, a) in enumerate(zip(sizes, allowed))))
+        if budget < least and attempt == 0:
+            allowed = [c == c.min() for c in cost]
+            continue
+        if budget < least:
+            raise ValueError(f"budget of {budget} bytes is below the {least} bytes of the "
+                             f"cheapest rung for every row ({over} of them tier headers and "
+                             "row maps)")
+        dist = np.concatenate([np.where(a[None, :], d, np.inf) for d, a in zip(dists, allowed)])
+        choice, _ = _lagrange.solve(dist, cost, group, budget - over, hull=hull)
+        parts = np.split(choice, np.cumsum(sizes)[:-1])
+        used = [np.bincount(p, minlength=k) > 0 for p in parts]
+        if all(u.sum() == a.sum() for u, a in zip(used, allowed)):
+            break
+        allowed = used
+    choices = [p.astype(np.int8) for p in parts]
+    table_nbytes = [int(cost[t, p].sum()) + mixed.map_nbytes(p.size, int(u.sum()), row_map)
+                    for t, (p, u) in enumerate(zip(parts, used))]
+    return choices, table_nbytes
 
 
 def _hull(engine, n_threads):

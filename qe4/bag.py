@@ -50,6 +50,8 @@ def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weight
     V.check_table(table)
     idx, starts, w = V.check_bag_args(indices, offsets, table.n_rows, per_sample_weights,
                                       include_last_offset, mode)
+    if table.layout == "mixed":
+        return _mixed_bag(table, idx, starts, w, mode)
     lengths = np.diff(starts)
     out = np.zeros((lengths.size, table.dim), F32)
     for k in range(int(lengths.max(initial=0))):
@@ -78,3 +80,15 @@ def bag_terms(table, rows, weights):
         scale = weights * scale
         bias = weights * bias
     return scale, unpack_codes(sub[:, :cb], table.bits, table.dim), bias
+
+
+def _mixed_bag(table, idx, starts, w, mode):
+    """Mixed-precision tables: one bag per tier, summed in tier order (:mod:`qe4.mixed`)."""
+    from . import mixed
+
+    def tier_bag(sub, rows, sub_starts, weights):
+        return embedding_bag(sub, rows, sub_starts, include_last_offset=True,
+                             per_sample_weights=weights)
+
+    return mixed.embedding_bag_mixed(table, idx, starts, w, mode, tier_bag, mixed.float_bag,
+                                     mixed.locate)

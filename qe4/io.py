@@ -315,9 +315,11 @@ class TableWriter:
             row_bytes = -(-int(dim) * bits // 8) + 2 * np.dtype(scale_dtype).itemsize
         self.row_bytes = int(row_bytes)
         extras = {str(k): np.asarray(v) for k, v in (extras or {}).items()}
-        # validates bits/dim/scale_dtype/layout and row_bytes against them
-        QuantizedTable(np.zeros((0, self.row_bytes), np.uint8), bits=bits, dim=dim, method=method,
-                       scale_dtype=scale_dtype, layout=layout, params=params)
+        # validates bits/dim/scale_dtype/layout, row_bytes and the extras against them (rows of
+        # 0 bytes, as in mixed tables, cost nothing: validate with every row)
+        QuantizedTable(np.zeros((self.n_rows if self.row_bytes == 0 else 0, self.row_bytes), np.uint8),
+                       bits=bits, dim=dim, method=method, scale_dtype=scale_dtype, layout=layout,
+                       params=params, extras=extras)
         self.extras = []
         for name in sorted(extras, key=lambda k: (-extras[k].dtype.itemsize, k)):
             arr = extras[name]

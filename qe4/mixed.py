@@ -1,12 +1,33 @@
 """Mixed-precision tables: rows grouped by their rung into sub-tables, plus a compact row map.
 
+:func:`qe4.allocate` chooses a rung (pruned, a quantization method and bit width,
+float16, float32) for every row; :func:`quantize_mixed` stores the table as a
+:class:`qe4.QuantizedTable` of layout ``"mixed"``:
+
+``extras["tiers"]`` : int64 [T, 4]
+    One line per *tier* (a rung the table's rows use, in ladder order):
+    ``(kind, bits, float dtype, n_rows)``.  ``kind`` is the code of the sub-table's
+    layout (:mod:`qe4.layouts`), ``PRUNED`` (-1: no rows stored, the rows read as zeros,
+    torch's -1 rule) or ``FLOAT`` (-2: the rows' values, ``bits`` 16 or 32);
+    ``float dtype`` is 0 for float16, 1 for float32 (the sub-table's scale/centroid
+    dtype, or the values' dtype).
+``extras["tier<t>"]``
+    Tier ``t``'s rows in their original order: the uint8 rows of its layout, or
+    float16/float32 values [n_rows_t, dim]; absent for a pruned tier.
+``extras["planes"]``, ``extras["ranks"]``
+    The row map (below); absent with one tier or ``row_map="renumber"``.
+``data``
+    uint8 [n_rows, 0]: every byte lives in the extras.  ``QuantizedTable.nbytes``
+    counts them all.
+``params``
+    ``{"rungs": [rung name of each tier], "row_map": "tiers" | "renumber"}``.
+
 The row map (``row_map="tiers"``)
 ---------------------------------
-Row ``r`` of a table with ``T`` tiers (the rungs its rows use, in ladder order) lives
-in tier ``tier(r)`` at position ``rank(r)`` = the number of rows before ``r`` in the
-same tier (each sub-table keeps its rows in their original order).  Stored:
+Row ``r`` of a table with ``T`` tiers lives in tier ``tier(r)`` at position
+``rank(r)`` = the number of rows before ``r`` in the same tier.  Stored:
 
-``planes`` : uint64 [ceil(n_rows / 64), b], ``b = ceil(log2 T)`` (0 when ``T == 1``)
+``planes`` : uint64 [ceil(n_rows / 64), b], ``b = ceil(log2 T)``
     Bit ``r % 64`` of ``planes[r // 64, k]`` is bit ``k`` of ``tier(r)``.  Bits of
     rows past ``n_rows`` are 0.
 ``ranks`` : uint32 [ceil(n_rows / 256), T]
@@ -14,17 +35,37 @@ same tier (each sub-table keeps its rows in their original order).  Stored:
 
 So ``rank(r) = ranks[r // 256, t] + popcount`` of the tier-``t`` rows among
 ``256 (r // 256) .. r - 1``: at most four 64-bit words, each the AND over ``k`` of
-``planes[w, k]`` (bit ``k`` of ``t`` set) or its complement.  A 6-rung ladder takes
+``planes[w, k]`` (bit ``k`` of ``t`` set) or its complement.  A 6-tier table takes
 3 bits per row plus 6 x 4 bytes per 256 rows: 0.47 bytes per row.
 
 ``row_map="renumber"`` stores no per-row map: the rows are renumbered tier by tier
-(the caller maps its ids with the returned permutation) and only the tier sizes are
-kept.  Either way the tier sizes (int64 [T]) are stored and counted.
+(:func:`renumbering` gives the permutation; the caller maps its ids with it),
+so tier ``t`` holds rows ``sum(n_rows[:t]) ..`` in order.
+
+Lookups
+-------
+``dequantize``: each stored row as its tier reconstructs it; pruned rows are zeros.
+
+``embedding_bag`` (sum, mean, weighted sum), in this order, which torch and FBGEMM
+reproduce by serving one table per tier with a row mapping (``-1`` for the rows of
+other tiers)::
+
+    out = 0 (float32 [n_bags, dim])
+    for each tier t that is not pruned, in order:
+        B_t = the bag, in position order, of the positions whose row is in tier t, read
+              from tier t's sub-table at rank(row): its layout's own embedding bag
+              (qe4.embedding_bag, mode "sum") or, for float rows, acc = fma(w, v, acc)
+        out = out + B_t
+    mean: out *= float32(1 / len(bag)) for non-empty bags, len counting every
+          position (pruned ones included, as torch's pruned lookups count them)
+
+Pruned rows contribute nothing (and are not read).
 """
 
 import numpy as np
 
 ROW_MAPS = ("tiers", "renumber")
+TIER_FIELDS = 4                # columns of extras["tiers"]: kind, bits, float dtype, n_rows
 WORD = 64                      # rows per plane word
 SUPER = 256                    # rows per rank directory entry
 _WORDS_PER_SUPER = SUPER // WORD
@@ -36,8 +77,9 @@ def tier_bits(n_tiers):
 
 
 def map_nbytes(n_rows, n_tiers, row_map="tiers"):
-    """Bytes of the row map and tier sizes of a mixed table (what :func:`qe4.allocate` counts)."""
-    sizes = 8 * n_tiers
+    """Bytes a mixed table stores beside its sub-tables' rows: the tier table
+    (``tiers``, int64 [T, 4]) and the row map (what :func:`qe4.allocate` counts)."""
+    sizes = TIER_FIELDS * 8 * n_tiers
     if row_map == "renumber" or n_tiers <= 1:
         return sizes
     b = tier_bits(n_tiers)
@@ -102,3 +144,299 @@ def decode_map(planes, ranks, rows):
         m &= np.where(v < w, ~np.uint64(0), below)
         rank += np.where(use, np.bitwise_count(m), 0)
     return tier, rank
+
+
+# --------------------------------------------------------------------------- tiers
+
+PRUNED = -1
+FLOAT = -2
+FLOAT_DTYPES = ("float16", "float32")
+MAX_TIERS = 64
+
+
+def _layouts():
+    """name -> code of the layouts a tier may use (self-contained rows only)."""
+    return {"rowwise": 0, "codebook": 1}
+
+
+def tier_kinds(extras):
+    """The tier table, int64 [T, 4] (kind, bits, float dtype, n_rows)."""
+    return np.asarray(extras["tiers"], np.int64)
+
+
+def sub_table(extras, t, dim):
+    """Tier ``t``'s rows: a QuantizedTable, a float array [n_t, dim] or None (pruned)."""
+    from .table import QuantizedTable
+    kind, bits, fdt, n = (int(v) for v in tier_kinds(extras)[t])
+    if kind == PRUNED:
+        return None
+    rows = extras[f"tier{t}"]
+    if kind == FLOAT:
+        return rows
+    layout = {c: name for name, c in _layouts().items()}[kind]
+    return QuantizedTable(rows, bits=bits, dim=dim, method="mixed-tier",
+                          scale_dtype=FLOAT_DTYPES[fdt], layout=layout)
+
+
+def tier_of_rows(extras, n_rows):
+    """The tier of every row, int64 [n_rows]."""
+    sizes = tier_kinds(extras)[:, 3]
+    if "planes" not in extras:
+        return np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
+    planes = extras["planes"]
+    bits = np.zeros((planes.shape[0], 64), np.int64)
+    shifts = np.arange(64, dtype=np.uint64)
+    for k in range(planes.shape[1]):
+        bits |= ((planes[:, k:k + 1] >> shifts) & np.uint64(1)).astype(np.int64) << k
+    return bits.reshape(-1)[:n_rows]
+
+
+def locate(extras, rows):
+    """(tier, rank) of each of ``rows`` (int64, in range): where the row is stored."""
+    rows = np.asarray(rows, np.int64)
+    if "planes" in extras:
+        return decode_map(extras["planes"], extras["ranks"], rows)
+    sizes = tier_kinds(extras)[:, 3]
+    ends = np.cumsum(sizes)
+    tier = np.searchsorted(ends, rows, side="right")
+    return tier, rows - (ends[tier] - sizes[tier])
+
+
+def check_mixed(n_rows, row_bytes, dim, extras):
+    """ValueError unless ``extras`` make a valid mixed table of ``n_rows`` x ``dim``.
+
+    Checks the tier table, every sub-table's dtype and shape (by its layout), that the
+    tier sizes add up to ``n_rows``, and that the row map is consistent: every tier
+    code below T, padding bits zero, the rank directory equal to the planes' counts.
+    O(n_rows / 64) work: a malformed file is refused when it is loaded.
+    """
+    from .table import QuantizedTable
+    if row_bytes != 0:
+        raise ValueError(f"a mixed table's data must have 0 bytes per row, got {row_bytes}")
+    if "tiers" not in extras:
+        raise ValueError("a mixed table needs extras['tiers']")
+    tiers = extras["tiers"]
+    if tiers.dtype != np.int64 or tiers.ndim != 2 or tiers.shape[1] != TIER_FIELDS \
+            or not 1 <= tiers.shape[0] <= MAX_TIERS:
+        raise ValueError(f"extras['tiers'] must be int64 [T, {TIER_FIELDS}] with 1 <= T <= "
+                         f"{MAX_TIERS}, got {tiers.dtype} {tiers.shape}")
+    n_tiers = tiers.shape[0]
+    expected = {"tiers"}
+    codes = _layouts()
+    for t, (kind, bits, fdt, n) in enumerate(tiers.tolist()):
+        where = f"extras['tiers'][{t}] = {[kind, bits, fdt, n]}"
+        if n < 0 or fdt not in (0, 1):
+            raise ValueError(f"{where}: n_rows must be >= 0 and the float dtype 0 or 1")
+        if kind == PRUNED:
+            continue
+        name = f"tier{t}"
+        expected.add(name)
+        if name not in extras:
+            raise ValueError(f"a mixed table with {where} needs extras[{name!r}]")
+        rows = extras[name]
+        if kind == FLOAT:
+            if (bits, fdt) not in ((16, 0), (32, 1)):
+                raise ValueError(f"{where}: a float tier has bits 16 (float dtype 0) or 32 (1)")
+            if rows.dtype != np.dtype(FLOAT_DTYPES[fdt]) or rows.shape != (n, dim):
+                raise ValueError(f"extras[{name!r}] must be {FLOAT_DTYPES[fdt]} {(n, dim)}, got "
+                                 f"{rows.dtype} {rows.shape}")
+            continue
+        if kind not in codes.values():
+            raise ValueError(f"{where}: kind {kind} is not a layout code of {codes}, "
+                             f"{PRUNED} (pruned) or {FLOAT} (float)")
+        if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[0] != n:
+            raise ValueError(f"extras[{name!r}] must be uint8 [{n}, row_bytes], got "
+                             f"{rows.dtype} {rows.shape}")
+        try:
+            sub_table(extras, t, dim)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"extras[{name!r}] is not a valid tier ({where}): {exc}") from None
+    total = int(tiers[:, 3].sum())
+    if total != n_rows:
+        raise ValueError(f"extras['tiers'] holds {total} rows, the table {n_rows}")
+    if n_tiers > 1 and "planes" in extras:
+        expected |= {"planes", "ranks"}
+        _check_map(extras, n_rows, n_tiers)
+    unknown = sorted(set(extras) - expected)
+    if unknown:
+        raise ValueError(f"extras {unknown} are not part of this mixed table "
+                         f"(it stores {sorted(expected)})")
+
+
+def _check_map(extras, n_rows, n_tiers):
+    planes, ranks = extras.get("planes"), extras.get("ranks")
+    b = tier_bits(n_tiers)
+    n_words, n_super = -(-n_rows // WORD), -(-n_rows // SUPER)
+    if planes.dtype != np.uint64 or planes.shape != (n_words, b):
+        raise ValueError(f"extras['planes'] must be uint64 {(n_words, b)}, got "
+                         f"{planes.dtype} {planes.shape}")
+    if ranks is None or ranks.dtype != np.uint32 or ranks.shape != (n_super, n_tiers):
+        raise ValueError(f"extras['ranks'] must be uint32 {(n_super, n_tiers)}, got "
+                         f"{getattr(ranks, 'dtype', None)} {getattr(ranks, 'shape', None)}")
+    if n_rows % WORD and (planes[-1] >> np.uint64(n_rows % WORD)).any():
+        raise ValueError("extras['planes']: bits past the last row are not zero")
+    words = np.arange(n_words)
+    counts = np.zeros((n_words, n_tiers), np.int64)
+    for t in range(n_tiers):
+        counts[:, t] = np.bitwise_count(_match(planes, words, np.full(n_words, t)))
+    valid = np.full(n_words, WORD)
+    if n_rows % WORD:
+        valid[-1] = n_rows % WORD
+    counts[-1, 0] -= WORD - valid[-1]          # the zero padding bits read as tier 0
+    if (counts.sum(axis=1) != valid).any():
+        w = int(np.argmax(counts.sum(axis=1) != valid))
+        raise ValueError(f"extras['planes']: a row of word {w} has a tier code >= {n_tiers}")
+    per_super = np.add.reduceat(counts, np.arange(0, n_words, _WORDS_PER_SUPER), axis=0)
+    want = np.zeros((n_super, n_tiers), np.int64)
+    want[1:] = np.cumsum(per_super, axis=0)[:-1]
+    if not np.array_equal(want, ranks.astype(np.int64)):
+        raise ValueError("extras['ranks'] does not match the tier codes in extras['planes']")
+    if not np.array_equal(per_super.sum(axis=0), tier_kinds(extras)[:, 3]):
+        raise ValueError("extras['tiers'] row counts do not match the tier codes in "
+                         "extras['planes']")
+
+
+# --------------------------------------------------------------------------- build
+
+def quantize_mixed(x, choice, rungs, *, row_map="tiers", engine="fast", n_threads=None):
+    """Store the rows of ``x`` each in its chosen rung: a mixed :class:`qe4.QuantizedTable`.
+
+    Parameters
+    ----------
+    x : float array [n_rows, dim]
+    choice : int array [n_rows]
+        The rung of each row, an index into ``rungs`` (e.g. ``Allocation.choices[0]``).
+    rungs : sequence of str or :class:`qe4.allocate.Rung`
+        The ladder ``choice`` indexes.
+    row_map : {"tiers", "renumber"}
+        See the module docstring.
+    engine, n_threads
+        Quantize the tiers with the reference or the compiled engine (same bytes).
+
+    Returns
+    -------
+    QuantizedTable (layout "mixed")
+        With ``row_map="renumber"`` its row ``i`` is row ``renumbering(choice)[i]`` of
+        ``x``: look rows up by their new numbers.
+    """
+    from .allocate import ladder
+    from .table import QuantizedTable
+    from . import _validate as V
+    x = V.as_table(x)
+    rungs = ladder(rungs)
+    if row_map not in ROW_MAPS:
+        raise ValueError(f"row_map must be one of {ROW_MAPS}, got {row_map!r}")
+    choice = np.asarray(choice)
+    if choice.dtype.kind not in "iu":
+        raise TypeError(f"choice must be an integer array, got dtype {choice.dtype}")
+    if choice.shape != (x.shape[0],):
+        raise ValueError(f"choice must have shape ({x.shape[0]},), got {choice.shape}")
+    if choice.size and (choice.min() < 0 or choice.max() >= len(rungs)):
+        bad = int(np.argmax((choice < 0) | (choice >= len(rungs))))
+        raise ValueError(f"choice[{bad}] = {int(choice[bad])} is not a rung of the "
+                         f"{len(rungs)}-rung ladder")
+    used = np.flatnonzero(np.bincount(choice, minlength=len(rungs)))
+    tier = np.searchsorted(used, choice).astype(np.int64)
+    tiers = np.zeros((used.size, TIER_FIELDS), np.int64)
+    extras = {}
+    for t, k in enumerate(used):
+        rung, rows = rungs[k], np.flatnonzero(tier == t)
+        stored = rung.quantize(x[rows], engine, n_threads)
+        if rung.kind == "pruned":
+            tiers[t] = (PRUNED, 0, 0, rows.size)
+        elif rung.kind == "float":
+            tiers[t] = (FLOAT, 8 * stored.itemsize, FLOAT_DTYPES.index(stored.dtype.name), rows.size)
+            extras[f"tier{t}"] = stored
+        else:
+            tiers[t] = (_layouts()[stored.layout], stored.bits,
+                        FLOAT_DTYPES.index(stored.scale_dtype), rows.size)
+            extras[f"tier{t}"] = np.ascontiguousarray(stored.data)
+    extras["tiers"] = tiers
+    if row_map == "tiers" and used.size > 1:
+        extras["planes"], extras["ranks"] = encode_map(tier, used.size)
+    table = QuantizedTable(np.zeros((x.shape[0], 0), np.uint8), bits=_table_bits(tiers),
+                           dim=x.shape[1], method="mixed", scale_dtype="float16", layout="mixed",
+                           extras=extras,
+                           params={"rungs": [rungs[k].name for k in used], "row_map": row_map})
+    return table
+
+
+def renumbering(choice):
+    """``order`` with ``order[new_row] = original row`` for ``row_map="renumber"``: the rows
+    grouped by rung in ladder order, each group in the original order.  A caller
+    maps its ids with ``np.argsort(order)[original_id]``."""
+    return np.argsort(np.asarray(choice), kind="stable").astype(np.int64)
+
+
+def _table_bits(tiers):
+    """The informational ``bits`` of a mixed table: its widest quantized tier's (else 8)."""
+    q = tiers[(tiers[:, 0] >= 0), 1]
+    return int(q.max()) if q.size else 8
+
+
+# --------------------------------------------------------------------------- lookups
+
+def dequantize_mixed(table, dequantize):
+    """float32 [n_rows, dim]; ``dequantize(sub_table)`` reconstructs one tier's table
+    (qe4.dequantize or qe4_fast's)."""
+    extras = table.extras
+    out = np.zeros((table.n_rows, table.dim), np.float32)
+    tier = tier_of_rows(extras, table.n_rows)
+    for t in range(tier_kinds(extras).shape[0]):
+        sub = sub_table(extras, t, table.dim)
+        if sub is None:
+            continue
+        rows = np.flatnonzero(tier == t)
+        out[rows] = sub.astype(np.float32) if isinstance(sub, np.ndarray) else dequantize(sub)
+    return out
+
+
+def embedding_bag_mixed(table, idx, starts, weights, mode, bag, float_bag, locate):
+    """Bags of a mixed table in the module docstring's order.
+
+    ``idx``, ``starts``, ``weights`` are validated (:func:`qe4._validate.check_bag_args`).
+    ``bag(sub_table, rows, starts, weights)`` is a tier's embedding bag (mode sum,
+    ``starts`` [n_bags + 1]); ``float_bag(values, rows, starts, weights)`` the same
+    for float rows; ``locate(extras, rows)`` is :func:`locate` (qe4_fast passes its
+    compiled twins of all three).
+    """
+    extras = table.extras
+    n_bags = starts.size - 1
+    out = np.zeros((n_bags, table.dim), np.float32)
+    tier, rank = locate(extras, idx)
+    for t in range(tier_kinds(extras).shape[0]):
+        sub = sub_table(extras, t, table.dim)
+        if sub is None:
+            continue
+        mine = tier == t
+        pos = np.flatnonzero(mine)
+        sub_starts = np.zeros(idx.size + 1, np.int64)
+        np.cumsum(mine, out=sub_starts[1:])
+        sub_starts = sub_starts[starts]
+        w = None if weights is None else weights[pos]
+        f = float_bag if isinstance(sub, np.ndarray) else bag
+        out += f(sub, rank[pos], sub_starts, w)
+    if mode == "mean":
+        lengths = np.diff(starts)
+        full = lengths > 0
+        out[full] *= (np.float32(1.0) / lengths[full].astype(np.float32))[:, None]
+    return out
+
+
+def float_bag(values, rows, starts, weights):
+    """Bags of float rows: per bag, in order, ``acc = fma(w, v, acc)`` (w = 1 unweighted).
+
+    Bags are processed together: step k adds the k-th position of every bag that has one.
+    """
+    from .rowwise import fma32
+    lengths = np.diff(starts)
+    out = np.zeros((lengths.size, values.shape[1]), np.float32)
+    for k in range(int(lengths.max(initial=0))):
+        bags = np.flatnonzero(lengths > k)
+        pos = starts[bags] + k
+        v = values[rows[pos]].astype(np.float32)
+        if weights is None:
+            out[bags] = out[bags] + v            # fma(1, v, acc): exact product, one rounding
+        else:
+            out[bags] = fma32(weights[pos][:, None], v, out[bags])
+    return out

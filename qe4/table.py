@@ -4,7 +4,7 @@ import numpy as np
 
 from . import _validate as V
 
-LAYOUTS = ("rowwise", "codebook", "two-tier")
+LAYOUTS = ("rowwise", "codebook", "two-tier", "mixed")
 FORMAT_VERSION = 1
 
 
@@ -58,6 +58,9 @@ class QuantizedTable:
                 raise ValueError(
                     f"data has {data.shape[1]} bytes per row; a rowwise {self.bits}-bit table of "
                     f"dim {dim} with {scale_dtype} scale/bias needs {expected}")
+        if layout == "mixed":
+            from .mixed import check_mixed
+            check_mixed(data.shape[0], data.shape[1], dim, self.extras)
         self.data = data
 
     # ----------------------------------------------------------------- sizes

@@ -108,6 +108,9 @@ def dequantize(table):
     single row with weight 1.
     """
     V.check_table(table)
+    if table.layout == "mixed":
+        from .mixed import dequantize_mixed
+        return dequantize_mixed(table, dequantize)
     if table.layout != "rowwise":
         return _codebook().dequantize_codebook(table)
     q = table.codes()

@@ -42,6 +42,9 @@ def dequantize(table, *, n_threads=None):
         None uses every usable core; rows are split between threads.
     """
     V.check_table(table)
+    if table.layout == "mixed":
+        from .mixed import dequantize_mixed
+        return dequantize_mixed(table, n_threads)
     if table.layout != "rowwise":
         return _codebook().dequantize_codebook(table, n_threads=n_threads)
     n = effective_n_threads(n_threads, table.n_rows)
@@ -70,6 +73,9 @@ def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weight
     idx, starts, w = V.check_bag_args(indices, offsets, table.n_rows, per_sample_weights,
                                       include_last_offset, mode)
     n_bags = starts.size - 1
+    if table.layout == "mixed":
+        from .mixed import embedding_bag_mixed
+        return embedding_bag_mixed(table, idx, starts, w, mode, n_threads)
     if table.layout != "rowwise":
         return _codebook().embedding_bag_codebook(table, idx, starts, w, mode, n_threads)
     n = effective_n_threads(n_threads, n_bags)
