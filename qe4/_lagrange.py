@@ -164,7 +164,7 @@ def solve(dist, cost, group, budget, *, hull=hull):
     cost = np.asarray(cost, np.int64)
     group = np.asarray(group, np.intp)
     n, k = dist.shape
-    bad = np.isnan(dist).any(axis=1) | np.isinf(dist).all(axis=1) | (dist < 0).any(axis=1)
+    bad = ~(dist >= 0).all(axis=1) | ~np.isfinite(dist).any(axis=1)      # NaN fails >= 0
     if bad.any():
         r = int(np.argmax(bad))
         raise ValueError(f"item {r} has distortions {dist[r].tolist()}: each must be >= 0 and not "

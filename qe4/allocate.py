@@ -461,9 +461,7 @@ def solve(errors, weights, norms, dims, budget, rungs, *, per="row", row_map="ti
     k = len(rungs)
     n_tab = len(errors)
     cost = np.array([[r.row_bytes(d) for r in rungs] for d in dims], np.int64)   # [n_tab, K]
-    # weighted errors; a rung a row cannot take (inf error) stays unavailable at weight 0
-    dists = [np.where(np.isinf(e), np.inf, np.where(w[:, None] > 0, w[:, None] * e, 0.0))
-             for w, e in zip(weights, errors)]
+    dists = [_weighted(e, w) for e, w in zip(errors, weights)]
     if per == "table":
         n_rows = np.array([e.shape[0] for e in errors], np.int64)
         tcost = cost * n_rows[:, None]
@@ -486,13 +484,26 @@ def solve(errors, weights, norms, dims, budget, rungs, *, per="row", row_map="ti
                       table_nbytes=table_nbytes, dist=dist_t, norm=norm_t)
 
 
+def _weighted(e, w):
+    """``w * e`` per row; a rung a row cannot take (inf error) stays unavailable (inf) at
+    weight 0, where the product would be NaN."""
+    d = e * w[:, None]
+    zero = np.flatnonzero(w == 0)
+    if zero.size:
+        d[zero] = np.where(np.isinf(e[zero]), np.inf, 0.0)
+    return d
+
+
 def _per_row(dists, cost, budget, row_map, hull):
     """A rung per row of every table: the solver with the row maps' bytes taken off.
 
     A table's map depends on how many rungs its rows use.  The first pass charges the
-    map of every rung (of only the cheapest when that does not fit: tiny tables); a
-    second pass, when some rungs went unused, re-solves with those rungs removed and
-    their smaller map, so the freed bytes are spent.  Returns (choices, table_nbytes).
+    map of every rung (of only the cheapest when that does not fit: tiny tables).  When
+    the rungs a table's rows use need fewer tier bits than were charged, a second pass
+    re-solves with the unused rungs removed and their smaller map, so the freed bytes
+    (1/8 byte per row per bit) are spent; a smaller saving (the 4-byte rank entry per
+    256 rows and 32-byte header of an unused rung) is left unspent.  Every byte
+    stored is counted either way.  Returns (choices, table_nbytes).
     """
     from . import mixed
     k = cost.shape[1]
@@ -509,11 +520,13 @@ def _per_row(dists, cost, budget, row_map, hull):
             raise ValueError(f"budget of {budget} bytes is below the {least} bytes of the "
                              f"cheapest rung for every row ({over} of them tier headers and "
                              "row maps)")
-        dist = np.concatenate([np.where(a[None, :], d, np.inf) for d, a in zip(dists, allowed)])
+        parts = [d if a.all() else np.where(a[None, :], d, np.inf) for d, a in zip(dists, allowed)]
+        dist = parts[0] if len(parts) == 1 else np.concatenate(parts)
         choice, _ = _lagrange.solve(dist, cost, group, budget - over, hull=hull)
         parts = np.split(choice, np.cumsum(sizes)[:-1])
         used = [np.bincount(p, minlength=k) > 0 for p in parts]
-        if all(u.sum() == a.sum() for u, a in zip(used, allowed)):
+        if all(mixed.tier_bits(u.sum()) == mixed.tier_bits(a.sum()) or row_map == "renumber"
+               for u, a in zip(used, allowed)):
             break
         allowed = used
     choices = [p.astype(np.int8) for p in parts]
