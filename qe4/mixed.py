@@ -4,7 +4,7 @@
 float16, float32) for every row; :func:`quantize_mixed` stores the table as a
 :class:`qe4.QuantizedTable` of layout ``"mixed"``:
 
-``extras["tiers"]`` : int64 [T, 4]
+``extras["tiers"]`` : int32 [T, 4]
     One line per *tier* (a rung the table's rows use, in ladder order):
     ``(kind, bits, float dtype, n_rows)``.  ``kind`` is the code of the sub-table's
     layout (:mod:`qe4.layouts`), ``PRUNED`` (-1: no rows stored, the rows read as zeros,
@@ -78,8 +78,8 @@ def tier_bits(n_tiers):
 
 def map_nbytes(n_rows, n_tiers, row_map="tiers"):
     """Bytes a mixed table stores beside its sub-tables' rows: the tier table
-    (``tiers``, int64 [T, 4]) and the row map (what :func:`qe4.allocate` counts)."""
-    sizes = TIER_FIELDS * 8 * n_tiers
+    (``tiers``, int32 [T, 4]) and the row map (what :func:`qe4.allocate` counts)."""
+    sizes = TIER_FIELDS * 4 * n_tiers
     if row_map == "renumber" or n_tiers <= 1:
         return sizes
     b = tier_bits(n_tiers)
@@ -152,6 +152,7 @@ PRUNED = -1
 FLOAT = -2
 FLOAT_DTYPES = ("float16", "float32")
 MAX_TIERS = 64
+MAX_ROWS = 2 ** 31            # tier sizes are int32, rank entries uint32
 
 
 def _layouts():
@@ -160,7 +161,7 @@ def _layouts():
 
 
 def tier_kinds(extras):
-    """The tier table, int64 [T, 4] (kind, bits, float dtype, n_rows)."""
+    """The tier table as int64 [T, 4] (kind, bits, float dtype, n_rows)."""
     return np.asarray(extras["tiers"], np.int64)
 
 
@@ -216,9 +217,9 @@ def check_mixed(n_rows, row_bytes, dim, extras):
     if "tiers" not in extras:
         raise ValueError("a mixed table needs extras['tiers']")
     tiers = extras["tiers"]
-    if tiers.dtype != np.int64 or tiers.ndim != 2 or tiers.shape[1] != TIER_FIELDS \
+    if tiers.dtype != np.int32 or tiers.ndim != 2 or tiers.shape[1] != TIER_FIELDS \
             or not 1 <= tiers.shape[0] <= MAX_TIERS:
-        raise ValueError(f"extras['tiers'] must be int64 [T, {TIER_FIELDS}] with 1 <= T <= "
+        raise ValueError(f"extras['tiers'] must be int32 [T, {TIER_FIELDS}] with 1 <= T <= "
                          f"{MAX_TIERS}, got {tiers.dtype} {tiers.shape}")
     n_tiers = tiers.shape[0]
     expected = {"tiers"}
@@ -326,6 +327,8 @@ def quantize_mixed(x, choice, rungs, *, row_map="tiers", engine="fast", n_thread
     rungs = ladder(rungs)
     if row_map not in ROW_MAPS:
         raise ValueError(f"row_map must be one of {ROW_MAPS}, got {row_map!r}")
+    if x.shape[0] >= MAX_ROWS:
+        raise ValueError(f"x has {x.shape[0]} rows; a mixed table holds fewer than {MAX_ROWS}")
     choice = np.asarray(choice)
     if choice.dtype.kind not in "iu":
         raise TypeError(f"choice must be an integer array, got dtype {choice.dtype}")
@@ -337,7 +340,7 @@ def quantize_mixed(x, choice, rungs, *, row_map="tiers", engine="fast", n_thread
                          f"{len(rungs)}-rung ladder")
     used = np.flatnonzero(np.bincount(choice, minlength=len(rungs)))
     tier = np.searchsorted(used, choice).astype(np.int64)
-    tiers = np.zeros((used.size, TIER_FIELDS), np.int64)
+    tiers = np.zeros((used.size, TIER_FIELDS), np.int32)
     extras = {}
     for t, k in enumerate(used):
         rung, rows = rungs[k], np.flatnonzero(tier == t)

@@ -218,7 +218,7 @@ def test_renumber_map_costs_only_the_tier_sizes():
     assert a.error <= t.error
     used = np.unique(a.choices[0]).size
     rows = sum(A.ladder()[k].row_bytes(16) for k in a.choices[0])
-    assert a.nbytes == rows + 32 * used
+    assert a.nbytes == rows + 16 * used
 
 
 def test_many_tables_per_row_and_per_table():
@@ -232,8 +232,8 @@ def test_many_tables_per_row_and_per_table():
         assert [c.size for c in a.choices] == [len(v) for v in xs.values()]
     assert all(np.unique(c).size == 1 for c in tabs.choices)
     assert rows.error <= tabs.error
-    # per table: the bytes are the tables' rows at their rung and a 32-byte tier header
-    assert tabs.nbytes == sum(len(v) * A.ladder()[int(c[0])].row_bytes(v.shape[1]) + 32
+    # per table: the bytes are the tables' rows at their rung and a 16-byte tier header
+    assert tabs.nbytes == sum(len(v) * A.ladder()[int(c[0])].row_bytes(v.shape[1]) + 16
                               for v, c in zip(xs.values(), tabs.choices))
 
 

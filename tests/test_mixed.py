@@ -29,12 +29,12 @@ def test_map_round_trip(n_rows, n_tiers, same_bytes):
     t, r = M.decode_map(planes, ranks, rows)
     same_bytes(t, tier[rows].astype(np.int64))
     same_bytes(r, want[rows].astype(np.int64))
-    extras = {"tiers": np.zeros((n_tiers, 4), np.int64), "planes": planes, "ranks": ranks}
+    extras = {"tiers": np.zeros((n_tiers, 4), np.int32), "planes": planes, "ranks": ranks}
     for n_threads in (1, 2, 7):
         ft, fr = FM.locate(extras, rows, n_threads)
         same_bytes(ft, t)
         same_bytes(fr, r)
-    assert M.map_nbytes(n_rows, n_tiers) == planes.nbytes + ranks.nbytes + 32 * n_tiers
+    assert M.map_nbytes(n_rows, n_tiers) == planes.nbytes + ranks.nbytes + 16 * n_tiers
 
 
 def test_map_by_hand(same_bytes):
@@ -46,9 +46,9 @@ def test_map_by_hand(same_bytes):
     t, r = M.decode_map(planes, ranks, np.arange(6))
     assert t.tolist() == [2, 0, 1, 2, 2, 0] and r.tolist() == [0, 0, 0, 1, 2, 1]
     assert M.tier_bits(1) == 0 and M.tier_bits(2) == 1 and M.tier_bits(6) == 3
-    assert M.map_nbytes(1000, 6) == 32 * 6 + 16 * 3 * 8 + 4 * 6 * 4
-    assert M.map_nbytes(1000, 6, "renumber") == 32 * 6
-    assert M.map_nbytes(1000, 1) == 32
+    assert M.map_nbytes(1000, 6) == 16 * 6 + 16 * 3 * 8 + 4 * 6 * 4
+    assert M.map_nbytes(1000, 6, "renumber") == 16 * 6
+    assert M.map_nbytes(1000, 1) == 16
 
 
 # --------------------------------------------------------------------------- building
@@ -98,7 +98,7 @@ def test_build_reference_and_fast_same_bytes(same_bytes):
 def test_one_tier_needs_no_map():
     x = _x(50, 6)
     t = M.quantize_mixed(x, np.full(50, 2), A.ladder())
-    assert sorted(t.extras) == ["tier0", "tiers"] and t.nbytes == 50 * 7 + 32
+    assert sorted(t.extras) == ["tier0", "tiers"] and t.nbytes == 50 * 7 + 16
 
 
 # --------------------------------------------------------------------------- lookups
@@ -218,7 +218,7 @@ def test_malformed_tables_are_refused():
         (dict(planes=planes), "bits past the last row are not zero"),
         (dict(tiers=tiers), "extras\\['tiers'\\] holds 301 rows"),
         (dict(ranks=None), "extras\\['ranks'\\] must be uint32"),
-        (dict(tiers=e["tiers"][:, :3].copy()), "must be int64 \\[T, 4\\]"),
+        (dict(tiers=e["tiers"][:, :3].copy()), "must be int32 \\[T, 4\\]"),
         (dict(stray=np.zeros(3)), "extras \\['stray'\\] are not part"),
         (dict(tier1=e["tier1"][:, :-1].copy()), "is not a valid tier"),
     ]
