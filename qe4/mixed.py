@@ -394,6 +394,23 @@ def dequantize_mixed(table, dequantize):
     return out
 
 
+def row_values_mixed(table, rows, row_values, locate=locate):
+    """float32 [len(rows), dim]: the stored values of ``rows`` (pruned rows: zeros);
+    ``row_values(sub_table, ranks)`` reads a quantized tier's rows and ``locate`` is
+    :func:`locate` (qe4's or qe4_fast's)."""
+    extras = table.extras
+    out = np.zeros((len(rows), table.dim), np.float32)
+    tier, rank = locate(extras, rows)
+    for t in range(tier_kinds(extras).shape[0]):
+        sub = sub_table(extras, t, table.dim)
+        mine = np.flatnonzero(tier == t)
+        if sub is None or mine.size == 0:
+            continue
+        out[mine] = (sub[rank[mine]].astype(np.float32) if isinstance(sub, np.ndarray)
+                     else row_values(sub, rank[mine]))
+    return out
+
+
 def embedding_bag_mixed(table, idx, starts, weights, mode, bag, float_bag, locate):
     """Bags of a mixed table in the module docstring's order.
 

@@ -11,13 +11,13 @@ There is no fallback: without its compiled modules ``import qe4_fast`` raises an
 ImportError that says how to build them.
 
 Threads: kernels release the GIL and parallelize only across independent rows or
-bags.  Calls made at the same time from several Python threads share the cores
-when ``n_threads`` is None (each takes its share of ``omp_max_threads()``), so they
-do not oversubscribe the machine.  Fork caveat: GNU libgomp is not fork-safe.  A
-process that has run an OpenMP kernel and then forks (``multiprocessing`` with the
-``"fork"`` start method, the default on Linux before Python 3.14) can hang in the
-child at its first parallel kernel.  Use the ``"spawn"`` or ``"forkserver"`` start
-method (dask's worker processes spawn), or call qe4_fast only in the children.
+bags.  ``n_threads=None`` uses the usable CPUs (the affinity mask lowered by a
+cgroup CPU quota, see :func:`qe4_fast._threads.cpu_count`); calls made at the same
+time from several Python threads share them (each takes its share), so they do not
+oversubscribe the machine.  Fork: GNU libgomp is not fork-safe, so a child forked
+after a parallel qe4_fast call (``multiprocessing``'s ``"fork"`` start method, the
+default on Linux before Python 3.14) runs its kernels serially, with the same bytes;
+``"spawn"`` and ``"forkserver"`` children keep their threads.
 """
 
 import numpy as np
@@ -31,12 +31,13 @@ from ._threads import BUILD_HINT, effective_n_threads, openmp_enabled, shares_co
 
 try:
     from . import _rowwise
-    from .bag import dequantize, embedding_bag, from_tbe, to_tbe
+    from .bag import dequantize, embedding, embedding_bag, embedding_bags, from_tbe, to_tbe
 except ImportError as exc:   # one compiled module missing (a partial build): no fallback
     raise ImportError(f"{BUILD_HINT} ({exc})") from exc
 
 __all__ = [
-    "QuantizedTable", "quantize", "dequantize", "embedding_bag", "row_ranges", "range_loss",
+    "QuantizedTable", "quantize", "dequantize", "embedding", "embedding_bag", "embedding_bags",
+    "row_ranges", "range_loss",
     "to_tbe", "from_tbe", "methods", "openmp_enabled",
 ]
 

@@ -4,9 +4,16 @@ Every public function of qe4_fast takes ``n_threads=None`` and passes it through
 :func:`effective_n_threads` together with its number of independent work items
 (row blocks or bags).  Kernels parallelize only across such items, each computed
 in a fixed sequential order, so results do not depend on the thread count.
+
+The machine's usable CPUs (:func:`cpu_count`) are the fewest of the CPUs in the
+process's affinity mask (``taskset``, ``docker --cpuset-cpus``) and the CPUs its
+cgroup's CPU-bandwidth quota allows (``docker --cpus``, a Kubernetes CPU limit),
+read as loky's ``cpu_count`` reads them: cgroup v2 ``cpu.max`` or v1
+``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, ``ceil(quota / period)``.
 """
 
 import functools
+import math
 import numbers
 import os
 import threading
@@ -21,17 +28,127 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by tests/test_fast_api.py
     raise ImportError(f"{BUILD_HINT} ({exc})") from exc
 
+# An explicit thread count is capped at this many threads per CPU of the affinity mask:
+# more only adds switching, and a mistyped count (2000) would otherwise ask the system for
+# thousands of threads (under an address-space limit, ``ulimit -v``, that ends the process).
+THREADS_PER_CPU_CAP = 4
+
 
 def openmp_enabled():
     """True when qe4_fast was compiled with OpenMP (else every kernel runs serially)."""
     return openmp_compiled()
 
 
-def _n_cores():
+def _affinity_cpus():
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def _read_words(path):
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _quota_cpus(quota, period):
+    """ceil(quota / period) for a positive quota, None for no limit ("max", -1, garbage)."""
+    try:
+        quota, period = int(quota), int(period)
+    except (TypeError, ValueError):
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, math.ceil(quota / period))
+
+
+def _v2_limit(directory):
+    words = _read_words(os.path.join(directory, "cpu.max"))
+    return _quota_cpus(*words) if words and len(words) == 2 else None
+
+
+def _v1_limit(directory):
+    quota = _read_words(os.path.join(directory, "cpu.cfs_quota_us"))
+    period = _read_words(os.path.join(directory, "cpu.cfs_period_us"))
+    return _quota_cpus(quota[0], period[0]) if quota and period else None
+
+
+def _walk_up(mount, path):
+    """``mount`` joined with the process's cgroup ``path``, then each parent up to ``mount``.
+
+    A quota set on an ancestor limits every cgroup below it, so all levels count.  When
+    the joined directory does not exist (a container whose cgroup namespace hides its
+    path), only ``mount`` itself is read, as loky does."""
+    parts = [p for p in path.strip().split("/") if p and p != ".."]
+    leaf = os.path.join(mount, *parts)
+    if not os.path.isdir(leaf):
+        parts = []
+    while True:
+        yield os.path.join(mount, *parts)
+        if not parts:
+            return
+        parts.pop()
+
+
+def cgroup_cpu_limit(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
+    """CPUs the process's cgroup CPU-bandwidth quota allows, or None without a quota.
+
+    Parameters
+    ----------
+    root : str
+        Where the cgroup file systems are mounted: cgroup v2 at ``root`` (or at
+        ``root/unified`` in the hybrid layout), v1's ``cpu`` controller at ``root/cpu``
+        (or ``root/cpu,cpuacct``).
+    proc_cgroup : str
+        The process's cgroup membership file (lines ``id:controllers:path``).
+
+    Returns
+    -------
+    int >= 1 or None
+        The smallest ``ceil(quota / period)`` over the process's cgroup and its
+        ancestors, for cgroup v2 (``cpu.max``) and v1 (``cpu.cfs_quota_us``,
+        ``cpu.cfs_period_us``) alike; None when no level sets a quota ("max" or -1).
+    """
+    lines = []
+    try:
+        with open(proc_cgroup) as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except (OSError, UnicodeDecodeError):
+        pass
+    v2_path, v1_path = "/", "/"
+    for fields in lines:
+        if len(fields) != 3:
+            continue
+        if fields[0] == "0" and fields[1] == "":
+            v2_path = fields[2]
+        elif "cpu" in fields[1].split(","):
+            v1_path = fields[2]
+    limits = []
+    for mount in (root, os.path.join(root, "unified")):
+        limits += [_v2_limit(d) for d in _walk_up(mount, v2_path)]
+    for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        limits += [_v1_limit(d) for d in _walk_up(os.path.join(root, name), v1_path)]
+    limits = [n for n in limits if n is not None]
+    return min(limits) if limits else None
+
+
+@functools.lru_cache(maxsize=None)
+def _machine_cgroup_limit():
+    return cgroup_cpu_limit()
+
+
+def cpu_count():
+    """The CPUs this process can use: the affinity mask, lowered by a cgroup CPU quota.
+
+    The quota is read once per process (:func:`cgroup_cpu_limit`); the affinity mask at
+    every call.  Always >= 1.
+    """
+    limit = _machine_cgroup_limit()
+    n = _affinity_cpus()
+    return max(1, min(n, limit) if limit is not None else n)
 
 
 def effective_n_threads(n_threads, n_work):
@@ -40,19 +157,22 @@ def effective_n_threads(n_threads, n_work):
     Parameters
     ----------
     n_threads : int or None
-        None: OpenMP's default team size (all usable cores, honouring
-        ``OMP_NUM_THREADS``), divided among the qe4_fast calls running at the
-        same time in other Python threads (so several threads calling qe4_fast
-        together do not oversubscribe the cores; see :func:`shares_cores`).
-        A positive count is used as given; a negative
-        count counts back from the number of usable cores (-1 = all, -2 = all
-        but one, never fewer than 1).  0, booleans and non-integers are errors.
+        None: all usable CPUs (:func:`cpu_count`: the affinity mask and the cgroup CPU
+        quota), or fewer when OpenMP's default team is smaller (``OMP_NUM_THREADS``,
+        ``threadpoolctl.threadpool_limits(..., user_api="openmp")``), divided among the
+        qe4_fast calls running at the same time in other Python threads (so several
+        threads calling qe4_fast together do not oversubscribe the cores; see
+        :func:`shares_cores`).  A negative count counts back from the usable CPUs
+        (-1 = all, -2 = all but one, never fewer than 1).  A positive count is used as
+        given, up to ``THREADS_PER_CPU_CAP`` (4) threads per CPU of the affinity mask.
+        0, booleans and non-integers are errors.
     n_work : int
         Number of independent work items; no more threads than items are used.
 
     Returns
     -------
-    int >= 1 (always 1 when qe4_fast was built without OpenMP)
+    int >= 1 (always 1 when qe4_fast was built without OpenMP, and in a child process
+    forked after a parallel call, see :func:`_after_fork_in_child`)
 
     Raises
     ------
@@ -61,20 +181,24 @@ def effective_n_threads(n_threads, n_work):
     ValueError
         ``n_threads`` is 0.
     """
+    global _parallel_used
     if n_threads is not None and (isinstance(n_threads, bool)
                                   or not isinstance(n_threads, numbers.Integral)):
         raise TypeError(f"n_threads must be None or an integer, got {n_threads!r}")
     if n_threads is not None and int(n_threads) == 0:
         raise ValueError(f"n_threads must be a nonzero integer (None or -1 = all cores), got {n_threads!r}")
-    if not openmp_compiled():
+    if not openmp_compiled() or _forked_serial:
         return 1
     if n_threads is None:
-        n = max(1, omp_max_threads() // max(1, _active_calls))
+        n = max(1, min(omp_max_threads(), cpu_count()) // max(1, _active_calls))
     elif n_threads < 0:
-        n = max(1, _n_cores() + 1 + int(n_threads))
+        n = max(1, cpu_count() + 1 + int(n_threads))
     else:
-        n = int(n_threads)
-    return max(1, min(n, int(n_work)))
+        n = min(int(n_threads), THREADS_PER_CPU_CAP * _affinity_cpus())
+    n = max(1, min(n, int(n_work)))
+    if n > 1:
+        _parallel_used = True
+    return n
 
 
 _lock = threading.Lock()
@@ -87,7 +211,7 @@ def shares_cores(fn):
 
     Each public qe4_fast function is wrapped: while k of them run at once in
     different Python threads (the kernels release the GIL), a call with
-    ``n_threads=None`` takes ``omp_max_threads() // k`` threads (at least 1).
+    ``n_threads=None`` takes ``1 / k`` of the threads it would take alone (at least 1).
     Nested calls count once.  Results never depend on the thread count.
     """
     @functools.wraps(fn)
@@ -106,3 +230,23 @@ def shares_cores(fn):
                 with _lock:
                     _active_calls -= 1
     return wrapper
+
+
+_parallel_used = False   # this process has run a parallel kernel (OpenMP's threads exist)
+_forked_serial = False   # a forked child of such a process: kernels run serially
+
+
+def _after_fork_in_child():
+    """GNU libgomp is not fork-safe: a child forked after its threads started would wait
+    forever for them at its first parallel region.  Such a child runs every kernel on
+    its calling thread (same bytes); a child of a process that never ran a parallel
+    kernel keeps its threads."""
+    global _forked_serial, _active_calls, _lock
+    _lock = threading.Lock()   # the parent's calls in other threads do not exist here
+    _active_calls = 0
+    if _parallel_used:
+        _forked_serial = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

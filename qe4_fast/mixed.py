@@ -37,8 +37,20 @@ def float_bag(values, rows, starts, weights, n_threads=None):
     return out
 
 
-def embedding_bag_mixed(table, idx, starts, weights, mode, n_threads):
+def row_values_mixed(table, rows, n_threads):
+    """float32 values of ``rows``; see :func:`qe4.mixed.row_values_mixed`."""
+    from .bag import embedding
+    return M.row_values_mixed(table, rows, lambda sub, r: embedding(sub, r, n_threads=n_threads),
+                              lambda e, r: locate(e, r, n_threads))
+
+
+def pooled_mixed(table, idx, starts, weights, mode, n_threads):
+    """float32 bags of validated arguments (sum, mean or max); see :func:`qe4.embedding_bag`."""
+    from qe4.bag import max_pool
+
     from .bag import embedding_bag
+    if mode == "max":
+        return max_pool(row_values_mixed(table, idx, n_threads), starts)
 
     def bag(sub, rows, sub_starts, w):
         return embedding_bag(sub, rows, sub_starts, include_last_offset=True, per_sample_weights=w,

@@ -168,6 +168,36 @@ def test_fast_bags_same_bytes(row_map, n_threads, same_bytes):
     same_bytes(qe4_fast.embedding_bag(t, fixed, n_threads=n_threads), qe4.embedding_bag(t, fixed))
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_gather_max_and_several_tables(n_threads, same_bytes):
+    x = _x(400, 12)
+    _, t, _ = _mixed(x, budget="5bpw")
+    idx, offsets, w = _bags(len(x), 2)
+    xh = qe4.dequantize(t)
+    for out_dtype in ("float32", "float16"):
+        ref = qe4.embedding(t, idx.reshape(-1, 1), out_dtype=out_dtype)
+        same_bytes(ref[:, 0], xh[idx].astype(out_dtype))          # the stored rows, rounded once
+        same_bytes(qe4_fast.embedding(t, idx.reshape(-1, 1), out_dtype=out_dtype,
+                                      n_threads=n_threads), ref)
+        mx = qe4.embedding_bag(t, idx, offsets, mode="max", out_dtype=out_dtype)
+        same_bytes(qe4_fast.embedding_bag(t, idx, offsets, mode="max", out_dtype=out_dtype,
+                                          n_threads=n_threads), mx)
+    # max reads the rows' values, pruned rows as zeros
+    starts = np.append(offsets, idx.size)
+    for b in range(offsets.size):
+        rows = xh[idx[starts[b]:starts[b + 1]]]
+        same_bytes(mx[b], rows.max(axis=0).astype(np.float16) if rows.size else
+                   np.zeros(12, np.float16))
+    plain = qe4.quantize(x, 4, "greedy")
+    cat = np.concatenate([idx, idx])
+    offs = np.concatenate([offsets, offsets + idx.size])
+    for kw in (dict(), dict(mode="mean"), dict(per_sample_weights=np.concatenate([w, w]))):
+        ref = qe4.embedding_bags([t, plain], cat, offs, **kw)
+        same_bytes(ref[:, :12], qe4.embedding_bag(t, idx, offsets, **{
+            k: (v[:idx.size] if k == "per_sample_weights" else v) for k, v in kw.items()}))
+        same_bytes(qe4_fast.embedding_bags([t, plain], cat, offs, n_threads=n_threads, **kw), ref)
+
+
 def test_bag_refuses_out_of_range():
     x = _x(30, 4)
     _, t, _ = _mixed(x, budget="8bpw")
