@@ -21,10 +21,13 @@ counted are those stored).
     python bench/bench_budget.py [--ladder pruned,greedy/2,...] [--seeds 0,1,2]
         [--threads 2] [--skip-glove] [--skip-movielens]
 
-Prints the tables and writes them to bench/results/bench_budget.txt.
+Prints the tables and writes them to bench/results/bench_budget.txt, the curves (every
+uniform method and the allocation at a grid of bpw) to bench/results/bench_budget.json,
+and the figure figures/budget.png (qe4.plots.fig_budget).
 """
 
 import argparse
+import json
 import os
 import time
 
@@ -35,7 +38,12 @@ import qe4_fast
 from qe4 import allocate as A
 
 
-def glove(ladder, nt, say):
+BPW_GRID = (1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.64, 5.5, 6.5, 8.0)
+UNIFORM = (("minmax", 2), ("greedy", 2), ("minmax", 4), ("greedy", 4), ("minmax", 8),
+           ("greedy", 8))
+
+
+def glove(ladder, nt, say, curve):
     from qe4.evidence import glove as G
     x, words = G.load_glove()
     w = 1.0 / np.arange(1, x.shape[0] + 1)
@@ -72,9 +80,22 @@ def glove(ladder, nt, say):
             if row_map == "tiers":
                 mix = ", ".join(f"{k} {100 * n / len(x):.2f}%" for k, (n, _) in a.mix().items() if n)
                 say(f"    mix: {mix}")
+    for method, bits in UNIFORM:
+        t = qe4_fast.quantize(x, bits, method, n_threads=nt)
+        xh = qe4_fast.dequantize(t, n_threads=nt)
+        curve.append({"data": "glove", "kind": method, "bpw": 8 * t.nbytes / x.size,
+                      "weighted_error": qe4.table_error(x, xh, w),
+                      "analogy": G.analogy_accuracy(xh[:vocab], questions)})
+    for bpw in BPW_GRID:
+        a = A.allocate(x, f"{bpw}bpw", weights=w, ladder=ladder, errors=errors, n_threads=nt)
+        xh = qe4_fast.dequantize(a.quantize(x, n_threads=nt), n_threads=nt)
+        curve.append({"data": "glove", "kind": "allocate", "bpw": a.bpw, "weighted_error": a.error,
+                      "analogy": G.analogy_accuracy(xh[:vocab], questions)})
+    curve.append({"data": "glove", "kind": "fp32", "bpw": 32.0, "weighted_error": 0.0,
+                  "analogy": acc32})
 
 
-def movielens(ladder, seeds, nt, say):
+def movielens(ladder, seeds, nt, say, curve):
     import torch
     from qe4.evidence import movielens as ML
     torch.set_num_threads(1)
@@ -100,16 +121,20 @@ def movielens(ladder, seeds, nt, say):
             counts = {name: np.bincount(feats[tr, c], minlength=tables[name].shape[0])
                       for name, c in zip(tables, cols)}
             xs = {k: v.detach().numpy().copy() for k, v in tables.items()}
-            for label, build in (("greedy/4", _uniform(nt)), ("allocate 3.0bpw", _allocated(
-                    ladder, counts, nt))):
+            n_el = sum(v.size for v in xs.values())
+            builds = [(f"greedy/{b}", "greedy", _uniform(nt, b)) for b in (2, 4, 8)]
+            builds += [(f"allocate {bpw}bpw", "allocate", _allocated(ladder, counts, nt, bpw))
+                       for bpw in (2.5, 3.0, 3.5, 4.0, 5.0, 6.0)]
+            for label, kind, build in builds:
                 recon, nbytes = build(xs)
                 res = _swapped(ML, tables, recon, (mf, dlrm), feats, rating, click, te)
-                n_el = sum(v.size for v in xs.values())
-                r = rows.setdefault((metric, label), {"bpw": 8 * nbytes / n_el, "delta": []})
+                r = rows.setdefault((metric, label), {"bpw": 8 * nbytes / n_el, "delta": [],
+                                                      "kind": kind})
                 r["delta"].append(res[metric] - base[metric])
     say(f"{'model':<6} {'table':<18} {'bpw':>6}  {'mean delta':>11}  per seed")
     for (metric, label), r in rows.items():
         d = r["delta"]
+        curve.append({"data": metric, "kind": r["kind"], "bpw": r["bpw"], "delta": d})
         say(f"{metric.split('_')[0].upper():<6} {label:<18} {r['bpw']:>6.3f}  {np.mean(d):>+11.5f}  "
             + " ".join(f"{v:+.5f}" for v in d))
     for metric, sign in (("mf_rmse", 1), ("dlrm_auc", -1)):
@@ -121,19 +146,19 @@ def movielens(ladder, seeds, nt, say):
             + f"; mean {worse.mean():+.5f}: {'met' if worse.mean() <= 0 else 'NOT met'}")
 
 
-def _uniform(nt):
+def _uniform(nt, bits):
     def build(xs):
         out, nbytes = {}, 0
         for k, x in xs.items():
-            t = qe4_fast.quantize(x, 4, "greedy", n_threads=nt)
+            t = qe4_fast.quantize(x, bits, "greedy", n_threads=nt)
             out[k], nbytes = qe4_fast.dequantize(t, n_threads=nt), nbytes + t.nbytes
         return out, nbytes
     return build
 
 
-def _allocated(ladder, counts, nt):
+def _allocated(ladder, counts, nt, bpw):
     def build(xs):
-        a = A.allocate(xs, "3.0bpw", weights=counts, ladder=ladder, n_threads=nt)
+        a = A.allocate(xs, f"{bpw}bpw", weights=counts, ladder=ladder, n_threads=nt)
         tables = a.quantize(xs, n_threads=nt)
         return ({k: qe4_fast.dequantize(t, n_threads=nt) for k, t in tables.items()},
                 sum(t.nbytes for t in tables.values()))
@@ -169,14 +194,21 @@ def main():
         print(s, flush=True)
         lines.append(s)
 
+    curve = []
     if not args.skip_glove:
-        glove(ladder, args.threads, say)
+        glove(ladder, args.threads, say, curve)
     if not args.skip_movielens:
-        movielens(ladder, [int(s) for s in args.seeds.split(",")], args.threads, say)
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_budget.txt")
-    with open(out, "w") as f:
+        movielens(ladder, [int(s) for s in args.seeds.split(",")], args.threads, say, curve)
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    with open(os.path.join(here, "bench_budget.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    with open(os.path.join(here, "bench_budget.json"), "w") as f:
+        json.dump({"ladder": [r.name for r in A.ladder(ladder)], "points": curve}, f, indent=1)
+    from qe4 import plots
+    fig = plots.fig_budget({"ladder": [r.name for r in A.ladder(ladder)], "points": curve})
+    path = os.path.join(os.path.dirname(here), "..", "figures", "budget.png")
+    plots._save(fig, os.path.normpath(path))
+    print(f"wrote {here}/bench_budget.txt, bench_budget.json and figures/budget.png")
 
 
 if __name__ == "__main__":

@@ -320,48 +320,94 @@ def quantize_mixed(x, choice, rungs, *, row_map="tiers", engine="fast", n_thread
         With ``row_map="renumber"`` its row ``i`` is row ``renumbering(choice)[i]`` of
         ``x``: look rows up by their new numbers.
     """
-    from .allocate import ladder
-    from .table import QuantizedTable
     from . import _validate as V
     x = V.as_table(x)
+    choice = np.asarray(choice)
+    if choice.shape != (x.shape[0],):
+        raise ValueError(f"choice must have shape ({x.shape[0]},), got {choice.shape}")
+    step = CHUNK_ROWS
+    chunks = ((a, min(a + step, len(x)), x[a:a + step]) for a in range(0, len(x), step))
+    return build_mixed(chunks, choice, rungs, x.shape[1], row_map=row_map, engine=engine,
+                       n_threads=n_threads)
+
+
+CHUNK_ROWS = 1 << 16           # rows quantized at a time (a multiple of SUPER)
+
+
+def build_mixed(chunks, choice, rungs, dim, *, row_map="tiers", engine="fast", n_threads=None,
+                new_array=np.empty):
+    """A mixed table from its rows given in chunks (what :func:`quantize_mixed` and
+    streaming, :func:`qe4.stream.quantize_file_budget`, both use).
+
+    ``chunks`` yields ``(start, stop, x)`` covering the rows in order, float32, every
+    ``start`` a multiple of :data:`SUPER`; ``new_array(shape, dtype)`` allocates each
+    stored array (``np.empty``, or a memory-mapped file).
+    """
+    from .allocate import ladder
+    from .table import QuantizedTable
     rungs = ladder(rungs)
     if row_map not in ROW_MAPS:
         raise ValueError(f"row_map must be one of {ROW_MAPS}, got {row_map!r}")
-    if x.shape[0] >= MAX_ROWS:
-        raise ValueError(f"x has {x.shape[0]} rows; a mixed table holds fewer than {MAX_ROWS}")
     choice = np.asarray(choice)
-    if choice.dtype.kind not in "iu":
-        raise TypeError(f"choice must be an integer array, got dtype {choice.dtype}")
-    if choice.shape != (x.shape[0],):
-        raise ValueError(f"choice must have shape ({x.shape[0]},), got {choice.shape}")
-    if choice.size and (choice.min() < 0 or choice.max() >= len(rungs)):
+    if choice.dtype.kind not in "iu" or choice.ndim != 1:
+        raise TypeError(f"choice must be a 1-D integer array, got dtype {choice.dtype}")
+    n = choice.size
+    if n >= MAX_ROWS:
+        raise ValueError(f"{n} rows; a mixed table holds fewer than {MAX_ROWS}")
+    if n and (choice.min() < 0 or choice.max() >= len(rungs)):
         bad = int(np.argmax((choice < 0) | (choice >= len(rungs))))
         raise ValueError(f"choice[{bad}] = {int(choice[bad])} is not a rung of the "
                          f"{len(rungs)}-rung ladder")
     used = np.flatnonzero(np.bincount(choice, minlength=len(rungs)))
-    tier = np.searchsorted(used, choice).astype(np.int64)
-    tiers = np.zeros((used.size, TIER_FIELDS), np.int32)
+    tier = np.searchsorted(used, choice).astype(np.int8 if used.size < 128 else np.int64)
+    sizes = np.bincount(tier, minlength=used.size)
+    n_tiers = used.size
+    tiers = np.zeros((n_tiers, TIER_FIELDS), np.int32)
     extras = {}
-    for t, k in enumerate(used):
-        rung, rows = rungs[k], np.flatnonzero(tier == t)
-        stored = rung.quantize(x[rows], engine, n_threads)
-        if rung.kind == "pruned":
-            tiers[t] = (PRUNED, 0, 0, rows.size)
-        elif rung.kind == "float":
-            tiers[t] = (FLOAT, 8 * stored.itemsize, FLOAT_DTYPES.index(stored.dtype.name), rows.size)
-            extras[f"tier{t}"] = stored
+    for t, k in enumerate(used):           # each tier's kind, from a probe row
+        probe = rungs[k].quantize(np.zeros((1, dim), np.float32), engine, n_threads)
+        if rungs[k].kind == "pruned":
+            tiers[t] = (PRUNED, 0, 0, sizes[t])
+            continue
+        if rungs[k].kind == "float":
+            tiers[t] = (FLOAT, 8 * probe.itemsize, FLOAT_DTYPES.index(probe.dtype.name), sizes[t])
+            extras[f"tier{t}"] = new_array((sizes[t], dim), probe.dtype)
         else:
-            tiers[t] = (_layouts()[stored.layout], stored.bits,
-                        FLOAT_DTYPES.index(stored.scale_dtype), rows.size)
-            extras[f"tier{t}"] = np.ascontiguousarray(stored.data)
+            tiers[t] = (_layouts()[probe.layout], probe.bits, FLOAT_DTYPES.index(probe.scale_dtype),
+                        sizes[t])
+            extras[f"tier{t}"] = new_array((sizes[t], probe.row_bytes), np.uint8)
+    mapped = row_map == "tiers" and n_tiers > 1
+    if mapped:
+        extras["planes"] = new_array((-(-n // WORD), tier_bits(n_tiers)), np.uint64)
+        extras["ranks"] = new_array((-(-n // SUPER), n_tiers), np.uint32)
+    filled = np.zeros(n_tiers, np.int64)
+    below = np.zeros(n_tiers, np.int64)           # rows of each tier before the chunk
+    seen = 0
+    for start, stop, x in chunks:
+        if start != seen or (start % SUPER and start != 0):
+            raise ValueError(f"chunks must cover the rows in order from multiples of {SUPER}: "
+                             f"got rows {start}..{stop} after {seen}")
+        tc = tier[start:stop]
+        for t, k in enumerate(used):
+            rows = np.flatnonzero(tc == t)
+            if rows.size == 0 or tiers[t, 0] == PRUNED:
+                continue
+            stored = rungs[k].quantize(x[rows], engine, n_threads)
+            part = stored if rungs[k].kind == "float" else stored.data
+            extras[f"tier{t}"][filled[t]:filled[t] + rows.size] = part
+            filled[t] += rows.size
+        if mapped:
+            planes, ranks = encode_map(tc, n_tiers)
+            extras["planes"][start // WORD:start // WORD + planes.shape[0]] = planes
+            extras["ranks"][start // SUPER:start // SUPER + ranks.shape[0]] = ranks + below
+            below += np.bincount(tc, minlength=n_tiers)
+        seen = stop
+    if seen != n:
+        raise ValueError(f"chunks covered {seen} rows of {n}")
     extras["tiers"] = tiers
-    if row_map == "tiers" and used.size > 1:
-        extras["planes"], extras["ranks"] = encode_map(tier, used.size)
-    table = QuantizedTable(np.zeros((x.shape[0], 0), np.uint8), bits=_table_bits(tiers),
-                           dim=x.shape[1], method="mixed", scale_dtype="float16", layout="mixed",
-                           extras=extras,
-                           params={"rungs": [rungs[k].name for k in used], "row_map": row_map})
-    return table
+    return QuantizedTable(np.zeros((n, 0), np.uint8), bits=_table_bits(tiers), dim=dim,
+                          method="mixed", scale_dtype="float16", layout="mixed", extras=extras,
+                          params={"rungs": [rungs[k].name for k in used], "row_map": row_map})
 
 
 def renumbering(choice):

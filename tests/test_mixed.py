@@ -95,6 +95,14 @@ def test_build_reference_and_fast_same_bytes(same_bytes):
     assert t1 == t2
 
 
+def test_chunked_build_equals_one_chunk(monkeypatch):
+    x = _x(1500, 6)
+    a = A.allocate(x, "3.0bpw")
+    whole = M.quantize_mixed(x, a.choices[0], a.ladder)
+    monkeypatch.setattr(M, "CHUNK_ROWS", 256)
+    assert M.quantize_mixed(x, a.choices[0], a.ladder) == whole
+
+
 def test_one_tier_needs_no_map():
     x = _x(50, 6)
     t = M.quantize_mixed(x, np.full(50, 2), A.ladder())
@@ -268,5 +276,38 @@ def test_quantize_mixed_refuses_bad_choice():
         M.quantize_mixed(x, np.array([0, 1, 6, 0, 0, 0, 0, 0, 0, 0]), A.ladder())
     with pytest.raises(ValueError, match="choice must have shape \\(10,\\)"):
         M.quantize_mixed(x, np.zeros(9, int), A.ladder())
-    with pytest.raises(TypeError, match="choice must be an integer array"):
+    with pytest.raises(TypeError, match="choice must be a 1-D integer array"):
         M.quantize_mixed(x, np.zeros(10), A.ladder())
+
+
+# --------------------------------------------------------------------------- streaming
+
+@pytest.mark.parametrize("row_map", M.ROW_MAPS)
+def test_streamed_file_equals_in_memory(tmp_path, row_map):
+    from qe4 import stream
+    x = _x(3000, 12)
+    np.save(tmp_path / "x.npy", x)
+    w = qe4.zipf_weights(len(x))
+    info = stream.quantize_file_budget(tmp_path / "x.npy", tmp_path / "m.qe4", "3.0bpw", weights=w,
+                                       row_map=row_map, max_memory=300_000)
+    assert info["n_chunks"] > 1 and info["chunk_rows"] % M.SUPER == 0
+    a = A.allocate(x, "3.0bpw", weights=w, row_map=row_map)
+    assert qe4.load(tmp_path / "m.qe4") == a.quantize(x)
+    assert info["error"] == a.error and info["nbytes"] == a.nbytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.qe4", "x.npy"]   # no temporaries
+
+
+def test_streamed_bad_input_names_the_row_and_leaves_no_file(tmp_path):
+    from qe4 import stream
+    x = _x(1000, 8)
+    x[700, 3] = np.inf
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(ValueError, match="row 700, column 3 is inf"):
+        stream.quantize_file_budget(tmp_path / "x.npy", tmp_path / "m.qe4", "3bpw",
+                                    max_memory=300_000)
+    with pytest.raises(ValueError, match="budget of 10 bytes is below"):
+        stream.quantize_file_budget(tmp_path / "x.npy", tmp_path / "m.qe4", 10)
+    with pytest.raises(ValueError, match=r"weights must have shape \(1000,\)"):
+        stream.quantize_file_budget(tmp_path / "x.npy", tmp_path / "m.qe4", "3bpw",
+                                    weights=np.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
