@@ -11,7 +11,7 @@ from .io import load, save
 from .metrics import row_errors, table_error, zipf_weights
 from .rowwise import range_loss, row_ranges
 from .table import QuantizedTable
-from .uniform import dequantize, from_tbe, methods, quantize, to_tbe
+from .api import dequantize, from_tbe, methods, quantize, to_tbe
 
 __version__ = "0.1.0"
 

@@ -7,15 +7,22 @@ them receive only validated, contiguous, native-endian buffers and never raise.
 Exception kinds: ``TypeError`` for a wrong kind of object or dtype,
 ``ValueError`` for a bad shape, value or parameter, ``IndexError`` for an
 index outside the table.  Messages name the argument and the offending value.
+
+Layer: above :mod:`qe4.layouts` and :mod:`qe4.method_registry` (the lists of bit
+widths, float dtypes and methods come from them), below everything else.
 """
 
 import numbers
 
 import numpy as np
 
-BITS = (2, 4, 8)
-UNIFORM_METHODS = ("minmax", "greedy", "exhaustive", "aciq-laplace", "aciq-gauss")
-SCALE_DTYPES = ("float16", "float32")
+from . import layouts as L
+from . import method_registry as M
+
+BITS = L.BITS
+#: The row-wise (uniform grid) methods, from the method registry.
+UNIFORM_METHODS = M.names(family="rowwise")
+SCALE_DTYPES = L.FLOAT_DTYPES
 FP16_MAX = 65504.0
 
 
@@ -27,22 +34,14 @@ def check_bits(bits, allowed=BITS):
     return int(bits)
 
 
-def check_scale_dtype(scale_dtype, bits):
-    """Resolve ``scale_dtype``: None means torch's layout for ``bits``.
+def check_scale_dtype(scale_dtype, bits, layout="rowwise"):
+    """Resolve ``scale_dtype`` for a ``layout`` table: None means the layout's default.
 
-    2 and 4 bits default to float16 (torch's fused N-bit layout); 8 bits is
-    torch's byte layout, whose scale and bias are always float32.
+    Rowwise: 2 and 4 bits default to float16 (torch's fused N-bit layout); 8 bits is
+    torch's byte layout, whose scale and bias are always float32.  Codebook layouts:
+    float16 centroids.  See :meth:`qe4.layouts.Layout.resolve_float_dtype`.
     """
-    if scale_dtype is None:
-        return "float32" if bits == 8 else "float16"
-    name = np.dtype(scale_dtype).name if not isinstance(scale_dtype, str) else scale_dtype
-    if name not in SCALE_DTYPES:
-        raise ValueError(f"scale_dtype must be one of {SCALE_DTYPES} or None, got {scale_dtype!r}")
-    if bits == 8 and name != "float32":
-        raise ValueError(
-            "scale_dtype='float16' is not available at bits=8: the 8-bit layout is torch's byte "
-            "layout with float32 scale and bias (pass scale_dtype=None or 'float32')")
-    return name
+    return L.get(layout).resolve_float_dtype(scale_dtype, bits)
 
 
 def check_method(method, allowed):
@@ -54,34 +53,16 @@ def check_method(method, allowed):
 
 
 def check_n_bins(n_bins):
-    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral):
-        raise TypeError(f"n_bins must be an integer, got {n_bins!r}")
-    if not 1 <= int(n_bins) <= 1_000_000:
-        raise ValueError(f"n_bins must be in [1, 1000000], got {n_bins!r}")
-    return int(n_bins)
+    """``n_bins`` checked by its registry option (:data:`qe4.method_registry.N_BINS`)."""
+    return M.N_BINS(n_bins)
 
 
 def check_ratio(ratio):
-    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
-        raise TypeError(f"ratio must be a real number, got {ratio!r}")
-    if not 0.0 <= float(ratio) < 1.0:
-        raise ValueError(f"ratio must be in [0, 1), got {ratio!r}")
-    return float(ratio)
+    """``ratio`` checked by its registry option (:data:`qe4.method_registry.RATIO`)."""
+    return M.RATIO(ratio)
 
 
-def check_uniform_args(x, bits, n_bins, ratio, scale_dtype, *, finite=True):
-    """The row-wise methods' checks after ``bits`` and ``method``, in one order for both
-    packages: n_bins, ratio, scale_dtype, then ``x`` (see :func:`as_table`).
-
-    Returns ``(x, n_bins, ratio, scale_dtype)``.
-    """
-    n_bins = check_n_bins(n_bins)
-    ratio = check_ratio(ratio)
-    scale_dtype = check_scale_dtype(scale_dtype, bits)
-    return as_table(x, finite=finite), n_bins, ratio, scale_dtype
-
-
-def as_table(x, name="x", *, finite=True):
+def as_float_rows(x, name="x", *, finite=True):
     """Return ``x`` as a finite, C-contiguous, native float32 array [n_rows, n_cols].
 
     float16 widens exactly; float64 is rounded to float32 (nearest-even), and a
@@ -106,11 +87,12 @@ def as_table(x, name="x", *, finite=True):
         raise ValueError(f"{name} must have at least one row and one column, got shape {arr.shape}")
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=np.float32)
-    if out is arr and not out.flags.writeable:
-        pass  # read-only input is fine: nothing writes to it
-    if finite:
+    if finite:       # (a read-only input is fine: nothing writes to it)
         check_finite(out, name)
     return out
+
+
+as_table = as_float_rows     # the old name
 
 
 def check_finite(a, name):
@@ -158,11 +140,9 @@ def check_fp16_ranges(x, bits, scale_dtype, name="x"):
 
 
 def check_table(table):
-    """``table`` must be a :class:`qe4.QuantizedTable`."""
-    from .table import QuantizedTable
-    if not isinstance(table, QuantizedTable):
-        raise TypeError(f"table must be a QuantizedTable, got {type(table).__name__}")
-    return table
+    """``table`` must be a :class:`qe4.QuantizedTable`; see :func:`qe4.table.check_table`."""
+    from .table import check_table      # the table type is a layer above: delegate
+    return check_table(table)
 
 
 def check_positive_int(value, name):
@@ -184,13 +164,14 @@ def check_tbe_rows(data, bits, dim, scale_dtype, row_alignment):
     scale_dtype = check_scale_dtype(scale_dtype, bits)
     row_alignment = check_positive_int(row_alignment, "row_alignment")
     data = check_uint8_table(np.asarray(data), "data")
-    qp = 2 * np.dtype(scale_dtype).itemsize
+    rowwise = L.LAYOUTS["rowwise"]
+    qp = rowwise.qparam_bytes(scale_dtype)
     if dim is None:
         dim = (data.shape[1] - qp) * 8 // bits
         if dim < 1:
             raise ValueError(f"data rows of {data.shape[1]} bytes are too short for {bits}-bit rows")
-    dim = int(dim)
-    row_bytes = qp + -(-dim * bits // 8)
+    dim = L.check_dim(dim)
+    row_bytes = rowwise.row_bytes(dim, bits, scale_dtype)
     width = -(-row_bytes // row_alignment) * row_alignment
     if data.shape[1] != width:
         raise ValueError(f"data has {data.shape[1]} bytes per row; TBE rows of dim {dim} at {bits} bits "

@@ -32,6 +32,9 @@ import numpy as np
 
 from . import _lagrange
 from . import _validate as V
+from . import engines as E
+from . import frontend
+from . import method_registry as M
 
 F32 = np.float32
 F64 = np.float64
@@ -74,9 +77,9 @@ class Rung:
             if not m:
                 raise ValueError(f"unknown ladder rung {name!r}: expected 'pruned', 'float16', "
                                  "'float32' or '<method>/<bits>' such as 'greedy/4'")
-            from .uniform import methods
-            method = V.check_method(m.group(1), [mm for mm in methods() if _row_wise(mm)])
-            self.kind, self.method, self.bits = "quantized", method, V.check_bits(int(m.group(2)))
+            V.check_method(m.group(1), M.names(per_row=True))   # a rung is one row's choice
+            self.request = frontend.check_request(int(m.group(2)), m.group(1))
+            self.kind, self.method, self.bits = "quantized", m.group(1), self.request.bits
 
     def row_bytes(self, dim):
         """Bytes one row of ``dim`` columns takes in this rung."""
@@ -84,7 +87,7 @@ class Rung:
             return 0
         if self.kind == "float":
             return dim * np.dtype(self.name).itemsize
-        return _quantized_row_bytes(self.method, self.bits, dim)
+        return self.request.row_bytes(dim)
 
     def quantize(self, x, engine="fast", n_threads=None):
         """The rows of ``x`` in this rung: a QuantizedTable, a float array or None (pruned)."""
@@ -112,16 +115,6 @@ class Rung:
         return f"Rung({self.name!r})"
 
 
-def _row_wise(method):
-    """True for methods that quantize each row on its own (the rungs a row can take)."""
-    return method != "two-tier"
-
-
-def _quantized_row_bytes(method, bits, dim):
-    from .uniform import quantize
-    return quantize(np.zeros((1, dim), F32), bits, method).row_bytes
-
-
 def _round_float(x, dtype):
     with np.errstate(over="ignore"):
         out = np.asarray(x, F32).astype(dtype)
@@ -132,21 +125,23 @@ def _round_float(x, dtype):
 
 
 def _engine_call(engine, name, n_threads, *args):
-    from .engines import get_engine
-    mod = get_engine(engine)
-    if engine == "fast":
-        return getattr(mod, name)(*args, n_threads=n_threads)
-    if n_threads is not None:
-        raise ValueError("n_threads applies to engine='fast' only")
-    return getattr(mod, name)(*args)
+    """``name(*args)`` of the engine (``n_threads`` for the fast one; see qe4.engines)."""
+    return E.engine(engine, n_threads).call(name, *args)
 
 
-DEFAULT_LADDER = ("pruned", "greedy/2", "greedy/4", "greedy/8", "float16", "float32")
+DEFAULT_METHOD = "greedy"
+
+
+def default_ladder():
+    """The default rungs, from the method registry: ``pruned``, the paper's method
+    (``greedy``) at every bit width its layout stores, ``float16``, ``float32``."""
+    bits = M.get(DEFAULT_METHOD).allowed_bits
+    return ("pruned", *(f"{DEFAULT_METHOD}/{b}" for b in sorted(bits)), "float16", "float32")
 
 
 def ladder(rungs=None):
-    """The ladder as a tuple of :class:`Rung`, cheapest first (default: DEFAULT_LADDER)."""
-    names = DEFAULT_LADDER if rungs is None else rungs
+    """The ladder as a tuple of :class:`Rung` (default: :func:`default_ladder`)."""
+    names = default_ladder() if rungs is None else rungs
     if isinstance(names, (str, Rung)):
         names = [names]
     out = tuple(Rung(n) for n in names)
@@ -197,19 +192,25 @@ def rung_errors(x, rungs=None, *, engine="fast", n_threads=None, chunk_rows=6553
     return out
 
 
-def _errors_kernel(engine, n_threads):
+def _kernel(engine, n_threads, reference, name):
+    """``reference``, or qe4_fast.allocate's twin ``name`` with ``n_threads`` (same values).
+    The engine and ``n_threads`` are checked as everywhere (:func:`qe4.engines.engine`)."""
+    E.engine(engine, n_threads)
     if engine == "reference":
-        return squared_errors
-    from .engines import get_engine
-    get_engine(engine)
-    from qe4_fast.allocate import squared_errors as fast
-    return lambda a, b: fast(a, b, n_threads=n_threads)
+        return reference
+    import qe4_fast.allocate as F
+    fn = getattr(F, name)
+    return lambda *args: fn(*args, n_threads=n_threads)
+
+
+def _errors_kernel(engine, n_threads):
+    return _kernel(engine, n_threads, squared_errors, "squared_errors")
 
 
 # --------------------------------------------------------------------------- budget
 
 def parse_budget(budget, n_elements):
-    """A budget in bytes from an int (bytes) or a string ``"3.0bpw"``, ``"2.5G"``, ``"29B/row"``.
+    """A budget in bytes from an int (bytes) or a string: ``"3.0bpw"``, ``"2.5G"``, ``"1000000"``.
 
     ``bpw`` is bits per stored element (``n_elements`` = rows x dims summed over the
     tables): ``floor(bpw * n_elements / 8)`` bytes.  Sizes take binary multiples
@@ -378,7 +379,7 @@ def allocate(x, budget, *, weights=None, ladder=None, per="row", row_map="tiers"
     weights : array [n_rows] (or one per table, like ``x``), optional
         Access counts or importance of each row (finite, >= 0); default 1.
     ladder : sequence of str or Rung, optional
-        The choices (see :class:`Rung`); default :data:`DEFAULT_LADDER`.
+        The choices (see :class:`Rung`); default :func:`default_ladder`.
     per : {"row", "table"}
         ``"row"``: a rung per row, stored as mixed-precision tables
         (:mod:`qe4.mixed`) whose row map is counted.  ``"table"``: one rung per table.
@@ -536,9 +537,4 @@ def _per_row(dists, cost, budget, row_map, hull):
 
 
 def _hull(engine, n_threads):
-    if engine == "reference":
-        return _lagrange.hull
-    from .engines import get_engine
-    get_engine(engine)
-    from qe4_fast.allocate import hull
-    return lambda d, c: hull(d, c, n_threads=n_threads)
+    return _kernel(engine, n_threads, _lagrange.hull, "hull")

@@ -13,6 +13,9 @@ import time
 import numpy as np
 
 from . import _validate as V
+from . import engines as E
+from . import frontend
+from . import method_registry as M
 
 EXIT_USAGE = 2
 GLOVE_CREDIT = ("Data: GloVe 6B 50d, the 20,000 most frequent words (Pennington, Socher and "
@@ -74,14 +77,17 @@ def build_parser(command=None):
     q.add_argument("input", metavar="IN", help=".npy or .safetensors file holding a 2-D float table")
     q.add_argument("output", metavar="OUT", help="qe4 file to write (safetensors)")
     q.add_argument("--bits", type=int, default=4, choices=V.BITS, help="bits per value (default 4)")
-    q.add_argument("--method", default="greedy",
-                   help="minmax, greedy (default), exhaustive, aciq-laplace, aciq-gauss, or a "
-                        "codebook method (kmeans, kmeans-optimal, two-tier; two-tier loads the table in RAM)")
+    q.add_argument("--method", default="greedy", choices=M.names(), metavar="METHOD",
+                   help=f"one of {', '.join(M.names())} (default greedy). " + M.help_text())
     q.add_argument("--n-bins", type=int, default=200, help="search grid bins (default 200)")
     q.add_argument("--ratio", type=float, default=0.16, help="greedy ratio (default 0.16)")
+    for opt, users in _method_options().items():
+        q.add_argument("--" + opt.name.replace("_", "-"), type=type(opt.default), default=None,
+                       dest="opt_" + opt.name,
+                       help=f"{opt.doc} ({', '.join(users)}; default {opt.default})")
     q.add_argument("--scale-dtype", choices=V.SCALE_DTYPES, default=None,
-                   help="dtype of scale/bias (default: torch's layout, float16 at 2/4 bits)")
-    q.add_argument("--engine", choices=("fast", "reference"), default="fast",
+                   help="dtype of scale/bias or centroids (default: torch's layout, float16 at 2/4 bits)")
+    q.add_argument("--engine", choices=E.ENGINES, default="fast",
                    help="fast = compiled qe4_fast (default), reference = NumPy qe4")
     q.add_argument("--threads", type=_int, default=None, help="threads of the fast engine")
     q.add_argument("--max-memory", type=_size, default=None,
@@ -97,11 +103,12 @@ def build_parser(command=None):
     d = sub.add_parser("demo", help="compare every method on the bundled GloVe table",
                        description="Quantize the bundled real table (the 20,000 most frequent "
                        "GloVe 6B 50d rows) with every method and print a comparison.")
-    d.add_argument("--engine", choices=("fast", "reference"), default="fast",
+    d.add_argument("--engine", choices=E.ENGINES, default="fast",
                    help="fast = compiled qe4_fast (default), reference = NumPy qe4 (slow)")
     d.add_argument("--bits", type=int, nargs="+", default=[2, 4], choices=V.BITS,
                    help="bit widths (default: 2 4)")
-    d.add_argument("--methods", nargs="+", default=None, help="subset of methods (default: all)")
+    d.add_argument("--methods", nargs="+", default=None, choices=M.names(), metavar="METHOD",
+                   help=f"subset of {', '.join(M.names())} (default: all)")
     d.add_argument("--threads", type=_int, default=None, help="threads of the fast engine")
     d.set_defaults(func=cmd_demo)
 
@@ -110,6 +117,23 @@ def build_parser(command=None):
         if name == command:
             _configure_delegate(s, name, module)
     return p
+
+
+def _method_options():
+    """Every method option of the registry but the search grid's (which have their own
+    flags), with the methods that take it: one CLI flag each."""
+    out = {}
+    for m in M.METHODS.values():
+        for opt in m.options:
+            if opt not in M.GRID_OPTIONS:
+                out.setdefault(opt, []).append(m.name)
+    return out
+
+
+def _options_of(args):
+    """The method options given on the command line (flags left at None are not passed)."""
+    return {opt.name: getattr(args, "opt_" + opt.name) for opt in _method_options()
+            if getattr(args, "opt_" + opt.name) is not None}
 
 
 def _configure_delegate(parser, name, module):
@@ -161,28 +185,27 @@ def cmd_quantize(args):
     from .io import save
     progress = False if args.no_progress else None
     t0 = time.perf_counter()
-    V.check_method(args.method, stream._all_methods())
-    if args.method in stream.STREAMABLE:
+    options = _options_of(args)
+    if M.get(args.method).per_row:
         info = stream.quantize_file(args.input, args.output, args.bits, args.method,
                                     n_bins=args.n_bins, ratio=args.ratio,
                                     scale_dtype=args.scale_dtype, max_memory=args.max_memory,
                                     engine=args.engine, n_threads=args.threads, progress=progress,
-                                    tensor=args.tensor, measure_error=True)
+                                    tensor=args.tensor, measure_error=True, **options)
         n_rows, n_cols, dtype = info["n_rows"], info["n_cols"], info["in_dtype"]
         in_bytes, error, how = info["in_bytes"], info["error"], \
             f"{info['n_chunks']} chunk(s) of <= {info['chunk_rows']:,} rows"
     else:
-        # two-tier clusters rows across the whole table: no streaming
+        # a method whose rows depend on the whole table (two-tier): no streaming
         from .metrics import table_error
+        request = frontend.check_request(args.bits, args.method, args.n_bins, args.ratio,
+                                         args.scale_dtype, options)
+        eng = E.engine(args.engine, args.threads)
         print(f"note: method {args.method!r} needs the whole table in memory", file=sys.stderr)
         with stream.Source(args.input, args.tensor) as src:
-            x = np.ascontiguousarray(src.array)
+            x = V.as_float_rows(np.ascontiguousarray(src.array), finite=False)
             n_rows, n_cols, dtype, in_bytes = src.n_rows, src.n_cols, str(src.dtype), src.file_size
-        mod = stream.get_engine(args.engine)
-        kw = {"n_threads": args.threads} if args.engine == "fast" else {}
-        if args.threads is not None and args.engine != "fast":
-            raise ValueError("--threads applies to --engine fast only")
-        table = mod.quantize(x, args.bits, args.method, scale_dtype=args.scale_dtype, **kw)
+        table = frontend.encode(request, x, eng)
         save(table, args.output)
         error, how = table_error(x, table), "in memory"
     seconds = time.perf_counter() - t0
@@ -202,8 +225,9 @@ def cmd_quantize(args):
 # --------------------------------------------------------------------------- info
 
 def cmd_info(args):
-    from .io import read_metadata
+    from .io import check_rows, load, read_metadata
     m = read_metadata(args.file)
+    check_rows(load(args.file), args.file)      # a file that would fail its lookups is not "valid"
     fp32 = 4 * m["dim"]
     per_row = m["data_bytes"] / m["n_rows"] if m["n_rows"] else float(m["row_bytes"])
     lines = [
@@ -232,18 +256,12 @@ def cmd_info(args):
 def cmd_demo(args):
     from . import datasets
     from .metrics import table_error, zipf_weights
-    from .stream import get_engine
-    if args.threads is not None and args.engine != "fast":
-        raise ValueError("--threads applies to --engine fast only")
-    mod = get_engine(args.engine)
+    eng = E.engine(args.engine, args.threads)
+    mod = eng.module
     x, _ = datasets.load_glove_top20k()
     weights = zipf_weights(x.shape[0])
-    methods = list(mod.methods())
-    if args.methods:
-        for m in args.methods:
-            V.check_method(m, methods)
-        methods = args.methods
-    kw = {"n_threads": args.threads} if args.engine == "fast" else {}
+    methods = args.methods or list(M.names())
+    kw = eng.kwargs
     fp32 = 4 * x.shape[1]
     header = ("method", "bits", "bytes/row", "vs fp32", "error", "zipf error", "time s")
     rows, missing = [], {}

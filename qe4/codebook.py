@@ -60,18 +60,19 @@ canonicalised to ``+0.0`` before sorting, fitted centroids are rounded float64 -
 float32 (nearest-even) -> storage dtype (nearest-even), then sorted.
 """
 
-import numbers
-
 import numpy as np
 
 from . import _validate as V
-from .rowwise import fma32, pack_codes, round_to, unpack_codes
-from .table import QuantizedTable
+from . import layouts as L
+from . import method_registry as M
+from .layouts import id_dtype, pack_codes, unpack_codes  # noqa: F401
+from .rowwise import fma32, round_to  # noqa: F401
 
-METHODS = ("kmeans", "kmeans-optimal", "two-tier")
-BITS = (2, 4)
-MAX_GROUPS = 65536
-OPTIONS = {"kmeans": {"max_iter": 100}, "kmeans-optimal": {}, "two-tier": {"n_groups": 16}}
+#: The codebook methods (from the method registry) and their options' defaults.
+METHODS = M.names(family="codebook")
+OPTIONS = {name: M.get(name).defaults() for name in METHODS}
+BITS = L.LAYOUTS["codebook"].bits
+MAX_GROUPS = L.MAX_GROUPS
 F32 = np.float32
 F64 = np.float64
 _CHUNK_CELLS = 1 << 22  # rows x columns x centroids per chunk of the per-row fits (DP memory)
@@ -79,34 +80,11 @@ _CHUNK_CELLS = 1 << 22  # rows x columns x centroids per chunk of the per-row fi
 
 # --------------------------------------------------------------------------- validation
 
-def _check_int(value, name, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if not lo <= int(value) <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
-    return int(value)
-
-
-def check_args(x, bits, method, scale_dtype, kwargs):
-    """Validate a codebook ``quantize`` call; returns (x, bits, method, scale_dtype, options).
-
-    Shared by ``qe4_fast`` so both packages raise the same errors.
-    """
-    method = V.check_method(method, METHODS)
-    if isinstance(bits, numbers.Integral) and not isinstance(bits, bool) and int(bits) == 8:
-        raise ValueError("bits=8 is not supported by codebook methods (256 centroids per row); "
-                         f"use bits in {BITS}")
-    bits = V.check_bits(bits, BITS)
-    unknown = sorted(set(kwargs) - set(OPTIONS[method]))
-    if unknown:
-        raise TypeError(f"unexpected keyword arguments for method {method!r}: {unknown}")
-    opts = dict(OPTIONS[method], **kwargs)
-    if "max_iter" in opts:
-        opts["max_iter"] = _check_int(opts["max_iter"], "max_iter", 1, 1_000_000)
-    if "n_groups" in opts:
-        opts["n_groups"] = _check_int(opts["n_groups"], "n_groups", 1, MAX_GROUPS)
-    scale_dtype = V.check_scale_dtype(scale_dtype, bits)
-    x = V.as_table(x)
+def check_values(request, x, name="x"):
+    """The codebook family's value checks of float32 rows ``x``: finite, and with
+    float16 centroids every |value| rounds to a finite float16 (<= 65504)."""
+    scale_dtype = request.scale_dtype
+    V.check_finite(x, name)
     if scale_dtype == "float16":
         with np.errstate(over="ignore"):
             big = np.abs(x).max(axis=1).astype(np.float16)
@@ -114,15 +92,24 @@ def check_args(x, bits, method, scale_dtype, kwargs):
         if bad.any():
             r = int(np.argmax(bad))
             c = int(np.argmax(np.abs(x[r])))
-            raise ValueError(f"x: x[{r}, {c}] = {x[r, c]!r} overflows the float16 centroids "
+            raise ValueError(f"{name}[{r}, {c}] = {x[r, c]!r} overflows the float16 centroids "
                              "(|value| <= 65504 required); use scale_dtype='float32'")
-    return x, bits, method, scale_dtype, opts
+
+
+def check_args(x, bits, method, scale_dtype, kwargs):
+    """Validate a codebook ``quantize`` call (the front end's checks, codebook methods only);
+    returns ``(x, bits, method, scale_dtype, options)``."""
+    from .frontend import check_request      # the front end is a layer above: delegate
+    request = check_request(bits, method, scale_dtype=scale_dtype, kwargs=kwargs, family="codebook")
+    x = V.as_float_rows(x)
+    check_values(request, x)
+    return x, request.bits, request.method.name, request.scale_dtype, request.options
 
 
 # --------------------------------------------------------------------------- entry points
 
 def quantize_codebook(x, bits, method, *, scale_dtype=None, **kwargs):
-    """Codebook-quantize each row of ``x``; called by :func:`qe4.quantize`.
+    """Codebook-quantize each row of ``x``: :func:`qe4.quantize` for the codebook methods.
 
     Parameters
     ----------
@@ -138,24 +125,34 @@ def quantize_codebook(x, bits, method, *, scale_dtype=None, **kwargs):
     -------
     QuantizedTable with ``layout="codebook"`` or ``"two-tier"``.
     """
-    x, bits, method, scale_dtype, opts = check_args(x, bits, method, scale_dtype, kwargs)
+    from .frontend import quantize           # the front end is a layer above: delegate
+    return quantize(x, bits, method, 200, 0.16, scale_dtype, kwargs, family="codebook")
+
+
+def encode(request, x):
+    """The codebook family's encoder: ``(data, extras)`` of float32 rows ``x``.
+
+    :func:`check_values` first.  ``layout="codebook"`` (per-row methods): each row's
+    float64 centroids from the method's reference function (:func:`lloyd_centroids`,
+    :func:`row_optimal_centroids`) on the sorted row (:func:`sorted_rows`), in chunks
+    of rows, then :func:`store_centroids`, :func:`assign_codes`, and rows
+    ``[packed codes][centroids]``.  ``layout="two-tier"``: :func:`two_tier_codebooks`,
+    :func:`assign_codes` against each row's group codebook, rows
+    ``[packed codes][group id]`` and ``extras["codebooks"]``.
+    """
+    bits, scale_dtype = request.bits, request.scale_dtype
+    check_values(request, x)
     k = 2 ** bits
-    if method == "two-tier":
-        gid = group_ids(x, opts["n_groups"])
-        books = group_codebooks(x, gid, opts["n_groups"], k, scale_dtype)
+    if request.layout.name == "two-tier":
+        gid, books = request.method.call_reference(x, **request.arguments())
         codes = assign_codes(x, books[gid])
-        return two_tier_table(codes, gid, books, bits, scale_dtype, opts["n_groups"])
+        return two_tier_rows(codes, gid, books, bits, scale_dtype)
     cents = np.empty((x.shape[0], k), F32)
     chunk = max(1, _CHUNK_CELLS // (x.shape[1] * k))
     for r0 in range(0, x.shape[0], chunk):
-        xs = sorted_rows(x[r0:r0 + chunk])
-        if method == "kmeans":
-            c64 = lloyd_centroids(xs, k, opts["max_iter"])
-        else:
-            c64 = row_optimal_centroids(xs, k)
+        c64 = request.method.call_reference(sorted_rows(x[r0:r0 + chunk]), **request.arguments())
         cents[r0:r0 + chunk] = store_centroids(c64, scale_dtype)
-    codes = assign_codes(x, cents)
-    return codebook_table(codes, cents, bits, scale_dtype, method, opts)
+    return codebook_rows(assign_codes(x, cents), cents, bits, scale_dtype), {}
 
 
 def dequantize_codebook(table):
@@ -180,64 +177,35 @@ def bag_terms(table, rows, weights):
 # --------------------------------------------------------------------------- layouts
 
 def _dtype(scale_dtype):
-    return np.dtype(scale_dtype).newbyteorder("<")
+    return L.little(scale_dtype)
 
 
-def id_dtype(n_groups):
-    """Group id storage: uint8 for <= 256 groups, else uint16 little-endian."""
-    return np.dtype(np.uint8) if n_groups <= 256 else np.dtype("<u2")
-
-
-def codebook_table(codes, cents, bits, scale_dtype, method, params):
+def codebook_rows(codes, cents, bits, scale_dtype):
     """Rows ``[packed codes][K centroids, little-endian scale_dtype]``."""
     n = codes.shape[0]
     cb = cents.astype(_dtype(scale_dtype)).view(np.uint8).reshape(n, -1)
-    data = np.ascontiguousarray(np.concatenate([pack_codes(codes, bits), cb], axis=1))
-    return QuantizedTable(data, bits=bits, dim=codes.shape[1], method=method,
-                          scale_dtype=scale_dtype, layout="codebook", params=params)
+    return np.ascontiguousarray(np.concatenate([pack_codes(codes, bits), cb], axis=1))
 
 
-def two_tier_table(codes, gid, books, bits, scale_dtype, n_groups):
-    """Rows ``[packed codes][group id]`` plus ``extras["codebooks"]`` [n_groups, K]."""
+def two_tier_rows(codes, gid, books, bits, scale_dtype):
+    """Rows ``[packed codes][group id]`` and ``{"codebooks": books}`` [n_groups, K]."""
     n = codes.shape[0]
-    ids = gid.astype(id_dtype(n_groups)).view(np.uint8).reshape(n, -1)
+    ids = gid.astype(id_dtype(books.shape[0])).view(np.uint8).reshape(n, -1)
     data = np.ascontiguousarray(np.concatenate([pack_codes(codes, bits), ids], axis=1))
-    extras = {"codebooks": np.ascontiguousarray(books.astype(_dtype(scale_dtype)))}
-    return QuantizedTable(data, bits=bits, dim=codes.shape[1], method="two-tier",
-                          scale_dtype=scale_dtype, layout="two-tier", extras=extras,
-                          params={"n_groups": int(n_groups)})
+    return data, {"codebooks": np.ascontiguousarray(books.astype(_dtype(scale_dtype)))}
 
 
 def check_table(table):
-    """Check a codebook/two-tier table's shapes (e.g. after loading a file); ValueError if bad."""
-    if table.bits not in BITS:
-        raise ValueError(f"a {table.layout} table must have bits in {BITS}, got {table.bits}")
-    k = 2 ** table.bits
-    item = np.dtype(table.scale_dtype).itemsize
-    if table.layout == "codebook":
-        need = table.code_bytes + k * item
-    else:
-        books = table.extras.get("codebooks")
-        if books is None:
-            raise ValueError("a two-tier table needs extras['codebooks']")
-        if books.ndim != 2 or books.shape[1] != k or not 1 <= books.shape[0] <= MAX_GROUPS:
-            raise ValueError(f"extras['codebooks'] must have shape [n_groups, {k}], got {books.shape}")
-        if books.dtype != _dtype(table.scale_dtype):
-            raise ValueError(f"extras['codebooks'] must have dtype {table.scale_dtype}, got {books.dtype}")
-        need = table.code_bytes + id_dtype(books.shape[0]).itemsize
-    if table.row_bytes != need:
-        raise ValueError(f"data has {table.row_bytes} bytes per row; a {table.layout} table of "
-                         f"dim {table.dim} at {table.bits} bits needs {need}")
+    """``table`` must be a codebook or two-tier QuantizedTable (built tables are valid:
+    :meth:`qe4.layouts.Layout.validate` ran when it was made)."""
+    from .table import check_table as check_type      # the table type is a layer above
+    if check_type(table).layout == "rowwise":
+        raise ValueError("expected a codebook or two-tier table, got a rowwise one")
 
 
 def group_of(table, rows):
     """Group ids (intp) of ``rows`` of a two-tier table; ValueError if one is out of range."""
-    n_groups = table.extras["codebooks"].shape[0]
-    raw = np.ascontiguousarray(table.data[rows, table.code_bytes:])
-    gid = raw.view(id_dtype(n_groups)).reshape(-1).astype(np.intp)
-    if gid.size and gid.max() >= n_groups:
-        raise ValueError(f"data: a row's group id is out of range for {n_groups} codebooks")
-    return gid
+    return table.layout_entry.check_rows(table.data, table.extras, rows)
 
 
 def row_centroids(table, rows):
@@ -245,9 +213,7 @@ def row_centroids(table, rows):
     check_table(table)
     if table.layout == "two-tier":
         return table.extras["codebooks"].astype(F32)[group_of(table, rows)]
-    k = 2 ** table.bits
-    raw = np.ascontiguousarray(table.data[rows, table.code_bytes:])
-    return raw.view(_dtype(table.scale_dtype)).reshape(-1, k).astype(F32)
+    return table.field("centroids", rows).astype(F32)
 
 
 # --------------------------------------------------------------------------- shared steps
@@ -509,6 +475,13 @@ def group_points(x, rows):
     nb = keys.size
     return (np.bincount(inv, y, nb), np.bincount(inv, y * y, nb),
             np.bincount(inv, minlength=nb).astype(F64), shift)
+
+
+def two_tier_codebooks(x, bits, n_groups, scale_dtype):
+    """The two-tier method: each row's group (:func:`group_ids`) and the groups' stored
+    codebooks (:func:`group_codebooks`); returns (gid int64 [n_rows], float32 [n_groups, K])."""
+    gid = group_ids(x, n_groups)
+    return gid, group_codebooks(x, gid, n_groups, 2 ** bits, scale_dtype)
 
 
 def group_codebooks(x, gid, n_groups, k, scale_dtype):

@@ -132,17 +132,17 @@ import uuid
 
 import numpy as np
 
-from . import _validate as V
+from . import engines as E
+from . import frontend
+from . import method_registry as M
 from . import shards as S
 from .table import QuantizedTable
-from .uniform import methods
-from .uniform import quantize as quantize_reference
 
 __all__ = ["quantize", "to_table", "to_sharded", "QuantizedChunks", "concat_tables"]
 
-# Methods whose rows depend on other rows (they cluster the rows of the whole table):
-# quantizing them chunk by chunk would not reproduce a single-machine run.
-CROSS_ROW_METHODS = ("two-tier",)
+# Methods whose rows depend on other rows (from the method registry): quantizing them
+# chunk by chunk would not reproduce a single-machine run.
+CROSS_ROW_METHODS = M.names(per_row=False)
 
 
 def _dask():
@@ -285,37 +285,29 @@ def quantize(darr, bits=4, method="greedy", *, engine="fast", n_threads=1, **kwa
         raise ValueError("darr has unknown chunk sizes; call darr.compute_chunk_sizes() first")
     if darr.shape[0] == 0 or darr.shape[1] == 0:
         raise ValueError(f"darr must have at least one row and one column, got shape {darr.shape}")
-    bits = V.check_bits(bits)
-    method = V.check_method(method, methods())
-    if method in CROSS_ROW_METHODS:
-        raise ValueError(f"method {method!r} clusters rows across the whole table, so quantizing it "
-                         "in row chunks would not match a single-machine run; use qe4.quantize")
-    # one made-up row quantized on the client checks the options now, with qe4.quantize's
-    # errors, and gives the row width (every chunk has the same)
-    probe = quantize_reference(np.linspace(-1, 1, darr.shape[1], dtype=np.float32)[None], bits,
-                               method, **kwargs)
-    S.engine_function(engine, "quantize")          # fail now, on the client, if it is missing
-    if engine == "reference":
-        if n_threads not in (1, None):
-            raise ValueError(f"n_threads applies to engine='fast' only, got n_threads={n_threads!r} "
-                             "with engine='reference'")
-        opts = dict(kwargs)
-    else:
-        opts = dict(kwargs, n_threads=n_threads)
+    kwargs = dict(kwargs)
+    request = frontend.check_request(bits, method, kwargs.pop("n_bins", 200),
+                                     kwargs.pop("ratio", 0.16), kwargs.pop("scale_dtype", None),
+                                     kwargs, per_row_for="quantized in row chunks")
+    E.engine(engine, n_threads)        # the engine and n_threads, checked now on the client
+    opts = dict(kwargs, n_bins=request.n_bins, ratio=request.ratio, scale_dtype=request.scale_dtype,
+                n_threads=n_threads)
     darr = darr.rechunk({1: -1})
     starts = np.concatenate([[0], np.cumsum(darr.chunks[0])]).astype(np.int64)
     blocks = darr.to_delayed().reshape(-1)
     run = dask.delayed(_quantize_chunk, pure=True)
-    chunks = [run(block, int(starts[i]), int(starts[i + 1]), bits, method, engine, opts)
+    chunks = [run(block, int(starts[i]), int(starts[i + 1]), request.bits, method, engine, opts)
               for i, block in enumerate(blocks)]
-    return QuantizedChunks(chunks, starts, int(darr.shape[1]), bits, method, probe.row_bytes)
+    return QuantizedChunks(chunks, starts, int(darr.shape[1]), request.bits, method,
+                           request.row_bytes(int(darr.shape[1])))
 
 
 def _quantize_chunk(block, start, stop, bits, method, engine, opts):
     """One task: quantize the rows ``start:stop`` (runs on a worker)."""
-    fn = S.engine_function(engine, "quantize")
+    opts = dict(opts)
+    eng = E.engine(engine, opts.pop("n_threads"))
     try:
-        return fn(block, bits, method, **opts)
+        return eng.call("quantize", block, bits, method, **opts)
     except (TypeError, ValueError) as exc:
         if type(exc) not in (TypeError, ValueError):
             raise

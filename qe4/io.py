@@ -30,7 +30,8 @@ import tempfile
 import numpy as np
 
 from . import _validate as V
-from .table import FORMAT_VERSION, LAYOUTS, QuantizedTable
+from . import layouts as L
+from .table import FORMAT_VERSION, QuantizedTable
 
 FORMAT = "qe4"
 MAX_HEADER_BYTES = 100_000_000      # safetensors' own limit
@@ -174,8 +175,8 @@ def _parse_qe4(hdr):
             kw[key] = int(meta[key])
         except ValueError:
             raise bad(f"metadata {key}={meta[key]!r} is not an integer") from None
-    if meta["layout"] not in LAYOUTS:
-        raise bad(f"metadata layout={meta['layout']!r} is not one of {LAYOUTS}")
+    if meta["layout"] not in L.LAYOUTS:
+        raise bad(f"metadata layout={meta['layout']!r} is not one of {tuple(L.LAYOUTS)}")
     try:
         params = json.loads(meta["params"])
     except ValueError:
@@ -194,7 +195,25 @@ def _parse_qe4(hdr):
             raise bad(f"unexpected tensor {name!r} (a qe4 file holds 'data' and 'extra.*' only)")
         if dt not in _DTYPES:
             raise bad(f"tensor {name!r} has dtype {dt}, which qe4 does not read")
+    _check_layout(hdr, kw)
     return kw
+
+
+def _check_layout(hdr, kw):
+    """The layout's structural rules (:meth:`qe4.layouts.Layout.validate`) on the header
+    alone, before any tensor is read: a malformed codebook/two-tier file (wrong row
+    width, missing, unknown or misshapen extras, a bit width the layout lacks) is refused
+    naming the file, by :func:`load` and :func:`read_metadata` (so ``qe4 info``) alike."""
+    # zero-byte stand-ins with each extra's dtype and shape: nothing is allocated or read
+    extras = {name[len(EXTRA_PREFIX):]: np.broadcast_to(np.zeros((), _DTYPES[d].newbyteorder("=")), s)
+              for name, (d, s, _, _) in hdr.tensors.items() if name != DATA_KEY}
+    shape = hdr.tensors[DATA_KEY][1]
+    try:
+        bits = V.check_bits(kw["bits"])
+        L.check_dim(kw["dim"])
+        L.get(kw["layout"]).validate(shape[0], shape[1], bits, kw["dim"], kw["scale_dtype"], extras)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{hdr.path}: inconsistent qe4 metadata: {exc}") from None
 
 
 def read_metadata(path):
@@ -234,8 +253,12 @@ def load(path, *, mmap=True):
     ------
     ValueError
         The file is truncated, corrupt, not a qe4 file, or its metadata is
-        inconsistent (e.g. ``row_bytes`` does not match bits/dim/scale_dtype).
-        The message names the path and the problem.
+        inconsistent (e.g. ``row_bytes`` does not match bits/dim/scale_dtype, or the
+        extras do not match the layout: checked from the header, before any tensor is
+        read).  With ``mmap=False`` also a row breaking its layout's value rules (a
+        two-tier group id out of range; memory-mapped tables report it at the first
+        lookup of that row, so opening a file never reads all its rows).  The message
+        names the path and the problem.
     """
     hdr = read_safetensors_header(path)
     kw = _parse_qe4(hdr)
@@ -249,9 +272,21 @@ def load(path, *, mmap=True):
     extras = {name[len(EXTRA_PREFIX):]: _read_array(path, hdr, name)
               for name in hdr.tensors if name != DATA_KEY}
     try:
-        return QuantizedTable(data, extras=extras, **kw)
+        table = QuantizedTable(data, extras=extras, **kw)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: inconsistent qe4 metadata: {exc}") from None
+    if not mmap:        # the rows are in memory: their value rules cost one pass (group ids)
+        check_rows(table, path)
+    return table
+
+
+def check_rows(table, path):
+    """The layout's value rules over every row (:meth:`qe4.layouts.Layout.check_rows`,
+    e.g. two-tier group ids), with errors naming ``path``."""
+    try:
+        table.layout_entry.check_rows(table.data, table.extras)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _read_array(path, hdr, name):
@@ -296,8 +331,8 @@ class TableWriter:
         As in :class:`QuantizedTable`; the metadata is validated by building an
         empty table with it.
     row_bytes : int, optional
-        Bytes per row; derived from bits/dim/scale_dtype for rowwise tables,
-        required for the other layouts.
+        Bytes per row; by default the layout's (:meth:`qe4.layouts.Layout.row_bytes`
+        for bits/dim/scale_dtype and the extras).
     """
 
     def __init__(self, path, *, n_rows, bits, dim, method, scale_dtype, layout="rowwise",
@@ -306,16 +341,14 @@ class TableWriter:
         if isinstance(n_rows, bool) or not isinstance(n_rows, (int, np.integer)) or n_rows < 0:
             raise ValueError(f"n_rows must be a non-negative integer, got {n_rows!r}")
         self.n_rows = int(n_rows)
-        if row_bytes is None:
-            if layout != "rowwise":
-                raise ValueError(f"row_bytes is required for layout {layout!r}")
+        extras = {str(k): np.asarray(v) for k, v in (extras or {}).items()}
+        if row_bytes is None:       # the layout's row size (validated with the rest below)
             bits = V.check_bits(bits)
             if scale_dtype not in V.SCALE_DTYPES:
                 raise ValueError(f"scale_dtype must be one of {V.SCALE_DTYPES}, got {scale_dtype!r}")
-            row_bytes = -(-int(dim) * bits // 8) + 2 * np.dtype(scale_dtype).itemsize
+            row_bytes = L.get(layout).row_bytes(L.check_dim(dim), bits, scale_dtype, extras)
         self.row_bytes = int(row_bytes)
-        extras = {str(k): np.asarray(v) for k, v in (extras or {}).items()}
-        # validates bits/dim/scale_dtype/layout, row_bytes and the extras against them (rows of
+        # validates bits/dim/scale_dtype/layout/extras and row_bytes against them (rows of
         # 0 bytes, as in mixed tables, cost nothing: validate with every row)
         QuantizedTable(np.zeros((self.n_rows if self.row_bytes == 0 else 0, self.row_bytes), np.uint8),
                        bits=bits, dim=dim, method=method, scale_dtype=scale_dtype, layout=layout,

@@ -64,16 +64,13 @@ Pruned rows contribute nothing (and are not read).
 
 import numpy as np
 
+from . import layouts as L
+from .layouts import (FLOAT, MAX_ROWS, MAX_TIERS, PRUNED, SUPER, TIER_FIELDS, WORD,  # noqa: F401
+                      match_words, tier_bits)
+
 ROW_MAPS = ("tiers", "renumber")
-TIER_FIELDS = 4                # columns of extras["tiers"]: kind, bits, float dtype, n_rows
-WORD = 64                      # rows per plane word
-SUPER = 256                    # rows per rank directory entry
+FLOAT_DTYPES = L.FLOAT_DTYPES
 _WORDS_PER_SUPER = SUPER // WORD
-
-
-def tier_bits(n_tiers):
-    """Bits of tier code per row: ``ceil(log2(n_tiers))`` (0 for a single tier)."""
-    return int(n_tiers - 1).bit_length()
 
 
 def map_nbytes(n_rows, n_tiers, row_map="tiers"):
@@ -115,15 +112,6 @@ def encode_map(tier, n_tiers):
     return planes, ranks
 
 
-def _match(planes, words, tier):
-    """uint64 mask of the rows of ``words`` whose tier equals ``tier`` (element-wise)."""
-    out = np.full(words.shape, ~np.uint64(0), np.uint64)
-    for k in range(planes.shape[1]):
-        p = planes[words, k]
-        out &= np.where(((tier >> k) & 1).astype(bool), p, ~p)
-    return out
-
-
 def decode_map(planes, ranks, rows):
     """(tier, rank) of each of ``rows`` (int64 arrays, rows in range)."""
     rows = np.asarray(rows, np.int64)
@@ -134,31 +122,23 @@ def decode_map(planes, ranks, rows):
     tier = np.zeros(rows.shape, np.int64)
     for k in range(planes.shape[1]):
         tier |= ((planes[w, k] >> bit) & np.uint64(1)).astype(np.int64) << k
+    if tier.size and tier.max() >= ranks.shape[1]:
+        p = int(np.argmax(tier >= ranks.shape[1]))
+        raise ValueError(f"the row map gives row {int(rows[p])} tier {int(tier[p])} of "
+                         f"{ranks.shape[1]}: the table's bytes were changed after it was built")
     rank = ranks[rows >> 8, tier].astype(np.int64)
     first = (rows >> 8) * _WORDS_PER_SUPER
     below = (np.uint64(1) << bit) - np.uint64(1)          # the rows before r in its word
     for j in range(_WORDS_PER_SUPER):
         v = first + j
         use = v <= w
-        m = _match(planes, np.minimum(v, w), tier)
+        m = match_words(planes, np.minimum(v, w), tier)
         m &= np.where(v < w, ~np.uint64(0), below)
         rank += np.where(use, np.bitwise_count(m), 0)
     return tier, rank
 
 
 # --------------------------------------------------------------------------- tiers
-
-PRUNED = -1
-FLOAT = -2
-FLOAT_DTYPES = ("float16", "float32")
-MAX_TIERS = 64
-MAX_ROWS = 2 ** 31            # tier sizes are int32, rank entries uint32
-
-
-def _layouts():
-    """name -> code of the layouts a tier may use (self-contained rows only)."""
-    return {"rowwise": 0, "codebook": 1}
-
 
 def tier_kinds(extras):
     """The tier table as int64 [T, 4] (kind, bits, float dtype, n_rows)."""
@@ -174,7 +154,7 @@ def sub_table(extras, t, dim):
     rows = extras[f"tier{t}"]
     if kind == FLOAT:
         return rows
-    layout = {c: name for name, c in _layouts().items()}[kind]
+    layout = L.LAYOUTS["mixed"].tier_layout(kind).name
     return QuantizedTable(rows, bits=bits, dim=dim, method="mixed-tier",
                           scale_dtype=FLOAT_DTYPES[fdt], layout=layout)
 
@@ -201,100 +181,6 @@ def locate(extras, rows):
     ends = np.cumsum(sizes)
     tier = np.searchsorted(ends, rows, side="right")
     return tier, rows - (ends[tier] - sizes[tier])
-
-
-def check_mixed(n_rows, row_bytes, dim, extras):
-    """ValueError unless ``extras`` make a valid mixed table of ``n_rows`` x ``dim``.
-
-    Checks the tier table, every sub-table's dtype and shape (by its layout), that the
-    tier sizes add up to ``n_rows``, and that the row map is consistent: every tier
-    code below T, padding bits zero, the rank directory equal to the planes' counts.
-    O(n_rows / 64) work: a malformed file is refused when it is loaded.
-    """
-    from .table import QuantizedTable
-    if row_bytes != 0:
-        raise ValueError(f"a mixed table's data must have 0 bytes per row, got {row_bytes}")
-    if "tiers" not in extras:
-        raise ValueError("a mixed table needs extras['tiers']")
-    tiers = extras["tiers"]
-    if tiers.dtype != np.int32 or tiers.ndim != 2 or tiers.shape[1] != TIER_FIELDS \
-            or not 1 <= tiers.shape[0] <= MAX_TIERS:
-        raise ValueError(f"extras['tiers'] must be int32 [T, {TIER_FIELDS}] with 1 <= T <= "
-                         f"{MAX_TIERS}, got {tiers.dtype} {tiers.shape}")
-    n_tiers = tiers.shape[0]
-    expected = {"tiers"}
-    codes = _layouts()
-    for t, (kind, bits, fdt, n) in enumerate(tiers.tolist()):
-        where = f"extras['tiers'][{t}] = {[kind, bits, fdt, n]}"
-        if n < 0 or fdt not in (0, 1):
-            raise ValueError(f"{where}: n_rows must be >= 0 and the float dtype 0 or 1")
-        if kind == PRUNED:
-            continue
-        name = f"tier{t}"
-        expected.add(name)
-        if name not in extras:
-            raise ValueError(f"a mixed table with {where} needs extras[{name!r}]")
-        rows = extras[name]
-        if kind == FLOAT:
-            if (bits, fdt) not in ((16, 0), (32, 1)):
-                raise ValueError(f"{where}: a float tier has bits 16 (float dtype 0) or 32 (1)")
-            if rows.dtype != np.dtype(FLOAT_DTYPES[fdt]) or rows.shape != (n, dim):
-                raise ValueError(f"extras[{name!r}] must be {FLOAT_DTYPES[fdt]} {(n, dim)}, got "
-                                 f"{rows.dtype} {rows.shape}")
-            continue
-        if kind not in codes.values():
-            raise ValueError(f"{where}: kind {kind} is not a layout code of {codes}, "
-                             f"{PRUNED} (pruned) or {FLOAT} (float)")
-        if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[0] != n:
-            raise ValueError(f"extras[{name!r}] must be uint8 [{n}, row_bytes], got "
-                             f"{rows.dtype} {rows.shape}")
-        try:
-            sub_table(extras, t, dim)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"extras[{name!r}] is not a valid tier ({where}): {exc}") from None
-    total = int(tiers[:, 3].sum())
-    if total != n_rows:
-        raise ValueError(f"extras['tiers'] holds {total} rows, the table {n_rows}")
-    if n_tiers > 1 and "planes" in extras:
-        expected |= {"planes", "ranks"}
-        _check_map(extras, n_rows, n_tiers)
-    unknown = sorted(set(extras) - expected)
-    if unknown:
-        raise ValueError(f"extras {unknown} are not part of this mixed table "
-                         f"(it stores {sorted(expected)})")
-
-
-def _check_map(extras, n_rows, n_tiers):
-    planes, ranks = extras.get("planes"), extras.get("ranks")
-    b = tier_bits(n_tiers)
-    n_words, n_super = -(-n_rows // WORD), -(-n_rows // SUPER)
-    if planes.dtype != np.uint64 or planes.shape != (n_words, b):
-        raise ValueError(f"extras['planes'] must be uint64 {(n_words, b)}, got "
-                         f"{planes.dtype} {planes.shape}")
-    if ranks is None or ranks.dtype != np.uint32 or ranks.shape != (n_super, n_tiers):
-        raise ValueError(f"extras['ranks'] must be uint32 {(n_super, n_tiers)}, got "
-                         f"{getattr(ranks, 'dtype', None)} {getattr(ranks, 'shape', None)}")
-    if n_rows % WORD and (planes[-1] >> np.uint64(n_rows % WORD)).any():
-        raise ValueError("extras['planes']: bits past the last row are not zero")
-    words = np.arange(n_words)
-    counts = np.zeros((n_words, n_tiers), np.int64)
-    for t in range(n_tiers):
-        counts[:, t] = np.bitwise_count(_match(planes, words, np.full(n_words, t)))
-    valid = np.full(n_words, WORD)
-    if n_rows % WORD:
-        valid[-1] = n_rows % WORD
-    counts[-1, 0] -= WORD - valid[-1]          # the zero padding bits read as tier 0
-    if (counts.sum(axis=1) != valid).any():
-        w = int(np.argmax(counts.sum(axis=1) != valid))
-        raise ValueError(f"extras['planes']: a row of word {w} has a tier code >= {n_tiers}")
-    per_super = np.add.reduceat(counts, np.arange(0, n_words, _WORDS_PER_SUPER), axis=0)
-    want = np.zeros((n_super, n_tiers), np.int64)
-    want[1:] = np.cumsum(per_super, axis=0)[:-1]
-    if not np.array_equal(want, ranks.astype(np.int64)):
-        raise ValueError("extras['ranks'] does not match the tier codes in extras['planes']")
-    if not np.array_equal(per_super.sum(axis=0), tier_kinds(extras)[:, 3]):
-        raise ValueError("extras['tiers'] row counts do not match the tier codes in "
-                         "extras['planes']")
 
 
 # --------------------------------------------------------------------------- build
@@ -373,7 +259,7 @@ def build_mixed(chunks, choice, rungs, dim, *, row_map="tiers", engine="fast", n
             tiers[t] = (FLOAT, 8 * probe.itemsize, FLOAT_DTYPES.index(probe.dtype.name), sizes[t])
             extras[f"tier{t}"] = new_array((sizes[t], dim), probe.dtype)
         else:
-            tiers[t] = (_layouts()[probe.layout], probe.bits, FLOAT_DTYPES.index(probe.scale_dtype),
+            tiers[t] = (L.get(probe.layout).code, probe.bits, FLOAT_DTYPES.index(probe.scale_dtype),
                         sizes[t])
             extras[f"tier{t}"] = new_array((sizes[t], probe.row_bytes), np.uint8)
     mapped = row_map == "tiers" and n_tiers > 1
@@ -405,7 +291,7 @@ def build_mixed(chunks, choice, rungs, dim, *, row_map="tiers", engine="fast", n
     if seen != n:
         raise ValueError(f"chunks covered {seen} rows of {n}")
     extras["tiers"] = tiers
-    return QuantizedTable(np.zeros((n, 0), np.uint8), bits=_table_bits(tiers), dim=dim,
+    return QuantizedTable(np.zeros((n, 0), np.uint8), bits=8, dim=dim,
                           method="mixed", scale_dtype="float16", layout="mixed", extras=extras,
                           params={"rungs": [rungs[k].name for k in used], "row_map": row_map})
 
@@ -415,12 +301,6 @@ def renumbering(choice):
     grouped by rung in ladder order, each group in the original order.  A caller
     maps its ids with ``np.argsort(order)[original_id]``."""
     return np.argsort(np.asarray(choice), kind="stable").astype(np.int64)
-
-
-def _table_bits(tiers):
-    """The informational ``bits`` of a mixed table: its widest quantized tier's (else 8)."""
-    q = tiers[(tiers[:, 0] >= 0), 1]
-    return int(q.max()) if q.size else 8
 
 
 # --------------------------------------------------------------------------- lookups

@@ -16,6 +16,7 @@ float32 tables).
 import numpy as np
 
 from . import _validate as V
+from .layouts import pack_codes, unpack_codes  # noqa: F401  (the packing is the layouts')
 
 F32 = np.float32
 ZERO = F32(0.0)
@@ -110,7 +111,7 @@ def greedy_range(x, bits=4, n_bins=200, ratio=0.16, scale_dtype="float16", retur
     For each row::
 
         xmin, xmax = min(x), max(x);  step = (xmax - xmin) / n_bins
-        thr  = float32(n_bins * (1 - ratio)) * step
+        thr  = min_bins * step
         best = cur = loss(xmin, xmax);  cmin, cmax = xmin, xmax
         while cmin + thr < cmax:
             l_left  = loss(cmin + step, cmax)
@@ -120,6 +121,15 @@ def greedy_range(x, bits=4, n_bins=200, ratio=0.16, scale_dtype="float16", retur
             if l_left < l_right: cmin += step; cur = l_left
             else:                cmax -= step; cur = l_right     # a tie trims the max
         return xmin, xmax
+
+    Rounding: ``step`` and ``thr`` are float32 operations (one rounding each, ``n_bins``
+    converted to float32 exactly).  ``min_bins`` is torch's
+    ``float min_bins = n_bins * (1.0 - (float)ratio)``: ``ratio`` is first rounded to
+    float32, then ``n_bins * (1.0 - ratio32)`` is computed in float64 (two roundings)
+    and rounded to float32 (:func:`_min_bins`).  E.g. n_bins=200, ratio=0.16:
+    ratio32 = 0.1599999964237213, 200 * (1 - ratio32) = 168.00000071525574,
+    min_bins = float32(168.0000007) = 168.0.  ``cmin + step`` and ``cmax - step`` are
+    float32 additions, so the bounds accumulate rounding exactly as torch's loop does.
 
     ``loss`` is :func:`range_loss`.  Note that the start (xmin, xmax) can never
     beat ``best`` (which it initialises), and a state is kept only when it is a
@@ -250,34 +260,76 @@ def aciq_range(x, bits=4, dist="laplace"):
     mean = _sequential_mean(xt)
     dev = xt - mean
     if dist == "laplace":
-        alpha = ACIQ_LAPLACE[bits] * _sequential_mean(np.abs(dev))
+        alpha = aciq_constant(bits, dist) * _sequential_mean(np.abs(dev))
+    elif dist == "gauss":
+        alpha = aciq_constant(bits, dist) * np.sqrt(_sequential_mean(dev * dev))
     else:
-        alpha = ACIQ_GAUSS[bits] * np.sqrt(_sequential_mean(dev * dev))
+        raise ValueError(f"dist must be 'laplace' or 'gauss', got {dist!r}")
     lo = np.minimum(np.maximum(xmin, mean - alpha), xmax) + ZERO
     hi = np.maximum(np.minimum(xmax, lo + F32(2.0) * alpha), lo) + ZERO
     return lo.astype(F32), hi.astype(F32)
 
 
+def aciq_constant(bits, dist):
+    """ACIQ's clipping constant c_b for ``dist`` ("laplace" or "gauss") at ``bits``."""
+    return (ACIQ_LAPLACE if dist == "laplace" else ACIQ_GAUSS)[bits]
+
+
 def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None):
-    """Each row's clipping range (lo, hi) chosen by ``method``.
+    """Each row's clipping range (lo, hi) chosen by ``method`` (a row-wise method).
 
     Validates like :func:`qe4.quantize` and returns float32 arrays [n_rows].
     """
-    bits = V.check_bits(bits)
-    method = V.check_method(method, V.UNIFORM_METHODS)
-    x, n_bins, ratio, scale_dtype = V.check_uniform_args(x, bits, n_bins, ratio, scale_dtype)
-    V.check_fp16_ranges(x, bits, scale_dtype)
-    return _ranges(x, bits, method, n_bins, ratio, scale_dtype)
+    from .frontend import check_request     # the front end is a layer above: delegate
+    request = check_request(bits, method, n_bins, ratio, scale_dtype, family="rowwise")
+    x = V.as_float_rows(x)
+    V.check_fp16_ranges(x, request.bits, request.scale_dtype)
+    return ranges(request, x)
 
 
-def _ranges(x, bits, method, n_bins, ratio, scale_dtype):
-    if method == "minmax":
-        return minmax_range(x)
-    if method == "greedy":
-        return greedy_range(x, bits, n_bins, ratio, scale_dtype)
-    if method == "exhaustive":
-        return exhaustive_range(x, bits, n_bins, ratio, scale_dtype)
-    return aciq_range(x, bits, method.split("-")[1])
+def ranges(request, x):
+    """(lo, hi) of every row of validated ``x`` by the request's method: its registry
+    entry's reference function (``minmax_range``, ``greedy_range``, ...)."""
+    return request.method.call_reference(x, **request.arguments())
+
+
+def encode(request, x):
+    """The row-wise family's encoder: rows ``[codes][scale][bias]`` of ``x``.
+
+    ``x`` is float32 [n_rows, n_cols] of the right shape (not yet checked finite):
+    :func:`qe4._validate.check_finite` and :func:`qe4._validate.check_fp16_ranges`
+    run first, then for every row
+
+    1. (lo, hi) by the method (:func:`ranges`);
+    2. :func:`scale_bias` rounds them into the stored scale and bias;
+    3. :func:`quantize_codes` computes ``clip(rint((x - bias) * inv), 0, qmax)``;
+    4. :func:`pack_codes` packs the codes, and the scale and bias follow them in the
+       row, little-endian (:func:`assemble_rows`).
+
+    Returns ``(data, extras)`` (no extras).
+    """
+    bits, scale_dtype = request.bits, request.scale_dtype
+    check_values(request, x)
+    lo, hi = ranges(request, x)
+    scale, bias, inv = scale_bias(lo, hi, bits, scale_dtype)
+    codes = quantize_codes(x, bias, inv, bits)
+    return assemble_rows(pack_codes(codes, bits), scale, bias, scale_dtype), {}
+
+
+def check_values(request, x, name="x"):
+    """The row-wise family's value checks: finite (:func:`qe4._validate.check_finite`), and
+    a range the stored scale/bias can hold (:func:`qe4._validate.check_fp16_ranges`)."""
+    V.check_finite(x, name)
+    V.check_fp16_ranges(x, request.bits, request.scale_dtype, name=name)
+
+
+def assemble_rows(packed, scale, bias, scale_dtype):
+    """Concatenate packed codes and the little-endian scale and bias of each row."""
+    dt = np.dtype(scale_dtype).newbyteorder("<")
+    n = packed.shape[0]
+    qp = np.stack([np.asarray(scale, np.float32), np.asarray(bias, np.float32)], axis=1)
+    qbytes = qp.astype(dt).view(np.uint8).reshape(n, 2 * dt.itemsize)
+    return np.ascontiguousarray(np.concatenate([packed, qbytes], axis=1))
 
 
 # --------------------------------------------------------------------------- codes
@@ -329,34 +381,6 @@ def quantize_codes(x, lo, inv, bits):
     """
     q = np.rint((x - lo[:, None]) * inv[:, None])
     return np.clip(q, ZERO, qmax_of(bits)).astype(np.uint8)
-
-
-def pack_codes(codes, bits):
-    """Pack uint8 codes [n_rows, n_cols] into bytes [n_rows, ceil(n_cols * bits / 8)].
-
-    Element c goes to byte ``c // (8 // bits)`` at bit offset ``(c % (8 // bits)) * bits``
-    (4-bit: even element in the LOW nibble).  Unused high bits are zero.
-    """
-    codes = np.asarray(codes, np.uint8)
-    epb = 8 // bits
-    n_rows, n_cols = codes.shape
-    nb = -(-n_cols // epb)
-    padded = np.zeros((n_rows, nb * epb), np.uint8)
-    padded[:, :n_cols] = codes
-    padded = padded.reshape(n_rows, nb, epb)
-    out = np.zeros((n_rows, nb), np.uint8)
-    for k in range(epb):
-        out |= padded[:, :, k] << np.uint8(k * bits)
-    return out
-
-
-def unpack_codes(packed, bits, n_cols):
-    """Inverse of :func:`pack_codes`: uint8 bytes -> codes [n_rows, n_cols]."""
-    packed = np.asarray(packed, np.uint8)
-    epb = 8 // bits
-    mask = np.uint8(2 ** bits - 1)
-    parts = [(packed >> np.uint8(k * bits)) & mask for k in range(epb)]
-    return np.stack(parts, axis=2).reshape(packed.shape[0], -1)[:, :n_cols]
 
 
 def fma32(a, b, c):

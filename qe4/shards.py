@@ -41,7 +41,7 @@ import re
 import numpy as np
 
 from . import _validate as V
-from .engines import get_engine
+from . import engines as E
 from . import io as qio
 from .io import _fsync_dir
 from .table import QuantizedTable
@@ -69,7 +69,7 @@ def shard_name(i, tag=None):
 
 def engine_function(engine, name):
     """Function ``name`` of the engine (:func:`qe4.engines.get_engine`); no fallback."""
-    return getattr(get_engine(engine), name)
+    return getattr(E.get_engine(engine), name)
 
 
 def table_meta(table):
@@ -214,7 +214,7 @@ def write_sharded(table_or_chunks, path, rows_per_shard=None, *, overwrite=False
 
 def _require_splittable(table):
     """Only tables whose every byte lives in its rows can be cut by rows."""
-    if table.extras:
+    if not table.layout_entry.self_contained:
         raise ValueError(
             f"a {table.layout!r} table with layout arrays {sorted(table.extras)} cannot be cut into "
             "row shards: its rows depend on arrays shared by the whole table")
@@ -423,7 +423,7 @@ class ShardedTable:
 
     def dequantize(self, start=0, stop=None):
         """float32 rows ``[start, stop)`` (see :func:`qe4.dequantize`)."""
-        from .uniform import dequantize
+        from .api import dequantize
         return dequantize(self.slice(start, stop))
 
     def to_table(self):
@@ -442,12 +442,12 @@ class ShardedTable:
         the result is byte-identical to ``qe4.embedding_bag(self.to_table(), ...)``.
         ``engine="fast"`` pools with ``qe4_fast.embedding_bag(..., n_threads=n_threads)``.
         """
-        pool = engine_function(engine, "embedding_bag")
+        eng = E.engine(engine, n_threads)
         out_dtype = V.check_out_dtype(out_dtype)
         idx, starts, w = V.check_bag_args(indices, offsets, self.n_rows, per_sample_weights,
                                           include_last_offset, mode, V.LOOKUP_MODES)
         used, local = np.unique(idx, return_inverse=True)
         sub = self.rows(used)
-        kwargs = {} if engine == "reference" else {"n_threads": n_threads}
-        return pool(sub, local.reshape(-1).astype(np.int64), starts, mode=mode,
-                    per_sample_weights=w, include_last_offset=True, out_dtype=out_dtype, **kwargs)
+        return eng.call("embedding_bag", sub, local.reshape(-1).astype(np.int64), starts,
+                        mode=mode, per_sample_weights=w, include_last_offset=True,
+                        out_dtype=out_dtype)

@@ -16,8 +16,10 @@ import time
 
 import numpy as np
 
-from . import _validate as V
-from .engines import get_engine
+from . import engines as E
+from . import frontend
+from . import method_registry as M
+from .engines import get_engine  # noqa: F401  (an old import path)
 from .io import TableWriter, read_safetensors_header
 
 _ST_FLOATS = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
@@ -29,16 +31,8 @@ _WORKSPACE = {"reference": 12, "fast": 2}
 DEFAULT_MAX_MEMORY_CAP = 1 << 30
 
 
-# --------------------------------------------------------------------------- engines
-# get_engine: see qe4.engines (the one place an implementation is chosen)
-
-STREAMABLE = V.UNIFORM_METHODS + ("kmeans", "kmeans-optimal")   # each row quantized on its own
-
-def _engine_quantize(mod, engine, x, bits, method, n_bins, ratio, scale_dtype, n_threads, kwargs):
-    kw = dict(kwargs, n_bins=n_bins, ratio=ratio, scale_dtype=scale_dtype)
-    if engine == "fast":
-        kw["n_threads"] = n_threads
-    return mod.quantize(x, bits, method, **kw)
+#: The methods that stream: the per-row methods of the registry (each row on its own).
+STREAMABLE = M.names(per_row=True)
 
 
 # --------------------------------------------------------------------------- sources
@@ -248,44 +242,22 @@ def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, 
         ``engine="fast"`` without a built ``qe4_fast``.
     """
     t0 = time.perf_counter()
-    bits = V.check_bits(bits)
-    method = V.check_method(method, _all_methods())
-    if method not in STREAMABLE:
-        raise ValueError(f"method {method!r} is not row-wise and cannot be streamed; quantize the "
-                         "table in memory with qe4.quantize and write it with qe4.io.save")
-    n_bins = V.check_n_bins(n_bins)
-    ratio = V.check_ratio(ratio)
-    if method in V.UNIFORM_METHODS:
-        if kwargs:
-            raise TypeError(f"unexpected keyword arguments for method {method!r}: {sorted(kwargs)}")
-        scale_dtype = V.check_scale_dtype(scale_dtype, bits)
-        layout = "rowwise"
-        params = {"n_bins": n_bins, "ratio": ratio} if method in ("greedy", "exhaustive") else {}
-        qparam_bytes = 2 * np.dtype(scale_dtype).itemsize
-    else:   # per-row codebooks: options checked now, on a made-up row, with qe4's own errors
-        from . import codebook
-        _, bits, _, scale_dtype, params = codebook.check_args(
-            np.zeros((1, 1), np.float32), bits, method, scale_dtype, dict(kwargs))
-        layout = "codebook"
-        qparam_bytes = 2 ** bits * np.dtype(scale_dtype).itemsize
-    if engine not in _WORKSPACE:
-        raise ValueError(f"engine must be 'fast' or 'reference', got {engine!r}")
-    if n_threads is not None and engine != "fast":
-        raise ValueError(f"n_threads={n_threads!r} applies to engine='fast' only")
+    request = frontend.check_request(bits, method, n_bins, ratio, scale_dtype, kwargs,
+                                     per_row_for="streamed")
+    eng = E.engine(engine, n_threads)
     if max_memory is None:
         max_memory = default_max_memory()
     elif isinstance(max_memory, str):
         max_memory = parse_size(max_memory)
     if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory <= 0:
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
-    mod = get_engine(engine)
     src, dst = os.fspath(src), os.fspath(dst)
     if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
         raise ValueError(f"dst {dst!r} is the input file; choose another output path")
 
     with Source(src, tensor) as source:
         n_rows, n_cols = source.n_rows, source.n_cols
-        row_bytes = -(-n_cols * bits // 8) + qparam_bytes
+        row_bytes = request.row_bytes(n_cols)
         per_row = bytes_per_row(n_cols, source.dtype.itemsize, row_bytes, engine, measure_error)
         if max_memory < per_row:
             raise ValueError(f"max_memory={max_memory} bytes is less than one row of {n_cols} "
@@ -295,20 +267,18 @@ def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, 
         num = den = 0.0
         bar = _progress_bar(progress, n_rows, os.path.basename(dst))
         try:
-            with TableWriter(dst, n_rows=n_rows, bits=bits, dim=n_cols, method=method,
-                             scale_dtype=scale_dtype, layout=layout, params=params,
-                             row_bytes=row_bytes) as writer:
+            with TableWriter(dst, n_rows=n_rows, bits=request.bits, dim=n_cols, method=method,
+                             scale_dtype=request.scale_dtype, layout=request.layout.name,
+                             params=request.params, row_bytes=row_bytes) as writer:
                 for start in range(0, n_rows, chunk_rows):
                     stop = min(start + chunk_rows, n_rows)
                     x = _as_float32_chunk(source.array[start:stop], start, label)
                     with _global_rows(start, label):
-                        if layout == "rowwise":
-                            V.check_fp16_ranges(x, bits, scale_dtype, name=label)
-                        table = _engine_quantize(mod, engine, x, bits, method, n_bins, ratio,
-                                                 scale_dtype, n_threads, kwargs)
+                        request.check_values(x, name=label)
+                        table = frontend.encode(request, x, eng)
                     writer.write(table.data)
                     if measure_error:
-                        a, b = _error_terms(mod, x, table)
+                        a, b = _error_terms(eng, x, table)
                         num, den = num + a, den + b
                     del x, table
                     source.release(stop)
@@ -323,15 +293,9 @@ def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, 
             if measure_error else None}
 
 
-def _all_methods():
-    from .uniform import methods
-    return methods()
-
-
-def _error_terms(mod, x, table):
+def _error_terms(eng, x, table):
     """Sums of squared error and squared norm of one chunk, in float64."""
-    deq = getattr(mod, "dequantize", None)
-    x_hat = (deq(table) if deq is not None else table.dequantize()).astype(np.float64)
+    x_hat = eng.call("dequantize", table).astype(np.float64)
     x64 = x.astype(np.float64)
     return float(((x64 - x_hat) ** 2).sum()), float((x64 ** 2).sum())
 

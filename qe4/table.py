@@ -1,11 +1,25 @@
-"""``QuantizedTable``: packed rows plus the metadata needed to read them."""
+"""``QuantizedTable``: packed rows plus the metadata needed to read them.
+
+Guarantees: a ``QuantizedTable`` is valid for its layout when it exists (its rows
+have the size :mod:`qe4.layouts` gives for its bits, dim and float dtype; its extras
+are exactly those the layout declares, with their dtypes and shapes), and it stays
+so: its fields are read-only, ``data`` and the extras are handed out as fresh views
+(reshaping or resizing one does not reach the table), so no kernel ever sees sizes
+that disagree.  The bytes themselves may be written in place when the caller's
+array is writable (a memory-mapped file's rows are not).
+"""
+
+import types
 
 import numpy as np
 
 from . import _validate as V
+from . import layouts as L
 
-LAYOUTS = ("rowwise", "codebook", "two-tier", "mixed")
+LAYOUTS = tuple(L.LAYOUTS)
 FORMAT_VERSION = 1
+
+_FIELDS = ("_data", "_bits", "_dim", "_method", "_float_dtype", "_layout", "_extras", "_params")
 
 
 class QuantizedTable:
@@ -14,12 +28,12 @@ class QuantizedTable:
     Parameters
     ----------
     data : uint8 ndarray [n_rows, row_bytes]
-        The packed rows.  For ``layout="rowwise"`` each row is
-        ``[codes][scale][bias]``: ``ceil(dim * bits / 8)`` bytes of codes packed
-        low bits first (see :func:`qe4.rowwise.pack_codes`), then the scale and
-        bias, little-endian, in ``scale_dtype``.  At 2/4 bits with float16 this
-        is torch's ``embedding_bag_{4,2}bit_prepack`` layout, at 8 bits with
-        float32 torch's ``embedding_bag_byte_prepack`` layout.
+        The packed rows (kept without a copy; the table holds its own view).  For
+        ``layout="rowwise"`` each row is ``[codes][scale][bias]``: ``ceil(dim * bits / 8)``
+        bytes of codes packed low bits first (see :func:`qe4.layouts.pack_codes`), then
+        the scale and bias, little-endian, in ``scale_dtype``.  At 2/4 bits with float16
+        this is torch's ``embedding_bag_{4,2}bit_prepack`` layout, at 8 bits with float32
+        torch's ``embedding_bag_byte_prepack`` layout.  Other layouts: :mod:`qe4.layouts`.
     bits : int
     dim : int
         Number of columns (needed for odd dims, where the last nibble is padding).
@@ -27,68 +41,133 @@ class QuantizedTable:
         How the table was made (informational: ``"minmax"``, ``"greedy"``, ...,
         ``"fused"`` for bytes imported from elsewhere).
     scale_dtype : {"float16", "float32"}
-        dtype of the stored per-row scale and bias (rowwise) or of the centroids.
+        The dtype of the floats stored with the codes: the per-row scale and bias
+        (rowwise) or the centroids (codebook, two-tier).  Also :attr:`float_dtype`.
     layout : {"rowwise", "codebook", "two-tier"}
+        A layout of :data:`qe4.layouts.LAYOUTS`.
     extras : dict of str -> ndarray, optional
-        Layout-specific arrays stored beside ``data`` (e.g. shared codebooks).
+        The arrays the layout stores beside ``data`` (two-tier: ``"codebooks"``);
+        none for the other layouts.
     params : dict, optional
         JSON-serialisable parameters of the method (n_bins, ratio, ...), kept in files.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A field has the wrong type or value, or the rows and extras do not make a
+        valid table of ``layout`` (wrong row size, missing/unknown/misshapen extras,
+        a bit width the layout does not store).
     """
+
+    __slots__ = _FIELDS
 
     def __init__(self, data, *, bits, dim, method="fused", scale_dtype="float16",
                  layout="rowwise", extras=None, params=None):
         data = V.check_uint8_table(data, "data")
-        self.bits = V.check_bits(bits)
-        if layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        if scale_dtype not in V.SCALE_DTYPES:
-            raise ValueError(f"scale_dtype must be one of {V.SCALE_DTYPES}, got {scale_dtype!r}")
-        dim = int(dim)
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        self.layout = layout
-        self.scale_dtype = scale_dtype
-        self.dim = dim
-        self.method = str(method)
-        self.extras = dict(extras or {})
-        self.params = dict(params or {})
-        if layout == "rowwise":
-            expected = self.code_bytes + 2 * self.qparam_itemsize
-            if data.shape[1] != expected:
-                raise ValueError(
-                    f"data has {data.shape[1]} bytes per row; a rowwise {self.bits}-bit table of "
-                    f"dim {dim} with {scale_dtype} scale/bias needs {expected}")
-        if layout == "mixed":
-            from .mixed import check_mixed
-            check_mixed(data.shape[0], data.shape[1], dim, self.extras)
-        self.data = data
+        bits = V.check_bits(bits)
+        lay = L.get(layout)
+        if scale_dtype not in L.FLOAT_DTYPES:
+            raise ValueError(f"scale_dtype must be one of {L.FLOAT_DTYPES}, got {scale_dtype!r}")
+        dim = L.check_dim(dim)
+        extras = {str(k): _frozen_view(np.asarray(v)) for k, v in dict(extras or {}).items()}
+        lay.validate(data.shape[0], data.shape[1], bits, dim, scale_dtype, extras)
+        init = object.__setattr__
+        init(self, "_data", _frozen_view(data))
+        init(self, "_bits", bits)
+        init(self, "_dim", dim)
+        init(self, "_method", str(method))
+        init(self, "_float_dtype", scale_dtype)
+        init(self, "_layout", lay.name)
+        init(self, "_extras", extras)
+        init(self, "_params", dict(params or {}))
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"QuantizedTable is read-only (cannot set {name!r}); build a new table")
+
+    __delattr__ = __setattr__
+
+    def __reduce__(self):       # pickling (Dask, multiprocessing) rebuilds and re-validates
+        return (_rebuild, (np.asarray(self._data), self._bits, self._dim, self._method,
+                           self._float_dtype, self._layout, dict(self._extras), self._params))
+
+    # ----------------------------------------------------------------- fields
+    @property
+    def data(self):
+        """The packed rows, uint8 [n_rows, row_bytes] (a new view of the table's array)."""
+        return self._data.view()
+
+    @property
+    def bits(self):
+        return self._bits
+
+    @property
+    def dim(self):
+        return self._dim
+
+    @property
+    def method(self):
+        return self._method
+
+    @property
+    def layout(self):
+        return self._layout
+
+    @property
+    def float_dtype(self):
+        """dtype name of the floats stored with the codes: scale/bias (rowwise) or centroids."""
+        return self._float_dtype
+
+    @property
+    def scale_dtype(self):
+        """The old name of :attr:`float_dtype` (scale/bias or centroid dtype)."""
+        return self._float_dtype
+
+    @property
+    def extras(self):
+        """Read-only mapping name -> array (new views) of the layout's extra arrays."""
+        return types.MappingProxyType({k: v.view() for k, v in self._extras.items()})
+
+    @property
+    def params(self):
+        """The method's parameters (a copy: editing it does not change the table)."""
+        return dict(self._params)
+
+    @property
+    def layout_entry(self):
+        """The :class:`qe4.layouts.Layout` of this table."""
+        return L.LAYOUTS[self._layout]
+
+    def fields(self):
+        """The row's fields (:class:`qe4.layouts.Field`: name, offset, dtype, count)."""
+        return self.layout_entry.fields(self._dim, self._bits, self._float_dtype, self._extras)
 
     # ----------------------------------------------------------------- sizes
     @property
     def n_rows(self):
-        return self.data.shape[0]
+        return self._data.shape[0]
 
     @property
     def row_bytes(self):
-        return self.data.shape[1]
+        return self._data.shape[1]
 
     @property
     def code_bytes(self):
         """Bytes of packed codes per row: ceil(dim * bits / 8)."""
-        return -(-self.dim * self.bits // 8)
+        return L.code_bytes(self._dim, self._bits)
 
     @property
     def qparam_itemsize(self):
-        return np.dtype(self.scale_dtype).itemsize
+        """Bytes of one stored float (scale, bias or centroid)."""
+        return np.dtype(self._float_dtype).itemsize
 
     @property
     def nbytes(self):
         """Total stored bytes: the rows plus every layout-specific array."""
-        return int(self.data.nbytes + sum(a.nbytes for a in self.extras.values()))
+        return int(self._data.nbytes + sum(a.nbytes for a in self._extras.values()))
 
     @property
     def shape(self):
-        return (self.n_rows, self.dim)
+        return (self.n_rows, self._dim)
 
     def __len__(self):
         return self.n_rows
@@ -98,47 +177,51 @@ class QuantizedTable:
                 f"method={self.method!r}, layout={self.layout!r}, scale_dtype={self.scale_dtype!r}, "
                 f"nbytes={self.nbytes})")
 
-    # ----------------------------------------------------------------- fields
-    def _qparam(self, k):
+    # ----------------------------------------------------------------- row fields
+    def field(self, name, rows=slice(None)):
+        """Field ``name`` of ``rows`` as native values [n, count] (see :meth:`fields`)."""
+        for f in self.fields():
+            if f.name == name:
+                return f.read(self._data, rows)
+        raise ValueError(f"a {self._layout} row has no field {name!r} "
+                         f"(it has {[f.name for f in self.fields()]})")
+
+    def _qparam(self, name):
         self._require_rowwise("scales/biases")
-        n = self.qparam_itemsize
-        start = self.code_bytes + k * n
-        raw = np.ascontiguousarray(self.data[:, start:start + n])
-        return raw.view(np.dtype(self.scale_dtype).newbyteorder("<")).reshape(-1).astype(np.float32)
+        return self.field(name).reshape(-1).astype(np.float32)
 
     @property
     def scales(self):
         """Per-row scale as float32 [n_rows] (exactly the stored value, widened)."""
-        return self._qparam(0)
+        return self._qparam("scale")
 
     @property
     def biases(self):
         """Per-row bias as float32 [n_rows] (exactly the stored value, widened)."""
-        return self._qparam(1)
+        return self._qparam("bias")
 
     def codes(self):
         """Unpacked codes, uint8 [n_rows, dim]."""
-        from .rowwise import unpack_codes
-        return unpack_codes(self.data[:, :self.code_bytes], self.bits, self.dim)
+        return L.unpack_codes(self._data[:, :self.code_bytes], self._bits, self._dim)
 
     def _require_rowwise(self, what):
-        if self.layout != "rowwise":
-            raise ValueError(f"{what} exist only for rowwise tables, this one is {self.layout!r}")
+        if self._layout != "rowwise":
+            raise ValueError(f"{what} exist only for rowwise tables, this one is {self._layout!r}")
 
     # ----------------------------------------------------------------- conversions
     def dequantize(self):
         """float32 [n_rows, dim]; see :func:`qe4.dequantize`."""
-        from .uniform import dequantize
+        from .api import dequantize
         return dequantize(self)
 
     def to_tbe(self, row_alignment=1):
         """Rows in the TBE inference layout (scale/bias first); see :func:`qe4.to_tbe`."""
-        from .uniform import to_tbe
+        from .api import to_tbe
         return to_tbe(self, row_alignment)
 
     @classmethod
     def from_tbe(cls, data, bits, dim=None, *, scale_dtype="float16", row_alignment=1):
-        from .uniform import from_tbe
+        from .api import from_tbe
         return from_tbe(data, bits, dim, scale_dtype=scale_dtype, row_alignment=row_alignment)
 
     @classmethod
@@ -153,15 +236,16 @@ class QuantizedTable:
         bits = V.check_bits(bits)
         scale_dtype = V.check_scale_dtype(scale_dtype, bits)
         data = V.check_uint8_table(np.asarray(data), "data")
-        itemsize = np.dtype(scale_dtype).itemsize
-        slots = (data.shape[1] - 2 * itemsize) * 8 // bits
+        slots = (data.shape[1] - L.LAYOUTS["rowwise"].qparam_bytes(scale_dtype)) * 8 // bits
         if dim is None:
             if slots < 1:
                 raise ValueError(f"data rows of {data.shape[1]} bytes are too short for {bits}-bit rows")
             dim = slots
-        elif not (slots - 8 // bits < int(dim) <= slots):
-            raise ValueError(f"dim={dim} does not fit rows of {data.shape[1]} bytes at {bits} bits")
-        return cls(np.array(data, dtype=np.uint8, order="C"), bits=bits, dim=int(dim),
+        else:
+            dim = L.check_dim(dim)
+            if not slots - 8 // bits < dim <= slots:
+                raise ValueError(f"dim={dim} does not fit rows of {data.shape[1]} bytes at {bits} bits")
+        return cls(np.array(data, dtype=np.uint8, order="C"), bits=bits, dim=dim,
                    method="fused", scale_dtype=scale_dtype)
 
     # ----------------------------------------------------------------- files
@@ -179,13 +263,34 @@ class QuantizedTable:
     def __eq__(self, other):
         if not isinstance(other, QuantizedTable):
             return NotImplemented
+        a, b = self._extras, other._extras
         return (self.bits == other.bits and self.dim == other.dim and self.layout == other.layout
-                and self.scale_dtype == other.scale_dtype and self.data.shape == other.data.shape
-                and np.array_equal(self.data, other.data)
-                and self.extras.keys() == other.extras.keys()
-                and all(self.extras[k].dtype == other.extras[k].dtype
-                        and self.extras[k].shape == other.extras[k].shape
-                        and np.array_equal(self.extras[k].view(np.uint8), other.extras[k].view(np.uint8))
-                        for k in self.extras))
+                and self.scale_dtype == other.scale_dtype and self._data.shape == other._data.shape
+                and np.array_equal(self._data, other._data)
+                and a.keys() == b.keys()
+                and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+                        and np.array_equal(a[k].view(np.uint8), b[k].view(np.uint8)) for k in a))
 
     __hash__ = None
+
+
+def _frozen_view(arr):
+    """A view of ``arr`` the caller holds no reference to (its shape cannot be changed
+    from outside); the bytes stay shared and keep their writability."""
+    return arr.view()
+
+
+def _rebuild(data, bits, dim, method, scale_dtype, layout, extras, params):
+    return QuantizedTable(data, bits=bits, dim=dim, method=method, scale_dtype=scale_dtype,
+                          layout=layout, extras=extras, params=params)
+
+
+def check_table(table):
+    """``table`` must be a :class:`QuantizedTable` (TypeError otherwise).
+
+    A table cannot be edited after it is built, so its sizes are those it was
+    validated with: this isinstance check is all an entry point needs.
+    """
+    if not isinstance(table, QuantizedTable):
+        raise TypeError(f"table must be a QuantizedTable, got {type(table).__name__}")
+    return table

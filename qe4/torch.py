@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _validate as V
 from .table import QuantizedTable
-from .uniform import quantize
+from .api import quantize
 
 __all__ = ["to_torch", "from_torch", "quantize_embedding", "QuantizedEmbeddingBag", "to_torch_tiers",
            "MixedEmbeddingBag"]
@@ -139,11 +139,42 @@ class QuantizedEmbeddingBag(torch.nn.Module):
         packed = to_torch(table)
         if not isinstance(mode, str) or mode not in ("sum", "mean"):
             raise ValueError(f"mode must be 'sum' or 'mean', got {mode!r}")
-        self.bits = table.bits
-        self.dim = table.dim
+        object.__setattr__(self, "_bits", table.bits)
+        object.__setattr__(self, "_dim", table.dim)
         self.mode = mode
         self.include_last_offset = bool(include_last_offset)
         self.register_buffer("weight", packed)
+        object.__setattr__(self, "_weight_shape", tuple(packed.shape))
+
+    _READ_ONLY = ("weight", "bits", "dim")
+
+    def __setattr__(self, name, value):
+        # the packed rows, their bit width and dim are fixed at construction (issue 10 F1):
+        # the kernels must never see sizes that disagree.  load_state_dict copies into the
+        # buffer in place (same shape), which stays allowed.
+        if name in self._READ_ONLY and "_weight_shape" in self.__dict__:
+            raise AttributeError(f"QuantizedEmbeddingBag.{name} is read-only; build a new module "
+                                 "(QuantizedEmbeddingBag(table) or .from_float)")
+        super().__setattr__(name, value)
+
+    @property
+    def bits(self):
+        return self._bits
+
+    @property
+    def dim(self):
+        return self._dim
+
+    def _checked_weight(self):
+        """The weight buffer, refused unless it still has the shape, dtype and layout it
+        was built with (an in-place resize or a replaced buffer would be read out of bounds)."""
+        w = self.weight
+        if (tuple(w.shape) != self._weight_shape or w.dtype != torch.uint8 or not w.is_contiguous()
+                or w.device.type != "cpu"):
+            raise ValueError(f"weight was changed after construction: it is {w.dtype} "
+                             f"{tuple(w.shape)} on {w.device}, the module was built for "
+                             f"torch.uint8 {self._weight_shape} on cpu (contiguous)")
+        return w
 
     @classmethod
     def from_float(cls, module, bits=4, method="greedy", *, mode=None, include_last_offset=None,
@@ -169,7 +200,7 @@ class QuantizedEmbeddingBag(torch.nn.Module):
 
     @property
     def num_embeddings(self):
-        return self.weight.shape[0]
+        return self._weight_shape[0]
 
     @property
     def embedding_dim(self):
@@ -177,7 +208,7 @@ class QuantizedEmbeddingBag(torch.nn.Module):
 
     def table(self):
         """The current ``weight`` buffer as a :class:`QuantizedTable` (a copy)."""
-        return from_torch(self.weight, self.bits, self.dim)
+        return from_torch(self._checked_weight(), self.bits, self.dim)
 
     def extra_repr(self):
         return (f"{self.num_embeddings}, {self.dim}, bits={self.bits}, mode={self.mode!r}, "
@@ -189,13 +220,14 @@ class QuantizedEmbeddingBag(torch.nn.Module):
         ``input`` and ``offsets`` are int32/int64 tensors or arrays, as for
         :func:`qe4.embedding_bag` (2-D ``input`` means fixed-length bags).
         """
+        weight = self._checked_weight()
         idx, starts, w = V.check_bag_args(
             _numpy(input, "input"), None if offsets is None else _numpy(offsets, "offsets"),
             self.num_embeddings, None if per_sample_weights is None
             else _numpy(per_sample_weights, "per_sample_weights"),
             self.include_last_offset, self.mode)     # also refuses mean + weights
         op = getattr(torch.ops.quantized, _BAG_OPS[self.bits])
-        out = op(self.weight, torch.from_numpy(idx), torch.from_numpy(starts),
+        out = op(weight, torch.from_numpy(idx), torch.from_numpy(starts),
                  per_sample_weights=None if w is None else torch.from_numpy(w),
                  include_last_offset=True)
         return _mean(out, starts) if self.mode == "mean" else out

@@ -4,13 +4,15 @@
 Every layout (rowwise, codebook, two-tier) goes through _lookup_kernels.h.  Inputs are
 validated, C-contiguous buffers (qe4_fast.bag does both); outputs are preallocated byte
 views whose rows may be strided (a table's columns inside a wider batched result).
-Work is split into runs of consecutive bags or positions, handed out dynamically; each
-bag/row is computed in a fixed order, so the bytes do not depend on the thread count.
+Work is split into runs of consecutive bags or positions run by qe4_fast's pool
+(_pool.h); each bag/row is computed in a fixed order, so the bytes do not depend on
+the thread count.
 """
 
-from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
+
+from qe4_fast._pool cimport par_run, qe4_count_add
 
 cdef extern from "_lookup_kernels.h" nogil:
     ctypedef struct qe4_table:
@@ -71,46 +73,70 @@ def bags(list specs,                       # IN  n_tables table specs (see _tabl
     Returns the number of bags that met a two-tier group id out of range (the caller raises).
     """
     cdef int64_t n_tables = len(specs), total = n_tables * n_bags
-    cdef int64_t n_idx = idx.shape[0], n_chunks, k, m0, m1, t, a, b, n_bad = 0, n_oom = 0
-    cdef const int64_t *ip = &idx[0] if n_idx > 0 else NULL
-    cdef const int64_t *sp = &starts[0]
+    cdef lookup_job j
     cdef const float[::1] wv
-    cdef const float *wp = NULL
-    cdef char *op
-    cdef int64_t stride
-    cdef float *scratch
-    cdef qe4_table *ts
     if total == 0:
         return 0
+    j.n_idx = idx.shape[0]
+    j.idx = &idx[0] if j.n_idx > 0 else NULL
+    j.starts = &starts[0]
+    j.weights = NULL
     if weights is not None:
         wv = weights
         if wv.shape[0]:
-            wp = &wv[0]
-    op = <char *>&out[0, 0]
-    stride = out.strides[0]
-    ts = _tables(specs)
-    # runs of consecutive bags, a few per thread, handed out dynamically (a thread delayed
-    # by another process does not hold up the rest); a run may span two tables
-    n_chunks = 1 if n_threads == 1 else min(total, 8 * n_threads)
-    for k in prange(n_chunks, nogil=True, num_threads=n_threads, schedule="dynamic", chunksize=1):
-        m0 = total * k // n_chunks
-        m1 = total * (k + 1) // n_chunks
-        scratch = <float *>malloc((2 * max_dim + 2) * sizeof(float))
-        if scratch == NULL:
-            n_oom += 1
-            continue
-        while m0 < m1:
-            t = m0 // n_bags
-            a = m0 - t * n_bags
-            b = min(m1 - t * n_bags, n_bags)
-            n_bad += qe4_table_bags(&ts[t], ip, n_idx, wp, sp + t * n_bags, a, b, mode, kind,
-                                    op + col_bytes[t], stride, simd, scratch)
-            m0 = t * n_bags + b
-        free(scratch)
-    free(ts)
-    if n_oom:
+            j.weights = &wv[0]
+    j.out = <char *>&out[0, 0]
+    j.stride = out.strides[0]
+    j.col_bytes = &col_bytes[0]
+    j.total = total
+    j.n_bags = n_bags
+    j.mode = mode
+    j.kind = kind
+    j.simd = simd
+    j.scratch_floats = 2 * max_dim + 2
+    j.n_bad = j.n_oom = 0
+    # runs of consecutive bags, several per thread, claimed one at a time (_pool.h: a
+    # thread delayed by another process does not hold up the rest); a run may span two tables
+    j.n_chunks = 1 if n_threads == 1 else min(total, 8 * n_threads)
+    j.tables = _tables(specs)
+    with nogil:
+        par_run(j.n_chunks, n_threads, _bags_chunk, &j)
+    free(j.tables)
+    if j.n_oom:
         raise MemoryError("qe4_fast: no memory for lookup scratch space")
-    return n_bad
+    return j.n_bad
+
+
+ctypedef struct lookup_job:
+    qe4_table *tables
+    const int64_t *idx
+    int64_t n_idx
+    const int64_t *starts
+    const float *weights
+    const int64_t *col_bytes
+    char *out
+    int64_t stride, total, n_bags, n_chunks, scratch_floats, n_bad, n_oom
+    int mode, kind, simd
+
+
+cdef void _bags_chunk(void *ctx, int64_t k, int worker) noexcept nogil:
+    cdef lookup_job *j = <lookup_job *>ctx
+    cdef int64_t m0 = j.total * k // j.n_chunks, m1 = j.total * (k + 1) // j.n_chunks
+    cdef int64_t t, a, b, n_bad = 0
+    cdef float *scratch = <float *>malloc(j.scratch_floats * sizeof(float))
+    if scratch == NULL:
+        qe4_count_add(&j.n_oom, 1)
+        return
+    while m0 < m1:
+        t = m0 // j.n_bags
+        a = m0 - t * j.n_bags
+        b = min(m1 - t * j.n_bags, j.n_bags)
+        n_bad += qe4_table_bags(&j.tables[t], j.idx, j.n_idx, j.weights, j.starts + t * j.n_bags,
+                                a, b, j.mode, j.kind, j.out + j.col_bytes[t], j.stride, j.simd,
+                                scratch)
+        m0 = t * j.n_bags + b
+    free(scratch)
+    qe4_count_add(&j.n_bad, n_bad)
 
 
 def gather(tuple spec,                     # IN  one table spec (see _tables)
@@ -121,31 +147,39 @@ def gather(tuple spec,                     # IN  one table spec (see _tables)
     """out[p] = row idx[p] (as dequantize gives it), rounded to ``kind``.
 
     Returns the number of two-tier group ids out of range met (the caller raises)."""
-    cdef int64_t n = idx.shape[0], n_chunks, k, p0, p1, n_bad = 0, n_oom = 0
-    cdef int64_t dim = spec[3]
-    cdef char *op
-    cdef int64_t stride
-    cdef float *scratch
-    cdef qe4_table *ts
+    cdef lookup_job j
+    cdef int64_t n = idx.shape[0]
     if n == 0:
         return 0
-    op = <char *>&out[0, 0]
-    stride = out.strides[0]
-    ts = _tables([spec])
-    n_chunks = 1 if n_threads == 1 else min(n, 8 * n_threads)
-    for k in prange(n_chunks, nogil=True, num_threads=n_threads, schedule="dynamic", chunksize=1):
-        p0 = n * k // n_chunks
-        p1 = n * (k + 1) // n_chunks
-        scratch = <float *>malloc((dim + 1) * sizeof(float))
-        if scratch == NULL:
-            n_oom += 1
-            continue
-        n_bad += qe4_gather(&ts[0], &idx[0], n, p0, p1, kind, op, stride, simd, scratch)
-        free(scratch)
-    free(ts)
-    if n_oom:
+    j.idx = &idx[0]
+    j.n_idx = n
+    j.out = <char *>&out[0, 0]
+    j.stride = out.strides[0]
+    j.kind = kind
+    j.simd = simd
+    j.scratch_floats = <int64_t>spec[3] + 1
+    j.n_bad = j.n_oom = 0
+    j.n_chunks = 1 if n_threads == 1 else min(n, 8 * n_threads)
+    j.tables = _tables([spec])
+    with nogil:
+        par_run(j.n_chunks, n_threads, _gather_chunk, &j)
+    free(j.tables)
+    if j.n_oom:
         raise MemoryError("qe4_fast: no memory for lookup scratch space")
-    return n_bad
+    return j.n_bad
+
+
+cdef void _gather_chunk(void *ctx, int64_t k, int worker) noexcept nogil:
+    cdef lookup_job *j = <lookup_job *>ctx
+    cdef int64_t n = j.n_idx
+    cdef float *scratch = <float *>malloc(j.scratch_floats * sizeof(float))
+    if scratch == NULL:
+        qe4_count_add(&j.n_oom, 1)
+        return
+    qe4_count_add(&j.n_bad, qe4_gather(&j.tables[0], j.idx, n, n * k // j.n_chunks,
+                                       n * (k + 1) // j.n_chunks, j.kind, j.out, j.stride,
+                                       j.simd, scratch))
+    free(scratch)
 
 
 def round_floats(const float[::1] x,       # IN  [n]

@@ -151,7 +151,19 @@ def cpu_count():
     return max(1, min(n, limit) if limit is not None else n)
 
 
-def effective_n_threads(n_threads, n_work):
+# Grains: the least work, in elements (values read or written), that each thread of a
+# call with n_threads None or negative must get, else the call uses fewer threads (down
+# to the calling thread alone).
+# Waking a helper costs tens of microseconds, so each thread needs ~100 us of work:
+# about 2**18 elements for streaming kernels (bags, dequantize, min/max quantize,
+# TBE conversion; ~0.4 ns each on one core) and 2**13 for the range searches and
+# codebook fits (~10-100 ns each).  bench/bench_contention.py --grain measures the
+# crossover of 1 and 2 threads for bags.
+GRAIN_STREAM = 1 << 18
+GRAIN_SEARCH = 1 << 13
+
+
+def effective_n_threads(n_threads, n_work, elements=None, grain=GRAIN_STREAM):
     """The number of threads a kernel uses.
 
     Parameters
@@ -168,11 +180,18 @@ def effective_n_threads(n_threads, n_work):
         0, booleans and non-integers are errors.
     n_work : int
         Number of independent work items; no more threads than items are used.
+    elements : int, optional
+        The call's work in elements (values read or written).  When qe4_fast chooses
+        the count (None or negative), each thread gets at least ``grain`` of them, so
+        small calls run on the calling thread; an explicit count is used as given.
+    grain : int
+        ``GRAIN_STREAM`` (the default) or ``GRAIN_SEARCH``.
 
     Returns
     -------
-    int >= 1 (always 1 when qe4_fast was built without OpenMP, and in a child process
-    forked after a parallel call, see :func:`_after_fork_in_child`)
+    int >= 1 (always 1 when qe4_fast was built without OpenMP).  The pool treats it as
+    the most threads the call may use: helpers that do not get a CPU in time leave
+    their share to the calling thread (see qe4_fast/_pool_impl.h).
 
     Raises
     ------
@@ -181,13 +200,12 @@ def effective_n_threads(n_threads, n_work):
     ValueError
         ``n_threads`` is 0.
     """
-    global _parallel_used
     if n_threads is not None and (isinstance(n_threads, bool)
                                   or not isinstance(n_threads, numbers.Integral)):
         raise TypeError(f"n_threads must be None or an integer, got {n_threads!r}")
     if n_threads is not None and int(n_threads) == 0:
         raise ValueError(f"n_threads must be a nonzero integer (None or -1 = all cores), got {n_threads!r}")
-    if not openmp_compiled() or _forked_serial:
+    if not openmp_compiled():
         return 1
     if n_threads is None:
         n = max(1, min(omp_max_threads(), cpu_count()) // max(1, _active_calls))
@@ -195,10 +213,10 @@ def effective_n_threads(n_threads, n_work):
         n = max(1, cpu_count() + 1 + int(n_threads))
     else:
         n = min(int(n_threads), THREADS_PER_CPU_CAP * _affinity_cpus())
-    n = max(1, min(n, int(n_work)))
-    if n > 1:
-        _parallel_used = True
-    return n
+    n = min(n, int(n_work))
+    if elements is not None and (n_threads is None or n_threads < 0):
+        n = min(n, int(elements) // grain)
+    return max(1, n)
 
 
 _lock = threading.Lock()
@@ -232,20 +250,12 @@ def shares_cores(fn):
     return wrapper
 
 
-_parallel_used = False   # this process has run a parallel kernel (OpenMP's threads exist)
-_forked_serial = False   # a forked child of such a process: kernels run serially
-
-
 def _after_fork_in_child():
-    """GNU libgomp is not fork-safe: a child forked after its threads started would wait
-    forever for them at its first parallel region.  Such a child runs every kernel on
-    its calling thread (same bytes); a child of a process that never ran a parallel
-    kernel keeps its threads."""
-    global _forked_serial, _active_calls, _lock
-    _lock = threading.Lock()   # the parent's calls in other threads do not exist here
+    """A forked child has none of the parent's other threads: no call is running there.
+    (The compiled pool resets itself in the child too, see _pool_impl.h.)"""
+    global _active_calls, _lock
+    _lock = threading.Lock()
     _active_calls = 0
-    if _parallel_used:
-        _forked_serial = True
 
 
 if hasattr(os, "register_at_fork"):

@@ -21,7 +21,7 @@ def squared_errors(x, x_hat, *, n_threads=None):
     if x_hat.shape != x.shape or x.ndim != 2:
         raise ValueError(f"x_hat must have the shape of the 2-D x {x.shape}, got {x_hat.shape}")
     out = np.empty(x.shape[0], np.float64)
-    _allocate.squared_errors(x, x_hat, out, effective_n_threads(n_threads, x.shape[0]))
+    _allocate.squared_errors(x, x_hat, out, effective_n_threads(n_threads, x.shape[0], x.size))
     return out
 
 
@@ -35,5 +35,6 @@ def hull(dist, cost, *, n_threads=None):
     to = np.empty((n, k - 1), np.intp)
     dcost = np.empty((n, k - 1), np.int64)
     slope = np.empty((n, k - 1), np.float64)
-    _allocate.hull_rows(dist, cost, start, to, dcost, slope, effective_n_threads(n_threads, n))
+    _allocate.hull_rows(dist, cost, start, to, dcost, slope,
+                        effective_n_threads(n_threads, n, n * k * k))
     return start, to, dcost, slope

@@ -49,7 +49,7 @@ def dequantize(table, *, n_threads=None):
         return dequantize_mixed(table, n_threads)
     if table.layout != "rowwise":
         return _codebook().dequantize_codebook(table, n_threads=n_threads)
-    n = effective_n_threads(n_threads, table.n_rows)
+    n = effective_n_threads(n_threads, table.n_rows, table.n_rows * table.dim)
     out = np.empty((table.n_rows, table.dim), F32)
     _bag.dequantize_rowwise(*_rows(table), out, n, _SIMD)
     return out
@@ -79,7 +79,7 @@ def embedding(table, indices, *, out_dtype="float32", n_threads=None):
                             out_dtype).reshape(shape + (table.dim,))
     out = np.empty((idx.size, table.dim), _BUFFER[out_dtype])
     n_bad = _lookup.gather(_spec(table), idx, _lookup.KINDS[out_dtype], out.view(np.uint8),
-                           effective_n_threads(n_threads, idx.size), _SIMD)
+                           effective_n_threads(n_threads, idx.size, out.size), _SIMD)
     if n_bad:
         _raise_bad_groups([table], idx)
     return _result(out, out_dtype).reshape(shape + (table.dim,))
@@ -113,7 +113,7 @@ def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weight
         return _bags([table], idx, starts, w, n_bags, mode, out_dtype, n_threads)
     if table.layout != "rowwise":
         return _codebook().embedding_bag_codebook(table, idx, starts, w, mode, n_threads)
-    n = effective_n_threads(n_threads, n_bags)
+    n = effective_n_threads(n_threads, n_bags, idx.size * table.dim)
     out = np.empty((n_bags, table.dim), F32)
     _bag.embedding_bag_rowwise(*_rows(table), idx, starts, w, mode == "mean", out, n, _SIMD)
     return out
@@ -174,7 +174,7 @@ def _bags(tables, idx, starts, w, n_bags, mode, out_dtype, n_threads):
         # another Python thread cannot rewrite them while the kernel runs
         idx = np.array(idx, np.int64, order="C")
     col_bytes = np.concatenate([[0], np.cumsum(dims[:-1])]).astype(np.int64) * out.itemsize
-    n = effective_n_threads(n_threads, n_bags * len(tables))
+    n = effective_n_threads(n_threads, n_bags * len(tables), idx.size * max(dims))
     n_bad = _lookup.bags(specs, idx, starts, w, n_bags, _lookup.MODES[mode],
                          _lookup.KINDS[out_dtype], out.view(np.uint8), col_bytes, max(dims), n,
                          _SIMD)
@@ -215,7 +215,7 @@ def to_tbe(table, row_alignment=1, *, n_threads=None):
     width = -(-table.row_bytes // row_alignment) * row_alignment
     out = np.empty((table.n_rows, width), np.uint8)
     _bag.move_qparams(np.ascontiguousarray(table.data), out, table.code_bytes, table.row_bytes,
-                      effective_n_threads(n_threads, table.n_rows))
+                      effective_n_threads(n_threads, table.n_rows, out.size))
     return out
 
 
@@ -226,5 +226,5 @@ def from_tbe(data, bits, dim=None, *, scale_dtype="float16", row_alignment=1, n_
                                                                     row_alignment)
     fused = np.empty((data.shape[0], row_bytes), np.uint8)
     _bag.move_qparams(np.ascontiguousarray(data), fused, qp, row_bytes,
-                      effective_n_threads(n_threads, data.shape[0]))
+                      effective_n_threads(n_threads, data.shape[0], fused.size))
     return QuantizedTable(fused, bits=bits, dim=dim, method="fused", scale_dtype=scale_dtype)

@@ -14,14 +14,16 @@ stable argsorts).
 import numpy as np
 
 from qe4 import codebook as C
-from qe4.table import QuantizedTable
+from qe4 import layouts as L
 
 from . import _codebook
-from ._threads import effective_n_threads, shares_cores
+from ._threads import GRAIN_SEARCH, effective_n_threads, shares_cores
 
 F32 = np.float32
-_METHOD_CODE = {"kmeans": 0, "kmeans-optimal": 1}
-_LAYOUT_CODE = {"codebook": 0, "two-tier": 1}
+# The codebook kernels still number their methods and layouts from 0 (issue 9 item 5
+# moves them to the registry codes); this is the one translation, keyed by registry code.
+_KERNEL_METHOD = {5: 0, 6: 1}                       # kmeans, kmeans-optimal
+_KERNEL_LAYOUT = {L.LAYOUTS["codebook"].code: 0, L.LAYOUTS["two-tier"].code: 1}
 
 METHODS = C.METHODS
 
@@ -43,28 +45,35 @@ def quantize_codebook(x, bits, method, *, scale_dtype=None, n_threads=None, **kw
 
     ``n_threads``: None = all usable cores; rows (or groups) are split between threads.
     """
-    x, bits, method, scale_dtype, opts = C.check_args(x, bits, method, scale_dtype, kwargs)
+    from qe4.frontend import quantize
+    return quantize(x, bits, method, 200, 0.16, scale_dtype, kwargs, engine="fast",
+                    n_threads=n_threads, family="codebook")
+
+
+def encode(request, x, n_threads=None):
+    """The codebook family's compiled encoder: ``(data, extras)`` of float32 rows ``x``,
+    byte-identical to :func:`qe4.codebook.encode`."""
+    bits, scale_dtype = request.bits, request.scale_dtype
+    C.check_values(request, x)
     f16 = int(scale_dtype == "float16")
     k = 2 ** bits
     n_rows, dim = x.shape
-    code_bytes = -(-dim * bits // 8)
-    if method == "two-tier":
-        n_groups = opts["n_groups"]
-        nt = effective_n_threads(n_threads, n_groups)
+    row_bytes = request.row_bytes(dim)
+    if request.layout.name == "two-tier":
+        n_groups = request.options["n_groups"]
+        nt = effective_n_threads(n_threads, n_groups, x.size, GRAIN_SEARCH)
         gid = C.group_ids(x, n_groups)
         books = _group_books(x, gid, n_groups, k, f16, nt)
-        id_dt = C.id_dtype(n_groups)
-        data = _aligned_rows(n_rows, code_bytes + id_dt.itemsize)
-        _codebook.encode_two_tier(x, gid.astype(np.int64), books, bits, id_dt.itemsize, data,
-                                  effective_n_threads(n_threads, n_rows))
-        extras = {"codebooks": np.ascontiguousarray(books.astype(C._dtype(scale_dtype)))}
-        return QuantizedTable(data, bits=bits, dim=dim, method=method, scale_dtype=scale_dtype,
-                              layout="two-tier", extras=extras, params={"n_groups": n_groups})
-    data = _aligned_rows(n_rows, code_bytes + k * (2 if f16 else 4))
-    _codebook.encode_rows(x, bits, _METHOD_CODE[method], opts.get("max_iter", 1), f16, data,
-                          effective_n_threads(n_threads, n_rows))
-    return QuantizedTable(data, bits=bits, dim=dim, method=method, scale_dtype=scale_dtype,
-                          layout="codebook", params=opts)
+        data = _aligned_rows(n_rows, row_bytes)
+        _codebook.encode_two_tier(x, gid.astype(np.int64), books, bits,
+                                  L.id_dtype(n_groups).itemsize, data,
+                                  effective_n_threads(n_threads, n_rows, x.size * k, GRAIN_SEARCH))
+        return data, {"codebooks": np.ascontiguousarray(books.astype(L.little(scale_dtype)))}
+    data = _aligned_rows(n_rows, row_bytes)
+    _codebook.encode_rows(x, bits, _KERNEL_METHOD[request.method.code],
+                          request.options.get("max_iter", 1), f16, data,
+                          effective_n_threads(n_threads, n_rows, x.size, GRAIN_SEARCH))
+    return data, {}
 
 
 def _group_books(x, gid, n_groups, k, f16, n_threads):
@@ -81,11 +90,12 @@ def _table_args(table):
     k = 2 ** table.bits
     if table.layout == "two-tier":
         books = table.extras["codebooks"]
-        id_bytes = C.id_dtype(books.shape[0]).itemsize
+        id_bytes = L.id_dtype(books.shape[0]).itemsize
         books = np.ascontiguousarray(books.astype(F32))
     else:
         books, id_bytes = np.zeros((1, k), F32), 0
-    return (np.ascontiguousarray(table.data), table.dim, table.bits, _LAYOUT_CODE[table.layout],
+    return (np.ascontiguousarray(table.data), table.dim, table.bits,
+            _KERNEL_LAYOUT[table.layout_entry.code],
             int(table.scale_dtype == "float16"), id_bytes, books)
 
 
@@ -96,7 +106,7 @@ def dequantize_codebook(table, *, n_threads=None):
     if table.layout == "two-tier":
         C.group_of(table, slice(None))
     out = np.empty((table.n_rows, table.dim), F32)
-    _codebook.dequantize(*args, out, effective_n_threads(n_threads, table.n_rows))
+    _codebook.dequantize(*args, out, effective_n_threads(n_threads, table.n_rows, out.size))
     return out
 
 
@@ -115,7 +125,8 @@ def embedding_bag_codebook(table, idx, starts, weights, mode, n_threads=None):
     n_bad = _codebook.embedding_bag(*args, np.array(idx, np.int64, order="C"),
                                     np.ascontiguousarray(starts, np.int64),
                                     None if weights is None else np.ascontiguousarray(weights, F32),
-                                    int(mode == "mean"), out, effective_n_threads(n_threads, n_bags),
+                                    int(mode == "mean"), out,
+                                    effective_n_threads(n_threads, n_bags, idx.size * table.dim),
                                     _SIMD)
     if n_bad:
         C.group_of(table, idx)          # raises the reference's error

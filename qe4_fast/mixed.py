@@ -22,8 +22,11 @@ def locate(extras, rows, n_threads=None):
     rows = np.ascontiguousarray(rows, np.int64)
     tier = np.empty(rows.size, np.int64)
     rank = np.empty(rows.size, np.int64)
-    _mixed.locate_rows(np.ascontiguousarray(extras["planes"]), np.ascontiguousarray(extras["ranks"]),
-                       rows, tier, rank, effective_n_threads(n_threads, rows.size))
+    if _mixed.locate_rows(np.ascontiguousarray(extras["planes"]),
+                          np.ascontiguousarray(extras["ranks"]), rows, tier, rank,
+                          effective_n_threads(n_threads, rows.size, 8 * rows.size)):
+        M.decode_map(extras["planes"], extras["ranks"], rows)     # raises the reference's error
+        raise AssertionError("qe4_fast: the row map kernel flagged a row the reference accepts")
     return tier, rank
 
 
@@ -33,7 +36,7 @@ def float_bag(values, rows, starts, weights, n_threads=None):
     out = np.empty((starts.size - 1, values.shape[1]), np.float32)
     _mixed.float_bags(vals, np.ascontiguousarray(starts, np.int64),
                       None if weights is None else np.ascontiguousarray(weights, np.float32),
-                      out, effective_n_threads(n_threads, out.shape[0]))
+                      out, effective_n_threads(n_threads, out.shape[0], vals.size))
     return out
 
 

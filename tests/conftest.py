@@ -5,7 +5,34 @@ import os
 import numpy as np
 import pytest
 
+from qe4 import layouts as L
+from qe4 import method_registry as M
+
 GOLDEN = os.path.join(os.path.dirname(__file__), "fbgemm_golden.npz")
+
+# Parametrization comes from the registries (qe4.method_registry, qe4.layouts): a method
+# or layout added there is tested without editing a list here.
+ROWWISE_METHODS = M.names(family="rowwise")
+CODEBOOK_METHODS = M.names(family="codebook")
+PER_ROW_METHODS = M.names(per_row=True)
+ROWWISE_BITS = L.LAYOUTS["rowwise"].bits
+
+
+def float_dtype_configs(layout):
+    """(bits, scale_dtype) pairs a layout stores: None (the default) and every other
+    float dtype it accepts at that width."""
+    lay = L.get(layout)
+    out = []
+    for b in lay.bits:
+        out.append((b, None))
+        for d in L.FLOAT_DTYPES:
+            if d != lay.default_float_dtype(b):
+                try:
+                    lay.resolve_float_dtype(d, b)
+                except ValueError:
+                    continue
+                out.append((b, d))
+    return out
 
 
 def _same_bytes(actual, expected):

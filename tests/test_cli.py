@@ -117,7 +117,7 @@ def test_quantize_codebook_method_in_memory(capsys, tmp_path, npy):
 
 @pytest.mark.parametrize("argv,message", [
     (["quantize", "{src}", "{dst}", "--bits", "3"], "argument --bits: invalid choice: 3"),
-    (["quantize", "{src}", "{dst}", "--method", "best"], "method must be one of"),
+    (["quantize", "{src}", "{dst}", "--method", "best"], "argument --method: invalid choice: 'best'"),
     (["quantize", "{src}", "{dst}", "--max-memory", "lots"], "cannot read a size from 'lots'"),
     (["quantize", "{src}", "{dst}", "--engine", "gpu"], "invalid choice: 'gpu'"),
     (["quantize", "{src}", "{dst}", "--engine", "reference", "--threads", "2"],
@@ -130,7 +130,7 @@ def test_quantize_codebook_method_in_memory(capsys, tmp_path, npy):
     (["info", "{tmp}/missing.qe4"], "No such file"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     ([], "the following arguments are required: COMMAND"),
-    (["demo", "--methods", "best"], "method must be one of"),
+    (["demo", "--methods", "best"], "argument --methods: invalid choice: 'best'"),
 ])
 def test_user_errors_exit_2_with_one_line(capsys, tmp_path, npy, argv, message):
     _, src = npy

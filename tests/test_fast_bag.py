@@ -12,12 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qe4
+from conftest import float_dtype_configs
+from qe4 import layouts as L
 from qe4.table import QuantizedTable
 
 from qe4_fast import _bag
 from qe4_fast import bag as fast
 
-BITS_SCALES = [(2, "float16"), (2, "float32"), (4, "float16"), (4, "float32"), (8, "float32")]
+BITS_SCALES = [(b, sd or L.LAYOUTS["rowwise"].default_float_dtype(b))
+               for b, sd in float_dtype_configs("rowwise")]
 DIMS = [1, 2, 7, 8, 15, 16, 33, 64, 130, 257]
 N_THREADS = [1, 2, 7, None]
 KERNELS = list(range(_bag.simd_level() + 1))

@@ -17,9 +17,10 @@ from hypothesis.extra import numpy as hnp
 
 import qe4
 import qe4_fast
+from conftest import ROWWISE_METHODS as METHODS
+from conftest import float_dtype_configs
 
-METHODS = ("minmax", "greedy", "exhaustive", "aciq-laplace", "aciq-gauss")
-CONFIGS = [(b, sd) for b in (2, 4, 8) for sd in ((None, "float32") if b != 8 else (None,))]
+CONFIGS = float_dtype_configs("rowwise")
 WIDTHS = (1, 2, 7, 8, 15, 16, 33, 64, 72, 130, 257)
 N_THREADS = (1, 2, 7, None, -1)
 

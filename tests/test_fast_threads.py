@@ -147,3 +147,80 @@ def test_threadpoolctl_sees_and_limits_the_openmp_runtime():
         x = np.random.default_rng(1).standard_normal((999, 24)).astype(np.float32)
         assert qe4_fast.quantize(x) == qe4_fast.quantize(x, n_threads=2)
     assert effective_n_threads(None, 10 ** 6) == before
+
+
+def test_no_kernel_runs_an_openmp_parallel_region():
+    """Every parallel loop goes through qe4_fast's pool (_pool.h, CONTRIBUTING.rst "Parallel
+    loops"): an OpenMP region would wait at its barrier for threads that have no CPU (a
+    quota, a busy core) and would hang forked children again."""
+    src = os.path.join(ROOT, "qe4_fast")
+    for name in sorted(os.listdir(src)):
+        if name.endswith((".pyx", ".pxd", ".h")):
+            with open(os.path.join(src, name)) as f:
+                text = f.read()
+            for word in ("prange", "cython.parallel", "#pragma omp", "omp_get_thread_num"):
+                assert word not in text, f"qe4_fast/{name} uses {word}: use par_run (_pool.pxd)"
+
+
+def test_small_calls_run_on_the_calling_thread():
+    """When qe4_fast chooses (None, negative), each thread gets a grain of work; an
+    explicit count is used as given."""
+    g = _threads.GRAIN_STREAM
+    assert effective_n_threads(None, 10 ** 6, g - 1) == 1
+    assert effective_n_threads(-1, 10 ** 6, 2 * g - 1) == 1
+    assert effective_n_threads(None, 10 ** 6, 10 ** 9) == effective_n_threads(None, 10 ** 6)
+    assert effective_n_threads(2, 10 ** 6, 1) == (2 if qe4_fast.openmp_enabled() else 1)
+    assert effective_n_threads(None, 10 ** 6, 10 ** 5, _threads.GRAIN_SEARCH) \
+        == min(effective_n_threads(None, 10 ** 6), 10 ** 5 // _threads.GRAIN_SEARCH)
+
+
+def test_helpers_take_chunks_and_the_bytes_stay():
+    """With the back-off after stalls switched off, helpers run some chunks of 2-thread
+    calls; every call gives the 1-thread bytes; the pool exists only in the parallel build."""
+    from qe4_fast import _pool
+    assert _pool.threaded() == qe4_fast.openmp_enabled()
+    rng = np.random.default_rng(3)
+    t = qe4_fast.quantize(rng.standard_normal((20000, 64), dtype=np.float32), 4, "minmax")
+    idx = rng.integers(0, 20000, 40000)
+    offsets = np.arange(0, 40000, 40)
+    ref = qe4_fast.embedding_bag(t, idx, offsets, n_threads=1).tobytes()
+    before = _pool.stats()
+    _pool.set_backoff(False)
+    try:
+        outs = {qe4_fast.embedding_bag(t, idx, offsets, n_threads=2).tobytes() for _ in range(40)}
+    finally:
+        _pool.set_backoff(True)
+    after = _pool.stats()
+    assert outs == {ref}
+    if qe4_fast.openmp_enabled():
+        assert after["jobs"] - before["jobs"] == 40 and _pool.n_helpers() >= 1
+        assert after["helper_chunks"] > before["helper_chunks"]
+    else:
+        assert after == before
+
+
+def test_concurrent_python_threads_with_explicit_counts():
+    """Calls from several Python threads at once, each asking for 2 threads: one runs on
+    the pool, the others on their own threads; every result has the 1-thread bytes."""
+    import threading
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3000, 33), dtype=np.float32)
+    t = qe4_fast.quantize(x, 4, "minmax")
+    idx = rng.integers(0, 3000, 6000)
+    ref_bag = qe4_fast.embedding_bag(t, idx, np.arange(0, 6000, 7), n_threads=1).tobytes()
+    ref_q = qe4_fast.quantize(x, 4, "greedy", n_threads=1)
+    bad = []
+
+    def work():
+        for _ in range(5):
+            if qe4_fast.embedding_bag(t, idx, np.arange(0, 6000, 7), n_threads=2).tobytes() != ref_bag:
+                bad.append("bag")
+            if qe4_fast.quantize(x, 4, "greedy", n_threads=7) != ref_q:
+                bad.append("quantize")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert bad == []

@@ -9,13 +9,39 @@ import pytest
 
 import qe4
 from qe4 import io as qio
+from qe4 import layouts as L
 
 RNG = np.random.default_rng(20261124)
 
 
-def table_of(n_rows=37, dim=7, bits=4, scale_dtype=None, method="minmax"):
+def table_of(n_rows=37, dim=7, bits=4, scale_dtype=None, method="minmax", **kwargs):
     x = RNG.standard_normal((n_rows, dim)).astype(np.float32)
-    return qe4.quantize(x, bits, method, scale_dtype=scale_dtype)
+    return qe4.quantize(x, bits, method, scale_dtype=scale_dtype, **kwargs)
+
+
+class AnyExtrasLayout(L.Layout):
+    """A layout (registered by the fixture below, for these tests only) that stores any
+    named extras, so the file format is checked on every dtype a layout might use."""
+    name = "test-any-extras"
+    code = 99
+    bits = (2, 4, 8)
+
+    def __init__(self, names):
+        self.extras = tuple(L.Extra(n, "any array") for n in names)
+
+    def fields(self, dim, bits, float_dtype, extras=None):
+        cb = L.code_bytes(dim, bits)
+        return (L.Field("codes", 0, np.dtype(np.uint8), cb), L.Field("tail", cb, np.dtype(np.uint8), 3))
+
+
+@pytest.fixture
+def any_extras(monkeypatch):
+    """``make(data, dim, extras, **kw)``: a QuantizedTable of the test layout."""
+    def make(data, dim, extras, **kw):
+        monkeypatch.setitem(L.LAYOUTS, AnyExtrasLayout.name, AnyExtrasLayout(sorted(extras)))
+        return qe4.QuantizedTable(data, bits=4, dim=dim, layout=AnyExtrasLayout.name, extras=extras,
+                                  **kw)
+    return make
 
 
 def same_bytes(a, b):
@@ -46,7 +72,7 @@ def test_roundtrip_bytes(tmp_path, bits, scale_dtype, dim):
     assert leftovers(tmp_path) == []
 
 
-def test_roundtrip_extras_every_dtype(tmp_path):
+def test_roundtrip_extras_every_dtype(tmp_path, any_extras):
     extras = {
         "f32": RNG.standard_normal((3, 5)).astype(np.float32),
         "f64": RNG.standard_normal(4),
@@ -60,13 +86,12 @@ def test_roundtrip_extras_every_dtype(tmp_path):
         "big_endian": np.arange(3, dtype=">f4"),
         "empty": np.zeros((0, 4), np.float32),
     }
-    t = qe4.QuantizedTable(RNG.integers(0, 256, (9, 6), dtype=np.uint8), bits=4, dim=5,
-                           method="kmeans", scale_dtype="float32", layout="codebook",
-                           extras=extras, params={"k": 16, "seed": [1, 2]})
+    t = any_extras(RNG.integers(0, 256, (9, 6), dtype=np.uint8), 5, extras, method="kmeans",
+                   scale_dtype="float32", params={"k": 16, "seed": [1, 2]})
     p = tmp_path / "cb.qe4"
     qio.save(t, p)
     u = qio.load(p)
-    assert u.layout == "codebook" and u.params == {"k": 16, "seed": [1, 2]}
+    assert u.layout == AnyExtrasLayout.name and u.params == {"k": 16, "seed": [1, 2]}
     assert sorted(u.extras) == sorted(extras)
     for k, v in extras.items():
         assert u.extras[k].dtype == v.dtype.newbyteorder("=") and u.extras[k].shape == v.shape
@@ -90,9 +115,8 @@ def test_table_methods_delegate(tmp_path):
     assert qe4.QuantizedTable.load(tmp_path / "m.qe4") == t
 
 
-def test_unsupported_extra_dtype(tmp_path):
-    t = table_of()
-    t.extras["c"] = np.zeros(2, np.complex64)
+def test_unsupported_extra_dtype(tmp_path, any_extras):
+    t = any_extras(np.zeros((2, 7), np.uint8), 7, {"c": np.zeros(2, np.complex64)})
     with pytest.raises(TypeError, match=r"extras\['c'\] has dtype complex64"):
         qio.save(t, tmp_path / "c.qe4")
     assert os.listdir(tmp_path) == []
@@ -108,19 +132,18 @@ def test_save_rejects_non_table(tmp_path):
 def test_readable_by_safetensors_numpy(tmp_path):
     from safetensors import safe_open
     from safetensors.numpy import load_file
-    t = table_of(bits=4)
-    t.extras["codebook"] = np.linspace(-1, 1, 16, dtype=np.float32)
+    t = table_of(bits=4, method="two-tier", n_groups=3)
     qio.save(t, tmp_path / "t.qe4")
     d = load_file(str(tmp_path / "t.qe4"))
-    assert sorted(d) == ["data", "extra.codebook"]
+    assert sorted(d) == ["data", "extra.codebooks"]
     assert same_bytes(d["data"], t.data)
-    assert same_bytes(d["extra.codebook"], t.extras["codebook"])
+    assert same_bytes(d["extra.codebooks"], t.extras["codebooks"])
     with safe_open(str(tmp_path / "t.qe4"), "np") as f:
         meta = f.metadata()
     assert meta["format"] == "qe4" and meta["format_version"] == "1"
     assert (meta["bits"], meta["dim"], meta["method"], meta["scale_dtype"], meta["layout"]) == \
-        ("4", "7", "minmax", "float16", "rowwise")
-    assert json.loads(meta["params"]) == {}
+        ("4", "7", "two-tier", "float16", "two-tier")
+    assert json.loads(meta["params"]) == {"n_groups": 3}
 
 
 def test_readable_by_safetensors_torch(tmp_path):
@@ -139,13 +162,13 @@ def test_readable_by_safetensors_torch(tmp_path):
 
 def test_we_read_files_written_by_safetensors(tmp_path):
     from safetensors.numpy import save_file
-    t = table_of(bits=2, dim=12)
-    meta = {"format": "qe4", "format_version": "1", "bits": "2", "dim": "12", "method": "minmax",
-            "scale_dtype": "float16", "layout": "rowwise", "params": "{}"}
-    save_file({"data": t.data, "extra.w": np.ones(3, np.float64)}, str(tmp_path / "s.qe4"),
+    t = table_of(bits=2, dim=12, method="two-tier", n_groups=2, scale_dtype="float32")
+    meta = {"format": "qe4", "format_version": "1", "bits": "2", "dim": "12", "method": "two-tier",
+            "scale_dtype": "float32", "layout": "two-tier", "params": "{}"}
+    save_file({"data": t.data, "extra.codebooks": t.extras["codebooks"]}, str(tmp_path / "s.qe4"),
               metadata=meta)
     u = qio.load(tmp_path / "s.qe4")
-    assert same_bytes(u.data, t.data) and u.extras["w"].tolist() == [1.0, 1.0, 1.0]
+    assert u == t and same_bytes(u.dequantize(), t.dequantize())
 
 
 # --------------------------------------------------------------------------- mmap
@@ -167,8 +190,7 @@ def test_mmap_is_read_only_memmap(tmp_path):
 
 @pytest.fixture
 def good_file(tmp_path):
-    t = table_of(n_rows=11, dim=5)
-    t.extras["cb"] = np.arange(6, dtype=np.float32)
+    t = table_of(n_rows=11, dim=5, method="two-tier", n_groups=3, scale_dtype="float32")
     p = tmp_path / "good.qe4"
     qio.save(t, p)
     return p, p.read_bytes()
@@ -362,8 +384,7 @@ def test_failed_save_keeps_old_file(tmp_path, monkeypatch, n_calls, exc):
     qio.save(old, p)
     before = p.read_bytes()
     monkeypatch.setattr(qio.TableWriter, "_write", fail_after(n_calls, exc))
-    new = table_of(n_rows=50)
-    new.extras["cb"] = np.ones(4, np.float32)
+    new = table_of(n_rows=50, method="two-tier", n_groups=2)
     with pytest.raises(type(exc)):
         qio.save(new, p)
     assert p.read_bytes() == before
@@ -426,9 +447,12 @@ def test_writer_validates_metadata(tmp_path):
     with pytest.raises(ValueError, match="9 bytes per row"):
         qio.TableWriter(tmp_path / "t", n_rows=1, bits=4, dim=4, method="m",
                         scale_dtype="float16", row_bytes=9)
-    with pytest.raises(ValueError, match="row_bytes is required"):
+    # the row size comes from the layout registry (codebook: codes + 16 centroids)
+    assert qio.TableWriter(tmp_path / "t", n_rows=1, bits=4, dim=4, method="m",
+                           scale_dtype="float16", layout="codebook").row_bytes == 2 + 16 * 2
+    with pytest.raises(ValueError, match=r"needs extras\['codebooks'\]"):
         qio.TableWriter(tmp_path / "t", n_rows=1, bits=4, dim=4, method="m",
-                        scale_dtype="float16", layout="codebook")
+                        scale_dtype="float16", layout="two-tier")
     with pytest.raises(ValueError, match="n_rows must be"):
         qio.TableWriter(tmp_path / "t", n_rows=-1, bits=4, dim=4, method="m", scale_dtype="float16")
     assert os.listdir(tmp_path) == []

@@ -266,8 +266,17 @@ def test_malformed_tables_are_refused():
         with pytest.raises(ValueError, match=match):
             _broken(t, **changes)()
     with pytest.raises(ValueError, match="0 bytes per row"):
-        qe4.QuantizedTable(np.zeros((300, 1), np.uint8), bits=4, dim=8, layout="mixed",
+        qe4.QuantizedTable(np.zeros((300, 1), np.uint8), bits=8, dim=8, layout="mixed",
                            extras=dict(e))
+
+
+def test_map_changed_in_place_raises_in_both_packages():
+    x = _x(300, 8)
+    t = M.quantize_mixed(x, np.arange(300) % 3 * 2, A.ladder())      # 3 tiers: 2-bit codes
+    t.extras["planes"][0] = ~np.uint64(0)                 # rows 0..63: code 3 >= T
+    for mod in (qe4, qe4_fast):
+        with pytest.raises(ValueError, match="the row map gives row 5 tier"):
+            mod.embedding_bag(t, np.array([5]), np.array([0]))
 
 
 def test_quantize_mixed_refuses_bad_choice():

@@ -8,11 +8,12 @@ import pytest
 
 import qe4
 import qe4.datasets
+from conftest import ROWWISE_METHODS
 from qe4 import plots
 from qe4.evidence import common as C
 from qe4.evidence import glove, sizes
 
-METHODS = ["minmax", "greedy", "exhaustive", "aciq-laplace", "aciq-gauss"]
+METHODS = list(ROWWISE_METHODS)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

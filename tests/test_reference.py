@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import qe4
+from conftest import ROWWISE_BITS, ROWWISE_METHODS
+from qe4 import method_registry as M
 from qe4 import rowwise as R
 
 F32 = np.float32
@@ -105,8 +107,8 @@ def test_tiny_range_scale_underflows_to_one(same_bytes):
 def test_signed_zeros(same_bytes):
     # a -0.0 minimum is stored as bias +0.0 (FBGEMM's sign depends on SIMD lanes)
     x = np.array([[-0.0, 1.0, 2.0, 3.0], [-0.0, -0.0, -0.0, -0.0], [0.0, -0.0, 0.0, -0.0]], F32)
-    for bits in (2, 4, 8):
-        for method in ("minmax", "greedy", "exhaustive", "aciq-laplace"):
+    for bits in ROWWISE_BITS:
+        for method in ROWWISE_METHODS:
             t = qe4.quantize(x, bits, method)
             assert not np.signbit(t.biases).any()
             assert not np.signbit(t.dequantize()).any()
@@ -175,7 +177,7 @@ def random_rows(seed, n_rows=40, dim=32):
     return x
 
 
-@pytest.mark.parametrize("bits", (2, 4, 8))
+@pytest.mark.parametrize("bits", ROWWISE_BITS)
 @pytest.mark.parametrize("n_bins, ratio", [(200, 0.16), (50, 0.5)])
 def test_exhaustive_never_worse_than_greedy(bits, n_bins, ratio):
     x = random_rows(1)
@@ -210,7 +212,7 @@ def test_greedy_path_properties(same_bytes):
     same_bytes(row_bytes(x, 4, "greedy", ratio=0.0), row_bytes(x, 4, "minmax"))
 
 
-@pytest.mark.parametrize("bits", (2, 4, 8))
+@pytest.mark.parametrize("bits", ROWWISE_BITS)
 def test_aciq_ranges_inside_min_max(bits):
     x = np.concatenate([random_rows(3), np.full((2, 32), 0.1, F32)])
     for method in ("aciq-laplace", "aciq-gauss"):
@@ -431,7 +433,9 @@ def test_tbe_by_hand_and_bad_rows(same_bytes):
 
 
 def test_methods_list():
-    assert set(qe4.methods()) >= {"minmax", "greedy", "exhaustive", "aciq-laplace", "aciq-gauss"}
+    """qe4.methods() is the registry's list, in code order."""
+    assert qe4.methods() == tuple(M.METHODS)
+    assert [M.get(m).code for m in qe4.methods()] == sorted(M.get(m).code for m in qe4.methods())
 
 
 def test_qe4_torch_import_error_without_torch(monkeypatch):

@@ -270,9 +270,7 @@ def test_not_json_and_not_an_index(written):
 
 
 def test_table_with_shared_arrays_is_not_cut(tmp_path):
-    t = qe4.quantize(_weights(), bits=4, method="minmax")
-    shared = qe4.QuantizedTable(t.data, bits=4, dim=7, method="x", scale_dtype="float16",
-                                extras={"codebook": np.zeros((2, 16), np.float32)})
+    shared = qe4.quantize(_weights(), 4, "two-tier", n_groups=2)
     with pytest.raises(ValueError, match="cannot be cut into row shards"):
         S.write_sharded(shared, tmp_path / "e", rows_per_shard=10)
 

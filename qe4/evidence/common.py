@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 import qe4
+from qe4 import method_registry as M
 from qe4.engines import get_engine
 
 UNIFORM_BITS = (2, 4, 8)
@@ -78,16 +79,10 @@ class Engine:
 
 
 def offered_bits(method, candidates=(2, 3, 4, 8)):
-    """The bit widths ``qe4.quantize`` accepts for ``method`` (probed on a tiny table)."""
-    probe = np.linspace(-1, 1, 16, dtype=np.float32).reshape(2, 8)
-    out = []
-    for b in candidates:
-        try:
-            qe4.quantize(probe, b, method)
-        except (ValueError, TypeError):
-            continue
-        out.append(b)
-    return tuple(out)
+    """The bit widths of ``candidates`` that ``qe4.quantize`` accepts for ``method``
+    (the method registry's: :attr:`qe4.method_registry.Method.allowed_bits`)."""
+    allowed = M.get(method).allowed_bits
+    return tuple(b for b in candidates if b in allowed)
 
 
 def qe4_methods(only=None):

@@ -1,0 +1,127 @@
+"""The public API of the reference: ``quantize``, ``dequantize``, ``methods`` and the TBE
+layout conversion.  ``quantize`` is the front end (:mod:`qe4.frontend`) with the
+reference engine; the numerics live in :mod:`qe4.rowwise` and :mod:`qe4.codebook`.
+"""
+
+import numpy as np
+
+from . import _validate as V
+from . import codebook as C
+from . import frontend
+from . import method_registry as M
+from .rowwise import assemble_rows, fma32  # noqa: F401  (assemble_rows: an old import path)
+from .table import QuantizedTable
+
+
+def methods():
+    """Every method name :func:`quantize` accepts (the method registry's, in code order)."""
+    return M.names()
+
+
+def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None, **kwargs):
+    """Quantize each row of an embedding table.
+
+    Parameters
+    ----------
+    x : array_like [n_rows, n_cols], float32 or float16 (float64 is rounded to float32)
+        Must be finite.
+    bits : {2, 4, 8}
+        The bit widths of the method's layout (codebook methods: 2 and 4).
+    method : str
+        A name of :func:`methods`.  Row-wise uniform methods: ``"minmax"`` (each row's
+        min and max), ``"greedy"`` (the paper's greedy clipping search,
+        :func:`qe4.rowwise.greedy_range`), ``"exhaustive"`` (the best range on
+        greedy's grid, :func:`qe4.rowwise.exhaustive_range`), ``"aciq-laplace"`` and
+        ``"aciq-gauss"`` (:func:`qe4.rowwise.aciq_range`).  Codebook methods
+        (``"kmeans"``, ``"kmeans-optimal"``, ``"two-tier"``) are described in
+        :mod:`qe4.codebook`.  Each is an entry of :mod:`qe4.method_registry`.
+    n_bins, ratio : int, float
+        The search grid of ``greedy`` and ``exhaustive`` (torch's defaults 200, 0.16):
+        n_bins in [1, 1000000], ratio in [0, 1).  Checked for every method, used and
+        saved in ``params`` by those two.
+    scale_dtype : {None, "float16", "float32"}
+        Storage of each row's scale and bias (or of the centroids).  None means torch's
+        layout: float16 at 2 and 4 bits, float32 (torch's byte layout) at 8 bits;
+        float16 centroids.  ``"float32"`` at 2/4 bits is a qe4 variant torch cannot read.
+    **kwargs
+        The method's own options (``max_iter`` for kmeans, ``n_groups`` for two-tier).
+
+    Returns
+    -------
+    QuantizedTable
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not a float array, or a parameter has the wrong type, or an option
+        the method does not have is passed.
+    ValueError
+        ``x`` is not 2-D, is empty, holds NaN/inf, or a row's range would overflow
+        the float16 scale/bias; a parameter is out of range.  The order of the checks
+        is the front end's (:mod:`qe4.frontend`), the same in every entry point.
+
+    Notes
+    -----
+    Row-wise methods quantize each row independently (:func:`qe4.rowwise.encode`):
+
+    1. choose (lo, hi) by ``method``;
+    2. :func:`qe4.rowwise.scale_bias` rounds them into the stored scale and bias;
+    3. :func:`qe4.rowwise.quantize_codes` computes ``clip(rint((x - bias) * inv), 0, qmax)``;
+    4. :func:`qe4.layouts.pack_codes` packs the codes, and the scale and bias follow
+       them in the row, little-endian.
+
+    With ``method`` "minmax" or "greedy" and the default ``scale_dtype`` the bytes
+    equal torch's ``embedding_bag_{4,2}bit_prepack(x, optimized_qparams, n_bins, ratio)``
+    and, at 8 bits, ``embedding_bag_byte_prepack(x)`` ("greedy" at 8 bits searches
+    with float32 rounding and stores torch's byte layout).
+    """
+    return frontend.quantize(x, bits, method, n_bins, ratio, scale_dtype, kwargs)
+
+
+def dequantize(table):
+    """Reconstruct float32 rows [n_rows, dim] from a :class:`QuantizedTable`.
+
+    Rowwise tables: ``x_hat = fma(scale, q, bias)`` in float32, one rounding (torch's
+    byte unpack uses fma; for float16 scales and <= 4-bit codes ``scale * q`` is
+    exact, so it equals ``scale * q + bias``).  This is the embedding bag of a
+    single row with weight 1.  Mixed tables: each row as its tier stores it, pruned
+    rows zero (:mod:`qe4.mixed`).
+    """
+    V.check_table(table)
+    if table.layout == "mixed":
+        from .mixed import dequantize_mixed
+        return dequantize_mixed(table, dequantize)
+    if table.layout != "rowwise":
+        return C.dequantize_codebook(table)
+    return fma32(table.scales[:, None], table.codes(), table.biases[:, None])
+
+
+def to_tbe(table, row_alignment=1):
+    """Rows in fbgemm_gpu's TBE inference layout: ``[scale][bias][codes][zero padding]``.
+
+    The scale/bias block moves from the end of the row to its front; rows are
+    padded with zeros to a multiple of ``row_alignment`` bytes (1 on CPU, 16 on GPU).
+    Returns a new uint8 array [n_rows, padded_row_bytes].
+    """
+    V.check_table(table)
+    table._require_rowwise("the TBE layout")
+    row_alignment = V.check_positive_int(row_alignment, "row_alignment")
+    cb = table.code_bytes
+    width = -(-table.row_bytes // row_alignment) * row_alignment
+    out = np.zeros((table.n_rows, width), np.uint8)
+    out[:, :table.row_bytes - cb] = table.data[:, cb:]
+    out[:, table.row_bytes - cb:table.row_bytes] = table.data[:, :cb]
+    return out
+
+
+def from_tbe(data, bits, dim=None, *, scale_dtype="float16", row_alignment=1):
+    """Inverse of :func:`to_tbe`: a :class:`QuantizedTable` from TBE rows.
+
+    ``dim`` defaults to every code slot of an unpadded row.  Padding bytes must be zero.
+    """
+    data, bits, dim, scale_dtype, qp, row_bytes = V.check_tbe_rows(data, bits, dim, scale_dtype,
+                                                                    row_alignment)
+    fused = np.concatenate([data[:, qp:row_bytes], data[:, :qp]], axis=1)
+    return QuantizedTable(np.ascontiguousarray(fused), bits=bits, dim=dim, method="fused",
+                          scale_dtype=scale_dtype)
+

@@ -1,0 +1,534 @@
+"""The layout registry: how each kind of quantized table lays out its bytes.
+
+A *layout* is the storage format of a :class:`qe4.QuantizedTable`: which bit widths
+it allows, how many bytes one row takes for a given ``dim``, where each field sits
+in a row, how the b-bit codes are packed, which arrays it stores beside the rows
+(``extras``, with their dtype, shape and value rules), and what makes a table of
+that layout well-formed.  Every row size in qe4 and qe4_fast is computed here
+(:meth:`Layout.row_bytes`) or checked against it; :class:`qe4.QuantizedTable`
+validates every table with :meth:`Layout.validate` when it is built, so a
+malformed table (a file included) is refused before any kernel sees it.
+
+This module is the bottom layer of qe4: it imports nothing from qe4.
+
+Registered layouts (:data:`LAYOUTS`, by ``name``; ``code`` is the integer the
+compiled kernels use):
+
+========== ==== ====== ====================================================
+name       code bits   row
+========== ==== ====== ====================================================
+rowwise    0    2 4 8  ``[codes][scale][bias]``, scale/bias in ``float_dtype``
+codebook   1    2 4    ``[codes][c_0 .. c_{K-1}]``, K = 2**bits centroids
+two-tier   2    2 4    ``[codes][group id]`` + ``extras["codebooks"]`` [n_groups, K]
+mixed      3    8      no row bytes: sub-tables of the others per precision tier, a
+                       row map and a tier table, all in ``extras`` (:mod:`qe4.mixed`)
+========== ==== ====== ====================================================
+
+Codes come first in every row: ``ceil(dim * bits / 8)`` bytes packed low bits first
+(:func:`pack_codes`).  Every multi-byte field is little-endian.
+
+``float_dtype`` is the dtype of the floats a row stores with its codes: the scale
+and bias of a rowwise row, the centroids of a codebook row or of the two-tier
+codebooks.  ``QuantizedTable`` and ``qe4.quantize`` call it ``scale_dtype`` (the
+old name, kept); :attr:`qe4.QuantizedTable.float_dtype` is the same value.
+
+Adding a layout: see CONTRIBUTING.rst ("Adding a layout").
+"""
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+FLOAT_DTYPES = ("float16", "float32")
+
+
+# --------------------------------------------------------------------------- codes
+
+def code_bytes(dim, bits):
+    """Bytes of packed codes in a row: ``ceil(dim * bits / 8)``."""
+    return -(-int(dim) * int(bits) // 8)
+
+
+def _codes_per_byte(bits):
+    if bits not in (1, 2, 4, 8):
+        raise ValueError(f"pack_codes/unpack_codes handle bit widths that divide 8, got {bits!r}")
+    return 8 // bits
+
+
+def pack_codes(codes, bits):
+    """Pack uint8 codes [n_rows, n_cols] into bytes [n_rows, ceil(n_cols * bits / 8)].
+
+    Element c goes to byte ``c // (8 // bits)`` at bit offset ``(c % (8 // bits)) * bits``
+    (4-bit: even element in the LOW nibble).  Unused high bits are zero.
+    """
+    codes = np.asarray(codes, np.uint8)
+    epb = _codes_per_byte(bits)
+    n_rows, n_cols = codes.shape
+    nb = -(-n_cols // epb)
+    padded = np.zeros((n_rows, nb * epb), np.uint8)
+    padded[:, :n_cols] = codes
+    padded = padded.reshape(n_rows, nb, epb)
+    out = np.zeros((n_rows, nb), np.uint8)
+    for k in range(epb):
+        out |= padded[:, :, k] << np.uint8(k * bits)
+    return out
+
+
+def unpack_codes(packed, bits, n_cols):
+    """Inverse of :func:`pack_codes`: uint8 bytes [n_rows, nb] -> codes [n_rows, n_cols]."""
+    packed = np.asarray(packed, np.uint8)
+    epb = _codes_per_byte(bits)
+    mask = np.uint8(2 ** bits - 1)
+    parts = [(packed >> np.uint8(k * bits)) & mask for k in range(epb)]
+    return np.stack(parts, axis=2).reshape(packed.shape[0], packed.shape[1] * epb)[:, :n_cols]
+
+
+# --------------------------------------------------------------------------- fields
+
+@dataclass(frozen=True)
+class Field:
+    """A field of a row: ``count`` little-endian values of ``dtype`` at byte ``offset``."""
+    name: str
+    offset: int
+    dtype: np.dtype
+    count: int = 1
+
+    @property
+    def nbytes(self):
+        return self.dtype.itemsize * self.count
+
+    def read(self, data, rows=slice(None)):
+        """The field of ``rows`` of uint8 ``data`` as native values [n, count] (a copy)."""
+        raw = np.ascontiguousarray(data[rows, self.offset:self.offset + self.nbytes])
+        return raw.view(self.dtype).reshape(raw.shape[0], self.count).astype(self.dtype.newbyteorder("="))
+
+
+@dataclass(frozen=True)
+class Extra:
+    """An array a layout stores beside the rows (in files: tensor ``extra.<name>``)."""
+    name: str
+    doc: str
+
+
+def little(dtype):
+    """``dtype`` as a little-endian numpy dtype."""
+    return np.dtype(dtype).newbyteorder("<")
+
+
+def _bad_float_dtype(value, name="scale_dtype"):
+    return ValueError(f"{name} must be one of {FLOAT_DTYPES}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- layouts
+
+class Layout:
+    """One table layout.  Subclasses define the rows; instances are registered in LAYOUTS.
+
+    Attributes
+    ----------
+    name : str
+    code : int
+        The layout's number in the compiled kernels (``qe4_fast`` exports the same).
+    bits : tuple of int
+        The bit widths it stores.
+    extras : tuple of Extra
+        The arrays stored beside the rows (none for self-contained rows).
+    floats : str
+        What the ``float_dtype`` values of a row are (for messages and docs).
+    """
+    name = None
+    code = None
+    bits = ()
+    extras = ()
+    floats = ""
+
+    # -- sizes and fields
+    def code_bytes(self, dim, bits):
+        return code_bytes(dim, bits)
+
+    def fields(self, dim, bits, float_dtype, extras=None):
+        """The row's fields in order (codes first); ``extras`` maps name -> array (or shape)."""
+        raise NotImplementedError
+
+    def row_bytes(self, dim, bits, float_dtype, extras=None):
+        """Bytes of one row (the sum of :meth:`fields`)."""
+        last = self.fields(dim, bits, float_dtype, extras)[-1]
+        return last.offset + last.nbytes
+
+    @property
+    def self_contained(self):
+        """True when every byte of a row lives in the row (rows can be cut into shards)."""
+        return not self.extras
+
+    # -- float dtype
+    def default_float_dtype(self, bits):
+        """The float dtype ``scale_dtype=None`` means."""
+        return "float16"
+
+    def resolve_float_dtype(self, scale_dtype, bits):
+        """``scale_dtype`` argument -> the dtype name stored (None -> the default)."""
+        if scale_dtype is None:
+            return self.default_float_dtype(bits)
+        name = np.dtype(scale_dtype).name if not isinstance(scale_dtype, str) else scale_dtype
+        if name not in FLOAT_DTYPES:
+            raise ValueError(f"scale_dtype must be one of {FLOAT_DTYPES} or None, got {scale_dtype!r}")
+        return name
+
+    # -- validation
+    def check_bits(self, bits):
+        """ValueError unless this layout stores ``bits`` (an int already)."""
+        if bits not in self.bits:
+            raise ValueError(f"a {self.name} table must have bits in {self.bits}, got {bits}")
+
+    def validate(self, n_rows, row_bytes, bits, dim, float_dtype, extras):
+        """Raise ValueError unless rows of ``row_bytes`` and ``extras`` make a valid table.
+
+        Checks are structural (sizes, dtypes, shapes): O(1) in the table's size.  Value
+        rules that need the rows (e.g. two-tier group ids) are :meth:`check_rows`.
+        """
+        self.check_bits(bits)
+        if float_dtype not in FLOAT_DTYPES:
+            raise _bad_float_dtype(float_dtype)
+        declared = {e.name for e in self.extras}
+        unknown = sorted(set(extras) - declared)
+        if unknown:
+            raise ValueError(f"extras {unknown} are not part of a {self.name} table "
+                             f"(it stores {sorted(declared) or 'no extras'})")
+        missing = sorted(declared - set(extras))
+        if missing:
+            raise ValueError(f"a {self.name} table needs extras{missing}")
+        self.check_extras(bits, float_dtype, extras)
+        need = self.row_bytes(dim, bits, float_dtype, extras)
+        if row_bytes != need:
+            raise ValueError(self.row_bytes_message(row_bytes, need, bits, dim, float_dtype))
+
+    def check_extras(self, bits, float_dtype, extras):
+        """Dtype/shape rules of the extras (all present, none unknown)."""
+
+    def check_rows(self, data, extras, rows=slice(None)):
+        """Value rules that read the rows (O(rows)); ValueError if one fails."""
+
+    def row_bytes_message(self, got, need, bits, dim, float_dtype):
+        return (f"data has {got} bytes per row; a {self.name} table of dim {dim} at {bits} bits "
+                f"needs {need}")
+
+    def __repr__(self):
+        return f"<layout {self.name!r} (code {self.code}, bits {self.bits})>"
+
+
+class RowwiseLayout(Layout):
+    """Row-wise affine rows ``[codes][scale][bias]`` (torch's fused rows).
+
+    At 2/4 bits with float16 this is torch's ``embedding_bag_{4,2}bit_prepack`` row,
+    at 8 bits with float32 torch's ``embedding_bag_byte_prepack`` row.
+    """
+    name = "rowwise"
+    code = 0
+    bits = (2, 4, 8)
+    floats = "scale/bias"
+
+    def fields(self, dim, bits, float_dtype, extras=None):
+        cb = code_bytes(dim, bits)
+        dt = little(float_dtype)
+        return (Field("codes", 0, np.dtype(np.uint8), cb), Field("scale", cb, dt),
+                Field("bias", cb + dt.itemsize, dt))
+
+    def qparam_bytes(self, float_dtype):
+        """Bytes of the scale and bias: ``2 * itemsize``."""
+        return 2 * np.dtype(float_dtype).itemsize
+
+    def default_float_dtype(self, bits):
+        # torch's layouts: the fused N-bit rows keep float16 scale/bias, the byte rows float32
+        return "float32" if bits == 8 else "float16"
+
+    def resolve_float_dtype(self, scale_dtype, bits):
+        name = super().resolve_float_dtype(scale_dtype, bits)
+        if bits == 8 and scale_dtype is not None and name != "float32":
+            raise ValueError(
+                "scale_dtype='float16' is not available at bits=8: the 8-bit layout is torch's byte "
+                "layout with float32 scale and bias (pass scale_dtype=None or 'float32')")
+        return name
+
+    def check_bits(self, bits):
+        if bits not in self.bits:
+            raise ValueError(f"bits must be one of {self.bits}, got {bits!r}")
+
+    def row_bytes_message(self, got, need, bits, dim, float_dtype):
+        return (f"data has {got} bytes per row; a rowwise {bits}-bit table of dim {dim} with "
+                f"{float_dtype} scale/bias needs {need}")
+
+
+class CodebookLayout(Layout):
+    """Per-row codebooks: ``[codes][c_0 .. c_{K-1}]``, K = 2**bits sorted centroids."""
+    name = "codebook"
+    code = 1
+    bits = (2, 4)
+    floats = "centroids"
+
+    def fields(self, dim, bits, float_dtype, extras=None):
+        cb = code_bytes(dim, bits)
+        return (Field("codes", 0, np.dtype(np.uint8), cb),
+                Field("centroids", cb, little(float_dtype), 2 ** bits))
+
+
+MAX_GROUPS = 65536
+
+
+def id_dtype(n_groups):
+    """Two-tier group id storage: uint8 for <= 256 groups, else uint16 little-endian."""
+    return np.dtype(np.uint8) if n_groups <= 256 else np.dtype("<u2")
+
+
+class TwoTierLayout(Layout):
+    """Shared codebooks: rows ``[codes][group id]`` + ``extras["codebooks"]`` [n_groups, K]."""
+    name = "two-tier"
+    code = 2
+    bits = (2, 4)
+    floats = "centroids"
+    extras = (Extra("codebooks", "float_dtype [n_groups, 2**bits]: group g's sorted centroids; "
+                                 f"1 <= n_groups <= {MAX_GROUPS}"),)
+
+    @staticmethod
+    def n_groups(extras):
+        books = extras["codebooks"]
+        shape = getattr(books, "shape", books)
+        return int(shape[0])
+
+    def fields(self, dim, bits, float_dtype, extras=None):
+        if extras is None or "codebooks" not in extras:
+            raise ValueError("a two-tier table needs extras['codebooks']")
+        cb = code_bytes(dim, bits)
+        return (Field("codes", 0, np.dtype(np.uint8), cb),
+                Field("group", cb, id_dtype(self.n_groups(extras))))
+
+    def check_extras(self, bits, float_dtype, extras):
+        books = extras["codebooks"]
+        k = 2 ** bits
+        if not isinstance(books, np.ndarray):
+            raise TypeError(f"extras['codebooks'] must be an ndarray, got {type(books).__name__}")
+        if books.ndim != 2 or books.shape[1] != k or not 1 <= books.shape[0] <= MAX_GROUPS:
+            raise ValueError(f"extras['codebooks'] must have shape [n_groups, {k}], got {books.shape}")
+        if books.dtype != np.dtype(float_dtype):
+            raise ValueError(f"extras['codebooks'] must have dtype {float_dtype}, got {books.dtype}")
+
+    def check_rows(self, data, extras, rows=slice(None)):
+        n_groups = self.n_groups(extras)
+        gid = self.group_ids(data, n_groups, rows)
+        if gid.size and gid.max() >= n_groups:
+            raise ValueError(f"data: a row's group id is out of range for {n_groups} codebooks")
+        return gid
+
+    @staticmethod
+    def group_ids(data, n_groups, rows=slice(None)):
+        """Group ids (intp) of ``rows``: the row's last id-sized bytes."""
+        dt = id_dtype(n_groups)
+        raw = np.ascontiguousarray(data[rows, data.shape[1] - dt.itemsize:])
+        return raw.view(dt).reshape(-1).astype(np.intp)
+
+
+# mixed-precision tables (qe4.mixed): the format constants and the structural checks
+TIER_FIELDS = 4                # columns of extras["tiers"]: kind, bits, float dtype, n_rows
+PRUNED = -1                    # tier kinds beside the layout codes
+FLOAT = -2
+MAX_TIERS = 64
+MAX_ROWS = 2 ** 31             # tier sizes are int32, rank entries uint32
+WORD = 64                      # rows per tier bit-plane word
+SUPER = 256                    # rows per rank directory entry
+
+
+def tier_bits(n_tiers):
+    """Bits of tier code per row of a mixed table: ``ceil(log2(n_tiers))`` (0 for one)."""
+    return int(n_tiers - 1).bit_length()
+
+
+def match_words(planes, words, tier):
+    """uint64 mask of the rows of ``words`` whose tier is ``tier`` (element-wise arrays)."""
+    out = np.full(words.shape, ~np.uint64(0), np.uint64)
+    for k in range(planes.shape[1]):
+        p = planes[words, k]
+        out &= np.where(((tier >> k) & 1).astype(bool), p, ~p)
+    return out
+
+
+class MixedLayout(Layout):
+    """Rows grouped by precision into sub-tables of other layouts, plus a row map.
+
+    ``data`` is uint8 [n_rows, 0]; every byte lives in the extras (``tiers``,
+    ``tier<t>``, ``planes``, ``ranks``), described in :mod:`qe4.mixed`.  Each tier
+    carries its own bit width; the table's ``bits`` is always 8 (the container's: no
+    row is wider than 8-bit codes or float values).  A tier's sub-table must be a
+    self-contained layout (rowwise, codebook), float16/float32 values, or pruned.
+    """
+    name = "mixed"
+    code = 3
+    bits = (8,)
+    floats = "(per tier)"
+
+    def __init__(self, others):
+        self.others = dict(others)
+
+    def fields(self, dim, bits, float_dtype, extras=None):
+        return ()
+
+    def row_bytes(self, dim, bits, float_dtype, extras=None):
+        return 0
+
+    @property
+    def self_contained(self):
+        return False
+
+    def tier_layout(self, kind):
+        """The layout of a quantized tier's sub-table (by its code)."""
+        for lay in self.others.values():
+            if lay.code == kind and lay.self_contained:
+                return lay
+        raise ValueError(f"kind {kind} is not the code of a self-contained layout "
+                         f"{ {n: lay.code for n, lay in self.others.items() if lay.self_contained} }, "
+                         f"{PRUNED} (pruned) or {FLOAT} (float)")
+
+    def validate(self, n_rows, row_bytes, bits, dim, float_dtype, extras):
+        """The tier table, every sub-table (by its layout), the tier sizes adding up to
+        ``n_rows`` and the row map (tier codes below T, padding bits zero, the rank
+        directory equal to the planes' counts): O(n_rows / 64), so a malformed file is
+        refused when it is opened."""
+        self.check_bits(bits)
+        if float_dtype not in FLOAT_DTYPES:
+            raise _bad_float_dtype(float_dtype)
+        if row_bytes != 0:
+            raise ValueError(f"a mixed table's data must have 0 bytes per row, got {row_bytes}")
+        tiers = extras.get("tiers")
+        if tiers is None:
+            raise ValueError("a mixed table needs extras['tiers']")
+        if tiers.dtype != np.int32 or tiers.ndim != 2 or tiers.shape[1] != TIER_FIELDS \
+                or not 1 <= tiers.shape[0] <= MAX_TIERS:
+            raise ValueError(f"extras['tiers'] must be int32 [T, {TIER_FIELDS}] with 1 <= T <= "
+                             f"{MAX_TIERS}, got {tiers.dtype} {tiers.shape}")
+        n_tiers = tiers.shape[0]
+        allowed = {"tiers", "planes", "ranks"} | {f"tier{t}" for t in range(n_tiers)}
+        unknown = sorted(set(extras) - allowed)
+        if unknown:
+            raise ValueError(f"extras {unknown} are not part of a mixed table of {n_tiers} tiers")
+        if "planes" in extras and n_tiers > 1:
+            self._check_map_shapes(extras, n_rows, n_tiers)
+        if not any(tiers.strides):
+            return      # qe4.io's check of a file header (zero-stride stand-ins): structure only
+        self.check_rows(None, extras, n_rows=n_rows, dim=dim)
+
+    def check_rows(self, data, extras, rows=slice(None), *, n_rows=None, dim=None):
+        """The value rules: the tier table, every sub-table (by its layout), the sizes
+        adding up, and the row map's consistency (O(n_rows / 64))."""
+        tiers = extras["tiers"]
+        if n_rows is None:
+            n_rows, dim = data.shape[0], None
+        expected = {"tiers"}
+        for t, (kind, tbits, fdt, n) in enumerate(tiers.tolist()):
+            where = f"extras['tiers'][{t}] = {[kind, tbits, fdt, n]}"
+            if n < 0 or fdt not in (0, 1):
+                raise ValueError(f"{where}: n_rows must be >= 0 and the float dtype 0 or 1")
+            if kind == PRUNED:
+                continue
+            name = f"tier{t}"
+            expected.add(name)
+            rows = extras.get(name)
+            if rows is None:
+                raise ValueError(f"a mixed table with {where} needs extras[{name!r}]")
+            if kind == FLOAT:
+                if (tbits, fdt) not in ((16, 0), (32, 1)):
+                    raise ValueError(f"{where}: a float tier has bits 16 (float dtype 0) or 32 (1)")
+                if rows.dtype != np.dtype(FLOAT_DTYPES[fdt]) or rows.shape[0] != n or (
+                        dim is not None and rows.shape != (n, dim)):
+                    raise ValueError(f"extras[{name!r}] must be {FLOAT_DTYPES[fdt]} {(n, dim)}, "
+                                     f"got {rows.dtype} {rows.shape}")
+                continue
+            lay = self.tier_layout(kind)
+            if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[0] != n:
+                raise ValueError(f"extras[{name!r}] must be uint8 [{n}, row_bytes], got "
+                                 f"{rows.dtype} {rows.shape}")
+            try:
+                if dim is not None:
+                    lay.validate(n, rows.shape[1], tbits, dim, FLOAT_DTYPES[fdt], {})
+            except ValueError as exc:
+                raise ValueError(f"extras[{name!r}] is not a valid tier ({where}): {exc}") from None
+        total = int(tiers[:, 3].astype(np.int64).sum())
+        if total != n_rows:
+            raise ValueError(f"extras['tiers'] holds {total} rows, the table {n_rows}")
+        if tiers.shape[0] > 1 and "planes" in extras:
+            expected |= {"planes", "ranks"}
+            self._check_map(extras, n_rows, tiers)
+        unknown = sorted(set(extras) - expected)
+        if unknown:
+            raise ValueError(f"extras {unknown} are not part of this mixed table "
+                             f"(it stores {sorted(expected)})")
+
+    @staticmethod
+    def _check_map_shapes(extras, n_rows, n_tiers):
+        planes, ranks = extras["planes"], extras.get("ranks")
+        n_words, n_super = -(-n_rows // WORD), -(-n_rows // SUPER)
+        if planes.dtype != np.uint64 or planes.shape != (n_words, tier_bits(n_tiers)):
+            raise ValueError(f"extras['planes'] must be uint64 {(n_words, tier_bits(n_tiers))}, "
+                             f"got {planes.dtype} {planes.shape}")
+        if ranks is None or ranks.dtype != np.uint32 or ranks.shape != (n_super, n_tiers):
+            raise ValueError(f"extras['ranks'] must be uint32 {(n_super, n_tiers)}, got "
+                             f"{getattr(ranks, 'dtype', None)} {getattr(ranks, 'shape', None)}")
+
+    def _check_map(self, extras, n_rows, tiers):
+        planes, ranks = extras["planes"], extras["ranks"]
+        n_tiers = tiers.shape[0]
+        self._check_map_shapes(extras, n_rows, n_tiers)
+        n_words = planes.shape[0]
+        n_super = ranks.shape[0]
+        if n_rows % WORD and (planes[-1] >> np.uint64(n_rows % WORD)).any():
+            raise ValueError("extras['planes']: bits past the last row are not zero")
+        words = np.arange(n_words)
+        counts = np.zeros((n_words, n_tiers), np.int64)
+        for t in range(n_tiers):
+            counts[:, t] = np.bitwise_count(match_words(planes, words, np.full(n_words, t)))
+        valid = np.full(n_words, WORD)
+        if n_rows % WORD:
+            valid[-1] = n_rows % WORD
+        counts[-1, 0] -= WORD - valid[-1]          # the zero padding bits read as tier 0
+        if (counts.sum(axis=1) != valid).any():
+            w = int(np.argmax(counts.sum(axis=1) != valid))
+            raise ValueError(f"extras['planes']: a row of word {w} has a tier code >= {n_tiers}")
+        per_super = np.add.reduceat(counts, np.arange(0, n_words, SUPER // WORD), axis=0)
+        want = np.zeros((n_super, n_tiers), np.int64)
+        want[1:] = np.cumsum(per_super, axis=0)[:-1]
+        if not np.array_equal(want, ranks.astype(np.int64)):
+            raise ValueError("extras['ranks'] does not match the tier codes in extras['planes']")
+        if not np.array_equal(per_super.sum(axis=0), tiers[:, 3].astype(np.int64)):
+            raise ValueError("extras['tiers'] row counts do not match the tier codes in "
+                             "extras['planes']")
+
+
+def _register(*layouts):
+    out = {}
+    for lay in layouts:
+        if lay.name in out or lay.code in {o.code for o in out.values()}:
+            raise RuntimeError(f"layout {lay.name!r} or its code {lay.code} is registered twice")
+        out[lay.name] = lay
+    return out
+
+
+#: name -> Layout, in code order.
+_PLAIN = (RowwiseLayout(), CodebookLayout(), TwoTierLayout())
+LAYOUTS = _register(*_PLAIN, MixedLayout({lay.name: lay for lay in _PLAIN}))
+#: Every bit width some layout stores, ascending.
+BITS = tuple(sorted({b for lay in LAYOUTS.values() for b in lay.bits}))
+
+
+def get(name):
+    """The registered layout ``name`` (ValueError naming the choices otherwise)."""
+    lay = LAYOUTS.get(name) if isinstance(name, str) else None
+    if lay is None:
+        raise ValueError(f"layout must be one of {tuple(LAYOUTS)}, got {name!r}")
+    return lay
+
+
+def check_dim(dim):
+    """``dim`` as an int >= 1: TypeError for a non-integer (``64.9``, ``64.0``, True)."""
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"dim must be an integer, got {dim!r}")
+    if int(dim) < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    return int(dim)

@@ -1,0 +1,100 @@
+"""Compiled row-wise quantization: the twin of :mod:`qe4.rowwise`'s encoder.
+
+:func:`encode` is the row-wise family's compiled encoder in the method registry
+(:mod:`qe4.method_registry`): the kernel is chosen by the method's registry
+``code``.  Validation is the front end's (:mod:`qe4.frontend`); the value checks
+(finite, float16 ranges) are flagged by the kernels and raised by the reference's
+own helpers, so the errors are the reference's.
+"""
+
+import numpy as np
+
+from qe4 import _validate as V
+from qe4 import rowwise as R
+
+from . import _rowwise
+from ._threads import GRAIN_SEARCH, GRAIN_STREAM, effective_n_threads, shares_cores
+
+F32 = np.float32
+
+
+def encode(request, x, n_threads=None):
+    """``(data, extras)``: the packed rows of float32 ``x`` (shape/dtype already checked)."""
+    data, _, _ = _run(request, x, n_threads, encode=True)
+    return data, {}
+
+
+@shares_cores
+def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None,
+               n_threads=None):
+    """Each row's clipping range (lo, hi); see :func:`qe4.row_ranges`."""
+    from qe4.frontend import check_request
+    request = check_request(bits, method, n_bins, ratio, scale_dtype, family="rowwise")
+    _, lo, hi = _run(request, V.as_float_rows(x, finite=False), n_threads, encode=False)
+    return lo, hi
+
+
+@shares_cores
+def range_loss(x, lo, hi, bits=4, scale_dtype="float16", *, n_threads=None):
+    """L2 error of each row quantized with the range [lo, hi]; see :func:`qe4.range_loss`."""
+    x = np.ascontiguousarray(np.asarray(x, F32))
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D [n_rows, n_cols], got shape {x.shape}")
+    n_rows = x.shape[0]
+    lo = np.ascontiguousarray(np.broadcast_to(np.asarray(lo, F32), (n_rows,)))
+    hi = np.ascontiguousarray(np.broadcast_to(np.asarray(hi, F32), (n_rows,)))
+    out = np.empty(n_rows, F32)
+    n_threads = effective_n_threads(n_threads, n_rows, x.size)
+    if x.shape[1] == 0:
+        out[:] = 0.0
+        return out
+    _rowwise.range_loss_rows(x, lo, hi, float(R.qmax_of(bits)), scale_dtype == "float16", out,
+                             n_threads)
+    return out
+
+
+def _run(request, x, n_threads, encode):
+    """Validate the ranges of ``x`` (float32, C order) and run the row kernel.
+
+    Returns the packed rows (0 rows unless ``encode``) and the chosen (lo, hi) (0 rows
+    for minmax with ``encode``: its fused pass keeps no ranges).  The
+    kernels flag rows that are non-finite or fail ``V.check_fp16_ranges`` (same rule,
+    see ``qe4_range_bad``); the helpers themselves then raise the reference's error.
+    The minmax method checks after its single fused pass (its kernel has no undefined
+    behaviour on any input: no float-to-int casts); the searches check first.
+    """
+    method, bits, scale_dtype = request.method, request.bits, request.scale_dtype
+    code = method.code
+    n_rows, n_cols = x.shape
+    fused_minmax = method.name == "minmax"      # the kernel's one-pass path (code 0)
+    n_threads = effective_n_threads(n_threads, -(-n_rows // _rowwise.LANES), x.size,
+                                    GRAIN_STREAM if fused_minmax else GRAIN_SEARCH)
+    fp16 = scale_dtype == "float16"
+    if not fused_minmax:
+        lo = np.empty(n_rows, F32)
+        hi = np.empty(n_rows, F32)
+        if _rowwise.row_minmax(x, bits, fp16, lo, hi, n_threads):
+            _raise_bad_rows(x, bits, scale_dtype)
+    dist = dict(method.fixed).get("dist")
+    aciq_c = float(R.aciq_constant(bits, dist)) if dist else 0.0
+    max_levels = 4 * request.n_bins + 64   # exhaustive: a guard far beyond any level a search reaches
+    work = np.empty((n_threads, _rowwise.work_floats(n_cols, code, max_levels)), F32)
+    n_ranges = 0 if fused_minmax and encode else n_rows   # fused minmax keeps no ranges
+    lo = np.empty(n_ranges, F32)
+    hi = np.empty(n_ranges, F32)
+    row_bytes = request.row_bytes(n_cols)
+    out = np.empty((n_rows if encode else 0, row_bytes), np.uint8)
+    n_bad = _rowwise.quantize_rows(x, bits, code, fp16, float(request.n_bins),
+                                   float(R._min_bins(request.n_bins, request.ratio)), aciq_c,
+                                   max_levels, work, lo, hi, out, n_threads)
+    if n_bad:
+        _raise_bad_rows(x, bits, scale_dtype)
+    return out, lo, hi
+
+
+def _raise_bad_rows(x, bits, scale_dtype):
+    """A kernel flagged a non-finite row or a range failing check_fp16_ranges: the
+    reference's helpers, in the reference's order, raise the reference's error."""
+    V.check_finite(x, "x")
+    V.check_fp16_ranges(x, bits, scale_dtype)
+    raise AssertionError("qe4_fast: a kernel flagged a row that qe4._validate accepts")

@@ -1,0 +1,95 @@
+"""Write the golden qe4 files of tests/golden/ (run ONCE; never again).
+
+The files were written by this script with the qe4 of commit 514179a (before the
+registry refactor) and are committed.  tests/test_format_golden.py loads them
+and checks every later qe4 reads, looks up and re-writes them byte for byte.
+Re-running this script would overwrite history, so it refuses when the files
+exist.  To add a case for a new layout or bit width, add it to CASES and run
+the script: it writes only the files that are missing (and their expected
+outputs), leaving the existing ones untouched.
+
+    python tests/golden/write_once.py
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+
+import qe4  # noqa: E402
+
+# file name -> the qe4.quantize call that made it (bits, method, keyword arguments)
+CASES = {
+    "rowwise-2bit": (2, "greedy", {}),
+    "rowwise-4bit": (4, "greedy", {"n_bins": 50, "ratio": 0.3}),
+    "rowwise-8bit": (8, "minmax", {}),
+    "rowwise-2bit-float32": (2, "aciq-laplace", {"scale_dtype": "float32"}),
+    "rowwise-4bit-float32": (4, "exhaustive", {"scale_dtype": "float32", "n_bins": 40}),
+    "rowwise-8bit-aciq": (8, "aciq-gauss", {}),
+    "codebook-2bit": (2, "kmeans", {}),
+    "codebook-4bit": (4, "kmeans-optimal", {}),
+    "codebook-4bit-float32": (4, "kmeans", {"scale_dtype": "float32", "max_iter": 7}),
+    "two-tier-2bit": (2, "two-tier", {"n_groups": 3, "scale_dtype": "float32"}),
+    "two-tier-4bit": (4, "two-tier", {"n_groups": 4}),
+    # a mixed-precision table (qe4.mixed.quantize_mixed: every rung of the ladder, a 3-bit
+    # row map); "method" "mixed" names the builder, its kwargs are quantize_mixed's
+    "mixed-8bit": (8, "mixed", {"choice": [5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 0],
+                                "rungs": ["pruned", "greedy/2", "greedy/4", "greedy/8",
+                                          "float16", "float32"], "row_map": "tiers"}),
+}
+N_ROWS, DIM = 11, 7          # an odd dim: the last code byte is half padding at 4 bits
+
+
+def inputs():
+    rng = np.random.default_rng(20261201)
+    x = (rng.standard_normal((N_ROWS, DIM)) * np.linspace(0.5, 3, N_ROWS)[:, None]).astype(np.float32)
+    x[3] = 0.25                                       # a constant row
+    x[5, 2] = -0.0
+    indices = np.array([0, 3, 3, 10, 5, 1, 9, 2, 7], np.int64)
+    offsets = np.array([0, 2, 2, 6], np.int64)        # one empty bag
+    weights = rng.uniform(-2, 2, indices.size).astype(np.float32)
+    return x, indices, offsets, weights
+
+
+def build(mod, x, bits, method, kw, **engine):
+    """The table of a case: ``mod.quantize``, or for "mixed" ``qe4.mixed.quantize_mixed``
+    (``engine`` keywords go to it)."""
+    if method == "mixed":
+        from qe4.mixed import quantize_mixed
+        return quantize_mixed(x, np.array(kw["choice"]), kw["rungs"], row_map=kw["row_map"],
+                              **engine)
+    return mod.quantize(x, bits, method, **kw)
+
+
+def main():
+    path = os.path.join(HERE, "expected.npz")
+    expected = dict(np.load(path)) if os.path.exists(path) else {}
+    if not expected:
+        expected["x"], expected["indices"], expected["offsets"], expected["weights"] = inputs()
+    x, idx, off, w = (expected[k] for k in ("x", "indices", "offsets", "weights"))
+    manifest_path = os.path.join(HERE, "manifest.json")
+    manifest = json.load(open(manifest_path)) if os.path.exists(manifest_path) else {}
+    for name, (bits, method, kw) in CASES.items():
+        file = os.path.join(HERE, name + ".qe4")
+        if os.path.exists(file):
+            continue
+        table = build(qe4, x, bits, method, kw)
+        qe4.save(table, file)
+        manifest[name] = {"bits": bits, "method": method, "kwargs": kw}
+        expected[f"{name}.dequantize"] = qe4.dequantize(table)
+        expected[f"{name}.sum"] = qe4.embedding_bag(table, idx, off)
+        expected[f"{name}.wsum"] = qe4.embedding_bag(table, idx, off, per_sample_weights=w)
+        expected[f"{name}.mean"] = qe4.embedding_bag(table, idx, off, mode="mean")
+        print("wrote", file)
+    np.savez(path, **expected)
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
