@@ -91,6 +91,9 @@ def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weight
     values and ``t = 0`` (see :mod:`qe4.codebook`).  Bags are processed together:
     step k adds the k-th position of every bag that has one.
 
+    Mixed-precision tables (:mod:`qe4.mixed`): sum and mean add one such bag per tier in
+    tier order; max reads every row's values (pruned rows as zeros).
+
     Max: ``v`` is the dequantized row (:func:`embedding`'s values) and, in order of the
     positions, ``acc = v`` for the first one, then ``acc = acc if (acc >= v or acc is
     NaN) else v``: a larger value replaces the maximum, a tie keeps the earlier value
@@ -148,7 +151,7 @@ def embedding_bags(tables, indices, offsets, *, mode="sum", per_sample_weights=N
 def check_lookup_table(table):
     """``table`` must be a QuantizedTable whose layout's arrays are consistent."""
     V.check_table(table)
-    if table.layout != "rowwise":
+    if table.layout in ("codebook", "two-tier"):
         from .codebook import check_table
         check_table(table)
     return table
@@ -181,6 +184,9 @@ def row_values(table, rows):
     """``dequantize(table)[rows]`` as float32 [len(rows), dim], read from those rows only."""
     if len(rows) == 0:
         return np.zeros((0, table.dim), F32)
+    if table.layout == "mixed":
+        from .mixed import row_values_mixed
+        return row_values_mixed(table, rows, row_values)
     s, v, t = bag_terms(table, rows, None)
     if table.layout != "rowwise":
         return v                         # the centroid values (s = 1, t = 0)
@@ -190,6 +196,8 @@ def row_values(table, rows):
 
 def pooled(table, idx, starts, w, mode):
     """float32 [n_bags, dim] bags from validated ``idx``, ``starts`` [n_bags + 1], ``w``."""
+    if table.layout == "mixed" and mode != "max":
+        return _mixed_bag(table, idx, starts, w, mode)
     lengths = np.diff(starts)
     out = np.zeros((lengths.size, table.dim), F32)
     with np.errstate(invalid="ignore", over="ignore"):   # overflowing sums are inf, quietly
@@ -202,15 +210,30 @@ def _pool(table, idx, starts, lengths, w, mode, out):
         bags = np.nonzero(lengths > k)[0]
         pos = starts[bags] + k
         if mode == "max":
-            v = row_values(table, idx[pos])
-            acc = out[bags]
-            out[bags] = v if k == 0 else np.where((acc >= v) | np.isnan(acc), acc, v)
+            max_step(out, bags, row_values(table, idx[pos]), k)
             continue
         s, v, t = bag_terms(table, idx[pos], None if w is None else w[pos])
         out[bags] = fma32(s[:, None], v, out[bags] + t[:, None])
     if mode == "mean":
         full = lengths > 0
         out[full] *= (F32(1.0) / lengths[full].astype(F32))[:, None]
+
+
+def max_step(out, bags, v, k):
+    """Step ``k`` of the max rule: ``out[bags]`` takes the values ``v`` of the bags' k-th
+    positions (the first one: ``v`` itself; later: ``v`` where larger, NaN stays)."""
+    acc = out[bags]
+    out[bags] = v if k == 0 else np.where((acc >= v) | np.isnan(acc), acc, v)
+
+
+def max_pool(values, starts):
+    """Max bags of per-position values [n_idx, dim] by :func:`max_step` (empty bags: 0)."""
+    lengths = np.diff(starts)
+    out = np.zeros((lengths.size, values.shape[1]), F32)
+    for k in range(int(lengths.max(initial=0))):
+        bags = np.nonzero(lengths > k)[0]
+        max_step(out, bags, values[starts[bags] + k], k)
+    return out
 
 
 def bag_terms(table, rows, weights):
@@ -228,3 +251,16 @@ def bag_terms(table, rows, weights):
         scale = weights * scale
         bias = weights * bias
     return scale, unpack_codes(sub[:, :cb], table.bits, table.dim), bias
+
+
+
+def _mixed_bag(table, idx, starts, w, mode):
+    """Sum or mean of a mixed-precision table: one bag per tier, added in tier order
+    (:mod:`qe4.mixed`)."""
+    from . import mixed
+
+    def tier_bag(sub, rows, sub_starts, weights):
+        return pooled(sub, rows, sub_starts, weights, "sum")
+
+    return mixed.embedding_bag_mixed(table, idx, starts, w, mode, tier_bag, mixed.float_bag,
+                                     mixed.locate)

@@ -348,9 +348,11 @@ class TableWriter:
                 raise ValueError(f"scale_dtype must be one of {V.SCALE_DTYPES}, got {scale_dtype!r}")
             row_bytes = L.get(layout).row_bytes(L.check_dim(dim), bits, scale_dtype, extras)
         self.row_bytes = int(row_bytes)
-        # validates bits/dim/scale_dtype/layout/extras and row_bytes against them
-        QuantizedTable(np.zeros((0, self.row_bytes), np.uint8), bits=bits, dim=dim, method=method,
-                       scale_dtype=scale_dtype, layout=layout, params=params, extras=extras)
+        # validates bits/dim/scale_dtype/layout/extras and row_bytes against them (rows of
+        # 0 bytes, as in mixed tables, cost nothing: validate with every row)
+        QuantizedTable(np.zeros((self.n_rows if self.row_bytes == 0 else 0, self.row_bytes), np.uint8),
+                       bits=bits, dim=dim, method=method, scale_dtype=scale_dtype, layout=layout,
+                       params=params, extras=extras)
         self.extras = []
         for name in sorted(extras, key=lambda k: (-extras[k].dtype.itemsize, k)):
             arr = extras[name]

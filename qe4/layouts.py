@@ -20,6 +20,8 @@ name       code bits   row
 rowwise    0    2 4 8  ``[codes][scale][bias]``, scale/bias in ``float_dtype``
 codebook   1    2 4    ``[codes][c_0 .. c_{K-1}]``, K = 2**bits centroids
 two-tier   2    2 4    ``[codes][group id]`` + ``extras["codebooks"]`` [n_groups, K]
+mixed      3    8      no row bytes: sub-tables of the others per precision tier, a
+                       row map and a tier table, all in ``extras`` (:mod:`qe4.mixed`)
 ========== ==== ====== ====================================================
 
 Codes come first in every row: ``ceil(dim * bits / 8)`` bytes packed low bits first
@@ -325,6 +327,180 @@ class TwoTierLayout(Layout):
         return raw.view(dt).reshape(-1).astype(np.intp)
 
 
+# mixed-precision tables (qe4.mixed): the format constants and the structural checks
+TIER_FIELDS = 4                # columns of extras["tiers"]: kind, bits, float dtype, n_rows
+PRUNED = -1                    # tier kinds beside the layout codes
+FLOAT = -2
+MAX_TIERS = 64
+MAX_ROWS = 2 ** 31             # tier sizes are int32, rank entries uint32
+WORD = 64                      # rows per tier bit-plane word
+SUPER = 256                    # rows per rank directory entry
+
+
+def tier_bits(n_tiers):
+    """Bits of tier code per row of a mixed table: ``ceil(log2(n_tiers))`` (0 for one)."""
+    return int(n_tiers - 1).bit_length()
+
+
+def match_words(planes, words, tier):
+    """uint64 mask of the rows of ``words`` whose tier is ``tier`` (element-wise arrays)."""
+    out = np.full(words.shape, ~np.uint64(0), np.uint64)
+    for k in range(planes.shape[1]):
+        p = planes[words, k]
+        out &= np.where(((tier >> k) & 1).astype(bool), p, ~p)
+    return out
+
+
+class MixedLayout(Layout):
+    """Rows grouped by precision into sub-tables of other layouts, plus a row map.
+
+    ``data`` is uint8 [n_rows, 0]; every byte lives in the extras (``tiers``,
+    ``tier<t>``, ``planes``, ``ranks``), described in :mod:`qe4.mixed`.  Each tier
+    carries its own bit width; the table's ``bits`` is always 8 (the container's: no
+    row is wider than 8-bit codes or float values).  A tier's sub-table must be a
+    self-contained layout (rowwise, codebook), float16/float32 values, or pruned.
+    """
+    name = "mixed"
+    code = 3
+    bits = (8,)
+    floats = "(per tier)"
+
+    def __init__(self, others):
+        self.others = dict(others)
+
+    def fields(self, dim, bits, float_dtype, extras=None):
+        return ()
+
+    def row_bytes(self, dim, bits, float_dtype, extras=None):
+        return 0
+
+    @property
+    def self_contained(self):
+        return False
+
+    def tier_layout(self, kind):
+        """The layout of a quantized tier's sub-table (by its code)."""
+        for lay in self.others.values():
+            if lay.code == kind and lay.self_contained:
+                return lay
+        raise ValueError(f"kind {kind} is not the code of a self-contained layout "
+                         f"{ {n: lay.code for n, lay in self.others.items() if lay.self_contained} }, "
+                         f"{PRUNED} (pruned) or {FLOAT} (float)")
+
+    def validate(self, n_rows, row_bytes, bits, dim, float_dtype, extras):
+        """The tier table, every sub-table (by its layout), the tier sizes adding up to
+        ``n_rows`` and the row map (tier codes below T, padding bits zero, the rank
+        directory equal to the planes' counts): O(n_rows / 64), so a malformed file is
+        refused when it is opened."""
+        self.check_bits(bits)
+        if float_dtype not in FLOAT_DTYPES:
+            raise _bad_float_dtype(float_dtype)
+        if row_bytes != 0:
+            raise ValueError(f"a mixed table's data must have 0 bytes per row, got {row_bytes}")
+        tiers = extras.get("tiers")
+        if tiers is None:
+            raise ValueError("a mixed table needs extras['tiers']")
+        if tiers.dtype != np.int32 or tiers.ndim != 2 or tiers.shape[1] != TIER_FIELDS \
+                or not 1 <= tiers.shape[0] <= MAX_TIERS:
+            raise ValueError(f"extras['tiers'] must be int32 [T, {TIER_FIELDS}] with 1 <= T <= "
+                             f"{MAX_TIERS}, got {tiers.dtype} {tiers.shape}")
+        n_tiers = tiers.shape[0]
+        allowed = {"tiers", "planes", "ranks"} | {f"tier{t}" for t in range(n_tiers)}
+        unknown = sorted(set(extras) - allowed)
+        if unknown:
+            raise ValueError(f"extras {unknown} are not part of a mixed table of {n_tiers} tiers")
+        if "planes" in extras and n_tiers > 1:
+            self._check_map_shapes(extras, n_rows, n_tiers)
+        if not any(tiers.strides):
+            return      # qe4.io's check of a file header (zero-stride stand-ins): structure only
+        self.check_rows(None, extras, n_rows=n_rows, dim=dim)
+
+    def check_rows(self, data, extras, rows=slice(None), *, n_rows=None, dim=None):
+        """The value rules: the tier table, every sub-table (by its layout), the sizes
+        adding up, and the row map's consistency (O(n_rows / 64))."""
+        tiers = extras["tiers"]
+        if n_rows is None:
+            n_rows, dim = data.shape[0], None
+        expected = {"tiers"}
+        for t, (kind, tbits, fdt, n) in enumerate(tiers.tolist()):
+            where = f"extras['tiers'][{t}] = {[kind, tbits, fdt, n]}"
+            if n < 0 or fdt not in (0, 1):
+                raise ValueError(f"{where}: n_rows must be >= 0 and the float dtype 0 or 1")
+            if kind == PRUNED:
+                continue
+            name = f"tier{t}"
+            expected.add(name)
+            rows = extras.get(name)
+            if rows is None:
+                raise ValueError(f"a mixed table with {where} needs extras[{name!r}]")
+            if kind == FLOAT:
+                if (tbits, fdt) not in ((16, 0), (32, 1)):
+                    raise ValueError(f"{where}: a float tier has bits 16 (float dtype 0) or 32 (1)")
+                if rows.dtype != np.dtype(FLOAT_DTYPES[fdt]) or rows.shape[0] != n or (
+                        dim is not None and rows.shape != (n, dim)):
+                    raise ValueError(f"extras[{name!r}] must be {FLOAT_DTYPES[fdt]} {(n, dim)}, "
+                                     f"got {rows.dtype} {rows.shape}")
+                continue
+            lay = self.tier_layout(kind)
+            if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[0] != n:
+                raise ValueError(f"extras[{name!r}] must be uint8 [{n}, row_bytes], got "
+                                 f"{rows.dtype} {rows.shape}")
+            try:
+                if dim is not None:
+                    lay.validate(n, rows.shape[1], tbits, dim, FLOAT_DTYPES[fdt], {})
+            except ValueError as exc:
+                raise ValueError(f"extras[{name!r}] is not a valid tier ({where}): {exc}") from None
+        total = int(tiers[:, 3].astype(np.int64).sum())
+        if total != n_rows:
+            raise ValueError(f"extras['tiers'] holds {total} rows, the table {n_rows}")
+        if tiers.shape[0] > 1 and "planes" in extras:
+            expected |= {"planes", "ranks"}
+            self._check_map(extras, n_rows, tiers)
+        unknown = sorted(set(extras) - expected)
+        if unknown:
+            raise ValueError(f"extras {unknown} are not part of this mixed table "
+                             f"(it stores {sorted(expected)})")
+
+    @staticmethod
+    def _check_map_shapes(extras, n_rows, n_tiers):
+        planes, ranks = extras["planes"], extras.get("ranks")
+        n_words, n_super = -(-n_rows // WORD), -(-n_rows // SUPER)
+        if planes.dtype != np.uint64 or planes.shape != (n_words, tier_bits(n_tiers)):
+            raise ValueError(f"extras['planes'] must be uint64 {(n_words, tier_bits(n_tiers))}, "
+                             f"got {planes.dtype} {planes.shape}")
+        if ranks is None or ranks.dtype != np.uint32 or ranks.shape != (n_super, n_tiers):
+            raise ValueError(f"extras['ranks'] must be uint32 {(n_super, n_tiers)}, got "
+                             f"{getattr(ranks, 'dtype', None)} {getattr(ranks, 'shape', None)}")
+
+    def _check_map(self, extras, n_rows, tiers):
+        planes, ranks = extras["planes"], extras["ranks"]
+        n_tiers = tiers.shape[0]
+        self._check_map_shapes(extras, n_rows, n_tiers)
+        n_words = planes.shape[0]
+        n_super = ranks.shape[0]
+        if n_rows % WORD and (planes[-1] >> np.uint64(n_rows % WORD)).any():
+            raise ValueError("extras['planes']: bits past the last row are not zero")
+        words = np.arange(n_words)
+        counts = np.zeros((n_words, n_tiers), np.int64)
+        for t in range(n_tiers):
+            counts[:, t] = np.bitwise_count(match_words(planes, words, np.full(n_words, t)))
+        valid = np.full(n_words, WORD)
+        if n_rows % WORD:
+            valid[-1] = n_rows % WORD
+        counts[-1, 0] -= WORD - valid[-1]          # the zero padding bits read as tier 0
+        if (counts.sum(axis=1) != valid).any():
+            w = int(np.argmax(counts.sum(axis=1) != valid))
+            raise ValueError(f"extras['planes']: a row of word {w} has a tier code >= {n_tiers}")
+        per_super = np.add.reduceat(counts, np.arange(0, n_words, SUPER // WORD), axis=0)
+        want = np.zeros((n_super, n_tiers), np.int64)
+        want[1:] = np.cumsum(per_super, axis=0)[:-1]
+        if not np.array_equal(want, ranks.astype(np.int64)):
+            raise ValueError("extras['ranks'] does not match the tier codes in extras['planes']")
+        if not np.array_equal(per_super.sum(axis=0), tiers[:, 3].astype(np.int64)):
+            raise ValueError("extras['tiers'] row counts do not match the tier codes in "
+                             "extras['planes']")
+
+
 def _register(*layouts):
     out = {}
     for lay in layouts:
@@ -335,7 +511,8 @@ def _register(*layouts):
 
 
 #: name -> Layout, in code order.
-LAYOUTS = _register(RowwiseLayout(), CodebookLayout(), TwoTierLayout())
+_PLAIN = (RowwiseLayout(), CodebookLayout(), TwoTierLayout())
+LAYOUTS = _register(*_PLAIN, MixedLayout({lay.name: lay for lay in _PLAIN}))
 #: Every bit width some layout stores, ascending.
 BITS = tuple(sorted({b for lay in LAYOUTS.values() for b in lay.bits}))
 

@@ -363,6 +363,50 @@ def fig_downstream(results):
     return fig
 
 
+# --------------------------------------------------------------------------- budget
+
+def fig_budget(results):
+    """Weighted error and downstream quality against bits per element: uniform methods
+    (one precision for every row) against qe4.allocate (a rung per row under the budget).
+
+    ``results`` is ``bench/results/bench_budget.json`` (``bench/bench_budget.py``).
+    """
+    pts = results["points"]
+    fig = _figure(13, 9)
+    axs = fig.subplots(2, 2)
+    panels = (
+        (axs[0, 0], "glove", "weighted_error", "GloVe: frequency-weighted error", True),
+        (axs[0, 1], "glove", "analogy", "GloVe: analogy accuracy (30k words)", False),
+        (axs[1, 0], "mf_rmse", "delta", "MovieLens MF: test RMSE - fp32 (mean of seeds)", False),
+        (axs[1, 1], "dlrm_auc", "delta", "MovieLens DLRM: test AUC - fp32 (mean of seeds)", False),
+    )
+    for ax, data, key, title, log in panels:
+        mine = [p for p in pts if p["data"] == data]
+        kinds = sorted({p["kind"] for p in mine if p["kind"] != "fp32"}, key=lambda k: k != "allocate")
+        for kind in kinds:
+            rs = sorted((p for p in mine if p["kind"] == kind), key=lambda p: p["bpw"])
+            ys = [float(np.mean(p[key])) for p in rs]
+            c, m = ("#000000", "o") if kind == "allocate" else style(kind)
+            ax.plot([p["bpw"] for p in rs], ys, marker=m, color=c, ms=7, gid=f"budget-{kind}",
+                    lw=2.2 if kind == "allocate" else 1.2,
+                    label="qe4.allocate (rung per row)" if kind == "allocate" else f"uniform {label(kind)}")
+        ref = next((p for p in mine if p["kind"] == "fp32"), None)
+        if ref is not None and key == "analogy":
+            ax.axhline(ref[key], color="k", ls=":", lw=1.2)
+            ax.text(ax.get_xlim()[1], ref[key], "fp32", ha="right", va="bottom", fontsize=8)
+        if key == "delta":
+            ax.axhline(0.0, color="k", ls=":", lw=1.0)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("stored bits per element (every byte: codes, scales, tier headers, row map)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Spending a byte budget where it matters (ladder {', '.join(results['ladder'])})",
+                 fontsize=12)
+    return fig
+
+
 # --------------------------------------------------------------------------- driver
 
 FIGURES = {

@@ -315,3 +315,125 @@ def _progress_bar(progress, total, desc):
     from tqdm import tqdm
     return tqdm(total=total, unit="row", unit_scale=True, desc=desc, file=sys.stderr,
                 dynamic_ncols=True, smoothing=0.1)
+
+
+# --------------------------------------------------------------------------- budget
+
+def quantize_file_budget(src, dst, budget, *, weights=None, ladder=None, row_map="tiers",
+                         max_memory=None, engine="fast", n_threads=None, progress=None,
+                         tensor=None):
+    """Quantize a table on disk under a byte budget into a mixed-precision qe4 file.
+
+    Two passes over the memory-mapped input, chunk by chunk: the first computes every
+    row's squared error under every rung (:func:`qe4.allocate.rung_errors`), then
+    :func:`qe4.allocate.allocate`'s solver chooses the rungs; the second quantizes each
+    chunk's rows by their rung into the sub-tables (temporary memory-mapped files beside
+    ``dst``) and the row map, and the file is written atomically.  The bytes equal
+    :func:`qe4.mixed.quantize_mixed` on the whole table (the rungs are row-wise).
+
+    Parameters
+    ----------
+    src, dst, max_memory, engine, n_threads, progress, tensor
+        As for :func:`quantize_file`.  ``max_memory`` bounds one chunk's working set;
+        the allocation itself keeps ``8 * (n_rungs + 1) + 1`` bytes per row.
+    budget : int or str
+        Bytes, a size (``"2.5G"``) or bits per element (``"3.0bpw"``); see
+        :func:`qe4.allocate.parse_budget`.
+    weights : array [n_rows], optional
+        Access counts or importance of the rows (default 1), given up front.
+    ladder, row_map
+        As for :func:`qe4.allocate.allocate`.
+
+    Returns
+    -------
+    dict
+        ``n_rows, n_cols, in_dtype, in_bytes, out_bytes, chunk_rows, n_chunks, seconds,
+        engine, error`` (the weighted normalized error) and ``allocation`` (the
+        :class:`qe4.allocate.Allocation`).
+    """
+    import tempfile
+
+    from . import allocate as A
+    from . import mixed as MX
+    from .io import save
+    t0 = time.perf_counter()
+    rungs = A.ladder(ladder)
+    if row_map not in MX.ROW_MAPS:
+        raise ValueError(f"row_map must be one of {MX.ROW_MAPS}, got {row_map!r}")
+    from .engines import get_engine
+    get_engine(engine)           # the fast engine is built, or a clear ImportError
+    max_memory = default_max_memory() if max_memory is None else (
+        parse_size(max_memory) if isinstance(max_memory, str) else max_memory)
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory <= 0:
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    src, dst = os.fspath(src), os.fspath(dst)
+    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        raise ValueError(f"dst {dst!r} is the input file; choose another output path")
+    with Source(src, tensor) as source:
+        n_rows, n_cols = source.n_rows, source.n_cols
+        w = A._weights(weights, None, [(n_rows, n_cols)])[0]
+        budget = A.parse_budget(budget, n_rows * n_cols)
+        least = n_rows * min(r.row_bytes(n_cols) for r in rungs) + MX.map_nbytes(n_rows, 1)
+        if budget < least:      # before reading any row
+            raise ValueError(f"budget of {budget} bytes is below the {least} bytes of the "
+                             "cheapest rung for every row")
+        widest = max(r.row_bytes(n_cols) for r in rungs)
+        per_row = bytes_per_row(n_cols, source.dtype.itemsize, widest, engine, True)
+        if max_memory < per_row * MX.SUPER:
+            raise ValueError(f"max_memory={max_memory} bytes is less than {MX.SUPER} rows of "
+                             f"{n_cols} columns need ({per_row * MX.SUPER} bytes)")
+        # chunks of whole rank-directory blocks, so the row map is written chunk by chunk
+        chunk_rows = int(min(n_rows, max_memory // per_row)) // MX.SUPER * MX.SUPER or n_rows
+        label = f"{src}" + (f" tensor {source.tensor!r}" if getattr(source, "tensor", None) else "")
+
+        def chunks():
+            for start in range(0, n_rows, chunk_rows):
+                stop = min(start + chunk_rows, n_rows)
+                yield start, stop, _as_float32_chunk(source.array[start:stop], start, label)
+                source.release(stop)
+
+        errors = np.empty((n_rows, len(rungs)))
+        norms = np.empty(n_rows)
+        bar = _progress_bar(progress, 2 * n_rows, os.path.basename(dst))
+        try:
+            for start, stop, x in chunks():
+                with _global_rows(start, label):
+                    errors[start:stop] = A.rung_errors(x, rungs, engine=engine, n_threads=n_threads)
+                norms[start:stop] = A._row_norms(x, engine, n_threads)
+                bar.update(stop - start)
+            alloc = A.solve([errors], [w], [norms], [n_cols], budget, rungs, row_map=row_map,
+                            engine=engine, n_threads=n_threads)
+            del errors, norms
+            temps = []
+
+            def new_array(shape, dtype):        # the sub-tables live in files beside dst
+                if 0 in shape:
+                    return np.empty(shape, dtype)
+                fd, path = tempfile.mkstemp(prefix=".qe4-tier-", dir=os.path.dirname(
+                    os.path.abspath(dst)))
+                os.close(fd)
+                temps.append(path)
+                return np.memmap(path, dtype=dtype, mode="w+", shape=shape)
+
+            def counted():
+                for start, stop, x in chunks():
+                    yield start, stop, x
+                    bar.update(stop - start)
+
+            try:
+                table = MX.build_mixed(counted(), alloc.choices[0], rungs, n_cols, row_map=row_map,
+                                       engine=engine, n_threads=n_threads, new_array=new_array)
+                save(table, dst)
+                nbytes = table.nbytes
+                del table
+            finally:
+                for path in temps:
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
+        finally:
+            bar.close()
+        in_dtype, in_bytes = str(source.dtype), source.file_size
+    return {"n_rows": n_rows, "n_cols": n_cols, "in_dtype": in_dtype, "in_bytes": in_bytes,
+            "out_bytes": os.path.getsize(dst), "chunk_rows": chunk_rows,
+            "n_chunks": -(-n_rows // chunk_rows), "seconds": time.perf_counter() - t0,
+            "engine": engine, "error": alloc.error, "allocation": alloc, "nbytes": nbytes}

@@ -30,7 +30,7 @@ from .table import QuantizedTable
 from .api import quantize
 
 __all__ = ["to_torch", "from_torch", "quantize_embedding", "QuantizedEmbedding",
-           "QuantizedEmbeddingBag", "quantize_model"]
+           "QuantizedEmbeddingBag", "quantize_model", "to_torch_tiers", "MixedEmbeddingBag"]
 
 # torch's scale/bias dtype per bit width (fused N-bit rows: fp16; byte rows: fp32)
 TORCH_SCALE_DTYPE = {2: "float16", 4: "float16", 8: "float32"}
@@ -432,13 +432,16 @@ class QuantizedEmbeddingBag(_TableModule):
         out = op(weight, torch.from_numpy(idx), torch.from_numpy(starts),
                  per_sample_weights=None if w is None else torch.from_numpy(w),
                  include_last_offset=True)
-        if self.mode == "mean":
-            lengths = np.diff(starts)
-            factor = np.ones(lengths.size, np.float32)       # an empty bag stays zero
-            full = lengths > 0
-            factor[full] = np.float32(1.0) / lengths[full].astype(np.float32)
-            out = out * torch.from_numpy(factor)[:, None]
-        return out
+        return _mean(out, starts) if self.mode == "mean" else out
+
+
+def _mean(out, starts):
+    """``out`` times float32(1 / len) per non-empty bag (an empty bag stays zero)."""
+    lengths = np.diff(starts)
+    factor = np.ones(lengths.size, np.float32)
+    full = lengths > 0
+    factor[full] = np.float32(1.0) / lengths[full].astype(np.float32)
+    return out * torch.from_numpy(factor)[:, None]
 
 
 def _has_fast():
@@ -571,3 +574,118 @@ def _numpy(a, name):
             raise TypeError(f"{name} must be an int32/int64 or float32 tensor, got {a.dtype}")
         return a.detach().cpu().numpy()
     return a
+
+
+# --------------------------------------------------------------------------- mixed tables
+
+def to_torch_tiers(table):
+    """A mixed table (:mod:`qe4.mixed`) as torch's per-tier tables and row mappings.
+
+    Returns a list, one entry per tier that stores rows (pruned tiers have none), of
+    ``(weight, mapping)``: ``weight`` is torch's packed rows (uint8, what
+    ``embedding_bag_{2bit,4bit,byte}_rowwise_offsets`` read) for a quantized tier, or
+    the float32 values (float16 widened exactly) for a float tier; ``mapping`` is
+    int32 [n_rows] (the ``compressed_indices_mapping`` of torch's pruned lookups):
+    the row's position in this tier, -1 for rows stored elsewhere or pruned.  It costs
+    4 bytes per row per tier (torch's format; qe4's own map takes about 0.5 B/row).
+
+    Raises
+    ------
+    ValueError
+        ``table`` is not mixed, or a tier torch cannot read (codebooks; float32 scales
+        at 2/4 bits; a dim torch would infer wrongly).
+    """
+    from . import mixed
+    if not isinstance(table, QuantizedTable):
+        raise TypeError(f"table must be a QuantizedTable, got {type(table).__name__}")
+    if table.layout != "mixed":
+        raise ValueError(f"table has layout {table.layout!r}; to_torch_tiers takes mixed tables "
+                         "(to_torch reads rowwise ones)")
+    extras = table.extras
+    tier = mixed.tier_of_rows(extras, table.n_rows)
+    out = []
+    for t in range(mixed.tier_kinds(extras).shape[0]):
+        sub = mixed.sub_table(extras, t, table.dim)
+        if sub is None:
+            continue
+        rows = np.flatnonzero(tier == t)
+        mapping = np.full(table.n_rows, -1, np.int32)
+        mapping[rows] = np.arange(rows.size, dtype=np.int32)
+        weight = (torch.from_numpy(np.asarray(sub, np.float32).copy()) if isinstance(sub, np.ndarray)
+                  else to_torch(sub))
+        out.append((weight, torch.from_numpy(mapping)))
+    return out
+
+
+class MixedEmbeddingBag(torch.nn.Module):
+    """Sum or mean per bag of a mixed-precision table (:mod:`qe4.mixed`) with torch's operators.
+
+    Each tier is one torch table with its ``compressed_indices_mapping``
+    (:func:`to_torch_tiers`): quantized tiers are pooled by
+    ``torch.ops.quantized.embedding_bag_{2bit,4bit,byte}_rowwise_offsets`` with
+    ``pruned_weights=True`` (rows mapped to -1 are skipped), float tiers by
+    ``torch.nn.functional.embedding_bag`` over the positions in the tier.  The tiers'
+    bags are added in tier order and the mean applied last, as :func:`qe4.embedding_bag`
+    defines it, so the output equals ``qe4.embedding_bag(table, ...)`` byte for byte.
+
+    Parameters
+    ----------
+    table : QuantizedTable
+        Of layout ``"mixed"`` whose tiers torch reads (see :func:`to_torch_tiers`).
+    mode : {"sum", "mean"}
+    include_last_offset : bool
+    """
+
+    def __init__(self, table, mode="sum", include_last_offset=False):
+        super().__init__()
+        from . import mixed
+        if not isinstance(mode, str) or mode not in ("sum", "mean"):
+            raise ValueError(f"mode must be 'sum' or 'mean', got {mode!r}")
+        tiers = to_torch_tiers(table)
+        kinds = [k for k in mixed.tier_kinds(table.extras) if k[0] != mixed.PRUNED]
+        self.ops = [None if k[0] == mixed.FLOAT else _BAG_OPS[int(k[1])] for k in kinds]
+        self.n_rows, self.dim = table.n_rows, table.dim
+        self.mode = mode
+        self.include_last_offset = bool(include_last_offset)
+        for t, (weight, mapping) in enumerate(tiers):
+            self.register_buffer(f"weight{t}", weight)
+            self.register_buffer(f"mapping{t}", mapping)
+
+    @property
+    def num_embeddings(self):
+        return self.n_rows
+
+    @property
+    def embedding_dim(self):
+        return self.dim
+
+    def extra_repr(self):
+        return (f"{self.n_rows}, {self.dim}, tiers={self.ops}, mode={self.mode!r}, "
+                f"include_last_offset={self.include_last_offset}")
+
+    def forward(self, input, offsets=None, per_sample_weights=None):
+        """Pooled rows, float32 [n_bags, dim]; arguments as for :func:`qe4.embedding_bag`."""
+        idx, starts, w = V.check_bag_args(
+            _numpy(input, "input"), None if offsets is None else _numpy(offsets, "offsets"),
+            self.n_rows, None if per_sample_weights is None
+            else _numpy(per_sample_weights, "per_sample_weights"),
+            self.include_last_offset, self.mode)
+        idx_t, starts_t = torch.from_numpy(idx), torch.from_numpy(starts)
+        w_t = None if w is None else torch.from_numpy(w)
+        out = torch.zeros(starts.size - 1, self.dim, dtype=torch.float32)
+        for t, op in enumerate(self.ops):
+            weight, mapping = getattr(self, f"weight{t}"), getattr(self, f"mapping{t}")
+            if op is not None:
+                part = getattr(torch.ops.quantized, op)(
+                    weight, idx_t, starts_t, pruned_weights=True, per_sample_weights=w_t,
+                    compressed_indices_mapping=mapping, include_last_offset=True)
+            else:
+                local = mapping[idx_t].long()
+                mine = local >= 0
+                sub = torch.zeros(idx.size + 1, dtype=torch.int64)
+                sub[1:] = torch.cumsum(mine, 0)
+                part = torch.nn.functional.embedding_bag(
+                    local[mine], weight, sub[starts_t], mode="sum", include_last_offset=True,
+                    per_sample_weights=None if w_t is None else w_t[mine])
+            out = out + part
+        return _mean(out, starts) if self.mode == "mean" else out

@@ -10,7 +10,7 @@ the reference for every input and thread count.  The numerics are documented in
 import numpy as np
 
 from qe4 import _validate as V
-from qe4.bag import MODES, check_lookup_table
+from qe4.bag import MODES, check_lookup_table, round_output
 from qe4.table import QuantizedTable
 
 from . import _bag, _lookup, _simd
@@ -40,6 +40,9 @@ def dequantize(table, *, n_threads=None):
         None uses every usable core; rows are split between threads.
     """
     V.check_table(table)
+    if table.layout == "mixed":
+        from .mixed import dequantize_mixed
+        return dequantize_mixed(table, n_threads)
     if table.layout != "rowwise":
         return _codebook().dequantize_codebook(table, n_threads=n_threads)
     n = effective_n_threads(n_threads, table.n_rows, table.n_rows * table.dim)
@@ -66,6 +69,10 @@ def embedding(table, indices, *, out_dtype="float32", n_threads=None):
     check_lookup_table(table)
     out_dtype = V.check_out_dtype(out_dtype)
     idx, shape = V.check_gather_indices(indices, table.n_rows)
+    if table.layout == "mixed":
+        from .mixed import row_values_mixed
+        return round_output(row_values_mixed(table, idx, n_threads),
+                            out_dtype).reshape(shape + (table.dim,))
     out = np.empty((idx.size, table.dim), _BUFFER[out_dtype])
     n_bad = _lookup.gather(_spec(table), idx, _lookup.KINDS[out_dtype], out.view(np.uint8),
                            effective_n_threads(n_threads, idx.size, out.size), _simd.LEVEL)
@@ -95,6 +102,9 @@ def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weight
     idx, starts, w = V.check_bag_args(indices, offsets, table.n_rows, per_sample_weights,
                                       include_last_offset, mode, MODES)
     n_bags = starts.size - 1
+    if table.layout == "mixed":
+        from .mixed import pooled_mixed
+        return round_output(pooled_mixed(table, idx, starts, w, mode, n_threads), out_dtype)
     if out_dtype != "float32" or mode == "max":
         return _bags([table], idx, starts, w, n_bags, mode, out_dtype, n_threads)
     if table.layout != "rowwise":
@@ -154,6 +164,8 @@ def _spec(table):
 
 def _bags(tables, idx, starts, w, n_bags, mode, out_dtype, n_threads):
     """Bags of validated arguments over ``tables`` into one [n_bags, sum of dims] result."""
+    if any(t.layout == "mixed" for t in tables):
+        return _bags_with_mixed(tables, idx, starts, w, n_bags, mode, out_dtype, n_threads)
     dims = [t.dim for t in tables]
     out = np.empty((n_bags, sum(dims)), _BUFFER[out_dtype])
     specs = [_spec(t) for t in tables]
@@ -169,6 +181,20 @@ def _bags(tables, idx, starts, w, n_bags, mode, out_dtype, n_threads):
     if n_bad:
         _raise_bad_groups(tables, idx)
     return _result(out, out_dtype)
+
+
+def _bags_with_mixed(tables, idx, starts, w, n_bags, mode, out_dtype, n_threads):
+    """Several tables, some mixed: table by table (the tables are independent lookups),
+    float32, then rounded once."""
+    from .mixed import pooled_mixed
+    parts = []
+    for t, table in enumerate(tables):
+        s = starts[t * n_bags:(t + 1) * n_bags + 1]
+        p0, p1 = int(s[0]), int(s[-1])
+        i, b, wt = idx[p0:p1], s - p0, None if w is None else w[p0:p1]
+        parts.append(pooled_mixed(table, i, b, wt, mode, n_threads) if table.layout == "mixed"
+                     else _bags([table], i, b, wt, n_bags, mode, "float32", n_threads))
+    return round_output(np.concatenate(parts, axis=1), out_dtype)
 
 
 def _raise_bad_groups(tables, idx):

@@ -70,7 +70,7 @@ def test_codes_are_unique_and_today_s():
     assert [M.get(n).code for n in ("minmax", "greedy", "exhaustive", "aciq-laplace",
                                     "aciq-gauss")] == [0, 1, 2, 3, 4]
     assert len({m.code for m in M.METHODS.values()}) == len(M.METHODS)
-    assert [lay.code for lay in L.LAYOUTS.values()] == [0, 1, 2]
+    assert [lay.code for lay in L.LAYOUTS.values()] == [0, 1, 2, 3]     # 3: mixed
     with pytest.raises(ValueError, match="no method has code 99"):
         M.by_code(99)
     with pytest.raises(ValueError, match="layout must be one of"):

@@ -35,6 +35,11 @@ CASES = {
     "codebook-4bit-float32": (4, "kmeans", {"scale_dtype": "float32", "max_iter": 7}),
     "two-tier-2bit": (2, "two-tier", {"n_groups": 3, "scale_dtype": "float32"}),
     "two-tier-4bit": (4, "two-tier", {"n_groups": 4}),
+    # a mixed-precision table (qe4.mixed.quantize_mixed: every rung of the ladder, a 3-bit
+    # row map); "method" "mixed" names the builder, its kwargs are quantize_mixed's
+    "mixed-8bit": (8, "mixed", {"choice": [5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 0],
+                                "rungs": ["pruned", "greedy/2", "greedy/4", "greedy/8",
+                                          "float16", "float32"], "row_map": "tiers"}),
 }
 N_ROWS, DIM = 11, 7          # an odd dim: the last code byte is half padding at 4 bits
 
@@ -50,6 +55,16 @@ def inputs():
     return x, indices, offsets, weights
 
 
+def build(mod, x, bits, method, kw, **engine):
+    """The table of a case: ``mod.quantize``, or for "mixed" ``qe4.mixed.quantize_mixed``
+    (``engine`` keywords go to it)."""
+    if method == "mixed":
+        from qe4.mixed import quantize_mixed
+        return quantize_mixed(x, np.array(kw["choice"]), kw["rungs"], row_map=kw["row_map"],
+                              **engine)
+    return mod.quantize(x, bits, method, **kw)
+
+
 def main():
     path = os.path.join(HERE, "expected.npz")
     expected = dict(np.load(path)) if os.path.exists(path) else {}
@@ -62,7 +77,7 @@ def main():
         file = os.path.join(HERE, name + ".qe4")
         if os.path.exists(file):
             continue
-        table = qe4.quantize(x, bits, method, **kw)
+        table = build(qe4, x, bits, method, kw)
         qe4.save(table, file)
         manifest[name] = {"bits": bits, "method": method, "kwargs": kw}
         expected[f"{name}.dequantize"] = qe4.dequantize(table)
