@@ -176,19 +176,9 @@ def row_minmax(const float[:, ::1] x,         # IN  [n_rows, n_cols]
     range fails qe4._validate.check_fp16_ranges."""
     cdef rows_job j
     _job(&j, x, bits, fp16, None, n_threads)
+    j.method = 0                          # min/max ranges only: the quantize chunk, no output
     j.lo = &lo[0] if lo.shape[0] > 0 else NULL
     j.hi = &hi[0] if hi.shape[0] > 0 else NULL
     with nogil:
-        par_run(j.n_chunks, n_threads, _minmax_chunk, &j)
+        par_run(j.n_chunks, n_threads, _quantize_chunk, &j)
     return j.n_bad
-
-
-cdef void _minmax_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
-    cdef rows_job *j = <rows_job *>ctx
-    cdef int64_t b, n_bad = 0
-    cdef int r0, n
-    for b in range(qe4_chunk_start(j.n_blocks, j.n_chunks, c),
-                   qe4_chunk_start(j.n_blocks, j.n_chunks, c + 1)):
-        _block(j, b, &r0, &n)
-        n_bad += qe4_minmax_rows(j.x, r0, n, j.n_cols, j.bits, j.fp16, j.lo, j.hi)
-    qe4_count_add(&j.n_bad, n_bad)

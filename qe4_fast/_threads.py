@@ -17,6 +17,7 @@ import math
 import numbers
 import os
 import threading
+import time
 
 BUILD_HINT = (
     "qe4_fast's compiled extension modules are not built. Build them from the qe4 source tree "
@@ -151,6 +152,87 @@ def cpu_count():
     return max(1, min(n, limit) if limit is not None else n)
 
 
+# Other processes' load.  With another process busy on one of 2 cores, a second thread
+# of ours shares that core and the call waits for whichever of its threads the neighbour
+# delays: n_threads=None leaves such CPUs out, as OpenMP's OMP_DYNAMIC does from the load
+# average, but measured over the last LOAD_WINDOW seconds from /proc/stat (the CPUs of the
+# affinity mask, minus this process's own CPU time).
+LOAD_WINDOW = 0.1
+
+
+def busy_cpus(before, after, cpus, own_seconds, wall_seconds, hz=100):
+    """CPUs' worth of time that other processes kept busy between two /proc/stat samples.
+
+    Parameters
+    ----------
+    before, after : str
+        The text of /proc/stat at the start and the end of the interval.
+    cpus : set of int
+        The CPUs that count (the affinity mask).
+    own_seconds : float
+        This process's CPU time (user + system, all its threads) in the interval.
+    wall_seconds : float
+        The interval's length.
+    hz : int
+        /proc/stat's clock ticks per second (``os.sysconf("SC_CLK_TCK")``).
+
+    Returns
+    -------
+    float >= 0 (0.0 when the samples cannot be read)
+    """
+    def busy_ticks(text):
+        total = 0
+        for line in text.splitlines():
+            name, _, rest = line.partition(" ")
+            if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+                continue
+            f = [int(v) for v in rest.split()]
+            # user nice system idle iowait irq softirq steal [guest guest_nice: in user]
+            total += sum(f[:3]) + sum(f[5:8])
+        return total
+    if wall_seconds <= 0:
+        return 0.0
+    try:
+        other = (busy_ticks(after) - busy_ticks(before)) / hz - own_seconds
+    except (ValueError, IndexError):
+        return 0.0
+    return max(0.0, other / wall_seconds)
+
+
+def _read_stat():
+    try:
+        with open("/proc/stat") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_load = {"t": time.monotonic(), "stat": _read_stat(), "own": sum(os.times()[:2]), "busy": 0.0}
+
+
+def _others_busy():
+    """Other processes' busy CPUs over the last LOAD_WINDOW seconds (sampled at most every
+    LOAD_WINDOW seconds; between samples the last value)."""
+    now = time.monotonic()
+    wall = now - _load["t"]
+    if wall >= LOAD_WINDOW:
+        stat, own = _read_stat(), sum(os.times()[:2])
+        try:
+            cpus = os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            cpus = set(range(os.cpu_count() or 1))
+        _load.update(busy=busy_cpus(_load["stat"], stat, cpus, own - _load["own"], wall, _HZ),
+                     t=now, stat=stat, own=own)
+    return _load["busy"]
+
+
+def free_cpus():
+    """:func:`cpu_count` less the CPUs other processes keep busy (rounded), at least 1."""
+    n = cpu_count()
+    return max(1, min(n, int(n - _others_busy() + 0.5)))
+
+
 # Grains: the least work, in elements (values read or written), that each thread of a
 # call with n_threads None or negative must get, else the call uses fewer threads (down
 # to the calling thread alone).
@@ -170,7 +252,8 @@ def effective_n_threads(n_threads, n_work, elements=None, grain=GRAIN_STREAM):
     ----------
     n_threads : int or None
         None: all usable CPUs (:func:`cpu_count`: the affinity mask and the cgroup CPU
-        quota), or fewer when OpenMP's default team is smaller (``OMP_NUM_THREADS``,
+        quota) that other processes have not kept busy over the last 0.1 s
+        (:func:`free_cpus`), or fewer when OpenMP's default team is smaller (``OMP_NUM_THREADS``,
         ``threadpoolctl.threadpool_limits(..., user_api="openmp")``), divided among the
         qe4_fast calls running at the same time in other Python threads (so several
         threads calling qe4_fast together do not oversubscribe the cores; see
@@ -208,7 +291,7 @@ def effective_n_threads(n_threads, n_work, elements=None, grain=GRAIN_STREAM):
     if not openmp_compiled():
         return 1
     if n_threads is None:
-        n = max(1, min(omp_max_threads(), cpu_count()) // max(1, _active_calls))
+        n = max(1, min(omp_max_threads(), free_cpus()) // max(1, _active_calls))
     elif n_threads < 0:
         n = max(1, cpu_count() + 1 + int(n_threads))
     else:

@@ -46,7 +46,8 @@ def test_return_type_is_qe4_table():
     assert type(t) is qe4.QuantizedTable
 
 
-def test_effective_n_threads():
+def test_effective_n_threads(monkeypatch):
+    monkeypatch.setattr(qe4_fast._threads, "_others_busy", lambda: 0.0)   # an idle machine
     if not qe4_fast.openmp_enabled():
         assert effective_n_threads(None, 100) == effective_n_threads(7, 100) == 1
         return
@@ -117,12 +118,13 @@ def test_codebook_methods_dispatch():
 
 
 
-def test_concurrent_calls_share_the_cores_and_keep_bytes():
+def test_concurrent_calls_share_the_cores_and_keep_bytes(monkeypatch):
     """n_threads=None divides the cores among calls running at once in several Python
     threads (no oversubscription); nested calls count once; explicit counts are kept;
     the bytes never change."""
     import threading
     from qe4_fast import _threads
+    monkeypatch.setattr(_threads, "_others_busy", lambda: 0.0)   # an idle machine
 
     started, hold = threading.Barrier(3), threading.Event()
 

@@ -65,6 +65,7 @@ def test_missing_proc_file_reads_the_mount_root(tmp_path):
 def test_thread_counts_follow_the_usable_cpus(monkeypatch):
     """None and negative counts use cpu_count() (affinity lowered by the quota); explicit
     counts are capped at THREADS_PER_CPU_CAP per CPU of the affinity mask (F4)."""
+    monkeypatch.setattr(_threads, "_others_busy", lambda: 0.0)   # an idle machine
     affinity = len(os.sched_getaffinity(0))
     assert 1 <= cpu_count() <= affinity
     if not qe4_fast.openmp_enabled():
@@ -79,6 +80,38 @@ def test_thread_counts_follow_the_usable_cpus(monkeypatch):
     assert effective_n_threads(None, 10 ** 6) == min(_threads.omp_max_threads(), affinity)
     assert effective_n_threads(-1, 10 ** 6) == affinity
     assert effective_n_threads(2000, 10 ** 6) == _threads.THREADS_PER_CPU_CAP * affinity
+
+
+STAT = "cpu  9 9 9 9 9 9 9 9 0 0\ncpu0 {0} 0 {1} 50 0 0 0 0 0 0\ncpu1 {2} 0 0 50 0 0 0 {3} 0 0\nintr 1 2\n"
+
+
+@pytest.mark.parametrize("after, cpus, own, expected", [
+    ((10, 0, 0, 0), {0, 1}, 0.0, 0.5),       # 10 ticks busy in 0.2 s: 0.5 CPU
+    ((10, 10, 20, 0), {0, 1}, 0.0, 2.0),     # both CPUs busy the whole time
+    ((10, 10, 20, 0), {0, 1}, 0.4, 0.0),     # ... all of it this process's own threads
+    ((10, 10, 0, 20), {0, 1}, 0.2, 1.0),     # steal counts as busy; own time subtracted
+    ((0, 0, 20, 0), {0}, 0.0, 0.0),          # a CPU outside the affinity mask does not count
+])
+def test_busy_cpus_from_proc_stat(after, cpus, own, expected):
+    before = STAT.format(0, 0, 0, 0)
+    got = _threads.busy_cpus(before, STAT.format(*after), cpus, own, 0.2, hz=100)
+    assert abs(got - expected) < 1e-9
+
+
+def test_default_leaves_out_cpus_others_keep_busy(monkeypatch):
+    """A neighbour spinning on one of the usable CPUs: n_threads=None uses one fewer; an
+    explicit or negative count does not change."""
+    if not qe4_fast.openmp_enabled():
+        pytest.skip("serial build")
+    monkeypatch.setattr(_threads, "_machine_cgroup_limit", lambda: None)
+    affinity = len(os.sched_getaffinity(0))
+    for busy, free in [(0.0, affinity), (0.4, affinity), (1.0, max(1, affinity - 1)),
+                       (float(affinity + 3), 1)]:
+        monkeypatch.setattr(_threads, "_others_busy", lambda b=busy: b)
+        assert _threads.free_cpus() == free
+        assert effective_n_threads(None, 10 ** 6) == min(free, _threads.omp_max_threads())
+        assert effective_n_threads(-1, 10 ** 6) == affinity
+        assert effective_n_threads(2, 10 ** 6) == 2
 
 
 def _run(code, timeout=120, **env):
@@ -133,12 +166,13 @@ def test_fork_child_after_a_parallel_call_works():
     assert out.stdout.strip() == "child True 0", out.stderr
 
 
-def test_threadpoolctl_sees_and_limits_the_openmp_runtime():
+def test_threadpoolctl_sees_and_limits_the_openmp_runtime(monkeypatch):
     """threadpoolctl lists the OpenMP runtime qe4_fast links, and its limit lowers
     n_threads=None (qe4_fast reads OpenMP's default team size at every call)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     if not qe4_fast.openmp_enabled():
         pytest.skip("serial build: no OpenMP runtime")
+    monkeypatch.setattr(_threads, "_others_busy", lambda: 0.0)   # as on an idle machine
     libs = [d for d in threadpoolctl.threadpool_info() if d["user_api"] == "openmp"]
     assert libs, "threadpoolctl finds no OpenMP runtime"
     before = effective_n_threads(None, 10 ** 6)
@@ -162,9 +196,10 @@ def test_no_kernel_runs_an_openmp_parallel_region():
                 assert word not in text, f"qe4_fast/{name} uses {word}: use par_run (_pool.pxd)"
 
 
-def test_small_calls_run_on_the_calling_thread():
+def test_small_calls_run_on_the_calling_thread(monkeypatch):
     """When qe4_fast chooses (None, negative), each thread gets a grain of work; an
     explicit count is used as given."""
+    monkeypatch.setattr(_threads, "_others_busy", lambda: 0.0)
     g = _threads.GRAIN_STREAM
     assert effective_n_threads(None, 10 ** 6, g - 1) == 1
     assert effective_n_threads(-1, 10 ** 6, 2 * g - 1) == 1
@@ -224,3 +259,25 @@ def test_concurrent_python_threads_with_explicit_counts():
     for th in threads:
         th.join()
     assert bad == []
+
+
+@pytest.mark.parametrize("first", ["torch", "qe4_fast"])
+def test_one_libgomp_with_torch(first):
+    """torch's wheel ships libgomp.so.1 under the system soname, so one OpenMP runtime serves
+    both, whichever loads first: threadpoolctl sees one, and torch.set_num_threads(1) (which
+    sets OpenMP's default) lowers qe4_fast's default for the calling thread too."""
+    pytest.importorskip("torch")
+    pytest.importorskip("threadpoolctl")
+    if not qe4_fast.openmp_enabled():
+        pytest.skip("serial build: no OpenMP runtime")
+    second = "qe4_fast" if first == "torch" else "torch"
+    out = _run(f"""
+        import {first}, {second}
+        import threadpoolctl, torch
+        from qe4_fast._threads import effective_n_threads
+        libs = [d for d in threadpoolctl.threadpool_info() if d["user_api"] == "openmp"]
+        torch.set_num_threads(1)
+        print(len(libs), effective_n_threads(None, 10 ** 6), effective_n_threads(-1, 10 ** 6))
+    """)
+    n_libs, default, minus_one = map(int, out.stdout.split())
+    assert (n_libs, default, minus_one) == (1, 1, _threads.cpu_count()), out.stderr
