@@ -26,7 +26,9 @@ SCALE_DTYPES = L.FLOAT_DTYPES
 FP16_MAX = 65504.0
 
 
-def check_bits(bits, allowed=BITS):
+def check_bits(bits, allowed=None):
+    """``bits`` as an int in ``allowed`` (default: every width a layout stores, :data:`qe4.layouts.BITS`)."""
+    allowed = L.BITS if allowed is None else allowed
     if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
         raise TypeError(f"bits must be an integer, got {bits!r}")
     if int(bits) not in allowed:

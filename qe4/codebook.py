@@ -19,14 +19,10 @@ Methods (``qe4.quantize(x, bits, method, **options)``)
     group's values over bins of 11 significant bits (:func:`group_codebooks`); each row
     stores its group id.  The codebook overhead moves from every row to the table.
 
-Where they stand (``bench/bench_codebook.py``, 4 bits, normalized squared error): on
-N(0,1) 1M x 64, minmax 0.0080 and greedy 0.0067 at 36 B/row; kmeans 0.0083 and
-kmeans-optimal 0.0030 at 64 B/row; one table-wide codebook 0.0095, two-tier G=16 0.0073
-and G=256 0.0065 at 33 B/row.  Grouping rows by the ranks of their min and max is what
-makes two-tier competitive: a naive grouping loses to per-row minmax.  On GloVe 400k x 50
-two-tier G=256 (26.02 B/row, 0.0065) beats minmax (29 B/row, 0.0077) but not greedy
-(0.0064) and is worse on frequency-weighted error (0.019 vs 0.013): the heavy-tailed
-frequent rows need their own ranges.
+Grouping rows by the ranks of their min and max is what makes two-tier competitive (a
+naive grouping loses to per-row minmax).  How the methods compare in error and bytes
+per row, on N(0,1) and on GloVe: ``bench/bench_codebook.py``, results in
+``bench/results/bench_codebook.txt``.
 
 Bit widths 2 and 4 (4 and 16 centroids).  8 bits (256 centroids per row, more than the
 values of a typical row) is refused.

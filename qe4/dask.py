@@ -83,48 +83,16 @@ Throughput
 ----------
 Each task does exactly the single-process work on its rows, so a cluster's
 rate is (number of worker cores) x (one core's rate) minus the overhead of
-moving chunks and results and of scheduling.  ``python bench/bench_dask.py``
-measures, in one run on the same table, one process (1 thread, and n threads
-for ``qe4_fast``) against a LocalCluster of worker processes with one thread
-each, in wall-clock rows/s and in rows per CPU-second (rows divided by the CPU
-time of the client, scheduler and workers).  The development machine has 2
-cores shared with other jobs (load average ~7: no run had its cores to itself,
-so wall-clock rates mislead; the CPU-second rates are what carries over).
-Greedy, 4 bits, N(0,1) float32 rows of 64, bytes equal in every run
-(``bench/results/bench_dask.txt``):
-
-===================================  =========  ===========  ==========
-run                                  rows/s     rows/CPU-s   CPU vs 1
-===================================  =========  ===========  ==========
-fast, 1e6 rows, 125k-row chunks:
-one process, 1 thread                447,277    887,770      1.00
-one process, 2 threads               350,308    749,091      0.84
-LocalCluster 2 x 1, to_table         240,422    542,151      0.61
-LocalCluster 2 x 1, to_sharded       307,053    599,425      0.68
-reference, 1e5 rows, 12.5k chunks:
-one process                           13,451     20,062      1.00
-LocalCluster 2 x 1, to_table           9,402     22,406      1.12
-LocalCluster 2 x 1, to_sharded        10,884     23,425      1.17
-===================================  =========  ===========  ==========
-
-What to expect per core on a multi-machine cluster, on dedicated cores:
-
-- ``engine="reference"``: the single-process rate per core, ~2e4 rows/s for
-  greedy on 64-wide rows (the work grows with the width; minmax and ACIQ are
-  far cheaper); the cluster's bookkeeping is lost in the NumPy work
-  (efficiency 1.1-1.2 here, probably because 12.5k-row chunks keep NumPy's
-  temporaries in cache better than one 1e5-row call).
-- ``engine="fast"``: ~0.6-0.7 of the single-process rate per core, ~5.5e5-6e5
-  rows/s per core for greedy on 64-wide rows, with the input already in the
-  workers' memory: the kernel takes about a microsecond a row, so the rest of
-  the work (each worker's event loop, serializing the result, writing and
-  checksumming the shards) weighs half as much again.  Build the input where
-  it is computed (Zarr chunks read by the workers, not ``da.from_array`` on
-  the client), or the network adds its own cost.
-- Storage has to keep up: at 6e5 rows/s a core reads 150 MB/s of float32 rows
-  and writes 22 MB/s of shards, so on most clusters greedy with
-  ``engine="fast"`` is I/O-bound well before 100 cores; with
-  ``engine="reference"`` it is compute-bound.
+moving chunks and results and of scheduling: with ``engine="reference"`` the
+NumPy work dominates and a cluster scales with its cores; with ``engine="fast"``
+each task's fixed costs (the worker's event loop, serializing the result,
+writing and checksumming a shard) weigh about as much as the kernel, so build
+the input where it is computed (Zarr chunks read by the workers, not
+``da.from_array`` on the client) and make sure storage keeps up: greedy with
+``engine="fast"`` becomes I/O-bound long before compute-bound.
+``python bench/bench_dask.py`` measures one process against a LocalCluster in
+one run, in wall-clock rows/s and rows per CPU-second; measured numbers are in
+``bench/results/bench_dask.txt`` and the README, not here.
 """
 
 import os

@@ -143,10 +143,20 @@ class Layout:
     extras = ()
     floats = ""
 
-    # -- sizes and fields
+    # -- codes
     def code_bytes(self, dim, bits):
+        """Bytes of the packed codes of a row (the first field)."""
         return code_bytes(dim, bits)
 
+    def pack_codes(self, codes, bits):
+        """uint8 codes [n, dim] -> packed bytes [n, code_bytes] (default: :func:`pack_codes`)."""
+        return pack_codes(codes, bits)
+
+    def unpack_codes(self, packed, bits, dim):
+        """Inverse of :meth:`pack_codes` (default: :func:`unpack_codes`)."""
+        return unpack_codes(packed, bits, dim)
+
+    # -- sizes and fields
     def fields(self, dim, bits, float_dtype, extras=None):
         """The row's fields in order (codes first); ``extras`` maps name -> array (or shape)."""
         raise NotImplementedError

@@ -326,7 +326,7 @@ def encode(request, x):
     lo, hi = ranges(request, x)
     scale, bias, inv = scale_bias(lo, hi, bits, scale_dtype)
     codes = quantize_codes(x, bias, inv, bits)
-    return assemble_rows(pack_codes(codes, bits), scale, bias, scale_dtype), {}
+    return assemble_rows(request.layout.pack_codes(codes, bits), scale, bias, scale_dtype), {}
 
 
 def check_values(request, x, name="x"):

@@ -153,7 +153,7 @@ class QuantizedTable:
     @property
     def code_bytes(self):
         """Bytes of packed codes per row: ceil(dim * bits / 8)."""
-        return L.code_bytes(self._dim, self._bits)
+        return self.layout_entry.code_bytes(self._dim, self._bits)
 
     @property
     def qparam_itemsize(self):
@@ -202,7 +202,7 @@ class QuantizedTable:
 
     def codes(self):
         """Unpacked codes, uint8 [n_rows, dim]."""
-        return L.unpack_codes(self._data[:, :self.code_bytes], self._bits, self._dim)
+        return self.layout_entry.unpack_codes(self._data[:, :self.code_bytes], self._bits, self._dim)
 
     def _require_rowwise(self, what):
         if self._layout != "rowwise":

@@ -48,6 +48,12 @@ def encode(request, x, n_threads=None):
     """The codebook family's compiled encoder: ``(data, extras)`` of float32 rows ``x``,
     byte-identical to :func:`qe4.codebook.encode`."""
     bits, scale_dtype = request.bits, request.scale_dtype
+    if request.layout.name != "two-tier" and request.method.code not in _codebook.METHOD_CODES.values():
+        raise ValueError(f"qe4_fast has no compiled codebook kernel for method "
+                         f"{request.method.name!r} (code {request.method.code}); use engine='reference'")
+    if bits not in C.BITS:
+        raise ValueError(f"qe4_fast's codebook kernels do not implement bits={bits} (they do "
+                         f"{C.BITS}); use engine='reference'")
     C.check_values(request, x)
     f16 = int(scale_dtype == "float16")
     k = 2 ** bits

@@ -16,6 +16,20 @@ from . import _rowwise, _simd
 from ._threads import GRAIN_SEARCH, GRAIN_STREAM, effective_n_threads, shares_cores
 
 F32 = np.float32
+#: Bit widths the compiled row kernels implement (a width the layout registry gains must
+#: get its kernel here before qe4_fast accepts it).
+KERNEL_BITS = (2, 4, 8)
+
+
+def check_kernel(request):
+    """ValueError unless the compiled row kernels implement the request's method and bits
+    (never another method or width in their place)."""
+    if request.method.code not in _rowwise.METHOD_CODES.values():
+        raise ValueError(f"qe4_fast has no compiled row kernel for method {request.method.name!r} "
+                         f"(code {request.method.code}); use engine='reference'")
+    if request.bits not in KERNEL_BITS:
+        raise ValueError(f"qe4_fast's row kernels do not implement bits={request.bits} "
+                         f"(they do {KERNEL_BITS}); use engine='reference'")
 
 
 def encode(request, x, n_threads=None):
@@ -63,6 +77,7 @@ def _run(request, x, n_threads, encode):
     The minmax method checks after its single fused pass (its kernel has no undefined
     behaviour on any input: no float-to-int casts); the searches check first.
     """
+    check_kernel(request)
     method, bits, scale_dtype = request.method, request.bits, request.scale_dtype
     code = method.code
     n_rows, n_cols = x.shape

@@ -378,3 +378,26 @@ def test_torch_module_weight_and_bits_are_read_only(same_bytes):
     m.weight.data = torch.zeros((2, 2), dtype=torch.uint8)
     with pytest.raises(ValueError, match="weight was changed after construction"):
         m(idx, off)
+
+
+@pytest.mark.skipif(qe4_fast is None, reason="qe4_fast is not built")
+def test_unknown_codes_and_widths_raise_in_the_compiled_twin(monkeypatch):
+    """A method or bit width registered without a compiled kernel is a clear error in
+    qe4_fast, never another method or width in its place; the reference runs it."""
+    import dataclasses
+    fake = dataclasses.replace(M.get("minmax"), name="new-range", code=99)
+    monkeypatch.setitem(M.METHODS, "new-range", fake)
+    same = qe4.quantize(X, 4, "new-range")
+    assert same.data.tobytes() == qe4.quantize(X, 4, "minmax").data.tobytes()
+    with pytest.raises(ValueError, match="no compiled row kernel for method 'new-range' .code 99"):
+        qe4_fast.quantize(X, 4, "new-range")
+    kfake = dataclasses.replace(M.get("kmeans"), name="new-kmeans", code=98)
+    monkeypatch.setitem(M.METHODS, "new-kmeans", kfake)
+    with pytest.raises(ValueError, match="no compiled codebook kernel for method 'new-kmeans'"):
+        qe4_fast.quantize(X, 4, "new-kmeans")
+    monkeypatch.setattr(L.RowwiseLayout, "bits", (2, 3, 4, 8))
+    monkeypatch.setattr(L, "BITS", (2, 3, 4, 8))
+    with pytest.raises(ValueError, match="row kernels do not implement bits=3"):
+        qe4_fast.quantize(X, 3, "minmax")
+    with pytest.raises(ValueError, match="divide 8, got 3"):     # the reference packs no garbage
+        qe4.quantize(X, 3, "minmax")

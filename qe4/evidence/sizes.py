@@ -1,5 +1,7 @@
 """Bytes per row of each stored layout, against float32 and float16 rows."""
 
+from qe4 import layouts as L
+
 DIMS = (16, 32, 50, 64, 72, 128)
 
 
@@ -11,8 +13,7 @@ def row_bytes(dim, bits, scale_dtype="float16"):
     >>> row_bytes(64, 8, "float32")   # torch's byte layout
     72
     """
-    item = {"float16": 2, "float32": 4}[scale_dtype]
-    return -(-dim * bits // 8) + 2 * item
+    return L.LAYOUTS["rowwise"].row_bytes(dim, bits, scale_dtype)
 
 
 def size_table(dims=DIMS):
