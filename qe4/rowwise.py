@@ -76,8 +76,16 @@ def range_loss(x, lo, hi, bits=4, scale_dtype="float16"):
     float32 ndarray [n_rows]
         NaN where a float32 scale below 2**-128 has an infinite reciprocal
         (``0 * inf``); such a candidate never compares less than another.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`qe4.quantize` for ``x`` and ``bits``; ``lo``/``hi`` not real, finite,
+        scalars or one per row, ``lo > hi``, or a range whose float16 scale/bias overflows
+        (``qe4._validate.check_range_loss_args``).
     """
-    return _range_loss_t(np.ascontiguousarray(np.asarray(x, F32).T), lo, hi, bits, scale_dtype)
+    x, lo, hi, bits, scale_dtype = V.check_range_loss_args(x, lo, hi, bits, scale_dtype)
+    return _range_loss_t(np.ascontiguousarray(x.T), lo, hi, bits, scale_dtype)
 
 
 def _range_loss_t(xt, lo, hi, bits, scale_dtype):
@@ -266,6 +274,7 @@ def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtyp
     bits = V.check_bits(bits)
     method = V.check_method(method, V.UNIFORM_METHODS)
     x, n_bins, ratio, scale_dtype = V.check_uniform_args(x, bits, n_bins, ratio, scale_dtype)
+    V.check_search_cost(method, n_bins, ratio)
     V.check_fp16_ranges(x, bits, scale_dtype)
     return _ranges(x, bits, method, n_bins, ratio, scale_dtype)
 

@@ -80,6 +80,7 @@ def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=
     if kwargs:
         raise TypeError(f"unexpected keyword arguments for method {method!r}: {sorted(kwargs)}")
     x, n_bins, ratio, scale_dtype = V.check_uniform_args(x, bits, n_bins, ratio, scale_dtype)
+    V.check_search_cost(method, n_bins, ratio)
     V.check_fp16_ranges(x, bits, scale_dtype)
     lo, hi = R._ranges(x, bits, method, n_bins, ratio, scale_dtype)
     scale, bias, inv = R.scale_bias(lo, hi, bits, scale_dtype)

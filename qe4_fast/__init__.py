@@ -28,6 +28,7 @@ from qe4.table import QuantizedTable
 from qe4.uniform import methods
 
 from ._threads import BUILD_HINT, effective_n_threads, openmp_enabled, shares_cores  # ImportError if not built
+from ._blocks import row_blocks
 
 try:
     from . import _rowwise
@@ -61,6 +62,7 @@ def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=
         raise TypeError(f"unexpected keyword arguments for method {method!r}: {sorted(kwargs)}")
     x, n_bins, ratio, scale_dtype = V.check_uniform_args(x, bits, n_bins, ratio, scale_dtype,
                                                           finite=False)   # finite: in _run
+    V.check_search_cost(method, n_bins, ratio)
     data, _, _ = _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode=True)
     params = {"n_bins": n_bins, "ratio": ratio} if method in ("greedy", "exhaustive") else {}
     return QuantizedTable(data, bits=bits, dim=x.shape[1], method=method,
@@ -75,6 +77,7 @@ def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtyp
     method = V.check_method(method, V.UNIFORM_METHODS)
     x, n_bins, ratio, scale_dtype = V.check_uniform_args(x, bits, n_bins, ratio, scale_dtype,
                                                           finite=False)   # finite: in _run
+    V.check_search_cost(method, n_bins, ratio)
     _, lo, hi = _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode=False)
     return lo, hi
 
@@ -82,19 +85,10 @@ def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtyp
 @shares_cores
 def range_loss(x, lo, hi, bits=4, scale_dtype="float16", *, n_threads=None):
     """L2 error of each row quantized with the range [lo, hi]; see :func:`qe4.range_loss`."""
-    x = np.ascontiguousarray(np.asarray(x, F32))
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D [n_rows, n_cols], got shape {x.shape}")
-    n_rows = x.shape[0]
-    lo = np.ascontiguousarray(np.broadcast_to(np.asarray(lo, F32), (n_rows,)))
-    hi = np.ascontiguousarray(np.broadcast_to(np.asarray(hi, F32), (n_rows,)))
-    out = np.empty(n_rows, F32)
-    n_threads = effective_n_threads(n_threads, n_rows)
-    if x.shape[1] == 0:
-        out[:] = 0.0
-        return out
+    x, lo, hi, bits, scale_dtype = V.check_range_loss_args(x, lo, hi, bits, scale_dtype)
+    out = np.empty(x.shape[0], F32)
     _rowwise.range_loss_rows(x, lo, hi, float(R.qmax_of(bits)), scale_dtype == "float16", out,
-                             n_threads)
+                             effective_n_threads(n_threads, x.shape[0]))
     return out
 
 
@@ -126,9 +120,15 @@ def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
     hi = np.empty(n_ranges, F32)
     row_bytes = -(-n_cols * bits // 8) + 2 * np.dtype(scale_dtype).itemsize
     out = np.empty((n_rows if encode else 0, row_bytes), np.uint8)
-    n_bad = _rowwise.quantize_rows(x, bits, code, fp16, float(n_bins),
-                                   float(R._min_bins(n_bins, ratio)), aciq_c, max_levels, work,
-                                   lo, hi, out, n_threads)
+    n_bad = 0
+    cost = n_cols * V.search_candidates(method, n_bins, ratio)
+    lanes = 1 if method == "exhaustive" else _rowwise.LANES      # the kernel's task size
+    for a, b in row_blocks(n_rows, cost, n_threads, lanes):          # Ctrl-C between blocks
+        n_bad += _rowwise.quantize_rows(x[a:b], bits, code, fp16, float(n_bins),
+                                        float(R._min_bins(n_bins, ratio)), aciq_c, max_levels,
+                                        work, lo[a:b] if n_ranges else lo,
+                                        hi[a:b] if n_ranges else hi,
+                                        out[a:b] if encode else out, n_threads)
     if n_bad:
         _raise_bad_rows(x, bits, scale_dtype)
     return out, lo, hi

@@ -158,17 +158,29 @@ def dequantize(const uint8_t[:, ::1] data,    # IN  [n_rows, row_bytes]
                const float[:, ::1] books,     # IN  [n_groups, K] (two-tier) or [1, K] unused
                float[:, ::1] out,             # OUT [n_rows, dim]
                int n_threads):
-    cdef int64_t n_rows = data.shape[0], r, nb = (dim * bits + 7) // 8
+    """Dequantize codebook or two-tier rows.  Returns the number of two-tier rows whose
+    group id is >= books.shape[0] (checked here, as the bag kernels do: such a row is
+    never looked up, its output row is zeros, and the caller raises)."""
+    cdef int64_t n_rows = data.shape[0], r, g, j, nb = (dim * bits + 7) // 8
+    cdef int64_t n_groups = books.shape[0], n_bad = 0
     cdef int K = 1 << bits
     cdef const float *c
     cdef float *tmp = <float *>malloc(16 * n_threads * sizeof(float))
     if tmp == NULL:
         raise MemoryError("qe4_fast.codebook: no memory for scratch space")
     for r in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
+        if layout == 1:
+            g = data[r, nb] if id_bytes == 1 else data[r, nb] | (<int64_t>data[r, nb + 1] << 8)
+            if g >= n_groups:
+                n_bad += 1
+                for j in range(dim):
+                    out[r, j] = 0.0
+                continue
         c = cb_row_cents(&data[r, 0], nb, layout, f16, K, id_bytes, &books[0, 0],
                          tmp + 16 * omp_get_thread_num())
         cb_row_values(&data[r, 0], dim, bits, c, &out[r, 0])
     free(tmp)
+    return n_bad
 
 
 def embedding_bag(const uint8_t[:, ::1] data, int64_t dim, int bits, int layout, int f16,

@@ -63,10 +63,22 @@ def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
     cdef int n_rows = x.shape[0], n_cols = x.shape[1]
     cdef int n_blocks = (n_rows + QE4_LANES - 1) // QE4_LANES
     cdef bint encode = out.shape[0] > 0
-    cdef int b, r0, n, tid
+    cdef int b, r0, n, tid, r
     cdef int n_bad = 0
     cdef size_t row_bytes = out.shape[1]
     cdef int chunk = max(1, n_blocks // (16 * n_threads))  # dynamic: a busy core slows no one
+    if method == 2:
+        # exhaustive: each row is a long search of its own; one row per task, so that a
+        # caller splitting the table into short calls (Ctrl-C between them) keeps every
+        # thread busy with as few as n_threads rows
+        for r in prange(n_rows, nogil=True, schedule="dynamic", num_threads=n_threads):
+            tid = threadid()
+            qe4_ranges_block(&x[0, 0], r, 1, n_cols, bits, method, fp16, n_bins, min_bins,
+                             aciq_c, max_levels, &work[tid, 0], &lo[0], &hi[0])
+            if encode:
+                qe4_encode_block(&x[0, 0], r, 1, n_cols, bits, fp16, &lo[0], &hi[0],
+                                 &out[0, 0], row_bytes)
+        return 0
     for b in prange(n_blocks, nogil=True, schedule="dynamic", chunksize=chunk,
                     num_threads=n_threads):
         tid = threadid()

@@ -17,6 +17,7 @@ from qe4 import codebook as C
 from qe4.table import QuantizedTable
 
 from . import _codebook
+from ._blocks import row_blocks
 from ._threads import effective_n_threads, shares_cores
 
 F32 = np.float32
@@ -61,8 +62,12 @@ def quantize_codebook(x, bits, method, *, scale_dtype=None, n_threads=None, **kw
         return QuantizedTable(data, bits=bits, dim=dim, method=method, scale_dtype=scale_dtype,
                               layout="two-tier", extras=extras, params={"n_groups": n_groups})
     data = _aligned_rows(n_rows, code_bytes + k * (2 if f16 else 4))
-    _codebook.encode_rows(x, bits, _METHOD_CODE[method], opts.get("max_iter", 1), f16, data,
-                          effective_n_threads(n_threads, n_rows))
+    nt = effective_n_threads(n_threads, n_rows)
+    # per row: Lloyd visits dim values x K centroids per iteration, the exact fit ~K dim^2
+    cost = dim * k * (opts.get("max_iter", 100) if method == "kmeans" else dim)
+    for a, b in row_blocks(n_rows, cost, nt):               # Ctrl-C is noticed between blocks
+        _codebook.encode_rows(x[a:b], bits, _METHOD_CODE[method], opts.get("max_iter", 1), f16,
+                              data[a:b], nt)
     return QuantizedTable(data, bits=bits, dim=dim, method=method, scale_dtype=scale_dtype,
                           layout="codebook", params=opts)
 
@@ -71,7 +76,11 @@ def _group_books(x, gid, n_groups, k, f16, n_threads):
     order = np.argsort(gid, kind="stable")
     edges = np.searchsorted(gid[order], np.arange(n_groups + 1))
     books = np.empty((n_groups, k), F32)
-    _codebook.fit_groups(x, order.astype(np.int64), edges.astype(np.int64), f16, books, n_threads)
+    order, edges = order.astype(np.int64), edges.astype(np.int64)
+    # blocks of groups (each costs about its points x K); Ctrl-C is noticed between them
+    per_group = max(1, x.size * k // n_groups)
+    for a, b in row_blocks(n_groups, per_group, n_threads):
+        _codebook.fit_groups(x, order, edges[a:b + 1], f16, books[a:b], n_threads)
     return books
 
 
@@ -93,10 +102,10 @@ def _table_args(table):
 def dequantize_codebook(table, *, n_threads=None):
     """float32 [n_rows, dim]; see :func:`qe4.codebook.dequantize_codebook`."""
     args = _table_args(table)
-    if table.layout == "two-tier":
-        C.group_of(table, slice(None))
     out = np.empty((table.n_rows, table.dim), F32)
-    _codebook.dequantize(*args, out, effective_n_threads(n_threads, table.n_rows))
+    if _codebook.dequantize(*args, out, effective_n_threads(n_threads, table.n_rows)):
+        C.group_of(table, slice(None))      # the kernel met a bad group id: the reference's error
+        raise AssertionError("qe4_fast: the dequantize kernel flagged a group id qe4 accepts")
     return out
 
 
