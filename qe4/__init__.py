@@ -6,7 +6,7 @@ codebook quantization, FBGEMM/torch-compatible packed rows and pooled lookups.
 ``qe4_fast`` is its compiled, byte-identical twin.
 """
 
-from .bag import embedding_bag
+from .bag import embedding, embedding_bag, embedding_bags
 from .io import load, save
 from .metrics import row_errors, table_error, zipf_weights
 from .rowwise import range_loss, row_ranges
@@ -16,6 +16,7 @@ from .uniform import dequantize, from_tbe, methods, quantize, to_tbe
 __version__ = "0.1.0"
 
 __all__ = [
-    "QuantizedTable", "quantize", "dequantize", "embedding_bag", "row_ranges", "range_loss",
+    "QuantizedTable", "quantize", "dequantize", "embedding", "embedding_bag", "embedding_bags",
+    "row_ranges", "range_loss",
     "to_tbe", "from_tbe", "methods", "save", "load", "row_errors", "table_error", "zipf_weights",
 ]

@@ -326,7 +326,8 @@ def check_bag_args(indices, offsets, n_rows, per_sample_weights, include_last_of
     Returns ``(indices, starts, weights)`` where ``indices`` is int64 [n_indices],
     ``starts`` is int64 [n_bags + 1] (bag m covers positions starts[m]:starts[m+1]),
     and ``weights`` is float32 [n_indices] or None.  2-D ``indices`` [B, L] means B
-    bags of L positions (``offsets`` must then be None).
+    bags of L positions (``offsets`` must then be None).  ``n_rows=None`` skips the
+    index range check (:func:`check_table_bags` checks each table's own range).
     """
     if not isinstance(mode, str) or mode not in modes:
         raise ValueError(f"mode must be one of {modes}, got {mode!r}")
@@ -375,13 +376,8 @@ def check_bag_args(indices, offsets, n_rows, per_sample_weights, include_last_of
     # callers only read idx: a writable int64 array is not copied (a read-only one is, as
     # torch.from_numpy warns about those)
     idx = idx.astype(np.int64, copy=not idx.flags.writeable)
-    # one pass: a negative index seen as uint64 is >= 2**63 > n_rows
-    if idx.size and int(idx.view(np.uint64).max()) >= n_rows:
-        bad = (idx < 0) | (idx >= n_rows)
-        if bad.any():
-            p = int(np.argmax(bad))
-            raise IndexError(
-                f"indices[{p}] = {int(idx[p])} is out of range for a table of {n_rows} rows")
+    if n_rows is not None:          # None: the caller checks ranges (several tables)
+        check_index_range(idx, n_rows)
     weights = None
     if per_sample_weights is not None:
         refuse_masked(per_sample_weights, "per_sample_weights")
@@ -399,6 +395,106 @@ def check_bag_args(indices, offsets, n_rows, per_sample_weights, include_last_of
             p = int(np.argmax(bad))
             raise ValueError("per_sample_weights must be finite: "
                              f"per_sample_weights[{p}] = {weights[p]!r}")
-    if mode == "mean" and weights is not None:
+    if mode != "sum" and weights is not None:
         raise ValueError("per_sample_weights is only supported with mode='sum'")
     return np.ascontiguousarray(idx), np.ascontiguousarray(starts), weights
+
+
+# --------------------------------------------------------------------------- lookups
+
+OUT_DTYPES = ("float32", "float16", "bfloat16")
+LOOKUP_MODES = ("sum", "mean", "max")
+
+
+def check_index_range(idx, n_rows, table_name="a table", shape=None, first=0):
+    """IndexError unless every entry of int64 ``idx`` is in ``[0, n_rows)``.
+
+    The message names the first bad position (``first + p``, or its multi-index in
+    ``shape`` when given), its value, ``table_name`` and ``n_rows``.
+    """
+    # one pass: a negative index seen as uint64 is >= 2**63 > n_rows
+    if idx.size and int(idx.view(np.uint64).max()) >= n_rows:
+        bad = (idx < 0) | (idx >= n_rows)
+        p = int(np.argmax(bad))
+        where = first + p if shape is None or len(shape) == 1 else \
+            ", ".join(map(str, np.unravel_index(p, shape)))
+        raise IndexError(
+            f"indices[{where}] = {int(idx[p])} is out of range for {table_name} of {n_rows} rows")
+
+
+def check_out_dtype(out_dtype):
+    """The name of ``out_dtype`` ("float32", "float16" or "bfloat16"; a string or a dtype).
+
+    bfloat16 results are ``ml_dtypes.bfloat16`` arrays; ImportError if ml_dtypes is absent.
+    """
+    try:
+        name = out_dtype if isinstance(out_dtype, str) else np.dtype(out_dtype).name
+    except TypeError:
+        name = None
+    if name not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype!r}")
+    if name == "bfloat16":
+        bfloat16_dtype()
+    return name
+
+
+def bfloat16_dtype():
+    """numpy's bfloat16 dtype, from ml_dtypes (ImportError with the install hint if absent)."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ImportError("out_dtype='bfloat16' needs the ml_dtypes package (numpy's bfloat16 "
+                          'dtype): pip install ml_dtypes, or "qe4[bfloat16]"') from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def check_gather_indices(indices, n_rows):
+    """int32/int64 ``indices`` of any shape -> (int64 [n] C-contiguous, shape)."""
+    idx = _as_int_array(indices, "indices")
+    shape = idx.shape
+    # the kernels read an index changed after this check (by another thread) as row 0
+    flat = np.ascontiguousarray(idx.reshape(-1), dtype=np.int64)
+    check_index_range(flat, n_rows, shape=shape)
+    return flat, shape
+
+
+def check_tables(tables):
+    """A non-empty list of :class:`qe4.QuantizedTable` (TypeError / ValueError otherwise)."""
+    from .table import QuantizedTable
+    if isinstance(tables, QuantizedTable) or not isinstance(tables, (list, tuple)):
+        raise TypeError(f"tables must be a list or tuple of QuantizedTable, got {type(tables).__name__}")
+    if not tables:
+        raise ValueError("tables must hold at least one table, got an empty sequence")
+    for t, table in enumerate(tables):
+        if not isinstance(table, QuantizedTable):
+            raise TypeError(f"tables[{t}] must be a QuantizedTable, got {type(table).__name__}")
+    return list(tables)
+
+
+def check_table_bags(tables, indices, offsets, per_sample_weights, include_last_offset, mode):
+    """Validate a batched lookup over several tables (TBE's convention).
+
+    ``offsets`` holds ``n_tables * n_bags`` bag starts (+1 with ``include_last_offset``),
+    table-major: bag b of table t is bag ``t * n_bags + b``; its indices refer to
+    ``tables[t]``.  Returns ``(tables, indices, starts, weights, n_bags)`` as
+    :func:`check_bag_args` does.
+    """
+    tables = check_tables(tables)
+    idx = _as_int_array(indices, "indices")
+    if idx.ndim != 1:
+        raise ValueError(f"indices must be 1-D (every table's indices, concatenated), "
+                         f"got shape {idx.shape}")
+    if offsets is None:
+        raise ValueError("offsets is required: n_tables * n_bags bag starts, table-major")
+    idx, starts, w = check_bag_args(idx, offsets, None, per_sample_weights, include_last_offset,
+                                    mode, LOOKUP_MODES)
+    n_t = len(tables)
+    total = starts.size - 1
+    if total % n_t:
+        raise ValueError(f"offsets describe {total} bags, not a multiple of the {n_t} tables "
+                         "(table-major: n_tables * n_bags bags)")
+    n_bags = total // n_t
+    for t, table in enumerate(tables):
+        p0, p1 = int(starts[t * n_bags]), int(starts[(t + 1) * n_bags])
+        check_index_range(idx[p0:p1], table.n_rows, f"tables[{t}]", first=p0)
+    return tables, idx, starts, w, n_bags

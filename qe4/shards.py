@@ -533,7 +533,8 @@ class ShardedTable:
         return self.slice(0, self.n_rows)
 
     def embedding_bag(self, indices, offsets=None, *, mode="sum", per_sample_weights=None,
-                      include_last_offset=False, engine="reference", n_threads=None):
+                      include_last_offset=False, out_dtype="float32", engine="reference",
+                      n_threads=None):
         """:func:`qe4.embedding_bag` over the sharded table, reading only the referenced rows.
 
         Arguments are validated against the whole table exactly as
@@ -544,10 +545,11 @@ class ShardedTable:
         ``engine="fast"`` pools with ``qe4_fast.embedding_bag(..., n_threads=n_threads)``.
         """
         pool = engine_function(engine, "embedding_bag")
+        out_dtype = V.check_out_dtype(out_dtype)
         idx, starts, w = V.check_bag_args(indices, offsets, self.n_rows, per_sample_weights,
-                                          include_last_offset, mode)
+                                          include_last_offset, mode, V.LOOKUP_MODES)
         used, local = np.unique(idx, return_inverse=True)
         sub = self.rows(used)
         kwargs = {} if engine == "reference" else {"n_threads": n_threads}
         return pool(sub, local.reshape(-1).astype(np.int64), starts, mode=mode,
-                                 per_sample_weights=w, include_last_offset=True, **kwargs)
+                    per_sample_weights=w, include_last_offset=True, out_dtype=out_dtype, **kwargs)

@@ -11,13 +11,12 @@ There is no fallback: without its compiled modules ``import qe4_fast`` raises an
 ImportError that says how to build them.
 
 Threads: kernels release the GIL and parallelize only across independent rows or
-bags.  Calls made at the same time from several Python threads share the cores
-when ``n_threads`` is None (each takes its share of ``omp_max_threads()``), so they
-do not oversubscribe the machine.  Fork caveat: GNU libgomp is not fork-safe.  A
-process that has run an OpenMP kernel and then forks (``multiprocessing`` with the
-``"fork"`` start method, the default on Linux before Python 3.14) can hang in the
-child at its first parallel kernel.  Use the ``"spawn"`` or ``"forkserver"`` start
-method (dask's worker processes spawn), or call qe4_fast only in the children.
+bags, on qe4_fast's own thread pool (qe4_fast/_pool_impl.h: the calling thread works
+too and never waits for a helper that has not started).  ``n_threads=None`` uses the
+usable CPUs (the affinity mask lowered by a cgroup CPU quota, see
+:func:`qe4_fast._threads.cpu_count`); calls made at the same time from several Python
+threads share them (each takes its share), so they do not oversubscribe the machine.
+A child forked after qe4_fast calls starts with a fresh pool.
 """
 
 import numpy as np
@@ -27,17 +26,19 @@ from qe4 import rowwise as R
 from qe4.table import QuantizedTable
 from qe4.uniform import methods
 
-from ._threads import BUILD_HINT, effective_n_threads, openmp_enabled, shares_cores  # ImportError if not built
 from ._blocks import row_blocks
+from ._threads import (BUILD_HINT, GRAIN_SEARCH, GRAIN_STREAM,  # ImportError if not built
+                       effective_n_threads, openmp_enabled, shares_cores)
 
 try:
     from . import _rowwise
-    from .bag import dequantize, embedding_bag, from_tbe, to_tbe
+    from .bag import dequantize, embedding, embedding_bag, embedding_bags, from_tbe, to_tbe
 except ImportError as exc:   # one compiled module missing (a partial build): no fallback
     raise ImportError(f"{BUILD_HINT} ({exc})") from exc
 
 __all__ = [
-    "QuantizedTable", "quantize", "dequantize", "embedding_bag", "row_ranges", "range_loss",
+    "QuantizedTable", "quantize", "dequantize", "embedding", "embedding_bag", "embedding_bags",
+    "row_ranges", "range_loss",
     "to_tbe", "from_tbe", "methods", "openmp_enabled",
 ]
 
@@ -88,7 +89,7 @@ def range_loss(x, lo, hi, bits=4, scale_dtype="float16", *, n_threads=None):
     x, lo, hi, bits, scale_dtype = V.check_range_loss_args(x, lo, hi, bits, scale_dtype)
     out = np.empty(x.shape[0], F32)
     _rowwise.range_loss_rows(x, lo, hi, float(R.qmax_of(bits)), scale_dtype == "float16", out,
-                             effective_n_threads(n_threads, x.shape[0]))
+                             effective_n_threads(n_threads, x.shape[0], x.size))
     return out
 
 
@@ -103,7 +104,8 @@ def _run(x, bits, method, n_bins, ratio, scale_dtype, n_threads, encode):
     behaviour on any input: no float-to-int casts); the searches check first.
     """
     n_rows, n_cols = x.shape
-    n_threads = effective_n_threads(n_threads, -(-n_rows // _rowwise.LANES))
+    n_threads = effective_n_threads(n_threads, -(-n_rows // _rowwise.LANES), x.size,
+                                    GRAIN_STREAM if method == "minmax" else GRAIN_SEARCH)
     fp16 = scale_dtype == "float16"
     if method != "minmax":
         lo = np.empty(n_rows, F32)

@@ -3,13 +3,15 @@
 
 Every function takes validated, C-contiguous buffers and a resolved ``n_threads``
 (qe4_fast.bag does both), writes into a preallocated output and never raises.  Work
-is split with one ``prange`` over independent bags or rows; each bag/row is computed
-in a fixed order (_bag_kernels.h), so the bytes do not depend on the thread count.
+is split into chunks of independent bags or rows run by qe4_fast's pool (_pool.h);
+each bag/row is computed in a fixed order (_bag_kernels.h), so the bytes do not
+depend on the thread count.
 """
 
-from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memcpy, memset
+
+from qe4_fast._pool cimport par_run, qe4_chunk_start, qe4_n_chunks
 
 cdef extern from "_bag_kernels.h" nogil:
     ctypedef struct qe4_rows:
@@ -59,21 +61,42 @@ def embedding_bag_rowwise(const uint8_t[:, ::1] data,    # IN  packed rows [n_ro
     cdef int64_t n_idx = idx.shape[0]
     cdef const int64_t *sp = &starts[0]
     cdef float *op = &out[0, 0] if n_bags > 0 else NULL
-    cdef Py_ssize_t k, m0, m1, n_parts
+    cdef bag_job job
     if n_bags == 0:
         return
-    if n_threads == 1:
-        with nogil:
-            _bags(&t, ip, n_idx, wp, sp, 0, n_bags, mean, simd, op)
-        return
-    # n_parts runs of consecutive bags holding about n_idx / n_parts positions each (balanced
-    # when bag lengths differ), a few per thread, handed out dynamically: few scheduling
-    # steps, and a thread delayed by another process does not hold up the rest
-    n_parts = min(n_bags, 8 * n_threads)
-    for k in prange(n_parts, nogil=True, num_threads=n_threads, schedule="dynamic", chunksize=1):
-        m0 = _first_bag(sp, n_bags, k, n_parts)
-        m1 = _first_bag(sp, n_bags, k + 1, n_parts)
-        _bags(&t, ip, n_idx, wp, sp, m0, m1, mean, simd, op)
+    job.t = &t
+    job.ip = ip
+    job.n_idx = n_idx
+    job.wp = wp
+    job.starts = sp
+    job.n_bags = n_bags
+    job.mean = mean
+    job.simd = simd
+    job.out = op
+    # runs of consecutive bags holding about the same number of positions (balanced when bag
+    # lengths differ), several per thread, claimed one at a time (see _pool.h)
+    job.n_parts = qe4_n_chunks(n_bags, n_threads)
+    with nogil:
+        par_run(job.n_parts, n_threads, _bag_part, &job)
+
+
+ctypedef struct bag_job:
+    const qe4_rows *t
+    const int64_t *ip
+    int64_t n_idx
+    const float *wp
+    const int64_t *starts
+    Py_ssize_t n_bags
+    Py_ssize_t n_parts
+    bint mean
+    int simd
+    float *out
+
+
+cdef void _bag_part(void *ctx, int64_t k, int worker) noexcept nogil:
+    cdef bag_job *j = <bag_job *>ctx
+    _bags(j.t, j.ip, j.n_idx, j.wp, j.starts, _first_bag(j.starts, j.n_bags, k, j.n_parts),
+          _first_bag(j.starts, j.n_bags, k + 1, j.n_parts), j.mean, j.simd, j.out)
 
 
 cdef inline Py_ssize_t _first_bag(const int64_t *starts, Py_ssize_t n_bags, Py_ssize_t k,
@@ -107,12 +130,30 @@ def dequantize_rowwise(const uint8_t[:, ::1] data,       # IN  packed rows [n_ro
                        float[:, ::1] out,                 # OUT [n_rows, dim]
                        int n_threads, int simd):
     """``out[r] = fma(scale[r], q[r], bias[r])`` for every row."""
-    cdef qe4_rows t = _rows(data, bits, dim, f16)
-    cdef Py_ssize_t r, n_rows = out.shape[0]
-    if n_rows == 0:
-        return
-    for r in prange(n_rows, nogil=True, num_threads=n_threads, schedule="static"):
-        qe4_dequantize_row(&t, r, simd, &out[r, 0])
+    cdef rows_job job
+    job.t = _rows(data, bits, dim, f16)
+    job.n_rows = out.shape[0]
+    job.simd = simd
+    job.out = &out[0, 0] if job.n_rows > 0 else NULL
+    job.n_chunks = qe4_n_chunks(job.n_rows, n_threads)
+    with nogil:
+        par_run(job.n_chunks, n_threads, _dequantize_rows, &job)
+
+
+ctypedef struct rows_job:
+    qe4_rows t
+    int64_t n_rows
+    int64_t n_chunks
+    int simd
+    float *out
+
+
+cdef void _dequantize_rows(void *ctx, int64_t c, int worker) noexcept nogil:
+    cdef rows_job *j = <rows_job *>ctx
+    cdef int64_t r
+    for r in range(qe4_chunk_start(j.n_rows, j.n_chunks, c),
+                   qe4_chunk_start(j.n_rows, j.n_chunks, c + 1)):
+        qe4_dequantize_row(&j.t, r, j.simd, j.out + r * j.t.dim)
 
 
 def move_qparams(const uint8_t[:, ::1] src,     # IN  [n_rows, src_width]
@@ -123,11 +164,37 @@ def move_qparams(const uint8_t[:, ::1] src,     # IN  [n_rows, src_width]
     Fused -> TBE: head = code_bytes (the scale/bias block moves to the front);
     TBE -> fused: head = 2 * itemsize (it moves back to the end).
     """
-    cdef Py_ssize_t r, n_rows = src.shape[0], width = dst.shape[1]
-    if n_rows == 0:
+    cdef move_job job
+    job.n_rows = src.shape[0]
+    if job.n_rows == 0:
         return
-    for r in prange(n_rows, nogil=True, num_threads=n_threads, schedule="static"):
-        memcpy(&dst[r, 0], &src[r, head], n_bytes - head)
-        memcpy(&dst[r, n_bytes - head], &src[r, 0], head)
-        if width > n_bytes:
-            memset(&dst[r, n_bytes], 0, width - n_bytes)
+    job.src = &src[0, 0]
+    job.dst = &dst[0, 0]
+    job.src_width = src.shape[1]
+    job.width = dst.shape[1]
+    job.head = head
+    job.n_bytes = n_bytes
+    job.n_chunks = qe4_n_chunks(job.n_rows, n_threads)
+    with nogil:
+        par_run(job.n_chunks, n_threads, _move_rows, &job)
+
+
+ctypedef struct move_job:
+    const uint8_t *src
+    uint8_t *dst
+    int64_t n_rows, n_chunks, src_width, width, head, n_bytes
+
+
+cdef void _move_rows(void *ctx, int64_t c, int worker) noexcept nogil:
+    cdef move_job *j = <move_job *>ctx
+    cdef int64_t r
+    cdef const uint8_t *s
+    cdef uint8_t *d
+    for r in range(qe4_chunk_start(j.n_rows, j.n_chunks, c),
+                   qe4_chunk_start(j.n_rows, j.n_chunks, c + 1)):
+        s = j.src + r * j.src_width
+        d = j.dst + r * j.width
+        memcpy(d, s + j.head, j.n_bytes - j.head)
+        memcpy(d + j.n_bytes - j.head, s, j.head)
+        if j.width > j.n_bytes:
+            memset(d + j.n_bytes, 0, j.width - j.n_bytes)

@@ -3,14 +3,15 @@
 
 Inputs are validated, C-contiguous, native buffers; kernels never raise except
 MemoryError when scratch space cannot be allocated.  Work is split across
-independent rows, groups or bags only, so the bytes do not depend on n_threads.
+independent rows, groups or bags only (chunks run by qe4_fast's pool, _pool.h;
+per-thread scratch is indexed by the pool's worker id), so the bytes do not depend
+on n_threads.
 """
 
-from cython.parallel cimport parallel, prange
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free, malloc
 
-from ._openmp_helpers cimport omp_get_thread_num
+from qe4_fast._pool cimport par_run, qe4_chunk_start, qe4_count_add, qe4_n_chunks
 
 cdef extern from "_codebook_kernels.h" nogil:
     ctypedef struct cb_work:
@@ -48,8 +49,9 @@ def encode_rows(const float[:, ::1] x,      # IN  [n_rows, dim]
                 uint8_t[:, ::1] out,         # OUT [n_rows, row_bytes]
                 int n_threads):
     """Fit, store and encode every row of a "codebook" table (method 0 kmeans, 1 optimal)."""
-    cdef int64_t n_rows = x.shape[0], dim = x.shape[1], K = 1 << bits, r, m
+    cdef int64_t dim = x.shape[1], K = 1 << bits, m
     cdef int failed = 0, t
+    cdef cb_job j
     cdef cb_work *wks = <cb_work *>calloc(n_threads, sizeof(cb_work))
     cdef double *inv = <double *>malloc((dim + 1) * sizeof(double))
     if inv == NULL or wks == NULL:
@@ -62,15 +64,73 @@ def encode_rows(const float[:, ::1] x,      # IN  [n_rows, dim]
     for t in range(n_threads):
         failed |= cb_work_init(&wks[t], dim, K) != 0
     if not failed:
-        for r in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-            cb_encode_row(&wks[omp_get_thread_num()], &x[r, 0], method, max_iter, bits, f16,
-                          inv, &out[r, 0])
+        _job(&j, x, bits, f16, out, n_threads)
+        j.wks = wks
+        j.method = method
+        j.max_iter = max_iter
+        j.inv = inv
+        with nogil:
+            par_run(j.n_chunks, n_threads, _encode_chunk, &j)
     for t in range(n_threads):
         cb_work_free(&wks[t])
     free(wks)
     free(inv)
     if failed:
         raise MemoryError("qe4_fast.codebook: no memory for per-thread scratch space")
+
+
+ctypedef struct cb_job:
+    const float *x
+    int64_t n_items, n_chunks, dim, row_bytes, nb, code_bytes, n_groups
+    int bits, f16, method, layout, id_bytes, K, mean, simd
+    int64_t max_iter
+    cb_work *wks
+    const double *inv
+    uint8_t *out
+    const uint8_t *data
+    const int64_t *gid
+    const int64_t *order
+    const int64_t *edges
+    const float *books_in
+    float *books
+    float *fout
+    float *tmp
+    int64_t cap
+    int32_t **ranks
+    double **pts
+    const int64_t *idx
+    int64_t n_idx
+    const int64_t *starts
+    const float *weights
+    int64_t n_bad
+
+
+cdef void _job(cb_job *j, const float[:, ::1] x, int bits, int f16, uint8_t[:, ::1] out,
+               int n_threads):
+    """Fields most codebook kernels use; chunks are runs of x's rows (or of out's rows)."""
+    j.x = &x[0, 0] if x is not None and x.shape[0] > 0 and x.shape[1] > 0 else NULL
+    j.dim = x.shape[1] if x is not None else 0
+    j.n_items = x.shape[0] if x is not None else out.shape[0]
+    j.bits = bits
+    j.K = 1 << bits
+    j.f16 = f16
+    j.nb = (j.dim * bits + 7) // 8
+    j.out = &out[0, 0] if out is not None and out.shape[0] > 0 else NULL
+    j.row_bytes = out.shape[1] if out is not None else 0
+    j.n_chunks = qe4_n_chunks(j.n_items, n_threads)
+    j.n_bad = 0
+
+
+cdef inline int64_t _first(const cb_job *j, int64_t c) noexcept nogil:
+    return qe4_chunk_start(j.n_items, j.n_chunks, c)
+
+
+cdef void _encode_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
+    cdef cb_job *j = <cb_job *>ctx
+    cdef int64_t r
+    for r in range(_first(j, c), _first(j, c + 1)):
+        cb_encode_row(&j.wks[worker], j.x + r * j.dim, j.method, j.max_iter, j.bits, j.f16,
+                      j.inv, j.out + r * j.row_bytes)
 
 
 def fit_groups(const float[:, ::1] x,        # IN  [n_rows, dim]
@@ -80,16 +140,13 @@ def fit_groups(const float[:, ::1] x,        # IN  [n_rows, dim]
                float[:, ::1] books,          # OUT [n_groups, K] stored, sorted centroids
                int n_threads):
     """Bin each group's values and fit its exact 1-D k-means codebook (empty group: zeros)."""
-    cdef int64_t n_groups = books.shape[0], K = books.shape[1], dim = x.shape[1], g, i, n, m
+    cdef int64_t n_groups = books.shape[0], K = books.shape[1], dim = x.shape[1], i
     cdef int64_t cap = min(<int64_t>CB_SLOTS, max(<int64_t>1, x.shape[0] * dim))
     cdef int failed = 0, t
-    cdef double shift
-    cdef cb_work *wk
+    cdef cb_job j
     cdef cb_work *wks = <cb_work *>calloc(n_threads, sizeof(cb_work))
     cdef int32_t **ranks = <int32_t **>calloc(n_threads, sizeof(int32_t *))
     cdef double **pts = <double **>calloc(n_threads, sizeof(double *))
-    cdef int32_t *rank
-    cdef double *pt
     if wks == NULL or ranks == NULL or pts == NULL:
         failed = 1
     else:
@@ -102,29 +159,20 @@ def fit_groups(const float[:, ::1] x,        # IN  [n_rows, dim]
                 for i in range(CB_SLOTS):
                     ranks[t][i] = -1
     if not failed:
-        for g in prange(n_groups, nogil=True, schedule="dynamic", num_threads=n_threads):
-            m = edges[g + 1] - edges[g]
-            if m == 0:
-                for i in range(K):
-                    books[g, i] = 0.0
-                continue
-            t = omp_get_thread_num()
-            pt = pts[t]
-            n = cb_group_points(&x[0, 0], dim, &order[edges[g]], m, ranks[t], pt, pt + cap,
-                                pt + 2 * cap, &shift)
-            wk = &wks[t]
-            if cb_work_init(wk, n, K) != 0:
-                failed = 1
-                continue
-            for i in range(n):
-                wk.s[i] = pt[i]
-                wk.q[i] = pt[cap + i]
-                wk.w[i] = pt[2 * cap + i]
-            cb_points_optimal(wk, n, shift, NULL)
-            for i in range(K):
-                books[g, i] = cb_store(wk.c64[i], f16)
-            cb_sort_floats(&books[g, 0], <int>K)
-            cb_work_free(wk)
+        _job(&j, x, 0, f16, None, n_threads)
+        j.n_items = n_groups
+        j.n_chunks = qe4_n_chunks(n_groups, n_threads)
+        j.K = K
+        j.order = &order[0] if order.shape[0] > 0 else NULL
+        j.edges = &edges[0]
+        j.books = &books[0, 0] if n_groups > 0 else NULL
+        j.cap = cap
+        j.wks = wks
+        j.ranks = ranks
+        j.pts = pts
+        with nogil:
+            par_run(j.n_chunks, n_threads, _fit_chunk, &j)
+        failed = j.n_bad != 0
     if ranks != NULL:
         for t in range(n_threads):
             free(ranks[t])
@@ -138,19 +186,59 @@ def fit_groups(const float[:, ::1] x,        # IN  [n_rows, dim]
         raise MemoryError("qe4_fast.codebook: no memory for the groups' dynamic programs")
 
 
+cdef void _fit_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
+    cdef cb_job *j = <cb_job *>ctx
+    cdef int64_t g, i, n, m, K = j.K, cap = j.cap
+    cdef double shift
+    cdef cb_work *wk = &j.wks[worker]
+    cdef double *pt = j.pts[worker]
+    for g in range(_first(j, c), _first(j, c + 1)):
+        m = j.edges[g + 1] - j.edges[g]
+        if m == 0:
+            for i in range(K):
+                j.books[g * K + i] = 0.0
+            continue
+        n = cb_group_points(j.x, j.dim, j.order + j.edges[g], m, j.ranks[worker], pt, pt + cap,
+                            pt + 2 * cap, &shift)
+        if cb_work_init(wk, n, K) != 0:
+            qe4_count_add(&j.n_bad, 1)
+            continue
+        for i in range(n):
+            wk.s[i] = pt[i]
+            wk.q[i] = pt[cap + i]
+            wk.w[i] = pt[2 * cap + i]
+        cb_points_optimal(wk, n, shift, NULL)
+        for i in range(K):
+            j.books[g * K + i] = cb_store(wk.c64[i], j.f16)
+        cb_sort_floats(j.books + g * K, <int>K)
+        cb_work_free(wk)
+
+
 def encode_two_tier(const float[:, ::1] x,        # IN  [n_rows, dim]
                     const int64_t[::1] gid,        # IN  [n_rows], < n_groups
                     const float[:, ::1] books,     # IN  [n_groups, K]
                     int bits, int id_bytes,
                     uint8_t[:, ::1] out,           # OUT [n_rows, code_bytes + id_bytes]
                     int n_threads):
-    cdef int64_t n_rows = x.shape[0], dim = x.shape[1], r, nb = (dim * bits + 7) // 8
-    cdef int K = 1 << bits
-    for r in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-        cb_assign_pack(&x[r, 0], dim, &books[gid[r], 0], K, bits, &out[r, 0])
-        out[r, nb] = <uint8_t>(gid[r] & 255)
-        if id_bytes == 2:
-            out[r, nb + 1] = <uint8_t>(gid[r] >> 8)
+    cdef cb_job j
+    _job(&j, x, bits, 0, out, n_threads)
+    j.gid = &gid[0] if gid.shape[0] > 0 else NULL
+    j.books_in = &books[0, 0]
+    j.id_bytes = id_bytes
+    with nogil:
+        par_run(j.n_chunks, n_threads, _two_tier_chunk, &j)
+
+
+cdef void _two_tier_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
+    cdef cb_job *j = <cb_job *>ctx
+    cdef int64_t r
+    cdef uint8_t *row
+    for r in range(_first(j, c), _first(j, c + 1)):
+        row = j.out + r * j.row_bytes
+        cb_assign_pack(j.x + r * j.dim, j.dim, j.books_in + j.gid[r] * j.K, j.K, j.bits, row)
+        row[j.nb] = <uint8_t>(j.gid[r] & 255)
+        if j.id_bytes == 2:
+            row[j.nb + 1] = <uint8_t>(j.gid[r] >> 8)
 
 
 def dequantize(const uint8_t[:, ::1] data,    # IN  [n_rows, row_bytes]
@@ -159,28 +247,55 @@ def dequantize(const uint8_t[:, ::1] data,    # IN  [n_rows, row_bytes]
                float[:, ::1] out,             # OUT [n_rows, dim]
                int n_threads):
     """Dequantize codebook or two-tier rows.  Returns the number of two-tier rows whose
-    group id is >= books.shape[0] (checked here, as the bag kernels do: such a row is
-    never looked up, its output row is zeros, and the caller raises)."""
-    cdef int64_t n_rows = data.shape[0], r, g, j, nb = (dim * bits + 7) // 8
-    cdef int64_t n_groups = books.shape[0], n_bad = 0
-    cdef int K = 1 << bits
-    cdef const float *c
+    group id is >= books.shape[0] (checked in the kernel, as the bag kernels do: such a
+    row is never looked up, its output row is zeros, and the caller raises)."""
+    cdef cb_job j
     cdef float *tmp = <float *>malloc(16 * n_threads * sizeof(float))
     if tmp == NULL:
         raise MemoryError("qe4_fast.codebook: no memory for scratch space")
-    for r in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-        if layout == 1:
-            g = data[r, nb] if id_bytes == 1 else data[r, nb] | (<int64_t>data[r, nb + 1] << 8)
-            if g >= n_groups:
-                n_bad += 1
-                for j in range(dim):
-                    out[r, j] = 0.0
-                continue
-        c = cb_row_cents(&data[r, 0], nb, layout, f16, K, id_bytes, &books[0, 0],
-                         tmp + 16 * omp_get_thread_num())
-        cb_row_values(&data[r, 0], dim, bits, c, &out[r, 0])
+    _table_job(&j, data, dim, bits, layout, f16, id_bytes, books, n_threads)
+    j.n_items = data.shape[0]
+    j.n_chunks = qe4_n_chunks(j.n_items, n_threads)
+    j.fout = &out[0, 0] if data.shape[0] > 0 else NULL
+    j.tmp = tmp
+    with nogil:
+        par_run(j.n_chunks, n_threads, _dequantize_chunk, &j)
     free(tmp)
-    return n_bad
+    return j.n_bad
+
+
+cdef void _table_job(cb_job *j, const uint8_t[:, ::1] data, int64_t dim, int bits, int layout,
+                     int f16, int id_bytes, const float[:, ::1] books, int n_threads):
+    """The fields of a lookup over a codebook table's rows."""
+    _job(j, None, bits, f16, None, n_threads)
+    j.dim = dim
+    j.nb = (dim * bits + 7) // 8
+    j.data = &data[0, 0] if data.shape[0] > 0 else NULL
+    j.row_bytes = data.shape[1]
+    j.layout = layout
+    j.id_bytes = id_bytes
+    j.books_in = &books[0, 0]
+    j.n_groups = books.shape[0]
+
+
+cdef void _dequantize_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
+    cdef cb_job *j = <cb_job *>ctx
+    cdef int64_t r, g, k, n_bad = 0
+    cdef const float *cents
+    cdef const uint8_t *row
+    for r in range(_first(j, c), _first(j, c + 1)):
+        row = j.data + r * j.row_bytes
+        if j.layout == 1:     # two-tier: the group id is checked here, as the bags do
+            g = row[j.nb] if j.id_bytes == 1 else row[j.nb] | (<int64_t>row[j.nb + 1] << 8)
+            if g >= j.n_groups:
+                n_bad += 1
+                for k in range(j.dim):
+                    j.fout[r * j.dim + k] = 0.0
+                continue
+        cents = cb_row_cents(row, j.nb, j.layout, j.f16, j.K, j.id_bytes, j.books_in,
+                             j.tmp + 16 * worker)
+        cb_row_values(row, j.dim, j.bits, cents, j.fout + r * j.dim)
+    qe4_count_add(&j.n_bad, n_bad)
 
 
 def embedding_bag(const uint8_t[:, ::1] data, int64_t dim, int bits, int layout, int f16,
@@ -198,25 +313,45 @@ def embedding_bag(const uint8_t[:, ::1] data, int64_t dim, int bits, int layout,
 
     Returns the number of bags that met a two-tier group id >= books.shape[0] (their
     output is unfinished: the caller raises)."""
-    cdef int64_t n_bags = out.shape[0], m, nb = (dim * bits + 7) // 8
+    cdef int64_t n_bags = out.shape[0]
+    cdef cb_job j
     cdef const float[::1] wv
     cdef const float *wp = NULL
     cdef float *vals = <float *>malloc((dim + 1) * n_threads * sizeof(float))
     cdef const int64_t *ip = &idx[0] if idx.shape[0] else NULL
     cdef int use_simd = cb_simd_level() if simd is True else max(0, min(int(simd), cb_simd_level()))
-    cdef int64_t n_bad = 0, n_groups = books.shape[0]
     if weights is not None:
         wv = weights
         if wv.shape[0]:
             wp = &wv[0]
     if vals == NULL:
         raise MemoryError("qe4_fast.codebook: no memory for bag scratch space")
-    for m in prange(n_bags, nogil=True, schedule="static", num_threads=n_threads):
-        n_bad += cb_bag(&data[0, 0], data.shape[1], nb, dim, bits, layout, f16, id_bytes,
-               &books[0, 0], n_groups, ip, idx.shape[0], starts[m], starts[m + 1], wp, mean, &out[m, 0],
-               vals + (dim + 1) * omp_get_thread_num(), use_simd)
+    _table_job(&j, data, dim, bits, layout, f16, id_bytes, books, n_threads)
+    j.n_items = n_bags
+    j.n_chunks = qe4_n_chunks(n_bags, n_threads)
+    j.idx = ip
+    j.n_idx = idx.shape[0]
+    j.starts = &starts[0]
+    j.weights = wp
+    j.mean = mean
+    j.fout = &out[0, 0] if n_bags > 0 else NULL
+    j.tmp = vals
+    j.simd = use_simd
+    with nogil:
+        par_run(j.n_chunks, n_threads, _bag_chunk, &j)
     free(vals)
-    return n_bad
+    return j.n_bad
+
+
+cdef void _bag_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
+    cdef cb_job *j = <cb_job *>ctx
+    cdef int64_t m, n_bad = 0
+    for m in range(_first(j, c), _first(j, c + 1)):
+        n_bad += cb_bag(j.data, j.row_bytes, j.nb, j.dim, j.bits, j.layout, j.f16, j.id_bytes,
+                        j.books_in, j.n_groups, j.idx, j.n_idx, j.starts[m], j.starts[m + 1],
+                        j.weights, j.mean, j.fout + m * j.dim, j.tmp + (j.dim + 1) * worker,
+                        j.simd)
+    qe4_count_add(&j.n_bad, n_bad)
 
 
 def simd_available():

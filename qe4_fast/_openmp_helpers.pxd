@@ -2,5 +2,4 @@
 cdef extern from "_omp_shim.h":
     int QE4_OPENMP
     int omp_get_max_threads() noexcept nogil
-    int omp_get_thread_num() noexcept nogil
     int omp_get_num_procs() noexcept nogil

@@ -2,14 +2,15 @@
 #
 # Every function takes validated, C-contiguous, native buffers from qe4_fast's Python
 # wrappers (validation goes through qe4._validate, so errors match the reference),
-# releases the GIL and runs one prange over independent blocks of QE4_LANES rows.
-# Each row is computed in the reference's sequential order, so the bytes do not
-# depend on n_threads.  The numerics live in qe4_fast/_rowwise_kernels.h.
+# releases the GIL and splits independent blocks of QE4_LANES rows into chunks run by
+# qe4_fast's pool (_pool.h).  Each row is computed in the reference's sequential order,
+# so the bytes do not depend on n_threads.  The numerics live in
+# qe4_fast/_rowwise_kernels.h.
 
-from cython.parallel cimport prange, threadid
-from libc.stdint cimport uint8_t
+from libc.stdint cimport int64_t, uint8_t
 
 from qe4_fast._openmp_helpers cimport QE4_OPENMP, omp_get_max_threads
+from qe4_fast._pool cimport par_run, qe4_chunk_start, qe4_count_add, qe4_n_chunks
 
 cdef extern from "_rowwise_kernels.h":
     int QE4_LANES
@@ -60,45 +61,90 @@ def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
     Method minmax with ``out``: one fused pass that does not keep the ranges (``lo`` and
     ``hi`` may have 0 rows).  Returns, for method minmax, the number of rows failing
     check_fp16_ranges (else 0)."""
-    cdef int n_rows = x.shape[0], n_cols = x.shape[1]
-    cdef int n_blocks = (n_rows + QE4_LANES - 1) // QE4_LANES
-    cdef bint encode = out.shape[0] > 0
-    cdef int b, r0, n, tid, r
-    cdef int n_bad = 0
-    cdef size_t row_bytes = out.shape[1]
-    cdef int chunk = max(1, n_blocks // (16 * n_threads))  # dynamic: a busy core slows no one
+    cdef rows_job j
+    _job(&j, x, bits, fp16, out, n_threads)
+    j.method = method
+    j.n_bins = n_bins
+    j.min_bins = min_bins
+    j.aciq_c = aciq_c
+    j.max_levels = max_levels
+    j.work = &work[0, 0]
+    j.work_stride = work.shape[1]
+    j.lo = &lo[0] if lo.shape[0] > 0 else NULL
+    j.hi = &hi[0] if hi.shape[0] > 0 else NULL
     if method == 2:
-        # exhaustive: each row is a long search of its own; one row per task, so that a
-        # caller splitting the table into short calls (Ctrl-C between them) keeps every
-        # thread busy with as few as n_threads rows
-        for r in prange(n_rows, nogil=True, schedule="dynamic", num_threads=n_threads):
-            tid = threadid()
-            qe4_ranges_block(&x[0, 0], r, 1, n_cols, bits, method, fp16, n_bins, min_bins,
-                             aciq_c, max_levels, &work[tid, 0], &lo[0], &hi[0])
-            if encode:
-                qe4_encode_block(&x[0, 0], r, 1, n_cols, bits, fp16, &lo[0], &hi[0],
-                                 &out[0, 0], row_bytes)
-        return 0
-    for b in prange(n_blocks, nogil=True, schedule="dynamic", chunksize=chunk,
-                    num_threads=n_threads):
-        tid = threadid()
-        r0 = b * QE4_LANES
-        n = n_rows - r0
-        if n > QE4_LANES:
-            n = QE4_LANES
-        if method == 0 and encode:   # one fused pass
-            n_bad += qe4_minmax_encode_rows(&x[0, 0], r0, n, n_cols, bits, fp16, &out[0, 0],
-                                            row_bytes)
+        # exhaustive: each row is a long search of its own; one row per unit of work, so
+        # that a caller splitting the table into short calls (Ctrl-C between them) keeps
+        # every thread busy with as few as n_threads rows
+        j.unit = 1
+        j.n_blocks = j.n_rows
+        j.n_chunks = qe4_n_chunks(j.n_blocks, n_threads)
+    with nogil:
+        par_run(j.n_chunks, n_threads, _quantize_chunk, &j)
+    return j.n_bad
+
+
+ctypedef struct rows_job:
+    const float *x
+    int n_rows, n_cols, bits, method, max_levels, unit
+    bint fp16
+    float n_bins, min_bins, aciq_c, qmax
+    float *work
+    Py_ssize_t work_stride
+    const float *lo_in
+    const float *hi_in
+    float *lo
+    float *hi
+    float *loss
+    uint8_t *out
+    size_t row_bytes
+    int64_t n_blocks, n_chunks, n_bad
+
+
+cdef void _job(rows_job *j, const float[:, ::1] x, int bits, bint fp16, uint8_t[:, ::1] out,
+               int n_threads):
+    """The fields every row kernel uses; chunks are runs of blocks of QE4_LANES rows."""
+    j.x = &x[0, 0] if x.shape[0] > 0 and x.shape[1] > 0 else NULL
+    j.n_rows = x.shape[0]
+    j.n_cols = x.shape[1]
+    j.bits = bits
+    j.fp16 = fp16
+    j.out = &out[0, 0] if out is not None and out.shape[0] > 0 else NULL
+    j.row_bytes = out.shape[1] if out is not None else 0
+    j.unit = QE4_LANES
+    j.n_blocks = (j.n_rows + QE4_LANES - 1) // QE4_LANES
+    j.n_chunks = qe4_n_chunks(j.n_blocks, n_threads)
+    j.n_bad = 0
+
+
+cdef inline void _block(const rows_job *j, int64_t b, int *r0, int *n) noexcept nogil:
+    r0[0] = <int>(b * j.unit)
+    n[0] = j.n_rows - r0[0]
+    if n[0] > j.unit:
+        n[0] = j.unit
+
+
+cdef void _quantize_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
+    cdef rows_job *j = <rows_job *>ctx
+    cdef int64_t b, n_bad = 0
+    cdef int r0, n
+    for b in range(qe4_chunk_start(j.n_blocks, j.n_chunks, c),
+                   qe4_chunk_start(j.n_blocks, j.n_chunks, c + 1)):
+        _block(j, b, &r0, &n)
+        if j.method == 0 and j.out != NULL:   # one fused pass
+            n_bad += qe4_minmax_encode_rows(j.x, r0, n, j.n_cols, j.bits, j.fp16, j.out,
+                                            j.row_bytes)
             continue
-        if method == 0:
-            n_bad += qe4_minmax_rows(&x[0, 0], r0, n, n_cols, bits, fp16, &lo[0], &hi[0])
+        if j.method == 0:
+            n_bad += qe4_minmax_rows(j.x, r0, n, j.n_cols, j.bits, j.fp16, j.lo, j.hi)
         else:
-            qe4_ranges_block(&x[0, 0], r0, n, n_cols, bits, method, fp16, n_bins, min_bins,
-                             aciq_c, max_levels, &work[tid, 0], &lo[0], &hi[0])
-        if encode:
-            qe4_encode_block(&x[0, 0], r0, n, n_cols, bits, fp16, &lo[0], &hi[0],
-                             &out[0, 0], row_bytes)
-    return n_bad
+            qe4_ranges_block(j.x, r0, n, j.n_cols, j.bits, j.method, j.fp16, j.n_bins,
+                             j.min_bins, j.aciq_c, j.max_levels, j.work + worker * j.work_stride,
+                             j.lo, j.hi)
+        if j.out != NULL:
+            qe4_encode_block(j.x, r0, n, j.n_cols, j.bits, j.fp16, j.lo, j.hi, j.out,
+                             j.row_bytes)
+    qe4_count_add(&j.n_bad, n_bad)
 
 
 def range_loss_rows(const float[:, ::1] x,    # IN  [n_rows, n_cols]
@@ -108,10 +154,25 @@ def range_loss_rows(const float[:, ::1] x,    # IN  [n_rows, n_cols]
                     float[::1] out,           # OUT [n_rows]
                     int n_threads):
     """qe4.range_loss of every row."""
-    cdef Py_ssize_t r, n_rows = x.shape[0]
-    cdef int n_cols = x.shape[1]
-    for r in prange(n_rows, nogil=True, schedule="static", num_threads=n_threads):
-        out[r] = qe4_row_loss(&x[r, 0], n_cols, lo[r], hi[r], qmax, fp16)
+    cdef rows_job j
+    _job(&j, x, 0, fp16, None, n_threads)
+    j.n_blocks = x.shape[0]               # chunks of single rows
+    j.n_chunks = qe4_n_chunks(j.n_blocks, n_threads)
+    j.lo_in = &lo[0] if lo.shape[0] > 0 else NULL
+    j.hi_in = &hi[0] if hi.shape[0] > 0 else NULL
+    j.qmax = qmax
+    j.loss = &out[0] if out.shape[0] > 0 else NULL
+    with nogil:
+        par_run(j.n_chunks, n_threads, _loss_chunk, &j)
+
+
+cdef void _loss_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
+    cdef rows_job *j = <rows_job *>ctx
+    cdef int64_t r
+    for r in range(qe4_chunk_start(j.n_blocks, j.n_chunks, c),
+                   qe4_chunk_start(j.n_blocks, j.n_chunks, c + 1)):
+        j.loss[r] = qe4_row_loss(j.x + r * j.n_cols, j.n_cols, j.lo_in[r], j.hi_in[r], j.qmax,
+                                 j.fp16)
 
 
 def row_minmax(const float[:, ::1] x,         # IN  [n_rows, n_cols]
@@ -121,14 +182,11 @@ def row_minmax(const float[:, ::1] x,         # IN  [n_rows, n_cols]
                int n_threads):
     """Each row's min and max (a zero bound is +0.0); returns the number of rows whose
     range fails qe4._validate.check_fp16_ranges."""
-    cdef int n_rows = x.shape[0], n_cols = x.shape[1]
-    cdef int n_blocks = (n_rows + QE4_LANES - 1) // QE4_LANES
-    cdef int b, r0, n
-    cdef int n_bad = 0
-    for b in prange(n_blocks, nogil=True, schedule="static", num_threads=n_threads):
-        r0 = b * QE4_LANES
-        n = n_rows - r0
-        if n > QE4_LANES:
-            n = QE4_LANES
-        n_bad += qe4_minmax_rows(&x[0, 0], r0, n, n_cols, bits, fp16, &lo[0], &hi[0])
-    return n_bad
+    cdef rows_job j
+    _job(&j, x, bits, fp16, None, n_threads)
+    j.method = 0                          # min/max ranges only: the quantize chunk, no output
+    j.lo = &lo[0] if lo.shape[0] > 0 else NULL
+    j.hi = &hi[0] if hi.shape[0] > 0 else NULL
+    with nogil:
+        par_run(j.n_chunks, n_threads, _quantize_chunk, &j)
+    return j.n_bad

@@ -1,4 +1,5 @@
-"""Compiled lookups: embedding bags, dequantization and the TBE row layout.
+"""Compiled lookups: gathers, embedding bags (one table or several), dequantization and
+the TBE row layout.
 
 Same names, signatures and errors as :mod:`qe4` (validation goes through the same
 ``qe4._validate`` helpers), plus ``n_threads``; the results are byte-identical to
@@ -9,9 +10,10 @@ the reference for every input and thread count.  The numerics are documented in
 import numpy as np
 
 from qe4 import _validate as V
+from qe4.bag import MODES, check_lookup_table
 from qe4.table import QuantizedTable
 
-from . import _bag
+from . import _bag, _lookup
 from ._threads import effective_n_threads, shares_cores
 
 F32 = np.float32
@@ -44,38 +46,138 @@ def dequantize(table, *, n_threads=None):
     V.check_table(table)
     if table.layout != "rowwise":
         return _codebook().dequantize_codebook(table, n_threads=n_threads)
-    n = effective_n_threads(n_threads, table.n_rows)
+    n = effective_n_threads(n_threads, table.n_rows, table.n_rows * table.dim)
     out = np.empty((table.n_rows, table.dim), F32)
     _bag.dequantize_rowwise(*_rows(table), out, n, _SIMD)
     return out
 
 
 @shares_cores
-def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weights=None,
-                  include_last_offset=False, n_threads=None):
-    """Sum or mean of table rows per bag; see :func:`qe4.embedding_bag`.
+def embedding(table, indices, *, out_dtype="float32", n_threads=None):
+    """Rows of the table for any index shape; see :func:`qe4.embedding`.
 
     Parameters
     ----------
-    table, indices, offsets, mode, per_sample_weights, include_last_offset
+    table, indices, out_dtype
+        As for :func:`qe4.embedding`.
+    n_threads : int, optional
+        None uses every usable core; positions are split between threads.
+
+    Returns
+    -------
+    ndarray [*indices.shape, dim] of ``out_dtype``
+    """
+    check_lookup_table(table)
+    out_dtype = V.check_out_dtype(out_dtype)
+    idx, shape = V.check_gather_indices(indices, table.n_rows)
+    out = np.empty((idx.size, table.dim), _BUFFER[out_dtype])
+    n_bad = _lookup.gather(_spec(table), idx, _lookup.KINDS[out_dtype], out.view(np.uint8),
+                           effective_n_threads(n_threads, idx.size, out.size), _SIMD)
+    if n_bad:
+        _raise_bad_groups([table], idx)
+    return _result(out, out_dtype).reshape(shape + (table.dim,))
+
+
+@shares_cores
+def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weights=None,
+                  include_last_offset=False, out_dtype="float32", n_threads=None):
+    """Sum, mean or max of table rows per bag; see :func:`qe4.embedding_bag`.
+
+    Parameters
+    ----------
+    table, indices, offsets, mode, per_sample_weights, include_last_offset, out_dtype
         As for :func:`qe4.embedding_bag`.
     n_threads : int, optional
         None uses every usable core; bags are split between threads.
 
     Returns
     -------
-    float32 ndarray [n_bags, dim]
+    ndarray [n_bags, dim] of ``out_dtype``
     """
-    V.check_table(table)
+    check_lookup_table(table)
+    out_dtype = V.check_out_dtype(out_dtype)
     idx, starts, w = V.check_bag_args(indices, offsets, table.n_rows, per_sample_weights,
-                                      include_last_offset, mode)
+                                      include_last_offset, mode, MODES)
     n_bags = starts.size - 1
+    if out_dtype != "float32" or mode == "max":
+        return _bags([table], idx, starts, w, n_bags, mode, out_dtype, n_threads)
     if table.layout != "rowwise":
         return _codebook().embedding_bag_codebook(table, idx, starts, w, mode, n_threads)
-    n = effective_n_threads(n_threads, n_bags)
+    n = effective_n_threads(n_threads, n_bags, idx.size * table.dim)
     out = np.empty((n_bags, table.dim), F32)
     _bag.embedding_bag_rowwise(*_rows(table), idx, starts, w, mode == "mean", out, n, _SIMD)
     return out
+
+
+@shares_cores
+def embedding_bags(tables, indices, offsets, *, mode="sum", per_sample_weights=None,
+                   include_last_offset=False, out_dtype="float32", n_threads=None):
+    """Bags over several tables in one call (TBE's convention); see :func:`qe4.embedding_bags`.
+
+    Parameters
+    ----------
+    tables, indices, offsets, mode, per_sample_weights, include_last_offset, out_dtype
+        As for :func:`qe4.embedding_bags`.
+    n_threads : int, optional
+        None uses every usable core; the bags of all tables are split between threads in
+        one parallel region.
+
+    Returns
+    -------
+    ndarray [n_bags, sum of the tables' dims] of ``out_dtype``
+    """
+    out_dtype = V.check_out_dtype(out_dtype)
+    tables, idx, starts, w, n_bags = V.check_table_bags(
+        tables, indices, offsets, per_sample_weights, include_last_offset, mode)
+    for table in tables:
+        check_lookup_table(table)
+    return _bags(tables, idx, starts, w, n_bags, mode, out_dtype, n_threads)
+
+
+# the array each out_dtype is computed into (bfloat16: its bits, viewed at the end)
+_BUFFER = {"float32": F32, "float16": np.float16, "bfloat16": np.uint16}
+_NO_BOOKS = np.zeros((1, 1), F32)
+
+
+def _result(out, out_dtype):
+    return out.view(V.bfloat16_dtype()) if out_dtype == "bfloat16" else out
+
+
+def _spec(table):
+    """The kernel's description of a table of any layout (see qe4_fast/_lookup.pyx)."""
+    if table.layout == "rowwise":
+        data, bits, dim, f16 = _rows(table)
+        return (data, 0, bits, dim, int(f16), 0, _NO_BOOKS)
+    data, dim, bits, layout, f16, id_bytes, books = _codebook()._table_args(table)
+    return (data, _lookup.LAYOUTS[table.layout], bits, dim, f16, id_bytes, books)
+
+
+def _bags(tables, idx, starts, w, n_bags, mode, out_dtype, n_threads):
+    """Bags of validated arguments over ``tables`` into one [n_bags, sum of dims] result."""
+    dims = [t.dim for t in tables]
+    out = np.empty((n_bags, sum(dims)), _BUFFER[out_dtype])
+    specs = [_spec(t) for t in tables]
+    if any(t.layout != "rowwise" for t in tables):
+        # the codebook kernels trust the indices (validated): a private copy, so that
+        # another Python thread cannot rewrite them while the kernel runs
+        idx = np.array(idx, np.int64, order="C")
+    col_bytes = np.concatenate([[0], np.cumsum(dims[:-1])]).astype(np.int64) * out.itemsize
+    n = effective_n_threads(n_threads, n_bags * len(tables), idx.size * max(dims))
+    n_bad = _lookup.bags(specs, idx, starts, w, n_bags, _lookup.MODES[mode],
+                         _lookup.KINDS[out_dtype], out.view(np.uint8), col_bytes, max(dims), n,
+                         _SIMD)
+    if n_bad:
+        _raise_bad_groups(tables, idx)
+    return _result(out, out_dtype)
+
+
+def _raise_bad_groups(tables, idx):
+    """A kernel met a two-tier group id out of range: the reference's check raises."""
+    C = _codebook().C
+    for table in tables:
+        if table.layout == "two-tier":
+            C.group_of(table, slice(None))
+    raise AssertionError("qe4_fast: a kernel flagged a group id that qe4.codebook accepts")
 
 
 @shares_cores
@@ -87,7 +189,7 @@ def to_tbe(table, row_alignment=1, *, n_threads=None):
     width = -(-table.row_bytes // row_alignment) * row_alignment
     out = np.empty((table.n_rows, width), np.uint8)
     _bag.move_qparams(np.ascontiguousarray(table.data), out, table.code_bytes, table.row_bytes,
-                      effective_n_threads(n_threads, table.n_rows))
+                      effective_n_threads(n_threads, table.n_rows, out.size))
     return out
 
 
@@ -98,5 +200,5 @@ def from_tbe(data, bits, dim=None, *, scale_dtype="float16", row_alignment=1, n_
                                                                     row_alignment)
     fused = np.empty((data.shape[0], row_bytes), np.uint8)
     _bag.move_qparams(np.ascontiguousarray(data), fused, qp, row_bytes,
-                      effective_n_threads(n_threads, data.shape[0]))
+                      effective_n_threads(n_threads, data.shape[0], fused.size))
     return QuantizedTable(fused, bits=bits, dim=dim, method="fused", scale_dtype=scale_dtype)

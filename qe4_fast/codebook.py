@@ -18,7 +18,7 @@ from qe4.table import QuantizedTable
 
 from . import _codebook
 from ._blocks import row_blocks
-from ._threads import effective_n_threads, shares_cores
+from ._threads import GRAIN_SEARCH, effective_n_threads, shares_cores
 
 F32 = np.float32
 _METHOD_CODE = {"kmeans": 0, "kmeans-optimal": 1}
@@ -51,18 +51,18 @@ def quantize_codebook(x, bits, method, *, scale_dtype=None, n_threads=None, **kw
     code_bytes = -(-dim * bits // 8)
     if method == "two-tier":
         n_groups = opts["n_groups"]
-        nt = effective_n_threads(n_threads, n_groups)
+        nt = effective_n_threads(n_threads, n_groups, x.size, GRAIN_SEARCH)
         gid = C.group_ids(x, n_groups)
         books = _group_books(x, gid, n_groups, k, f16, nt)
         id_dt = C.id_dtype(n_groups)
         data = _aligned_rows(n_rows, code_bytes + id_dt.itemsize)
         _codebook.encode_two_tier(x, gid.astype(np.int64), books, bits, id_dt.itemsize, data,
-                                  effective_n_threads(n_threads, n_rows))
+                                  effective_n_threads(n_threads, n_rows, x.size * k, GRAIN_SEARCH))
         extras = {"codebooks": np.ascontiguousarray(books.astype(C._dtype(scale_dtype)))}
         return QuantizedTable(data, bits=bits, dim=dim, method=method, scale_dtype=scale_dtype,
                               layout="two-tier", extras=extras, params={"n_groups": n_groups})
     data = _aligned_rows(n_rows, code_bytes + k * (2 if f16 else 4))
-    nt = effective_n_threads(n_threads, n_rows)
+    nt = effective_n_threads(n_threads, n_rows, x.size, GRAIN_SEARCH)
     # per row: Lloyd visits dim values x K centroids per iteration, the exact fit ~K dim^2
     cost = dim * k * (opts.get("max_iter", 100) if method == "kmeans" else dim)
     for a, b in row_blocks(n_rows, cost, nt):               # Ctrl-C is noticed between blocks
@@ -103,7 +103,7 @@ def dequantize_codebook(table, *, n_threads=None):
     """float32 [n_rows, dim]; see :func:`qe4.codebook.dequantize_codebook`."""
     args = _table_args(table)
     out = np.empty((table.n_rows, table.dim), F32)
-    if _codebook.dequantize(*args, out, effective_n_threads(n_threads, table.n_rows)):
+    if _codebook.dequantize(*args, out, effective_n_threads(n_threads, table.n_rows, out.size)):
         C.group_of(table, slice(None))      # the kernel met a bad group id: the reference's error
         raise AssertionError("qe4_fast: the dequantize kernel flagged a group id qe4 accepts")
     return out
@@ -124,7 +124,8 @@ def embedding_bag_codebook(table, idx, starts, weights, mode, n_threads=None):
     n_bad = _codebook.embedding_bag(*args, np.array(idx, np.int64, order="C"),
                                     np.ascontiguousarray(starts, np.int64),
                                     None if weights is None else np.ascontiguousarray(weights, F32),
-                                    int(mode == "mean"), out, effective_n_threads(n_threads, n_bags),
+                                    int(mode == "mean"), out,
+                                    effective_n_threads(n_threads, n_bags, idx.size * table.dim),
                                     _SIMD)
     if n_bad:
         C.group_of(table, idx)          # raises the reference's error

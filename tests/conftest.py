@@ -36,3 +36,20 @@ def golden():
     """The arrays torch produced (tests/fbgemm_golden.npz, keys in SPEC.md section 9)."""
     with np.load(GOLDEN) as z:
         return {k: z[k] for k in z.files}
+
+
+def _same_error(ref_call, fast_call):
+    """Both calls raise; the same exception type with the same message."""
+    with pytest.raises(Exception) as ref:
+        ref_call()
+    with pytest.raises(Exception) as got:
+        fast_call()
+    assert type(got.value) is type(ref.value), f"{type(got.value)} != {type(ref.value)}: {got.value}"
+    assert str(got.value) == str(ref.value)
+    return ref.value
+
+
+@pytest.fixture(scope="session")
+def same_error():
+    """``same_error(ref_call, fast_call)``: both raise the same exception type and message."""
+    return _same_error

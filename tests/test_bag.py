@@ -129,7 +129,7 @@ def test_other_tables():
     ((np.array([1], np.uint64), [0]), {}, TypeError, "got dtype uint64"),
     (([True], [0]), {}, TypeError, "got dtype bool"),
     (([1, 2], [0.0]), {}, TypeError, "offsets must be an int32 or int64 array, got dtype float64"),
-    (([1, 2], [0]), {"mode": "max"}, ValueError, r"mode must be one of \('sum', 'mean'\), got 'max'"),
+    (([1, 2], [0]), {"mode": "min"}, ValueError, r"mode must be one of \('sum', 'mean', 'max'\), got 'min'"),
     (([1, 2], [0]), {"mode": None}, ValueError, "mode must be one of"),
     (([1, 2], [0]), {"per_sample_weights": [1.0]}, ValueError,
      r"per_sample_weights must have the shape of indices \(2,\), got \(1,\)"),

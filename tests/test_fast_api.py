@@ -45,16 +45,17 @@ def test_return_type_is_qe4_table():
     assert type(t) is qe4.QuantizedTable
 
 
-def test_effective_n_threads():
-    cores = len(os.sched_getaffinity(0))
+def test_effective_n_threads(monkeypatch):
+    monkeypatch.setattr(qe4_fast._threads, "_others_busy", lambda: 0.0)   # an idle machine
     if not qe4_fast.openmp_enabled():
         assert effective_n_threads(None, 100) == effective_n_threads(7, 100) == 1
         return
-    from qe4_fast._rowwise import omp_max_threads
-    assert effective_n_threads(None, 10**6) == omp_max_threads()
+    from qe4_fast._threads import cpu_count, omp_max_threads
+    cores = cpu_count()                              # the affinity mask and the cgroup quota
+    assert effective_n_threads(None, 10**6) == min(omp_max_threads(), cores)
     assert effective_n_threads(-1, 10**6) == cores
     assert effective_n_threads(-(cores + 5), 10**6) == 1
-    assert effective_n_threads(7, 10**6) == 7
+    assert effective_n_threads(7, 10**6) == min(7, 4 * len(os.sched_getaffinity(0)))
     assert effective_n_threads(7, 3) == 3            # capped by the work
     assert effective_n_threads(None, 1) == 1
     assert effective_n_threads(np.int64(2), 10) == 2
@@ -75,7 +76,7 @@ def test_omp_num_threads_is_honoured():
                          check=True, cwd=os.path.dirname(os.path.dirname(qe4_fast.__file__)))
     none, all_cores = map(int, out.stdout.split())
     assert none == 1
-    assert all_cores == (len(os.sched_getaffinity(0)) if qe4_fast.openmp_enabled() else 1)
+    assert all_cores == (qe4_fast._threads.cpu_count() if qe4_fast.openmp_enabled() else 1)
 
 
 @pytest.mark.parametrize("hidden", ["every compiled module", "qe4_fast._bag"])
@@ -116,12 +117,13 @@ def test_codebook_methods_dispatch():
 
 
 
-def test_concurrent_calls_share_the_cores_and_keep_bytes():
+def test_concurrent_calls_share_the_cores_and_keep_bytes(monkeypatch):
     """n_threads=None divides the cores among calls running at once in several Python
     threads (no oversubscription); nested calls count once; explicit counts are kept;
     the bytes never change."""
     import threading
     from qe4_fast import _threads
+    monkeypatch.setattr(_threads, "_others_busy", lambda: 0.0)   # an idle machine
 
     started, hold = threading.Barrier(3), threading.Event()
 
@@ -141,8 +143,9 @@ def test_concurrent_calls_share_the_cores_and_keep_bytes():
             t.join()
     assert _threads._active_calls == 0
     if qe4_fast.openmp_enabled():
-        assert nested == max(1, _threads.omp_max_threads() // 3)
-        assert effective_n_threads(None, 10 ** 6) == _threads.omp_max_threads()
+        alone = min(_threads.omp_max_threads(), _threads.cpu_count())
+        assert nested == max(1, alone // 3)
+        assert effective_n_threads(None, 10 ** 6) == alone
         assert effective_n_threads(3, 10 ** 6) == 3
     else:
         assert nested == 1

@@ -269,7 +269,8 @@ BAD_BAGS = {
     "NaN weights": (np.array([0, 1, 2]), np.array([0]), dict(per_sample_weights=np.array([1, np.nan, 1], np.float32))),
     "inf weights": (np.array([0, 1, 2]), np.array([0]), dict(per_sample_weights=np.array([1, 1, np.inf]))),
     "mean with weights": (np.array([0, 1, 2]), np.array([0]), dict(mode="mean", per_sample_weights=np.ones(3, np.float32))),
-    "unknown mode": (np.array([0, 1, 2]), np.array([0]), dict(mode="max")),
+    "unknown mode": (np.array([0, 1, 2]), np.array([0]), dict(mode="min")),
+    "max with weights": (np.array([0, 1, 2]), np.array([0]), dict(mode="max", per_sample_weights=np.ones(3, np.float32))),
 }
 
 
@@ -359,7 +360,7 @@ def test_codebook_tables_are_dispatched(monkeypatch):
             return "bag"
 
     monkeypatch.setattr(fast, "_codebook", lambda: Stub)
-    table = QuantizedTable(np.zeros((4, 3), np.uint8), bits=4, dim=6, layout="codebook")
+    table = QuantizedTable(np.zeros((4, 3 + 16 * 2), np.uint8), bits=4, dim=6, layout="codebook")
     assert fast.dequantize(table, n_threads=2) == "deq"
     assert fast.embedding_bag(table, np.array([0, 3], np.int32), np.array([0], np.int32),
                               per_sample_weights=np.ones(2), n_threads=1) == "bag"

@@ -1,0 +1,343 @@
+"""qe4_fast bags under contention, side by side with torch's embedding_bag_4bit_rowwise_offsets.
+
+Latency of ``qe4_fast.embedding_bag`` (1,000,000 x 64 4-bit table, 2,048 bags of 40
+indices, uniform and Zipf(1) indices, as bench_fast.py) at the default thread count,
+at all cores, and at 1 thread, against torch's 4-bit op (on the same packed bytes, 1
+torch thread), in three settings, each in a fresh worker process:
+
+- quiet: nothing else started by the script;
+- busy neighbour: the script starts a process spinning on the last CPU of the affinity
+  mask, and stops it afterwards;
+- 1-CPU quota: as root, the script creates a cgroup with a quota of 1 CPU (cgroup v2
+  ``cpu.max = "100000 100000"``, or v1 ``cpu.cfs_quota_us = cpu.cfs_period_us =
+  100000``), runs the worker inside it and removes it; skipped (with the reason) when
+  it cannot.
+
+Every contender is called --calls times (300) in interleaved rounds (the order rotates
+each round), after checking that the outputs are byte-identical; the table prints the
+median and the 99th percentile of the per-call latencies and their ratios.  The quiet
+worker also times torch's op at torch's default thread count, fp32
+``F.embedding_bag`` on the unquantized table at 1 thread and at all cores, and
+qe4_fast called right after a multi-threaded torch op in the same process (one GNU
+libgomp serves both; its idle threads spin after each torch region): the
+libgomp-vs-torch measurement.
+
+    python bench/bench_contention.py            # ~1-2 minutes on an idle 2-core machine
+    python bench/bench_contention.py --quick    # 100,000 rows, 100 calls: a check that it runs
+    python bench/bench_contention.py --grain    # also: 1 vs 2 threads over bag sizes
+
+Writes the table to bench/results/bench_contention.txt as well.  Only ratios taken in
+one run mean anything on a shared machine.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PERIOD_US = 100_000
+
+
+# ---------------------------------------------------------------- worker side
+
+def _interleaved(fns, calls):
+    """Per-call seconds of each function over ``calls`` rounds; the order rotates."""
+    times = [np.empty(calls) for _ in fns]
+    for r in range(calls):
+        for k in range(len(fns)):
+            j = (k + r) % len(fns)
+            t0 = time.perf_counter()
+            fns[j]()
+            times[j][r] = time.perf_counter() - t0
+    return times
+
+
+def _stats(ts):
+    return {"median": float(np.median(ts)), "p99": float(np.percentile(ts, 99))}
+
+
+def worker(args):
+    """Measure one setting; print one JSON line."""
+    if args.join_cgroup:
+        with open(args.join_cgroup, "w") as f:   # before qe4_fast reads the quota
+            f.write(str(os.getpid()))
+    import torch
+    import torch.nn.functional as F
+
+    import qe4_fast
+    from qe4_fast import _pool, _threads
+    sys.path.insert(0, HERE)
+    from bench_fast import bag_inputs, same_bytes
+
+    torch_default = torch.get_num_threads()   # torch's 4-bit op runs on one thread anyway
+    rows, calls = args.rows, args.calls
+    x = np.random.default_rng(0).standard_normal((rows, 64), dtype=np.float32)
+    table = qe4_fast.quantize(x, 4, "minmax")
+    packed = torch.from_numpy(table.data)
+    op = torch.ops.quantized.embedding_bag_4bit_rowwise_offsets
+    n_all = len(os.sched_getaffinity(0))
+    out = {"cpu_count": _threads.cpu_count(), "affinity": n_all,
+           "quota": _threads.cgroup_cpu_limit(), "torch_default_threads": torch_default,
+           "results": {}}
+    for dist in ("uniform", "Zipf"):
+        idx, off, _ = bag_inputs(rows, dist == "Zipf")
+        it, ot = torch.from_numpy(idx), torch.from_numpy(off)
+        out["default_threads"] = _threads.effective_n_threads(None, off.size, idx.size * 64)
+        fns = {
+            "qe4_fast default": lambda: qe4_fast.embedding_bag(table, idx, off),
+            f"qe4_fast {n_all} threads": lambda: qe4_fast.embedding_bag(table, idx, off,
+                                                                       n_threads=n_all),
+            "qe4_fast 1 thread": lambda: qe4_fast.embedding_bag(table, idx, off, n_threads=1),
+            "torch op": lambda: op(packed, it, ot, False, 0, False, None, None, False),
+        }
+        ref = fns["torch op"]().numpy()
+        for name, fn in fns.items():
+            same_bytes(fn(), ref, f"{name} ({dist}) vs torch")
+        for fn in fns.values():          # warm up
+            for _ in range(10):
+                fn()
+        before = _pool.stats()
+        res = {name: _stats(ts) for name, ts in zip(fns, _interleaved(list(fns.values()), calls))}
+        after = _pool.stats()
+        res["pool"] = {k: after[k] - before[k] for k in after}
+        if args.extra:
+            xt = torch.from_numpy(x)
+            for n in sorted({1, torch_default}):
+                torch.set_num_threads(n)
+                res[f"fp32 F.embedding_bag {n} threads"] = _stats(
+                    _interleaved([lambda: F.embedding_bag(it, xt, ot, mode="sum")], calls)[0])
+            # one libgomp in the process: qe4_fast right after torch's multi-threaded op
+            torch.set_num_threads(torch_default)
+            after_torch = np.empty(calls)
+            for r in range(calls):
+                F.embedding_bag(it, xt, ot, mode="sum")
+                t0 = time.perf_counter()
+                fns["qe4_fast default"]()
+                after_torch[r] = time.perf_counter() - t0
+            res["qe4_fast default right after torch's op"] = _stats(after_torch)
+        out["results"][dist] = res
+    print(json.dumps(out))
+
+
+# ---------------------------------------------------------------- parent side
+
+def _cgroup_mounts():
+    """(version, mount point) of every cgroup file system with the cpu controller."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fstype, _, opts = right.split()[:3]
+            mount = left.split()[4]
+            if fstype == "cgroup2":
+                try:
+                    with open(os.path.join(mount, "cgroup.controllers")) as c:
+                        if "cpu" in c.read().split():
+                            found.append((2, mount))
+                except OSError:
+                    pass
+            elif fstype == "cgroup" and "cpu" in opts.split(","):
+                found.append((1, mount))
+    return found
+
+
+def make_quota_cgroup():
+    """Create a cgroup limited to 1 CPU; returns (path, procs file, description) or raises
+    OSError/RuntimeError saying why not."""
+    if os.geteuid() != 0:
+        raise RuntimeError("not root")
+    mounts = _cgroup_mounts()
+    if not mounts:
+        raise RuntimeError("no cgroup file system with the cpu controller")
+    errors = []
+    for version, mount in mounts:
+        path = os.path.join(mount, f"qe4-bench-{os.getpid()}")
+        try:
+            if version == 2:
+                control = os.path.join(mount, "cgroup.subtree_control")
+                with open(control) as f:
+                    enabled = "cpu" in f.read().split()
+                if not enabled:
+                    with open(control, "w") as f:
+                        f.write("+cpu")
+                os.mkdir(path)
+                with open(os.path.join(path, "cpu.max"), "w") as f:
+                    f.write(f"{PERIOD_US} {PERIOD_US}")
+                what = f"cgroup v2 {path}: cpu.max = {PERIOD_US} {PERIOD_US}"
+            else:
+                os.mkdir(path)
+                for name in ("cpu.cfs_period_us", "cpu.cfs_quota_us"):
+                    with open(os.path.join(path, name), "w") as f:
+                        f.write(str(PERIOD_US))
+                what = f"cgroup v1 {path}: cpu.cfs_quota_us = cpu.cfs_period_us = {PERIOD_US}"
+            return path, os.path.join(path, "cgroup.procs"), what
+        except OSError as exc:
+            errors.append(f"v{version} {mount}: {exc}")
+            if os.path.isdir(path):
+                os.rmdir(path)
+    raise RuntimeError("; ".join(errors))
+
+
+def remove_cgroup(path):
+    for _ in range(50):
+        try:
+            os.rmdir(path)
+            return
+        except OSError:
+            time.sleep(0.1)     # the worker's exit is still being accounted
+    print(f"bench_contention: could not remove {path}", file=sys.stderr)
+
+
+def run_worker(args, extra=False, join=None):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--rows", str(args.rows),
+           "--calls", str(args.calls)]
+    if extra:
+        cmd.append("--extra")
+    if join:
+        cmd += ["--join-cgroup", join]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(HERE)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        sys.exit(f"bench_contention: worker failed:\n{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def start_neighbour():
+    cpu = max(os.sched_getaffinity(0))
+    code = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True:\n    pass\n"
+    p = subprocess.Popen([sys.executable, "-c", code])
+    time.sleep(0.5)
+    return p, cpu
+
+
+def grain_sweep(lines):
+    """1 vs 2 threads (explicit counts, back-off off) over bag sizes: where 2 threads pay."""
+    sys.path.insert(0, os.path.dirname(HERE))     # this source tree, as the workers use
+    import qe4_fast
+    from qe4_fast import _pool
+    rows = 200_000
+    rng = np.random.default_rng(1)
+    t = qe4_fast.quantize(rng.standard_normal((rows, 64), dtype=np.float32), 4, "minmax")
+    lines += ["", "grain: median of 200 calls, explicit n_threads, 64-dim 4-bit rows "
+              "(qe4_fast._threads.GRAIN_STREAM = 2**18 elements per thread)",
+              f"{'indices':>9} {'elements':>10} {'1 thread':>10} {'2 threads':>10} {'1T/2T':>7}"]
+    _pool.set_backoff(False)
+    for n_idx in (500, 1000, 2000, 4000, 8000, 16000, 32000):
+        idx = rng.integers(0, rows, n_idx)
+        off = np.arange(0, n_idx, 40)
+        a, b = (np.median(ts) for ts in _interleaved(
+            [lambda: qe4_fast.embedding_bag(t, idx, off, n_threads=1),
+             lambda: qe4_fast.embedding_bag(t, idx, off, n_threads=2)], 200))
+        lines.append(f"{n_idx:9d} {n_idx * 64:10d} {a * 1e6:8.1f}us {b * 1e6:8.1f}us {a / b:6.2f}x")
+    _pool.set_backoff(True)
+
+
+def fmt(t):
+    return f"{t * 1e6:8.0f}us" if t < 0.1 else f"{t * 1e3:8.1f}ms"
+
+
+def _check(name, value, op, bound):
+    ok = value <= bound if op == "<=" else value >= bound
+    return f"{name} {value:.2f}x ({op} {bound}: {'met' if ok else 'MISSED'})"
+
+
+def targets(setting, res):
+    """The issue's targets for one setting and index distribution, as ratios of this run."""
+    d, one, tq = res["qe4_fast default"], res["qe4_fast 1 thread"], res["torch op"]
+    alln = next(v for k, v in res.items() if k.startswith("qe4_fast") and k.endswith(" threads"))
+    if setting == "quiet":
+        out = [_check("median torch/1T", tq["median"] / one["median"], ">=", 1.2),
+               _check("median torch/all", tq["median"] / alln["median"], ">=", 2.0)]
+        fp = sorted((k for k in res if k.startswith("fp32")), key=lambda k: int(k.split()[2]))
+        if fp:
+            out += [_check("median fp32/4-bit 1T", res[fp[0]]["median"] / one["median"], ">=", 1.0),
+                    _check("median fp32/4-bit all", res[fp[-1]]["median"] / alln["median"], ">=", 1.0)]
+        return out
+    return [_check("p99 default/1T", d["p99"] / one["p99"], "<=", 1.1),
+            _check("p99 torch/default", tq["p99"] / d["p99"], ">=", 1.2),
+            f"median torch/default {tq['median'] / d['median']:.2f}x"]
+
+
+def report(settings, args):
+    lines = [f"bench_contention: qe4_fast.embedding_bag vs torch.ops.quantized."
+             f"embedding_bag_4bit_rowwise_offsets (single-threaded); table {args.rows} x 64 "
+             f"4-bit, 2048 bags x 40",
+             f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs in the affinity "
+             f"mask; {args.calls} calls per contender, interleaved; bytes checked equal first",
+             "ratios > 1: qe4_fast faster (x/y = time of x / time of y, so torch/default > 1 "
+             "means qe4_fast's default is faster)", ""]
+    lines.append(f"{'setting':<16} {'indices':<8} {'contender':<42} {'median':>10} {'p99':>10}")
+    for name, info in settings:
+        if isinstance(info, str):
+            lines += [f"{name:<16} skipped: {info}", ""]
+            continue
+        meta, out = info
+        lines.append(f"{name:<16} {meta}; usable CPUs {out['cpu_count']} (quota "
+                     f"{out['quota']}), default threads {out['default_threads']}")
+        for dist, res in out["results"].items():
+            pool = res.pop("pool")
+            for contender, st in res.items():
+                lines.append(f"{'':<16} {dist:<8} {contender:<42} {fmt(st['median'])} "
+                             f"{fmt(st['p99'])}")
+            lines.append(f"{'':<16} {dist:<8} targets: " + "; ".join(targets(name, res)))
+            after = res.get("qe4_fast default right after torch's op")
+            if after:
+                lines.append(f"{'':<16} {dist:<8} one libgomp with torch: median right after "
+                             f"torch's op / interleaved {after['median'] / res['qe4_fast default']['median']:.2f}x")
+            lines.append(f"{'':<16} {dist:<8} pool: {pool}")
+        lines.append("")
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--calls", type=int, default=300)
+    p.add_argument("--quick", action="store_true", help="100,000 rows, 100 calls")
+    p.add_argument("--grain", action="store_true", help="also sweep bag sizes, 1 vs 2 threads")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "bench_contention.txt"))
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--extra", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--join-cgroup", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rows, args.calls = 100_000, 100
+    if args.worker:
+        return worker(args)
+    t0 = time.time()
+    settings = [("quiet", ("nothing else started", run_worker(args, extra=True)))]
+    nb, cpu = start_neighbour()
+    try:
+        settings.append(("busy neighbour", (f"a process spinning on CPU {cpu}", run_worker(args))))
+    finally:
+        nb.kill()
+        nb.wait()
+    try:
+        path, procs, what = make_quota_cgroup()
+    except (OSError, RuntimeError) as exc:
+        settings.append(("1-CPU quota", f"cannot create a quota cgroup ({exc})"))
+    else:
+        try:
+            settings.append(("1-CPU quota", (what, run_worker(args, join=procs))))
+        finally:
+            remove_cgroup(path)
+    lines = report(settings, args)
+    if args.grain:
+        grain_sweep(lines)
+    lines.append(f"total {time.time() - t0:.0f} s")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+/* Kernels of qe4_fast._lookup: gathers, max-pooled bags, float16/bfloat16 outputs and
+ * batched lookups over several tables, for every layout (rowwise, codebook, two-tier).
+ *
+ * The row arithmetic is that of _bag_kernels.h (rowwise rows) and _codebook_kernels.h
+ * (codebook rows); this file adds what qe4/bag.py specifies on top of it:
+ *   - a row's values = dequantize's row (rowwise fma(scale, q, bias), codebook centroids);
+ *   - max pooling: acc = v0, then acc = (acc >= v || acc is NaN) ? acc : v, in order;
+ *   - one rounding of each float32 result to the output type (qe4.bag.round_output):
+ *     NaN -> quiet NaN of the same sign, no payload; then float16 round-to-nearest-even
+ *     (F16C vcvtps2ph, or the integer recipe below: the same bits) or bfloat16
+ *     (u + 0x7fff + bit16) >> 16.
+ * Every function handles one row, bag or run of them in a fixed order, so the caller may
+ * split work between any number of threads without changing a byte.
+ * Compiled with -ffp-contract=off (setup.py).
+ */
+#ifndef QE4_LOOKUP_KERNELS_H
+#define QE4_LOOKUP_KERNELS_H
+
+#include <stdlib.h>
+
+/* both headers' other kernels (quantization, dequantization) are not used here */
+#pragma GCC diagnostic ignored "-Wunused-function"
+#include "_bag_kernels.h"
+#include "_codebook_kernels.h"
+
+enum { QE4_OUT_F32 = 0, QE4_OUT_F16 = 1, QE4_OUT_BF16 = 2 };
+enum { QE4_LAYOUT_ROWWISE = 0, QE4_LAYOUT_CODEBOOK = 1, QE4_LAYOUT_TWO_TIER = 2 };
+enum { QE4_MODE_SUM = 0, QE4_MODE_MEAN = 1, QE4_MODE_MAX = 2 };
+
+/* One table of any layout.  Codebook layouts use rows.{data, row_bytes, code_bytes, dim,
+ * bits, f16} too; books/n_groups/id_bytes only for two-tier. */
+typedef struct {
+    qe4_rows rows;
+    int layout;
+    int id_bytes;
+    const float *books;     /* [n_groups, 2^bits] float32 (two-tier), else unused */
+    int64_t n_groups;
+} qe4_table;
+
+static inline void qe4_table_init(qe4_table *T, const uint8_t *data, int64_t n_rows,
+                                  int64_t row_bytes, int64_t dim, int bits, int f16, int layout,
+                                  int id_bytes, const float *books, int64_t n_groups)
+{
+    T->rows.data = data;
+    T->rows.n_rows = n_rows;
+    T->rows.row_bytes = row_bytes;
+    T->rows.code_bytes = (dim * bits + 7) / 8;
+    T->rows.dim = dim;
+    T->rows.bits = bits;
+    T->rows.f16 = f16;
+    T->layout = layout;
+    T->id_bytes = id_bytes;
+    T->books = books;
+    T->n_groups = n_groups;
+}
+
+/* ------------------------------------------------------------------ output rounding */
+
+static inline uint32_t qe4_bits_of(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* NaN -> the quiet NaN of its sign without payload (0x7fc00000 | sign); others unchanged. */
+static inline uint32_t qe4_canonical_nan(uint32_t u)
+{
+    return (u & 0x7fffffffu) > 0x7f800000u ? (u & 0x80000000u) | 0x7fc00000u : u;
+}
+
+static inline uint16_t qe4_to_bf16(float f)
+{
+    uint32_t u = qe4_canonical_nan(qe4_bits_of(f));
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* float32 -> float16, round to nearest, ties to even, with subnormals (as numpy's astype). */
+static inline uint16_t qe4_to_f16(float f)
+{
+    uint32_t u = qe4_canonical_nan(qe4_bits_of(f));
+    uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu, h, rem, half;
+    if (a >= 0x7f800000u)                       /* inf; NaN is canonical: 0x7fc00000 -> 0x7e00 */
+        return (uint16_t)(sign | (a == 0x7f800000u ? 0x7c00u : 0x7e00u));
+    if (a >= 0x477ff000u)                       /* >= 65520 (a tie with 65536) rounds to inf */
+        return (uint16_t)(sign | 0x7c00u);
+    if (a >= 0x38800000u) {                     /* normal: rebias 127 -> 15, keep 10 bits */
+        a -= 112u << 23;
+        h = a >> 13;
+        rem = a & 0x1fffu;
+        h += rem > 0x1000u || (rem == 0x1000u && (h & 1u));   /* a carry bumps the exponent */
+        return (uint16_t)(sign | h);
+    }
+    if (a < 0x33000000u)                        /* below 2^-25: rounds to zero */
+        return (uint16_t)sign;
+    /* subnormal: round(value / 2^-24) = round(m * 2^(e - 126)), m the 24-bit significand */
+    uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, shift = 126u - e;
+    h = m >> shift;
+    rem = m & ((1u << shift) - 1u);
+    half = 1u << (shift - 1u);
+    h += rem > half || (rem == half && (h & 1u));             /* 0x400 = the smallest normal */
+    return (uint16_t)(sign | h);
+}
+
+static void qe4_store_generic(const float *src, int64_t n, int kind, void *dst)
+{
+    uint16_t *d = (uint16_t *)dst;
+    int64_t j;
+    if (kind == QE4_OUT_F32) {
+        if ((const void *)src != dst) memcpy(dst, src, (size_t)n * 4);
+    } else if (kind == QE4_OUT_F16) {
+        for (j = 0; j < n; j++) d[j] = qe4_to_f16(src[j]);
+    } else {
+        for (j = 0; j < n; j++) d[j] = qe4_to_bf16(src[j]);
+    }
+}
+
+#if QE4_X86
+/* 8 floats with NaN lanes made canonical (sign | 0x7fc00000). */
+QE4_INLINE QE4_AVX2 __m256 qe4_canonical8_avx2(__m256 x)
+{
+    __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    __m256 q = _mm256_or_ps(_mm256_and_ps(x, _mm256_set1_ps(-0.0f)),
+                            _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)));
+    return _mm256_blendv_ps(x, q, nan);
+}
+
+QE4_AVX2 static void qe4_store_avx2(const float *src, int64_t n, int kind, void *dst)
+{
+    uint16_t *d = (uint16_t *)dst;
+    int64_t j = 0;
+    if (kind == QE4_OUT_F16) {
+        for (; j + 8 <= n; j += 8) {
+            __m256 x = qe4_canonical8_avx2(_mm256_loadu_ps(src + j));
+            _mm_storeu_si128((__m128i *)(d + j),
+                             _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        }
+    } else if (kind == QE4_OUT_BF16) {
+        const __m256i bias = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
+        for (; j + 8 <= n; j += 8) {
+            __m256i u = _mm256_castps_si256(qe4_canonical8_avx2(_mm256_loadu_ps(src + j)));
+            __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+            u = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, bias), lsb), 16);
+            _mm_storeu_si128((__m128i *)(d + j), _mm_packus_epi32(_mm256_castsi256_si128(u),
+                                                                  _mm256_extracti128_si256(u, 1)));
+        }
+    }
+    if (kind == QE4_OUT_F32)
+        qe4_store_generic(src, n, kind, dst);
+    else
+        qe4_store_generic(src + j, n - j, kind, d + j);
+}
+#else
+static void qe4_store_avx2(const float *src, int64_t n, int kind, void *dst)
+{
+    qe4_store_generic(src, n, kind, dst);
+}
+#endif
+
+/* dst[0:n] = src[0:n] rounded to the output type (src == dst allowed for float32). */
+static inline void qe4_store(const float *src, int64_t n, int kind, void *dst, int simd)
+{
+    if (simd) qe4_store_avx2(src, n, kind, dst);
+    else qe4_store_generic(src, n, kind, dst);
+}
+
+/* ------------------------------------------------------------------ rows of any layout */
+
+static inline const uint8_t *qe4_table_row(const qe4_table *T, int64_t r)
+{
+    return qe4_row_at(&T->rows, r);    /* an index changed after validation reads row 0 */
+}
+
+static inline void qe4_prefetch_at(const qe4_table *T, const int64_t *idx, int64_t n_idx,
+                                   int64_t p)
+{
+    if (p + QE4_PREFETCH < n_idx) {
+        int64_t r = idx[p + QE4_PREFETCH];
+        if ((uint64_t)r < (uint64_t)T->rows.n_rows) qe4_prefetch_row(&T->rows, r);
+    }
+}
+
+/* out[0:dim] = row r as dequantize gives it.  Returns 1 for a two-tier group id out of
+ * range (out unfinished), else 0. */
+static int qe4_row_values(const qe4_table *T, int64_t r, int simd, float *out)
+{
+    const qe4_rows *t = &T->rows;
+    const uint8_t *row = qe4_table_row(T, r);
+    if (T->layout == QE4_LAYOUT_ROWWISE) {
+        float s = qe4_qparam(t, row, 0), b = qe4_qparam(t, row, 1);
+#if QE4_X86
+        if (simd) {
+            qe4_row_avx2(row, t->bits, t->dim, s, b, out, 1);
+            return 0;
+        }
+#endif
+        qe4_row_generic(row, t->bits, t->dim, s, b, out, !t->f16, 1);   /* as dequantize */
+        return 0;
+    }
+    float tmp[16];
+    const uint8_t *cp = row + t->code_bytes;
+    if (T->layout == QE4_LAYOUT_TWO_TIER
+        && (T->id_bytes == 1 ? cp[0] : (int64_t)cp[0] | ((int64_t)cp[1] << 8)) >= T->n_groups)
+        return 1;
+    const float *c = cb_row_cents(row, t->code_bytes, T->layout - 1, t->f16, 1 << t->bits,
+                                  T->id_bytes, T->books, tmp);
+    cb_row_values(row, t->dim, t->bits, c, out);
+    return 0;
+}
+
+/* acc = (acc >= v || acc is NaN) ? acc : v, element-wise (branch-free: random rows make
+ * the choice unpredictable). */
+static inline void qe4_max_generic(float *acc, const float *v, int64_t n)
+{
+    for (int64_t j = 0; j < n; j++) {
+        float a = acc[j], b = v[j];
+        int keep = (a >= b) | (a != a);
+        acc[j] = keep ? a : b;
+    }
+}
+
+#if QE4_X86
+QE4_AVX2 static void qe4_max_avx2(float *acc, const float *v, int64_t n)
+{
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 a = _mm256_loadu_ps(acc + j), b = _mm256_loadu_ps(v + j);
+        __m256 keep = _mm256_or_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ), _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+        _mm256_storeu_ps(acc + j, _mm256_blendv_ps(b, a, keep));
+    }
+    qe4_max_generic(acc + j, v + j, n - j);
+}
+#endif
+
+static inline void qe4_max(float *acc, const float *v, int64_t n, int simd)
+{
+#if QE4_X86
+    if (simd) {
+        qe4_max_avx2(acc, v, n);
+        return;
+    }
+#endif
+    (void)simd;
+    qe4_max_generic(acc, v, n);
+}
+
+/* acc[0:dim] = max-pooled rows idx[start:end] (zeros for an empty bag); vals: scratch [dim]. */
+static int qe4_bag_max(const qe4_table *T, const int64_t *idx, int64_t n_idx, int64_t start,
+                       int64_t end, int simd, float *acc, float *vals)
+{
+    int64_t p, j, dim = T->rows.dim;
+    if (start == end) {
+        for (j = 0; j < dim; j++) acc[j] = 0.0f;
+        return 0;
+    }
+    qe4_prefetch_at(T, idx, n_idx, start);
+    if (qe4_row_values(T, idx[start], simd, acc)) return 1;
+    for (p = start + 1; p < end; p++) {
+        qe4_prefetch_at(T, idx, n_idx, p);
+        if (qe4_row_values(T, idx[p], simd, vals)) return 1;
+        qe4_max(acc, vals, dim, simd);
+    }
+    return 0;
+}
+
+/* Bags m0 .. m1-1 of one table into dst + m * dst_stride (bytes), each rounded to `kind`.
+ * starts: [n_bags + 1] bag bounds into idx; scratch: [2 * dim + 2] floats.  Returns the
+ * number of bags that met a bad two-tier group id (their output is unfinished). */
+static int64_t qe4_table_bags(const qe4_table *T, const int64_t *idx, int64_t n_idx,
+                              const float *w, const int64_t *starts, int64_t m0, int64_t m1,
+                              int mode, int kind, char *dst, int64_t dst_stride, int simd,
+                              float *scratch)
+{
+    const qe4_rows *t = &T->rows;
+    int64_t m, n_bad = 0, dim = t->dim;
+    float *vals = scratch + dim + 1;
+    for (m = m0; m < m1; m++) {
+        char *out = dst + m * dst_stride;
+        float *acc = kind == QE4_OUT_F32 ? (float *)out : scratch;
+        int64_t start = starts[m], end = starts[m + 1];
+        int bad = 0;
+        if (mode == QE4_MODE_MAX)
+            bad = qe4_bag_max(T, idx, n_idx, start, end, simd, acc, vals);
+        else if (T->layout == QE4_LAYOUT_ROWWISE)
+            qe4_bag(t, idx, n_idx, w, start, end, mode == QE4_MODE_MEAN, simd, acc);
+        else
+            bad = cb_bag(t->data, t->row_bytes, t->code_bytes, dim, t->bits, T->layout - 1, t->f16,
+                         T->id_bytes, T->books, T->n_groups, idx, n_idx, start, end, w,
+                         mode == QE4_MODE_MEAN, acc, vals, simd);
+        if (bad) n_bad++;
+        else if (kind != QE4_OUT_F32) qe4_store(acc, dim, kind, out, simd);
+    }
+    return n_bad;
+}
+
+/* Gather positions p0 .. p1-1: dst + p * dst_stride = row idx[p] rounded to `kind`.
+ * scratch: [dim] floats.  Returns the number of bad two-tier group ids met. */
+static int64_t qe4_gather(const qe4_table *T, const int64_t *idx, int64_t n_idx, int64_t p0,
+                          int64_t p1, int kind, char *dst, int64_t dst_stride, int simd,
+                          float *scratch)
+{
+    int64_t p, n_bad = 0;
+    for (p = p0; p < p1; p++) {
+        char *out = dst + p * dst_stride;
+        float *v = kind == QE4_OUT_F32 ? (float *)out : scratch;
+        qe4_prefetch_at(T, idx, n_idx, p);
+        if (qe4_row_values(T, idx[p], simd, v)) n_bad++;
+        else if (kind != QE4_OUT_F32) qe4_store(v, T->rows.dim, kind, out, simd);
+    }
+    return n_bad;
+}
+
+#endif
