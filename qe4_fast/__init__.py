@@ -26,9 +26,9 @@ from qe4 import rowwise as R
 from qe4.table import QuantizedTable
 from qe4.uniform import methods
 
-from ._blocks import row_blocks
 from ._threads import (BUILD_HINT, GRAIN_SEARCH, GRAIN_STREAM,  # ImportError if not built
                        effective_n_threads, openmp_enabled, shares_cores)
+from ._blocks import row_blocks      # noqa: E402 -- after _threads, whose ImportError says how to build
 
 try:
     from . import _rowwise
