@@ -64,6 +64,36 @@ def check_ratio(ratio):
     return M.RATIO(ratio)
 
 
+# the most candidate ranges per row the exhaustive search may evaluate (at dim 64, about
+# 0.25 s of one core per row compiled; the cost grows as (n_bins * ratio)**2 / 2, and n_bins
+# goes up to 1,000,000, where one row would take hours)
+MAX_SEARCH_CANDIDATES = 1_000_000
+
+
+def search_candidates(method, n_bins, ratio):
+    """About how many candidate ranges per row ``method`` evaluates (each one a pass over
+    the row): greedy moves one bound per step for at most ``ratio * n_bins`` steps,
+    evaluating both moves; exhaustive visits every state (i, j) with i + j <= that."""
+    steps = int(n_bins * ratio) + 2
+    if method == "exhaustive":
+        return (steps + 1) * (steps + 2) // 2
+    if method == "greedy":
+        return 2 * steps + 1
+    return 2
+
+
+def check_search_cost(method, n_bins, ratio):
+    """Refuse an exhaustive search whose cost per row is out of proportion (ValueError
+    stating the cost); the other methods are linear in n_bins."""
+    n = search_candidates(method, n_bins, ratio)
+    if method == "exhaustive" and n > MAX_SEARCH_CANDIDATES:
+        raise ValueError(
+            f"method 'exhaustive' with n_bins={n_bins} and ratio={ratio} would evaluate about "
+            f"{n:,} candidate ranges per row (a pass over the row each; the cost grows as "
+            f"(n_bins * ratio)**2 / 2), more than the {MAX_SEARCH_CANDIDATES:,} allowed: lower "
+            "n_bins or ratio, or use method 'greedy'")
+
+
 def as_float_rows(x, name="x", *, finite=True):
     """Return ``x`` as a finite, C-contiguous, native float32 array [n_rows, n_cols].
 
@@ -74,6 +104,7 @@ def as_float_rows(x, name="x", *, finite=True):
     the caller (qe4_fast's kernels flag non-finite rows in their own pass over the
     table and then call :func:`check_finite`, which raises this same error).
     """
+    refuse_masked(x, name)
     if isinstance(x, np.ndarray):
         arr = x
     else:
@@ -95,6 +126,11 @@ def as_float_rows(x, name="x", *, finite=True):
 
 
 as_table = as_float_rows     # the old name
+def refuse_masked(a, name):
+    """A masked array's mask would be ignored (numpy computes on the data under it): refuse."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array, whose mask qe4 would ignore; pass "
+                        f"{name}.compressed() or {name}.filled(value) instead")
 
 
 def check_finite(a, name):
@@ -129,16 +165,69 @@ def check_fp16_ranges(x, bits, scale_dtype, name="x"):
     lo = x.min(axis=1)
     hi = x.max(axis=1)
     qmax = np.float32(2 ** bits - 1)
-    with np.errstate(over="ignore"):
-        big = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float16)
-        scale = ((hi - lo) / qmax).astype(np.float16)
-    bad = ~np.isfinite(big) | ~np.isfinite(scale)
+    bad = fp16_overflow(lo, hi, bits)
     if bad.any():
         r = int(np.argmax(bad))
         raise ValueError(
             f"{name}: row {r} has range [{lo[r]!r}, {hi[r]!r}], which overflows the float16 "
             f"scale/bias (|value| <= {FP16_MAX} and range <= {FP16_MAX} * {int(qmax)} required); "
             "use scale_dtype='float32'")
+
+
+def fp16_overflow(lo, hi, bits):
+    """Rows whose float16 scale or bias would overflow for the range [lo, hi] (float32
+    arrays): max(|lo|, |hi|) or (hi - lo) / (2**bits - 1) is not finite in float16."""
+    qmax = np.float32(2 ** bits - 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        big = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float16)
+        scale = ((hi - lo) / qmax).astype(np.float16)
+    return ~np.isfinite(big) | ~np.isfinite(scale)
+
+
+def _row_bounds(v, name, n_rows):
+    """``v`` (a real scalar or [n_rows]) as a finite float32 array [n_rows]."""
+    refuse_masked(v, name)
+    try:
+        arr = np.asarray(v)
+    except Exception as exc:
+        raise TypeError(f"{name} must be a real number or array, got {type(v).__name__}: {exc}")
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real number or array, got dtype {arr.dtype}")
+    if arr.shape not in ((), (n_rows,)):
+        raise ValueError(f"{name} must be a scalar or have shape ({n_rows},), got shape {arr.shape}")
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(np.broadcast_to(arr.astype(np.float32), (n_rows,)))
+    bad = ~np.isfinite(out)
+    if bad.any():
+        r = int(np.argmax(bad))
+        raise ValueError(f"{name} must be finite in float32: {name}[{r}] = {arr.reshape(-1)[min(r, arr.size - 1)]!r}")
+    return out
+
+
+def check_range_loss_args(x, lo, hi, bits, scale_dtype):
+    """The checks of ``range_loss`` in both packages, in one order: bits, scale_dtype,
+    ``x`` (:func:`as_table`), ``lo`` and ``hi`` (real, finite, scalars or one per row),
+    ``lo <= hi``, and (float16) a scale and bias that do not overflow.
+
+    Returns ``(x, lo, hi, bits, scale_dtype)``, ``lo``/``hi`` float32 [n_rows].
+    """
+    bits = check_bits(bits)
+    if not isinstance(scale_dtype, str) or scale_dtype not in SCALE_DTYPES:
+        raise ValueError(f"scale_dtype must be one of {SCALE_DTYPES}, got {scale_dtype!r}")
+    x = as_table(x)
+    lo = _row_bounds(lo, "lo", x.shape[0])
+    hi = _row_bounds(hi, "hi", x.shape[0])
+    bad = lo > hi
+    if bad.any():
+        r = int(np.argmax(bad))
+        raise ValueError(f"lo must be <= hi: lo[{r}] = {lo[r]!r} > hi[{r}] = {hi[r]!r}")
+    with np.errstate(over="ignore"):
+        bad = fp16_overflow(lo, hi, bits) if scale_dtype == "float16" else ~np.isfinite(hi - lo)
+    if bad.any():
+        r = int(np.argmax(bad))
+        raise ValueError(f"the range [lo[{r}], hi[{r}]] = [{lo[r]!r}, {hi[r]!r}] overflows the "
+                         f"{scale_dtype} scale/bias")
+    return x, lo, hi, bits, scale_dtype
 
 
 def check_table(table):
@@ -195,6 +284,7 @@ def check_uint8_table(data, name="data"):
 
 
 def _as_int_array(a, name):
+    refuse_masked(a, name)
     if isinstance(a, np.ndarray):
         arr = a
     else:
@@ -218,7 +308,10 @@ def check_bag_args(indices, offsets, n_rows, per_sample_weights, include_last_of
     """
     if not isinstance(mode, str) or mode not in modes:
         raise ValueError(f"mode must be one of {modes}, got {mode!r}")
+    if not isinstance(include_last_offset, (bool, np.bool_)):
+        raise TypeError(f"include_last_offset must be a bool, got {include_last_offset!r}")
     idx = _as_int_array(indices, "indices")
+    idx_shape = idx.shape
     if idx.ndim == 2:
         if offsets is not None:
             raise ValueError("offsets must be None when indices is 2-D [n_bags, bag_size]")
@@ -264,13 +357,14 @@ def check_bag_args(indices, offsets, n_rows, per_sample_weights, include_last_of
         check_index_range(idx, n_rows)
     weights = None
     if per_sample_weights is not None:
+        refuse_masked(per_sample_weights, "per_sample_weights")
         w = np.asarray(per_sample_weights)
         if w.dtype.kind != "f":
             raise TypeError(f"per_sample_weights must be a float array, got dtype {w.dtype}")
-        w = w.reshape(-1) if w.ndim == 2 and np.asarray(indices).ndim == 2 else w
-        if w.shape != idx.shape:
+        if w.shape != idx_shape:
             raise ValueError(
-                f"per_sample_weights must have the shape of indices {idx.shape}, got {w.shape}")
+                f"per_sample_weights must have the shape of indices {idx_shape}, got {w.shape}")
+        w = w.reshape(-1)
         with np.errstate(over="ignore"):       # float64 beyond float32 becomes inf: reported
             weights = np.ascontiguousarray(w, dtype=np.float32)
         bad = ~np.isfinite(weights)

@@ -2,12 +2,16 @@
 
 ``main(argv=None)`` returns the exit code: 0 on success, 2 for a user error
 (bad arguments or input), which is printed as one line on stderr without a
-traceback, 130 when interrupted.
+traceback, 130 when interrupted (Ctrl-C, SIGINT), 143 when terminated (SIGTERM,
+which ``main`` handles like SIGINT: the output being written is removed).
 """
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -30,6 +34,27 @@ DELEGATED = {
 
 class UserError(Exception):
     """An error to print as one line (exit code 2)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C is (so every cleanup runs)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While the command runs, SIGTERM raises :class:`Terminated` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -167,26 +192,30 @@ def main(argv=None):
             args = parser.parse_args(argv)
         except SystemExit as exc:        # --help, --version
             return exc.code if isinstance(exc.code, int) else 0
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except UserError as exc:
         print(f"{exc}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, TypeError, IndexError, OSError, ImportError) as exc:
         print(f"qe4: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("qe4: interrupted (no output file was written)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what, code = ("terminated", 128 + signal.SIGTERM) if isinstance(exc, Terminated) \
+            else ("interrupted", 130)
+        print(f"qe4: {what} (no output file was written)", file=sys.stderr)
+        return code
 
 
 # --------------------------------------------------------------------------- quantize
 
 def cmd_quantize(args):
     from . import stream
-    from .io import save
+    from .io import check_output_path, save
     progress = False if args.no_progress else None
     t0 = time.perf_counter()
     options = _options_of(args)
+    check_output_path(args.output, "OUT")      # before any work, not after it
     if M.get(args.method).per_row:
         info = stream.quantize_file(args.input, args.output, args.bits, args.method,
                                     n_bins=args.n_bins, ratio=args.ratio,
@@ -204,7 +233,7 @@ def cmd_quantize(args):
         eng = E.engine(args.engine, args.threads)
         print(f"note: method {args.method!r} needs the whole table in memory", file=sys.stderr)
         with stream.Source(args.input, args.tensor) as src:
-            x = V.as_float_rows(np.ascontiguousarray(src.array), finite=False)
+            x = V.as_float_rows(np.ascontiguousarray(src.read(0, src.n_rows)), finite=False)
             n_rows, n_cols, dtype, in_bytes = src.n_rows, src.n_cols, str(src.dtype), src.file_size
         table = frontend.encode(request, x, eng)
         save(table, args.output)

@@ -78,7 +78,7 @@ _CHUNK_CELLS = 1 << 22  # rows x columns x centroids per chunk of the per-row fi
 
 def check_values(request, x, name="x"):
     """The codebook family's value checks of float32 rows ``x``: finite, and with
-    float16 centroids every |value| rounds to a finite float16 (<= 65504)."""
+    float16 centroids every ``|value|`` rounds to a finite float16 (<= 65504)."""
     scale_dtype = request.scale_dtype
     V.check_finite(x, name)
     if scale_dtype == "float16":

@@ -73,10 +73,12 @@ hidden ``.shard-*.qe4tmp`` file, never a torn shard).  If the scheduler gives
 up (a task involved in more than ``distributed.scheduler.allowed-failures``
 worker deaths: KilledWorker), or any chunk fails (e.g. a NaN in the input),
 :func:`to_sharded` raises and never writes ``index.json``: the shards already
-written stay on disk, but :func:`~qe4.shards.open_sharded` refuses the
-directory until a later run (``overwrite=True``, which also clears the
-leftovers) succeeds.  Each run names its shards with its own tag, so tasks of
-an abandoned run that are still running cannot replace files of a newer one.
+written stay on disk, but :func:`~qe4.shards.open_sharded` refuses a directory
+without an index, and with ``overwrite=True`` still serves the table the
+directory held before (the new index replaces the old one only when every shard
+is in place; a later successful run clears the leftovers).  Each run names its
+shards with its own tag, so tasks of an abandoned run that are still running
+cannot replace files of a newer one.
 ``timeout`` (seconds) bounds the wait for the cluster.
 
 Throughput

@@ -872,7 +872,7 @@ def run(args):
     from .stream import Source
     opts = _cli_options(args)
     with Source(args.input, args.tensor) as src:
-        x = np.ascontiguousarray(src.array)
+        x = np.ascontiguousarray(src.read(0, src.n_rows))
     e = export(x, args.format, **opts)
     e.save(args.output, name=args.name)
     print(f"input   {args.input}: {x.shape[0]:,} x {x.shape[1]} {x.dtype}")

@@ -17,6 +17,8 @@ wrong value, naming the argument):
    the methods that declare them);
 7. the method's own options, in declared order;
 8. ``scale_dtype`` for the method's layout;
+   then the search cost per row (:func:`qe4._validate.check_search_cost`: the
+   exhaustive search's bound);
 9. then, with the data: ``x`` (:func:`qe4._validate.as_float_rows`: type, shape,
    emptiness), and the encoder's value checks (finiteness, float16 overflow).
 """
@@ -98,6 +100,7 @@ def check_request(bits, method, n_bins=200, ratio=0.16, scale_dtype=None, kwargs
                    if k in {o.name for o in entry.options}})
     options = entry.check_options(kwargs)
     scale_dtype = V.check_scale_dtype(scale_dtype, bits, entry.layout)
+    V.check_search_cost(entry.name, grid["n_bins"], grid["ratio"])
     return Request(entry, bits, scale_dtype, grid["n_bins"], grid["ratio"], options)
 
 

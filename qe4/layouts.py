@@ -270,7 +270,7 @@ class RowwiseLayout(Layout):
 
 
 class CodebookLayout(Layout):
-    """Per-row codebooks: ``[codes][c_0 .. c_{K-1}]``, K = 2**bits sorted centroids."""
+    """Per-row codebooks: ``[codes][c_0, ..., c_{K-1}]``, K = 2**bits sorted centroids."""
     name = "codebook"
     code = 1
     bits = (2, 4)

@@ -77,8 +77,16 @@ def range_loss(x, lo, hi, bits=4, scale_dtype="float16"):
     float32 ndarray [n_rows]
         NaN where a float32 scale below 2**-128 has an infinite reciprocal
         (``0 * inf``); such a candidate never compares less than another.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`qe4.quantize` for ``x`` and ``bits``; ``lo``/``hi`` not real, finite,
+        scalars or one per row, ``lo > hi``, or a range whose float16 scale/bias overflows
+        (``qe4._validate.check_range_loss_args``).
     """
-    return _range_loss_t(np.ascontiguousarray(np.asarray(x, F32).T), lo, hi, bits, scale_dtype)
+    x, lo, hi, bits, scale_dtype = V.check_range_loss_args(x, lo, hi, bits, scale_dtype)
+    return _range_loss_t(np.ascontiguousarray(x.T), lo, hi, bits, scale_dtype)
 
 
 def _range_loss_t(xt, lo, hi, bits, scale_dtype):
@@ -377,7 +385,7 @@ def scale_bias(lo, hi, bits, scale_dtype):
 
 
 def fused_scale_bias(lo, hi, qmax, scale_dtype):
-    """The 2/4-bit rule of :func:`scale_bias` for codes ``0 .. qmax`` (any width)."""
+    """The 2/4-bit rule of :func:`scale_bias` for codes ``0``-``qmax`` (any width)."""
     lo = np.asarray(lo, F32)
     hi = np.asarray(hi, F32)
     bias = round_to(lo, scale_dtype)

@@ -2,16 +2,17 @@
 
 A sharded table is a directory holding
 
-- shard files ``shard-00000.qe4``, ``shard-00001.qe4``, ... (``shard-00000-<tag>.qe4``
-  when written by :func:`qe4.dask.to_sharded`, the tag unique to the run), each an
-  ordinary single-file qe4 table (:func:`qe4.io.save`) holding the rows ``[start, stop)``;
+- shard files ``shard-00000-<run>.qe4``, ``shard-00001-<run>.qe4``, ..., named with a
+  tag unique to the run that wrote them, each an ordinary single-file qe4 table
+  (:func:`qe4.io.save`) holding the rows ``[start, stop)`` and recording, in its
+  header metadata ``qe4_shard``, its own ``start``, ``stop`` and ``run``;
 - ``index.json``, written last::
 
-    {"format": "qe4-sharded", "version": 1,
+    {"format": "qe4-sharded", "version": 2, "run": "3f9c0a1b2c4d",
      "n_rows": 1000000, "dim": 64, "bits": 4, "method": "greedy",
      "scale_dtype": "float16", "layout": "rowwise", "row_bytes": 36,
      "params": {"n_bins": 200, "ratio": 0.16}, "extras": [],
-     "shards": [{"file": "shard-00000.qe4", "start": 0, "stop": 250000,
+     "shards": [{"file": "shard-00000-3f9c0a1b2c4d.qe4", "start": 0, "stop": 250000,
                  "file_bytes": 9000512, "nbytes": 9000000, "sha256": "9f2c..."}, ...]}
 
   ``file_bytes`` is the size of the shard file, ``nbytes`` the bytes of its table
@@ -23,38 +24,57 @@ A sharded table is a directory holding
 The directory is never silently incomplete.  Writers publish ``index.json``
 atomically (temporary file, fsync, rename) only after every shard file is in
 place and matches the size and checksum its writer reported; an interrupted
-write leaves a directory without an index, which :func:`open_sharded` refuses.
-Writing over an existing table removes its index first.
+first write leaves a directory without an index, which :func:`open_sharded` refuses.
+Writing over an existing table (``overwrite=True``) writes the new run's shards
+beside the old ones and swaps the index in one rename: until then the old table
+stays complete and readable, a failure part-way (disk full) leaves it as it was
+(:func:`write_sharded` also removes the new run's partial shards), and only after
+the swap are the old shard files removed.
 
 Reading is lazy: :func:`open_sharded` checks the index (the shards tile
 ``[0, n_rows)`` exactly, every file exists with the recorded size, and with
-``verify=True`` every checksum), and each shard is memory-mapped on first use.
-Pooled lookups (:meth:`ShardedTable.embedding_bag`) gather only the rows the
-bags reference, so a table larger than memory can serve lookups.
+``verify=True`` every checksum), and each shard is memory-mapped on first use,
+when its header must record the row range and run of its index entry (so
+swapped or stale shard files are refused even without ``verify``).  Pooled
+lookups (:meth:`ShardedTable.embedding_bag`) gather only the rows the bags
+reference, so a table larger than memory can serve lookups.  Version 1 indexes
+(shards without ``qe4_shard`` metadata) are still read, without that check.
 """
 
 import hashlib
 import json
 import os
 import re
+import secrets
 
 import numpy as np
 
 from . import _validate as V
 from . import engines as E
 from . import io as qio
+from . import layouts as L
 from .io import _fsync_dir
 from .table import QuantizedTable
 
 __all__ = ["open_sharded", "write_sharded", "ShardedTable"]
 
 FORMAT = "qe4-sharded"
-VERSION = 1
+VERSION = 2
+READ_VERSIONS = (1, 2)
 INDEX = "index.json"
+SHARD_META = "qe4_shard"            # a shard file's own {"start", "stop", "run"}
+MAX_INDEX_BYTES = 100_000_000
 SHARD_SUFFIX = ".qe4"
 _SHARD_NAME = re.compile(r"^shard-\d{5,}(-[0-9a-z]{1,32})?\.qe4$")
 _LEFTOVER = re.compile(r"^\.(shard-.*\.qe4tmp|index\.json\.\d+\.tmp)$")  # of interrupted writers
 _META_KEYS = ("dim", "bits", "method", "scale_dtype", "layout", "params", "row_bytes", "extras")
+_SHARD_KEYS = ("file", "start", "stop", "file_bytes", "nbytes", "sha256")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def new_run_tag():
+    """A fresh tag for one run's shard file names (12 lowercase hex digits)."""
+    return secrets.token_hex(6)
 
 
 def shard_name(i, tag=None):
@@ -102,17 +122,20 @@ def write_shard(table, path, i, start, tag=None):
         raise TypeError(f"shard {i} must be a QuantizedTable, got {type(table).__name__}")
     name = shard_name(i, tag)
     full = os.path.join(path, name)
-    qio.save(table, full)
-    return {"file": name, "start": int(start), "stop": int(start) + table.n_rows,
+    start, stop = int(start), int(start) + table.n_rows
+    qio.save(table, full, metadata={SHARD_META: json.dumps(
+        {"start": start, "stop": stop, "run": tag}, sort_keys=True)})
+    return {"file": name, "start": start, "stop": stop, "run": tag,
             "file_bytes": os.path.getsize(full), "nbytes": table.nbytes,
             "sha256": file_sha256(full), "meta": table_meta(table)}
 
 
 def prepare_dir(path, overwrite=False):
-    """Create ``path`` for a new sharded table; with ``overwrite``, unpublish the old one.
+    """Create ``path`` for a new sharded table, or (``overwrite``) check that it holds
+    only a sharded table (its files are replaced when the new index is published).
 
-    The old index is removed before anything else, so from that moment the
-    directory reads as incomplete until the new index is published.
+    Nothing is removed here: the old table stays readable until :func:`publish_index`
+    swaps the index.
     """
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
@@ -127,14 +150,18 @@ def prepare_dir(path, overwrite=False):
             raise FileExistsError(
                 f"path {path!r} holds files that are not part of a sharded table ({stray[:3]}); "
                 "refusing to overwrite it")
-        if os.path.exists(os.path.join(path, INDEX)):
-            os.remove(os.path.join(path, INDEX))
-            _fsync_dir(path)
-        for f in os.listdir(path):
-            if _SHARD_NAME.match(f) or _LEFTOVER.match(f):
-                os.remove(os.path.join(path, f))
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def _remove_unlisted(path, keep):
+    """Remove shard files and writers' leftovers of ``path`` that are not in ``keep``."""
+    for f in os.listdir(path):
+        if f not in keep and f != INDEX and (_SHARD_NAME.match(f) or _LEFTOVER.match(f)):
+            try:
+                os.remove(os.path.join(path, f))
+            except FileNotFoundError:
+                pass
 
 
 def publish_index(path, entries, *, verify=True):
@@ -149,16 +176,18 @@ def publish_index(path, entries, *, verify=True):
     entries = sorted(entries, key=lambda e: e["start"])
     if not entries:
         raise ValueError("a sharded table needs at least one shard")
+    runs = {e.get("run") for e in entries}
+    if len(runs) != 1:
+        raise ValueError(f"the shards come from different runs {sorted(map(str, runs))}")
     meta = entries[0]["meta"]
     for e in entries:
         if e["meta"] != meta:
             diff = sorted(k for k in meta if meta[k] != e["meta"].get(k))
             raise ValueError(f"shard {e['file']} disagrees with shard {entries[0]['file']} on {diff}: "
                              f"{ {k: e['meta'].get(k) for k in diff} } vs { {k: meta[k] for k in diff} }")
-    shards = [{k: e[k] for k in ("file", "start", "stop", "file_bytes", "nbytes", "sha256")}
-              for e in entries]
-    index = {"format": FORMAT, "version": VERSION, "n_rows": shards[-1]["stop"], **meta,
-             "shards": shards}
+    shards = [{k: e[k] for k in _SHARD_KEYS} for e in entries]
+    index = {"format": FORMAT, "version": VERSION, "run": runs.pop(),
+             "n_rows": shards[-1]["stop"], **meta, "shards": shards}
     check_index(index)
     check_files(path, index, verify=verify)
     tmp = os.path.join(path, f".{INDEX}.{os.getpid()}.tmp")
@@ -172,6 +201,7 @@ def publish_index(path, entries, *, verify=True):
         if os.path.exists(tmp):
             os.remove(tmp)
     _fsync_dir(path)
+    _remove_unlisted(path, {sh["file"] for sh in shards})    # the replaced table's files
     return index
 
 
@@ -204,11 +234,21 @@ def write_sharded(table_or_chunks, path, rows_per_shard=None, *, overwrite=False
             raise ValueError("rows_per_shard applies to a whole table, not to a sequence of chunks")
         chunks = table_or_chunks
     path = prepare_dir(path, overwrite)
+    tag = new_run_tag()
     entries, start = [], 0
-    for i, chunk in enumerate(chunks):
-        entries.append(write_shard(chunk, path, i, start))
-        start += chunk.n_rows
-    publish_index(path, entries, verify=verify)
+    try:
+        for i, chunk in enumerate(chunks):
+            entries.append(write_shard(chunk, path, i, start, tag))
+            start += chunk.n_rows
+        publish_index(path, entries, verify=verify)
+    except BaseException:          # the old table (if any) is untouched: drop this run's files
+        for f in os.listdir(path):
+            if f"-{tag}{SHARD_SUFFIX}" in f:
+                try:
+                    os.remove(os.path.join(path, f))
+                except FileNotFoundError:
+                    pass
+        raise
     return open_sharded(path)
 
 
@@ -222,40 +262,101 @@ def _require_splittable(table):
 
 # --------------------------------------------------------------------------- checking
 
+def _is_int(v):
+    return type(v) is int        # JSON integers only: not bool, not 3.0
+
+
 def check_index(index):
-    """Raise ValueError unless ``index`` is a well-formed index whose shards tile [0, n_rows)."""
+    """Raise ValueError unless ``index`` is a well-formed index whose shards tile [0, n_rows).
+
+    Every count is a JSON integer, ``row_bytes`` fits the layout (exactly, for rowwise
+    tables), every checksum is 64 hex digits and every file name a shard's.
+    """
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise ValueError(f"not a qe4 sharded-table index (format must be {FORMAT!r})")
-    if index.get("version") != VERSION:
+    if index.get("version") not in READ_VERSIONS:
         raise ValueError(f"unsupported sharded-table version {index.get('version')!r} "
-                         f"(this qe4 reads version {VERSION})")
+                         f"(this qe4 reads versions {list(READ_VERSIONS)})")
     missing = [k for k in ("n_rows", "shards") + _META_KEYS if k not in index]
+    if index["version"] >= 2 and "run" not in index:
+        missing.append("run")
     if missing:
         raise ValueError(f"index is missing the fields {missing}")
     n_rows, shards = index["n_rows"], index["shards"]
-    if not isinstance(n_rows, int) or n_rows < 1:
+    if not _is_int(n_rows) or n_rows < 1:
         raise ValueError(f"index: n_rows must be a positive integer, got {n_rows!r}")
+    run = index.get("run")
+    if run is not None and not (isinstance(run, str) and re.fullmatch(r"[0-9a-z]{1,32}", run)):
+        raise ValueError(f"index: run must be a tag of 1 to 32 lowercase letters and digits, got {run!r}")
+    _check_table_meta(index)
     if not isinstance(shards, list) or not shards:
         raise ValueError("index: shards must be a non-empty list")
     names = set()
     expect = 0
     for k, s in enumerate(shards):
-        if not isinstance(s, dict) or any(f not in s for f in ("file", "start", "stop",
-                                                               "file_bytes", "nbytes", "sha256")):
+        if not isinstance(s, dict) or any(f not in s for f in _SHARD_KEYS):
             raise ValueError(f"index: shard entry {k} is malformed: {s!r}")
         if not isinstance(s["file"], str) or not _SHARD_NAME.match(s["file"]) or s["file"] in names:
             raise ValueError(f"index: shard entry {k} has a bad or repeated file name {s['file']!r}")
         names.add(s["file"])
+        for f in ("start", "stop", "file_bytes", "nbytes"):
+            if not _is_int(s[f]) or s[f] < 0:
+                raise ValueError(f"index: shard {s['file']} has {f}={s[f]!r}, not a non-negative "
+                                 "integer")
+        if not isinstance(s["sha256"], str) or not _SHA256.fullmatch(s["sha256"]):
+            raise ValueError(f"index: shard {s['file']} has sha256={s['sha256']!r}, not 64 hex digits")
         if s["start"] != expect:
             what = "overlaps the previous shard" if s["start"] < expect else "leaves a gap"
             raise ValueError(f"index: shard {s['file']} starts at row {s['start']}, expected {expect} "
                              f"(it {what}); the shards must tile [0, {n_rows}) in order")
-        if not isinstance(s["stop"], int) or s["stop"] <= s["start"]:
+        if s["stop"] <= s["start"]:
             raise ValueError(f"index: shard {s['file']} has an empty or reversed row range "
                              f"[{s['start']}, {s['stop']})")
+        if s["nbytes"] < (s["stop"] - s["start"]) * index["row_bytes"]:
+            raise ValueError(f"index: shard {s['file']} has nbytes={s['nbytes']}, fewer than its "
+                             f"{s['stop'] - s['start']} rows of {index['row_bytes']} bytes")
         expect = s["stop"]
     if expect != n_rows:
         raise ValueError(f"index: the shards cover rows [0, {expect}) but n_rows is {n_rows}")
+
+
+def _check_table_meta(index):
+    """The per-table fields: types, and row_bytes consistent with the layout."""
+    for k in ("dim", "bits", "row_bytes"):
+        if not _is_int(index[k]) or index[k] < 1:
+            raise ValueError(f"index: {k} must be a positive integer, got {index[k]!r}")
+    for k in ("method", "scale_dtype", "layout"):
+        if not isinstance(index[k], str):
+            raise ValueError(f"index: {k} must be a string, got {index[k]!r}")
+    if not isinstance(index["params"], dict):
+        raise ValueError(f"index: params must be an object, got {index['params']!r}")
+    if not isinstance(index["extras"], list) or not all(isinstance(e, str) for e in index["extras"]):
+        raise ValueError(f"index: extras must be a list of names, got {index['extras']!r}")
+    if index["extras"]:     # a layout with extras (two-tier): the shard files hold them,
+        lay = L.LAYOUTS.get(index["layout"])    # checked by the table type when first used
+        if lay is None or index["bits"] not in lay.bits:
+            raise ValueError(f"index: inconsistent table fields: layout={index['layout']!r} "
+                             f"bits={index['bits']!r}")
+        if index["scale_dtype"] not in V.SCALE_DTYPES:
+            raise ValueError(f"index: inconsistent table fields: scale_dtype={index['scale_dtype']!r}")
+        bits, dim = index["bits"], index["dim"]
+        most = -(-dim * bits // 8) + 4 * 2 ** bits
+        if index["row_bytes"] > most:
+            raise ValueError(f"index: row_bytes={index['row_bytes']} is more than any {bits}-bit "
+                             f"layout of dim {dim} uses ({most})")
+        return
+    try:        # the table type checks bits, dim, scale_dtype, layout (and rowwise row_bytes)
+        empty = QuantizedTable(np.zeros((0, index["row_bytes"]), np.uint8), bits=index["bits"],
+                               dim=index["dim"], method=index["method"],
+                               scale_dtype=index["scale_dtype"], layout=index["layout"],
+                               params=index["params"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"index: inconsistent table fields: {exc}") from None
+    # any layout: codes plus at most 2**bits float32 centroids per row
+    most = empty.code_bytes + 4 * 2 ** empty.bits
+    if index["row_bytes"] > most:
+        raise ValueError(f"index: row_bytes={index['row_bytes']} is more than any {empty.bits}-bit "
+                         f"layout of dim {empty.dim} uses ({most})")
 
 
 def check_files(path, index, *, verify=False):
@@ -303,11 +404,10 @@ def open_sharded(path, *, verify=False):
     if not os.path.isfile(index_path):
         raise ValueError(f"{path!r} is not a complete sharded table: {INDEX} is missing "
                          "(the write was interrupted or has not finished)")
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{index_path!r} is not valid JSON: {exc}") from exc
+    with open(index_path, "rb") as f:
+        raw = f.read(MAX_INDEX_BYTES + 1)
+    index = qio.loads_bounded(raw, f"{index_path!r}", max_bytes=MAX_INDEX_BYTES,
+                              object_pairs_hook=qio._no_duplicates)
     check_index(index)
     check_files(path, index, verify=verify)
     return ShardedTable(path, index)
@@ -360,7 +460,7 @@ class ShardedTable:
         """Shard ``i`` as a memory-mapped QuantizedTable (opened and checked on first use)."""
         if self._shards[i] is None:
             entry = self.index["shards"][i]
-            table = qio.load(os.path.join(self.path, entry["file"]), mmap=True)
+            table, hdr = qio._load(os.path.join(self.path, entry["file"]), mmap=True)
             want = {k: self.index[k] for k in _META_KEYS}
             got = table_meta(table)
             if got != want or table.n_rows != entry["stop"] - entry["start"]:
@@ -368,8 +468,24 @@ class ShardedTable:
                     f"sharded table {self.path!r}: shard file {entry['file']} holds a table "
                     f"({table.n_rows} rows, {got}) that does not match the index "
                     f"({entry['stop'] - entry['start']} rows, {want})")
+            if self.index["version"] >= 2:
+                self._check_shard_meta(entry, hdr.metadata.get(SHARD_META))
             self._shards[i] = table
+        else:      # the file must still have its size (ValueError, not SIGBUS)
+            V.check_table(self._shards[i])
         return self._shards[i]
+
+    def _check_shard_meta(self, entry, raw):
+        want = {"start": entry["start"], "stop": entry["stop"], "run": self.index["run"]}
+        try:
+            got = qio.loads_bounded(raw, "qe4_shard") if raw is not None else None
+        except ValueError:
+            got = raw
+        if got != want:
+            raise ValueError(
+                f"sharded table {self.path!r}: shard file {entry['file']} records {SHARD_META}="
+                f"{got!r}, but the index expects {want} (shard files swapped, or left by "
+                "another run?)")
 
     def _empty(self, data):
         return QuantizedTable(data, bits=self.bits, dim=self.dim, method=self.method,

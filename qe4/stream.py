@@ -8,7 +8,6 @@ independently, so the result is byte-identical to quantizing the whole table in 
 """
 
 import contextlib
-import mmap
 import os
 import re
 import sys
@@ -20,7 +19,8 @@ from . import engines as E
 from . import frontend
 from . import method_registry as M
 from .engines import get_engine  # noqa: F401  (an old import path)
-from .io import TableWriter, read_safetensors_header
+from .io import TableWriter, _read_header, check_output_path
+from .table import QuantizedTable
 
 _ST_FLOATS = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 
@@ -38,52 +38,67 @@ STREAMABLE = M.names(per_row=True)
 # --------------------------------------------------------------------------- sources
 
 class Source:
-    """A read-only 2-D float table memory-mapped from a .npy or .safetensors file.
+    """A 2-D float table in a .npy or .safetensors file, read row block by row block.
 
-    ``array`` is an ndarray view of the mapping; :meth:`release` drops pages
-    already consumed from this process's resident set (the data stays in the
-    page cache), so reading a file larger than RAM keeps the RSS flat.
+    :meth:`read` copies rows into memory with ordinary reads (never a memory map:
+    a file truncated while it is read gives a ValueError, not SIGBUS), so reading a
+    file larger than RAM keeps the resident set to one block.  A Fortran-ordered
+    ``.npy`` is read column segment by column segment, which costs the same memory
+    as a C-ordered one.
     """
 
     def __init__(self, path, tensor=None):
         self.path = os.fspath(path)
-        with open(self.path, "rb") as f:
-            magic = f.read(6)
-            self.file_size = os.fstat(f.fileno()).st_size
-        if magic == b"\x93NUMPY":
-            if tensor is not None:
-                raise ValueError(f"{self.path}: tensor={tensor!r} applies to .safetensors inputs only")
-            shape, dtype, offset, order = self._npy()
-        else:
-            shape, dtype, offset, order = self._safetensors(tensor)
-        if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
-            raise TypeError(f"{self.path}: the table must have dtype float16, float32 or float64, "
-                            f"got {dtype}")
-        if len(shape) != 2:
-            raise ValueError(f"{self.path}: the table must be 2-D [n_rows, n_cols], got shape {shape}")
-        if shape[0] == 0 or shape[1] == 0:
-            raise ValueError(f"{self.path}: the table must have at least one row and one column, "
-                             f"got shape {shape}")
+        self._file = open(self.path, "rb")
+        try:
+            magic = self._file.read(6)
+            self.file_size = os.fstat(self._file.fileno()).st_size
+            if magic == b"\x93NUMPY":
+                if tensor is not None:
+                    raise ValueError(f"{self.path}: tensor={tensor!r} applies to .safetensors inputs only")
+                shape, dtype, offset, order = self._npy()
+            else:
+                shape, dtype, offset, order = self._safetensors(tensor)
+            if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+                raise TypeError(f"{self.path}: the table must have dtype float16, float32 or "
+                                f"float64, got {dtype}")
+            if len(shape) != 2:
+                raise ValueError(f"{self.path}: the table must be 2-D [n_rows, n_cols], got shape {shape}")
+            if shape[0] == 0 or shape[1] == 0:
+                raise ValueError(f"{self.path}: the table must have at least one row and one column, "
+                                 f"got shape {shape}")
+            if offset + shape[0] * shape[1] * dtype.itemsize > self.file_size:
+                raise ValueError(f"{self.path}: the file has {self.file_size} bytes, too few for a "
+                                 f"{shape[0]} x {shape[1]} {dtype} table (truncated?)")
+        except BaseException:
+            self._file.close()
+            raise
         self.dtype = dtype
         self.n_rows, self.n_cols = int(shape[0]), int(shape[1])
         self.offset = offset
         self.row_major = order == "C"
-        with open(self.path, "rb") as f:
-            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.array = np.ndarray(shape, dtype=dtype, buffer=self._mmap, offset=offset, order=order)
-        self._released = 0
 
     def _npy(self):
+        f = self._file
         try:
-            arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
         except (ValueError, OSError, EOFError) as exc:
             raise ValueError(f"{self.path}: not a readable .npy file ({exc})") from None
-        order = "F" if (arr.flags.f_contiguous and not arr.flags.c_contiguous) else "C"
-        return arr.shape, arr.dtype, int(arr.offset), order
+        if dtype.hasobject:
+            raise ValueError(f"{self.path}: not a readable .npy file (it holds Python objects, "
+                             "which would need unpickling)")
+        return shape, dtype, f.tell(), "F" if fortran and len(shape) > 1 else "C"
 
     def _safetensors(self, tensor):
         try:
-            hdr = read_safetensors_header(self.path)
+            hdr = _read_header(self._file, self.path)
         except ValueError as exc:
             raise ValueError(f"{exc} (inputs must be .npy or .safetensors files)") from None
         if tensor is None:
@@ -107,23 +122,36 @@ class Source:
     def nbytes(self):
         return self.n_rows * self.n_cols * self.dtype.itemsize
 
-    def release(self, stop_row):
-        """Drop the mapping's pages holding rows before ``stop_row`` from our resident set."""
-        if not self.row_major or not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        end = (self.offset + stop_row * self.n_cols * self.dtype.itemsize) // mmap.PAGESIZE * mmap.PAGESIZE
-        if end > self._released:
-            self._mmap.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
-            self._released = end
+    def _read_into(self, buf, offset):
+        """Fill the bytes of ``buf`` from file offset ``offset``; ValueError if the file ends."""
+        view = memoryview(buf).cast("B")
+        self._file.seek(offset)
+        got = 0
+        while got < len(view):
+            n = self._file.readinto(view[got:])
+            if not n:
+                size = os.fstat(self._file.fileno()).st_size
+                raise ValueError(f"{self.path}: the file ended at byte {offset + got} (it now has "
+                                 f"{size} bytes, {self.file_size} when opened): it was truncated "
+                                 "while being read")
+            got += n
+
+    def read(self, start, stop):
+        """Rows ``[start, stop)`` as a new array [stop - start, n_cols] in the file's dtype
+        (native byte order; Fortran-ordered for a Fortran-ordered .npy)."""
+        k, item = stop - start, self.dtype.itemsize
+        if self.row_major:
+            out = np.empty((k, self.n_cols), self.dtype)
+            self._read_into(out, self.offset + start * self.n_cols * item)
+        else:    # column j holds rows [0, n_rows) contiguously: read each column's segment
+            cols = np.empty((self.n_cols, k), self.dtype)
+            for j in range(self.n_cols):
+                self._read_into(cols[j], self.offset + (j * self.n_rows + start) * item)
+            out = cols.T
+        return out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))
 
     def close(self):
-        """Drop our references; the mapping is unmapped when no array uses it any more.
-
-        (``mmap.close()`` here would unmap memory that views handed out still point to:
-        numpy keeps the mmap object alive as their base but does not block closing it.)
-        """
-        self.array = None
-        self._mmap = None
+        self._file.close()
 
     def __enter__(self):
         return self
@@ -143,22 +171,55 @@ def default_max_memory():
     return int(min(max(avail // 4, 64 << 20), DEFAULT_MAX_MEMORY_CAP))
 
 
+# values per block of the error measurement (float64 temporaries: ~5 MiB, whatever the chunk)
+ERROR_BLOCK_VALUES = 1 << 17
+
+
 def bytes_per_row(n_cols, in_itemsize, row_bytes, engine, measure_error=False):
     """Peak working bytes one row costs: the input chunk, its float32 copy, the
-    engine's workspace, the packed output (twice: result and write buffer), and,
-    when measuring the error, a float64 reconstruction and difference."""
-    per = n_cols * (in_itemsize + 4 + 4 * _WORKSPACE[engine]) + 2 * row_bytes
-    if measure_error:
-        per += n_cols * 8 * 3
-    return per
+    engine's workspace and the packed output (twice: result and write buffer).
+    The error measurement works in fixed blocks of :data:`ERROR_BLOCK_VALUES`
+    values (:func:`error_block_bytes`), whatever the chunk size."""
+    return n_cols * (in_itemsize + 4 + 4 * _WORKSPACE[engine]) + 2 * row_bytes
+
+
+def error_bytes_per_row(n_cols):
+    """Working bytes per row of one block of the error measurement: a float32
+    reconstruction and four float64 temporaries."""
+    return n_cols * (4 + 4 * 8)
+
+
+def plan_chunks(max_memory, n_rows, n_cols, per_row, measure_error):
+    """(chunk_rows, error_rows): rows per chunk and per block of the error measurement,
+    so that one chunk plus one error block fit in ``max_memory`` (ValueError if one
+    row does not)."""
+    per_err = error_bytes_per_row(n_cols) if measure_error else 0
+    if max_memory < per_row + per_err:
+        raise ValueError(f"max_memory={max_memory} bytes is less than one row of {n_cols} "
+                         f"columns needs ({per_row + per_err} bytes"
+                         + (f", {per_err} of them to measure the error)" if per_err else ")"))
+    block = max(1, ERROR_BLOCK_VALUES // n_cols)
+    if measure_error and max_memory - block * per_err >= block * per_row:
+        chunk_rows = (max_memory - block * per_err) // per_row
+    else:        # small budgets: the error block is the whole chunk
+        chunk_rows = max_memory // (per_row + per_err)
+        block = chunk_rows
+    chunk_rows = int(min(n_rows, chunk_rows))
+    return chunk_rows, int(min(block, chunk_rows))
 
 
 def parse_size(text):
-    """'2G', '512M', '1.5GiB', '100000' -> bytes (binary multiples)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
+    """'2G', '512M', '1.5GiB', '100000' -> bytes (binary multiples); at least 1 byte
+    unless the text is a plain 0."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text),
+                     re.IGNORECASE | re.ASCII)
     if not m:
         raise ValueError(f"cannot read a size from {text!r} (examples: 2G, 512M, 1000000)")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+    n = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+    if n == 0 and float(m.group(1)) != 0:
+        raise ValueError(f"size {text!r} is less than one byte (a number without a unit "
+                         "counts bytes; examples: 2G, 512M, 1000000)")
+    return n
 
 
 # --------------------------------------------------------------------------- validation
@@ -251,7 +312,7 @@ def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, 
         max_memory = parse_size(max_memory)
     if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory <= 0:
         raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
-    src, dst = os.fspath(src), os.fspath(dst)
+    src, dst = os.fspath(src), check_output_path(dst, "dst")
     if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
         raise ValueError(f"dst {dst!r} is the input file; choose another output path")
 
@@ -259,10 +320,7 @@ def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, 
         n_rows, n_cols = source.n_rows, source.n_cols
         row_bytes = request.row_bytes(n_cols)
         per_row = bytes_per_row(n_cols, source.dtype.itemsize, row_bytes, engine, measure_error)
-        if max_memory < per_row:
-            raise ValueError(f"max_memory={max_memory} bytes is less than one row of {n_cols} "
-                             f"columns needs ({per_row} bytes)")
-        chunk_rows = int(min(n_rows, max_memory // per_row))
+        chunk_rows, error_rows = plan_chunks(max_memory, n_rows, n_cols, per_row, measure_error)
         label = f"{src}" + (f" tensor {source.tensor!r}" if getattr(source, "tensor", None) else "")
         num = den = 0.0
         bar = _progress_bar(progress, n_rows, os.path.basename(dst))
@@ -272,16 +330,15 @@ def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, 
                              params=request.params, row_bytes=row_bytes) as writer:
                 for start in range(0, n_rows, chunk_rows):
                     stop = min(start + chunk_rows, n_rows)
-                    x = _as_float32_chunk(source.array[start:stop], start, label)
+                    x = _as_float32_chunk(source.read(start, stop), start, label)
                     with _global_rows(start, label):
                         request.check_values(x, name=label)
                         table = frontend.encode(request, x, eng)
                     writer.write(table.data)
                     if measure_error:
-                        a, b = _error_terms(eng, x, table)
+                        a, b = _error_terms(eng, x, table, error_rows)
                         num, den = num + a, den + b
                     del x, table
-                    source.release(stop)
                     bar.update(stop - start)
         finally:
             bar.close()
@@ -293,11 +350,19 @@ def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, 
             if measure_error else None}
 
 
-def _error_terms(eng, x, table):
-    """Sums of squared error and squared norm of one chunk, in float64."""
-    x_hat = eng.call("dequantize", table).astype(np.float64)
-    x64 = x.astype(np.float64)
-    return float(((x64 - x_hat) ** 2).sum()), float((x64 ** 2).sum())
+def _error_terms(eng, x, table, step):
+    """Sums of squared error and squared norm of one chunk, in float64, block by block
+    of ``step`` rows (see :func:`plan_chunks`)."""
+    num = den = 0.0
+    for a in range(0, x.shape[0], step):
+        part = QuantizedTable(table.data[a:a + step], bits=table.bits, dim=table.dim,
+                              method=table.method, scale_dtype=table.scale_dtype,
+                              layout=table.layout, extras=table.extras, params=table.params)
+        x_hat = eng.call("dequantize", part).astype(np.float64)
+        x64 = x[a:a + step].astype(np.float64)
+        num += float(((x64 - x_hat) ** 2).sum())
+        den += float((x64 ** 2).sum())
+    return num, den
 
 
 class _NoBar:
@@ -389,8 +454,7 @@ def quantize_file_budget(src, dst, budget, *, weights=None, ladder=None, row_map
         def chunks():
             for start in range(0, n_rows, chunk_rows):
                 stop = min(start + chunk_rows, n_rows)
-                yield start, stop, _as_float32_chunk(source.array[start:stop], start, label)
-                source.release(stop)
+                yield start, stop, _as_float32_chunk(source.read(start, stop), start, label)
 
         errors = np.empty((n_rows, len(rungs)))
         norms = np.empty(n_rows)

@@ -13,6 +13,7 @@ import types
 
 import numpy as np
 
+from . import _mapped
 from . import _validate as V
 from . import layouts as L
 
@@ -289,8 +290,10 @@ def check_table(table):
     """``table`` must be a :class:`QuantizedTable` (TypeError otherwise).
 
     A table cannot be edited after it is built, so its sizes are those it was
-    validated with: this isinstance check is all an entry point needs.
+    validated with; a memory-mapped table's file must still have its size
+    (:mod:`qe4._mapped`: ValueError, not SIGBUS).
     """
     if not isinstance(table, QuantizedTable):
         raise TypeError(f"table must be a QuantizedTable, got {type(table).__name__}")
+    _mapped.check_arrays((table.data, *table.extras.values()))
     return table

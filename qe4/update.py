@@ -22,7 +22,7 @@ _CHUNK_BYTES = 64 << 20     # rows copied per write when a file is rewritten
 
 
 def update_rows(table, start, x, *, method=None, **options):
-    """Re-quantize rows ``start .. start + len(x) - 1`` of ``table`` from ``x``, in place.
+    """Re-quantize rows ``start`` to ``start + len(x) - 1`` of ``table`` from ``x``, in place.
 
     Parameters
     ----------
@@ -57,7 +57,7 @@ def update_rows(table, start, x, *, method=None, **options):
 
 
 def update_file(path, start, x, *, method=None, in_place=False, **options):
-    """Re-quantize rows ``start .. start + len(x) - 1`` of the qe4 file at ``path``.
+    """Re-quantize rows ``start`` to ``start + len(x) - 1`` of the qe4 file at ``path``.
 
     Parameters
     ----------

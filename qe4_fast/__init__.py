@@ -30,6 +30,7 @@ from qe4.api import methods
 
 from ._threads import (BUILD_HINT, GRAIN_SEARCH, GRAIN_STREAM,  # ImportError if not built
                        effective_n_threads, openmp_enabled, shares_cores)
+from ._blocks import row_blocks      # noqa: E402 -- after _threads, whose ImportError says how to build
 
 from . import _simd   # the SIMD level (QE4_SIMD); a bad value is a ValueError here
 from ._simd import simd_level

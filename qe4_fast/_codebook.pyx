@@ -262,7 +262,9 @@ def dequantize(const uint8_t[:, ::1] data,    # IN  [n_rows, row_bytes]
                const float[:, ::1] books,     # IN  [n_groups, K] (two-tier) or [1, K] unused
                float[:, ::1] out,             # OUT [n_rows, dim]
                int n_threads):
-    """Centroid values of every row (``layout``: a LAYOUT_CODES value)."""
+    """Centroid values of every row (``layout``: a LAYOUT_CODES value).  Returns the number
+    of two-tier rows whose group id is >= books.shape[0] (checked in the kernel, as the bag
+    kernels do: such a row is never looked up, its output row is zeros, and the caller raises)."""
     _check(-1, layout, bits, QE4_SIMD_PORTABLE, "dequantize")
     cdef cb_job j
     cdef float *tmp = <float *>malloc(16 * n_threads * sizeof(float))
@@ -276,6 +278,7 @@ def dequantize(const uint8_t[:, ::1] data,    # IN  [n_rows, row_bytes]
     with nogil:
         par_run(j.n_chunks, n_threads, _dequantize_chunk, &j)
     free(tmp)
+    return j.n_bad
 
 
 cdef void _table_job(cb_job *j, const uint8_t[:, ::1] data, int64_t dim, int bits, int layout,
@@ -294,14 +297,22 @@ cdef void _table_job(cb_job *j, const uint8_t[:, ::1] data, int64_t dim, int bit
 
 cdef void _dequantize_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
     cdef cb_job *j = <cb_job *>ctx
-    cdef int64_t r
+    cdef int64_t r, g, k, n_bad = 0
     cdef const float *cents
     cdef const uint8_t *row
     for r in range(_first(j, c), _first(j, c + 1)):
         row = j.data + r * j.row_bytes
+        if j.layout == QE4_LAYOUT_TWO_TIER:     # two-tier: the group id is checked here, as the bags do
+            g = row[j.nb] if j.id_bytes == 1 else row[j.nb] | (<int64_t>row[j.nb + 1] << 8)
+            if g >= j.n_groups:
+                n_bad += 1
+                for k in range(j.dim):
+                    j.fout[r * j.dim + k] = 0.0
+                continue
         cents = cb_row_cents(row, j.nb, j.layout, j.f16, j.K, j.id_bytes, j.books_in,
                              j.tmp + 16 * worker)
         cb_row_values(row, j.dim, j.bits, cents, j.fout + r * j.dim)
+    qe4_count_add(&j.n_bad, n_bad)
 
 
 def embedding_bag(const uint8_t[:, ::1] data, int64_t dim, int bits, int layout, int f16,

@@ -105,6 +105,13 @@ def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
     j.plan.hi = &hi[0] if hi.shape[0] > 0 else NULL
     check(qe4_rowwise_plan_init(&j.plan, method, simd), "qe4_fast._rowwise.quantize_rows",
           METHOD_CODES, method, bits, -1, simd)
+    if method == QE4_EXHAUSTIVE:
+        # exhaustive: each row is a long search of its own; one row per unit of work, so
+        # that a caller splitting the table into short calls (Ctrl-C between them) keeps
+        # every thread busy with as few as n_threads rows
+        j.unit = 1
+        j.n_blocks = j.n_rows
+        j.n_chunks = qe4_n_chunks(j.n_blocks, n_threads)
     with nogil:
         par_run(j.n_chunks, n_threads, _quantize_chunk, &j)
     return j.n_bad
@@ -113,7 +120,7 @@ def quantize_rows(const float[:, ::1] x,      # IN  [n_rows, n_cols]
 ctypedef struct rows_job:
     qe4_rowwise_plan plan             # quantize_rows, row_minmax: what each block computes
     const float *x
-    int n_rows, n_cols
+    int n_rows, n_cols, unit
     bint fp16
     float qmax
     float *work
@@ -138,16 +145,17 @@ cdef void _job(rows_job *j, const float[:, ::1] x, int bits, bint fp16, uint8_t[
     j.plan.fp16 = fp16
     j.plan.out = &out[0, 0] if out is not None and out.shape[0] > 0 else NULL
     j.plan.row_bytes = out.shape[1] if out is not None else 0
+    j.unit = QE4_LANES
     j.n_blocks = (j.n_rows + QE4_LANES - 1) // QE4_LANES
     j.n_chunks = qe4_n_chunks(j.n_blocks, n_threads)
     j.n_bad = 0
 
 
 cdef inline void _block(const rows_job *j, int64_t b, int *r0, int *n) noexcept nogil:
-    r0[0] = <int>(b * QE4_LANES)
+    r0[0] = <int>(b * j.unit)
     n[0] = j.n_rows - r0[0]
-    if n[0] > QE4_LANES:
-        n[0] = QE4_LANES
+    if n[0] > j.unit:
+        n[0] = j.unit
 
 
 cdef void _quantize_chunk(void *ctx, int64_t c, int worker) noexcept nogil:

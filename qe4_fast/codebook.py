@@ -17,6 +17,7 @@ from qe4 import codebook as C
 from qe4 import layouts as L
 
 from . import _codebook, _simd
+from ._blocks import row_blocks
 from ._threads import GRAIN_SEARCH, effective_n_threads, shares_cores
 
 F32 = np.float32
@@ -70,9 +71,12 @@ def encode(request, x, n_threads=None):
                                   effective_n_threads(n_threads, n_rows, x.size * k, GRAIN_SEARCH))
         return data, {"codebooks": np.ascontiguousarray(books.astype(L.little(scale_dtype)))}
     data = _aligned_rows(n_rows, row_bytes)
-    _codebook.encode_rows(x, bits, request.method.code,
-                          request.options.get("max_iter", 1), f16, data,
-                          effective_n_threads(n_threads, n_rows, x.size, GRAIN_SEARCH))
+    nt = effective_n_threads(n_threads, n_rows, x.size, GRAIN_SEARCH)
+    max_iter = request.options.get("max_iter", 1)
+    # per row: Lloyd visits dim values x K centroids per iteration, the exact fit ~K dim^2
+    cost = dim * k * (max_iter if "max_iter" in request.options else dim)
+    for a, b in row_blocks(n_rows, cost, nt):               # Ctrl-C is noticed between blocks
+        _codebook.encode_rows(x[a:b], bits, request.method.code, max_iter, f16, data[a:b], nt)
     return data, {}
 
 
@@ -80,7 +84,11 @@ def _group_books(x, gid, n_groups, k, f16, n_threads):
     order = np.argsort(gid, kind="stable")
     edges = np.searchsorted(gid[order], np.arange(n_groups + 1))
     books = np.empty((n_groups, k), F32)
-    _codebook.fit_groups(x, order.astype(np.int64), edges.astype(np.int64), f16, books, n_threads)
+    order, edges = order.astype(np.int64), edges.astype(np.int64)
+    # blocks of groups (each costs about its points x K); Ctrl-C is noticed between them
+    per_group = max(1, x.size * k // n_groups)
+    for a, b in row_blocks(n_groups, per_group, n_threads):
+        _codebook.fit_groups(x, order, edges[a:b + 1], f16, books[a:b], n_threads)
     return books
 
 
@@ -103,10 +111,10 @@ def _table_args(table):
 def dequantize_codebook(table, *, n_threads=None):
     """float32 [n_rows, dim]; see :func:`qe4.codebook.dequantize_codebook`."""
     args = _table_args(table)
-    if table.layout == "two-tier":
-        C.group_of(table, slice(None))
     out = np.empty((table.n_rows, table.dim), F32)
-    _codebook.dequantize(*args, out, effective_n_threads(n_threads, table.n_rows, out.size))
+    if _codebook.dequantize(*args, out, effective_n_threads(n_threads, table.n_rows, out.size)):
+        C.group_of(table, slice(None))      # the kernel met a bad group id: the reference's error
+        raise AssertionError("qe4_fast: the dequantize kernel flagged a group id qe4 accepts")
     return out
 
 

@@ -13,6 +13,7 @@ from qe4 import _validate as V
 from qe4 import rowwise as R
 
 from . import _rowwise, _simd
+from ._blocks import row_blocks
 from ._threads import GRAIN_SEARCH, GRAIN_STREAM, effective_n_threads, shares_cores
 
 F32 = np.float32
@@ -51,12 +52,8 @@ def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtyp
 @shares_cores
 def range_loss(x, lo, hi, bits=4, scale_dtype="float16", *, n_threads=None):
     """L2 error of each row quantized with the range [lo, hi]; see :func:`qe4.range_loss`."""
-    x = np.ascontiguousarray(np.asarray(x, F32))
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D [n_rows, n_cols], got shape {x.shape}")
+    x, lo, hi, bits, scale_dtype = V.check_range_loss_args(x, lo, hi, bits, scale_dtype)
     n_rows = x.shape[0]
-    lo = np.ascontiguousarray(np.broadcast_to(np.asarray(lo, F32), (n_rows,)))
-    hi = np.ascontiguousarray(np.broadcast_to(np.asarray(hi, F32), (n_rows,)))
     out = np.empty(n_rows, F32)
     n_threads = effective_n_threads(n_threads, n_rows, x.size)
     if x.shape[1] == 0:
@@ -99,9 +96,15 @@ def _run(request, x, n_threads, encode):
     hi = np.empty(n_ranges, F32)
     row_bytes = request.row_bytes(n_cols)
     out = np.empty((n_rows if encode else 0, row_bytes), np.uint8)
-    n_bad = _rowwise.quantize_rows(x, bits, code, fp16, float(request.n_bins),
-                                   float(R._min_bins(request.n_bins, request.ratio)), aciq_c,
-                                   max_levels, work, lo, hi, out, n_threads, _simd.LEVEL)
+    n_bad = 0
+    cost = n_cols * V.search_candidates(method.name, request.n_bins, request.ratio)
+    lanes = 1 if method.name == "exhaustive" else _rowwise.LANES     # the kernel's task size
+    min_bins = float(R._min_bins(request.n_bins, request.ratio))
+    for a, b in row_blocks(n_rows, cost, n_threads, lanes):          # Ctrl-C between blocks
+        n_bad += _rowwise.quantize_rows(x[a:b], bits, code, fp16, float(request.n_bins),
+                                        min_bins, aciq_c, max_levels, work,
+                                        lo[a:b] if n_ranges else lo, hi[a:b] if n_ranges else hi,
+                                        out[a:b] if encode else out, n_threads, _simd.LEVEL)
     if n_bad:
         _raise_bad_rows(x, bits, scale_dtype)
     return out, lo, hi

@@ -125,7 +125,7 @@ def test_quantize_codebook_method_in_memory(capsys, tmp_path, npy):
     (["quantize", "{src}", "{dst}", "--engine", "reference", "--ratio", "1.5"], "ratio must be in"),
     (["quantize", "{src}"], "the following arguments are required: OUT"),
     (["quantize", "{tmp}/missing.npy", "{dst}", "--engine", "reference"], "No such file"),
-    (["quantize", "{src}", "{tmp}/no/such/dir/x.qe4", "--engine", "reference"], "No such file"),
+    (["quantize", "{src}", "{tmp}/no/such/dir/x.qe4", "--engine", "reference"], "does not exist"),
     (["info", "{src}"], "not a valid safetensors file"),
     (["info", "{tmp}/missing.qe4"], "No such file"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),

@@ -207,16 +207,18 @@ def test_bad_chunk_fails_clearly_and_publishes_nothing(client, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_failed_rerun_unpublishes_the_old_table(client, tmp_path):
+def test_failed_rerun_keeps_the_old_table(client, tmp_path, same_bytes):
+    # the new run writes beside the old table and swaps the index only when complete
     x = _weights(60, 8)
     d = da.from_array(x, chunks=(20, 8))
     qd.to_sharded(d, tmp_path / "r", 4, "minmax", engine="reference", timeout=TIMEOUT)
+    good = x.copy()
     x[5, 5] = np.inf
     with pytest.raises(ValueError, match="must be finite"):
         qd.to_sharded(da.from_array(x, chunks=(20, 8)), tmp_path / "r", 4, "minmax",
                       engine="reference", overwrite=True, timeout=TIMEOUT)
-    with pytest.raises(ValueError, match="index.json is missing"):
-        S.open_sharded(tmp_path / "r")
+    same_bytes(S.open_sharded(tmp_path / "r", verify=True).to_table().data,
+               qe4.quantize(good, 4, "minmax").data)
 
 
 def test_unshared_directory_is_reported(tmp_path, monkeypatch):
@@ -344,8 +346,8 @@ def test_worker_killed_while_writing_a_shard(client, tmp_path, same_bytes):
         client.run(_unpatch_writer, on_error="ignore")
         client.run_on_scheduler(_set_allowed_failures, old)
         client.wait_for_workers(2, timeout=TIMEOUT)
-    leftovers = [f for f in os.listdir(st.path) if f.endswith(".qe4tmp")]
-    assert leftovers and all(f.startswith(".shard-00002-") for f in leftovers)  # the dead writers'
+    # the retry removed the temporary files of the writers that died (their pids are gone)
+    assert [f for f in os.listdir(st.path) if f.endswith(".qe4tmp")] == []
     st = S.open_sharded(st.path, verify=True)
     same_bytes(st.to_table().data, qe4.quantize(x, 4, "greedy").data)
     # an overwrite clears the leftovers

@@ -283,7 +283,7 @@ META = {"format": "qe4", "format_version": "1", "bits": "4", "dim": "4", "method
     ({"__metadata__": dict(META, bits="four")}, b"\0" * 12, "bits='four' is not an integer"),
     ({"__metadata__": dict(META, bits="3")}, b"\0" * 12, "bits must be one of"),
     ({"__metadata__": dict(META, dim="9")}, b"\0" * 12, "6 bytes per row"),
-    ({"__metadata__": dict(META, params="{oops")}, b"\0" * 12, "params='{oops' is not JSON"),
+    ({"__metadata__": dict(META, params="{oops")}, b"\0" * 12, "params='{oops' is not valid UTF-8 JSON"),
     ({"__metadata__": dict(META, params="[1]")}, b"\0" * 12, "params must be a JSON object"),
     ({"__metadata__": dict(META, layout="diagonal")}, b"\0" * 12, "layout='diagonal'"),
     ({"__metadata__": dict(META, scale_dtype="bfloat16")}, b"\0" * 12, "scale_dtype must be one of"),

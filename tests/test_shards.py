@@ -39,19 +39,27 @@ def _rewrite_index(path, index):
         json.dump(index, f)
 
 
+def _shard_file(path, i):
+    return os.path.join(path, _index(path)["shards"][i]["file"])
+
+
 def test_layout_on_disk(written, table):
     # 103 rows by 25: [0,25) [25,50) [50,75) [75,100) [100,103)
     index = _index(written.path)
-    assert index["format"] == "qe4-sharded" and index["version"] == 1
+    assert index["format"] == "qe4-sharded" and index["version"] == 2
+    assert re.fullmatch("[0-9a-f]{12}", index["run"])
     assert index["n_rows"] == 103 and index["dim"] == 7 and index["bits"] == 4
     assert index["method"] == "greedy" and index["scale_dtype"] == "float16"
     assert index["layout"] == "rowwise" and index["row_bytes"] == 4 + 4   # ceil(7/2) codes + fp16 x2
     assert index["params"] == {"n_bins": 200, "ratio": 0.16}
     assert [(s["start"], s["stop"]) for s in index["shards"]] == [
         (0, 25), (25, 50), (50, 75), (75, 100), (100, 103)]
-    assert [s["file"] for s in index["shards"]] == [f"shard-0000{i}.qe4" for i in range(5)]
+    assert [s["file"] for s in index["shards"]] == [f"shard-0000{i}-{index['run']}.qe4"
+                                                    for i in range(5)]
     for s in index["shards"]:
         full = os.path.join(written.path, s["file"])
+        assert json.loads(qe4.io.read_metadata(full)[S.SHARD_META]) == {
+            "start": s["start"], "stop": s["stop"], "run": index["run"]}
         assert s["file_bytes"] == os.path.getsize(full)
         assert s["nbytes"] == (s["stop"] - s["start"]) * 8
         assert s["sha256"] == S.file_sha256(full)
@@ -129,7 +137,7 @@ def test_write_from_chunks(table, tmp_path, same_bytes):
 def test_chunks_must_agree(tmp_path):
     x = _weights()
     chunks = [qe4.quantize(x[:50], bits=4, method="greedy"), qe4.quantize(x[50:], bits=4, method="minmax")]
-    with pytest.raises(ValueError, match=r"shard shard-00001.qe4 disagrees .* \['method', 'params'\]"):
+    with pytest.raises(ValueError, match=r"shard shard-00001-\w+.qe4 disagrees .* \['method', 'params'\]"):
         S.write_sharded(chunks, tmp_path / "d")
     with pytest.raises(ValueError, match="INDEX|index.json is missing"):
         S.open_sharded(tmp_path / "d")
@@ -164,24 +172,40 @@ def test_overwrite_rules(written, table, tmp_path):
     for name in (".shard-00001.qe4.x1y2.qe4tmp", ".index.json.123.tmp", "shard-00007-ab12.qe4"):
         open(os.path.join(written.path, name), "w").close()
     st = S.write_sharded(table, written.path, rows_per_shard=60, overwrite=True)
-    assert sorted(os.listdir(written.path)) == [S.INDEX, "shard-00000.qe4", "shard-00001.qe4"]
+    run = _index(written.path)["run"]
+    assert sorted(os.listdir(written.path)) == [S.INDEX, f"shard-00000-{run}.qe4",
+                                                f"shard-00001-{run}.qe4"]
 
 
-def test_failed_overwrite_leaves_no_index(written, table, monkeypatch):
+def test_failed_overwrite_keeps_the_old_table(written, table, monkeypatch, same_bytes):
+    # disk full part-way through an overwrite: the old table is intact, the new run's
+    # shards are gone (today's code deleted the old table first)
+    before = sorted(os.listdir(written.path))
     calls = []
 
-    def failing_save(t, path):
+    def failing_save(t, path, **kw):
         calls.append(path)
-        if len(calls) == 2:
+        if len(calls) == 3:
             raise OSError("disk full")
-        real_save(t, path)
+        real_save(t, path, **kw)
 
     real_save = qe4.io.save
     monkeypatch.setattr(S.qio, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
         S.write_sharded(table, written.path, rows_per_shard=10, overwrite=True)
+    assert sorted(os.listdir(written.path)) == before
+    same_bytes(S.open_sharded(written.path, verify=True).to_table().data, table.data)
+
+
+def test_failed_first_write_leaves_no_index(table, tmp_path, monkeypatch):
+    def failing_save(t, path, **kw):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(S.qio, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        S.write_sharded(table, tmp_path / "t", rows_per_shard=10)
     with pytest.raises(ValueError, match="is not a complete sharded table: index.json is missing"):
-        S.open_sharded(written.path)
+        S.open_sharded(tmp_path / "t")
 
 
 # ------------------------------------------------------------------ refusing broken directories
@@ -197,29 +221,29 @@ def _corrupt_cases():
         ix["n_rows"] = 104
 
     def version(p, ix):
-        ix["version"] = 2
+        ix["version"] = 3
 
     def missing_key(p, ix):
         del ix["bits"]
 
     def resized(p, ix):
-        with open(os.path.join(p, "shard-00001.qe4"), "ab") as f:
+        with open(os.path.join(p, ix["shards"][1]["file"]), "ab") as f:
             f.write(b"\0")
 
     def deleted(p, ix):
-        os.remove(os.path.join(p, "shard-00003.qe4"))
+        os.remove(os.path.join(p, ix["shards"][3]["file"]))
 
     def bad_name(p, ix):
         ix["shards"][0]["file"] = "../shard-00000.qe4"
 
     return [
-        (drop_shard, "shard shard-00003.qe4 starts at row 75, expected 50 .* leaves a gap"),
-        (overlap, "shard shard-00001.qe4 starts at row 20, expected 25 .* overlaps"),
+        (drop_shard, r"shard shard-00003-\w+.qe4 starts at row 75, expected 50 .* leaves a gap"),
+        (overlap, r"shard shard-00001-\w+.qe4 starts at row 20, expected 25 .* overlaps"),
         (short, r"the shards cover rows \[0, 103\) but n_rows is 104"),
-        (version, "unsupported sharded-table version 2"),
+        (version, "unsupported sharded-table version 3"),
         (missing_key, r"index is missing the fields \['bits'\]"),
-        (resized, "shard file shard-00001.qe4 has .* bytes, the index records"),
-        (deleted, "shard file shard-00003.qe4 is missing"),
+        (resized, r"shard file shard-00001-\w+.qe4 has .* bytes, the index records"),
+        (deleted, r"shard file shard-00003-\w+.qe4 is missing"),
         (bad_name, "bad or repeated file name '../shard-00000.qe4'"),
     ]
 
@@ -234,35 +258,35 @@ def test_open_refuses_damaged_tables(written, damage, message):
 
 
 def test_checksum_catches_same_size_corruption(written):
-    full = os.path.join(written.path, "shard-00002.qe4")
+    full = _shard_file(written.path, 2)
     with open(full, "r+b") as f:                      # last byte of a row: same size, other bytes
         f.seek(-1, os.SEEK_END)
         last = f.read(1)[0]
         f.seek(-1, os.SEEK_END)
         f.write(bytes([last ^ 0xFF]))
     S.open_sharded(written.path)                      # the cheap check passes ...
-    with pytest.raises(ValueError, match="shard-00002.qe4 does not match its SHA-256"):
+    with pytest.raises(ValueError, match=r"shard-00002-\w+.qe4 does not match its SHA-256"):
         S.open_sharded(written.path, verify=True)     # ... the checksum does not
 
 
 def test_shard_not_matching_index_is_refused(written, table):
     # a valid qe4 file of another bit width swapped in, with the index patched to its size
     other = qe4.quantize(_weights()[25:50], bits=2, method="minmax")
-    full = os.path.join(written.path, "shard-00001.qe4")
+    full = _shard_file(written.path, 1)
     qe4.io.save(other, full)
     ix = _index(written.path)
     ix["shards"][1]["file_bytes"] = os.path.getsize(full)
     _rewrite_index(written.path, ix)
     st = S.open_sharded(written.path)
     st.shard(0)
-    with pytest.raises(ValueError, match="shard file shard-00001.qe4 holds a table .* does not match"):
+    with pytest.raises(ValueError, match=r"shard file shard-00001-\w+.qe4 holds a table .* does not match"):
         st.shard(1)
 
 
 def test_not_json_and_not_an_index(written):
     with open(os.path.join(written.path, S.INDEX), "w") as f:
         f.write("{not json")
-    with pytest.raises(ValueError, match="is not valid JSON"):
+    with pytest.raises(ValueError, match="is not valid UTF-8 JSON"):
         S.open_sharded(written.path)
     _rewrite_index(written.path, {"format": "zarr"})
     with pytest.raises(ValueError, match="not a qe4 sharded-table index"):
