@@ -108,7 +108,7 @@ def build_parser(command=None):
     q.add_argument("--n-bins", type=int, default=200, help="search grid bins (default 200)")
     q.add_argument("--ratio", type=float, default=0.16, help="greedy ratio (default 0.16)")
     for opt, users in _method_options().items():
-        q.add_argument("--" + opt.name.replace("_", "-"), type=type(opt.default), default=None,
+        q.add_argument("--" + opt.name.replace("_", "-"), type=opt.value_type, default=None,
                        dest="opt_" + opt.name,
                        help=f"{opt.doc} ({', '.join(users)}; default {opt.default})")
     q.add_argument("--scale-dtype", choices=V.SCALE_DTYPES, default=None,

@@ -63,9 +63,15 @@ class Option:
     default: object
     check: object
     doc: str
+    kind: type = None       # the value's type where the default (None) does not tell it
 
     def __call__(self, value):
         return self.check(value, self.name)
+
+    @property
+    def value_type(self):
+        """The type a command-line flag of this option parses to."""
+        return self.kind or type(self.default)
 
 
 #: The search grid of greedy and exhaustive (torch's defaults).  Every method accepts
@@ -100,6 +106,8 @@ FAMILIES = {
     "codebook": Family("codebook", "qe4.codebook:encode", "qe4_fast.codebook:encode",
                        "qe4.codebook:check_values",
                        "2**bits centroids per row or per group of rows, codes index them"),
+    "mse": Family("mse", "qe4.mse:encode", "qe4_fast.mse:encode", "qe4.rowwise:check_values",
+                  "each row's stored (scale, bias) of least L2 error, in the rowwise layout"),
 }
 
 
@@ -197,6 +205,22 @@ class Method:
         return f"<method {self.name!r} (code {self.code}, {self.family}, layout {self.layout!r})>"
 
 
+def real_in_half_open_or_none(lo, hi):
+    """A check: None, or a real number (not bool) in [lo, hi)."""
+    real = real_in_half_open(lo, hi)
+
+    def check(value, name):
+        return None if value is None else real(value, name)
+    check.rule = f"None or {real.rule}"
+    return check
+
+
+MAX_TRIM = Option("max_trim", None, real_in_half_open_or_none(0, 1),
+                  "mse: largest fraction of the range the scan trims (None: per bit width, "
+                  "qe4.mse.MAX_TRIM)", kind=float)
+N_STEPS = Option("n_steps", 8, int_in(1, 1000), "mse: scan steps (i + j <= n_steps)")
+N_KEEP = Option("n_keep", 3, int_in(1, 10**6), "mse: scanned ranges refined by least squares")
+N_ITER = Option("n_iter", 3, int_in(0, 1000), "mse: least-squares rounds per refined range")
 MAX_ITER = Option("max_iter", 100, int_in(1, 1_000_000), "most Lloyd updates per row")
 N_GROUPS = Option("n_groups", 16, int_in(1, L.MAX_GROUPS), "number of shared codebooks")
 
@@ -224,6 +248,10 @@ _ENTRIES = (
     Method("two-tier", 7, "codebook", "two-tier", False, "qe4.codebook:two_tier_codebooks",
            "n_groups shared codebooks, rows grouped by the ranks of their min and max",
            options=(N_GROUPS,), call=("bits", "n_groups", "scale_dtype")),
+    Method("mse", 8, "mse", "rowwise", True, "qe4.mse:mse_params",
+           "each row's least-squares stored (scale, bias), searched past greedy's window",
+           options=(MAX_TRIM, N_STEPS, N_KEEP, N_ITER),
+           call=("bits", "scale_dtype", "max_trim", "n_steps", "n_keep", "n_iter")),
 )
 
 

@@ -47,7 +47,7 @@ import numpy as np
 from . import _validate as V
 from . import rowwise as R
 from .table import QuantizedTable
-from .uniform import assemble_rows
+from .rowwise import assemble_rows
 
 F32 = np.float32
 F64 = np.float64
@@ -225,3 +225,17 @@ def quantize_mse(x, bits=4, *, scale_dtype=None, max_trim=None, n_steps=N_STEPS,
 def mse_saved_params(max_trim, n_steps, n_keep, n_iter):
     """The options kept in the table's ``params`` (and its files)."""
     return {"max_trim": max_trim, "n_steps": n_steps, "n_keep": n_keep, "n_iter": n_iter}
+
+
+def encode(request, x):
+    """The "mse" family's encoder (``qe4.quantize(x, bits, "mse", ...)``): rows
+    ``[codes][scale][bias]`` of ``x`` with each row's least-squares (scale, bias)
+    (:func:`mse_params`), in the rowwise layout.  Returns ``(data, extras)`` (no extras)."""
+    R.check_values(request, x)
+    bits, scale_dtype, o = request.bits, request.scale_dtype, request.options
+    max_trim, n_steps, n_keep, n_iter = check_mse_options(bits, o["max_trim"], o["n_steps"],
+                                                          o["n_keep"], o["n_iter"])
+    scale, bias, inv = mse_params(x, bits, scale_dtype, max_trim=max_trim, n_steps=n_steps,
+                                  n_keep=n_keep, n_iter=n_iter)
+    codes = R.quantize_codes(x, bias, inv, bits)
+    return assemble_rows(R.pack_codes(codes, bits), scale, bias, scale_dtype), {}

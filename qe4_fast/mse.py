@@ -4,6 +4,7 @@ import numpy as np
 
 from qe4 import _validate as V
 from qe4 import mse as M
+from qe4 import rowwise as R
 from qe4.table import QuantizedTable
 
 from . import _mse
@@ -48,3 +49,15 @@ def _run(x, bits, scale_dtype, max_trim, n_steps, n_keep, n_iter, n_threads, enc
     _mse.mse_rows(x, bits, scale_dtype == "float16", float(F32(max_trim)), n_steps, n_keep,
                   n_iter, work, scale, bias, inv, out, n_threads)
     return out, (scale, bias, inv)
+
+
+def encode(request, x, n_threads=None):
+    """The "mse" family's compiled encoder: ``(data, extras)``, byte-identical to
+    :func:`qe4.mse.encode`."""
+    R.check_values(request, x)
+    o = request.options
+    max_trim, n_steps, n_keep, n_iter = M.check_mse_options(request.bits, o["max_trim"],
+                                                            o["n_steps"], o["n_keep"], o["n_iter"])
+    data, _ = _run(np.ascontiguousarray(x, F32), request.bits, request.scale_dtype, max_trim,
+                   n_steps, n_keep, n_iter, n_threads, True)
+    return data, {}
