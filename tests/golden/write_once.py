@@ -18,7 +18,9 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+if __name__ == "__main__":      # run as a script from the source tree; imported by the tests,
+    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # leave sys.path alone: dask's
+                                # spawned workers copy it and would import the unbuilt tree
 
 import qe4  # noqa: E402
 
