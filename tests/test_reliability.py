@@ -23,7 +23,9 @@ from qe4 import io as qio
 from qe4 import shards as S
 from qe4.engines import ENGINES, get_engine
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# subprocesses run where the qe4 under test lives (the source tree of an in-place build,
+# site-packages of an installed one), so they import the same, built package
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__import__("qe4").__file__)))
 RNG = np.random.default_rng(20261201)
 
 
