@@ -72,7 +72,7 @@ static inline float qe4_code_value(const uint8_t *c, int bits, int64_t j)
 }
 
 /* Prefetch row r (random rows miss the cache). */
-static inline void qe4_prefetch_table_row(const qe4_rows *t, int64_t r)
+QE4_INLINE void qe4_prefetch_table_row(const qe4_rows *t, int64_t r)
 {
     qe4_prefetch_row(t->data + r * t->row_bytes, t->row_bytes);
 }

@@ -143,7 +143,14 @@ QE4_INLINE uint32_t qe4_unpack_code(const uint8_t *codes, int bits, int64_t j)
 #endif
 
 /* Both ends of a row, without a branch on whether it straddles two cache lines (that branch
- * is unpredictable for random rows; a second prefetch of the same line is cheap). */
+ * is unpredictable for random rows; a second prefetch of the same line is cheap).
+ *
+ * Every function that wraps a prefetch must be QE4_INLINE (always_inline).  GCC's IPA
+ * pure-const pass sees a prefetch as free of side effects: a wrapper it does not inline
+ * early (e.g. a plain static inline one called from a target("avx2") function) is marked
+ * const, and its void calls are deleted as dead code, silently.  That happened once and made
+ * the random-row bags 5x slower; tests/test_fast_build.py counts the prefetch instructions of
+ * the built lookup kernels. */
 QE4_INLINE void qe4_prefetch_row(const uint8_t *row, int64_t row_bytes)
 {
     __builtin_prefetch(row, 0, 3);

@@ -190,7 +190,7 @@ static inline const uint8_t *qe4_table_row(const qe4_table *T, int64_t r)
     return qe4_row_at(&T->rows, r);    /* an index changed after validation reads row 0 */
 }
 
-static inline void qe4_prefetch_at(const qe4_table *T, const int64_t *idx, int64_t n_idx,
+QE4_INLINE void qe4_prefetch_at(const qe4_table *T, const int64_t *idx, int64_t n_idx,
                                    int64_t p)
 {
     if (p + QE4_PREFETCH < n_idx) {
