@@ -50,38 +50,40 @@ def code_bytes(dim, bits):
     return -(-int(dim) * int(bits) // 8)
 
 
-def _codes_per_byte(bits):
-    if bits not in (1, 2, 4, 8):
-        raise ValueError(f"pack_codes/unpack_codes handle bit widths that divide 8, got {bits!r}")
-    return 8 // bits
+#: Code widths :func:`pack_codes` handles (a layout stores a subset).
+PACK_BITS = tuple(range(1, 9))
+
+
+def _check_pack_bits(bits):
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or bits not in PACK_BITS:
+        raise ValueError(f"pack_codes/unpack_codes handle bit widths 1 to 8, got {bits!r}")
+    return int(bits)
 
 
 def pack_codes(codes, bits):
     """Pack uint8 codes [n_rows, n_cols] into bytes [n_rows, ceil(n_cols * bits / 8)].
 
-    Element c goes to byte ``c // (8 // bits)`` at bit offset ``(c % (8 // bits)) * bits``
-    (4-bit: even element in the LOW nibble).  Unused high bits are zero.
+    Each row is a bit stream, least significant bit first: element c holds stream bits
+    ``c * bits .. c * bits + bits - 1`` (its own low bit first) and byte k holds stream
+    bits ``8k .. 8k + 7``.  When ``bits`` divides 8 this is torch's packing: element c in
+    byte ``c // (8 // bits)`` at bit offset ``(c % (8 // bits)) * bits`` (4-bit: the even
+    element in the LOW nibble).  At 3, 5, 6 and 7 bits a code may straddle two bytes.
+    Unused high bits of the last byte are zero.  Codes must be below ``2**bits``.
     """
+    bits = _check_pack_bits(bits)
     codes = np.asarray(codes, np.uint8)
-    epb = _codes_per_byte(bits)
     n_rows, n_cols = codes.shape
-    nb = -(-n_cols // epb)
-    padded = np.zeros((n_rows, nb * epb), np.uint8)
-    padded[:, :n_cols] = codes
-    padded = padded.reshape(n_rows, nb, epb)
-    out = np.zeros((n_rows, nb), np.uint8)
-    for k in range(epb):
-        out |= padded[:, :, k] << np.uint8(k * bits)
-    return out
+    planes = (codes[:, :, None] >> np.arange(bits, dtype=np.uint8)) & np.uint8(1)
+    return np.packbits(planes.reshape(n_rows, n_cols * bits), axis=1, bitorder="little")
 
 
 def unpack_codes(packed, bits, n_cols):
     """Inverse of :func:`pack_codes`: uint8 bytes [n_rows, nb] -> codes [n_rows, n_cols]."""
+    bits = _check_pack_bits(bits)
     packed = np.asarray(packed, np.uint8)
-    epb = _codes_per_byte(bits)
-    mask = np.uint8(2 ** bits - 1)
-    parts = [(packed >> np.uint8(k * bits)) & mask for k in range(epb)]
-    return np.stack(parts, axis=2).reshape(packed.shape[0], packed.shape[1] * epb)[:, :n_cols]
+    stream = np.unpackbits(packed, axis=1, count=n_cols * bits, bitorder="little")
+    planes = stream.reshape(packed.shape[0], n_cols, bits) << np.arange(bits, dtype=np.uint8)
+    return np.bitwise_or.reduce(planes, axis=2, dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------- fields

@@ -127,12 +127,23 @@ QE4_INLINE float qe4_load_f16(const uint8_t *p)
 
 /* ------------------------------------------------------------------ packed codes */
 
-/* Code j of a packed row (qe4.rowwise.pack_codes: low bits first): byte j / (8 / bits),
- * bit offset (j % (8 / bits)) * bits.  bits is 2, 4 or 8 (checked by the entry point). */
+/* Code j of a packed row (qe4.layouts.pack_codes: a bit stream, low bits first): stream bits
+ * j * bits .. j * bits + bits - 1.  When bits divides 8 that is byte j / (8 / bits) at bit
+ * offset (j % (8 / bits)) * bits; at 3, 5, 6 and 7 bits a code may straddle two bytes, and
+ * the second byte is read only when it does (never past the code bytes).  bits is 1 to 8
+ * (checked by the entry point). */
 QE4_INLINE uint32_t qe4_unpack_code(const uint8_t *codes, int bits, int64_t j)
 {
-    int per_byte = 8 / bits;
-    return (codes[j / per_byte] >> ((j % per_byte) * bits)) & ((1u << bits) - 1u);
+    const uint32_t mask = (1u << bits) - 1u;
+    if ((8 % bits) == 0) {
+        int per_byte = 8 / bits;
+        return (codes[j / per_byte] >> ((j % per_byte) * bits)) & mask;
+    }
+    int64_t at = j * bits;
+    uint32_t w = codes[at >> 3];
+    if ((at & 7) + bits > 8)
+        w |= (uint32_t)codes[(at >> 3) + 1] << 8;
+    return (w >> (at & 7)) & mask;
 }
 
 /* ------------------------------------------------------------------ prefetch */

@@ -98,11 +98,31 @@ def test_row_sizes_come_from_the_layout(method, bits, scale_dtype):
         assert t.params == request.params and t.method == method and t.layout == request.layout.name
 
 
-def test_pack_codes_refuses_widths_it_cannot_pack():
-    with pytest.raises(ValueError, match="divide 8, got 3"):
-        L.pack_codes(np.zeros((1, 4), np.uint8), 3)
-    with pytest.raises(ValueError, match="divide 8, got 3"):
-        L.unpack_codes(np.zeros((1, 2), np.uint8), 3, 4)
+@pytest.mark.parametrize("bits", [0, 9, 2.0, True, None])
+def test_pack_codes_refuses_widths_it_cannot_pack(bits):
+    with pytest.raises(ValueError, match=f"bit widths 1 to 8, got {bits!r}"):
+        L.pack_codes(np.zeros((1, 4), np.uint8), bits)
+    with pytest.raises(ValueError, match=f"bit widths 1 to 8, got {bits!r}"):
+        L.unpack_codes(np.zeros((1, 2), np.uint8), bits, 4)
+
+
+@pytest.mark.parametrize("bits", L.PACK_BITS)
+def test_pack_codes_is_a_little_endian_bit_stream(bits):
+    """Element c holds stream bits c*bits .. c*bits+bits-1; torch's packing where bits | 8."""
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 2 ** bits, (5, 11), dtype=np.uint8)
+    packed = L.pack_codes(codes, bits)
+    stream = 0
+    for c in range(codes.shape[1]):
+        stream |= int(codes[1, c]) << (c * bits)
+    want = stream.to_bytes(L.code_bytes(11, bits), "little")
+    assert packed[1].tobytes() == want
+    if 8 % bits == 0:       # torch's rule: byte c // epb, bit offset (c % epb) * bits
+        epb = 8 // bits
+        torch_rule = np.zeros((5, -(-11 // epb)), np.uint8)
+        for c in range(11):
+            torch_rule[:, c // epb] |= codes[:, c] << np.uint8((c % epb) * bits)
+        assert packed.tobytes() == torch_rule.tobytes()
 
 
 # --------------------------------------------------------------------------- consumers
@@ -395,9 +415,10 @@ def test_unknown_codes_and_widths_raise_in_the_compiled_twin(monkeypatch):
     monkeypatch.setitem(M.METHODS, "new-kmeans", kfake)
     with pytest.raises(ValueError, match="no compiled codebook kernel for method 'new-kmeans'"):
         qe4_fast.quantize(X, 4, "new-kmeans")
-    monkeypatch.setattr(L.RowwiseLayout, "bits", (2, 3, 4, 8))
-    monkeypatch.setattr(L, "BITS", (2, 3, 4, 8))
-    with pytest.raises(ValueError, match="row kernels do not implement bits=3"):
-        qe4_fast.quantize(X, 3, "minmax")
-    with pytest.raises(ValueError, match="divide 8, got 3"):     # the reference packs no garbage
-        qe4.quantize(X, 3, "minmax")
+    widths = tuple(sorted(set(L.RowwiseLayout.bits) | {7}))
+    monkeypatch.setattr(L.RowwiseLayout, "bits", widths)
+    monkeypatch.setattr(L, "BITS", tuple(sorted(set(L.BITS) | {7})))
+    with pytest.raises(ValueError, match="row kernels do not implement bits=7"):
+        qe4_fast.quantize(X, 7, "minmax")
+    ref = qe4.quantize(X, 7, "minmax")          # the reference runs it: a 7-bit bit stream
+    assert ref.row_bytes == L.code_bytes(X.shape[1], 7) + 4 and int(ref.codes().max()) <= 127
