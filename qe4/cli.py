@@ -293,7 +293,7 @@ def cmd_demo(args):
     methods = args.methods or list(M.names())
     kw = eng.kwargs
     fp32 = 4 * x.shape[1]
-    header = ("method", "bits", "bytes/row", "vs fp32", "error", "zipf error", "time s")
+    header = ("method", "bits", "bytes/row", "bits/elem", "vs fp32", "error", "zipf error", "time s")
     rows, missing = [], {}
     print(f"qe4 demo: {x.shape[0]:,} x {x.shape[1]} GloVe rows, engine {args.engine}"
           + (f" ({mod.__name__})" if args.engine == "fast" else ""), flush=True)
@@ -305,11 +305,12 @@ def cmd_demo(args):
                 table = mod.quantize(x, bits, method, **kw)
             except ImportError as exc:       # e.g. a method the fast engine does not have yet
                 missing[method] = str(exc)
-                rows.append((method, str(bits)) + ("n/a",) * 5)
+                rows.append((method, str(bits)) + ("n/a",) * 6)
                 continue
             seconds = time.perf_counter() - t
             per_row = table.nbytes / table.n_rows
-            rows.append((method, str(bits), f"{per_row:.2f}", f"{fp32 / per_row:.2f}x",
+            rows.append((method, str(bits), f"{per_row:.2f}", f"{table.bits_per_element:.3f}",
+                         f"{fp32 / per_row:.2f}x",
                          f"{table_error(x, table):.3e}", f"{table_error(x, table, weights):.3e}",
                          f"{seconds:.2f}"))
     widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
@@ -318,7 +319,8 @@ def cmd_demo(args):
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print(fmt.format(*r))
-    print(f"\nerror = sum ||x - x_hat||^2 / sum ||x||^2; zipf error weights row r by 1/(r+1) "
+    print(f"\nbits/elem counts every stored byte (codes, scales, codebooks) x 8 / (rows x dim). "
+          f"error = sum ||x - x_hat||^2 / sum ||x||^2; zipf error weights row r by 1/(r+1) "
           f"(rows are in frequency order). fp32 = {fp32} bytes/row. "
           f"Total {time.perf_counter() - t_all:.1f} s.")
     for method, why in missing.items():
