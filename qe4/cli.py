@@ -20,6 +20,7 @@ from . import _validate as V
 from . import engines as E
 from . import frontend
 from . import method_registry as M
+from . import preset_registry as P
 
 EXIT_USAGE = 2
 GLOVE_CREDIT = ("Data: GloVe 6B 50d, the 20,000 most frequent words (Pennington, Socher and "
@@ -102,8 +103,12 @@ def build_parser(command=None):
                        "(out of core): the input is memory-mapped, the output written atomically.")
     q.add_argument("input", metavar="IN", help=".npy or .safetensors file holding a 2-D float table")
     q.add_argument("output", metavar="OUT", help="qe4 file to write (safetensors)")
-    q.add_argument("--bits", type=int, default=4, choices=V.BITS, help="bits per value (default 4)")
-    q.add_argument("--method", default="greedy", choices=M.names(), metavar="METHOD",
+    q.add_argument("--preset", default=None, choices=P.names(), metavar="PRESET",
+                   help=f"one of {', '.join(P.names())}: sets --bits, --method, --scale-dtype and "
+                   "the method's options (pass none of them with it). " + P.help_text())
+    q.add_argument("--bits", type=int, default=None, choices=V.BITS,
+                   help="bits per value (default 4)")
+    q.add_argument("--method", default=None, choices=M.names(), metavar="METHOD",
                    help=f"one of {', '.join(M.names())} (default greedy). " + M.help_text())
     q.add_argument("--n-bins", type=int, default=200, help="search grid bins (default 200)")
     q.add_argument("--ratio", type=float, default=0.16, help="greedy ratio (default 0.16)")
@@ -214,7 +219,8 @@ def cmd_quantize(args):
     from .io import check_output_path, save
     progress = False if args.no_progress else None
     t0 = time.perf_counter()
-    options = _options_of(args)
+    args.bits, args.method, args.scale_dtype, options = P.resolve(
+        args.preset, args.bits, args.method, args.scale_dtype, _options_of(args))
     check_output_path(args.output, "OUT")      # before any work, not after it
     if M.get(args.method).per_row:
         info = stream.quantize_file(args.input, args.output, args.bits, args.method,
