@@ -55,6 +55,7 @@ def test_presets_lists_every_preset_with_its_summary():
 def test_defaults_without_a_preset():
     same = qe4.quantize(X)
     assert (same.bits, same.method) == (P.DEFAULT_BITS, P.DEFAULT_METHOD) == (4, "greedy")
+    assert qe4.quantize(X, None, None).data.tobytes() == same.data.tobytes()
 
 
 @pytest.mark.parametrize("kwargs, named", [
