@@ -463,15 +463,12 @@ def solve(errors, weights, norms, dims, budget, rungs, *, per="row", row_map="ti
     n_tab = len(errors)
     cost = np.array([[r.row_bytes(d) for r in rungs] for d in dims], np.int64)   # [n_tab, K]
     dists = [_weighted(e, w) for e, w in zip(errors, weights)]
+    n_rows = np.array([e.shape[0] for e in errors], np.int64)
+    check_budget(budget, n_rows, dims, rungs)
     if per == "table":
-        n_rows = np.array([e.shape[0] for e in errors], np.int64)
         tcost = cost * n_rows[:, None]
         tdist = np.array([d.sum(axis=0) for d in dists]).reshape(n_tab, k)
         head = mixed.map_nbytes(1, 1)          # each table is one tier: its header only
-        least = n_tab * head + int(tcost.min(axis=1).sum())
-        if budget < least:
-            raise ValueError(f"budget of {budget} bytes is below the {least} bytes of the "
-                             "cheapest rung for every table")
         choice, _ = _lagrange.solve(tdist, tcost, np.arange(n_tab), budget - n_tab * head,
                                     hull=hull)
         choices = [np.full(n, c, np.int8) for n, c in zip(n_rows, choice)]
@@ -483,6 +480,21 @@ def solve(errors, weights, norms, dims, budget, rungs, *, per="row", row_map="ti
     return Allocation(ladder=rungs, per=per, row_map=row_map, names=names, choices=choices,
                       dims=list(dims), budget=budget, nbytes=int(sum(table_nbytes)),
                       table_nbytes=table_nbytes, dist=dist_t, norm=norm_t)
+
+
+def check_budget(budget, n_rows, dims, rungs):
+    """Raise ValueError unless ``budget`` (bytes) holds every row of every table in the
+    cheapest rung of ``rungs`` plus each table's tier header (the least any allocation
+    stores).  ``n_rows`` and ``dims`` list the tables' shapes."""
+    from .mixed import map_nbytes
+    cost = [min(r.row_bytes(d) for r in rungs) for d in dims]
+    least = sum(int(n) * c + map_nbytes(1, 1) for n, c in zip(n_rows, cost))
+    if budget < least:
+        n_el = sum(int(n) * d for n, d in zip(n_rows, dims))
+        cheapest = min(rungs, key=lambda r: sum(r.row_bytes(d) for d in dims)).name
+        raise ValueError(f"budget of {budget:,} bytes is below the {least:,} bytes of the "
+                         f"cheapest rung ({cheapest}) for every row, tier headers included "
+                         f"({8 * budget / n_el:.3f} < {8 * least / n_el:.3f} bits/element)")
 
 
 def _weighted(e, w):

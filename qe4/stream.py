@@ -306,15 +306,8 @@ def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, 
     request = frontend.check_request(bits, method, n_bins, ratio, scale_dtype, kwargs,
                                      per_row_for="streamed")
     eng = E.engine(engine, n_threads)
-    if max_memory is None:
-        max_memory = default_max_memory()
-    elif isinstance(max_memory, str):
-        max_memory = parse_size(max_memory)
-    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory <= 0:
-        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
-    src, dst = os.fspath(src), check_output_path(dst, "dst")
-    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
-        raise ValueError(f"dst {dst!r} is the input file; choose another output path")
+    max_memory = _check_max_memory(max_memory)
+    src, dst = _check_paths(src, dst)
 
     with Source(src, tensor) as source:
         n_rows, n_cols = source.n_rows, source.n_cols
@@ -342,12 +335,36 @@ def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, 
                     bar.update(stop - start)
         finally:
             bar.close()
-        in_dtype, in_bytes = str(source.dtype), source.file_size
-    return {"n_rows": n_rows, "n_cols": n_cols, "in_dtype": in_dtype, "in_bytes": in_bytes,
-            "out_bytes": os.path.getsize(dst), "chunk_rows": chunk_rows,
-            "n_chunks": -(-n_rows // chunk_rows), "seconds": time.perf_counter() - t0,
-            "engine": engine, "error": (num / den if den else (0.0 if num == 0 else float("inf")))
-            if measure_error else None}
+        error = (num / den if den else (0.0 if num == 0 else float("inf"))) \
+            if measure_error else None
+        return _summary(source, dst, chunk_rows, t0, engine, error=error)
+
+
+def _check_max_memory(max_memory):
+    """``max_memory`` in bytes (default :func:`default_max_memory`; a size string is parsed)."""
+    if max_memory is None:
+        return default_max_memory()
+    if isinstance(max_memory, str):
+        max_memory = parse_size(max_memory)
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory <= 0:
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    return int(max_memory)
+
+
+def _check_paths(src, dst):
+    """(src, dst) as str; dst writable (:func:`qe4.io.check_output_path`) and not src."""
+    src, dst = os.fspath(src), check_output_path(dst, "dst")
+    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        raise ValueError(f"dst {dst!r} is the input file; choose another output path")
+    return src, dst
+
+
+def _summary(source, dst, chunk_rows, t0, engine, **more):
+    """The dict :func:`quantize_file` and :func:`quantize_file_budget` return."""
+    return dict({"n_rows": source.n_rows, "n_cols": source.n_cols, "in_dtype": str(source.dtype),
+                 "in_bytes": source.file_size, "out_bytes": os.path.getsize(dst),
+                 "chunk_rows": chunk_rows, "n_chunks": -(-source.n_rows // chunk_rows),
+                 "seconds": time.perf_counter() - t0, "engine": engine}, **more)
 
 
 def _error_terms(eng, x, table, step):
@@ -425,23 +442,14 @@ def quantize_file_budget(src, dst, budget, *, weights=None, ladder=None, row_map
     rungs = A.ladder(ladder)
     if row_map not in MX.ROW_MAPS:
         raise ValueError(f"row_map must be one of {MX.ROW_MAPS}, got {row_map!r}")
-    from .engines import get_engine
-    get_engine(engine)           # the fast engine is built, or a clear ImportError
-    max_memory = default_max_memory() if max_memory is None else (
-        parse_size(max_memory) if isinstance(max_memory, str) else max_memory)
-    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory <= 0:
-        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
-    src, dst = os.fspath(src), os.fspath(dst)
-    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
-        raise ValueError(f"dst {dst!r} is the input file; choose another output path")
+    E.engine(engine, n_threads)  # the fast engine is built and n_threads fits it, or a clear error
+    max_memory = _check_max_memory(max_memory)
+    src, dst = _check_paths(src, dst)
     with Source(src, tensor) as source:
         n_rows, n_cols = source.n_rows, source.n_cols
         w = A._weights(weights, None, [(n_rows, n_cols)])[0]
         budget = A.parse_budget(budget, n_rows * n_cols)
-        least = n_rows * min(r.row_bytes(n_cols) for r in rungs) + MX.map_nbytes(n_rows, 1)
-        if budget < least:      # before reading any row
-            raise ValueError(f"budget of {budget} bytes is below the {least} bytes of the "
-                             "cheapest rung for every row")
+        A.check_budget(budget, [n_rows], [n_cols], rungs)      # before reading any row
         widest = max(r.row_bytes(n_cols) for r in rungs)
         per_row = bytes_per_row(n_cols, source.dtype.itemsize, widest, engine, True)
         if max_memory < per_row * MX.SUPER:
@@ -496,8 +504,5 @@ def quantize_file_budget(src, dst, budget, *, weights=None, ladder=None, row_map
                         os.remove(path)
         finally:
             bar.close()
-        in_dtype, in_bytes = str(source.dtype), source.file_size
-    return {"n_rows": n_rows, "n_cols": n_cols, "in_dtype": in_dtype, "in_bytes": in_bytes,
-            "out_bytes": os.path.getsize(dst), "chunk_rows": chunk_rows,
-            "n_chunks": -(-n_rows // chunk_rows), "seconds": time.perf_counter() - t0,
-            "engine": engine, "error": alloc.error, "allocation": alloc, "nbytes": nbytes}
+        return _summary(source, dst, chunk_rows, t0, engine, error=alloc.error,
+                        allocation=alloc, nbytes=nbytes)
