@@ -550,3 +550,72 @@ def _per_row(dists, cost, budget, row_map, hull):
 
 def _hull(engine, n_threads):
     return _kernel(engine, n_threads, _lagrange.hull, "hull")
+
+
+# --------------------------------------------------------------------------- whole models
+
+class TableChoices(dict):
+    """``{table name: QuantizedTable or None}`` from :func:`choose_tables`, with the
+    :class:`Allocation` behind it as ``.allocation``."""
+
+    allocation = None
+
+
+def choose_tables(tables, budget, *, weights=None, ladder=None, engine="fast", n_threads=None):
+    """One rung per table of a model under a byte budget (what TBE and TorchRec serve).
+
+    :func:`allocate` with ``per="table"``: each table is stored whole in one rung of
+    ``ladder``, chosen so that the weighted error over every row of every table is the
+    least within ``budget``.  The result is what :func:`qe4.torch.quantize_model` takes
+    as its ``tables`` (it calls this function when given ``budget=``).
+
+    Parameters
+    ----------
+    tables : dict {name: 2-D float array}
+        The model's embedding tables (e.g. module name -> weight).
+    budget : int or str
+        Bytes, a size (``"2.5G"``) or bits per element over all the tables' elements
+        (``"3.0bpw"``); see :func:`parse_budget`.  Each table is charged its stored bytes
+        plus the 16-byte tier header a one-tier mixed table has (a rowwise table stores
+        16 bytes less: the total stays within the budget).
+    weights : dict {name: array [n_rows]}, optional
+        Access counts or importance of the rows, in the same units for every table (a
+        table with larger counts weighs more); a table left out counts each row once.
+    ladder : sequence of str or Rung, optional
+        The choices (default :func:`default_ladder`).
+    engine, n_threads
+        As for :func:`allocate`; they also store the chosen tables (same bytes).
+
+    Returns
+    -------
+    TableChoices
+        ``{name: choice}``: the table quantized in its rung (a rowwise
+        :class:`qe4.QuantizedTable` for a ``method/bits`` rung, a one-tier mixed table
+        for ``float16`` or ``pruned``, and for ``float32`` None when the table already is
+        float32, meaning "keep it in float"), with ``.allocation`` the
+        :class:`Allocation`.
+    """
+    if not isinstance(tables, dict) or not tables:
+        raise TypeError(f"tables must be a non-empty dict of name -> 2-D float array, got "
+                        f"{type(tables).__name__}" + (" (empty)" if tables == {} else ""))
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(tables), key=str)
+    if unknown:
+        raise ValueError(f"weights names tables that are not in tables: {unknown}; the tables "
+                         f"are {sorted(tables, key=str)}")
+    full = {n: weights[n] if n in weights else np.ones(np.shape(t)[0]) for n, t in tables.items()}
+    alloc = allocate(tables, budget, weights=full, ladder=ladder, per="table", engine=engine,
+                     n_threads=n_threads)
+    out = TableChoices()
+    out.allocation = alloc
+    for name, x, choice in zip(alloc.names, tables.values(), alloc.choices):
+        rung = alloc.ladder[int(choice[0])] if choice.size else alloc.ladder[0]
+        if rung.kind == "quantized":
+            out[name] = rung.quantize(V.as_table(x, f"tables[{name!r}]"), engine, n_threads)
+        elif rung.name == "float32" and np.asarray(x).dtype == F32:
+            out[name] = None
+        else:
+            from .mixed import quantize_mixed
+            out[name] = quantize_mixed(x, np.zeros(np.shape(x)[0], np.int8), [rung],
+                                       engine=engine, n_threads=n_threads)
+    return out

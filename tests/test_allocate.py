@@ -266,3 +266,64 @@ def test_allocate_refuses_bad_input():
             A.allocate(x, budget, **kw)
     with pytest.raises(TypeError, match="x must have dtype"):
         A.allocate(x.astype(np.int32), 100)
+
+
+# --------------------------------------------------------------------------- one rung per table
+
+def _stored_bytes(choices, xs):
+    """Bytes the chosen tables store (a table kept in float32: 4 per value)."""
+    return sum(4 * xs[n].size if t is None else t.nbytes for n, t in choices.items())
+
+
+@pytest.mark.parametrize("budget", ["2.5bpw", "3.0bpw", "6bpw", 2500])
+def test_choose_tables(same_bytes, budget):
+    xs = {"users": _table(200, 16, 1), "items": _table(300, 8, 2), "tiny": _table(7, 4, 3)}
+    ws = {"users": qe4.zipf_weights(200), "items": np.arange(300.0)}      # tiny: every row 1
+    got = A.choose_tables(xs, budget, weights=ws, engine="reference")
+    a = got.allocation
+    assert list(got) == list(xs) and a.per == "table"
+    n_elements = 200 * 16 + 300 * 8 + 7 * 4
+    assert _stored_bytes(got, xs) <= a.nbytes <= a.budget == A.parse_budget(budget, n_elements)
+    full = dict(ws, tiny=np.ones(7))
+    same = A.allocate(xs, budget, weights=full, per="table", engine="reference")
+    assert [c.tobytes() for c in a.choices] == [c.tobytes() for c in same.choices]
+    num = den = 0.0
+    for (name, x), c in zip(xs.items(), a.choices):
+        rung = a.ladder[int(c[0])]
+        t = got[name]
+        if rung.kind == "quantized":       # stored rowwise, as qe4.quantize stores it
+            assert t == qe4.quantize(x, rung.bits, rung.method)
+        elif rung.name == "float32":
+            assert t is None
+        else:
+            assert t.layout == "mixed" and t.params["rungs"] == [rung.name]
+        x_hat = x if t is None else qe4.dequantize(t)
+        num += float(full[name] @ A.squared_errors(x, x_hat))
+        den += float(full[name] @ A.squared_errors(x, np.zeros_like(x)))
+    assert a.error == pytest.approx(num / den, rel=1e-12)
+
+
+def test_choose_tables_spends_on_the_read_tables():
+    x = _table(256, 16, 5)
+    xs = {"read": x, "unread": x.copy()}
+    got = A.choose_tables(xs, "4bpw", weights={"unread": np.zeros(256)})
+    names = {r.name: r for r in got.allocation.ladder}
+    assert got["unread"].params["rungs"] == ["pruned"]             # 16 bytes, reads as zeros
+    assert got["read"] == qe4.quantize(x, names["greedy/4"].bits, "greedy")
+    assert (qe4.dequantize(got["unread"]) == 0).all()
+    everything = A.choose_tables(xs, 10 ** 9)
+    assert everything["read"] is None and everything["unread"] is None    # float32 kept
+
+
+def test_choose_tables_refuses():
+    x = _table(10, 4)
+    with pytest.raises(TypeError, match="tables must be a non-empty dict"):
+        A.choose_tables([x], 100)
+    with pytest.raises(TypeError, match=r"non-empty dict .* \(empty\)"):
+        A.choose_tables({}, 100)
+    with pytest.raises(ValueError, match=r"weights names tables that are not in tables: \['b'\]"):
+        A.choose_tables({"a": x}, 100, weights={"b": np.ones(10)})
+    with pytest.raises(ValueError, match=r"weights\['a'\] must have shape \(10,\)"):
+        A.choose_tables({"a": x}, 100, weights={"a": np.ones(3)})
+    with pytest.raises(ValueError, match="budget of 10 bytes is below the 16 bytes"):
+        A.choose_tables({"a": x}, 10)
