@@ -20,6 +20,7 @@ from . import _validate as V
 from . import engines as E
 from . import frontend
 from . import method_registry as M
+from . import preset_registry as P
 
 EXIT_USAGE = 2
 GLOVE_CREDIT = ("Data: GloVe 6B 50d, the 20,000 most frequent words (Pennington, Socher and "
@@ -116,7 +117,11 @@ def build_parser(command=None):
                        "(out of core): the input is memory-mapped, the output written atomically.")
     q.add_argument("input", metavar="IN", help=".npy or .safetensors file holding a 2-D float table")
     q.add_argument("output", metavar="OUT", help="qe4 file to write (safetensors)")
-    q.add_argument("--bits", type=int, default=None, choices=V.BITS, help="bits per value (default 4)")
+    q.add_argument("--preset", default=None, choices=P.names(), metavar="PRESET",
+                   help=f"one of {', '.join(P.names())}: sets --bits, --method, --scale-dtype and "
+                   "the method's options (pass none of them with it). " + P.help_text())
+    q.add_argument("--bits", type=int, default=None, choices=V.BITS,
+                   help="bits per value (default 4)")
     q.add_argument("--method", default=None, choices=M.names(), metavar="METHOD",
                    help=f"one of {', '.join(M.names())} (default greedy). " + M.help_text())
     q.add_argument("--n-bins", type=int, default=None, help="search grid bins (default 200)")
@@ -139,7 +144,7 @@ def build_parser(command=None):
         "With --budget each row is stored in the rung of --ladder that minimizes the "
         "access-weighted error within the budget (qe4.allocate), every stored byte counted "
         "(rows, row map, tier headers); the output is one mixed-precision qe4 file. "
-        "--bits, --method, --n-bins, --ratio, --scale-dtype and the method options do not "
+        "--preset, --bits, --method, --n-bins, --ratio, --scale-dtype and the method options do not "
         "apply: the rungs say what each row may be.")
     b.add_argument("--budget", type=_budget, default=None,
                    help="bits per element (3.0bpw), a size (2.5G, 500M, binary multiples) "
@@ -246,8 +251,8 @@ def main(argv=None):
 
 # --------------------------------------------------------------------------- quantize
 
-# the flags of one method and bit width, and their defaults; --budget takes none of them
-_SINGLE = {"bits": 4, "method": "greedy", "n_bins": 200, "ratio": 0.16, "scale_dtype": None}
+# the flags of one method and bit width; --budget takes none of them
+_SINGLE = ("preset", "bits", "method", "n_bins", "ratio", "scale_dtype")
 _BUDGET_ONLY = ("weights", "ladder", "order")
 
 
@@ -266,9 +271,10 @@ def cmd_quantize(args):
     stray += ["--row-map"] if args.row_map != "tiers" else []
     if stray:
         raise UserError(f"qe4 quantize: {', '.join(stray)} only apply with --budget")
-    for name, default in _SINGLE.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
+    args.bits, args.method, args.scale_dtype, options = P.resolve(
+        args.preset, args.bits, args.method, args.scale_dtype, options)
+    args.n_bins = 200 if args.n_bins is None else args.n_bins
+    args.ratio = 0.16 if args.ratio is None else args.ratio
     progress = False if args.no_progress else None
     t0 = time.perf_counter()
     if M.get(args.method).per_row:
@@ -435,9 +441,8 @@ def cmd_info(args):
                         "bytes/row)" if per_row else "-"),
         ("file size", f"{m['file_size']:,} bytes ({_fmt_bytes(m['file_size'])})"),
     ]
-    n_el = m["n_rows"] * m["dim"]
-    lines.append(("bits/element", f"{8 * m['data_bytes'] / n_el:.3f} (every stored byte x 8 / "
-                                  f"(rows x dim); {m['data_bytes']:,} bytes)" if n_el else "-"))
+    lines.append(("bits/element", f"{table.bits_per_element:.3f} (every stored byte x 8 / "
+                                  f"(rows x dim); {table.nbytes:,} bytes)" if table.n_rows else "-"))
     if mixed:
         tier_lines, map_bytes = _mix_lines(table, m)
         lines.append(("row map", f"{m['params'].get('row_map')}, {map_bytes:,} bytes with the "
@@ -490,7 +495,7 @@ def cmd_demo(args):
     methods = args.methods or list(M.names())
     kw = eng.kwargs
     fp32 = 4 * x.shape[1]
-    header = ("method", "bits", "bytes/row", "vs fp32", "error", "zipf error", "time s")
+    header = ("method", "bits", "bytes/row", "bits/elem", "vs fp32", "error", "zipf error", "time s")
     rows, missing = [], {}
     print(f"qe4 demo: {x.shape[0]:,} x {x.shape[1]} GloVe rows, engine {args.engine}"
           + (f" ({mod.__name__})" if args.engine == "fast" else ""), flush=True)
@@ -502,11 +507,12 @@ def cmd_demo(args):
                 table = mod.quantize(x, bits, method, **kw)
             except ImportError as exc:       # e.g. a method the fast engine does not have yet
                 missing[method] = str(exc)
-                rows.append((method, str(bits)) + ("n/a",) * 5)
+                rows.append((method, str(bits)) + ("n/a",) * 6)
                 continue
             seconds = time.perf_counter() - t
             per_row = table.nbytes / table.n_rows
-            rows.append((method, str(bits), f"{per_row:.2f}", f"{fp32 / per_row:.2f}x",
+            rows.append((method, str(bits), f"{per_row:.2f}", f"{table.bits_per_element:.3f}",
+                         f"{fp32 / per_row:.2f}x",
                          f"{table_error(x, table):.3e}", f"{table_error(x, table, weights):.3e}",
                          f"{seconds:.2f}"))
     widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
@@ -515,7 +521,8 @@ def cmd_demo(args):
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print(fmt.format(*r))
-    print(f"\nerror = sum ||x - x_hat||^2 / sum ||x||^2; zipf error weights row r by 1/(r+1) "
+    print(f"\nbits/elem counts every stored byte (codes, scales, codebooks) x 8 / (rows x dim). "
+          f"error = sum ||x - x_hat||^2 / sum ||x||^2; zipf error weights row r by 1/(r+1) "
           f"(rows are in frequency order). fp32 = {fp32} bytes/row. "
           f"Total {time.perf_counter() - t_all:.1f} s.")
     for method, why in missing.items():
