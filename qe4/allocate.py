@@ -129,12 +129,18 @@ def _engine_call(engine, name, n_threads, *args):
     return E.engine(engine, n_threads).call(name, *args)
 
 
-DEFAULT_METHOD = "greedy"
+#: The method of the default ladder's quantized rungs.  "mse" (the range search of least
+#: squared error per row) makes better rungs than "greedy" for the allocation: on the
+#: first 100,000 rows of GloVe 6B 50d with weights 1/(rank+1), the weighted error of the
+#: allocation (row map "tiers") is 1.23x that of uniform 4-bit greedy at 3.0 bpw against
+#: 1.82x with greedy rungs, and 0.154x against 0.197x at greedy's 29 B/row; the per-row
+#: errors of the ladder take 1.4x as long (qe4_fast, 2 threads).
+DEFAULT_METHOD = "mse"
 
 
 def default_ladder():
-    """The default rungs, from the method registry: ``pruned``, the paper's method
-    (``greedy``) at every bit width its layout stores, ``float16``, ``float32``."""
+    """The default rungs, from the method registry: ``pruned``, :data:`DEFAULT_METHOD`
+    at every bit width its layout stores, ``float16``, ``float32``."""
     bits = M.get(DEFAULT_METHOD).allowed_bits
     return ("pruned", *(f"{DEFAULT_METHOD}/{b}" for b in sorted(bits)), "float16", "float32")
 

@@ -307,9 +307,8 @@ def test_choose_tables_spends_on_the_read_tables():
     x = _table(256, 16, 5)
     xs = {"read": x, "unread": x.copy()}
     got = A.choose_tables(xs, "4bpw", weights={"unread": np.zeros(256)})
-    names = {r.name: r for r in got.allocation.ladder}
     assert got["unread"].params["rungs"] == ["pruned"]             # 16 bytes, reads as zeros
-    assert got["read"] == qe4.quantize(x, names["greedy/4"].bits, "greedy")
+    assert got["read"] == qe4.quantize(x, 4, A.DEFAULT_METHOD)
     assert (qe4.dequantize(got["unread"]) == 0).all()
     everything = A.choose_tables(xs, 10 ** 9)
     assert everything["read"] is None and everything["unread"] is None    # float32 kept
@@ -327,3 +326,15 @@ def test_choose_tables_refuses():
         A.choose_tables({"a": x}, 100, weights={"a": np.ones(3)})
     with pytest.raises(ValueError, match="budget of 10 bytes is below the 16 bytes"):
         A.choose_tables({"a": x}, 10)
+
+
+def test_default_ladder_follows_the_registry(monkeypatch):
+    from qe4 import method_registry as MR
+    method = MR.get(A.DEFAULT_METHOD)
+    assert A.default_ladder() == ("pruned", *(f"{A.DEFAULT_METHOD}/{b}" for b in
+                                              sorted(method.allowed_bits)), "float16", "float32")
+    if not method.bits:             # the method stores every width of its layout: a new one joins
+        layout = method.layout_entry
+        monkeypatch.setattr(layout, "bits", tuple(sorted(set(layout.bits) | {3})))
+        assert f"{A.DEFAULT_METHOD}/3" in A.default_ladder()
+        assert A.default_ladder().index(f"{A.DEFAULT_METHOD}/3") == 2

@@ -149,14 +149,15 @@ def test_bag_is_the_sum_of_the_tiers_bags(row_map, same_bytes):
 
 def test_bag_pruned_rows_are_skipped_but_counted_in_mean(same_bytes):
     x = _x(40, 4)
-    choice = np.full(40, 2)
-    choice[[1, 3]] = 0                                     # pruned
+    rung = f"{A.DEFAULT_METHOD}/4"
+    choice = np.full(40, A.default_ladder().index(rung))
+    choice[[1, 3]] = A.default_ladder().index("pruned")
     t = M.quantize_mixed(x, choice, A.ladder(), engine="reference")
     xh = qe4.dequantize(t)
     assert not xh[[1, 3]].any()
     idx = np.array([1, 0, 3, 2, 1])
     got = qe4.embedding_bag(t, idx, np.array([0, 1, 3]), mode="mean")
-    plain = qe4.quantize(x, 4, "greedy")
+    plain = qe4.quantize(x, 4, A.DEFAULT_METHOD)
     for bag, row in ((1, 0), (2, 2)):       # one stored row and one pruned row: half of it
         same_bytes(got[bag], (qe4.embedding_bag(plain, np.array([row]), np.array([0]))[0]
                               * (F32(1) / F32(2))).astype(F32))
