@@ -19,7 +19,7 @@ from . import engines as E
 from . import frontend
 from . import method_registry as M
 from .engines import get_engine  # noqa: F401  (an old import path)
-from .io import TableWriter, _read_header, check_output_path
+from .io import _TEMP_SUFFIX, TableWriter, _read_header, _temp_prefix, check_output_path
 from .table import QuantizedTable
 
 _ST_FLOATS = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
@@ -478,11 +478,13 @@ def quantize_file_budget(src, dst, budget, *, weights=None, ladder=None, row_map
             del errors, norms
             temps = []
 
-            def new_array(shape, dtype):        # the sub-tables live in files beside dst
+            def new_array(shape, dtype):
+                # the sub-tables live in files beside dst, named as qe4.io names its temporary
+                # files: those of a run that died (kill -9) go with qe4.io.remove_stale_temps
                 if 0 in shape:
                     return np.empty(shape, dtype)
-                fd, path = tempfile.mkstemp(prefix=".qe4-tier-", dir=os.path.dirname(
-                    os.path.abspath(dst)))
+                fd, path = tempfile.mkstemp(prefix=_temp_prefix(dst), suffix=_TEMP_SUFFIX,
+                                            dir=os.path.dirname(os.path.abspath(dst)))
                 os.close(fd)
                 temps.append(path)
                 return np.memmap(path, dtype=dtype, mode="w+", shape=shape)

@@ -321,3 +321,47 @@ def test_streamed_bad_input_names_the_row_and_leaves_no_file(tmp_path):
         stream.quantize_file_budget(tmp_path / "x.npy", tmp_path / "m.qe4", "3bpw",
                                     weights=np.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+
+
+def test_streamed_progress_bar_counts_both_passes(tmp_path, capsys):
+    from qe4 import stream
+    np.save(tmp_path / "x.npy", _x(300, 8))
+    stream.quantize_file_budget(tmp_path / "x.npy", tmp_path / "m.qe4", "3bpw", progress=True,
+                                engine="reference")
+    err = capsys.readouterr().err
+    assert "100%" in err and "600/600" in err          # two passes over 300 rows
+
+
+STREAM_DIES = """
+import os, sys
+from qe4 import mixed, stream
+real = mixed.build_mixed
+def dies(chunks, *a, **k):
+    def some():
+        for i, c in enumerate(chunks):
+            if i == 1:
+                os._exit(9)                 # as kill -9 would: no cleanup runs
+            yield c
+    return real(some(), *a, **k)
+mixed.build_mixed = dies
+stream.quantize_file_budget(sys.argv[1], sys.argv[2], "3bpw", engine="reference",
+                            max_memory=300_000, ladder=["pruned", "minmax/2", "float16"])
+"""
+
+
+def test_a_streamed_run_that_dies_leaves_temps_the_next_writer_removes(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from qe4 import stream
+    np.save(tmp_path / "x.npy", _x(3000, 12))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(qe4.__file__)))   # the qe4 under test
+    r = subprocess.run([sys.executable, "-c", STREAM_DIES, str(tmp_path / "x.npy"),
+                        str(tmp_path / "m.qe4")], cwd=here, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 9, r.stderr
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "x.npy")
+    assert left and all(n.startswith(".m.qe4.") and n.endswith(".qe4tmp") for n in left)
+    # the next run writing m.qe4 removes them (qe4.io.remove_stale_temps: their writer is dead)
+    stream.quantize_file_budget(tmp_path / "x.npy", tmp_path / "m.qe4", "3bpw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.qe4", "x.npy"]
