@@ -469,7 +469,7 @@ def _quantize_with(engine, n_threads, weight, bits, method, kwargs):
 
 # --------------------------------------------------------------------------- whole models
 
-def quantize_model(model, bits=4, method="greedy", *, tables=None, budget=None, allocator=None,
+def quantize_model(model, bits=None, method=None, *, tables=None, budget=None, allocator=None,
                    row_weights=None, engine="fast", out_dtype="float32", n_threads=None,
                    inplace=False, **options):
     """Replace every ``nn.Embedding`` and ``nn.EmbeddingBag`` of ``model`` by its quantized
@@ -479,7 +479,9 @@ def quantize_model(model, bits=4, method="greedy", *, tables=None, budget=None, 
     ----------
     model : torch.nn.Module
     bits, method, **options
-        The default choice for every table (see :func:`qe4.quantize`).
+        The default choice for every table (see :func:`qe4.quantize`: 4-bit greedy when
+        not given; ``preset=`` is one of the options).  Not with ``budget`` and the
+        default allocator, which chooses every table's precision.
     tables : dict, optional
         Per-table choices by module name (as in ``model.named_modules()``): a dict of
         :func:`qe4.quantize` arguments overriding the default (``{"bits": 2}``,
@@ -534,6 +536,12 @@ def quantize_model(model, bits=4, method="greedy", *, tables=None, budget=None, 
                          "allocation)")
     if budget is not None and embeddings:
         kw = {} if row_weights is None else {"weights": row_weights}
+        given = [n for n, v in (("bits", bits), ("method", method)) if v is not None] + sorted(options)
+        if allocator is None and given:
+            raise ValueError(f"{', '.join(given)} cannot be combined with budget=, which chooses "
+                             "every table's precision from qe4.allocate's ladder (choose the "
+                             "rungs with allocator=functools.partial(qe4.allocate.choose_tables, "
+                             "ladder=[...]))")
         if allocator is None:
             from .allocate import choose_tables as allocator
             kw.update(engine=engine, n_threads=n_threads)

@@ -123,6 +123,23 @@ def test_budget_refusals():
         quantize_model(model, budget="3bpw", row_weights={"head": np.ones(3)})
     with pytest.raises(ValueError, match=r"weights\['users'\] must have shape \(300,\)"):
         quantize_model(model, budget="3bpw", row_weights={"users": np.ones(3)})
+    for kw, given in ((dict(bits=2), "bits"), (dict(method="minmax", n_bins=50), "method, n_bins")):
+        with pytest.raises(ValueError, match=f"^{given} cannot be combined with budget="):
+            quantize_model(model, budget="3bpw", **kw)
     # a model without embeddings has nothing to allocate
     lin = torch.nn.Linear(3, 3)
     assert isinstance(quantize_model(lin, budget="3bpw"), torch.nn.Linear)
+
+
+def test_budget_with_a_chosen_ladder(same_bytes):
+    import functools
+    model = Model()
+    ladder = ["pruned", "minmax/2", "greedy/4"]
+    q = quantize_model(model, budget="3.0bpw", row_weights=_counts(),
+                       allocator=functools.partial(A.choose_tables, ladder=ladder))
+    weights = {n: getattr(model, n).weight.detach().numpy() for n in NAMES}
+    want = A.choose_tables(weights, "3.0bpw", weights=_counts(), ladder=ladder)
+    assert [r.name for r in want.allocation.ladder] == ladder
+    for name in NAMES:
+        assert getattr(q, name).table() == want[name]
+    _lookups_equal_qe4(q, same_bytes)
