@@ -416,8 +416,12 @@ def quantize_file_budget(src, dst, budget, *, weights=None, ladder=None, row_map
     Parameters
     ----------
     src, dst, max_memory, engine, n_threads, progress, tensor
-        As for :func:`quantize_file`.  ``max_memory`` bounds one chunk's working set;
-        the allocation itself keeps ``8 * (n_rungs + 1) + 1`` bytes per row.
+        As for :func:`quantize_file`.  ``max_memory`` bounds one chunk's working set,
+        not the allocation's: the per-row errors, weights and norms take
+        ``8 * (n_rungs + 2)`` bytes per row, and the solver's hulls and temporaries
+        about 50 bytes per row per rung more at its peak (measured: 300 B/row with
+        the 6-rung default ladder).  The rows themselves are never all in memory, so a
+        table bigger than memory streams when its rows are wider than that.
     budget : int or str
         Bytes, a size (``"2.5G"``) or bits per element (``"3.0bpw"``); see
         :func:`qe4.allocate.parse_budget`.
