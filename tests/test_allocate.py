@@ -338,3 +338,21 @@ def test_default_ladder_follows_the_registry(monkeypatch):
         monkeypatch.setattr(layout, "bits", tuple(sorted(set(layout.bits) | {3})))
         assert f"{A.DEFAULT_METHOD}/3" in A.default_ladder()
         assert A.default_ladder().index(f"{A.DEFAULT_METHOD}/3") == 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_solve_reads_segments_block_by_block(monkeypatch, same_bytes, seed):
+    # step 2 reads the hulls a block of items at a time: any block size, the same choice
+    rng = np.random.default_rng(seed)
+    n, k = 500, 5
+    dist = np.round(rng.random((n, k)) * 8) / 8               # many equal slopes: ties matter
+    group = rng.integers(0, 2, n).astype(np.intp)
+    cost = np.sort(rng.integers(0, 40, (2, k)), axis=1)
+    budget = int(cost[group, 0].sum() + rng.integers(0, int(cost[group, -1].sum()
+                                                              - cost[group, 0].sum()) + 1))
+    whole = G.solve(dist, cost, group, budget)
+    for block in (1, 7, 64):
+        monkeypatch.setattr(G, "_BLOCK_ROWS", block)
+        choice, spent = G.solve(dist, cost, group, budget)
+        same_bytes(choice, whole[0])
+        assert spent == whole[1] <= budget
