@@ -457,18 +457,20 @@ def _check_errors(errors, names, shapes, k):
 
 
 def solve(errors, weights, norms, dims, budget, rungs, *, per="row", row_map="tiers", names=None,
-          engine="fast", n_threads=None):
+          engine="fast", n_threads=None, overwrite_errors=False):
     """:func:`allocate` on given squared errors [n_rows, K] per table (the solver step).
 
     ``norms`` are the rows' squared norms (for the normalized error), ``dims`` the
-    tables' widths, ``budget`` in bytes.  Returns an :class:`Allocation`.
+    tables' widths, ``budget`` in bytes.  ``overwrite_errors=True`` lets the solver
+    weight the (float64, writable) error arrays in place, which saves their size
+    (:func:`qe4.stream.quantize_file_budget` does).  Returns an :class:`Allocation`.
     """
     from . import mixed
     hull = _hull(engine, n_threads)
     k = len(rungs)
     n_tab = len(errors)
     cost = np.array([[r.row_bytes(d) for r in rungs] for d in dims], np.int64)   # [n_tab, K]
-    dists = [_weighted(e, w) for e, w in zip(errors, weights)]
+    dists = [_weighted(e, w, overwrite_errors) for e, w in zip(errors, weights)]
     n_rows = np.array([e.shape[0] for e in errors], np.int64)
     check_budget(budget, n_rows, dims, rungs)
     if per == "table":
@@ -503,13 +505,14 @@ def check_budget(budget, n_rows, dims, rungs):
                          f"({8 * budget / n_el:.3f} < {8 * least / n_el:.3f} bits/element)")
 
 
-def _weighted(e, w):
-    """``w * e`` per row; a rung a row cannot take (inf error) stays unavailable (inf) at
-    weight 0, where the product would be NaN."""
-    d = e * w[:, None]
+def _weighted(e, w, in_place=False):
+    """``w * e`` per row (into ``e`` when ``in_place``); a rung a row cannot take (inf
+    error) stays unavailable (inf) at weight 0, where the product would be NaN."""
     zero = np.flatnonzero(w == 0)
+    unavailable = np.isinf(e[zero])
+    d = np.multiply(e, w[:, None], out=e if in_place else None)
     if zero.size:
-        d[zero] = np.where(np.isinf(e[zero]), np.inf, 0.0)
+        d[zero] = np.where(unavailable, np.inf, 0.0)
     return d
 
 

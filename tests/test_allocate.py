@@ -356,3 +356,14 @@ def test_solve_reads_segments_block_by_block(monkeypatch, same_bytes, seed):
         choice, spent = G.solve(dist, cost, group, budget)
         same_bytes(choice, whole[0])
         assert spent == whole[1] <= budget
+
+
+def test_weighting_in_place_is_the_same(same_bytes):
+    e = np.array([[4.0, np.inf, 1.0], [2.0, np.inf, 0.5], [3.0, 1.0, 0.0]])
+    w = np.array([0.5, 0.0, 2.0])
+    want = A._weighted(e, w)
+    same_bytes(want, np.array([[2.0, np.inf, 0.5], [0.0, np.inf, 0.0], [6.0, 2.0, 0.0]]))
+    mine = e.copy()
+    got = A._weighted(mine, w, in_place=True)
+    assert got is mine
+    same_bytes(got, want)
