@@ -510,7 +510,8 @@ def _weighted(e, w, in_place=False):
     error) stays unavailable (inf) at weight 0, where the product would be NaN."""
     zero = np.flatnonzero(w == 0)
     unavailable = np.isinf(e[zero])
-    d = np.multiply(e, w[:, None], out=e if in_place else None)
+    with np.errstate(invalid="ignore"):             # inf * 0, set right below
+        d = np.multiply(e, w[:, None], out=e if in_place else None)
     if zero.size:
         d[zero] = np.where(unavailable, np.inf, 0.0)
     return d
