@@ -129,12 +129,18 @@ def _engine_call(engine, name, n_threads, *args):
     return E.engine(engine, n_threads).call(name, *args)
 
 
-DEFAULT_METHOD = "greedy"
+#: The method of the default ladder's quantized rungs.  "mse" (the range search of least
+#: squared error per row) makes better rungs than "greedy" for the allocation: on the
+#: first 100,000 rows of GloVe 6B 50d with weights 1/(rank+1), the weighted error of the
+#: allocation (row map "tiers") is 1.23x that of uniform 4-bit greedy at 3.0 bpw against
+#: 1.82x with greedy rungs, and 0.154x against 0.197x at greedy's 29 B/row; the per-row
+#: errors of the ladder take 1.4x as long (qe4_fast, 2 threads).
+DEFAULT_METHOD = "mse"
 
 
 def default_ladder():
-    """The default rungs, from the method registry: ``pruned``, the paper's method
-    (``greedy``) at every bit width its layout stores, ``float16``, ``float32``."""
+    """The default rungs, from the method registry: ``pruned``, :data:`DEFAULT_METHOD`
+    at every bit width its layout stores, ``float16``, ``float32``."""
     bits = M.get(DEFAULT_METHOD).allowed_bits
     return ("pruned", *(f"{DEFAULT_METHOD}/{b}" for b in sorted(bits)), "float16", "float32")
 
@@ -451,27 +457,26 @@ def _check_errors(errors, names, shapes, k):
 
 
 def solve(errors, weights, norms, dims, budget, rungs, *, per="row", row_map="tiers", names=None,
-          engine="fast", n_threads=None):
+          engine="fast", n_threads=None, overwrite_errors=False):
     """:func:`allocate` on given squared errors [n_rows, K] per table (the solver step).
 
     ``norms`` are the rows' squared norms (for the normalized error), ``dims`` the
-    tables' widths, ``budget`` in bytes.  Returns an :class:`Allocation`.
+    tables' widths, ``budget`` in bytes.  ``overwrite_errors=True`` lets the solver
+    weight the (float64, writable) error arrays in place, which saves their size
+    (:func:`qe4.stream.quantize_file_budget` does).  Returns an :class:`Allocation`.
     """
     from . import mixed
     hull = _hull(engine, n_threads)
     k = len(rungs)
     n_tab = len(errors)
     cost = np.array([[r.row_bytes(d) for r in rungs] for d in dims], np.int64)   # [n_tab, K]
-    dists = [_weighted(e, w) for e, w in zip(errors, weights)]
+    dists = [_weighted(e, w, overwrite_errors) for e, w in zip(errors, weights)]
+    n_rows = np.array([e.shape[0] for e in errors], np.int64)
+    check_budget(budget, n_rows, dims, rungs)
     if per == "table":
-        n_rows = np.array([e.shape[0] for e in errors], np.int64)
         tcost = cost * n_rows[:, None]
         tdist = np.array([d.sum(axis=0) for d in dists]).reshape(n_tab, k)
         head = mixed.map_nbytes(1, 1)          # each table is one tier: its header only
-        least = n_tab * head + int(tcost.min(axis=1).sum())
-        if budget < least:
-            raise ValueError(f"budget of {budget} bytes is below the {least} bytes of the "
-                             "cheapest rung for every table")
         choice, _ = _lagrange.solve(tdist, tcost, np.arange(n_tab), budget - n_tab * head,
                                     hull=hull)
         choices = [np.full(n, c, np.int8) for n, c in zip(n_rows, choice)]
@@ -485,13 +490,30 @@ def solve(errors, weights, norms, dims, budget, rungs, *, per="row", row_map="ti
                       table_nbytes=table_nbytes, dist=dist_t, norm=norm_t)
 
 
-def _weighted(e, w):
-    """``w * e`` per row; a rung a row cannot take (inf error) stays unavailable (inf) at
-    weight 0, where the product would be NaN."""
-    d = e * w[:, None]
+def check_budget(budget, n_rows, dims, rungs):
+    """Raise ValueError unless ``budget`` (bytes) holds every row of every table in the
+    cheapest rung of ``rungs`` plus each table's tier header (the least any allocation
+    stores).  ``n_rows`` and ``dims`` list the tables' shapes."""
+    from .mixed import map_nbytes
+    cost = [min(r.row_bytes(d) for r in rungs) for d in dims]
+    least = sum(int(n) * c + map_nbytes(1, 1) for n, c in zip(n_rows, cost))
+    if budget < least:
+        n_el = sum(int(n) * d for n, d in zip(n_rows, dims))
+        cheapest = min(rungs, key=lambda r: sum(r.row_bytes(d) for d in dims)).name
+        raise ValueError(f"budget of {budget:,} bytes is below the {least:,} bytes of the "
+                         f"cheapest rung ({cheapest}) for every row, tier headers included "
+                         f"({8 * budget / n_el:.3f} < {8 * least / n_el:.3f} bits/element)")
+
+
+def _weighted(e, w, in_place=False):
+    """``w * e`` per row (into ``e`` when ``in_place``); a rung a row cannot take (inf
+    error) stays unavailable (inf) at weight 0, where the product would be NaN."""
     zero = np.flatnonzero(w == 0)
+    unavailable = np.isinf(e[zero])
+    with np.errstate(invalid="ignore"):             # inf * 0, set right below
+        d = np.multiply(e, w[:, None], out=e if in_place else None)
     if zero.size:
-        d[zero] = np.where(np.isinf(e[zero]), np.inf, 0.0)
+        d[zero] = np.where(unavailable, np.inf, 0.0)
     return d
 
 
@@ -538,3 +560,72 @@ def _per_row(dists, cost, budget, row_map, hull):
 
 def _hull(engine, n_threads):
     return _kernel(engine, n_threads, _lagrange.hull, "hull")
+
+
+# --------------------------------------------------------------------------- whole models
+
+class TableChoices(dict):
+    """``{table name: QuantizedTable or None}`` from :func:`choose_tables`, with the
+    :class:`Allocation` behind it as ``.allocation``."""
+
+    allocation = None
+
+
+def choose_tables(tables, budget, *, weights=None, ladder=None, engine="fast", n_threads=None):
+    """One rung per table of a model under a byte budget (what TBE and TorchRec serve).
+
+    :func:`allocate` with ``per="table"``: each table is stored whole in one rung of
+    ``ladder``, chosen so that the weighted error over every row of every table is the
+    least within ``budget``.  The result is what :func:`qe4.torch.quantize_model` takes
+    as its ``tables`` (it calls this function when given ``budget=``).
+
+    Parameters
+    ----------
+    tables : dict {name: 2-D float array}
+        The model's embedding tables (e.g. module name -> weight).
+    budget : int or str
+        Bytes, a size (``"2.5G"``) or bits per element over all the tables' elements
+        (``"3.0bpw"``); see :func:`parse_budget`.  Each table is charged its stored bytes
+        plus the 16-byte tier header a one-tier mixed table has (a rowwise table stores
+        16 bytes less: the total stays within the budget).
+    weights : dict {name: array [n_rows]}, optional
+        Access counts or importance of the rows, in the same units for every table (a
+        table with larger counts weighs more); a table left out counts each row once.
+    ladder : sequence of str or Rung, optional
+        The choices (default :func:`default_ladder`).
+    engine, n_threads
+        As for :func:`allocate`; they also store the chosen tables (same bytes).
+
+    Returns
+    -------
+    TableChoices
+        ``{name: choice}``: the table quantized in its rung (a rowwise
+        :class:`qe4.QuantizedTable` for a ``method/bits`` rung, a one-tier mixed table
+        for ``float16`` or ``pruned``, and for ``float32`` None when the table already is
+        float32, meaning "keep it in float"), with ``.allocation`` the
+        :class:`Allocation`.
+    """
+    if not isinstance(tables, dict) or not tables:
+        raise TypeError(f"tables must be a non-empty dict of name -> 2-D float array, got "
+                        f"{type(tables).__name__}" + (" (empty)" if tables == {} else ""))
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(tables), key=str)
+    if unknown:
+        raise ValueError(f"weights names tables that are not in tables: {unknown}; the tables "
+                         f"are {sorted(tables, key=str)}")
+    full = {n: weights[n] if n in weights else np.ones(np.shape(t)[0]) for n, t in tables.items()}
+    alloc = allocate(tables, budget, weights=full, ladder=ladder, per="table", engine=engine,
+                     n_threads=n_threads)
+    out = TableChoices()
+    out.allocation = alloc
+    for name, x, choice in zip(alloc.names, tables.values(), alloc.choices):
+        rung = alloc.ladder[int(choice[0])] if choice.size else alloc.ladder[0]
+        if rung.kind == "quantized":
+            out[name] = rung.quantize(V.as_table(x, f"tables[{name!r}]"), engine, n_threads)
+        elif rung.name == "float32" and np.asarray(x).dtype == F32:
+            out[name] = None
+        else:
+            from .mixed import quantize_mixed
+            out[name] = quantize_mixed(x, np.zeros(np.shape(x)[0], np.int8), [rung],
+                                       engine=engine, n_threads=n_threads)
+    return out

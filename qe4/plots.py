@@ -386,10 +386,13 @@ def fig_budget(results):
         for kind in kinds:
             rs = sorted((p for p in mine if p["kind"] == kind), key=lambda p: p["bpw"])
             ys = [float(np.mean(p[key])) for p in rs]
-            c, m = ("#000000", "o") if kind == "allocate" else style(kind)
+            c, m = {"allocate": ("#000000", "o"), "per-table": ("#555555", "s")}.get(kind) \
+                or style(kind)
             ax.plot([p["bpw"] for p in rs], ys, marker=m, color=c, ms=7, gid=f"budget-{kind}",
                     lw=2.2 if kind == "allocate" else 1.2,
-                    label="qe4.allocate (rung per row)" if kind == "allocate" else f"uniform {label(kind)}")
+                    label={"allocate": "qe4.allocate (rung per row)",
+                           "per-table": "qe4.allocate (rung per table)"}.get(kind)
+                    or f"uniform {label(kind)}")
         ref = next((p for p in mine if p["kind"] == "fp32"), None)
         if ref is not None and key == "analogy":
             ax.axhline(ref[key], color="k", ls=":", lw=1.2)

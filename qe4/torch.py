@@ -406,6 +406,14 @@ class QuantizedEmbeddingBag(_TableModule):
                    include_last_offset=bool(include_last_offset), engine=engine,
                    out_dtype=out_dtype, n_threads=n_threads)
 
+    def set_extra_state(self, state):
+        super().set_extra_state(state)
+        if self.engine == "torch":         # a loaded table torch cannot read: qe4 reads it
+            try:
+                _check_torch_compatible(self._table())
+            except ValueError:
+                self.engine = "fast" if _has_fast() else "reference"
+
     def extra_repr(self):
         return (f"{self.num_embeddings}, {self.dim}, bits={self.bits}, mode={self.mode!r}, "
                 f"include_last_offset={self.include_last_offset}"
@@ -461,8 +469,9 @@ def _quantize_with(engine, n_threads, weight, bits, method, kwargs):
 
 # --------------------------------------------------------------------------- whole models
 
-def quantize_model(model, bits=4, method="greedy", *, tables=None, budget=None, allocator=None,
-                   engine="fast", out_dtype="float32", n_threads=None, inplace=False, **options):
+def quantize_model(model, bits=None, method=None, *, tables=None, budget=None, allocator=None,
+                   row_weights=None, engine="fast", out_dtype="float32", n_threads=None,
+                   inplace=False, **options):
     """Replace every ``nn.Embedding`` and ``nn.EmbeddingBag`` of ``model`` by its quantized
     module (:class:`QuantizedEmbedding`, :class:`QuantizedEmbeddingBag`).
 
@@ -470,20 +479,30 @@ def quantize_model(model, bits=4, method="greedy", *, tables=None, budget=None, 
     ----------
     model : torch.nn.Module
     bits, method, **options
-        The default choice for every table (see :func:`qe4.quantize`).
+        The default choice for every table (see :func:`qe4.quantize`: 4-bit greedy when
+        not given; ``preset=`` is one of the options).  Not with ``budget`` and the
+        default allocator, which chooses every table's precision.
     tables : dict, optional
         Per-table choices by module name (as in ``model.named_modules()``): a dict of
         :func:`qe4.quantize` arguments overriding the default (``{"bits": 2}``,
         ``{"method": "two-tier", "n_groups": 256}``), a ready :class:`QuantizedTable`,
         or None to keep that table in float.  Unknown names are an error.
-    budget : optional
-        A byte budget for all tables together, handed to ``allocator`` (below); its
-        choices come before ``tables``' overrides.
+    budget : int or str, optional
+        A byte budget for all tables together: bytes, a size (``"2.5G"``) or bits per
+        element over every table's elements (``"3.0bpw"``), handed to ``allocator``
+        (below); its choices come before ``tables``' overrides.  With the default
+        allocator each table gets one precision, the bytes of the quantized tables (and
+        of those kept in float32) stay within the budget, and ``bits``, ``method`` and
+        ``**options`` are not used for the tables it chooses.
     allocator : callable, optional
         ``allocator(weights, budget) -> {name: choice}`` with ``weights`` a dict of module
-        name -> float32 weight array and a choice as in ``tables``.  Default:
-        ``qe4.allocate.choose_tables`` when this installation has it; without it a budget
-        raises NotImplementedError.
+        name -> weight array (float, as the module holds it) and a choice as in
+        ``tables``.  Default: :func:`qe4.allocate.choose_tables` (one rung per table of
+        its default ladder, called with ``engine`` and ``n_threads`` too).
+    row_weights : dict, optional
+        Access counts or importance of each table's rows, by module name (arrays
+        [num_embeddings]), handed to ``allocator`` as ``weights=`` (see
+        :func:`qe4.allocate.choose_tables`); only with ``budget``.
     engine : {"fast", "reference"}
         Quantizes the tables and runs the lookups (``QuantizedEmbeddingBag`` of a
         torch-compatible table and mode sum/mean uses torch's operators instead, as
@@ -512,14 +531,21 @@ def quantize_model(model, bits=4, method="greedy", *, tables=None, budget=None, 
     _check_engine(engine, ("fast", "reference"))
     V.check_out_dtype(out_dtype)
     choices = {}
-    if budget is not None:
+    if budget is None and row_weights is not None:
+        raise ValueError("row_weights applies with budget= only (it weighs the rows of the "
+                         "allocation)")
+    if budget is not None and embeddings:
+        kw = {} if row_weights is None else {"weights": row_weights}
+        given = [n for n, v in (("bits", bits), ("method", method)) if v is not None] + sorted(options)
+        if allocator is None and given:
+            raise ValueError(f"{', '.join(given)} cannot be combined with budget=, which chooses "
+                             "every table's precision from qe4.allocate's ladder (choose the "
+                             "rungs with allocator=functools.partial(qe4.allocate.choose_tables, "
+                             "ladder=[...]))")
         if allocator is None:
-            try:
-                from .allocate import choose_tables as allocator
-            except ImportError:
-                raise NotImplementedError("budget= needs qe4.allocate.choose_tables, which this "
-                                          "installation does not have; pass allocator=") from None
-        choices = dict(allocator({n: _weight_array(m) for n, m in embeddings.items()}, budget))
+            from .allocate import choose_tables as allocator
+            kw.update(engine=engine, n_threads=n_threads)
+        choices = dict(allocator({n: _weight_array(m) for n, m in embeddings.items()}, budget, **kw))
     choices.update(tables)
     if not inplace:
         model = copy.deepcopy(model)
