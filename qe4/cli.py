@@ -6,6 +6,8 @@ traceback, 130 when interrupted (Ctrl-C, SIGINT), 143 when terminated (SIGTERM,
 which ``main`` handles like SIGINT: the output being written is removed).
 """
 
+from __future__ import annotations
+
 import argparse
 import contextlib
 import os
@@ -13,6 +15,8 @@ import signal
 import sys
 import threading
 import time
+import argparse
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -87,7 +91,7 @@ def _fmt_bytes(n):
 
 # --------------------------------------------------------------------------- parser
 
-def build_parser(command=None):
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argparse parser; ``command`` (the subcommand about to run) lets ``plot`` and
     ``evidence`` import their modules only when they are used."""
     p = _Parser(prog="qe4", description="Post-training 4-bit quantization of embedding tables "
@@ -183,7 +187,7 @@ def _command_of(argv):
     return None
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the qe4 command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -209,7 +213,7 @@ def main(argv=None):
 
 # --------------------------------------------------------------------------- quantize
 
-def cmd_quantize(args):
+def cmd_quantize(args: argparse.Namespace) -> int:
     from . import stream
     from .io import check_output_path, save
     progress = False if args.no_progress else None
@@ -254,7 +258,7 @@ def cmd_quantize(args):
 
 # --------------------------------------------------------------------------- info
 
-def cmd_info(args):
+def cmd_info(args: argparse.Namespace) -> int:
     from .io import check_rows, load, read_metadata
     m = read_metadata(args.file)
     check_rows(load(args.file), args.file)      # a file that would fail its lookups is not "valid"
@@ -283,7 +287,7 @@ def cmd_info(args):
 
 # --------------------------------------------------------------------------- demo
 
-def cmd_demo(args):
+def cmd_demo(args: argparse.Namespace) -> int:
     from . import datasets
     from .metrics import table_error, zipf_weights
     eng = E.engine(args.engine, args.threads)

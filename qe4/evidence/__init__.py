@@ -16,12 +16,16 @@ writes every number to a JSON cache (``bench/results/evidence.json``), the figur
 (:mod:`qe4.plots`) and ``figures/RESULTS.rst``.  ``--quick`` is a tiny smoke run.
 """
 
+from __future__ import annotations
+
 import datetime
 import json
 import os
 import platform
 import sys
 import time
+import argparse
+from typing import Any
 
 from . import common as C
 from .sizes import size_table
@@ -32,7 +36,7 @@ DEFAULT_FIGURES = "figures"
 PARTS = ("sizes", "glove", "movielens", "minilm")
 
 
-def configure_parser(parser):
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``qe4 evidence`` options to an argparse (sub)parser."""
     parser.add_argument("--quick", action="store_true",
                         help="tiny smoke run (2k GloVe rows, 1 seed, 1 epoch on 3k ratings)")
@@ -58,7 +62,7 @@ def configure_parser(parser):
     return parser
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     """Run the experiments chosen by ``args`` (from :func:`configure_parser`); returns 0."""
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     bad = sorted(set(parts) - set(PARTS))
@@ -171,7 +175,7 @@ def _meta(args, engine, peers, missing):
     return meta
 
 
-def write_json(results, path):
+def write_json(results: dict[str, Any], path: str) -> None:
     """Write ``results`` atomically (temporary file, then rename)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
@@ -181,6 +185,6 @@ def write_json(results, path):
     os.replace(tmp, path)
 
 
-def load_results(path=DEFAULT_RESULTS):
+def load_results(path: str = DEFAULT_RESULTS) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
