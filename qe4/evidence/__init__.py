@@ -92,41 +92,28 @@ def run(args: argparse.Namespace) -> int:
     if "sizes" in parts:
         results["sizes"] = size_table()
     if "glove" in parts:
-        t = time.perf_counter()
         n_rows = args.glove_rows or (2000 if args.quick else None)
-        results["glove"] = glove.run(engine, n_rows=n_rows, peers=peers, quiet=quiet, methods=only,
-                                     curve_rows=100 if args.quick else glove.HEAVY_ROWS)
-        results["glove"]["seconds"] = time.perf_counter() - t
-        write_json(results, out)              # checkpoint: a later failure keeps this part
+        _run_part(results, "glove", out, quiet, lambda: glove.run(
+            engine, n_rows=n_rows, peers=peers, quiet=quiet, methods=only,
+            curve_rows=100 if args.quick else glove.HEAVY_ROWS))
     if "movielens" in parts:
-        t = time.perf_counter()
-        try:
+        def movielens_available():
             movielens.data_dir()
             import torch  # noqa: F401
-        except ImportError as exc:
-            C.log(f"movielens skipped: {exc}", quiet)
-            results["movielens"] = {"skipped": str(exc)}
-        else:
-            kw = dict(seeds=tuple(range(1 if args.quick else args.seeds)), peers=peers, quiet=quiet,
-                      methods=only)
-            if args.quick:
-                kw.update(epochs=1, max_rows=3000, bits=(4,))
-            results["movielens"] = movielens.run(engine, **kw)
-            results["movielens"]["seconds"] = time.perf_counter() - t
+
+        kw = dict(seeds=tuple(range(1 if args.quick else args.seeds)), peers=peers, quiet=quiet,
+                  methods=only)
+        if args.quick:
+            kw.update(epochs=1, max_rows=3000, bits=(4,))
+        _run_part(results, "movielens", out, quiet, lambda: movielens.run(engine, **kw),
+                  available=movielens_available)
     if "minilm" in parts:
         from . import minilm
-        t = time.perf_counter()
-        try:
-            minilm.check_available()
-        except ImportError as exc:
-            C.log(f"minilm skipped: {exc}", quiet)
-            results["minilm"] = {"skipped": str(exc)}
-        else:
-            n = args.minilm_sentences or (24 if args.quick else 1000)
-            variants = minilm.VARIANTS[:1] if args.quick else minilm.VARIANTS
-            results["minilm"] = minilm.run(engine, n_sentences=n, variants=variants, quiet=quiet)
-            results["minilm"]["seconds"] = time.perf_counter() - t
-        write_json(results, out)
+        n = args.minilm_sentences or (24 if args.quick else 1000)
+        variants = minilm.VARIANTS[:1] if args.quick else minilm.VARIANTS
+        _run_part(results, "minilm", out, quiet, lambda: minilm.run(
+            engine, n_sentences=n, variants=variants, quiet=quiet),
+            available=minilm.check_available)
     results["meta"]["seconds"] = time.perf_counter() - t0
     write_json(results, out)
     C.log(f"results: {out} ({results['meta']['seconds']:.0f} s)", quiet)
@@ -136,6 +123,23 @@ def run(args: argparse.Namespace) -> int:
         rst = write_rst(results, os.path.join(fig_dir, "RESULTS.rst"), fig_dir)
         C.log("figures: " + ", ".join(paths + [rst]), quiet)
     return 0
+
+
+def _run_part(results, name, out, quiet, run, available=None):
+    """``results[name] = run()`` with its ``seconds``, then the cache at ``out`` written (a
+    later failure keeps this part).  ``available()`` raising ImportError skips the part
+    (recorded as ``{"skipped": reason}``)."""
+    t = time.perf_counter()
+    try:
+        if available is not None:
+            available()
+    except ImportError as exc:
+        C.log(f"{name} skipped: {exc}", quiet)
+        results[name] = {"skipped": str(exc)}
+    else:
+        results[name] = run()
+        results[name]["seconds"] = time.perf_counter() - t
+    write_json(results, out)
 
 
 def _carried_over(path, parts, quick, quiet):
