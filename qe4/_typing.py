@@ -24,6 +24,8 @@ Int64Array = NDArray[np.int64]
 IntArray = NDArray[np.integer]
 #: A (lo, hi) pair of float32 [n_rows] arrays: each row's clipping range.
 Ranges = tuple[Float32Array, Float32Array]
+#: (lo, hi, path) of a search asked for its path: one (cmin, cmax) pair per iteration.
+RangesPath = tuple[Float32Array, Float32Array, "list[Ranges]"]
 #: The (scale, bias, inv) float32 [n_rows] arrays of a row-wise encoding.
 ScaleBias = tuple[Float32Array, Float32Array, Float32Array]
 #: An encoder's output: the packed rows and the layout's extra arrays.

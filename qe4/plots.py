@@ -17,7 +17,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 import argparse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -120,7 +120,7 @@ def draw_range_surface(ax: Axes, surf: Mapping[str, Any], title: str | None = No
     return ax
 
 
-def draw_clip_curves(ax: Axes, curves: Mapping[str, Any], bits: int) -> None:
+def draw_clip_curves(ax: Axes, curves: Sequence[Mapping[str, Any]], bits: int) -> None:
     """Table error against the fraction of each row's range clipped (best split per total)."""
     for k, c in enumerate(x for x in curves if x["bits"] == bits):
         col = ["#d62728", "#1f77b4"][k % 2]
@@ -227,7 +227,7 @@ def fig_rate_distortion(results: Mapping[str, Any]) -> Figure:
 
 # --------------------------------------------------------------------------- figure 3
 
-def draw_row_error_cdf(ax: Axes, res: Mapping[str, Any], bits: int) -> bool:
+def draw_row_error_cdf(ax: Axes, res: Sequence[Mapping[str, Any]], bits: int) -> bool:
     p = None
     lo, hi = np.inf, 0.0
     for r in res:

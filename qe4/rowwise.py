@@ -15,7 +15,7 @@ float32 tables).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 from collections.abc import Callable
 
 import numpy as np
@@ -23,7 +23,7 @@ from numpy.typing import ArrayLike
 
 if TYPE_CHECKING:
     from .frontend import Request
-    from ._typing import Encoded, Float32Array, Ranges, ScaleBias, UInt8Array
+    from ._typing import Encoded, Float32Array, Ranges, RangesPath, ScaleBias, UInt8Array
 
 from . import _validate as V
 from .layouts import pack_codes, unpack_codes  # noqa: F401  (the packing is the layouts')
@@ -123,9 +123,18 @@ def _min_bins(n_bins, ratio):
     return F32(n_bins * (1.0 - float(F32(ratio))))
 
 
+@overload
+def greedy_range(x: Float32Array, bits: int = ..., n_bins: int = ..., ratio: float = ...,
+                 scale_dtype: str = ..., return_path: Literal[False] = ...) -> Ranges: ...
+@overload
+def greedy_range(x: Float32Array, bits: int = ..., n_bins: int = ..., ratio: float = ...,
+                 scale_dtype: str = ..., *, return_path: Literal[True]) -> RangesPath: ...
+@overload
+def greedy_range(x: Float32Array, bits: int, n_bins: int, ratio: float, scale_dtype: str,
+                 return_path: Literal[True]) -> RangesPath: ...
 def greedy_range(x: Float32Array, bits: int = 4, n_bins: int = 200, ratio: float = 0.16,
                  scale_dtype: str = "float16",
-                 return_path: bool = False) -> Ranges | tuple[Float32Array, Float32Array, list[Ranges]]:
+                 return_path: bool = False) -> Ranges | RangesPath:
     """The paper's greedy clipping search, bit-identical to torch's
     ``choose_qparams_optimized`` (used by ``embedding_bag_4bit_prepack(w, True, ...)``).
 
@@ -178,7 +187,7 @@ def greedy_range(x: Float32Array, bits: int = 4, n_bins: int = 200, ratio: float
 def greedy_search(xt: Float32Array,
                   loss: Callable[[Float32Array, Float32Array, Float32Array], Float32Array],
                   n_bins: int = 200, ratio: float = 0.16,
-                  return_path: bool = False) -> Ranges | tuple[Float32Array, Float32Array, list[Ranges]]:
+                  return_path: bool = False) -> Ranges | RangesPath:
     """The loop of :func:`greedy_range` with any objective ``loss(xt, lo, hi)``.
 
     ``xt`` is the table transposed, float32 [n_cols, n_rows]; ``loss`` receives a

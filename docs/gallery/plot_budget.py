@@ -39,7 +39,8 @@ for bits, (bpw, err) in uniform.items():
 # the mixed table the 3 bits/value allocation stores, and its error measured on the table
 a = allocs[3.0]
 print(a.summary())
-table = a.quantize(x)
+table = a.quantize(x)                          # one table in: one mixed QuantizedTable out
+assert isinstance(table, qe4.QuantizedTable)
 print(table)
 stored = qe4.table_error(x, table, w)
 print(f"weighted error of the stored table {stored:.4e} (the allocation's {a.error:.4e})")

@@ -61,11 +61,13 @@ for k, src in enumerate((x, feats)):
 # torch, when it is installed: the module serves the same bytes as qe4.embedding
 try:
     import torch
+
     import qe4.torch
+    have_torch = True
 except ImportError:
-    torch = None
+    have_torch = False
     print("torch is not installed: the QuantizedEmbedding part is skipped")
-if torch is not None:
+if have_torch:
     module = qe4.torch.QuantizedEmbedding(words_t, out_dtype="float16")
     out = module(torch.from_numpy(ids))
     assert out.dtype == torch.float16 and out.numpy().tobytes() == rows16.tobytes()
