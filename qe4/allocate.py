@@ -349,8 +349,8 @@ class Allocation:
                          f"{nb:>14,} bytes")
         return "\n".join(lines)
 
-    def quantize(self, x: Tables, *, engine: str = "fast",
-                 n_threads: int | None = None) -> QuantizedTable | list[QuantizedTable] | dict[str, QuantizedTable]:
+    def quantize(self, x: Tables, *, engine: str = "fast", n_threads: int | None = None
+                 ) -> QuantizedTable | list[QuantizedTable] | dict[str, QuantizedTable]:
         """Store the tables of ``x`` (those allocated, same structure) as chosen.
 
         Returns a mixed :class:`qe4.QuantizedTable` (:func:`qe4.mixed.quantize_mixed`) for

@@ -340,7 +340,8 @@ def dequantize_mixed(table: QuantizedTable,
 
 def row_values_mixed(table: QuantizedTable, rows: IntArray,
                      row_values: Callable[[QuantizedTable, IntArray], Float32Array],
-                     locate: Callable[[Mapping[str, NDArray[Any]], Int64Array], tuple[Int64Array, Int64Array]] = locate) -> Float32Array:
+                     locate: Callable[[Mapping[str, NDArray[Any]], Int64Array],
+                                      tuple[Int64Array, Int64Array]] = locate) -> Float32Array:
     """float32 [len(rows), dim]: the stored values of ``rows`` (pruned rows: zeros);
     ``row_values(sub_table, ranks)`` reads a quantized tier's rows and ``locate`` is
     :func:`locate` (qe4's or qe4_fast's)."""

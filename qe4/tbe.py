@@ -137,7 +137,8 @@ class TBEEmbeddingBags(torch.nn.Module):
 
     def forward(self, indices: torch.Tensor | ArrayLike | list[Any] | dict[str, Any],
                 offsets: torch.Tensor | ArrayLike | list[Any] | dict[str, Any] | None = None,
-                per_sample_weights: torch.Tensor | ArrayLike | list[Any] | dict[str, Any] | None = None) -> list[torch.Tensor] | dict[str, torch.Tensor]:
+                per_sample_weights: torch.Tensor | ArrayLike | list[Any] | dict[str, Any]
+                | None = None) -> list[torch.Tensor] | dict[str, torch.Tensor]:
         """Pooled rows of every table: a list (or dict) of float32 [n_bags, dim] tensors.
 
         ``indices``, ``offsets`` and ``per_sample_weights`` hold one entry per table (a

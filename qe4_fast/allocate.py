@@ -31,7 +31,8 @@ def squared_errors(x: ArrayLike, x_hat: ArrayLike, *,
 
 @shares_cores
 def hull(dist: NDArray[np.float64], cost: NDArray[np.int64], *,
-         n_threads: int | None = None) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.int64], NDArray[np.float64]]:
+         n_threads: int | None = None
+         ) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.int64], NDArray[np.float64]]:
     """Each item's lower-hull segments; see :func:`qe4._lagrange.hull` (same values)."""
     dist = np.ascontiguousarray(dist, np.float64)
     cost = np.ascontiguousarray(cost, np.int64)
