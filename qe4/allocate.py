@@ -25,10 +25,19 @@ The reported ``error`` is normalized like :func:`qe4.table_error`:
 ``sum w ||x - x_hat||^2 / sum w ||x||^2`` over every row of every table.
 """
 
+from __future__ import annotations
+
 import numbers
 import re
+from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from .table import QuantizedTable
+    from ._typing import Float32Array, Float64Array, Int64Array, IntArray, Tables
 
 from . import _lagrange
 from . import _validate as V
@@ -61,7 +70,7 @@ class Rung:
         For quantized rungs.
     """
 
-    def __init__(self, name):
+    def __init__(self, name: str | Rung) -> None:
         if isinstance(name, Rung):
             name = name.name
         if not isinstance(name, str):
@@ -81,7 +90,7 @@ class Rung:
             self.request = frontend.check_request(int(m.group(2)), m.group(1))
             self.kind, self.method, self.bits = "quantized", m.group(1), self.request.bits
 
-    def row_bytes(self, dim):
+    def row_bytes(self, dim: int) -> int:
         """Bytes one row of ``dim`` columns takes in this rung."""
         if self.kind == "pruned":
             return 0
@@ -89,7 +98,8 @@ class Rung:
             return dim * np.dtype(self.name).itemsize
         return self.request.row_bytes(dim)
 
-    def quantize(self, x, engine="fast", n_threads=None):
+    def quantize(self, x: Float32Array, engine: str = "fast",
+                 n_threads: int | None = None) -> QuantizedTable | NDArray[Any] | None:
         """The rows of ``x`` in this rung: a QuantizedTable, a float array or None (pruned)."""
         if self.kind == "pruned":
             return None
@@ -97,7 +107,8 @@ class Rung:
             return _round_float(x, self.name)
         return _engine_call(engine, "quantize", n_threads, x, self.bits, self.method)
 
-    def reconstruct(self, x, engine="fast", n_threads=None):
+    def reconstruct(self, x: Float32Array, engine: str = "fast",
+                    n_threads: int | None = None) -> Float32Array:
         """float32 reconstruction of the rows of ``x`` stored in this rung."""
         if self.kind == "pruned":
             return np.zeros_like(x)
@@ -138,14 +149,14 @@ def _engine_call(engine, name, n_threads, *args):
 DEFAULT_METHOD = "mse"
 
 
-def default_ladder():
+def default_ladder() -> tuple[str, ...]:
     """The default rungs, from the method registry: ``pruned``, :data:`DEFAULT_METHOD`
     at every bit width its layout stores, ``float16``, ``float32``."""
     bits = M.get(DEFAULT_METHOD).allowed_bits
     return ("pruned", *(f"{DEFAULT_METHOD}/{b}" for b in sorted(bits)), "float16", "float32")
 
 
-def ladder(rungs=None):
+def ladder(rungs: str | Rung | Sequence[str | Rung] | None = None) -> tuple[Rung, ...]:
     """The ladder as a tuple of :class:`Rung` (default: :func:`default_ladder`)."""
     names = default_ladder() if rungs is None else rungs
     if isinstance(names, (str, Rung)):
@@ -160,7 +171,7 @@ def ladder(rungs=None):
 
 # --------------------------------------------------------------------------- errors
 
-def squared_errors(x, x_hat):
+def squared_errors(x: ArrayLike, x_hat: ArrayLike) -> Float64Array:
     """Per-row squared error ``sum_j (x[r, j] - x_hat[r, j])**2`` as float64 [n_rows].
 
     Each difference is taken in float64 (exact for float32 inputs of similar
@@ -176,7 +187,8 @@ def squared_errors(x, x_hat):
     return acc
 
 
-def rung_errors(x, rungs=None, *, engine="fast", n_threads=None, chunk_rows=65536):
+def rung_errors(x: ArrayLike, rungs: Sequence[str | Rung] | None = None, *, engine: str = "fast",
+                n_threads: int | None = None, chunk_rows: int = 65536) -> Float64Array:
     """Squared error of every row of ``x`` under every rung: float64 [n_rows, n_rungs].
 
     Rows are quantized and reconstructed ``chunk_rows`` at a time with ``engine``
@@ -215,7 +227,7 @@ def _errors_kernel(engine, n_threads):
 
 # --------------------------------------------------------------------------- budget
 
-def parse_budget(budget, n_elements):
+def parse_budget(budget: int | str, n_elements: int) -> int:
     """A budget in bytes from an int (bytes) or a string: ``"3.0bpw"``, ``"2.5G"``, ``"1000000"``.
 
     ``bpw`` is bits per stored element (``n_elements`` = rows x dims summed over the
@@ -305,8 +317,9 @@ class Allocation:
         The same per table.
     """
 
-    def __init__(self, *, ladder, per, row_map, names, choices, dims, budget, nbytes,
-                 table_nbytes, dist, norm):
+    def __init__(self, *, ladder: tuple[Rung, ...], per: str, row_map: str, names: list[str] | None,
+                 choices: list[IntArray], dims: list[int], budget: int, nbytes: int,
+                 table_nbytes: list[int], dist: Sequence[float], norm: Sequence[float]) -> None:
         self.ladder, self.per, self.row_map, self.names = ladder, per, row_map, names
         self.choices, self.dims, self.budget = choices, dims, budget
         self.nbytes, self.table_nbytes = nbytes, table_nbytes
@@ -314,15 +327,15 @@ class Allocation:
         self.error = float(sum(dist) / sum(norm)) if sum(norm) > 0 else 0.0
 
     @property
-    def n_elements(self):
+    def n_elements(self) -> int:
         return int(sum(c.size * d for c, d in zip(self.choices, self.dims)))
 
     @property
-    def bpw(self):
+    def bpw(self) -> float:
         """Achieved bits per stored element: ``8 * nbytes / n_elements``."""
         return 8 * self.nbytes / self.n_elements
 
-    def mix(self):
+    def mix(self) -> dict[str, tuple[int, int]]:
         """{rung name: (n_rows, bytes of those rows)} over every table, in ladder order."""
         out = {}
         for k, rung in enumerate(self.ladder):
@@ -330,7 +343,7 @@ class Allocation:
             out[rung.name] = (sum(rows), sum(n * rung.row_bytes(d) for n, d in zip(rows, self.dims)))
         return out
 
-    def summary(self):
+    def summary(self) -> str:
         """A few lines: budget, achieved bytes and bpw, error, and the mix."""
         n_rows = sum(c.size for c in self.choices)
         lines = [f"budget {self.budget:,} bytes; stored {self.nbytes:,} bytes = "
@@ -342,7 +355,8 @@ class Allocation:
                          f"{nb:>14,} bytes")
         return "\n".join(lines)
 
-    def quantize(self, x, *, engine="fast", n_threads=None):
+    def quantize(self, x: Tables, *, engine: str = "fast", n_threads: int | None = None
+                 ) -> QuantizedTable | list[QuantizedTable] | dict[str, QuantizedTable]:
         """Store the tables of ``x`` (those allocated, same structure) as chosen.
 
         Returns a mixed :class:`qe4.QuantizedTable` (:func:`qe4.mixed.quantize_mixed`) for
@@ -360,7 +374,7 @@ class Allocation:
             return out[0]
         return dict(zip(names, out)) if isinstance(x, dict) else out
 
-    def renumbering(self, table=0):
+    def renumbering(self, table: int | str = 0) -> Int64Array:
         """``order[new_row] = original row`` of a table (``row_map="renumber"``); see
         :func:`qe4.mixed.renumbering`.  ``table`` is an index or a key."""
         from .mixed import renumbering
@@ -372,8 +386,11 @@ class Allocation:
                 f"nbytes={self.nbytes}, bpw={self.bpw:.3f}, error={self.error:.4e})")
 
 
-def allocate(x, budget, *, weights=None, ladder=None, per="row", row_map="tiers", errors=None,
-             engine="fast", n_threads=None):
+def allocate(x: Tables, budget: int | str, *,
+             weights: ArrayLike | Sequence[ArrayLike] | dict[str, ArrayLike] | None = None,
+             ladder: Sequence[str | Rung] | None = None, per: str = "row", row_map: str = "tiers",
+             errors: ArrayLike | Sequence[ArrayLike] | dict[str, ArrayLike] | None = None,
+             engine: str = "fast", n_threads: int | None = None) -> Allocation:
     """Choose a rung of ``ladder`` for every row (or table) to minimize weighted error.
 
     Parameters
@@ -456,8 +473,11 @@ def _check_errors(errors, names, shapes, k):
     return out
 
 
-def solve(errors, weights, norms, dims, budget, rungs, *, per="row", row_map="tiers", names=None,
-          engine="fast", n_threads=None, overwrite_errors=False):
+def solve(errors: Sequence[Float64Array], weights: Sequence[Float64Array | None],
+          norms: Sequence[Float64Array], dims: Sequence[int], budget: int,
+          rungs: Sequence[str | Rung], *, per: str = "row", row_map: str = "tiers",
+          names: list[str] | None = None, engine: str = "fast",
+          n_threads: int | None = None, overwrite_errors: bool = False) -> Allocation:
     """:func:`allocate` on given squared errors [n_rows, K] per table (the solver step).
 
     ``norms`` are the rows' squared norms (for the normalized error), ``dims`` the

@@ -6,6 +6,8 @@ traceback, 130 when interrupted (Ctrl-C, SIGINT), 143 when terminated (SIGTERM,
 which ``main`` handles like SIGINT: the output being written is removed).
 """
 
+from __future__ import annotations
+
 import argparse
 import contextlib
 import os
@@ -13,6 +15,8 @@ import signal
 import sys
 import threading
 import time
+import argparse
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -102,7 +106,7 @@ def _fmt_bytes(n):
 
 # --------------------------------------------------------------------------- parser
 
-def build_parser(command=None):
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argparse parser; ``command`` (the subcommand about to run) lets ``plot`` and
     ``evidence`` import their modules only when they are used."""
     p = _Parser(prog="qe4", description="Post-training 4-bit quantization of embedding tables "
@@ -225,7 +229,7 @@ def _command_of(argv):
     return None
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the qe4 command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -256,11 +260,11 @@ _SINGLE = ("preset", "bits", "method", "n_bins", "ratio", "scale_dtype")
 _BUDGET_ONLY = ("weights", "ladder", "order")
 
 
-def _flag(name):
+def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def cmd_quantize(args):
+def cmd_quantize(args: argparse.Namespace) -> int:
     from . import stream
     from .io import check_output_path, save
     options = _options_of(args)
@@ -418,7 +422,7 @@ def _save_npy(path, array):
 
 # --------------------------------------------------------------------------- info
 
-def cmd_info(args):
+def cmd_info(args: argparse.Namespace) -> int:
     from .io import check_rows, load, read_metadata
     m = read_metadata(args.file)
     table = load(args.file)
@@ -485,7 +489,7 @@ def _mix_lines(table, m):
 
 # --------------------------------------------------------------------------- demo
 
-def cmd_demo(args):
+def cmd_demo(args: argparse.Namespace) -> int:
     from . import datasets
     from .metrics import table_error, zipf_weights
     eng = E.engine(args.engine, args.threads)

@@ -7,13 +7,22 @@ atomically only when every row is written.  Row-wise methods treat every row
 independently, so the result is byte-identical to quantizing the whole table in memory.
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import re
 import sys
 import time
+from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from .allocate import Rung
+    from ._typing import StrPath
 
 from . import engines as E
 from . import frontend
@@ -47,7 +56,7 @@ class Source:
     as a C-ordered one.
     """
 
-    def __init__(self, path, tensor=None):
+    def __init__(self, path: StrPath, tensor: str | None = None) -> None:
         self.path = os.fspath(path)
         self._file = open(self.path, "rb")
         try:
@@ -119,7 +128,7 @@ class Source:
         return shape, _ST_FLOATS[dtype], hdr.offset(tensor), "C"
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         return self.n_rows * self.n_cols * self.dtype.itemsize
 
     def _read_into(self, buf, offset):
@@ -136,7 +145,7 @@ class Source:
                                  "while being read")
             got += n
 
-    def read(self, start, stop):
+    def read(self, start: int, stop: int) -> NDArray[np.floating]:
         """Rows ``[start, stop)`` as a new array [stop - start, n_cols] in the file's dtype
         (native byte order; Fortran-ordered for a Fortran-ordered .npy)."""
         k, item = stop - start, self.dtype.itemsize
@@ -150,7 +159,7 @@ class Source:
             out = cols.T
         return out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))
 
-    def close(self):
+    def close(self) -> None:
         self._file.close()
 
     def __enter__(self):
@@ -162,7 +171,7 @@ class Source:
 
 # --------------------------------------------------------------------------- chunking
 
-def default_max_memory():
+def default_max_memory() -> int:
     """A quarter of the currently available RAM, between 64 MiB and 1 GiB."""
     try:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -175,7 +184,8 @@ def default_max_memory():
 ERROR_BLOCK_VALUES = 1 << 17
 
 
-def bytes_per_row(n_cols, in_itemsize, row_bytes, engine, measure_error=False):
+def bytes_per_row(n_cols: int, in_itemsize: int, row_bytes: int, engine: str,
+                  measure_error: bool = False) -> int:
     """Peak working bytes one row costs: the input chunk, its float32 copy, the
     engine's workspace and the packed output (twice: result and write buffer).
     The error measurement works in fixed blocks of :data:`ERROR_BLOCK_VALUES`
@@ -183,13 +193,14 @@ def bytes_per_row(n_cols, in_itemsize, row_bytes, engine, measure_error=False):
     return n_cols * (in_itemsize + 4 + 4 * _WORKSPACE[engine]) + 2 * row_bytes
 
 
-def error_bytes_per_row(n_cols):
+def error_bytes_per_row(n_cols: int) -> int:
     """Working bytes per row of one block of the error measurement: a float32
     reconstruction and four float64 temporaries."""
     return n_cols * (4 + 4 * 8)
 
 
-def plan_chunks(max_memory, n_rows, n_cols, per_row, measure_error):
+def plan_chunks(max_memory: int, n_rows: int, n_cols: int, per_row: int,
+                measure_error: bool) -> tuple[int, int]:
     """(chunk_rows, error_rows): rows per chunk and per block of the error measurement,
     so that one chunk plus one error block fit in ``max_memory`` (ValueError if one
     row does not)."""
@@ -208,7 +219,7 @@ def plan_chunks(max_memory, n_rows, n_cols, per_row, measure_error):
     return chunk_rows, int(min(block, chunk_rows))
 
 
-def parse_size(text):
+def parse_size(text: str) -> int:
     """'2G', '512M', '1.5GiB', '100000' -> bytes (binary multiples); at least 1 byte
     unless the text is a plain 0."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text),
@@ -253,9 +264,12 @@ def _global_rows(start, label):
 
 # --------------------------------------------------------------------------- main entry
 
-def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None,
-                  max_memory=None, engine="fast", n_threads=None, progress=None, tensor=None,
-                  measure_error=False, **kwargs):
+def quantize_file(src: StrPath, dst: StrPath, bits: int = 4, method: str = "greedy", *,
+                  n_bins: int = 200, ratio: float = 0.16, scale_dtype: str | None = None,
+                  max_memory: int | str | None = None, engine: str = "fast",
+                  n_threads: int | None = None, progress: bool | None = None,
+                  tensor: str | None = None, measure_error: bool = False,
+                  **kwargs: Any) -> dict[str, Any]:
     """Quantize a table stored on disk into a qe4 file, without loading it into RAM.
 
     Parameters
@@ -401,9 +415,12 @@ def _progress_bar(progress, total, desc):
 
 # --------------------------------------------------------------------------- budget
 
-def quantize_file_budget(src, dst, budget, *, weights=None, ladder=None, row_map="tiers",
-                         max_memory=None, engine="fast", n_threads=None, progress=None,
-                         tensor=None):
+def quantize_file_budget(src: StrPath, dst: StrPath, budget: int | str, *,
+                         weights: ArrayLike | None = None,
+                         ladder: Sequence[str | Rung] | None = None, row_map: str = "tiers",
+                         max_memory: int | str | None = None, engine: str = "fast",
+                         n_threads: int | None = None, progress: bool | None = None,
+                         tensor: str | None = None) -> dict[str, Any]:
     """Quantize a table on disk under a byte budget into a mixed-precision qe4 file.
 
     Two passes over the memory-mapped input, chunk by chunk: the first computes every
