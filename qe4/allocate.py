@@ -30,7 +30,7 @@ from __future__ import annotations
 import numbers
 import re
 from typing import TYPE_CHECKING, Any
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -510,7 +510,8 @@ def solve(errors: Sequence[Float64Array], weights: Sequence[Float64Array | None]
                       table_nbytes=table_nbytes, dist=dist_t, norm=norm_t)
 
 
-def check_budget(budget, n_rows, dims, rungs):
+def check_budget(budget: int, n_rows: Sequence[int], dims: Sequence[int],
+                 rungs: Sequence[Rung]) -> None:
     """Raise ValueError unless ``budget`` (bytes) holds every row of every table in the
     cheapest rung of ``rungs`` plus each table's tier header (the least any allocation
     stores).  ``n_rows`` and ``dims`` list the tables' shapes."""
@@ -591,7 +592,10 @@ class TableChoices(dict):
     allocation = None
 
 
-def choose_tables(tables, budget, *, weights=None, ladder=None, engine="fast", n_threads=None):
+def choose_tables(tables: Mapping[str, ArrayLike], budget: int | str, *,
+                  weights: Mapping[str, ArrayLike | None] | None = None,
+                  ladder: Sequence[str] | None = None, engine: str = "fast",
+                  n_threads: int | None = None) -> TableChoices:
     """One rung per table of a model under a byte budget (what TBE and TorchRec serve).
 
     :func:`allocate` with ``per="table"``: each table is stored whole in one rung of

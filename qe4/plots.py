@@ -428,7 +428,7 @@ def fig_budget(results: Mapping[str, Any]) -> Figure:
 LLOYD_MAX_16 = 0.009501
 
 
-def fig_frontier(results):
+def fig_frontier(results: Mapping[str, Any]) -> Figure:
     """Error against stored bits per element for every preset and the peers measured in
     the same run (``bench/results/bench_frontier.json``, written by
     ``bench/bench_frontier.py``), one panel per table.  N(0, 1) panels carry the Gaussian
