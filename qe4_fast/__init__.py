@@ -58,8 +58,9 @@ __all__ = [
 
 
 @shares_cores
-def quantize(x: ArrayLike, bits: int = 4, method: str = "greedy", *, n_bins: int = 200,
-             ratio: float = 0.16, scale_dtype: str | None = None, n_threads: int | None = None,
+def quantize(x: ArrayLike, bits: int | None = None, method: str | None = None, *,
+             preset: str | None = None, n_bins: int = 200, ratio: float = 0.16,
+             scale_dtype: str | None = None, n_threads: int | None = None,
              **kwargs: Any) -> QuantizedTable:
     """Quantize each row of an embedding table; see :func:`qe4.quantize`.
 
@@ -68,4 +69,4 @@ def quantize(x: ArrayLike, bits: int = 4, method: str = "greedy", *, n_bins: int
     are the front end's (:mod:`qe4.frontend`), so the errors are the reference's.
     """
     return frontend.quantize(x, bits, method, n_bins, ratio, scale_dtype, kwargs, engine="fast",
-                             n_threads=n_threads)
+                             n_threads=n_threads, preset=preset)
