@@ -35,11 +35,10 @@ Writes the table to bench/results/bench_frontier.txt as well.
 
 import argparse
 import itertools
+import json
 import os
 import sys
 import time
-
-import json
 
 import numpy as np
 
@@ -219,12 +218,7 @@ def peer_points(x):
 
 
 def bag_seconds(table, idx, offsets, rounds):
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        qe4_fast.embedding_bag(table, idx, offsets, n_threads=2)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_of(lambda: qe4_fast.embedding_bag(table, idx, offsets, n_threads=2), rounds)[0]
 
 
 def preset_points(x, repeat, analogy=None):

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import numbers
 import re
-from typing import TYPE_CHECKING, Any
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -317,7 +317,7 @@ class Allocation:
         The same per table.
     """
 
-    def __init__(self, *, ladder: tuple[Rung, ...], per: str, row_map: str, names: list[str] | None,
+    def __init__(self, *, ladder: Sequence[Rung], per: str, row_map: str, names: list[str] | None,
                  choices: list[IntArray], dims: list[int], budget: int, nbytes: int,
                  table_nbytes: list[int], dist: Sequence[float], norm: Sequence[float]) -> None:
         self.ladder, self.per, self.row_map, self.names = ladder, per, row_map, names
@@ -475,7 +475,7 @@ def _check_errors(errors, names, shapes, k):
 
 def solve(errors: Sequence[Float64Array], weights: Sequence[Float64Array | None],
           norms: Sequence[Float64Array], dims: Sequence[int], budget: int,
-          rungs: Sequence[str | Rung], *, per: str = "row", row_map: str = "tiers",
+          rungs: Sequence[Rung], *, per: str = "row", row_map: str = "tiers",
           names: list[str] | None = None, engine: str = "fast",
           n_threads: int | None = None, overwrite_errors: bool = False) -> Allocation:
     """:func:`allocate` on given squared errors [n_rows, K] per table (the solver step).

@@ -101,10 +101,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import TYPE_CHECKING, Any
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -151,8 +152,8 @@ class QuantizedChunks:
     n_rows, dim, bits, method, row_bytes : int, int, int, str, int
     """
 
-    def __init__(self, chunks: list[Any], starts: Sequence[int], dim: int, bits: int, method: str,
-                 row_bytes: int) -> None:
+    def __init__(self, chunks: list[Any], starts: Sequence[int] | NDArray[np.int64], dim: int,
+                 bits: int, method: str, row_bytes: int) -> None:
         self.chunks = chunks
         self.starts = starts
         self.n_rows = int(starts[-1])

@@ -27,8 +27,8 @@ wrong value, naming the argument):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from numpy.typing import ArrayLike, NDArray
 
 if TYPE_CHECKING:

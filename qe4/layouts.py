@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -447,7 +447,7 @@ class MixedLayout(Layout):
             return      # qe4.io's check of a file header (zero-stride stand-ins): structure only
         self.check_rows(None, extras, n_rows=n_rows, dim=dim)
 
-    def check_rows(self, data: UInt8Array, extras: Mapping[str, Any],
+    def check_rows(self, data: UInt8Array | None, extras: Mapping[str, Any],
                    rows: slice | IntArray = slice(None), *, n_rows: int | None = None,
                    dim: int | None = None) -> None:
         """The value rules: the tier table, every sub-table (by its layout), the sizes

@@ -18,6 +18,7 @@ This module imports only the method registry.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from . import method_registry as M
@@ -109,7 +110,7 @@ def get(name: str) -> Preset:
 
 
 def resolve(preset: str | None, bits: int | None, method: str | None, scale_dtype: str | None,
-            kwargs: dict[str, Any] | None) -> tuple[int, str, str | None, dict[str, Any]]:
+            kwargs: Mapping[str, Any] | None) -> tuple[int, str, str | None, dict[str, Any]]:
     """``(bits, method, scale_dtype, kwargs)`` of a call.
 
     Without a preset: ``bits`` None means 4, ``method`` None means "greedy".  With one,

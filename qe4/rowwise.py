@@ -15,8 +15,8 @@ float32 tables).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, overload
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike

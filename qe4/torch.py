@@ -22,8 +22,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError('qe4.torch needs PyTorch: pip install "qe4[torch]"') from exc
 
 import copy
-from typing import Any
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike

@@ -122,3 +122,21 @@ def test_public_api_is_annotated(name):
         if miss:
             bad[f"{fn.__module__}.{fn.__qualname__}"] = miss
     assert not bad, f"public callables of {name} without annotations: {bad}"
+
+
+def test_the_compiled_twin_has_the_reference_annotations():
+    """qe4_fast's functions take and return what qe4's do (plus ``n_threads``)."""
+    fast = _import("qe4_fast")
+    shared = sorted(set(qe4.__all__) & set(fast.__all__))
+    compared = 0
+    for name in shared:
+        ref, twin = getattr(qe4, name), getattr(fast, name)
+        if ref is twin or not inspect.isfunction(inspect.unwrap(twin)):
+            continue
+        a, b = inspect.signature(ref), inspect.signature(inspect.unwrap(twin))
+        assert b.return_annotation == a.return_annotation, name
+        for p, par in a.parameters.items():
+            assert p in b.parameters and b.parameters[p].annotation == par.annotation, (name, p)
+        assert set(b.parameters) - set(a.parameters) <= {"n_threads"}, name
+        compared += 1
+    assert compared >= 10

@@ -9,8 +9,8 @@ import os
 import numpy as np
 
 import qe4
-from typing import TYPE_CHECKING, Any
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:

@@ -22,8 +22,8 @@ import importlib.util
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray

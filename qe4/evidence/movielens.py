@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from typing import TYPE_CHECKING, Any
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray

@@ -4,8 +4,8 @@ paper's claims), generated from the cached evidence results so text and numbers 
 from __future__ import annotations
 
 import os
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

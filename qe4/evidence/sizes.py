@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 from qe4 import layouts as L
 
 DIMS = (16, 32, 50, 64, 72, 128)
