@@ -84,13 +84,17 @@ def dequantize(table):
     Rowwise tables: ``x_hat = fma(scale, q, bias)`` in float32, one rounding (torch's
     byte unpack uses fma; for float16 scales and <= 4-bit codes ``scale * q`` is
     exact, so it equals ``scale * q + bias``).  This is the embedding bag of a
-    single row with weight 1.  Mixed tables: each row as its tier stores it, pruned
+    single row with weight 1.  Grouped tables: ``fma(scale_j, q, min_j)`` with group
+    j's scale and min (:mod:`qe4.grouped`).  Mixed tables: each row as its tier stores it, pruned
     rows zero (:mod:`qe4.mixed`).
     """
     V.check_table(table)
     if table.layout == "mixed":
         from .mixed import dequantize_mixed
         return dequantize_mixed(table, dequantize)
+    if table.layout == "grouped":
+        from .grouped import dequantize_grouped
+        return dequantize_grouped(table)
     if table.layout != "rowwise":
         return C.dequantize_codebook(table)
     return fma32(table.scales[:, None], table.codes(), table.biases[:, None])

@@ -71,7 +71,7 @@ class Request:
 
     def row_bytes(self, dim):
         """Bytes of one row of the table this request makes for ``dim`` columns."""
-        return self.layout.row_bytes(dim, self.bits, self.scale_dtype, self.extras_shapes())
+        return self.layout.row_bytes(dim, self.bits, self.scale_dtype, self.extras_shapes(), self.params)
 
 
 def check_request(bits, method, n_bins=200, ratio=0.16, scale_dtype=None, kwargs=None, *,

@@ -1,0 +1,290 @@
+/* The grouped layout of qe4_fast: the C twin of qe4/grouped.py (read its notes).
+ *
+ * A row [codes][subs][d][m]: dim codes of `bits` bits, then the 2 * n_groups sub-scales and
+ * sub-mins (sc_0, mn_0, sc_1, ...) of `sub_bits` bits in one bit stream, then the float16
+ * super-scale d and super-min m.  Group j holds values j * group .. min(dim, (j+1) * group) - 1
+ * and reads back as fma(f32(d) * sc_j, q, f32(m) * mn_j).
+ *
+ * - qe4_grouped_finish_row: steps 2 to 5 of the search (super-parameters, codes, local search,
+ *   least-squares refit) and the row's bytes, from step 1's per-group float32 (scale, min)
+ *   (qe4.mse.mse_params, computed by the compiled mse kernel);
+ * - qe4_grouped_row_values / qe4_grouped_bag: dequantized rows and pooled bags (sum, mean,
+ *   weights), a portable path and an AVX2 path (4- and 8-bit codes in groups of a multiple
+ *   of 8) with the same IEEE operations per element.
+ * Every function takes validated buffers; none fails.
+ */
+#ifndef QE4_GROUPED_KERNELS_H
+#define QE4_GROUPED_KERNELS_H
+
+#include "_common.h"
+
+typedef struct {
+    const uint8_t *data;
+    int64_t n_rows, row_bytes;
+    int dim, bits, group, sub_bits, n_groups, code_bytes, sub_bytes;
+} qe4_grouped;
+
+QE4_INLINE int qe4_g_len(const qe4_grouped *t, int j)
+{
+    return j < t->n_groups - 1 ? t->group : t->dim - (t->n_groups - 1) * t->group;
+}
+
+QE4_INLINE float qe4_h16(float v) { return qe4_half_to_float(qe4_float_to_half(v)); }
+
+/* Write `n` values of `bits` bits as a little-endian bit stream into out[0 .. nbytes). */
+static void qe4_g_pack(uint8_t *out, int nbytes, const uint8_t *vals, int n, int bits)
+{
+    memset(out, 0, (size_t)nbytes);
+    for (int i = 0; i < n; i++) {
+        int64_t at = (int64_t)i * bits;
+        uint32_t v = (uint32_t)vals[i] << (at & 7);
+        out[at >> 3] |= (uint8_t)v;
+        if ((at & 7) + bits > 8)
+            out[(at >> 3) + 1] |= (uint8_t)(v >> 8);
+    }
+}
+
+/* --------------------------------------------------------------------------- quantize */
+
+/* Step 3 for one group: codes of (scale, low) into q (float values) and the group's error. */
+QE4_INLINE float qe4_g_codes(const float *x, int len, float scale, float low, float qmax, float *q)
+{
+    float inv = 1.0f / scale;
+    inv = (scale > 0.0f && isfinite(inv)) ? inv : 0.0f;
+    float err = 0.0f;
+    for (int c = 0; c < len; c++) {
+        float t = (x[c] - low) * inv;
+        t = t < 0.0f ? 0.0f : t;
+        t = t > qmax ? qmax : t;
+        t = (t + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+        q[c] = t;
+        float e = x[c] - fmaf(scale, t, low);
+        err = err + e * e;
+    }
+    return err;
+}
+
+static const int qe4_g_moves[9][2] = {{0, 0}, {-1, 0}, {1, 0}, {0, -1}, {0, 1},
+                                      {-1, -1}, {-1, 1}, {1, -1}, {1, 1}};
+
+/* Step 4: each group's best move from (sc, mn) under (d, m); writes the chosen sc, mn, the
+ * codes q [dim] and the group errors err [n_groups]. */
+static void qe4_g_local(const qe4_grouped *t, const float *x, float d, float m, const int *sc0,
+                        const int *mn0, int *sc, int *mn, float *q, float *err)
+{
+    int smax = (1 << t->sub_bits) - 1;
+    float qmax = (float)((1 << t->bits) - 1);
+    for (int j = 0; j < t->n_groups; j++) {
+        int len = qe4_g_len(t, j), off = j * t->group;
+        int bs = 0, bm = 0;
+        float best = 0.0f;
+        for (int k = 0; k < 9; k++) {
+            int a = sc0[j] + qe4_g_moves[k][0], b = mn0[j] + qe4_g_moves[k][1];
+            a = a < 0 ? 0 : (a > smax ? smax : a);
+            b = b < 0 ? 0 : (b > smax ? smax : b);
+            float e = qe4_g_codes(x + off, len, d * (float)a, m * (float)b, qmax, q + off);
+            if (k == 0 || e < best) {
+                best = e;
+                bs = a;
+                bm = b;
+            }
+        }
+        sc[j] = bs;
+        mn[j] = bm;
+        err[j] = qe4_g_codes(x + off, len, d * (float)bs, m * (float)bm, qmax, q + off);
+    }
+}
+
+QE4_INLINE float qe4_g_row_error(const float *err, int n_groups)
+{
+    float s = 0.0f;
+    for (int j = 0; j < n_groups; j++)
+        s = s + err[j];
+    return s;
+}
+
+/* Floats of scratch one row needs (qe4_grouped_finish_row's `work`). */
+static inline size_t qe4_grouped_work_floats(int dim, int n_groups)
+{
+    return (size_t)2 * dim + (size_t)2 * n_groups + (size_t)2 * dim; /* q, rq, err, rerr, codes */
+}
+
+/* Steps 2 to 5 of qe4.grouped.grouped_params for one row x [dim], from step 1's group
+ * (scale, low) [n_groups], and the row's bytes into row [row_bytes].  iwork: 4 * n_groups ints. */
+static void qe4_grouped_finish_row(const qe4_grouped *t, const float *x, const float *gscale,
+                                   const float *glow, uint8_t *row, float *work, int *iwork)
+{
+    const int G = t->n_groups, dim = t->dim, smax = (1 << t->sub_bits) - 1;
+    float *q = work, *rq = work + dim, *err = work + 2 * dim, *rerr = err + G;
+    uint8_t *codes = (uint8_t *)(rerr + G);
+    int *sc = iwork, *mn = iwork + G, *sc1 = iwork + 2 * G, *mn1 = iwork + 3 * G;
+
+    /* step 2 (a constant group has scale 0) */
+    float smx = 0.0f, ext = 0.0f, aext = -1.0f;
+    for (int j = 0; j < G; j++) {
+        const float *xj = x + j * t->group;
+        int len = qe4_g_len(t, j);
+        float lo = xj[0], hi = xj[0];
+        for (int c = 1; c < len; c++) {
+            lo = xj[c] < lo ? xj[c] : lo;
+            hi = xj[c] > hi ? xj[c] : hi;
+        }
+        float s = hi == lo ? 0.0f : gscale[j];
+        rq[j] = s; /* the group scales, until the codes need rq */
+        if (j == 0 || s > smx)
+            smx = s;
+        if (fabsf(glow[j]) > aext) {
+            aext = fabsf(glow[j]);
+            ext = glow[j];
+        }
+    }
+    float d = qe4_h16(smx / (float)smax), m = qe4_h16(ext / (float)smax);
+    for (int j = 0; j < G; j++) {
+        float a = d > 0.0f ? rintf(rq[j] / d) : 0.0f;
+        float b = m != 0.0f ? rintf(glow[j] / m) : 0.0f;
+        a = a < 0.0f ? 0.0f : (a > (float)smax ? (float)smax : a);
+        b = b < 0.0f ? 0.0f : (b > (float)smax ? (float)smax : b);
+        sc1[j] = (int)a;
+        mn1[j] = (int)b;
+    }
+    /* step 4 */
+    qe4_g_local(t, x, d, m, sc1, mn1, sc, mn, q, err);
+    /* step 5: least-squares refit of (d, m), float64 sums in column order */
+    double s_uu = 0, s_uv = 0, s_vv = 0, s_yu = 0, s_yv = 0;
+    for (int c = 0; c < dim; c++) {
+        int j = c / t->group;
+        double u = (double)sc[j] * (double)q[c], v = (double)mn[j], y = (double)x[c];
+        s_uu = s_uu + u * u;
+        s_uv = s_uv + u * v;
+        s_vv = s_vv + v * v;
+        s_yu = s_yu + y * u;
+        s_yv = s_yv + y * v;
+    }
+    double det = s_uu * s_vv - s_uv * s_uv;
+    if (det > 0) {
+        float rd = qe4_h16((float)((s_yu * s_vv - s_yv * s_uv) / det));
+        float rm = qe4_h16((float)((s_yv * s_uu - s_yu * s_uv) / det));
+        if (isfinite(rd) && isfinite(rm) && rd > 0.0f) {
+            qe4_g_local(t, x, rd, rm, sc, mn, sc1, mn1, rq, rerr);
+            if (qe4_g_row_error(rerr, G) < qe4_g_row_error(err, G)) {
+                d = rd;
+                m = rm;
+                memcpy(sc, sc1, (size_t)G * sizeof(int));
+                memcpy(mn, mn1, (size_t)G * sizeof(int));
+                q = rq;
+            }
+        }
+    }
+    /* the row's bytes */
+    for (int c = 0; c < dim; c++)
+        codes[c] = (uint8_t)q[c];
+    qe4_g_pack(row, t->code_bytes, codes, dim, t->bits);
+    for (int j = 0; j < G; j++) {
+        codes[2 * j] = (uint8_t)sc[j];
+        codes[2 * j + 1] = (uint8_t)mn[j];
+    }
+    qe4_g_pack(row + t->code_bytes, t->sub_bytes, codes, 2 * G, t->sub_bits);
+    uint16_t hd = qe4_float_to_half(d), hm = qe4_float_to_half(m);
+    memcpy(row + t->code_bytes + t->sub_bytes, &hd, 2);
+    memcpy(row + t->code_bytes + t->sub_bytes + 2, &hm, 2);
+}
+
+/* --------------------------------------------------------------------------- lookups */
+
+/* Group j's (scale, min) of a stored row. */
+QE4_INLINE void qe4_g_params(const qe4_grouped *t, const uint8_t *row, int j, float d, float m,
+                             float *scale, float *low)
+{
+    const uint8_t *subs = row + t->code_bytes;
+    *scale = d * (float)qe4_unpack_code(subs, t->sub_bits, 2 * (int64_t)j);
+    *low = m * (float)qe4_unpack_code(subs, t->sub_bits, 2 * (int64_t)j + 1);
+}
+
+/* acc[c] = fma(s, q_c, acc[c] + t) over the codes [c0, c0 + len) of a row: portable. */
+QE4_INLINE void qe4_g_axpy_portable(const uint8_t *codes, int bits, int c0, int len, float s,
+                                    float tt, float *acc)
+{
+    for (int c = 0; c < len; c++)
+        acc[c] = fmaf(s, (float)qe4_unpack_code(codes, bits, (int64_t)c0 + c), acc[c] + tt);
+}
+
+#if QE4_X86
+/* The same for 4- or 8-bit codes and len % 8 == 0 with c0 * bits a multiple of 8. */
+QE4_TARGET_AVX2 static void qe4_g_axpy_avx2(const uint8_t *codes, int bits, int c0, int len,
+                                            float s, float tt, float *acc)
+{
+    __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(tt);
+    const uint8_t *p = codes + ((int64_t)c0 * bits >> 3);
+    if (bits == 4) {
+        const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+        const __m256i nib = _mm256_set1_epi32(15);
+        for (int c = 0; c < len; c += 8) {
+            uint32_t w;
+            memcpy(&w, p + c / 2, 4);
+            __m256i v = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)w), shifts), nib);
+            __m256 a = _mm256_loadu_ps(acc + c);
+            _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(vs, _mm256_cvtepi32_ps(v), _mm256_add_ps(a, vt)));
+        }
+    } else {
+        for (int c = 0; c < len; c += 8) {
+            __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + c)));
+            __m256 a = _mm256_loadu_ps(acc + c);
+            _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(vs, _mm256_cvtepi32_ps(v), _mm256_add_ps(a, vt)));
+        }
+    }
+}
+#endif
+
+/* acc [dim] += row r weighted by w (weighted: s = w * scale_j, t = w * min_j). */
+QE4_INLINE void qe4_g_add_row(const qe4_grouped *t, int64_t r, int weighted, float w, int simd,
+                              float *acc)
+{
+    const uint8_t *row = t->data + r * t->row_bytes;
+    const uint8_t *tail = row + t->code_bytes + t->sub_bytes;
+    float d = qe4_load_f16(tail), m = qe4_load_f16(tail + 2);
+#if QE4_X86
+    int vec = simd >= QE4_SIMD_AVX2 && (t->bits == 4 || t->bits == 8);
+#endif
+    for (int j = 0; j < t->n_groups; j++) {
+        float s, tt;
+        int len = qe4_g_len(t, j), c0 = j * t->group;
+        qe4_g_params(t, row, j, d, m, &s, &tt);
+        if (weighted) {
+            s = w * s;
+            tt = w * tt;
+        }
+#if QE4_X86
+        if (vec && (len & 7) == 0 && ((int64_t)c0 * t->bits & 7) == 0) {
+            qe4_g_axpy_avx2(row, t->bits, c0, len, s, tt, acc + c0);
+            continue;
+        }
+#endif
+        qe4_g_axpy_portable(row, t->bits, c0, len, s, tt, acc + c0);
+    }
+}
+
+/* Dequantized row r into out [dim]: fma(scale_j, q, min_j) (the bag of one row, weight 1). */
+static void qe4_grouped_row_values(const qe4_grouped *t, int64_t r, int simd, float *out)
+{
+    memset(out, 0, (size_t)t->dim * sizeof(float));
+    qe4_g_add_row(t, r, 0, 1.0f, simd, out);
+}
+
+/* Bags [start, end) of positions idx (validated) into out [dim]; w NULL or [n_idx]. */
+static void qe4_grouped_bag(const qe4_grouped *t, const int64_t *idx, const float *w,
+                            int64_t start, int64_t end, int mean, int simd, float *out)
+{
+    memset(out, 0, (size_t)t->dim * sizeof(float));
+    for (int64_t p = start; p < end; p++) {
+        if (p + QE4_PREFETCH < end)
+            qe4_prefetch_row(t->data + idx[p + QE4_PREFETCH] * t->row_bytes, t->row_bytes);
+        qe4_g_add_row(t, idx[p], w != NULL, w != NULL ? w[p] : 1.0f, simd, out);
+    }
+    if (mean && end > start) {
+        float inv = 1.0f / (float)(end - start);
+        for (int c = 0; c < t->dim; c++)
+            out[c] = out[c] * inv;
+    }
+}
+
+#endif
