@@ -24,7 +24,7 @@ cdef extern from "_grouped_kernels.h" nogil:
     size_t qe4_grouped_work_floats(int dim, int n_groups) noexcept
     void qe4_grouped_finish_row(const qe4_grouped *t, const float *x, const float *gscale,
                                 const float *glow, uint8_t *row, float *work,
-                                int *iwork) noexcept
+                                int *iwork, int simd) noexcept
     void qe4_grouped_row_values(const qe4_grouped *t, int64_t r, int simd, float *out) noexcept
     void qe4_grouped_bag(const qe4_grouped *t, const int64_t *idx, const float *w, int64_t start,
                          int64_t end, int mean, int simd, float *out) noexcept
@@ -60,6 +60,7 @@ ctypedef struct finish_job:
     size_t work_floats
     float *work
     int *iwork
+    int simd
 
 
 def finish_rows(const float[:, ::1] x,            # IN  [n_rows, dim], validated
@@ -67,8 +68,9 @@ def finish_rows(const float[:, ::1] x,            # IN  [n_rows, dim], validated
                 const float[:, ::1] glow,         # IN  [n_rows, n_groups]: step 1's mins
                 int bits, int group, int sub_bits,
                 uint8_t[:, ::1] out,              # OUT [n_rows, row_bytes]
-                int n_threads):
+                int n_threads, int simd):
     """Steps 2 to 5 of qe4.grouped.grouped_params and the rows' bytes."""
+    check(qe4_check_simd(simd), "qe4_fast._grouped.finish_rows", None, -1, bits, -1, simd)
     cdef finish_job j
     j.t = _table(out, x.shape[1], bits, group, sub_bits)
     j.n_rows = x.shape[0]
@@ -78,6 +80,7 @@ def finish_rows(const float[:, ::1] x,            # IN  [n_rows, dim], validated
     j.gscale = &gscale[0, 0]
     j.glow = &glow[0, 0]
     j.out = &out[0, 0]
+    j.simd = simd
     j.work_floats = qe4_grouped_work_floats(j.t.dim, j.t.n_groups)
     j.n_chunks = qe4_n_chunks(j.n_rows, n_threads)
     j.work = <float *>malloc(n_threads * j.work_floats * sizeof(float))
@@ -102,7 +105,7 @@ cdef void _finish_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
                    qe4_chunk_start(j.n_rows, j.n_chunks, c + 1)):
         qe4_grouped_finish_row(&j.t, j.x + r * j.t.dim, j.gscale + r * G, j.glow + r * G,
                                j.out + r * j.t.row_bytes, j.work + worker * j.work_floats,
-                               j.iwork + worker * 4 * G)
+                               j.iwork + worker * 4 * G, j.simd)
 
 
 # ----------------------------------------------------------------------------- lookups

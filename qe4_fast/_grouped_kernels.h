@@ -32,7 +32,7 @@ QE4_INLINE int qe4_g_len(const qe4_grouped *t, int j)
 QE4_INLINE float qe4_h16(float v) { return qe4_half_to_float(qe4_float_to_half(v)); }
 
 /* Write `n` values of `bits` bits as a little-endian bit stream into out[0 .. nbytes). */
-static void qe4_g_pack(uint8_t *out, int nbytes, const uint8_t *vals, int n, int bits)
+QE4_INLINE void qe4_g_pack(uint8_t *out, int nbytes, const uint8_t *vals, int n, int bits)
 {
     memset(out, 0, (size_t)nbytes);
     for (int i = 0; i < n; i++) {
@@ -69,7 +69,7 @@ static const int qe4_g_moves[9][2] = {{0, 0}, {-1, 0}, {1, 0}, {0, -1}, {0, 1},
 
 /* Step 4: each group's best move from (sc, mn) under (d, m); writes the chosen sc, mn, the
  * codes q [dim] and the group errors err [n_groups]. */
-static void qe4_g_local(const qe4_grouped *t, const float *x, float d, float m, const int *sc0,
+QE4_INLINE void qe4_g_local(const qe4_grouped *t, const float *x, float d, float m, const int *sc0,
                         const int *mn0, int *sc, int *mn, float *q, float *err)
 {
     int smax = (1 << t->sub_bits) - 1;
@@ -110,9 +110,10 @@ static inline size_t qe4_grouped_work_floats(int dim, int n_groups)
 }
 
 /* Steps 2 to 5 of qe4.grouped.grouped_params for one row x [dim], from step 1's group
- * (scale, low) [n_groups], and the row's bytes into row [row_bytes].  iwork: 4 * n_groups ints. */
-static void qe4_grouped_finish_row(const qe4_grouped *t, const float *x, const float *gscale,
-                                   const float *glow, uint8_t *row, float *work, int *iwork)
+ * (scale, low) [n_groups], and the row's bytes into row [row_bytes].  iwork: 4 * n_groups ints.
+ * Compiled for every SIMD level (qe4_g_finish_row_at; the same IEEE operations at each). */
+QE4_INLINE int qe4_g_finish_row(const qe4_grouped *t, const float *x, const float *gscale,
+                                const float *glow, uint8_t *row, float *work, int *iwork)
 {
     const int G = t->n_groups, dim = t->dim, smax = (1 << t->sub_bits) - 1;
     float *q = work, *rq = work + dim, *err = work + 2 * dim, *rerr = err + G;
@@ -187,6 +188,20 @@ static void qe4_grouped_finish_row(const qe4_grouped *t, const float *x, const f
     uint16_t hd = qe4_float_to_half(d), hm = qe4_float_to_half(m);
     memcpy(row + t->code_bytes + t->sub_bytes, &hd, 2);
     memcpy(row + t->code_bytes + t->sub_bytes + 2, &hm, 2);
+    return 0;
+}
+
+QE4_PER_LEVEL(int, qe4_g_finish_row,
+              (const qe4_grouped *t, const float *x, const float *gscale, const float *glow,
+               uint8_t *row, float *work, int *iwork),
+              (t, x, gscale, glow, row, work, iwork));
+
+/* qe4_g_finish_row at SIMD level `simd` (checked by the caller with qe4_check_simd). */
+static void qe4_grouped_finish_row(const qe4_grouped *t, const float *x, const float *gscale,
+                                   const float *glow, uint8_t *row, float *work, int *iwork,
+                                   int simd)
+{
+    qe4_g_finish_row_at[simd](t, x, gscale, glow, row, work, iwork);
 }
 
 /* --------------------------------------------------------------------------- lookups */

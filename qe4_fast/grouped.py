@@ -51,7 +51,7 @@ def encode(request, x, n_threads=None):
     scale, low = group_ranges(x, request.bits, group, n_threads)
     out = np.empty((x.shape[0], request.row_bytes(x.shape[1])), np.uint8)
     n = effective_n_threads(n_threads, x.shape[0], x.size, GRAIN_SEARCH)
-    _grouped.finish_rows(x, scale, low, request.bits, group, sub_bits, out, n)
+    _grouped.finish_rows(x, scale, low, request.bits, group, sub_bits, out, n, _simd.LEVEL)
     return out, {}
 
 
