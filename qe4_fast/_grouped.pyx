@@ -26,8 +26,8 @@ cdef extern from "_grouped_kernels.h" nogil:
                                 const float *glow, uint8_t *row, float *work,
                                 int *iwork, int simd) noexcept
     void qe4_grouped_row_values(const qe4_grouped *t, int64_t r, int simd, float *out) noexcept
-    void qe4_grouped_bag(const qe4_grouped *t, const int64_t *idx, const float *w, int64_t start,
-                         int64_t end, int mean, int simd, float *out) noexcept
+    void qe4_grouped_bag(const qe4_grouped *t, const int64_t *idx, int64_t n_idx, const float *w,
+                         int64_t start, int64_t end, int mean, int simd, float *out) noexcept
 
 
 cdef qe4_grouped _table(const uint8_t[:, ::1] data, int dim, int bits, int group, int sub_bits):
@@ -148,6 +148,7 @@ cdef void _rows_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
 ctypedef struct bag_job:
     qe4_grouped t
     const int64_t *idx
+    int64_t n_idx
     const float *w
     const int64_t *starts
     int64_t n_bags, n_chunks
@@ -170,6 +171,7 @@ def bag(const uint8_t[:, ::1] data, int dim, int bits, int group, int sub_bits,
     if j.n_bags == 0:
         return
     j.idx = &idx[0] if idx.shape[0] > 0 else NULL
+    j.n_idx = idx.shape[0]
     j.w = &weights[0] if weights is not None and weights.shape[0] > 0 else NULL
     j.starts = &starts[0]
     j.mean = mean
@@ -185,5 +187,5 @@ cdef void _bag_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
     cdef int64_t m
     for m in range(qe4_chunk_start(j.n_bags, j.n_chunks, c),
                    qe4_chunk_start(j.n_bags, j.n_chunks, c + 1)):
-        qe4_grouped_bag(&j.t, j.idx, j.w, j.starts[m], j.starts[m + 1], j.mean, j.simd,
+        qe4_grouped_bag(&j.t, j.idx, j.n_idx, j.w, j.starts[m], j.starts[m + 1], j.mean, j.simd,
                         j.out + m * j.t.dim)

@@ -223,10 +223,35 @@ QE4_INLINE void qe4_g_axpy_portable(const uint8_t *codes, int bits, int c0, int 
         acc[c] = fmaf(s, (float)qe4_unpack_code(codes, bits, (int64_t)c0 + c), acc[c] + tt);
 }
 
+/* Group j's bag terms: s = w * scale_j, t = w * min_j (weighted), else scale_j, min_j. */
+QE4_INLINE void qe4_g_terms(const qe4_grouped *t, const uint8_t *row, int j, float d, float m,
+                            int weighted, float w, float *s, float *tt)
+{
+    qe4_g_params(t, row, j, d, m, s, tt);
+    if (weighted) {
+        *s = w * *s;
+        *tt = w * *tt;
+    }
+}
+
+/* acc [dim] += row r weighted by w: portable C. */
+static void qe4_g_add_row_portable(const qe4_grouped *t, int64_t r, int weighted, float w,
+                                   float *acc)
+{
+    const uint8_t *row = t->data + r * t->row_bytes;
+    const uint8_t *tail = row + t->code_bytes + t->sub_bytes;
+    float d = qe4_load_f16(tail), m = qe4_load_f16(tail + 2);
+    for (int j = 0; j < t->n_groups; j++) {
+        float s, tt;
+        qe4_g_terms(t, row, j, d, m, weighted, w, &s, &tt);
+        qe4_g_axpy_portable(row, t->bits, j * t->group, qe4_g_len(t, j), s, tt, acc + j * t->group);
+    }
+}
+
 #if QE4_X86
-/* The same for 4- or 8-bit codes and len % 8 == 0 with c0 * bits a multiple of 8. */
-QE4_TARGET_AVX2 static void qe4_g_axpy_avx2(const uint8_t *codes, int bits, int c0, int len,
-                                            float s, float tt, float *acc)
+/* The same for 4- or 8-bit codes, len % 8 == 0 and c0 * bits a multiple of 8: AVX2. */
+QE4_INLINE QE4_TARGET_AVX2 void qe4_g_axpy_avx2(const uint8_t *codes, int bits, int c0, int len,
+                                                float s, float tt, float *acc)
 {
     __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(tt);
     const uint8_t *p = codes + ((int64_t)c0 * bits >> 3);
@@ -248,52 +273,60 @@ QE4_TARGET_AVX2 static void qe4_g_axpy_avx2(const uint8_t *codes, int bits, int 
         }
     }
 }
-#endif
 
-/* acc [dim] += row r weighted by w (weighted: s = w * scale_j, t = w * min_j). */
-QE4_INLINE void qe4_g_add_row(const qe4_grouped *t, int64_t r, int weighted, float w, int simd,
-                              float *acc)
+/* acc [dim] += row r weighted by w: AVX2 for the groups it can take, the portable loop
+ * (compiled with FMA here: the same fmaf) for the others. */
+QE4_TARGET_AVX2 static void qe4_g_add_row_avx2(const qe4_grouped *t, int64_t r, int weighted,
+                                               float w, float *acc)
 {
     const uint8_t *row = t->data + r * t->row_bytes;
     const uint8_t *tail = row + t->code_bytes + t->sub_bytes;
     float d = qe4_load_f16(tail), m = qe4_load_f16(tail + 2);
-#if QE4_X86
-    int vec = simd >= QE4_SIMD_AVX2 && (t->bits == 4 || t->bits == 8);
-#endif
+    int vec = t->bits == 4 || t->bits == 8;
     for (int j = 0; j < t->n_groups; j++) {
         float s, tt;
         int len = qe4_g_len(t, j), c0 = j * t->group;
-        qe4_g_params(t, row, j, d, m, &s, &tt);
-        if (weighted) {
-            s = w * s;
-            tt = w * tt;
-        }
-#if QE4_X86
-        if (vec && (len & 7) == 0 && ((int64_t)c0 * t->bits & 7) == 0) {
+        qe4_g_terms(t, row, j, d, m, weighted, w, &s, &tt);
+        if (vec && (len & 7) == 0 && ((int64_t)c0 * t->bits & 7) == 0)
             qe4_g_axpy_avx2(row, t->bits, c0, len, s, tt, acc + c0);
-            continue;
-        }
-#endif
-        qe4_g_axpy_portable(row, t->bits, c0, len, s, tt, acc + c0);
+        else
+            qe4_g_axpy_portable(row, t->bits, c0, len, s, tt, acc + c0);
     }
+}
+#endif
+
+typedef void (*qe4_g_add_row_fn)(const qe4_grouped *t, int64_t r, int weighted, float w,
+                                 float *acc);
+
+/* The row adder of SIMD level `simd` (AVX-512 CPUs use the AVX2 one). */
+static qe4_g_add_row_fn qe4_g_add_row_at(int simd)
+{
+#if QE4_X86
+    if (simd >= QE4_SIMD_AVX2)
+        return qe4_g_add_row_avx2;
+#endif
+    (void)simd;
+    return qe4_g_add_row_portable;
 }
 
 /* Dequantized row r into out [dim]: fma(scale_j, q, min_j) (the bag of one row, weight 1). */
 static void qe4_grouped_row_values(const qe4_grouped *t, int64_t r, int simd, float *out)
 {
     memset(out, 0, (size_t)t->dim * sizeof(float));
-    qe4_g_add_row(t, r, 0, 1.0f, simd, out);
+    qe4_g_add_row_at(simd)(t, r, 0, 1.0f, out);
 }
 
-/* Bags [start, end) of positions idx (validated) into out [dim]; w NULL or [n_idx]. */
-static void qe4_grouped_bag(const qe4_grouped *t, const int64_t *idx, const float *w,
+/* The bag of positions [start, end) of idx [n_idx] (validated) into out [dim]; w NULL or
+ * [n_idx].  Rows are prefetched QE4_PREFETCH positions ahead, across bags. */
+static void qe4_grouped_bag(const qe4_grouped *t, const int64_t *idx, int64_t n_idx, const float *w,
                             int64_t start, int64_t end, int mean, int simd, float *out)
 {
+    qe4_g_add_row_fn add = qe4_g_add_row_at(simd);
     memset(out, 0, (size_t)t->dim * sizeof(float));
     for (int64_t p = start; p < end; p++) {
-        if (p + QE4_PREFETCH < end)
+        if (p + QE4_PREFETCH < n_idx)
             qe4_prefetch_row(t->data + idx[p + QE4_PREFETCH] * t->row_bytes, t->row_bytes);
-        qe4_g_add_row(t, idx[p], w != NULL, w != NULL ? w[p] : 1.0f, simd, out);
+        add(t, idx[p], w != NULL, w != NULL ? w[p] : 1.0f, out);
     }
     if (mean && end > start) {
         float inv = 1.0f / (float)(end - start);
