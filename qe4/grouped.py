@@ -4,32 +4,39 @@ A row of ``dim`` values is cut into ``n_groups = ceil(dim / group)`` groups of
 ``group`` consecutive values; the last group is ragged when ``group`` does not
 divide ``dim``: it holds ``dim - (n_groups - 1) * group`` values (the rule of
 :func:`qe4.layouts.n_groups_of`).  Each group j has its own affine grid, stored
-compactly as in GGUF's K formats: an unsigned ``sub_bits``-bit sub-scale ``sc_j``
-and sub-min ``mn_j`` (both ``0 .. 2**sub_bits - 1``) under the row's float16
-super-scale ``d >= 0`` and super-min ``m`` (signed).  Row bytes:
-:class:`qe4.layouts.GroupedLayout`.
+compactly as in GGUF's K formats: a ``sub_bits``-bit unsigned sub-scale ``sc_j`` and
+a ``sub_bits``-bit sub-min ``mn_j`` under the row's float16 super-scale ``d`` and
+super-min ``m``.  Row bytes: :class:`qe4.layouts.GroupedLayout`.
 
 Reconstruction (every step one IEEE float32 operation; the two products are exact,
 11 + sub_bits <= 19 significant bits)::
 
-    scale_j = f32(d) * f32(sc_j)
-    min_j   = f32(m) * f32(mn_j)
-    x_hat   = fma(scale_j, q, min_j)        # one rounding, as the rowwise layout's
+    signed  = sign bit of the stored d     # the row's sub-min mode, see below
+    scale_j = f32(|d|) * f32(sc_j)
+    min_j   = f32(m) * f32(mn_j)           # mn_j two's complement when signed, else unsigned
+    x_hat   = fma(scale_j, q, min_j)       # one rounding, as the rowwise layout's
 
 (:func:`qe4.rowwise.fma32`; compiled code calls ``fmaf`` or the AVX2 ``fmadd``, and
 ``-ffp-contract=off`` fuses nothing else.)  It is the embedding bag of a single row
 with weight 1: a bag adds, per group, ``acc = fma(w * scale_j, q, acc + w * min_j)``.
 
-**Unsigned sub-mins, signed super-min.**  GGUF's Q4_K stores ``x = d * sc * q - dmin
-* mn`` with ``dmin, mn >= 0``: every group's min must be <= 0.  qe4 carries the sign in
-the super-min ``m`` instead, so a row whose group minima share a sign (either sign)
-keeps all ``sub_bits`` of precision for them; a group whose min has the other sign
-gets ``min_j = 0`` (its grid then starts at 0 and still covers it).  The alternative,
-two's complement sub-mins under ``m >= 0``, spends one bit on a sign that is nearly
-always the same; it lost on every table measured (bits=4, group=32, sub_bits=6, before
-the super refit; ``bench/bench_grouped.py --signed-mins``): normalized error N(0, 1)
-x 256 0.004934 unsigned vs 0.005011 signed, N(0, 1) x 64 0.004872 vs 0.004910, GloVe
-6B 50d (8,000 rows) 0.004552 vs 0.004589.
+**The sub-min mode, chosen per row.**  GGUF's Q4_K stores ``x = d * sc * q - dmin * mn``
+with ``dmin, mn >= 0``: every group's min must be <= 0.  qe4 has two modes and each row
+keeps the one of lower error, flagged by the sign bit of ``d`` (``d`` is never
+negative, so the bit is free):
+
+- *unsigned* (sign bit clear): ``mn_j`` in ``0 .. 2**sub_bits - 1`` under a signed
+  ``m``: minima of one sign (either) keep every bit; a group whose min has the other
+  sign gets ``min_j = 0`` (its grid starts at 0 and still covers it);
+- *signed* (sign bit set): ``mn_j`` two's complement under ``m >= 0``: one bit goes to
+  the sign, and minima of both signs are held.
+
+Measured (``bench/bench_grouped.py``, steps 1 to 4, 8,000 rows, bits=4, sub_bits=6),
+normalized error unsigned / signed: N(0, 1) x 64 at group 32 0.004888 / 0.004925, at
+group 16 0.003249 / 0.003321; GloVe 6B 50d at group 32 0.004568 / 0.004604, at group 16
+0.005049 / 0.003263, at group 8 0.003667 / 0.001875.  Neither wins everywhere (GloVe's
+rows have non-zero means, so small groups often have minima of both signs), hence the
+per-row choice: on GloVe at group 16 it gives 0.003156 (all modes: 5.6 bpw).
 
 **The search**, per row, deterministic (every row independent):
 
@@ -40,17 +47,19 @@ x 256 0.004934 unsigned vs 0.005011 signed, N(0, 1) x 64 0.004872 vs 0.004910, G
    scale 0.
 2. The super-scale and super-min, float16 (``h`` = round float32 to float16)::
 
-       smax = 2**sub_bits - 1
+       smax = 2**sub_bits - 1;   mhi = 2**(sub_bits - 1) - 1
        d = h(max_j scale_j / smax)
-       m = h(min_k / smax)             k: the first group of largest |min_k|
-       sc_j = clip(rint(scale_j / d), 0, smax)     (0 when d == 0)
-       mn_j = clip(rint(min_j / m), 0, smax)       (0 when m == 0)
+       unsigned: m = h(min_k / smax)       k: the first group of largest |min_k|
+                 mn_j = clip(rint(min_j / m), 0, smax)         (0 when m == 0)
+       signed:   m = h(max_j |min_j| / mhi)
+                 mn_j = clip(rint(min_j / m), -mhi - 1, mhi)   (0 when m == 0)
+       sc_j = clip(rint(scale_j / d), 0, smax)                 (0 when d == 0)
 
    (float32 divisions; ``rint`` rounds half to even.)
 3. Codes for the quantized group parameters, ``q = clip(rint((x - min_j) * inv_j),
    0, qmax)`` with ``inv_j = f32(1 / scale_j)`` (0 when ``scale_j`` is 0 or its
    reciprocal is not finite).
-4. Local search: each group tries ``(sc_j + a, mn_j + b)`` (clipped to ``0 .. smax``)
+4. Local search: each group tries ``(sc_j + a, mn_j + b)`` (clipped to their ranges)
    for the moves ``(a, b)`` of :data:`MOVES` in order, codes by step 3, and keeps the
    one of least error (ties: the earlier move; the unchanged pair is first).
 5. Least-squares refit of ``(d, m)`` on the codes and sub-parameters of step 4 (the
@@ -58,6 +67,8 @@ x 256 0.004934 unsigned vs 0.005011 signed, N(0, 1) x 64 0.004872 vs 0.004910, G
    float64 in row order, Cramer's rule, each rounded to float32 then float16; refused
    when the determinant is <= 0, ``d`` is not > 0 or either is not finite), then
    step 4 again from the refit; the row keeps the refit only if its error is lower.
+6. Steps 2 to 5 run in both sub-min modes; the row keeps the signed one only if its
+   error is lower.
 
 Errors are ``sum (x - fma(scale_j, q, min_j))**2`` accumulated in float32 in column
 order within each group; a row's error is the float32 sum of its groups' errors in
@@ -83,8 +94,15 @@ SUB_BITS = 6
 
 
 def sub_max(sub_bits):
-    """The largest sub-scale or sub-min: ``2**sub_bits - 1``."""
+    """The largest sub-scale (and unsigned sub-min): ``2**sub_bits - 1``."""
     return 2 ** sub_bits - 1
+
+
+def min_range(sub_bits, signed):
+    """The sub-mins' range: ``0 .. 2**sub_bits - 1``, or two's complement when ``signed``."""
+    if signed:
+        return -(2 ** (sub_bits - 1)), 2 ** (sub_bits - 1) - 1
+    return 0, sub_max(sub_bits)
 
 
 def split_groups(x, group):
@@ -122,16 +140,19 @@ def h16(v):
         return np.asarray(v, F32).astype(np.float16).astype(F32)
 
 
-def super_params(scale, low, sub_bits):
+def super_params(scale, low, sub_bits, signed=False):
     """Step 2: ``d, m`` [n] (float16 values) and ``sc, mn`` [n, n_groups] (int32)."""
     smax = sub_max(sub_bits)
-    rows = np.arange(low.shape[0])
-    extreme = low[rows, np.argmax(np.abs(low), axis=1)]      # first of the largest |min_j|
+    lo, hi = min_range(sub_bits, signed)
+    if signed:
+        m = h16(np.abs(low).max(axis=1) / F32(hi))
+    else:
+        extreme = low[np.arange(low.shape[0]), np.argmax(np.abs(low), axis=1)]  # the first largest
+        m = h16(extreme / F32(smax))
     d = h16(scale.max(axis=1) / F32(smax))
-    m = h16(extreme / F32(smax))
     with np.errstate(divide="ignore", invalid="ignore"):
         sc = np.where(d[:, None] > 0, np.clip(np.rint(scale / d[:, None]), 0, smax), 0)
-        mn = np.where(m[:, None] != 0, np.clip(np.rint(low / m[:, None]), 0, smax), 0)
+        mn = np.where(m[:, None] != 0, np.clip(np.rint(low / m[:, None]), lo, hi), 0)
     return d, m, sc.astype(np.int32), mn.astype(np.int32)
 
 
@@ -158,13 +179,14 @@ def group_errors(xg, valid, q, scale, low):
     return err
 
 
-def local_search(xg, valid, bits, sub_bits, d, m, sc, mn):
+def local_search(xg, valid, bits, sub_bits, d, m, sc, mn, signed=False):
     """Step 4: each group's best move of :data:`MOVES`; returns ``sc, mn, q, err``."""
     smax = sub_max(sub_bits)
+    lo, hi = min_range(sub_bits, signed)
     best = None
     for a, b in MOVES:
         tsc = np.clip(sc + a, 0, smax)
-        tmn = np.clip(mn + b, 0, smax)
+        tmn = np.clip(mn + b, lo, hi)
         scale, low = group_values(d, m, tsc, tmn)
         q = group_codes(xg, scale, low, bits)
         err = group_errors(xg, valid, q, scale, low)
@@ -210,8 +232,25 @@ def refit_super(x, group, sc, mn, q):
     return d, m, ok
 
 
+def search_mode(x, xg, valid, ranges, bits, group, sub_bits, signed):
+    """Steps 2 to 5 in one sub-min mode: ``d, m, sc, mn, q [n, n_groups, group], row error``."""
+    d, m, sc, mn = super_params(*ranges, sub_bits, signed)
+    sc, mn, q, err = local_search(xg, valid, bits, sub_bits, d, m, sc, mn, signed)
+    err = row_error(err)
+    rd, rm, ok = refit_super(x, group, sc, mn, q)
+    if ok.any():
+        rsc, rmn, rq, rerr = local_search(xg, valid, bits, sub_bits, rd, rm, sc, mn, signed)
+        rerr = row_error(rerr)
+        better = ok & (rerr < err)
+        d, m = np.where(better, rd, d), np.where(better, rm, m)
+        sc, mn = np.where(better[:, None], rsc, sc), np.where(better[:, None], rmn, mn)
+        q = np.where(better[:, None, None], rq, q)
+        err = np.where(better, rerr, err)
+    return d, m, sc, mn, q, err
+
+
 def grouped_params(x, bits=4, group=GROUP, sub_bits=SUB_BITS):
-    """Each row's ``(d, m, sc, mn, q)`` by the search in this module's notes.
+    """Each row's ``(signed, d, m, sc, mn, q)`` by the search in this module's notes.
 
     Parameters
     ----------
@@ -221,30 +260,30 @@ def grouped_params(x, bits=4, group=GROUP, sub_bits=SUB_BITS):
 
     Returns
     -------
-    d, m : float32 [n_rows] (float16 values)
+    signed : bool [n_rows]
+        The row's sub-mins are two's complement (stored as the sign bit of ``d``).
+    d, m : float32 [n_rows] (float16 values, ``d >= 0``)
     sc, mn : int32 [n_rows, n_groups]
     q : uint8 [n_rows, dim]
     """
     x = np.asarray(x, F32)
     n, dim = x.shape
     xg, valid = split_groups(x, group)
-    d, m, sc, mn = super_params(*group_ranges(x, bits, group), sub_bits)
-    sc, mn, q, err = local_search(xg, valid, bits, sub_bits, d, m, sc, mn)
-    rd, rm, ok = refit_super(x, group, sc, mn, q)
-    if ok.any():
-        rsc, rmn, rq, rerr = local_search(xg, valid, bits, sub_bits, rd, rm, sc, mn)
-        better = ok & (row_error(rerr) < row_error(err))
-        d, m = np.where(better, rd, d), np.where(better, rm, m)
-        sc, mn = np.where(better[:, None], rsc, sc), np.where(better[:, None], rmn, mn)
-        q = np.where(better[:, None, None], rq, q)
-    return d, m, sc, mn, q.reshape(n, -1)[:, :dim].astype(np.uint8)
+    ranges = group_ranges(x, bits, group)
+    plain = search_mode(x, xg, valid, ranges, bits, group, sub_bits, False)
+    other = search_mode(x, xg, valid, ranges, bits, group, sub_bits, True)
+    signed = other[5] < plain[5]
+    d, m, sc, mn, q = (np.where(signed.reshape((n,) + (1,) * (a.ndim - 1)), b, a)
+                       for a, b in zip(plain[:5], other[:5]))
+    return signed, d, m, sc, mn, q.reshape(n, -1)[:, :dim].astype(np.uint8)
 
 
-def assemble(d, m, sc, mn, q, bits, sub_bits):
-    """Rows ``[codes][subs][d][m]`` (:class:`qe4.layouts.GroupedLayout`) as uint8 [n, row_bytes]."""
+def assemble(signed, d, m, sc, mn, q, bits, sub_bits):
+    """Rows ``[codes][subs][d][m]`` (:class:`qe4.layouts.GroupedLayout`) as uint8 [n, row_bytes];
+    a signed row's ``d`` is stored negated (its sign bit set), its sub-mins in two's complement."""
     n = q.shape[0]
-    subs = np.stack([sc, mn], axis=2).reshape(n, -1).astype(np.uint8)
-    tail = np.stack([d, m], axis=1).astype("<f2").view(np.uint8).reshape(n, 4)
+    subs = np.stack([sc, mn & sub_max(sub_bits)], axis=2).reshape(n, -1).astype(np.uint8)
+    tail = np.stack([np.where(signed, -d, d), m], axis=1).astype("<f2").view(np.uint8).reshape(n, 4)
     return np.concatenate([L.pack_codes(q, bits), L.pack_codes(subs, sub_bits), tail], axis=1)
 
 
@@ -258,7 +297,9 @@ def read_rows(table, rows=slice(None)):
     subs = L.unpack_codes(sub[:, cb:cb + sb], sub_bits, 2 * n_groups).astype(np.int32)
     sc, mn = subs[:, 0::2], subs[:, 1::2]
     dm = np.ascontiguousarray(sub[:, cb + sb:cb + sb + 4]).view("<f2").astype(F32)
-    scale, low = group_values(dm[:, 0], dm[:, 1], sc, mn)
+    signed = np.signbit(dm[:, 0])[:, None]
+    mn = np.where(signed & (mn >= 2 ** (sub_bits - 1)), mn - 2 ** sub_bits, mn)
+    scale, low = group_values(np.abs(dm[:, 0]), dm[:, 1], sc, mn)
     return scale, low, L.unpack_codes(sub[:, :cb], table.bits, table.dim)
 
 
@@ -297,5 +338,4 @@ def encode(request, x):
     grouped layout.  Returns ``(data, extras)`` (no extras)."""
     check_values(request, x)
     group, sub_bits = request.options["group"], request.options["sub_bits"]
-    d, m, sc, mn, q = grouped_params(x, request.bits, group, sub_bits)
-    return assemble(d, m, sc, mn, q, request.bits, sub_bits), {}
+    return assemble(*grouped_params(x, request.bits, group, sub_bits), request.bits, sub_bits), {}

@@ -571,10 +571,10 @@ class GroupedLayout(Layout):
 
     - ``codes``: ``dim`` codes of ``bits`` bits, :func:`pack_codes`;
     - ``subs``: one bit stream (:func:`pack_codes` at ``sub_bits``) of ``2 * n_groups``
-      fields, ``sc_0, mn_0, sc_1, mn_1, ...``: group j's sub-scale ``sc_j`` (unsigned,
-      0 .. 2**sub_bits - 1) and sub-min ``mn_j`` (two's complement, -2**(sub_bits-1) ..
-      2**(sub_bits-1) - 1);
-    - ``d``, ``m``: the row's float16 super-scale and super-min (little-endian).
+      fields, ``sc_0, mn_0, sc_1, mn_1, ...``: group j's sub-scale ``sc_j`` (unsigned)
+      and sub-min ``mn_j`` (unsigned, or two's complement when ``d``'s sign bit is set);
+    - ``d``, ``m``: the row's float16 super-scale (its magnitude; its sign bit: the
+      sub-min mode) and super-min (little-endian).
 
     ``group`` and ``sub_bits`` are the table's ``params`` (the ``grouped`` method's
     options), so the row size needs them.  The floats are always float16.  With

@@ -84,7 +84,7 @@ def finish_rows(const float[:, ::1] x,            # IN  [n_rows, dim], validated
     j.work_floats = qe4_grouped_work_floats(j.t.dim, j.t.n_groups)
     j.n_chunks = qe4_n_chunks(j.n_rows, n_threads)
     j.work = <float *>malloc(n_threads * j.work_floats * sizeof(float))
-    j.iwork = <int *>malloc(n_threads * 4 * j.t.n_groups * sizeof(int))
+    j.iwork = <int *>malloc(n_threads * 10 * j.t.n_groups * sizeof(int))
     if j.work == NULL or j.iwork == NULL:
         free(j.work)
         free(j.iwork)
@@ -105,7 +105,7 @@ cdef void _finish_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
                    qe4_chunk_start(j.n_rows, j.n_chunks, c + 1)):
         qe4_grouped_finish_row(&j.t, j.x + r * j.t.dim, j.gscale + r * G, j.glow + r * G,
                                j.out + r * j.t.row_bytes, j.work + worker * j.work_floats,
-                               j.iwork + worker * 4 * G, j.simd)
+                               j.iwork + worker * 10 * G, j.simd)
 
 
 # ----------------------------------------------------------------------------- lookups

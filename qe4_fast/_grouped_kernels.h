@@ -69,8 +69,9 @@ static const int qe4_g_moves[9][2] = {{0, 0}, {-1, 0}, {1, 0}, {0, -1}, {0, 1},
 
 /* Step 4: each group's best move from (sc, mn) under (d, m); writes the chosen sc, mn, the
  * codes q [dim] and the group errors err [n_groups]. */
-QE4_INLINE void qe4_g_local(const qe4_grouped *t, const float *x, float d, float m, const int *sc0,
-                        const int *mn0, int *sc, int *mn, float *q, float *err)
+QE4_INLINE void qe4_g_local(const qe4_grouped *t, const float *x, float d, float m, int mlo,
+                            int mhi, const int *sc0, const int *mn0, int *sc, int *mn, float *q,
+                            float *err)
 {
     int smax = (1 << t->sub_bits) - 1;
     float qmax = (float)((1 << t->bits) - 1);
@@ -81,7 +82,7 @@ QE4_INLINE void qe4_g_local(const qe4_grouped *t, const float *x, float d, float
         for (int k = 0; k < 9; k++) {
             int a = sc0[j] + qe4_g_moves[k][0], b = mn0[j] + qe4_g_moves[k][1];
             a = a < 0 ? 0 : (a > smax ? smax : a);
-            b = b < 0 ? 0 : (b > smax ? smax : b);
+            b = b < mlo ? mlo : (b > mhi ? mhi : b);
             float e = qe4_g_codes(x + off, len, d * (float)a, m * (float)b, qmax, q + off);
             if (k == 0 || e < best) {
                 best = e;
@@ -103,58 +104,55 @@ QE4_INLINE float qe4_g_row_error(const float *err, int n_groups)
     return s;
 }
 
-/* Floats of scratch one row needs (qe4_grouped_finish_row's `work`). */
+/* Floats of scratch one row needs (qe4_grouped_finish_row's `work`); iwork: 8 * n_groups ints. */
 static inline size_t qe4_grouped_work_floats(int dim, int n_groups)
 {
-    return (size_t)2 * dim + (size_t)2 * n_groups + (size_t)2 * dim; /* q, rq, err, rerr, codes */
+    /* per mode: q, rq [dim], err, rerr [n_groups]; the zeroed scales [n_groups]; codes */
+    return (size_t)4 * dim + (size_t)5 * n_groups + (size_t)dim + (size_t)n_groups;
 }
 
-/* Steps 2 to 5 of qe4.grouped.grouped_params for one row x [dim], from step 1's group
- * (scale, low) [n_groups], and the row's bytes into row [row_bytes].  iwork: 4 * n_groups ints.
- * Compiled for every SIMD level (qe4_g_finish_row_at; the same IEEE operations at each). */
-QE4_INLINE int qe4_g_finish_row(const qe4_grouped *t, const float *x, const float *gscale,
-                                const float *glow, uint8_t *row, float *work, int *iwork)
+/* One sub-min mode of steps 2 to 5 (qe4.grouped.search_mode): (d, m), sc, mn [n_groups] and
+ * the codes (*q, float values [dim]); returns the row error.  gs: the group scales with
+ * constant groups zeroed. */
+QE4_INLINE float qe4_g_mode(const qe4_grouped *t, const float *x, const float *gs,
+                            const float *glow, int signed_mins, float *d_out, float *m_out,
+                            int *sc, int *mn, float **q, float *work, int *iwork)
 {
     const int G = t->n_groups, dim = t->dim, smax = (1 << t->sub_bits) - 1;
-    float *q = work, *rq = work + dim, *err = work + 2 * dim, *rerr = err + G;
-    uint8_t *codes = (uint8_t *)(rerr + G);
-    int *sc = iwork, *mn = iwork + G, *sc1 = iwork + 2 * G, *mn1 = iwork + 3 * G;
+    const int mlo = signed_mins ? -(1 << (t->sub_bits - 1)) : 0;
+    const int mhi = signed_mins ? (1 << (t->sub_bits - 1)) - 1 : smax;
+    float *qa = work, *rq = work + dim, *err = work + 2 * dim, *rerr = err + G;
+    int *sc1 = iwork, *mn1 = iwork + G;
 
-    /* step 2 (a constant group has scale 0) */
+    /* step 2 */
     float smx = 0.0f, ext = 0.0f, aext = -1.0f;
     for (int j = 0; j < G; j++) {
-        const float *xj = x + j * t->group;
-        int len = qe4_g_len(t, j);
-        float lo = xj[0], hi = xj[0];
-        for (int c = 1; c < len; c++) {
-            lo = xj[c] < lo ? xj[c] : lo;
-            hi = xj[c] > hi ? xj[c] : hi;
-        }
-        float s = hi == lo ? 0.0f : gscale[j];
-        rq[j] = s; /* the group scales, until the codes need rq */
-        if (j == 0 || s > smx)
-            smx = s;
+        if (j == 0 || gs[j] > smx)
+            smx = gs[j];
         if (fabsf(glow[j]) > aext) {
             aext = fabsf(glow[j]);
             ext = glow[j];
         }
     }
-    float d = qe4_h16(smx / (float)smax), m = qe4_h16(ext / (float)smax);
+    float d = qe4_h16(smx / (float)smax);
+    float m = signed_mins ? qe4_h16(aext / (float)mhi) : qe4_h16(ext / (float)smax);
     for (int j = 0; j < G; j++) {
-        float a = d > 0.0f ? rintf(rq[j] / d) : 0.0f;
+        float a = d > 0.0f ? rintf(gs[j] / d) : 0.0f;
         float b = m != 0.0f ? rintf(glow[j] / m) : 0.0f;
         a = a < 0.0f ? 0.0f : (a > (float)smax ? (float)smax : a);
-        b = b < 0.0f ? 0.0f : (b > (float)smax ? (float)smax : b);
+        b = b < (float)mlo ? (float)mlo : (b > (float)mhi ? (float)mhi : b);
         sc1[j] = (int)a;
         mn1[j] = (int)b;
     }
     /* step 4 */
-    qe4_g_local(t, x, d, m, sc1, mn1, sc, mn, q, err);
+    qe4_g_local(t, x, d, m, mlo, mhi, sc1, mn1, sc, mn, qa, err);
+    float row_err = qe4_g_row_error(err, G);
+    *q = qa;
     /* step 5: least-squares refit of (d, m), float64 sums in column order */
     double s_uu = 0, s_uv = 0, s_vv = 0, s_yu = 0, s_yv = 0;
     for (int c = 0; c < dim; c++) {
         int j = c / t->group;
-        double u = (double)sc[j] * (double)q[c], v = (double)mn[j], y = (double)x[c];
+        double u = (double)sc[j] * (double)qa[c], v = (double)mn[j], y = (double)x[c];
         s_uu = s_uu + u * u;
         s_uv = s_uv + u * v;
         s_vv = s_vv + v * v;
@@ -166,26 +164,61 @@ QE4_INLINE int qe4_g_finish_row(const qe4_grouped *t, const float *x, const floa
         float rd = qe4_h16((float)((s_yu * s_vv - s_yv * s_uv) / det));
         float rm = qe4_h16((float)((s_yv * s_uu - s_yu * s_uv) / det));
         if (isfinite(rd) && isfinite(rm) && rd > 0.0f) {
-            qe4_g_local(t, x, rd, rm, sc, mn, sc1, mn1, rq, rerr);
-            if (qe4_g_row_error(rerr, G) < qe4_g_row_error(err, G)) {
+            qe4_g_local(t, x, rd, rm, mlo, mhi, sc, mn, sc1, mn1, rq, rerr);
+            float r_err = qe4_g_row_error(rerr, G);
+            if (r_err < row_err) {
                 d = rd;
                 m = rm;
                 memcpy(sc, sc1, (size_t)G * sizeof(int));
                 memcpy(mn, mn1, (size_t)G * sizeof(int));
-                q = rq;
+                *q = rq;
+                row_err = r_err;
             }
         }
     }
-    /* the row's bytes */
+    *d_out = d;
+    *m_out = m;
+    return row_err;
+}
+
+/* Steps 2 to 5 of qe4.grouped.grouped_params for one row x [dim] in both sub-min modes, from
+ * step 1's group (scale, low) [n_groups], and the row's bytes into row [row_bytes].
+ * Compiled for every SIMD level (qe4_g_finish_row_at; the same IEEE operations at each). */
+QE4_INLINE int qe4_g_finish_row(const qe4_grouped *t, const float *x, const float *gscale,
+                                const float *glow, uint8_t *row, float *work, int *iwork)
+{
+    const int G = t->n_groups, dim = t->dim;
+    const size_t mode_floats = (size_t)2 * dim + (size_t)2 * G;
+    float *gs = work + 2 * mode_floats;
+    uint8_t *codes = (uint8_t *)(gs + G);
+    int *sc[2] = {iwork, iwork + 4 * G}, *mn[2] = {iwork + G, iwork + 5 * G};
+    float d[2], m[2], err[2], *q[2];
+
+    for (int j = 0; j < G; j++) { /* a constant group has scale 0 */
+        const float *xj = x + j * t->group;
+        int len = qe4_g_len(t, j);
+        float lo = xj[0], hi = xj[0];
+        for (int c = 1; c < len; c++) {
+            lo = xj[c] < lo ? xj[c] : lo;
+            hi = xj[c] > hi ? xj[c] : hi;
+        }
+        gs[j] = hi == lo ? 0.0f : gscale[j];
+    }
+    for (int k = 0; k < 2; k++)
+        err[k] = qe4_g_mode(t, x, gs, glow, k, &d[k], &m[k], sc[k], mn[k], &q[k],
+                            work + k * mode_floats, iwork + 2 * G + k * 4 * G);
+    int k = err[1] < err[0];
+    /* the row's bytes: a signed row stores -d (its sign bit) and two's complement sub-mins */
+    int smax = (1 << t->sub_bits) - 1;
     for (int c = 0; c < dim; c++)
-        codes[c] = (uint8_t)q[c];
+        codes[c] = (uint8_t)q[k][c];
     qe4_g_pack(row, t->code_bytes, codes, dim, t->bits);
     for (int j = 0; j < G; j++) {
-        codes[2 * j] = (uint8_t)sc[j];
-        codes[2 * j + 1] = (uint8_t)mn[j];
+        codes[2 * j] = (uint8_t)sc[k][j];
+        codes[2 * j + 1] = (uint8_t)(mn[k][j] & smax);
     }
     qe4_g_pack(row + t->code_bytes, t->sub_bytes, codes, 2 * G, t->sub_bits);
-    uint16_t hd = qe4_float_to_half(d), hm = qe4_float_to_half(m);
+    uint16_t hd = qe4_float_to_half(k ? -d[k] : d[k]), hm = qe4_float_to_half(m[k]);
     memcpy(row + t->code_bytes + t->sub_bytes, &hd, 2);
     memcpy(row + t->code_bytes + t->sub_bytes + 2, &hm, 2);
     return 0;
@@ -208,11 +241,25 @@ static void qe4_grouped_finish_row(const qe4_grouped *t, const float *x, const f
 
 /* Group j's (scale, min) of a stored row. */
 QE4_INLINE void qe4_g_params(const qe4_grouped *t, const uint8_t *row, int j, float d, float m,
-                             float *scale, float *low)
+                             int signed_mins, float *scale, float *low)
 {
     const uint8_t *subs = row + t->code_bytes;
+    int mn = (int)qe4_unpack_code(subs, t->sub_bits, 2 * (int64_t)j + 1);
+    if (signed_mins && mn >= (1 << (t->sub_bits - 1)))
+        mn -= 1 << t->sub_bits;
     *scale = d * (float)qe4_unpack_code(subs, t->sub_bits, 2 * (int64_t)j);
-    *low = m * (float)qe4_unpack_code(subs, t->sub_bits, 2 * (int64_t)j + 1);
+    *low = m * (float)mn;
+}
+
+/* The row's |d| and m, and whether its sub-mins are signed (the sign bit of d). */
+QE4_INLINE int qe4_g_super(const qe4_grouped *t, const uint8_t *row, float *d, float *m)
+{
+    const uint8_t *tail = row + t->code_bytes + t->sub_bytes;
+    uint16_t hd;
+    memcpy(&hd, tail, 2);
+    *d = qe4_half_to_float((uint16_t)(hd & 0x7fffu));
+    *m = qe4_load_f16(tail + 2);
+    return hd >> 15;
 }
 
 /* acc[c] = fma(s, q_c, acc[c] + t) over the codes [c0, c0 + len) of a row: portable. */
@@ -225,9 +272,9 @@ QE4_INLINE void qe4_g_axpy_portable(const uint8_t *codes, int bits, int c0, int 
 
 /* Group j's bag terms: s = w * scale_j, t = w * min_j (weighted), else scale_j, min_j. */
 QE4_INLINE void qe4_g_terms(const qe4_grouped *t, const uint8_t *row, int j, float d, float m,
-                            int weighted, float w, float *s, float *tt)
+                            int sgn, int weighted, float w, float *s, float *tt)
 {
-    qe4_g_params(t, row, j, d, m, s, tt);
+    qe4_g_params(t, row, j, d, m, sgn, s, tt);
     if (weighted) {
         *s = w * *s;
         *tt = w * *tt;
@@ -239,11 +286,11 @@ static void qe4_g_add_row_portable(const qe4_grouped *t, int64_t r, int weighted
                                    float *acc)
 {
     const uint8_t *row = t->data + r * t->row_bytes;
-    const uint8_t *tail = row + t->code_bytes + t->sub_bytes;
-    float d = qe4_load_f16(tail), m = qe4_load_f16(tail + 2);
+    float d, m;
+    int sgn = qe4_g_super(t, row, &d, &m);
     for (int j = 0; j < t->n_groups; j++) {
         float s, tt;
-        qe4_g_terms(t, row, j, d, m, weighted, w, &s, &tt);
+        qe4_g_terms(t, row, j, d, m, sgn, weighted, w, &s, &tt);
         qe4_g_axpy_portable(row, t->bits, j * t->group, qe4_g_len(t, j), s, tt, acc + j * t->group);
     }
 }
@@ -280,13 +327,13 @@ QE4_TARGET_AVX2 static void qe4_g_add_row_avx2(const qe4_grouped *t, int64_t r, 
                                                float w, float *acc)
 {
     const uint8_t *row = t->data + r * t->row_bytes;
-    const uint8_t *tail = row + t->code_bytes + t->sub_bytes;
-    float d = qe4_load_f16(tail), m = qe4_load_f16(tail + 2);
+    float d, m;
+    int sgn = qe4_g_super(t, row, &d, &m);
     int vec = t->bits == 4 || t->bits == 8;
     for (int j = 0; j < t->n_groups; j++) {
         float s, tt;
         int len = qe4_g_len(t, j), c0 = j * t->group;
-        qe4_g_terms(t, row, j, d, m, weighted, w, &s, &tt);
+        qe4_g_terms(t, row, j, d, m, sgn, weighted, w, &s, &tt);
         if (vec && (len & 7) == 0 && ((int64_t)c0 * t->bits & 7) == 0)
             qe4_g_axpy_avx2(row, t->bits, c0, len, s, tt, acc + c0);
         else

@@ -78,14 +78,18 @@ def test_q4_k_size_and_ragged_rule():
 
 
 def test_reconstruction_by_hand(same_bytes):
-    """Row values are fma(f32(d) * sc_j, q, f32(m) * mn_j), read from the fields."""
+    """Row values are fma(f32(|d|) * sc_j, q, f32(m) * mn_j), read from the fields; mn_j is
+    two's complement in the rows whose d has its sign bit set."""
     dim, group, sub_bits = 11, 4, 5
-    t = qe4.quantize(rows(6, dim, 3), 4, "grouped", **options(group, sub_bits))
+    t = qe4.quantize(rows(16, dim, 3), 4, "grouped", **options(group, sub_bits))
     d = t.field("d").astype(F32)[:, 0]
     m = t.field("m").astype(F32)[:, 0]
     subs = L.unpack_codes(t.field("subs"), sub_bits, 2 * 3).astype(F32)
-    scale = np.repeat(d[:, None] * subs[:, 0::2], group, axis=1)[:, :dim]
-    low = np.repeat(m[:, None] * subs[:, 1::2], group, axis=1)[:, :dim]
+    signed = np.signbit(d)
+    assert 0 < signed.sum() < 16                     # both kinds of rows occur here
+    mn = np.where(signed[:, None] & (subs[:, 1::2] >= 16), subs[:, 1::2] - 32, subs[:, 1::2])
+    scale = np.repeat(np.abs(d)[:, None] * subs[:, 0::2], group, axis=1)[:, :dim]
+    low = np.repeat(m[:, None] * mn, group, axis=1)[:, :dim]
     want = (scale.astype(np.float64) * t.codes() + low).astype(F32)   # exact product, one rounding
     same_bytes(qe4.dequantize(t), want)
     same_bytes(qe4_fast.dequantize(t), want)
@@ -100,7 +104,7 @@ def test_error_at_4_5_bits_per_value():
     err = float(((x - qe4.dequantize(t)).astype(np.float64) ** 2).sum() / (x.astype(np.float64) ** 2).sum())
     assert 0.0045 < err < 0.00495
     xg, valid = G.split_groups(x, 32)
-    d, m, sc, mn = G.super_params(*G.group_ranges(x, 4, 32), 6)
+    d, m, sc, mn = G.super_params(*G.group_ranges(x, 4, 32), 6, False)
     scale, low = G.group_values(d, m, sc, mn)
     start = G.row_error(G.group_errors(xg, valid, G.group_codes(xg, scale, low, 4), scale, low))
     got = ((x - qe4.dequantize(t)) ** 2).sum(axis=1)
@@ -146,6 +150,20 @@ def test_lookups_match_reference(bits, dim, group, sub_bits, level, same_bytes):
         for mode in ("sum", "max"):
             same_bytes(qe4_fast.embedding_bags([t, other], both, offs, mode=mode, **kw),
                        qe4.embedding_bags([t, other], both, offs, mode=mode))
+
+
+def test_signed_sub_mins_where_they_win():
+    """Rows whose groups' minima have both signs (GloVe-like offsets) store two's
+    complement sub-mins; rows of one sign (N(0, 1)) mostly keep the unsigned ones."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((200, 64)).astype(F32)
+    shifted = x + np.where(np.arange(64) % 32 < 16, F32(4.0), F32(-4.0))
+    for data, most_signed in ((x, False), (shifted, True)):
+        t = qe4.quantize(data, 4, "grouped", group=16)
+        share = np.signbit(t.field("d").astype(F32)).mean()
+        assert (share > 0.9) if most_signed else (share < 0.5)
+        signed, *_ = G.grouped_params(data, 4, 16, 6)
+        assert (signed == np.signbit(t.field("d").astype(F32))[:, 0]).all()
 
 
 def test_dequantize_is_the_bag_of_one_row(same_bytes):
