@@ -115,8 +115,9 @@ def split_groups(x, group):
     return padded.reshape(n, n_groups, group), valid
 
 
-def group_ranges(x, bits, group):
-    """Step 1: each group's float32 (scale, min) of least error, [n, n_groups] each."""
+def group_segments(x, group):
+    """The groups of rows [n, dim] as contiguous 2-D arrays: the full groups
+    [n * (dim // group), group] (row-major), then the ragged last groups [n, dim % group]."""
     n, dim = x.shape
     full = dim // group
     parts = []
@@ -124,14 +125,23 @@ def group_ranges(x, bits, group):
         parts.append(x[:, :full * group].reshape(n * full, group))
     if dim % group:
         parts.append(x[:, full * group:])
+    return [np.ascontiguousarray(seg) for seg in parts]
+
+
+def per_row(parts, n):
+    """Per-group values of :func:`group_segments`' parts -> float32 [n, n_groups]."""
+    return np.ascontiguousarray(np.concatenate([p.reshape(n, -1) for p in parts], axis=1), F32)
+
+
+def group_ranges(x, bits, group):
+    """Step 1: each group's float32 (scale, min) of least error, [n, n_groups] each."""
     scales, mins = [], []
-    for seg in parts:
-        seg = np.ascontiguousarray(seg)
+    for seg in group_segments(x, group):
         scale, low, _ = MSE.mse_params(seg, bits, "float32")
         constant = seg.max(axis=1) == seg.min(axis=1)
-        scales.append(np.where(constant, F32(0.0), scale).reshape(n, -1))
-        mins.append(low.reshape(n, -1))
-    return np.concatenate(scales, axis=1).astype(F32), np.concatenate(mins, axis=1).astype(F32)
+        scales.append(np.where(constant, F32(0.0), scale))
+        mins.append(low)
+    return per_row(scales, x.shape[0]), per_row(mins, x.shape[0])
 
 
 def h16(v):

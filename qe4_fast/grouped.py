@@ -24,22 +24,14 @@ def _geometry(table):
 
 
 def group_ranges(x, bits, group, n_threads=None):
-    """Step 1 of the search (:func:`qe4.grouped.group_ranges`), with the compiled mse kernel."""
-    n, dim = x.shape
-    full = dim // group
-    parts = []
-    if full:
-        parts.append(x[:, :full * group].reshape(n * full, group))
-    if dim % group:
-        parts.append(x[:, full * group:])
+    """Step 1 of the search (:func:`qe4.grouped.group_ranges`) with the compiled mse kernel;
+    the finishing kernel zeroes the scales of constant groups."""
     scales, mins = [], []
-    for seg in parts:
-        scale, low, _ = MSE.mse_params(np.ascontiguousarray(seg), bits, "float32",
-                                       n_threads=n_threads)
-        scales.append(scale.reshape(n, -1))     # constant groups: the kernel zeroes them
-        mins.append(low.reshape(n, -1))
-    return (np.ascontiguousarray(np.concatenate(scales, axis=1), F32),
-            np.ascontiguousarray(np.concatenate(mins, axis=1), F32))
+    for seg in G.group_segments(x, group):
+        scale, low, _ = MSE.mse_params(seg, bits, "float32", n_threads=n_threads)
+        scales.append(scale)
+        mins.append(low)
+    return G.per_row(scales, x.shape[0]), G.per_row(mins, x.shape[0])
 
 
 def encode(request, x, n_threads=None):
