@@ -363,17 +363,109 @@ static void qe4_grouped_row_values(const qe4_grouped *t, int64_t r, int simd, fl
     qe4_g_add_row_at(simd)(t, r, 0, 1.0f, out);
 }
 
+#if QE4_X86
+/* The positions [p0, p0 + n) of a bag (n <= QE4_G_CHUNK): row pointers, |d|, m, sign, weight. */
+#define QE4_G_CHUNK 64
+typedef struct {
+    const uint8_t *row[QE4_G_CHUNK];
+    float d[QE4_G_CHUNK], m[QE4_G_CHUNK], w[QE4_G_CHUNK];
+    int sgn[QE4_G_CHUNK];
+} qe4_g_rows;
+
+QE4_INLINE void qe4_g_load_rows(const qe4_grouped *t, const int64_t *idx, int64_t n_idx,
+                                const float *w, int64_t p0, int n, qe4_g_rows *r)
+{
+    for (int k = 0; k < n; k++) {
+        int64_t p = p0 + k;
+        if (p + QE4_PREFETCH < n_idx)
+            qe4_prefetch_row(t->data + idx[p + QE4_PREFETCH] * t->row_bytes, t->row_bytes);
+        r->row[k] = t->data + idx[p] * t->row_bytes;
+        r->sgn[k] = qe4_g_super(t, r->row[k], &r->d[k], &r->m[k]);
+        r->w[k] = w != NULL ? w[p] : 1.0f;
+    }
+}
+
+/* Group j of positions r [0, n), columns [c0, c0 + 8 * nv) (nv <= 8, 4- or 8-bit codes),
+ * added to acc in position order with the accumulators in registers: the same operations
+ * per element as the row-at-a-time loop. */
+QE4_INLINE QE4_TARGET_AVX2 void qe4_g_bag_block_avx2(const qe4_grouped *t, const qe4_g_rows *r,
+                                                     int n, int weighted, int j, int c0, int nv,
+                                                     float *out)
+{
+    __m256 acc[8];
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    const __m256i nib = _mm256_set1_epi32(15);
+    for (int v = 0; v < nv; v++)
+        acc[v] = _mm256_loadu_ps(out + c0 + 8 * v);
+    for (int k = 0; k < n; k++) {
+        float s, tt;
+        qe4_g_terms(t, r->row[k], j, r->d[k], r->m[k], r->sgn[k], weighted, r->w[k], &s, &tt);
+        __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(tt);
+        const uint8_t *code = r->row[k] + ((int64_t)c0 * t->bits >> 3);
+        for (int v = 0; v < nv; v++) {
+            __m256i q;
+            if (t->bits == 4) {
+                uint32_t word;
+                memcpy(&word, code + 4 * v, 4);
+                q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts), nib);
+            } else {
+                q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(code + 8 * v)));
+            }
+            acc[v] = _mm256_fmadd_ps(vs, _mm256_cvtepi32_ps(q), _mm256_add_ps(acc[v], vt));
+        }
+    }
+    for (int v = 0; v < nv; v++)
+        _mm256_storeu_ps(out + c0 + 8 * v, acc[v]);
+}
+
+/* A bag at AVX2, QE4_G_CHUNK positions at a time: the groups it can take block by block
+ * (above), the others position by position. */
+QE4_TARGET_AVX2 static void qe4_g_bag_avx2(const qe4_grouped *t, const int64_t *idx,
+                                           int64_t n_idx, const float *w, int64_t start,
+                                           int64_t end, float *out)
+{
+    qe4_g_rows r;
+    int vec = t->bits == 4 || t->bits == 8;
+    memset(out, 0, (size_t)t->dim * sizeof(float));
+    for (int64_t p0 = start; p0 < end; p0 += QE4_G_CHUNK) {
+        int n = end - p0 < QE4_G_CHUNK ? (int)(end - p0) : QE4_G_CHUNK;
+        qe4_g_load_rows(t, idx, n_idx, w, p0, n, &r);
+        for (int j = 0; j < t->n_groups; j++) {
+            int len = qe4_g_len(t, j), c0 = j * t->group;
+            if (vec && (len & 7) == 0 && ((int64_t)c0 * t->bits & 7) == 0) {
+                for (int cb = 0; cb < len; cb += 64) {
+                    int nv = (len - cb) / 8 < 8 ? (len - cb) / 8 : 8;
+                    qe4_g_bag_block_avx2(t, &r, n, w != NULL, j, c0 + cb, nv, out);
+                }
+                continue;
+            }
+            for (int k = 0; k < n; k++) {
+                float s, tt;
+                qe4_g_terms(t, r.row[k], j, r.d[k], r.m[k], r.sgn[k], w != NULL, r.w[k], &s, &tt);
+                qe4_g_axpy_portable(r.row[k], t->bits, c0, len, s, tt, out + c0);
+            }
+        }
+    }
+}
+#endif
+
 /* The bag of positions [start, end) of idx [n_idx] (validated) into out [dim]; w NULL or
  * [n_idx].  Rows are prefetched QE4_PREFETCH positions ahead, across bags. */
 static void qe4_grouped_bag(const qe4_grouped *t, const int64_t *idx, int64_t n_idx, const float *w,
                             int64_t start, int64_t end, int mean, int simd, float *out)
 {
-    qe4_g_add_row_fn add = qe4_g_add_row_at(simd);
-    memset(out, 0, (size_t)t->dim * sizeof(float));
-    for (int64_t p = start; p < end; p++) {
-        if (p + QE4_PREFETCH < n_idx)
-            qe4_prefetch_row(t->data + idx[p + QE4_PREFETCH] * t->row_bytes, t->row_bytes);
-        add(t, idx[p], w != NULL, w != NULL ? w[p] : 1.0f, out);
+#if QE4_X86
+    if (simd >= QE4_SIMD_AVX2) {
+        qe4_g_bag_avx2(t, idx, n_idx, w, start, end, out);
+    } else
+#endif
+    {
+        memset(out, 0, (size_t)t->dim * sizeof(float));
+        for (int64_t p = start; p < end; p++) {
+            if (p + QE4_PREFETCH < n_idx)
+                qe4_prefetch_row(t->data + idx[p + QE4_PREFETCH] * t->row_bytes, t->row_bytes);
+            qe4_g_add_row_portable(t, idx[p], w != NULL, w != NULL ? w[p] : 1.0f, out);
+        }
     }
     if (mean && end > start) {
         float inv = 1.0f / (float)(end - start);

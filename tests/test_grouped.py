@@ -131,9 +131,9 @@ def test_lookups_match_reference(bits, dim, group, sub_bits, level, same_bytes):
     rng = np.random.default_rng(dim)
     t = qe4.quantize(rows(30, dim, 1)[:, :dim], bits, "grouped", **options(group, sub_bits))
     other = qe4.quantize(rows(30, 5, 2), 4, "greedy")
-    idx = rng.integers(0, 30, 90)
-    off = np.array([0, 0, 1, 7, 7, 40, 89])
-    w = rng.uniform(-2, 2, 90).astype(F32)
+    idx = rng.integers(0, 30, 180)
+    off = np.array([0, 0, 1, 7, 7, 40, 170])         # a bag of 130 positions: several chunks
+    w = rng.uniform(-2, 2, 180).astype(F32)
     for n_threads in (1, 3):
         kw = {"n_threads": n_threads}
         same_bytes(qe4_fast.dequantize(t, **kw), qe4.dequantize(t))
@@ -145,7 +145,7 @@ def test_lookups_match_reference(bits, dim, group, sub_bits, level, same_bytes):
                            qe4.embedding_bag(t, idx, off, mode=mode, out_dtype=out_dtype))
         same_bytes(qe4_fast.embedding_bag(t, idx, off, per_sample_weights=w, **kw),
                    qe4.embedding_bag(t, idx, off, per_sample_weights=w))
-        both = np.concatenate([idx, idx[:50]])                 # 4 bags per table
+        both = np.concatenate([idx[:90], idx[:50]])            # 4 bags per table
         offs = np.array([0, 3, 3, 50, 90, 91, 95, 100])
         for mode in ("sum", "max"):
             same_bytes(qe4_fast.embedding_bags([t, other], both, offs, mode=mode, **kw),
