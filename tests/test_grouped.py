@@ -138,8 +138,8 @@ def test_lookups_match_reference(bits, dim, group, sub_bits, level, same_bytes):
         kw = {"n_threads": n_threads}
         same_bytes(qe4_fast.dequantize(t, **kw), qe4.dequantize(t))
         for out_dtype in ("float32", "float16", "bfloat16"):
-            same_bytes(qe4_fast.embedding(t, idx.reshape(9, 10), out_dtype=out_dtype, **kw),
-                       qe4.embedding(t, idx.reshape(9, 10), out_dtype=out_dtype))
+            same_bytes(qe4_fast.embedding(t, idx[:90].reshape(9, 10), out_dtype=out_dtype, **kw),
+                       qe4.embedding(t, idx[:90].reshape(9, 10), out_dtype=out_dtype))
             for mode in ("sum", "mean", "max"):
                 same_bytes(qe4_fast.embedding_bag(t, idx, off, mode=mode, out_dtype=out_dtype, **kw),
                            qe4.embedding_bag(t, idx, off, mode=mode, out_dtype=out_dtype))
