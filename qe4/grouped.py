@@ -31,12 +31,13 @@ negative, so the bit is free):
 - *signed* (sign bit set): ``mn_j`` two's complement under ``m >= 0``: one bit goes to
   the sign, and minima of both signs are held.
 
-Measured (``bench/bench_grouped.py``, steps 1 to 4, 8,000 rows, bits=4, sub_bits=6),
-normalized error unsigned / signed: N(0, 1) x 64 at group 32 0.004888 / 0.004925, at
-group 16 0.003249 / 0.003321; GloVe 6B 50d at group 32 0.004568 / 0.004604, at group 16
-0.005049 / 0.003263, at group 8 0.003667 / 0.001875.  Neither wins everywhere (GloVe's
-rows have non-zero means, so small groups often have minima of both signs), hence the
-per-row choice: on GloVe at group 16 it gives 0.003156 (all modes: 5.6 bpw).
+Measured (``bench/bench_grouped.py --quick``: steps 1 to 4 with every row in one mode,
+8,000 rows, bits=4, sub_bits=6), normalized error unsigned / signed: N(0, 1) x 64 at
+group 32 0.004874 / 0.004913, at group 16 0.003249 / 0.003319; GloVe 6B 50d at group 32
+0.004598 / 0.004635, at group 16 0.005078 / 0.003281, at group 8 0.003683 / 0.001881.
+Neither wins everywhere (GloVe's rows have non-zero means, so small groups often have
+minima of both signs), hence the per-row choice: on all of GloVe at group 16 it gives
+0.003167 (5.6 bpw).
 
 **The search**, per row, deterministic (every row independent):
 

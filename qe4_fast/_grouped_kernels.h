@@ -69,6 +69,8 @@ static const int qe4_g_moves[9][2] = {{0, 0}, {-1, 0}, {1, 0}, {0, -1}, {0, 1},
 
 /* Step 4: each group's best move from (sc, mn) under (d, m); writes the chosen sc, mn, the
  * codes q [dim] and the group errors err [n_groups]. */
+#define QE4_G_MOVE_LANES 16 /* the 9 moves in the lanes of one loop (lanes 9.. repeat move 0) */
+
 QE4_INLINE void qe4_g_local(const qe4_grouped *t, const float *x, float d, float m, int mlo,
                             int mhi, const int *sc0, const int *mn0, int *sc, int *mn, float *q,
                             float *err)
@@ -77,22 +79,40 @@ QE4_INLINE void qe4_g_local(const qe4_grouped *t, const float *x, float d, float
     float qmax = (float)((1 << t->bits) - 1);
     for (int j = 0; j < t->n_groups; j++) {
         int len = qe4_g_len(t, j), off = j * t->group;
-        int bs = 0, bm = 0;
-        float best = 0.0f;
-        for (int k = 0; k < 9; k++) {
-            int a = sc0[j] + qe4_g_moves[k][0], b = mn0[j] + qe4_g_moves[k][1];
+        int ma[QE4_G_MOVE_LANES], mb[QE4_G_MOVE_LANES];
+        float ls[QE4_G_MOVE_LANES], ll[QE4_G_MOVE_LANES], li[QE4_G_MOVE_LANES];
+        float acc[QE4_G_MOVE_LANES];
+        for (int k = 0; k < QE4_G_MOVE_LANES; k++) {
+            int mv = k < 9 ? k : 0;
+            int a = sc0[j] + qe4_g_moves[mv][0], b = mn0[j] + qe4_g_moves[mv][1];
             a = a < 0 ? 0 : (a > smax ? smax : a);
             b = b < mlo ? mlo : (b > mhi ? mhi : b);
-            float e = qe4_g_codes(x + off, len, d * (float)a, m * (float)b, qmax, q + off);
-            if (k == 0 || e < best) {
-                best = e;
-                bs = a;
-                bm = b;
+            ma[k] = a;
+            mb[k] = b;
+            ls[k] = d * (float)a;
+            ll[k] = m * (float)b;
+            float inv = 1.0f / ls[k];
+            li[k] = (ls[k] > 0.0f && isfinite(inv)) ? inv : 0.0f;
+            acc[k] = 0.0f;
+        }
+        /* every move's error, each lane exactly qe4_g_codes' sequence of operations */
+        for (int c = 0; c < len; c++) {
+            float xc = x[off + c];
+            for (int k = 0; k < QE4_G_MOVE_LANES; k++) {
+                float v = (xc - ll[k]) * li[k];
+                v = v < 0.0f ? 0.0f : v;
+                v = v > qmax ? qmax : v;
+                v = (v + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+                float e = xc - fmaf(ls[k], v, ll[k]);
+                acc[k] = acc[k] + e * e;
             }
         }
-        sc[j] = bs;
-        mn[j] = bm;
-        err[j] = qe4_g_codes(x + off, len, d * (float)bs, m * (float)bm, qmax, q + off);
+        int best = 0;
+        for (int k = 1; k < 9; k++)
+            best = acc[k] < acc[best] ? k : best;
+        sc[j] = ma[best];
+        mn[j] = mb[best];
+        err[j] = qe4_g_codes(x + off, len, ls[best], ll[best], qmax, q + off);
     }
 }
 
