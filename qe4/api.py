@@ -34,7 +34,9 @@ def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=
         greedy's grid, :func:`qe4.rowwise.exhaustive_range`), ``"aciq-laplace"`` and
         ``"aciq-gauss"`` (:func:`qe4.rowwise.aciq_range`).  Codebook methods
         (``"kmeans"``, ``"kmeans-optimal"``, ``"two-tier"``) are described in
-        :mod:`qe4.codebook`.  Each is an entry of :mod:`qe4.method_registry`.
+        :mod:`qe4.codebook`.  ``"grouped"``: a scale and min per group of
+        ``group`` values, ``sub_bits`` each under float16 super-scales (:mod:`qe4.grouped`;
+        bits 2, 3, 4, 5, 6, 8).  Each is an entry of :mod:`qe4.method_registry`.
     n_bins, ratio : int, float
         The search grid of ``greedy`` and ``exhaustive`` (torch's defaults 200, 0.16):
         n_bins in [1, 1000000], ratio in [0, 1).  Checked for every method, used and
@@ -44,7 +46,8 @@ def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=
         layout: float16 at 2 and 4 bits, float32 (torch's byte layout) at 8 bits;
         float16 centroids.  ``"float32"`` at 2/4 bits is a qe4 variant torch cannot read.
     **kwargs
-        The method's own options (``max_iter`` for kmeans, ``n_groups`` for two-tier).
+        The method's own options (``max_iter`` for kmeans, ``n_groups`` for two-tier,
+        ``group`` and ``sub_bits`` for grouped).
 
     Returns
     -------

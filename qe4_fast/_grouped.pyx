@@ -12,8 +12,12 @@ count or the SIMD level.
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 
-from qe4_fast._common cimport check, qe4_check_simd
+from qe4_fast._common cimport QE4_GROUPED, QE4_LAYOUT_GROUPED, check, qe4_check_simd
 from qe4_fast._pool cimport par_run, qe4_chunk_start, qe4_n_chunks
+
+#: The codes of the method and layout these kernels compute (the registries' codes).
+METHOD_CODES = {"grouped": QE4_GROUPED}
+LAYOUT_CODES = {"grouped": QE4_LAYOUT_GROUPED}
 
 cdef extern from "_grouped_kernels.h" nogil:
     ctypedef struct qe4_grouped:

@@ -53,6 +53,9 @@ def test_registered_with_its_codes():
     assert m.defaults() == {"group": 32, "sub_bits": 6}
     assert (LAYOUT.code, LAYOUT.bits) == (4, (2, 3, 4, 5, 6, 8))
     assert LAYOUT.self_contained and LAYOUT.uses_params
+    from qe4_fast import _grouped
+    assert _grouped.METHOD_CODES == {"grouped": m.code}
+    assert _grouped.LAYOUT_CODES == {"grouped": LAYOUT.code}
 
 
 @pytest.mark.parametrize("dim, group, sub_bits", SHAPES + [(256, 32, 6)])
