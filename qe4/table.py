@@ -236,7 +236,7 @@ class QuantizedTable:
         ``(row_bytes - 2 * itemsize) * 8 // bits``, which is what torch infers; pass
         it for odd dims.  The bytes are copied (the table owns its memory).
         """
-        bits = V.check_bits(bits)
+        bits = V.check_rowwise_bits(bits)
         scale_dtype = V.check_scale_dtype(scale_dtype, bits)
         data = V.check_uint8_table(np.asarray(data), "data")
         slots = (data.shape[1] - L.LAYOUTS["rowwise"].qparam_bytes(scale_dtype)) * 8 // bits

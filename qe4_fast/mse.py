@@ -17,7 +17,7 @@ F32 = np.float32
 def quantize_mse(x, bits=4, *, scale_dtype=None, max_trim=None, n_steps=M.N_STEPS,
                  n_keep=M.N_KEEP, n_iter=M.N_ITER, n_threads=None):
     """Quantize each row with its least-squares (scale, bias); see :func:`qe4.mse.quantize_mse`."""
-    bits = V.check_bits(bits)
+    bits = V.check_rowwise_bits(bits)
     max_trim, n_steps, n_keep, n_iter = M.check_mse_options(bits, max_trim, n_steps, n_keep,
                                                             n_iter)
     scale_dtype = V.check_scale_dtype(scale_dtype, bits)
