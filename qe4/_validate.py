@@ -36,6 +36,12 @@ def check_bits(bits, allowed=None):
     return int(bits)
 
 
+def check_rowwise_bits(bits):
+    """``bits`` as an int the rowwise layout stores (the entry points that make or read
+    only rowwise rows: ``range_loss``, TBE rows, ``from_fused``, ``"mse"``, the exports)."""
+    return check_bits(bits, L.LAYOUTS["rowwise"].bits)
+
+
 def check_scale_dtype(scale_dtype, bits, layout="rowwise"):
     """Resolve ``scale_dtype`` for a ``layout`` table: None means the layout's default.
 
@@ -211,7 +217,7 @@ def check_range_loss_args(x, lo, hi, bits, scale_dtype):
 
     Returns ``(x, lo, hi, bits, scale_dtype)``, ``lo``/``hi`` float32 [n_rows].
     """
-    bits = check_bits(bits)
+    bits = check_rowwise_bits(bits)
     if not isinstance(scale_dtype, str) or scale_dtype not in SCALE_DTYPES:
         raise ValueError(f"scale_dtype must be one of {SCALE_DTYPES}, got {scale_dtype!r}")
     x = as_table(x)
@@ -251,7 +257,7 @@ def check_tbe_rows(data, bits, dim, scale_dtype, row_alignment):
     Returns ``(data, bits, dim, scale_dtype, qp, row_bytes)``: the uint8 rows, the
     resolved arguments, the scale/bias block size and the unpadded row size.
     """
-    bits = check_bits(bits)
+    bits = check_rowwise_bits(bits)
     scale_dtype = check_scale_dtype(scale_dtype, bits)
     row_alignment = check_positive_int(row_alignment, "row_alignment")
     data = check_uint8_table(np.asarray(data), "data")

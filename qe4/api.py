@@ -54,7 +54,9 @@ def quantize(x: ArrayLike, bits: int | None = None, method: str | None = None, *
         greedy's grid, :func:`qe4.rowwise.exhaustive_range`), ``"aciq-laplace"`` and
         ``"aciq-gauss"`` (:func:`qe4.rowwise.aciq_range`).  Codebook methods
         (``"kmeans"``, ``"kmeans-optimal"``, ``"two-tier"``) are described in
-        :mod:`qe4.codebook`.  Each is an entry of :mod:`qe4.method_registry`.
+        :mod:`qe4.codebook`.  ``"grouped"``: a scale and min per group of
+        ``group`` values, ``sub_bits`` each under float16 super-scales (:mod:`qe4.grouped`;
+        bits 2, 3, 4, 5, 6, 8).  Each is an entry of :mod:`qe4.method_registry`.
     preset : str, optional
         A name of :func:`qe4.presets` (e.g. ``"mse-4"``): it sets ``bits``, ``method``,
         ``scale_dtype`` and the method's options, which must then not be passed.
@@ -67,7 +69,8 @@ def quantize(x: ArrayLike, bits: int | None = None, method: str | None = None, *
         layout: float16 at 2 and 4 bits, float32 (torch's byte layout) at 8 bits;
         float16 centroids.  ``"float32"`` at 2/4 bits is a qe4 variant torch cannot read.
     **kwargs
-        The method's own options (``max_iter`` for kmeans, ``n_groups`` for two-tier).
+        The method's own options (``max_iter`` for kmeans, ``n_groups`` for two-tier,
+        ``group`` and ``sub_bits`` for grouped).
 
     Returns
     -------
@@ -107,13 +110,17 @@ def dequantize(table: QuantizedTable) -> Float32Array:
     Rowwise tables: ``x_hat = fma(scale, q, bias)`` in float32, one rounding (torch's
     byte unpack uses fma; for float16 scales and <= 4-bit codes ``scale * q`` is
     exact, so it equals ``scale * q + bias``).  This is the embedding bag of a
-    single row with weight 1.  Mixed tables: each row as its tier stores it, pruned
+    single row with weight 1.  Grouped tables: ``fma(scale_j, q, min_j)`` with group
+    j's scale and min (:mod:`qe4.grouped`).  Mixed tables: each row as its tier stores it, pruned
     rows zero (:mod:`qe4.mixed`).
     """
     V.check_table(table)
     if table.layout == "mixed":
         from .mixed import dequantize_mixed
         return dequantize_mixed(table, dequantize)
+    if table.layout == "grouped":
+        from .grouped import dequantize_grouped
+        return dequantize_grouped(table)
     if table.layout != "rowwise":
         return C.dequantize_codebook(table)
     return fma32(table.scales[:, None], table.codes(), table.biases[:, None])

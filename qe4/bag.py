@@ -201,10 +201,11 @@ def row_values(table: QuantizedTable, rows: NDArray[np.integer]) -> Float32Array
         from .mixed import row_values_mixed
         return row_values_mixed(table, rows, row_values)
     s, v, t = bag_terms(table, rows, None)
-    if table.layout != "rowwise":
+    if table.layout not in ("rowwise", "grouped"):
         return v                         # the centroid values (s = 1, t = 0)
     with np.errstate(invalid="ignore", over="ignore"):   # imported non-finite scales
-        return fma32(s[:, None], v, t[:, None])
+        s, t = per_column(s, t)
+        return fma32(s, v, t)
 
 
 def pooled(table: QuantizedTable, idx: NDArray[np.integer], starts: NDArray[np.integer],
@@ -227,7 +228,8 @@ def _pool(table, idx, starts, lengths, w, mode, out):
             max_step(out, bags, row_values(table, idx[pos]), k)
             continue
         s, v, t = bag_terms(table, idx[pos], None if w is None else w[pos])
-        out[bags] = fma32(s[:, None], v, out[bags] + t[:, None])
+        s, t = per_column(s, t)
+        out[bags] = fma32(s, v, out[bags] + t)
     if mode == "mean":
         full = lengths > 0
         out[full] *= (F32(1.0) / lengths[full].astype(F32))[:, None]
@@ -250,9 +252,19 @@ def max_pool(values: Float32Array, starts: NDArray[np.integer]) -> Float32Array:
     return out
 
 
+def per_column(s: Float32Array, t: Float32Array) -> tuple[Float32Array, Float32Array]:
+    """``s, t`` as arrays that broadcast against the values [n, dim]: per-row terms [n]
+    (rowwise, codebook) get a column axis, per-column ones [n, dim] (grouped) stay."""
+    return (s[:, None], t[:, None]) if np.ndim(s) == 1 else (s, t)
+
+
 def bag_terms(table: QuantizedTable, rows: NDArray[np.integer],
               weights: Float32Array | None) -> tuple[Float32Array, NDArray[Any], Float32Array]:
-    """The (s, v, t) of ``acc = fma(s, v, acc + t)`` for the given rows and weights."""
+    """The (s, v, t) of ``acc = fma(s, v, acc + t)`` for the given rows and weights:
+    ``s, t`` [n] per row, or [n, dim] per column for grouped tables (:mod:`qe4.grouped`)."""
+    if table.layout == "grouped":
+        from .grouped import bag_terms as grouped_terms
+        return grouped_terms(table, rows, weights)
     if table.layout != "rowwise":
         from .codebook import bag_terms as codebook_terms
         return codebook_terms(table, rows, weights)

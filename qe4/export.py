@@ -511,7 +511,7 @@ def to_executorch(x: ArrayLike, bits: int = 4, *, group_size: int | None = None,
     >>> e.tensors["weight"].shape, e.tensors["weight_scales"].shape, e.bits_per_weight
     ((3, 4), (3, 2), 20.0)
     """
-    bits = V.check_bits(bits)
+    bits = V.check_rowwise_bits(bits)
     x, search, n_bins, ratio = _check_common(x, search, n_bins, ratio)
     scale_dtype = _check_choice(scale_dtype, "scale_dtype", ("float32", "float16"))
     epb = 8 // bits
@@ -644,7 +644,7 @@ def to_compressed_tensors(x: ArrayLike, bits: int = 4, *, group_size: int | None
     ``(c * bits) // 32``.  Zero points are packed the same way down each group's
     column (along the rows).  Dequantization: ``(q - zp) * scale`` in ``scale_dtype``.
     """
-    bits = V.check_bits(bits)
+    bits = V.check_rowwise_bits(bits)
     x, search, n_bins, ratio = _check_common(x, search, n_bins, ratio)
     scale_dtype = _check_choice(scale_dtype, "scale_dtype", ("bfloat16", "float16", "float32"))
     group_size = _check_group(group_size, x.shape[1], "group_size")

@@ -83,7 +83,7 @@ class Request:
 
     def row_bytes(self, dim: int) -> int:
         """Bytes of one row of the table this request makes for ``dim`` columns."""
-        return self.layout.row_bytes(dim, self.bits, self.scale_dtype, self.extras_shapes())
+        return self.layout.row_bytes(dim, self.bits, self.scale_dtype, self.extras_shapes(), self.params)
 
 
 def check_request(bits: int | None, method: str | None, n_bins: int = 200, ratio: float = 0.16,

@@ -266,7 +266,8 @@ def _check_layout(hdr, kw):
     try:
         bits = V.check_bits(kw["bits"])
         L.check_dim(kw["dim"])
-        L.get(kw["layout"]).validate(shape[0], shape[1], bits, kw["dim"], kw["scale_dtype"], extras)
+        L.get(kw["layout"]).validate(shape[0], shape[1], bits, kw["dim"], kw["scale_dtype"], extras,
+                                     kw["params"])
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{hdr.path}: inconsistent qe4 metadata: {exc}") from None
 
@@ -568,7 +569,7 @@ class TableWriter:
             bits = V.check_bits(bits)
             if scale_dtype not in V.SCALE_DTYPES:
                 raise ValueError(f"scale_dtype must be one of {V.SCALE_DTYPES}, got {scale_dtype!r}")
-            row_bytes = L.get(layout).row_bytes(L.check_dim(dim), bits, scale_dtype, extras)
+            row_bytes = L.get(layout).row_bytes(L.check_dim(dim), bits, scale_dtype, extras, params)
         self.row_bytes = int(row_bytes)
         # validates bits/dim/scale_dtype/layout/extras and row_bytes against them (rows of
         # 0 bytes, as in mixed tables, cost nothing: validate with every row)

@@ -22,6 +22,10 @@ codebook   1    2 4    ``[codes][c_0 .. c_{K-1}]``, K = 2**bits centroids
 two-tier   2    2 4    ``[codes][group id]`` + ``extras["codebooks"]`` [n_groups, K]
 mixed      3    8      no row bytes: sub-tables of the others per precision tier, a
                        row map and a tier table, all in ``extras`` (:mod:`qe4.mixed`)
+grouped    4    2 3 4  ``[codes][sub-scales, sub-mins][d][m]``: a scale and min per
+                5 6 8  group of ``group`` values, quantized to ``sub_bits`` under the
+                       row's float16 super-scale ``d`` and super-min ``m``
+                       (:mod:`qe4.grouped`; row size from the table's ``params``)
 ========== ==== ====== ====================================================
 
 Codes come first in every row: ``ceil(dim * bits / 8)`` bytes packed low bits first
@@ -152,6 +156,8 @@ class Layout:
     bits = ()
     extras = ()
     floats = ""
+    #: True when the row's fields depend on the table's ``params`` (``fields`` takes them)
+    uses_params = False
 
     # -- codes
     def code_bytes(self, dim: int, bits: int) -> int:
@@ -168,14 +174,27 @@ class Layout:
 
     # -- sizes and fields
     def fields(self, dim: int, bits: int, float_dtype: str,
-               extras: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
-        """The row's fields in order (codes first); ``extras`` maps name -> array (or shape)."""
+               extras: Mapping[str, Any] | None = None,
+               params: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
+        """The row's fields in order (codes first); ``extras`` maps name -> array (or shape),
+        ``params`` is the table's parameters (read by layouts whose rows depend on a
+        method option, e.g. the group size of ``grouped``)."""
         raise NotImplementedError
 
+    def row_fields(self, dim: int, bits: int, float_dtype: str,
+                   extras: Mapping[str, Any] | None = None,
+                   params: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
+        """:meth:`fields`, given ``params`` only when the layout reads them
+        (:attr:`uses_params`; a subclass may keep the four-argument ``fields``)."""
+        if self.uses_params:
+            return self.fields(dim, bits, float_dtype, extras, params)
+        return self.fields(dim, bits, float_dtype, extras)
+
     def row_bytes(self, dim: int, bits: int, float_dtype: str,
-                  extras: Mapping[str, Any] | None = None) -> int:
+                  extras: Mapping[str, Any] | None = None,
+                  params: Mapping[str, Any] | None = None) -> int:
         """Bytes of one row (the sum of :meth:`fields`)."""
-        last = self.fields(dim, bits, float_dtype, extras)[-1]
+        last = self.row_fields(dim, bits, float_dtype, extras, params)[-1]
         return last.offset + last.nbytes
 
     @property
@@ -204,7 +223,7 @@ class Layout:
             raise ValueError(f"a {self.name} table must have bits in {self.bits}, got {bits}")
 
     def validate(self, n_rows: int, row_bytes: int, bits: int, dim: int, float_dtype: str,
-                 extras: Mapping[str, Any]) -> None:
+                 extras: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> None:
         """Raise ValueError unless rows of ``row_bytes`` and ``extras`` make a valid table.
 
         Checks are structural (sizes, dtypes, shapes): O(1) in the table's size.  Value
@@ -222,7 +241,7 @@ class Layout:
         if missing:
             raise ValueError(f"a {self.name} table needs extras{missing}")
         self.check_extras(bits, float_dtype, extras)
-        need = self.row_bytes(dim, bits, float_dtype, extras)
+        need = self.row_bytes(dim, bits, float_dtype, extras, params)
         if row_bytes != need:
             raise ValueError(self.row_bytes_message(row_bytes, need, bits, dim, float_dtype))
 
@@ -253,7 +272,8 @@ class RowwiseLayout(Layout):
     floats = "scale/bias"
 
     def fields(self, dim: int, bits: int, float_dtype: str,
-               extras: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
+               extras: Mapping[str, Any] | None = None,
+               params: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
         cb = code_bytes(dim, bits)
         dt = little(float_dtype)
         return (Field("codes", 0, np.dtype(np.uint8), cb), Field("scale", cb, dt),
@@ -292,7 +312,8 @@ class CodebookLayout(Layout):
     floats = "centroids"
 
     def fields(self, dim: int, bits: int, float_dtype: str,
-               extras: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
+               extras: Mapping[str, Any] | None = None,
+               params: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
         cb = code_bytes(dim, bits)
         return (Field("codes", 0, np.dtype(np.uint8), cb),
                 Field("centroids", cb, little(float_dtype), 2 ** bits))
@@ -322,7 +343,8 @@ class TwoTierLayout(Layout):
         return int(shape[0])
 
     def fields(self, dim: int, bits: int, float_dtype: str,
-               extras: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
+               extras: Mapping[str, Any] | None = None,
+               params: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
         if extras is None or "codebooks" not in extras:
             raise ValueError("a two-tier table needs extras['codebooks']")
         cb = code_bytes(dim, bits)
@@ -398,11 +420,13 @@ class MixedLayout(Layout):
         self.others = dict(others)
 
     def fields(self, dim: int, bits: int, float_dtype: str,
-               extras: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
+               extras: Mapping[str, Any] | None = None,
+               params: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
         return ()
 
     def row_bytes(self, dim: int, bits: int, float_dtype: str,
-                  extras: Mapping[str, Any] | None = None) -> int:
+                  extras: Mapping[str, Any] | None = None,
+                  params: Mapping[str, Any] | None = None) -> int:
         return 0
 
     @property
@@ -419,7 +443,7 @@ class MixedLayout(Layout):
                          f"{PRUNED} (pruned) or {FLOAT} (float)")
 
     def validate(self, n_rows: int, row_bytes: int, bits: int, dim: int, float_dtype: str,
-                 extras: Mapping[str, Any]) -> None:
+                 extras: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> None:
         """The tier table, every sub-table (by its layout), the tier sizes adding up to
         ``n_rows`` and the row map (tier codes below T, padding bits zero, the rank
         directory equal to the planes' counts): O(n_rows / 64), so a malformed file is
@@ -535,6 +559,95 @@ class MixedLayout(Layout):
                              "extras['planes']")
 
 
+# --------------------------------------------------------------------------- grouped
+# group-wise scales inside a row (qe4.grouped): GGUF K-format-like rows of any dim
+
+#: Bit widths of the grouped layout's codes.
+GROUPED_BITS = (2, 3, 4, 5, 6, 8)
+#: Bit widths of a grouped row's quantized sub-scales and sub-mins.
+SUB_BITS = tuple(range(2, 9))
+MAX_GROUP = 65536
+
+
+def _grouped_int(params, name, ok, rule):
+    value = (params or {}).get(name)
+    if value is None:
+        raise ValueError(f"a grouped table needs params[{name!r}] ({rule}), got params={params!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not ok(int(value)):
+        raise ValueError(f"params[{name!r}] must be {rule}, got {value!r}")
+    return int(value)
+
+
+def grouping(params):
+    """``(group, sub_bits)`` of a grouped table's ``params`` (ValueError naming a bad one)."""
+    group = _grouped_int(params, "group", lambda v: 1 <= v <= MAX_GROUP,
+                         f"an integer in [1, {MAX_GROUP}]")
+    sub_bits = _grouped_int(params, "sub_bits", lambda v: v in SUB_BITS,
+                            f"an integer in [{SUB_BITS[0]}, {SUB_BITS[-1]}]")
+    return group, sub_bits
+
+
+def n_groups_of(dim, group):
+    """Groups of a grouped row: ``ceil(dim / group)``; the last holds
+    ``dim - (n_groups - 1) * group`` values (``group`` when it divides ``dim``)."""
+    return -(-int(dim) // int(group))
+
+
+class GroupedLayout(Layout):
+    """Group-wise scales inside a row: ``[codes][sub-params][d][m]``.
+
+    The row's ``dim`` values are cut into ``n_groups = ceil(dim / group)`` groups of
+    ``group`` consecutive values (the last one ragged: ``dim - (n_groups - 1) * group``
+    values).  Fields, in order:
+
+    - ``codes``: ``dim`` codes of ``bits`` bits, :func:`pack_codes`;
+    - ``subs``: one bit stream (:func:`pack_codes` at ``sub_bits``) of ``2 * n_groups``
+      fields, ``sc_0, mn_0, sc_1, mn_1, ...``: group j's sub-scale ``sc_j`` (unsigned)
+      and sub-min ``mn_j`` (unsigned, or two's complement when ``d``'s sign bit is set);
+    - ``d``, ``m``: the row's float16 super-scale (its magnitude; its sign bit: the
+      sub-min mode) and super-min (little-endian).
+
+    ``group`` and ``sub_bits`` are the table's ``params`` (the ``grouped`` method's
+    options), so the row size needs them.  The floats are always float16.  With
+    bits=4, group=32, sub_bits=6 and dim a multiple of 256 a row costs 4.5 bits per value,
+    as GGUF's Q4_K.  Reconstruction: :mod:`qe4.grouped`.
+    """
+    name = "grouped"
+    code = 4
+    bits = GROUPED_BITS
+    floats = "super-scale/super-min"
+    uses_params = True
+
+    def sub_bytes(self, dim, params):
+        """Bytes of the sub-scale/sub-min stream: ``ceil(2 * n_groups * sub_bits / 8)``."""
+        group, sub_bits = grouping(params)
+        return code_bytes(2 * n_groups_of(dim, group), sub_bits)
+
+    def fields(self, dim, bits, float_dtype, extras=None, params=None):
+        cb = code_bytes(dim, bits)
+        sb = self.sub_bytes(dim, params)
+        f16 = little("float16")
+        return (Field("codes", 0, np.dtype(np.uint8), cb), Field("subs", cb, np.dtype(np.uint8), sb),
+                Field("d", cb + sb, f16), Field("m", cb + sb + 2, f16))
+
+    def resolve_float_dtype(self, scale_dtype, bits):
+        name = super().resolve_float_dtype(scale_dtype, bits)
+        if name != "float16":
+            raise ValueError(f"a grouped table stores float16 super-scales, got scale_dtype={scale_dtype!r} "
+                             "(pass None or 'float16')")
+        return name
+
+    def validate(self, n_rows, row_bytes, bits, dim, float_dtype, extras, params=None):
+        if float_dtype != "float16":
+            self.check_bits(bits)
+            raise ValueError(f"a grouped table stores float16 super-scales, got scale_dtype={float_dtype!r}")
+        super().validate(n_rows, row_bytes, bits, dim, float_dtype, extras, params)
+
+    def row_bytes_message(self, got, need, bits, dim, float_dtype):
+        return (f"data has {got} bytes per row; a grouped {bits}-bit table of dim {dim} with these "
+                f"group and sub_bits needs {need}")
+
+
 def _register(*layouts):
     out = {}
     for lay in layouts:
@@ -546,7 +659,7 @@ def _register(*layouts):
 
 #: name -> Layout, in code order.
 _PLAIN = (RowwiseLayout(), CodebookLayout(), TwoTierLayout())
-LAYOUTS = _register(*_PLAIN, MixedLayout({lay.name: lay for lay in _PLAIN}))
+LAYOUTS = _register(*_PLAIN, MixedLayout({lay.name: lay for lay in _PLAIN}), GroupedLayout())
 #: Every bit width some layout stores, ascending.
 BITS = tuple(sorted({b for lay in LAYOUTS.values() for b in lay.bits}))
 

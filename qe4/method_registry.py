@@ -115,6 +115,11 @@ FAMILIES = {
                        "2**bits centroids per row or per group of rows, codes index them"),
     "mse": Family("mse", "qe4.mse:encode", "qe4_fast.mse:encode", "qe4.rowwise:check_values",
                   "each row's stored (scale, bias) of least L2 error, in the rowwise layout"),
+    # group-wise scales inside a row (qe4.grouped)
+    "grouped": Family("grouped", "qe4.grouped:encode", "qe4_fast.grouped:encode",
+                      "qe4.grouped:check_values",
+                      "a scale and min per group of values, sub_bits each under float16 "
+                      "super-scales, in the grouped layout"),
 }
 
 
@@ -230,6 +235,11 @@ N_KEEP = Option("n_keep", 3, int_in(1, 10**6), "mse: scanned ranges refined by l
 N_ITER = Option("n_iter", 3, int_in(0, 1000), "mse: least-squares rounds per refined range")
 MAX_ITER = Option("max_iter", 100, int_in(1, 1_000_000), "most Lloyd updates per row")
 N_GROUPS = Option("n_groups", 16, int_in(1, L.MAX_GROUPS), "number of shared codebooks")
+# the grouped method (qe4.grouped): its options size the rows (qe4.layouts.GroupedLayout)
+GROUP = Option("group", 32, int_in(1, L.MAX_GROUP),
+               "grouped: values per group (the last group of a row holds the rest)")
+SUB_BITS = Option("sub_bits", 6, int_in(L.SUB_BITS[0], L.SUB_BITS[-1]),
+                  "grouped: bits of each group's sub-scale and sub-min")
 
 _ENTRIES = (
     Method("minmax", 0, "rowwise", "rowwise", True, "qe4.rowwise:minmax_range",
@@ -259,6 +269,11 @@ _ENTRIES = (
            "each row's least-squares stored (scale, bias), searched past greedy's window",
            options=(MAX_TRIM, N_STEPS, N_KEEP, N_ITER),
            call=("bits", "scale_dtype", "max_trim", "n_steps", "n_keep", "n_iter")),
+    # group-wise scales inside a row
+    Method("grouped", 9, "grouped", "grouped", True, "qe4.grouped:grouped_params",
+           "a scale and min per group of values (GGUF K-format-like: sub_bits each under a "
+           "float16 super-scale and super-min per row)",
+           options=(GROUP, SUB_BITS), call=("bits", "group", "sub_bits")),
 )
 
 

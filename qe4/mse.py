@@ -221,7 +221,7 @@ def quantize_mse(x: ArrayLike, bits: int = 4, *, scale_dtype: str | None = None,
     and the search: see :func:`mse_params` and this module's notes.  ``n_keep`` is
     capped at the number of scan ranges.
     """
-    bits = V.check_bits(bits)
+    bits = V.check_rowwise_bits(bits)
     max_trim, n_steps, n_keep, n_iter = check_mse_options(bits, max_trim, n_steps, n_keep, n_iter)
     scale_dtype = V.check_scale_dtype(scale_dtype, bits)
     x = V.as_table(x)

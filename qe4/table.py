@@ -81,7 +81,8 @@ class QuantizedTable:
             raise ValueError(f"scale_dtype must be one of {L.FLOAT_DTYPES}, got {scale_dtype!r}")
         dim = L.check_dim(dim)
         extras = {str(k): _frozen_view(np.asarray(v)) for k, v in dict(extras or {}).items()}
-        lay.validate(data.shape[0], data.shape[1], bits, dim, scale_dtype, extras)
+        params = dict(params or {})
+        lay.validate(data.shape[0], data.shape[1], bits, dim, scale_dtype, extras, params)
         init = object.__setattr__
         init(self, "_data", _frozen_view(data))
         init(self, "_bits", bits)
@@ -90,7 +91,7 @@ class QuantizedTable:
         init(self, "_float_dtype", scale_dtype)
         init(self, "_layout", lay.name)
         init(self, "_extras", extras)
-        init(self, "_params", dict(params or {}))
+        init(self, "_params", params)
 
     def __setattr__(self, name, value):
         raise AttributeError(f"QuantizedTable is read-only (cannot set {name!r}); build a new table")
@@ -150,7 +151,8 @@ class QuantizedTable:
 
     def fields(self) -> tuple[L.Field, ...]:
         """The row's fields (:class:`qe4.layouts.Field`: name, offset, dtype, count)."""
-        return self.layout_entry.fields(self._dim, self._bits, self._float_dtype, self._extras)
+        return self.layout_entry.row_fields(self._dim, self._bits, self._float_dtype, self._extras,
+                                            self._params)
 
     # ----------------------------------------------------------------- sizes
     @property
@@ -257,7 +259,7 @@ class QuantizedTable:
         ``(row_bytes - 2 * itemsize) * 8 // bits``, which is what torch infers; pass
         it for odd dims.  The bytes are copied (the table owns its memory).
         """
-        bits = V.check_bits(bits)
+        bits = V.check_rowwise_bits(bits)
         scale_dtype = V.check_scale_dtype(scale_dtype, bits)
         data = V.check_uint8_table(np.asarray(data), "data")
         slots = (data.shape[1] - L.LAYOUTS["rowwise"].qparam_bytes(scale_dtype)) * 8 // bits

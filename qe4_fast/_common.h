@@ -57,6 +57,8 @@ enum {
     QE4_TWO_TIER = 7
 };
 enum { QE4_LAYOUT_ROWWISE = 0, QE4_LAYOUT_CODEBOOK = 1, QE4_LAYOUT_TWO_TIER = 2 };
+/* the grouped layout and method (qe4_fast/_grouped_kernels.h) */
+enum { QE4_GROUPED = 9, QE4_LAYOUT_GROUPED = 4 };
 
 /* ------------------------------------------------------------------ float bits, float16 */
 

@@ -22,6 +22,9 @@ cdef extern from "_common.h" nogil:
         QE4_LAYOUT_CODEBOOK
         QE4_LAYOUT_TWO_TIER
     enum:
+        QE4_GROUPED
+        QE4_LAYOUT_GROUPED
+    enum:
         QE4_SIMD_PORTABLE
         QE4_SIMD_AVX2
         QE4_SIMD_AVX512

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from qe4._typing import Float32Array, UInt8Array
 
 from qe4 import _validate as V
-from qe4.bag import MODES, check_lookup_table, round_output
+from qe4.bag import MODES, check_lookup_table, max_pool, round_output
 from qe4.table import QuantizedTable
 
 from . import _bag, _lookup, _simd
@@ -31,6 +31,11 @@ F32 = np.float32
 def _codebook():
     from . import codebook
     return codebook
+
+
+def _grouped():
+    from . import grouped
+    return grouped
 
 
 def _rows(table):
@@ -52,6 +57,8 @@ def dequantize(table: QuantizedTable, *, n_threads: int | None = None) -> Float3
     if table.layout == "mixed":
         from .mixed import dequantize_mixed
         return dequantize_mixed(table, n_threads)
+    if table.layout == "grouped":
+        return _grouped().row_values(table, None, n_threads)
     if table.layout != "rowwise":
         return _codebook().dequantize_codebook(table, n_threads=n_threads)
     n = effective_n_threads(n_threads, table.n_rows, table.n_rows * table.dim)
@@ -82,6 +89,9 @@ def embedding(table: QuantizedTable, indices: ArrayLike, *, out_dtype: str = "fl
     if table.layout == "mixed":
         from .mixed import row_values_mixed
         return round_output(row_values_mixed(table, idx, n_threads),
+                            out_dtype).reshape(shape + (table.dim,))
+    if table.layout == "grouped":
+        return round_output(_grouped().row_values(table, idx, n_threads),
                             out_dtype).reshape(shape + (table.dim,))
     out = np.empty((idx.size, table.dim), _BUFFER[out_dtype])
     n_bad = _lookup.gather(_spec(table), idx, _lookup.KINDS[out_dtype], out.view(np.uint8),
@@ -117,6 +127,8 @@ def embedding_bag(table: QuantizedTable, indices: ArrayLike, offsets: ArrayLike 
     if table.layout == "mixed":
         from .mixed import pooled_mixed
         return round_output(pooled_mixed(table, idx, starts, w, mode, n_threads), out_dtype)
+    if table.layout == "grouped":
+        return round_output(_grouped_pooled(table, idx, starts, w, mode, n_threads), out_dtype)
     if out_dtype != "float32" or mode == "max":
         return _bags([table], idx, starts, w, n_bags, mode, out_dtype, n_threads)
     if table.layout != "rowwise":
@@ -178,7 +190,7 @@ def _spec(table):
 
 def _bags(tables, idx, starts, w, n_bags, mode, out_dtype, n_threads):
     """Bags of validated arguments over ``tables`` into one [n_bags, sum of dims] result."""
-    if any(t.layout == "mixed" for t in tables):
+    if any(t.layout in ("mixed", "grouped") for t in tables):
         return _bags_with_mixed(tables, idx, starts, w, n_bags, mode, out_dtype, n_threads)
     dims = [t.dim for t in tables]
     out = np.empty((n_bags, sum(dims)), _BUFFER[out_dtype])
@@ -197,16 +209,25 @@ def _bags(tables, idx, starts, w, n_bags, mode, out_dtype, n_threads):
     return _result(out, out_dtype)
 
 
+def _grouped_pooled(table, idx, starts, w, mode, n_threads):
+    """float32 bags of a grouped table: the compiled sum/mean, or max over its
+    dequantized rows (:func:`qe4.bag.max_pool`, the reference's rule)."""
+    if mode == "max":
+        return max_pool(_grouped().row_values(table, idx, n_threads), starts)
+    return _grouped().bag(table, idx, starts, w, mode == "mean", n_threads)
+
+
 def _bags_with_mixed(tables, idx, starts, w, n_bags, mode, out_dtype, n_threads):
-    """Several tables, some mixed: table by table (the tables are independent lookups),
-    float32, then rounded once."""
+    """Several tables, some mixed or grouped: table by table (the tables are independent
+    lookups), float32, then rounded once."""
     from .mixed import pooled_mixed
+    own = {"mixed": pooled_mixed, "grouped": _grouped_pooled}
     parts = []
     for t, table in enumerate(tables):
         s = starts[t * n_bags:(t + 1) * n_bags + 1]
         p0, p1 = int(s[0]), int(s[-1])
         i, b, wt = idx[p0:p1], s - p0, None if w is None else w[p0:p1]
-        parts.append(pooled_mixed(table, i, b, wt, mode, n_threads) if table.layout == "mixed"
+        parts.append(own[table.layout](table, i, b, wt, mode, n_threads) if table.layout in own
                      else _bags([table], i, b, wt, n_bags, mode, "float32", n_threads))
     return round_output(np.concatenate(parts, axis=1), out_dtype)
 

@@ -27,7 +27,7 @@ def quantize_mse(x: ArrayLike, bits: int = 4, *, scale_dtype: str | None = None,
                  max_trim: float | None = None, n_steps: int = M.N_STEPS, n_keep: int = M.N_KEEP,
                  n_iter: int = M.N_ITER, n_threads: int | None = None) -> QuantizedTable:
     """Quantize each row with its least-squares (scale, bias); see :func:`qe4.mse.quantize_mse`."""
-    bits = V.check_bits(bits)
+    bits = V.check_rowwise_bits(bits)
     max_trim, n_steps, n_keep, n_iter = M.check_mse_options(bits, max_trim, n_steps, n_keep,
                                                             n_iter)
     scale_dtype = V.check_scale_dtype(scale_dtype, bits)

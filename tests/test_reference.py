@@ -312,7 +312,7 @@ def test_bad_tables(x, exc, match):
 
 
 @pytest.mark.parametrize("kw, exc, match", [
-    ({"bits": 3}, ValueError, r"bits must be one of \(2, 4, 8\), got 3"),
+    ({"bits": 7}, ValueError, r"bits must be one of \(2, 3, 4, 5, 6, 8\), got 7"),
     ({"bits": 1}, ValueError, "bits must be one of"),
     ({"bits": 4.0}, TypeError, "bits must be an integer, got 4.0"),
     ({"bits": True}, TypeError, "bits must be an integer, got True"),

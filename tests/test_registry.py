@@ -70,7 +70,7 @@ def test_codes_are_unique_and_today_s():
     assert [M.get(n).code for n in ("minmax", "greedy", "exhaustive", "aciq-laplace",
                                     "aciq-gauss")] == [0, 1, 2, 3, 4]
     assert len({m.code for m in M.METHODS.values()}) == len(M.METHODS)
-    assert [lay.code for lay in L.LAYOUTS.values()] == [0, 1, 2, 3]     # 3: mixed
+    assert [lay.code for lay in L.LAYOUTS.values()] == [0, 1, 2, 3, 4]     # 3: mixed, 4: grouped
     with pytest.raises(ValueError, match="no method has code 99"):
         M.by_code(99)
     with pytest.raises(ValueError, match="layout must be one of"):
@@ -91,7 +91,7 @@ def test_row_sizes_come_from_the_layout(method, bits, scale_dtype):
     for name, mod in ENGINES.items():
         t = mod.quantize(X, bits, method, scale_dtype=scale_dtype)
         assert t.row_bytes == request.row_bytes(X.shape[1]) == t.layout_entry.row_bytes(
-            t.dim, t.bits, t.float_dtype, t.extras), name
+            t.dim, t.bits, t.float_dtype, t.extras, t.params), name
         fields = t.fields()
         assert fields[0].name == "codes" and fields[0].nbytes == L.code_bytes(t.dim, bits)
         assert [f.offset for f in fields] == list(np.cumsum([0] + [f.nbytes for f in fields[:-1]]))
@@ -169,7 +169,7 @@ def test_cli_option_flags_reach_the_method(tmp_path, capsys):
 # --------------------------------------------------------------------------- one front end
 
 BAD_REQUESTS = [
-    (dict(bits=3), ValueError, r"bits must be one of \(2, 4, 8\), got 3"),
+    (dict(bits=7), ValueError, r"bits must be one of \(2, 3, 4, 5, 6, 8\), got 7"),
     (dict(method="best"), ValueError, "method must be one of"),
     (dict(method="kmeans", bits=8), ValueError, "bits=8 is not supported by method 'kmeans'"),
     (dict(method="minmax", max_iter=3), TypeError, r"unexpected keyword arguments .*\['max_iter'\]"),
@@ -374,7 +374,7 @@ def test_zero_row_tables_agree(method, same_bytes, tmp_path):
     """F15: a 0-row table of every layout dequantizes to float32 [0, dim] in both packages."""
     t = qe4.quantize(X, 4, method)
     empty = qe4.QuantizedTable(t.data[:0], bits=4, dim=t.dim, method=method, layout=t.layout,
-                               scale_dtype=t.scale_dtype, extras=t.extras)
+                               scale_dtype=t.scale_dtype, extras=t.extras, params=t.params)
     qio.save(empty, tmp_path / "e.qe4")
     for table in (empty, qio.load(tmp_path / "e.qe4")):
         for mod in ENGINES.values():

@@ -42,6 +42,14 @@ CASES = {
     "mixed-8bit": (8, "mixed", {"choice": [5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 0],
                                 "rungs": ["pruned", "greedy/2", "greedy/4", "greedy/8",
                                           "float16", "float32"], "row_map": "tiers"}),
+    # group-wise scales (qe4.grouped): groups of 3 over dim 7 (a ragged last group of one
+    # value), and one group of 7 at 8 bits
+    "grouped-2bit": (2, "grouped", {"group": 3, "sub_bits": 4}),
+    "grouped-3bit": (3, "grouped", {"group": 3, "sub_bits": 6}),
+    "grouped-4bit": (4, "grouped", {"group": 3, "sub_bits": 6}),
+    "grouped-5bit": (5, "grouped", {"group": 2, "sub_bits": 5}),
+    "grouped-6bit": (6, "grouped", {"group": 4, "sub_bits": 8}),
+    "grouped-8bit": (8, "grouped", {"group": 7, "sub_bits": 7}),
 }
 N_ROWS, DIM = 11, 7          # an odd dim: the last code byte is half padding at 4 bits
 

@@ -1,0 +1,352 @@
+"""The ``"grouped"`` method: a scale and a min per group of values inside a row.
+
+A row of ``dim`` values is cut into ``n_groups = ceil(dim / group)`` groups of
+``group`` consecutive values; the last group is ragged when ``group`` does not
+divide ``dim``: it holds ``dim - (n_groups - 1) * group`` values (the rule of
+:func:`qe4.layouts.n_groups_of`).  Each group j has its own affine grid, stored
+compactly as in GGUF's K formats: a ``sub_bits``-bit unsigned sub-scale ``sc_j`` and
+a ``sub_bits``-bit sub-min ``mn_j`` under the row's float16 super-scale ``d`` and
+super-min ``m``.  Row bytes: :class:`qe4.layouts.GroupedLayout`.
+
+Reconstruction (every step one IEEE float32 operation; the two products are exact,
+11 + sub_bits <= 19 significant bits)::
+
+    signed  = sign bit of the stored d     # the row's sub-min mode, see below
+    scale_j = f32(|d|) * f32(sc_j)
+    min_j   = f32(m) * f32(mn_j)           # mn_j two's complement when signed, else unsigned
+    x_hat   = fma(scale_j, q, min_j)       # one rounding, as the rowwise layout's
+
+(:func:`qe4.rowwise.fma32`; compiled code calls ``fmaf`` or the AVX2 ``fmadd``, and
+``-ffp-contract=off`` fuses nothing else.)  It is the embedding bag of a single row
+with weight 1: a bag adds, per group, ``acc = fma(w * scale_j, q, acc + w * min_j)``.
+
+**The sub-min mode, chosen per row.**  GGUF's Q4_K stores ``x = d * sc * q - dmin * mn``
+with ``dmin, mn >= 0``: every group's min must be <= 0.  qe4 has two modes and each row
+keeps the one of lower error, flagged by the sign bit of ``d`` (``d`` is never
+negative, so the bit is free):
+
+- *unsigned* (sign bit clear): ``mn_j`` in ``0 .. 2**sub_bits - 1`` under a signed
+  ``m``: minima of one sign (either) keep every bit; a group whose min has the other
+  sign gets ``min_j = 0`` (its grid starts at 0 and still covers it);
+- *signed* (sign bit set): ``mn_j`` two's complement under ``m >= 0``: one bit goes to
+  the sign, and minima of both signs are held.
+
+Measured (``bench/bench_grouped.py --quick``: steps 1 to 4 with every row in one mode,
+8,000 rows, bits=4, sub_bits=6), normalized error unsigned / signed: N(0, 1) x 64 at
+group 32 0.004874 / 0.004913, at group 16 0.003249 / 0.003319; GloVe 6B 50d at group 32
+0.004598 / 0.004635, at group 16 0.005078 / 0.003281, at group 8 0.003683 / 0.001881.
+Neither wins everywhere (GloVe's rows have non-zero means, so small groups often have
+minima of both signs), hence the per-row choice: on all of GloVe at group 16 it gives
+0.003167 (5.6 bpw).
+
+**The search**, per row, deterministic (every row independent):
+
+1. For each group the float32 (scale, min) of least L2 error on the ``bits``-bit
+   grid: :func:`qe4.mse.mse_params` with ``scale_dtype="float32"`` and its default
+   options on the group's values (a scan of clipping ranges past greedy's window,
+   then alternating least squares on the codes).  A constant group (max == min) has
+   scale 0.
+2. The super-scale and super-min, float16 (``h`` = round float32 to float16)::
+
+       smax = 2**sub_bits - 1;   mhi = 2**(sub_bits - 1) - 1
+       d = h(max_j scale_j / smax)
+       unsigned: m = h(min_k / smax)       k: the first group of largest |min_k|
+                 mn_j = clip(rint(min_j / m), 0, smax)         (0 when m == 0)
+       signed:   m = h(max_j |min_j| / mhi)
+                 mn_j = clip(rint(min_j / m), -mhi - 1, mhi)   (0 when m == 0)
+       sc_j = clip(rint(scale_j / d), 0, smax)                 (0 when d == 0)
+
+   (float32 divisions; ``rint`` rounds half to even.)
+3. Codes for the quantized group parameters, ``q = clip(rint((x - min_j) * inv_j),
+   0, qmax)`` with ``inv_j = f32(1 / scale_j)`` (0 when ``scale_j`` is 0 or its
+   reciprocal is not finite).
+4. Local search: each group tries ``(sc_j + a, mn_j + b)`` (clipped to their ranges)
+   for the moves ``(a, b)`` of :data:`MOVES` in order, codes by step 3, and keeps the
+   one of least error (ties: the earlier move; the unchanged pair is first).
+5. Least-squares refit of ``(d, m)`` on the codes and sub-parameters of step 4 (the
+   2x2 normal equations of ``x ~ d * (sc_j * q) + m * mn_j`` over the row, sums in
+   float64 in row order, Cramer's rule, each rounded to float32 then float16; refused
+   when the determinant is <= 0, ``d`` is not > 0 or either is not finite), then
+   step 4 again from the refit; the row keeps the refit only if its error is lower.
+6. Steps 2 to 5 run in both sub-min modes; the row keeps the signed one only if its
+   error is lower.
+
+Errors are ``sum (x - fma(scale_j, q, min_j))**2`` accumulated in float32 in column
+order within each group; a row's error is the float32 sum of its groups' errors in
+group order.  Measured (``bench/bench_grouped.py``) against a dense search of each
+group's float32 range with least squares (the floor of any per-group affine 4-bit grid
+of 32 values, whatever its storage): see docs/numerics.rst, "Grouped rows".
+"""
+
+import numpy as np
+
+from . import _validate as V
+from . import layouts as L
+from . import mse as MSE
+from .rowwise import fma32
+
+F32 = np.float32
+F64 = np.float64
+
+#: the local search's moves of (sc_j, mn_j), in the order they are tried
+MOVES = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
+GROUP = 32
+SUB_BITS = 6
+
+
+def sub_max(sub_bits):
+    """The largest sub-scale (and unsigned sub-min): ``2**sub_bits - 1``."""
+    return 2 ** sub_bits - 1
+
+
+def min_range(sub_bits, signed):
+    """The sub-mins' range: ``0 .. 2**sub_bits - 1``, or two's complement when ``signed``."""
+    if signed:
+        return -(2 ** (sub_bits - 1)), 2 ** (sub_bits - 1) - 1
+    return 0, sub_max(sub_bits)
+
+
+def split_groups(x, group):
+    """Rows [n, dim] -> zero-padded groups [n, n_groups, group] and the valid mask [n_groups, group]."""
+    n, dim = x.shape
+    n_groups = L.n_groups_of(dim, group)
+    padded = np.zeros((n, n_groups * group), F32)
+    padded[:, :dim] = x
+    valid = (np.arange(n_groups * group) < dim).reshape(n_groups, group)
+    return padded.reshape(n, n_groups, group), valid
+
+
+def group_segments(x, group):
+    """The groups of rows [n, dim] as contiguous 2-D arrays: the full groups
+    [n * (dim // group), group] (row-major), then the ragged last groups [n, dim % group]."""
+    n, dim = x.shape
+    full = dim // group
+    parts = []
+    if full:
+        parts.append(x[:, :full * group].reshape(n * full, group))
+    if dim % group:
+        parts.append(x[:, full * group:])
+    return [np.ascontiguousarray(seg) for seg in parts]
+
+
+def per_row(parts, n):
+    """Per-group values of :func:`group_segments`' parts -> float32 [n, n_groups]."""
+    return np.ascontiguousarray(np.concatenate([p.reshape(n, -1) for p in parts], axis=1), F32)
+
+
+def group_ranges(x, bits, group):
+    """Step 1: each group's float32 (scale, min) of least error, [n, n_groups] each."""
+    scales, mins = [], []
+    for seg in group_segments(x, group):
+        scale, low, _ = MSE.mse_params(seg, bits, "float32")
+        constant = seg.max(axis=1) == seg.min(axis=1)
+        scales.append(np.where(constant, F32(0.0), scale))
+        mins.append(low)
+    return per_row(scales, x.shape[0]), per_row(mins, x.shape[0])
+
+
+def h16(v):
+    """Round float32 to float16 and widen back (nearest-even)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(v, F32).astype(np.float16).astype(F32)
+
+
+def super_params(scale, low, sub_bits, signed=False):
+    """Step 2: ``d, m`` [n] (float16 values) and ``sc, mn`` [n, n_groups] (int32)."""
+    smax = sub_max(sub_bits)
+    lo, hi = min_range(sub_bits, signed)
+    if signed:
+        m = h16(np.abs(low).max(axis=1) / F32(hi))
+    else:
+        extreme = low[np.arange(low.shape[0]), np.argmax(np.abs(low), axis=1)]  # the first largest
+        m = h16(extreme / F32(smax))
+    d = h16(scale.max(axis=1) / F32(smax))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d[:, None] > 0, np.clip(np.rint(scale / d[:, None]), 0, smax), 0)
+        mn = np.where(m[:, None] != 0, np.clip(np.rint(low / m[:, None]), lo, hi), 0)
+    return d, m, sc.astype(np.int32), mn.astype(np.int32)
+
+
+def group_values(d, m, sc, mn):
+    """``scale_j = f32(d) * sc_j``, ``min_j = f32(m) * mn_j`` (exact), [n, n_groups] float32."""
+    return (d[:, None] * sc.astype(F32)).astype(F32), (m[:, None] * mn.astype(F32)).astype(F32)
+
+
+def group_codes(xg, scale, low, bits):
+    """Step 3: codes [n, n_groups, group] (float32 values) for the groups' (scale, min)."""
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        inv = F32(1.0) / scale
+    inv = np.where((scale > 0) & np.isfinite(inv), inv, F32(0.0)).astype(F32)
+    q = np.rint((xg - low[..., None]) * inv[..., None])
+    return np.clip(q, F32(0.0), F32(2 ** bits - 1)).astype(F32)
+
+
+def group_errors(xg, valid, q, scale, low):
+    """``sum (x - fma(scale, q, min))**2`` per group, float32 in column order, [n, n_groups]."""
+    err = np.zeros(scale.shape, F32)
+    for c in range(xg.shape[2]):
+        e = xg[:, :, c] - fma32(scale, q[:, :, c], low)
+        err = np.where(valid[:, c], err + e * e, err).astype(F32)
+    return err
+
+
+def local_search(xg, valid, bits, sub_bits, d, m, sc, mn, signed=False):
+    """Step 4: each group's best move of :data:`MOVES`; returns ``sc, mn, q, err``."""
+    smax = sub_max(sub_bits)
+    lo, hi = min_range(sub_bits, signed)
+    best = None
+    for a, b in MOVES:
+        tsc = np.clip(sc + a, 0, smax)
+        tmn = np.clip(mn + b, lo, hi)
+        scale, low = group_values(d, m, tsc, tmn)
+        q = group_codes(xg, scale, low, bits)
+        err = group_errors(xg, valid, q, scale, low)
+        if best is None:
+            best = [tsc, tmn, q, err]
+            continue
+        take = err < best[3]
+        best = [np.where(take, tsc, best[0]), np.where(take, tmn, best[1]),
+                np.where(take[..., None], q, best[2]), np.where(take, err, best[3])]
+    return best
+
+
+def row_error(err):
+    """The float32 sum of a row's group errors, in group order."""
+    total = np.zeros(err.shape[0], F32)
+    for j in range(err.shape[1]):
+        total = (total + err[:, j]).astype(F32)
+    return total
+
+
+def refit_super(x, group, sc, mn, q):
+    """Step 5's fit: the least-squares ``(d, m)`` of ``x ~ d * (sc_j * q) + m * mn_j``.
+
+    Sums in float64 over the row's values in column order; rounded to float32 then
+    float16.  ``ok`` where the determinant is > 0, both are finite and ``d > 0``.
+    """
+    n, dim = x.shape
+    u = expand(sc, dim, group).astype(F64) * q.reshape(n, -1)[:, :dim]   # coefficient of d
+    v = expand(mn, dim, group).astype(F64)                                # coefficient of m
+    y = x.astype(F64)
+    s_uu, s_uv, s_vv, s_yu, s_yv = (np.zeros(n, F64) for _ in range(5))
+    for c in range(dim):
+        uc, vc, yc = u[:, c], v[:, c], y[:, c]
+        s_uu, s_uv, s_vv = s_uu + uc * uc, s_uv + uc * vc, s_vv + vc * vc
+        s_yu, s_yv = s_yu + yc * uc, s_yv + yc * vc
+    det = s_uu * s_vv - s_uv * s_uv
+    ok = det > 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        d = (s_yu * s_vv - s_yv * s_uv) / np.where(ok, det, 1.0)
+        m = (s_yv * s_uu - s_yu * s_uv) / np.where(ok, det, 1.0)
+        d, m = h16(d.astype(F32)), h16(m.astype(F32))
+    ok &= np.isfinite(d) & np.isfinite(m) & (d > 0)
+    return d, m, ok
+
+
+def search_mode(x, xg, valid, ranges, bits, group, sub_bits, signed):
+    """Steps 2 to 5 in one sub-min mode: ``d, m, sc, mn, q [n, n_groups, group], row error``."""
+    d, m, sc, mn = super_params(*ranges, sub_bits, signed)
+    sc, mn, q, err = local_search(xg, valid, bits, sub_bits, d, m, sc, mn, signed)
+    err = row_error(err)
+    rd, rm, ok = refit_super(x, group, sc, mn, q)
+    if ok.any():
+        rsc, rmn, rq, rerr = local_search(xg, valid, bits, sub_bits, rd, rm, sc, mn, signed)
+        rerr = row_error(rerr)
+        better = ok & (rerr < err)
+        d, m = np.where(better, rd, d), np.where(better, rm, m)
+        sc, mn = np.where(better[:, None], rsc, sc), np.where(better[:, None], rmn, mn)
+        q = np.where(better[:, None, None], rq, q)
+        err = np.where(better, rerr, err)
+    return d, m, sc, mn, q, err
+
+
+def grouped_params(x, bits=4, group=GROUP, sub_bits=SUB_BITS):
+    """Each row's ``(signed, d, m, sc, mn, q)`` by the search in this module's notes.
+
+    Parameters
+    ----------
+    x : float32 ndarray [n_rows, dim]
+        Validated (finite, float16 ranges checked: :func:`check_values`).
+    bits, group, sub_bits : int
+
+    Returns
+    -------
+    signed : bool [n_rows]
+        The row's sub-mins are two's complement (stored as the sign bit of ``d``).
+    d, m : float32 [n_rows] (float16 values, ``d >= 0``)
+    sc, mn : int32 [n_rows, n_groups]
+    q : uint8 [n_rows, dim]
+    """
+    x = np.asarray(x, F32)
+    n, dim = x.shape
+    xg, valid = split_groups(x, group)
+    ranges = group_ranges(x, bits, group)
+    plain = search_mode(x, xg, valid, ranges, bits, group, sub_bits, False)
+    other = search_mode(x, xg, valid, ranges, bits, group, sub_bits, True)
+    signed = other[5] < plain[5]
+    d, m, sc, mn, q = (np.where(signed.reshape((n,) + (1,) * (a.ndim - 1)), b, a)
+                       for a, b in zip(plain[:5], other[:5]))
+    return signed, d, m, sc, mn, q.reshape(n, -1)[:, :dim].astype(np.uint8)
+
+
+def assemble(signed, d, m, sc, mn, q, bits, sub_bits):
+    """Rows ``[codes][subs][d][m]`` (:class:`qe4.layouts.GroupedLayout`) as uint8 [n, row_bytes];
+    a signed row's ``d`` is stored negated (its sign bit set), its sub-mins in two's complement."""
+    n = q.shape[0]
+    subs = np.stack([sc, mn & sub_max(sub_bits)], axis=2).reshape(n, -1).astype(np.uint8)
+    tail = np.stack([np.where(signed, -d, d), m], axis=1).astype("<f2").view(np.uint8).reshape(n, 4)
+    return np.concatenate([L.pack_codes(q, bits), L.pack_codes(subs, sub_bits), tail], axis=1)
+
+
+def read_rows(table, rows=slice(None)):
+    """``(scale_j, min_j)`` [n, n_groups] float32 and codes [n, dim] of a grouped table's ``rows``."""
+    group, sub_bits = L.grouping(table.params)
+    sub = table.data[rows]
+    n_groups = L.n_groups_of(table.dim, group)
+    cb = table.code_bytes
+    sb = L.LAYOUTS["grouped"].sub_bytes(table.dim, table.params)
+    subs = L.unpack_codes(sub[:, cb:cb + sb], sub_bits, 2 * n_groups).astype(np.int32)
+    sc, mn = subs[:, 0::2], subs[:, 1::2]
+    dm = np.ascontiguousarray(sub[:, cb + sb:cb + sb + 4]).view("<f2").astype(F32)
+    signed = np.signbit(dm[:, 0])[:, None]
+    mn = np.where(signed & (mn >= 2 ** (sub_bits - 1)), mn - 2 ** sub_bits, mn)
+    scale, low = group_values(np.abs(dm[:, 0]), dm[:, 1], sc, mn)
+    return scale, low, L.unpack_codes(sub[:, :cb], table.bits, table.dim)
+
+
+def expand(values, dim, group):
+    """Per-group values [n, n_groups] -> per-column values [n, dim]."""
+    return np.repeat(values, group, axis=1)[:, :dim]
+
+
+def bag_terms(table, rows, weights):
+    """The (s, v, t) [n, dim] of ``acc = fma(s, v, acc + t)`` for rows of a grouped table:
+    ``s = w * scale_j``, ``t = w * min_j`` (float32) per column of group j, ``v`` the codes."""
+    group, _ = L.grouping(table.params)
+    scale, low, q = read_rows(table, rows)
+    if weights is not None:
+        scale = (weights[:, None] * scale).astype(F32)
+        low = (weights[:, None] * low).astype(F32)
+    return expand(scale, table.dim, group), q, expand(low, table.dim, group)
+
+
+def dequantize_grouped(table):
+    """float32 [n_rows, dim]: ``fma(scale_j, q, min_j)`` per value."""
+    s, q, t = bag_terms(table, slice(None), None)
+    return fma32(s, q, t)
+
+
+def check_values(request, x, name="x"):
+    """The grouped family's value checks: finite, and every value and ``(max - min) / qmax``
+    of the row finite in float16 (the rowwise layout's float16 rule,
+    :func:`qe4._validate.check_fp16_ranges`), so that the super-scale and super-min are."""
+    V.check_finite(x, name)
+    V.check_fp16_ranges(x, request.bits, "float16", name=name)
+
+
+def encode(request, x):
+    """The grouped family's encoder: rows of ``x`` by :func:`grouped_params`, in the
+    grouped layout.  Returns ``(data, extras)`` (no extras)."""
+    check_values(request, x)
+    group, sub_bits = request.options["group"], request.options["sub_bits"]
+    return assemble(*grouped_params(x, request.bits, group, sub_bits), request.bits, sub_bits), {}

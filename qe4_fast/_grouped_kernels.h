@@ -1,0 +1,497 @@
+/* The grouped layout of qe4_fast: the C twin of qe4/grouped.py (read its notes).
+ *
+ * A row [codes][subs][d][m]: dim codes of `bits` bits, then the 2 * n_groups sub-scales and
+ * sub-mins (sc_0, mn_0, sc_1, ...) of `sub_bits` bits in one bit stream, then the float16
+ * super-scale d and super-min m.  Group j holds values j * group .. min(dim, (j+1) * group) - 1
+ * and reads back as fma(f32(d) * sc_j, q, f32(m) * mn_j).
+ *
+ * - qe4_grouped_finish_row: steps 2 to 5 of the search (super-parameters, codes, local search,
+ *   least-squares refit) and the row's bytes, from step 1's per-group float32 (scale, min)
+ *   (qe4.mse.mse_params, computed by the compiled mse kernel);
+ * - qe4_grouped_row_values / qe4_grouped_bag: dequantized rows and pooled bags (sum, mean,
+ *   weights), a portable path and an AVX2 path (4- and 8-bit codes in groups of a multiple
+ *   of 8) with the same IEEE operations per element.
+ * Every function takes validated buffers; none fails.
+ */
+#ifndef QE4_GROUPED_KERNELS_H
+#define QE4_GROUPED_KERNELS_H
+
+#include "_common.h"
+
+typedef struct {
+    const uint8_t *data;
+    int64_t n_rows, row_bytes;
+    int dim, bits, group, sub_bits, n_groups, code_bytes, sub_bytes;
+} qe4_grouped;
+
+QE4_INLINE int qe4_g_len(const qe4_grouped *t, int j)
+{
+    return j < t->n_groups - 1 ? t->group : t->dim - (t->n_groups - 1) * t->group;
+}
+
+QE4_INLINE float qe4_h16(float v) { return qe4_half_to_float(qe4_float_to_half(v)); }
+
+/* Write `n` values of `bits` bits as a little-endian bit stream into out[0 .. nbytes). */
+QE4_INLINE void qe4_g_pack(uint8_t *out, int nbytes, const uint8_t *vals, int n, int bits)
+{
+    memset(out, 0, (size_t)nbytes);
+    for (int i = 0; i < n; i++) {
+        int64_t at = (int64_t)i * bits;
+        uint32_t v = (uint32_t)vals[i] << (at & 7);
+        out[at >> 3] |= (uint8_t)v;
+        if ((at & 7) + bits > 8)
+            out[(at >> 3) + 1] |= (uint8_t)(v >> 8);
+    }
+}
+
+/* --------------------------------------------------------------------------- quantize */
+
+/* Step 3 for one group: codes of (scale, low) into q (float values) and the group's error. */
+QE4_INLINE float qe4_g_codes(const float *x, int len, float scale, float low, float qmax, float *q)
+{
+    float inv = 1.0f / scale;
+    inv = (scale > 0.0f && isfinite(inv)) ? inv : 0.0f;
+    float err = 0.0f;
+    for (int c = 0; c < len; c++) {
+        float t = (x[c] - low) * inv;
+        t = t < 0.0f ? 0.0f : t;
+        t = t > qmax ? qmax : t;
+        t = (t + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+        q[c] = t;
+        float e = x[c] - fmaf(scale, t, low);
+        err = err + e * e;
+    }
+    return err;
+}
+
+static const int qe4_g_moves[9][2] = {{0, 0}, {-1, 0}, {1, 0}, {0, -1}, {0, 1},
+                                      {-1, -1}, {-1, 1}, {1, -1}, {1, 1}};
+
+/* Step 4: each group's best move from (sc, mn) under (d, m); writes the chosen sc, mn, the
+ * codes q [dim] and the group errors err [n_groups]. */
+#define QE4_G_MOVE_LANES 16 /* the 9 moves in the lanes of one loop (lanes 9.. repeat move 0) */
+
+QE4_INLINE void qe4_g_local(const qe4_grouped *t, const float *x, float d, float m, int mlo,
+                            int mhi, const int *sc0, const int *mn0, int *sc, int *mn, float *q,
+                            float *err)
+{
+    int smax = (1 << t->sub_bits) - 1;
+    float qmax = (float)((1 << t->bits) - 1);
+    for (int j = 0; j < t->n_groups; j++) {
+        int len = qe4_g_len(t, j), off = j * t->group;
+        int ma[QE4_G_MOVE_LANES], mb[QE4_G_MOVE_LANES];
+        float ls[QE4_G_MOVE_LANES], ll[QE4_G_MOVE_LANES], li[QE4_G_MOVE_LANES];
+        float acc[QE4_G_MOVE_LANES];
+        for (int k = 0; k < QE4_G_MOVE_LANES; k++) {
+            int mv = k < 9 ? k : 0;
+            int a = sc0[j] + qe4_g_moves[mv][0], b = mn0[j] + qe4_g_moves[mv][1];
+            a = a < 0 ? 0 : (a > smax ? smax : a);
+            b = b < mlo ? mlo : (b > mhi ? mhi : b);
+            ma[k] = a;
+            mb[k] = b;
+            ls[k] = d * (float)a;
+            ll[k] = m * (float)b;
+            float inv = 1.0f / ls[k];
+            li[k] = (ls[k] > 0.0f && isfinite(inv)) ? inv : 0.0f;
+            acc[k] = 0.0f;
+        }
+        /* every move's error, each lane exactly qe4_g_codes' sequence of operations */
+        for (int c = 0; c < len; c++) {
+            float xc = x[off + c];
+            for (int k = 0; k < QE4_G_MOVE_LANES; k++) {
+                float v = (xc - ll[k]) * li[k];
+                v = v < 0.0f ? 0.0f : v;
+                v = v > qmax ? qmax : v;
+                v = (v + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+                float e = xc - fmaf(ls[k], v, ll[k]);
+                acc[k] = acc[k] + e * e;
+            }
+        }
+        int best = 0;
+        for (int k = 1; k < 9; k++)
+            best = acc[k] < acc[best] ? k : best;
+        sc[j] = ma[best];
+        mn[j] = mb[best];
+        err[j] = qe4_g_codes(x + off, len, ls[best], ll[best], qmax, q + off);
+    }
+}
+
+QE4_INLINE float qe4_g_row_error(const float *err, int n_groups)
+{
+    float s = 0.0f;
+    for (int j = 0; j < n_groups; j++)
+        s = s + err[j];
+    return s;
+}
+
+/* Floats of scratch one row needs (qe4_grouped_finish_row's `work`); iwork: 8 * n_groups ints. */
+static inline size_t qe4_grouped_work_floats(int dim, int n_groups)
+{
+    /* per mode: q, rq [dim], err, rerr [n_groups]; the zeroed scales [n_groups]; codes */
+    return (size_t)4 * dim + (size_t)5 * n_groups + (size_t)dim + (size_t)n_groups;
+}
+
+/* One sub-min mode of steps 2 to 5 (qe4.grouped.search_mode): (d, m), sc, mn [n_groups] and
+ * the codes (*q, float values [dim]); returns the row error.  gs: the group scales with
+ * constant groups zeroed. */
+QE4_INLINE float qe4_g_mode(const qe4_grouped *t, const float *x, const float *gs,
+                            const float *glow, int signed_mins, float *d_out, float *m_out,
+                            int *sc, int *mn, float **q, float *work, int *iwork)
+{
+    const int G = t->n_groups, dim = t->dim, smax = (1 << t->sub_bits) - 1;
+    const int mlo = signed_mins ? -(1 << (t->sub_bits - 1)) : 0;
+    const int mhi = signed_mins ? (1 << (t->sub_bits - 1)) - 1 : smax;
+    float *qa = work, *rq = work + dim, *err = work + 2 * dim, *rerr = err + G;
+    int *sc1 = iwork, *mn1 = iwork + G;
+
+    /* step 2 */
+    float smx = 0.0f, ext = 0.0f, aext = -1.0f;
+    for (int j = 0; j < G; j++) {
+        if (j == 0 || gs[j] > smx)
+            smx = gs[j];
+        if (fabsf(glow[j]) > aext) {
+            aext = fabsf(glow[j]);
+            ext = glow[j];
+        }
+    }
+    float d = qe4_h16(smx / (float)smax);
+    float m = signed_mins ? qe4_h16(aext / (float)mhi) : qe4_h16(ext / (float)smax);
+    for (int j = 0; j < G; j++) {
+        float a = d > 0.0f ? rintf(gs[j] / d) : 0.0f;
+        float b = m != 0.0f ? rintf(glow[j] / m) : 0.0f;
+        a = a < 0.0f ? 0.0f : (a > (float)smax ? (float)smax : a);
+        b = b < (float)mlo ? (float)mlo : (b > (float)mhi ? (float)mhi : b);
+        sc1[j] = (int)a;
+        mn1[j] = (int)b;
+    }
+    /* step 4 */
+    qe4_g_local(t, x, d, m, mlo, mhi, sc1, mn1, sc, mn, qa, err);
+    float row_err = qe4_g_row_error(err, G);
+    *q = qa;
+    /* step 5: least-squares refit of (d, m), float64 sums in column order */
+    double s_uu = 0, s_uv = 0, s_vv = 0, s_yu = 0, s_yv = 0;
+    for (int c = 0; c < dim; c++) {
+        int j = c / t->group;
+        double u = (double)sc[j] * (double)qa[c], v = (double)mn[j], y = (double)x[c];
+        s_uu = s_uu + u * u;
+        s_uv = s_uv + u * v;
+        s_vv = s_vv + v * v;
+        s_yu = s_yu + y * u;
+        s_yv = s_yv + y * v;
+    }
+    double det = s_uu * s_vv - s_uv * s_uv;
+    if (det > 0) {
+        float rd = qe4_h16((float)((s_yu * s_vv - s_yv * s_uv) / det));
+        float rm = qe4_h16((float)((s_yv * s_uu - s_yu * s_uv) / det));
+        if (isfinite(rd) && isfinite(rm) && rd > 0.0f) {
+            qe4_g_local(t, x, rd, rm, mlo, mhi, sc, mn, sc1, mn1, rq, rerr);
+            float r_err = qe4_g_row_error(rerr, G);
+            if (r_err < row_err) {
+                d = rd;
+                m = rm;
+                memcpy(sc, sc1, (size_t)G * sizeof(int));
+                memcpy(mn, mn1, (size_t)G * sizeof(int));
+                *q = rq;
+                row_err = r_err;
+            }
+        }
+    }
+    *d_out = d;
+    *m_out = m;
+    return row_err;
+}
+
+/* Steps 2 to 5 of qe4.grouped.grouped_params for one row x [dim] in both sub-min modes, from
+ * step 1's group (scale, low) [n_groups], and the row's bytes into row [row_bytes].
+ * Compiled for every SIMD level (qe4_g_finish_row_at; the same IEEE operations at each). */
+QE4_INLINE int qe4_g_finish_row(const qe4_grouped *t, const float *x, const float *gscale,
+                                const float *glow, uint8_t *row, float *work, int *iwork)
+{
+    const int G = t->n_groups, dim = t->dim;
+    const size_t mode_floats = (size_t)2 * dim + (size_t)2 * G;
+    float *gs = work + 2 * mode_floats;
+    uint8_t *codes = (uint8_t *)(gs + G);
+    int *sc[2] = {iwork, iwork + 4 * G}, *mn[2] = {iwork + G, iwork + 5 * G};
+    float d[2], m[2], err[2], *q[2];
+
+    for (int j = 0; j < G; j++) { /* a constant group has scale 0 */
+        const float *xj = x + j * t->group;
+        int len = qe4_g_len(t, j);
+        float lo = xj[0], hi = xj[0];
+        for (int c = 1; c < len; c++) {
+            lo = xj[c] < lo ? xj[c] : lo;
+            hi = xj[c] > hi ? xj[c] : hi;
+        }
+        gs[j] = hi == lo ? 0.0f : gscale[j];
+    }
+    for (int k = 0; k < 2; k++)
+        err[k] = qe4_g_mode(t, x, gs, glow, k, &d[k], &m[k], sc[k], mn[k], &q[k],
+                            work + k * mode_floats, iwork + 2 * G + k * 4 * G);
+    int k = err[1] < err[0];
+    /* the row's bytes: a signed row stores -d (its sign bit) and two's complement sub-mins */
+    int smax = (1 << t->sub_bits) - 1;
+    for (int c = 0; c < dim; c++)
+        codes[c] = (uint8_t)q[k][c];
+    qe4_g_pack(row, t->code_bytes, codes, dim, t->bits);
+    for (int j = 0; j < G; j++) {
+        codes[2 * j] = (uint8_t)sc[k][j];
+        codes[2 * j + 1] = (uint8_t)(mn[k][j] & smax);
+    }
+    qe4_g_pack(row + t->code_bytes, t->sub_bytes, codes, 2 * G, t->sub_bits);
+    uint16_t hd = qe4_float_to_half(k ? -d[k] : d[k]), hm = qe4_float_to_half(m[k]);
+    memcpy(row + t->code_bytes + t->sub_bytes, &hd, 2);
+    memcpy(row + t->code_bytes + t->sub_bytes + 2, &hm, 2);
+    return 0;
+}
+
+QE4_PER_LEVEL(int, qe4_g_finish_row,
+              (const qe4_grouped *t, const float *x, const float *gscale, const float *glow,
+               uint8_t *row, float *work, int *iwork),
+              (t, x, gscale, glow, row, work, iwork));
+
+/* qe4_g_finish_row at SIMD level `simd` (checked by the caller with qe4_check_simd). */
+static void qe4_grouped_finish_row(const qe4_grouped *t, const float *x, const float *gscale,
+                                   const float *glow, uint8_t *row, float *work, int *iwork,
+                                   int simd)
+{
+    qe4_g_finish_row_at[simd](t, x, gscale, glow, row, work, iwork);
+}
+
+/* --------------------------------------------------------------------------- lookups */
+
+/* Group j's (scale, min) of a stored row. */
+QE4_INLINE void qe4_g_params(const qe4_grouped *t, const uint8_t *row, int j, float d, float m,
+                             int signed_mins, float *scale, float *low)
+{
+    const uint8_t *subs = row + t->code_bytes;
+    int mn = (int)qe4_unpack_code(subs, t->sub_bits, 2 * (int64_t)j + 1);
+    if (signed_mins && mn >= (1 << (t->sub_bits - 1)))
+        mn -= 1 << t->sub_bits;
+    *scale = d * (float)qe4_unpack_code(subs, t->sub_bits, 2 * (int64_t)j);
+    *low = m * (float)mn;
+}
+
+/* The row's |d| and m, and whether its sub-mins are signed (the sign bit of d). */
+QE4_INLINE int qe4_g_super(const qe4_grouped *t, const uint8_t *row, float *d, float *m)
+{
+    const uint8_t *tail = row + t->code_bytes + t->sub_bytes;
+    uint16_t hd;
+    memcpy(&hd, tail, 2);
+    *d = qe4_half_to_float((uint16_t)(hd & 0x7fffu));
+    *m = qe4_load_f16(tail + 2);
+    return hd >> 15;
+}
+
+/* acc[c] = fma(s, q_c, acc[c] + t) over the codes [c0, c0 + len) of a row: portable. */
+QE4_INLINE void qe4_g_axpy_portable(const uint8_t *codes, int bits, int c0, int len, float s,
+                                    float tt, float *acc)
+{
+    for (int c = 0; c < len; c++)
+        acc[c] = fmaf(s, (float)qe4_unpack_code(codes, bits, (int64_t)c0 + c), acc[c] + tt);
+}
+
+/* Group j's bag terms: s = w * scale_j, t = w * min_j (weighted), else scale_j, min_j. */
+QE4_INLINE void qe4_g_terms(const qe4_grouped *t, const uint8_t *row, int j, float d, float m,
+                            int sgn, int weighted, float w, float *s, float *tt)
+{
+    qe4_g_params(t, row, j, d, m, sgn, s, tt);
+    if (weighted) {
+        *s = w * *s;
+        *tt = w * *tt;
+    }
+}
+
+/* acc [dim] += row r weighted by w: portable C. */
+static void qe4_g_add_row_portable(const qe4_grouped *t, int64_t r, int weighted, float w,
+                                   float *acc)
+{
+    const uint8_t *row = t->data + r * t->row_bytes;
+    float d, m;
+    int sgn = qe4_g_super(t, row, &d, &m);
+    for (int j = 0; j < t->n_groups; j++) {
+        float s, tt;
+        qe4_g_terms(t, row, j, d, m, sgn, weighted, w, &s, &tt);
+        qe4_g_axpy_portable(row, t->bits, j * t->group, qe4_g_len(t, j), s, tt, acc + j * t->group);
+    }
+}
+
+#if QE4_X86
+/* The same for 4- or 8-bit codes, len % 8 == 0 and c0 * bits a multiple of 8: AVX2. */
+QE4_INLINE QE4_TARGET_AVX2 void qe4_g_axpy_avx2(const uint8_t *codes, int bits, int c0, int len,
+                                                float s, float tt, float *acc)
+{
+    __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(tt);
+    const uint8_t *p = codes + ((int64_t)c0 * bits >> 3);
+    if (bits == 4) {
+        const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+        const __m256i nib = _mm256_set1_epi32(15);
+        for (int c = 0; c < len; c += 8) {
+            uint32_t w;
+            memcpy(&w, p + c / 2, 4);
+            __m256i v = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)w), shifts), nib);
+            __m256 a = _mm256_loadu_ps(acc + c);
+            _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(vs, _mm256_cvtepi32_ps(v), _mm256_add_ps(a, vt)));
+        }
+    } else {
+        for (int c = 0; c < len; c += 8) {
+            __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + c)));
+            __m256 a = _mm256_loadu_ps(acc + c);
+            _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(vs, _mm256_cvtepi32_ps(v), _mm256_add_ps(a, vt)));
+        }
+    }
+}
+
+/* acc [dim] += row r weighted by w: AVX2 for the groups it can take, the portable loop
+ * (compiled with FMA here: the same fmaf) for the others. */
+QE4_TARGET_AVX2 static void qe4_g_add_row_avx2(const qe4_grouped *t, int64_t r, int weighted,
+                                               float w, float *acc)
+{
+    const uint8_t *row = t->data + r * t->row_bytes;
+    float d, m;
+    int sgn = qe4_g_super(t, row, &d, &m);
+    int vec = t->bits == 4 || t->bits == 8;
+    for (int j = 0; j < t->n_groups; j++) {
+        float s, tt;
+        int len = qe4_g_len(t, j), c0 = j * t->group;
+        qe4_g_terms(t, row, j, d, m, sgn, weighted, w, &s, &tt);
+        if (vec && (len & 7) == 0 && ((int64_t)c0 * t->bits & 7) == 0)
+            qe4_g_axpy_avx2(row, t->bits, c0, len, s, tt, acc + c0);
+        else
+            qe4_g_axpy_portable(row, t->bits, c0, len, s, tt, acc + c0);
+    }
+}
+#endif
+
+typedef void (*qe4_g_add_row_fn)(const qe4_grouped *t, int64_t r, int weighted, float w,
+                                 float *acc);
+
+/* The row adder of SIMD level `simd` (AVX-512 CPUs use the AVX2 one). */
+static qe4_g_add_row_fn qe4_g_add_row_at(int simd)
+{
+#if QE4_X86
+    if (simd >= QE4_SIMD_AVX2)
+        return qe4_g_add_row_avx2;
+#endif
+    (void)simd;
+    return qe4_g_add_row_portable;
+}
+
+/* Dequantized row r into out [dim]: fma(scale_j, q, min_j) (the bag of one row, weight 1). */
+static void qe4_grouped_row_values(const qe4_grouped *t, int64_t r, int simd, float *out)
+{
+    memset(out, 0, (size_t)t->dim * sizeof(float));
+    qe4_g_add_row_at(simd)(t, r, 0, 1.0f, out);
+}
+
+#if QE4_X86
+/* The positions [p0, p0 + n) of a bag (n <= QE4_G_CHUNK): row pointers, |d|, m, sign, weight. */
+#define QE4_G_CHUNK 64
+typedef struct {
+    const uint8_t *row[QE4_G_CHUNK];
+    float d[QE4_G_CHUNK], m[QE4_G_CHUNK], w[QE4_G_CHUNK];
+    int sgn[QE4_G_CHUNK];
+} qe4_g_rows;
+
+QE4_INLINE void qe4_g_load_rows(const qe4_grouped *t, const int64_t *idx, int64_t n_idx,
+                                const float *w, int64_t p0, int n, qe4_g_rows *r)
+{
+    for (int k = 0; k < n; k++) {
+        int64_t p = p0 + k;
+        if (p + QE4_PREFETCH < n_idx)
+            qe4_prefetch_row(t->data + idx[p + QE4_PREFETCH] * t->row_bytes, t->row_bytes);
+        r->row[k] = t->data + idx[p] * t->row_bytes;
+        r->sgn[k] = qe4_g_super(t, r->row[k], &r->d[k], &r->m[k]);
+        r->w[k] = w != NULL ? w[p] : 1.0f;
+    }
+}
+
+/* Group j of positions r [0, n), columns [c0, c0 + 8 * nv) (nv <= 8, 4- or 8-bit codes),
+ * added to acc in position order with the accumulators in registers: the same operations
+ * per element as the row-at-a-time loop. */
+QE4_INLINE QE4_TARGET_AVX2 void qe4_g_bag_block_avx2(const qe4_grouped *t, const qe4_g_rows *r,
+                                                     int n, int weighted, int j, int c0, int nv,
+                                                     float *out)
+{
+    __m256 acc[8];
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    const __m256i nib = _mm256_set1_epi32(15);
+    for (int v = 0; v < nv; v++)
+        acc[v] = _mm256_loadu_ps(out + c0 + 8 * v);
+    for (int k = 0; k < n; k++) {
+        float s, tt;
+        qe4_g_terms(t, r->row[k], j, r->d[k], r->m[k], r->sgn[k], weighted, r->w[k], &s, &tt);
+        __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(tt);
+        const uint8_t *code = r->row[k] + ((int64_t)c0 * t->bits >> 3);
+        for (int v = 0; v < nv; v++) {
+            __m256i q;
+            if (t->bits == 4) {
+                uint32_t word;
+                memcpy(&word, code + 4 * v, 4);
+                q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts), nib);
+            } else {
+                q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(code + 8 * v)));
+            }
+            acc[v] = _mm256_fmadd_ps(vs, _mm256_cvtepi32_ps(q), _mm256_add_ps(acc[v], vt));
+        }
+    }
+    for (int v = 0; v < nv; v++)
+        _mm256_storeu_ps(out + c0 + 8 * v, acc[v]);
+}
+
+/* A bag at AVX2, QE4_G_CHUNK positions at a time: the groups it can take block by block
+ * (above), the others position by position. */
+QE4_TARGET_AVX2 static void qe4_g_bag_avx2(const qe4_grouped *t, const int64_t *idx,
+                                           int64_t n_idx, const float *w, int64_t start,
+                                           int64_t end, float *out)
+{
+    qe4_g_rows r;
+    int vec = t->bits == 4 || t->bits == 8;
+    memset(out, 0, (size_t)t->dim * sizeof(float));
+    for (int64_t p0 = start; p0 < end; p0 += QE4_G_CHUNK) {
+        int n = end - p0 < QE4_G_CHUNK ? (int)(end - p0) : QE4_G_CHUNK;
+        qe4_g_load_rows(t, idx, n_idx, w, p0, n, &r);
+        for (int j = 0; j < t->n_groups; j++) {
+            int len = qe4_g_len(t, j), c0 = j * t->group;
+            if (vec && (len & 7) == 0 && ((int64_t)c0 * t->bits & 7) == 0) {
+                for (int cb = 0; cb < len; cb += 64) {
+                    int nv = (len - cb) / 8 < 8 ? (len - cb) / 8 : 8;
+                    qe4_g_bag_block_avx2(t, &r, n, w != NULL, j, c0 + cb, nv, out);
+                }
+                continue;
+            }
+            for (int k = 0; k < n; k++) {
+                float s, tt;
+                qe4_g_terms(t, r.row[k], j, r.d[k], r.m[k], r.sgn[k], w != NULL, r.w[k], &s, &tt);
+                qe4_g_axpy_portable(r.row[k], t->bits, c0, len, s, tt, out + c0);
+            }
+        }
+    }
+}
+#endif
+
+/* The bag of positions [start, end) of idx [n_idx] (validated) into out [dim]; w NULL or
+ * [n_idx].  Rows are prefetched QE4_PREFETCH positions ahead, across bags. */
+static void qe4_grouped_bag(const qe4_grouped *t, const int64_t *idx, int64_t n_idx, const float *w,
+                            int64_t start, int64_t end, int mean, int simd, float *out)
+{
+#if QE4_X86
+    if (simd >= QE4_SIMD_AVX2) {
+        qe4_g_bag_avx2(t, idx, n_idx, w, start, end, out);
+    } else
+#endif
+    {
+        memset(out, 0, (size_t)t->dim * sizeof(float));
+        for (int64_t p = start; p < end; p++) {
+            if (p + QE4_PREFETCH < n_idx)
+                qe4_prefetch_row(t->data + idx[p + QE4_PREFETCH] * t->row_bytes, t->row_bytes);
+            qe4_g_add_row_portable(t, idx[p], w != NULL, w != NULL ? w[p] : 1.0f, out);
+        }
+    }
+    if (mean && end > start) {
+        float inv = 1.0f / (float)(end - start);
+        for (int c = 0; c < t->dim; c++)
+            out[c] = out[c] * inv;
+    }
+}
+
+#endif
