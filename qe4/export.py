@@ -12,8 +12,8 @@ format                    what is written                                       
 ``"executorch"``          ``quantized_decomposed::embedding_{2,4}bit`` /              the ExecuTorch CPU kernel
                           ``embedding_byte`` arguments: packed uint8/int8 weight,     (``executorch`` runtime) and its
                           scales and zero points [rows, groups]                       Python reference op
-``"gguf"``                a GGUF tensor of type ``Q8_0``, ``Q4_0`` or ``Q4_1``        ``gguf.GGUFReader`` and
-                          (blocks of 32)                                              ``gguf.quants.dequantize``
+``"gguf"``                a GGUF tensor of type ``Q8_0``, ``Q4_0``, ``Q4_1`` (blocks  ``gguf.GGUFReader`` and
+                          of 32) or ``Q4_K`` (super-blocks of 256)                    ``gguf.quants.dequantize``
 ``"compressed-tensors"``  the ``pack-quantized`` format: ``weight_packed`` (int32),   compressed-tensors'
                           ``weight_scale``, ``weight_zero_point``, ``weight_shape``   ``PackedQuantizationCompressor``
                           and the ``quantization_config``
@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import numbers
 import os
 import tempfile
 from typing import TYPE_CHECKING, Any, Callable
@@ -70,12 +71,15 @@ from numpy.typing import ArrayLike
 if TYPE_CHECKING:
     import onnx
 
+    from ._typing import Float32Array
+
 from . import _validate as V
 from .rowwise import greedy_search, pack_codes
 
 F32 = np.float32
 SEARCHES = ("greedy", "minmax")
-GGUF_TYPES = ("Q8_0", "Q4_0", "Q4_1")
+GGUF_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K")
+QK_K = 256              # values per K-format super-block
 GGUF_BLOCK = 32
 
 
@@ -449,6 +453,15 @@ def _check_common(x, search, n_bins, ratio):
     return V.as_table(x, "x"), search, n_bins, ratio
 
 
+def _check_bits(bits: int, allowed: tuple[int, ...]) -> int:
+    """``bits`` as an int among the widths the target stores (not qe4's own widths)."""
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
+        raise TypeError(f"bits must be an integer, got {bits!r}")
+    if int(bits) not in allowed:
+        raise ValueError(f"bits must be one of {allowed} for this format, got {bits!r}")
+    return int(bits)
+
+
 def _check_choice(value, name, allowed):
     if value not in allowed:
         raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
@@ -511,7 +524,7 @@ def to_executorch(x: ArrayLike, bits: int = 4, *, group_size: int | None = None,
     >>> e.tensors["weight"].shape, e.tensors["weight_scales"].shape, e.bits_per_weight
     ((3, 4), (3, 2), 20.0)
     """
-    bits = V.check_rowwise_bits(bits)
+    bits = _check_bits(bits, (2, 4, 8))
     x, search, n_bins, ratio = _check_common(x, search, n_bins, ratio)
     scale_dtype = _check_choice(scale_dtype, "scale_dtype", ("float32", "float16"))
     epb = 8 // bits
@@ -547,7 +560,7 @@ def to_gguf(x: ArrayLike, qtype: str = "Q4_0", *, search: str = "greedy", n_bins
     Parameters
     ----------
     x : array_like [n_rows, dim], float; ``dim`` must be a multiple of 32
-    qtype : {"Q8_0", "Q4_0", "Q4_1"}
+    qtype : {"Q8_0", "Q4_0", "Q4_1", "Q4_K"}
     search, n_bins, ratio
         As :func:`to_executorch`.
 
@@ -567,6 +580,16 @@ def to_gguf(x: ArrayLike, qtype: str = "Q4_0", *, search: str = "greedy", n_bins
     * ``Q4_1`` (20 bytes): ``d``, minimum ``m``, then the nibbles as ``Q4_0``;
       ``x = d * q + m`` (product and sum each rounded to float32, as
       ``gguf.quants`` computes it).
+    * ``Q4_K`` (144 bytes per super-block of 256 values; dim must be a multiple of
+      256): float16 ``d`` and ``dmin``, 12 bytes of eight 6-bit sub-scales ``sc_j``
+      and sub-mins ``mn_j`` (one per 32 values; llama.cpp's ``get_scale_min_k4``
+      packing), then 128 bytes of nibbles: in each 64-value chunk, byte ``l`` holds
+      value ``l`` in its LOW nibble and value ``l + 32`` in its HIGH nibble;
+      ``x = fl32(fl32(d * sc_j) * q) - fl32(dmin * mn_j)`` (as ``gguf.quants``).  The
+      parameters come from qe4's ``"grouped"`` search (:mod:`qe4.grouped`, group 32,
+      sub_bits 6, its unsigned sub-min mode, which is this parametrization with
+      ``dmin = -m``), run on each super-block; ``search="minmax"`` starts it from each
+      group's min and max instead of the mse ranges.
 
     ``Q8_0`` and ``Q4_0`` are symmetric (one scale, possibly negative, so the
     extreme value may take either end of the code range); ``Q4_1`` runs the
@@ -585,6 +608,8 @@ def to_gguf(x: ArrayLike, qtype: str = "Q4_0", *, search: str = "greedy", n_bins
         raise TypeError(f"qtype must be a string, got {qtype!r}")
     qtype = _check_choice(qtype.upper(), "qtype", GGUF_TYPES)
     n_rows, n_cols = x.shape
+    if qtype == "Q4_K":
+        return _to_q4_k(x, search)
     if n_cols % GGUF_BLOCK:
         raise ValueError(f"GGUF block formats need dim divisible by {GGUF_BLOCK}, got {n_cols}")
     if qtype == "Q8_0":
@@ -609,6 +634,44 @@ def to_gguf(x: ArrayLike, qtype: str = "Q4_0", *, search: str = "greedy", n_bins
     options = {"qtype": qtype, "search": search, "block_size": GGUF_BLOCK}
     return Export("gguf", {"blocks": np.ascontiguousarray(blocks)}, {"blocks": "uint8"}, options,
                   x.shape, xh, x)
+
+
+def _to_q4_k(x: Float32Array, search: str) -> Export:
+    """``Q4_K`` super-blocks of ``x`` (see :func:`to_gguf`)."""
+    from . import grouped as G
+    n_rows, n_cols = x.shape
+    if n_cols % QK_K:
+        raise ValueError(f"GGUF Q4_K needs dim divisible by {QK_K}, got {n_cols}")
+    group, sub_bits = GGUF_BLOCK, 6
+    xb = np.ascontiguousarray(x.reshape(-1, QK_K))          # one super-block per row
+    xg, valid = G.split_groups(xb, group)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked below
+        if search == "minmax":
+            ranges = (((xg.max(axis=2) - xg.min(axis=2)) / F32(15)).astype(F32), xg.min(axis=2))
+        else:
+            ranges = G.group_ranges(xb, 4, group)
+        d, m, sc, mn, q, _ = G.search_mode(xb, xg, valid, ranges, 4, group, sub_bits, False)
+    dmin = (-m).astype(F32)
+    if not (np.isfinite(d).all() and np.isfinite(dmin).all()):
+        r = int(np.argmax(~(np.isfinite(d) & np.isfinite(dmin)))) * QK_K // n_cols
+        raise ValueError(f"row {r} of x has a range too wide for Q4_K's float16 super-scales")
+    q = q.reshape(-1, QK_K).astype(np.uint8)
+    sc, mn = sc.astype(np.uint8), mn.astype(np.uint8)
+    # llama.cpp's get_scale_min_k4: bytes 0-3 sc_0..3 (+ the top 2 bits of sc_4..7),
+    # bytes 4-7 mn_0..3 (+ the top 2 bits of mn_4..7), bytes 8-11 the low nibbles of
+    # sc_4..7 and mn_4..7
+    scales = np.concatenate([sc[:, :4] | ((sc[:, 4:] >> 4) << 6), mn[:, :4] | ((mn[:, 4:] >> 4) << 6),
+                             (sc[:, 4:] & 15) | ((mn[:, 4:] & 15) << 4)], axis=1)
+    chunks = q.reshape(-1, 4, 2, 32)
+    qs = (chunks[:, :, 0] | (chunks[:, :, 1] << np.uint8(4))).reshape(-1, 128)
+    blocks = np.concatenate([d.astype("<f2").view(np.uint8).reshape(-1, 2),
+                             dmin.astype("<f2").view(np.uint8).reshape(-1, 2), scales, qs], axis=1)
+    dl = np.repeat((d[:, None] * sc.astype(F32)).astype(F32), group, axis=1)
+    ml = np.repeat((dmin[:, None] * mn.astype(F32)).astype(F32), group, axis=1)
+    xh = ((dl * q.astype(F32)).astype(F32) - ml).astype(F32).reshape(n_rows, n_cols)
+    options = {"qtype": "Q4_K", "search": search, "block_size": QK_K}
+    return Export("gguf", {"blocks": np.ascontiguousarray(blocks.reshape(n_rows, -1))},
+                  {"blocks": "uint8"}, options, x.shape, xh, x)
 
 
 def to_compressed_tensors(x: ArrayLike, bits: int = 4, *, group_size: int | None = None,
@@ -644,7 +707,7 @@ def to_compressed_tensors(x: ArrayLike, bits: int = 4, *, group_size: int | None
     ``(c * bits) // 32``.  Zero points are packed the same way down each group's
     column (along the rows).  Dequantization: ``(q - zp) * scale`` in ``scale_dtype``.
     """
-    bits = V.check_rowwise_bits(bits)
+    bits = _check_bits(bits, (2, 4, 8))
     x, search, n_bins, ratio = _check_common(x, search, n_bins, ratio)
     scale_dtype = _check_choice(scale_dtype, "scale_dtype", ("bfloat16", "float16", "float32"))
     group_size = _check_group(group_size, x.shape[1], "group_size")

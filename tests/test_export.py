@@ -21,7 +21,9 @@ def glove():
     """120 GloVe rows (the first 100 are the heavy-tailed most frequent ones), 50 and 64 columns."""
     x, _ = load_glove_top20k()
     x = np.concatenate([x[:100], x[-20:]])
-    return {50: np.ascontiguousarray(x), 64: np.ascontiguousarray(np.concatenate([x, x[:, :14]], 1))}
+    x64 = np.concatenate([x, x[:, :14]], 1)
+    return {50: np.ascontiguousarray(x), 64: np.ascontiguousarray(x64),
+            256: np.ascontiguousarray(np.concatenate([x64, -x64[:, ::-1], x64 * 2, x64[::-1]], 1))}
 
 
 def _cases():
@@ -147,7 +149,7 @@ READERS = {"gguf": _read_gguf, "onnx": _read_onnx, "compressed-tensors": _read_c
 @pytest.mark.parametrize("fmt, options", list(_cases()))
 def test_consumer_reads_back_the_exact_values(glove, tmp_path, same_bytes, fmt, options, dim):
     """The consumer's own reader reconstructs exactly ``Export.dequantize()`` (bytes)."""
-    x = glove[dim]
+    x = glove[256] if options.get("qtype") == "Q4_K" and dim == 64 else glove[dim]
     try:
         e = E.export(x, fmt, **options, **_group_options(fmt, dim))
     except ValueError as exc:        # layouts that cannot hold 50 columns say so
@@ -227,6 +229,35 @@ def test_gguf_q8_0_and_q4_1_bytes(same_bytes):
     assert e.bits_per_weight == 5.0 and e.error == 0.0
 
 
+def test_gguf_q4_k_bytes(same_bytes):
+    """One super-block worked by hand: group j holds j * 0.5 + k * 0.25 for k = 0..15 (twice):
+    scale_j = 0.25, min_j = j / 2, so d = 0.25 / 63 rounded, dmin = -m, and the codes k."""
+    k = np.tile(np.arange(16, dtype=np.float32), 2)
+    x = np.concatenate([np.float32(j * 0.5) + k * np.float32(0.25) for j in range(8)])[None]
+    e = E.to_gguf(x, "Q4_K", search="minmax")
+    b = e.tensors["blocks"][0]
+    assert b.size == 144 and e.bits_per_weight == 4.5
+    d, dmin = b[:4].view("<f2").astype(np.float32)
+    sc = np.concatenate([b[4:8] & 63, (b[12:16] & 15) | ((b[4:8] >> 6) << 4)])
+    mn = np.concatenate([b[8:12] & 63, (b[12:16] >> 4) | ((b[8:12] >> 6) << 4)])
+    # llama.cpp's decode (get_scale_min_k4, low nibbles = values l, high = l + 32 per 64)
+    q = np.stack([b[16:].reshape(4, 32) & 15, b[16:].reshape(4, 32) >> 4], 1).reshape(-1)
+    dl, ml = np.repeat(d * sc.astype(np.float32), 32), np.repeat(dmin * mn.astype(np.float32), 32)
+    same_bytes((dl * q - ml).astype(np.float32)[None], e.dequantize())
+    same_bytes(q.astype(np.uint8), np.tile(np.arange(16, dtype=np.uint8), 16))
+    assert dmin <= 0 and mn[0] == 0 and (np.diff(mn.astype(int)) >= 0).all()
+    assert e.error < 1e-6
+
+
+def test_gguf_q4_k_beats_llama_cpp(same_bytes):
+    """N(0, 1) rows at 4.5 bits per element: qe4's Q4_K search against llama.cpp's own
+    quantizer with its weighted search, 0.00500 (issue 12's measurement; the gguf package
+    cannot quantize Q4_K, so the figure is quoted)."""
+    x = np.random.default_rng(0).standard_normal((400, 256), dtype=np.float32)
+    e = E.to_gguf(x, "Q4_K")
+    assert e.bits_per_weight == 4.5 and e.error < 0.00500
+
+
 def test_onnx_4bit_bytes_even_element_in_the_low_nibble(same_bytes):
     # no zero points: the operator uses 8, so codes are x / 0.5 + 8 = 0..15; byte k = u[2k] | u[2k+1] << 4
     e = E.to_onnx(HALF[None], 4, block_size=16, zero_point=False)
@@ -266,7 +297,7 @@ def test_compressed_tensors_zero_points_packed_down_the_rows(same_bytes):
 
 @pytest.mark.parametrize("fmt, options", list(_cases()))
 def test_search_is_never_worse_than_minmax(glove, fmt, options):
-    x = glove[64]
+    x = glove[256] if options.get("qtype") == "Q4_K" else glove[64]
     opts = {**options, **_group_options(fmt, 64)}
     searched = E.export(x, fmt, **opts)
     plain = E.export(x, fmt, **opts, search="minmax")
@@ -274,8 +305,8 @@ def test_search_is_never_worse_than_minmax(glove, fmt, options):
     assert searched.bits_per_weight == plain.bits_per_weight
 
 
-@pytest.mark.parametrize("qtype", E.GGUF_TYPES)
-def test_gguf_beats_the_gguf_reference_quantizer(glove, qtype):
+@pytest.mark.parametrize("qtype", [t for t in E.GGUF_TYPES if t != "Q4_K"])   # gguf cannot
+def test_gguf_beats_the_gguf_reference_quantizer(glove, qtype):           # quantize Q4_K
     gguf = pytest.importorskip("gguf")
     x = glove[64]
     t = getattr(gguf.GGMLQuantizationType, qtype)
@@ -314,7 +345,9 @@ def test_bits_per_weight(glove):
     (lambda x: E.to_executorch(x, 4, scale_dtype="bfloat16"), ValueError, "scale_dtype"),
     (lambda x: E.to_executorch(x[:, :63], 4), ValueError, "divisible by 2"),
     (lambda x: E.to_gguf(x[:, :48], "Q4_0"), ValueError, "divisible by 32"),
-    (lambda x: E.to_gguf(x, "Q4_K"), ValueError, "qtype"),
+    (lambda x: E.to_gguf(x, "Q2_K"), ValueError, "qtype"),
+    (lambda x: E.to_gguf(x, "Q4_K"), ValueError, "Q4_K needs dim divisible by 256, got 64"),
+    (lambda x: E.to_gguf(np.tile(x, 4) * np.float32(1e9), "Q4_K"), ValueError, "float16"),
     (lambda x: E.to_gguf(x, 4), TypeError, "qtype"),
     (lambda x: E.to_onnx(x, 2), ValueError, "bits"),
     (lambda x: E.to_onnx(x, 4, block_size=24), ValueError, "block_size"),
