@@ -72,6 +72,24 @@ _ENTRIES = (
            options=(("n_groups", 16),)),
     Preset("codebook-4", "kmeans-optimal", 4, "the optimal 16-centroid float16 codebook of each "
            "row (exact 1-D k-means; 32 bytes of centroids per row: for wide rows)"),
+    Preset("grouped-2", "grouped", 2, "2-bit codes, a 4-bit scale and min per 16 values under "
+           "float16 super-scales: 2.625 bits per element at dim 256 (GGUF Q2_K's rate)",
+           options=(("group", 16), ("sub_bits", 4))),
+    Preset("grouped-3", "grouped", 3, "3-bit codes, a 5-bit scale and min per 32 values: "
+           "3.4375 bits per element at dim 256 (GGUF Q3_K's rate)",
+           options=(("group", 32), ("sub_bits", 5))),
+    Preset("grouped-4-64", "grouped", 4, "4-bit codes, a 4-bit scale and min per 64 values: "
+           "4.25 bits per element at dim 256 (GGUF IQ4_XS's rate)",
+           options=(("group", 64), ("sub_bits", 4))),
+    Preset("grouped-4", "grouped", 4, "4-bit codes, a 6-bit scale and min per 32 values: 4.5 "
+           "bits per element at dim 256, GGUF Q4_K's layout (qe4.export writes Q4_K from it)",
+           options=(("group", 32), ("sub_bits", 6))),
+    Preset("grouped-5", "grouped", 5, "5-bit codes, a 6-bit scale and min per 32 values: 5.5 "
+           "bits per element at dim 256 (GGUF Q5_K's rate)",
+           options=(("group", 32), ("sub_bits", 6))),
+    Preset("grouped-6", "grouped", 6, "6-bit codes, a 6-bit scale and min per 32 values: 6.5 "
+           "bits per element at dim 256 (under GGUF Q6_K's 6.5625)",
+           options=(("group", 32), ("sub_bits", 6))),
     Preset("torch-8", "minmax", 8, "torch's byte rows (embedding_bag_byte_prepack: each "
            "row's min and max, float32 scale and bias)"),
 )
@@ -90,7 +108,7 @@ def _register(entries):
     return out
 
 
-#: name -> Preset, in order of bits.
+#: name -> Preset, in registry order.
 PRESETS = _register(_ENTRIES)
 
 
