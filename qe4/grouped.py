@@ -78,7 +78,17 @@ group's float32 range with least squares (the floor of any per-group affine 4-bi
 of 32 values, whatever its storage): see docs/numerics.rst, "Grouped rows".
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from .frontend import Request
+    from .table import QuantizedTable
+    from ._typing import Encoded, Float32Array, IntArray, UInt8Array
 
 from . import _validate as V
 from . import layouts as L
@@ -94,19 +104,19 @@ GROUP = 32
 SUB_BITS = 6
 
 
-def sub_max(sub_bits):
+def sub_max(sub_bits: int) -> int:
     """The largest sub-scale (and unsigned sub-min): ``2**sub_bits - 1``."""
     return 2 ** sub_bits - 1
 
 
-def min_range(sub_bits, signed):
+def min_range(sub_bits: int, signed: bool) -> tuple[int, int]:
     """The sub-mins' range: ``0 .. 2**sub_bits - 1``, or two's complement when ``signed``."""
     if signed:
         return -(2 ** (sub_bits - 1)), 2 ** (sub_bits - 1) - 1
     return 0, sub_max(sub_bits)
 
 
-def split_groups(x, group):
+def split_groups(x: Float32Array, group: int) -> tuple[Float32Array, NDArray[np.bool_]]:
     """Rows [n, dim] -> zero-padded groups [n, n_groups, group] and the valid mask [n_groups, group]."""
     n, dim = x.shape
     n_groups = L.n_groups_of(dim, group)
@@ -116,7 +126,7 @@ def split_groups(x, group):
     return padded.reshape(n, n_groups, group), valid
 
 
-def group_segments(x, group):
+def group_segments(x: Float32Array, group: int) -> list[Float32Array]:
     """The groups of rows [n, dim] as contiguous 2-D arrays: the full groups
     [n * (dim // group), group] (row-major), then the ragged last groups [n, dim % group]."""
     n, dim = x.shape
@@ -129,12 +139,12 @@ def group_segments(x, group):
     return [np.ascontiguousarray(seg) for seg in parts]
 
 
-def per_row(parts, n):
+def per_row(parts: list[Float32Array], n: int) -> Float32Array:
     """Per-group values of :func:`group_segments`' parts -> float32 [n, n_groups]."""
     return np.ascontiguousarray(np.concatenate([p.reshape(n, -1) for p in parts], axis=1), F32)
 
 
-def group_ranges(x, bits, group):
+def group_ranges(x: Float32Array, bits: int, group: int) -> tuple[Float32Array, Float32Array]:
     """Step 1: each group's float32 (scale, min) of least error, [n, n_groups] each."""
     scales, mins = [], []
     for seg in group_segments(x, group):
@@ -145,13 +155,14 @@ def group_ranges(x, bits, group):
     return per_row(scales, x.shape[0]), per_row(mins, x.shape[0])
 
 
-def h16(v):
+def h16(v: ArrayLike) -> Float32Array:
     """Round float32 to float16 and widen back (nearest-even)."""
     with np.errstate(over="ignore"):
         return np.asarray(v, F32).astype(np.float16).astype(F32)
 
 
-def super_params(scale, low, sub_bits, signed=False):
+def super_params(scale: Float32Array, low: Float32Array, sub_bits: int, signed: bool = False
+                 ) -> tuple[Float32Array, Float32Array, NDArray[np.int32], NDArray[np.int32]]:
     """Step 2: ``d, m`` [n] (float16 values) and ``sc, mn`` [n, n_groups] (int32)."""
     smax = sub_max(sub_bits)
     lo, hi = min_range(sub_bits, signed)
@@ -167,12 +178,14 @@ def super_params(scale, low, sub_bits, signed=False):
     return d, m, sc.astype(np.int32), mn.astype(np.int32)
 
 
-def group_values(d, m, sc, mn):
+def group_values(d: Float32Array, m: Float32Array, sc: IntArray,
+                 mn: IntArray) -> tuple[Float32Array, Float32Array]:
     """``scale_j = f32(d) * sc_j``, ``min_j = f32(m) * mn_j`` (exact), [n, n_groups] float32."""
     return (d[:, None] * sc.astype(F32)).astype(F32), (m[:, None] * mn.astype(F32)).astype(F32)
 
 
-def group_codes(xg, scale, low, bits):
+def group_codes(xg: Float32Array, scale: Float32Array, low: Float32Array,
+                bits: int) -> Float32Array:
     """Step 3: codes [n, n_groups, group] (float32 values) for the groups' (scale, min)."""
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         inv = F32(1.0) / scale
@@ -181,7 +194,8 @@ def group_codes(xg, scale, low, bits):
     return np.clip(q, F32(0.0), F32(2 ** bits - 1)).astype(F32)
 
 
-def group_errors(xg, valid, q, scale, low):
+def group_errors(xg: Float32Array, valid: NDArray[np.bool_], q: Float32Array, scale: Float32Array,
+                 low: Float32Array) -> Float32Array:
     """``sum (x - fma(scale, q, min))**2`` per group, float32 in column order, [n, n_groups]."""
     err = np.zeros(scale.shape, F32)
     for c in range(xg.shape[2]):
@@ -190,7 +204,9 @@ def group_errors(xg, valid, q, scale, low):
     return err
 
 
-def local_search(xg, valid, bits, sub_bits, d, m, sc, mn, signed=False):
+def local_search(xg: Float32Array, valid: NDArray[np.bool_], bits: int, sub_bits: int,
+                 d: Float32Array, m: Float32Array, sc: IntArray, mn: IntArray,
+                 signed: bool = False) -> list[NDArray[Any]]:
     """Step 4: each group's best move of :data:`MOVES`; returns ``sc, mn, q, err``."""
     smax = sub_max(sub_bits)
     lo, hi = min_range(sub_bits, signed)
@@ -210,7 +226,7 @@ def local_search(xg, valid, bits, sub_bits, d, m, sc, mn, signed=False):
     return best
 
 
-def row_error(err):
+def row_error(err: Float32Array) -> Float32Array:
     """The float32 sum of a row's group errors, in group order."""
     total = np.zeros(err.shape[0], F32)
     for j in range(err.shape[1]):
@@ -218,7 +234,8 @@ def row_error(err):
     return total
 
 
-def refit_super(x, group, sc, mn, q):
+def refit_super(x: Float32Array, group: int, sc: IntArray, mn: IntArray,
+                q: Float32Array) -> tuple[Float32Array, Float32Array, NDArray[np.bool_]]:
     """Step 5's fit: the least-squares ``(d, m)`` of ``x ~ d * (sc_j * q) + m * mn_j``.
 
     Sums in float64 over the row's values in column order; rounded to float32 then
@@ -243,7 +260,10 @@ def refit_super(x, group, sc, mn, q):
     return d, m, ok
 
 
-def search_mode(x, xg, valid, ranges, bits, group, sub_bits, signed):
+def search_mode(x: Float32Array, xg: Float32Array, valid: NDArray[np.bool_],
+                ranges: tuple[Float32Array, Float32Array], bits: int, group: int, sub_bits: int,
+                signed: bool) -> tuple[Float32Array, Float32Array, NDArray[np.int32],
+                                       NDArray[np.int32], Float32Array, Float32Array]:
     """Steps 2 to 5 in one sub-min mode: ``d, m, sc, mn, q [n, n_groups, group], row error``."""
     d, m, sc, mn = super_params(*ranges, sub_bits, signed)
     sc, mn, q, err = local_search(xg, valid, bits, sub_bits, d, m, sc, mn, signed)
@@ -260,7 +280,9 @@ def search_mode(x, xg, valid, ranges, bits, group, sub_bits, signed):
     return d, m, sc, mn, q, err
 
 
-def grouped_params(x, bits=4, group=GROUP, sub_bits=SUB_BITS):
+def grouped_params(x: ArrayLike, bits: int = 4, group: int = GROUP, sub_bits: int = SUB_BITS
+                   ) -> tuple[NDArray[np.bool_], Float32Array, Float32Array, NDArray[np.int32],
+                              NDArray[np.int32], UInt8Array]:
     """Each row's ``(signed, d, m, sc, mn, q)`` by the search in this module's notes.
 
     Parameters
@@ -289,7 +311,8 @@ def grouped_params(x, bits=4, group=GROUP, sub_bits=SUB_BITS):
     return signed, d, m, sc, mn, q.reshape(n, -1)[:, :dim].astype(np.uint8)
 
 
-def assemble(signed, d, m, sc, mn, q, bits, sub_bits):
+def assemble(signed: NDArray[np.bool_], d: Float32Array, m: Float32Array, sc: IntArray,
+             mn: IntArray, q: UInt8Array, bits: int, sub_bits: int) -> UInt8Array:
     """Rows ``[codes][subs][d][m]`` (:class:`qe4.layouts.GroupedLayout`) as uint8 [n, row_bytes];
     a signed row's ``d`` is stored negated (its sign bit set), its sub-mins in two's complement."""
     n = q.shape[0]
@@ -298,7 +321,8 @@ def assemble(signed, d, m, sc, mn, q, bits, sub_bits):
     return np.concatenate([L.pack_codes(q, bits), L.pack_codes(subs, sub_bits), tail], axis=1)
 
 
-def read_rows(table, rows=slice(None)):
+def read_rows(table: QuantizedTable, rows: slice | IntArray = slice(None)
+              ) -> tuple[Float32Array, Float32Array, UInt8Array]:
     """``(scale_j, min_j)`` [n, n_groups] float32 and codes [n, dim] of a grouped table's ``rows``."""
     group, sub_bits = L.grouping(table.params)
     sub = table.data[rows]
@@ -314,12 +338,13 @@ def read_rows(table, rows=slice(None)):
     return scale, low, L.unpack_codes(sub[:, :cb], table.bits, table.dim)
 
 
-def expand(values, dim, group):
+def expand(values: NDArray[Any], dim: int, group: int) -> NDArray[Any]:
     """Per-group values [n, n_groups] -> per-column values [n, dim]."""
     return np.repeat(values, group, axis=1)[:, :dim]
 
 
-def bag_terms(table, rows, weights):
+def bag_terms(table: QuantizedTable, rows: slice | IntArray,
+              weights: Float32Array | None) -> tuple[Float32Array, UInt8Array, Float32Array]:
     """The (s, v, t) [n, dim] of ``acc = fma(s, v, acc + t)`` for rows of a grouped table:
     ``s = w * scale_j``, ``t = w * min_j`` (float32) per column of group j, ``v`` the codes."""
     group, _ = L.grouping(table.params)
@@ -330,13 +355,13 @@ def bag_terms(table, rows, weights):
     return expand(scale, table.dim, group), q, expand(low, table.dim, group)
 
 
-def dequantize_grouped(table):
+def dequantize_grouped(table: QuantizedTable) -> Float32Array:
     """float32 [n_rows, dim]: ``fma(scale_j, q, min_j)`` per value."""
     s, q, t = bag_terms(table, slice(None), None)
     return fma32(s, q, t)
 
 
-def check_values(request, x, name="x"):
+def check_values(request: Request, x: Float32Array, name: str = "x") -> None:
     """The grouped family's value checks: finite, and every value and ``(max - min) / qmax``
     of the row finite in float16 (the rowwise layout's float16 rule,
     :func:`qe4._validate.check_fp16_ranges`), so that the super-scale and super-min are."""
@@ -344,7 +369,7 @@ def check_values(request, x, name="x"):
     V.check_fp16_ranges(x, request.bits, "float16", name=name)
 
 
-def encode(request, x):
+def encode(request: Request, x: Float32Array) -> Encoded:
     """The grouped family's encoder: rows of ``x`` by :func:`grouped_params`, in the
     grouped layout.  Returns ``(data, extras)`` (no extras)."""
     check_values(request, x)

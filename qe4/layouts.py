@@ -578,7 +578,7 @@ def _grouped_int(params, name, ok, rule):
     return int(value)
 
 
-def grouping(params):
+def grouping(params: Mapping[str, Any] | None) -> tuple[int, int]:
     """``(group, sub_bits)`` of a grouped table's ``params`` (ValueError naming a bad one)."""
     group = _grouped_int(params, "group", lambda v: 1 <= v <= MAX_GROUP,
                          f"an integer in [1, {MAX_GROUP}]")
@@ -587,7 +587,7 @@ def grouping(params):
     return group, sub_bits
 
 
-def n_groups_of(dim, group):
+def n_groups_of(dim: int, group: int) -> int:
     """Groups of a grouped row: ``ceil(dim / group)``; the last holds
     ``dim - (n_groups - 1) * group`` values (``group`` when it divides ``dim``)."""
     return -(-int(dim) // int(group))
@@ -618,32 +618,35 @@ class GroupedLayout(Layout):
     floats = "super-scale/super-min"
     uses_params = True
 
-    def sub_bytes(self, dim, params):
+    def sub_bytes(self, dim: int, params: Mapping[str, Any] | None) -> int:
         """Bytes of the sub-scale/sub-min stream: ``ceil(2 * n_groups * sub_bits / 8)``."""
         group, sub_bits = grouping(params)
         return code_bytes(2 * n_groups_of(dim, group), sub_bits)
 
-    def fields(self, dim, bits, float_dtype, extras=None, params=None):
+    def fields(self, dim: int, bits: int, float_dtype: str,
+               extras: Mapping[str, Any] | None = None,
+               params: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
         cb = code_bytes(dim, bits)
         sb = self.sub_bytes(dim, params)
         f16 = little("float16")
         return (Field("codes", 0, np.dtype(np.uint8), cb), Field("subs", cb, np.dtype(np.uint8), sb),
                 Field("d", cb + sb, f16), Field("m", cb + sb + 2, f16))
 
-    def resolve_float_dtype(self, scale_dtype, bits):
+    def resolve_float_dtype(self, scale_dtype: DTypeLike | None, bits: int) -> str:
         name = super().resolve_float_dtype(scale_dtype, bits)
         if name != "float16":
             raise ValueError(f"a grouped table stores float16 super-scales, got scale_dtype={scale_dtype!r} "
                              "(pass None or 'float16')")
         return name
 
-    def validate(self, n_rows, row_bytes, bits, dim, float_dtype, extras, params=None):
+    def validate(self, n_rows: int, row_bytes: int, bits: int, dim: int, float_dtype: str,
+                 extras: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> None:
         if float_dtype != "float16":
             self.check_bits(bits)
             raise ValueError(f"a grouped table stores float16 super-scales, got scale_dtype={float_dtype!r}")
         super().validate(n_rows, row_bytes, bits, dim, float_dtype, extras, params)
 
-    def row_bytes_message(self, got, need, bits, dim, float_dtype):
+    def row_bytes_message(self, got: int, need: int, bits: int, dim: int, float_dtype: str) -> str:
         return (f"data has {got} bytes per row; a grouped {bits}-bit table of dim {dim} with these "
                 f"group and sub_bits needs {need}")
 

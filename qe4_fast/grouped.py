@@ -6,7 +6,16 @@ compiled ``"mse"`` kernel (:func:`qe4_fast.mse.mse_params`, byte-identical to
 ``qe4_fast/_grouped_kernels.h``.  Lookups read the packed rows directly.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from qe4.frontend import Request
+    from qe4.table import QuantizedTable
+    from qe4._typing import Encoded, Float32Array, IntArray
 
 from qe4 import grouped as G
 from qe4 import layouts as L
@@ -23,7 +32,8 @@ def _geometry(table):
     return np.ascontiguousarray(table.data), table.dim, table.bits, group, sub_bits
 
 
-def group_ranges(x, bits, group, n_threads=None):
+def group_ranges(x: Float32Array, bits: int, group: int,
+                 n_threads: int | None = None) -> tuple[Float32Array, Float32Array]:
     """Step 1 of the search (:func:`qe4.grouped.group_ranges`) with the compiled mse kernel;
     the finishing kernel zeroes the scales of constant groups."""
     scales, mins = [], []
@@ -34,7 +44,7 @@ def group_ranges(x, bits, group, n_threads=None):
     return G.per_row(scales, x.shape[0]), G.per_row(mins, x.shape[0])
 
 
-def encode(request, x, n_threads=None):
+def encode(request: Request, x: Float32Array, n_threads: int | None = None) -> Encoded:
     """The grouped family's compiled encoder: ``(data, extras)``, byte-identical to
     :func:`qe4.grouped.encode`."""
     G.check_values(request, x)
@@ -47,7 +57,8 @@ def encode(request, x, n_threads=None):
     return out, {}
 
 
-def row_values(table, idx=None, n_threads=None):
+def row_values(table: QuantizedTable, idx: IntArray | None = None,
+               n_threads: int | None = None) -> Float32Array:
     """float32 [len(idx), dim]: the dequantized rows ``idx`` (validated; None: every row)."""
     n_out = table.n_rows if idx is None else len(idx)
     out = np.empty((n_out, table.dim), F32)
@@ -57,7 +68,8 @@ def row_values(table, idx=None, n_threads=None):
     return out
 
 
-def bag(table, idx, starts, w, mean, n_threads=None):
+def bag(table: QuantizedTable, idx: IntArray, starts: IntArray, w: Float32Array | None,
+        mean: bool, n_threads: int | None = None) -> Float32Array:
     """float32 [n_bags, dim] sums or means of validated bags (:func:`qe4.embedding_bag`)."""
     n_bags = starts.size - 1
     out = np.empty((n_bags, table.dim), F32)
