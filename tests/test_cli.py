@@ -116,7 +116,7 @@ def test_quantize_codebook_method_in_memory(capsys, tmp_path, npy):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["quantize", "{src}", "{dst}", "--bits", "3"], "argument --bits: invalid choice: 3"),
+    (["quantize", "{src}", "{dst}", "--bits", "7"], "argument --bits: invalid choice: 7"),
     (["quantize", "{src}", "{dst}", "--method", "best"], "argument --method: invalid choice: 'best'"),
     (["quantize", "{src}", "{dst}", "--max-memory", "lots"], "cannot read a size from 'lots'"),
     (["quantize", "{src}", "{dst}", "--engine", "gpu"], "invalid choice: 'gpu'"),

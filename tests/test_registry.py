@@ -166,7 +166,7 @@ def test_cli_option_flags_reach_the_method(tmp_path, capsys):
 # --------------------------------------------------------------------------- one front end
 
 BAD_REQUESTS = [
-    (dict(bits=3), ValueError, r"bits must be one of \(2, 4, 8\), got 3"),
+    (dict(bits=7), ValueError, r"bits must be one of \(2, 3, 4, 5, 6, 8\), got 7"),
     (dict(method="best"), ValueError, "method must be one of"),
     (dict(method="kmeans", bits=8), ValueError, "bits=8 is not supported by method 'kmeans'"),
     (dict(method="minmax", max_iter=3), TypeError, r"unexpected keyword arguments .*\['max_iter'\]"),
