@@ -187,14 +187,42 @@ QE4_INLINE QE4_AVX2 const uint8_t *qe4_position_avx2(const qe4_rows *t, const in
     return row;
 }
 
+/* The n bytes at p (n <= 8, a constant after inlining) as a little-endian integer, by loads
+ * of 4, 2 and 1 bytes straight into registers (a memcpy of n bytes into a wider local went
+ * through the stack: a failed store-to-load forward per call, 10x slower bags). */
+QE4_INLINE uint64_t qe4_load_le(const uint8_t *p, const int n)
+{
+    uint64_t v = 0;
+    int k = 0;
+    if (n - k >= 4) {
+        uint32_t w;
+        memcpy(&w, p + k, 4);
+        v |= (uint64_t)w << (8 * k);
+        k += 4;
+    }
+    if (n - k >= 2) {
+        uint16_t w;
+        memcpy(&w, p + k, 2);
+        v |= (uint64_t)w << (8 * k);
+        k += 2;
+    }
+    if (n - k >= 1)
+        v |= (uint64_t)p[k] << (8 * k);
+    return v;
+}
+
 /* 8 codes of 3, 5 or 6 bits -> 8 floats: the `bits` bytes from j * bits / 8 (j % 8 == 0, so
  * the chunk starts on a byte and ends on one: every byte read is a code byte of the row).
  * Codes 0-3 are the low 4 * bits bits of that little-endian word, codes 4-7 the next
  * 4 * bits; each half fits a 32-bit lane (4 * 6 = 24 bits), shifted by 0, b, 2b, 3b. */
 QE4_INLINE QE4_AVX2 __m256 qe4_stream8_avx2(const uint8_t *c, const int bits, int64_t j)
 {
-    uint64_t u = 0;
-    memcpy(&u, c + j * bits / 8, (size_t)bits);
+    uint64_t u = qe4_load_le(c + j * bits / 8, bits);
+    if (bits == 3) { /* all 8 codes in 24 bits: one broadcast */
+        __m256i v3 = _mm256_srlv_epi32(_mm256_set1_epi32((int)u),
+                                       _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21));
+        return _mm256_cvtepi32_ps(_mm256_and_si256(v3, _mm256_set1_epi32(7)));
+    }
     uint32_t lo = (uint32_t)u, hi = (uint32_t)(u >> (4 * bits));
     __m256i w = _mm256_setr_epi32((int)lo, (int)lo, (int)lo, (int)lo, (int)hi, (int)hi, (int)hi, (int)hi);
     __m256i sh = _mm256_setr_epi32(0, bits, 2 * bits, 3 * bits, 0, bits, 2 * bits, 3 * bits);
