@@ -122,6 +122,18 @@ QE4_INLINE int qe4_mse_ls_step(int n_cols, int fp16, float sq, float sqq, float 
     return changed;
 }
 
+/* One lane: (e, s, b, iv) replaces the best so far when its error is strictly smaller (ties
+ * keep the first evaluated). */
+QE4_INLINE void qe4_mse_keep_best(float e, float s, float b, float iv, float *best_e,
+                                  float *best_s, float *best_b, float *best_i)
+{
+    int better = e < *best_e;
+    *best_e = better ? e : *best_e;
+    *best_s = better ? s : *best_s;
+    *best_b = better ? b : *best_b;
+    *best_i = better ? iv : *best_i;
+}
+
 /* The "mse" (scale, bias, inv) of n rows (1 <= n <= QE4_LANES) starting at x; see
  * qe4.mse.mse_params.  n_keep >= 1 (capped at the number of scan ranges by the caller). */
 QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float qmax, int fp16,
@@ -204,11 +216,8 @@ QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float 
             qe4_mse_ls_pass(xt, n_cols, qmax, s, b, iv, e, sq, sqq, sy, syq);
             int changed = 0;
             for (int k = 0; k < QE4_LANES; k++) {
-                int better = e[k] < best_e[k];
-                best_e[k] = better ? e[k] : best_e[k];
-                best_s[k] = better ? s[k] : best_s[k];
-                best_b[k] = better ? b[k] : best_b[k];
-                best_i[k] = better ? iv[k] : best_i[k];
+                qe4_mse_keep_best(e[k], s[k], b[k], iv[k], &best_e[k], &best_s[k], &best_b[k],
+                                  &best_i[k]);
                 changed |= qe4_mse_ls_step(n_cols, fp16, sq[k], sqq[k], sy[k], syq[k],
                                            &s[k], &b[k], &iv[k]);
             }
@@ -217,11 +226,8 @@ QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float 
         }
         qe4_lanes_sqerr2(xt, n_cols, qmax, s, b, iv, e, s, b, iv, sq);
         for (int k = 0; k < QE4_LANES; k++) {
-            int better = e[k] < best_e[k];
-            best_e[k] = better ? e[k] : best_e[k];
-            best_s[k] = better ? s[k] : best_s[k];
-            best_b[k] = better ? b[k] : best_b[k];
-            best_i[k] = better ? iv[k] : best_i[k];
+            qe4_mse_keep_best(e[k], s[k], b[k], iv[k], &best_e[k], &best_s[k], &best_b[k],
+                              &best_i[k]);
         }
     next_chain:;
     }
