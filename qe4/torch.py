@@ -619,8 +619,13 @@ def to_torch_tiers(table):
         rows = np.flatnonzero(tier == t)
         mapping = np.full(table.n_rows, -1, np.int32)
         mapping[rows] = np.arange(rows.size, dtype=np.int32)
-        weight = (torch.from_numpy(np.asarray(sub, np.float32).copy()) if isinstance(sub, np.ndarray)
-                  else to_torch(sub))
+        if isinstance(sub, np.ndarray):
+            weight = torch.from_numpy(np.asarray(sub, np.float32).copy())
+        else:
+            try:
+                weight = to_torch(sub)
+            except ValueError as exc:        # e.g. a 3-bit tier: say which tier
+                raise ValueError(f"tier {t} of the mixed table: {exc}") from None
         out.append((weight, torch.from_numpy(mapping)))
     return out
 
