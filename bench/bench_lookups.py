@@ -56,7 +56,7 @@ def main(argv=None):
     small = qe4.QuantizedTable(table.data[:2000].copy(), bits=4, dim=64)
     lines = [f"bench_lookups: {rows:,} x 64 4-bit table, {N_BAGS} bags x {BAG_LEN}, "
              f"best of {rounds} interleaved rounds; {platform.machine()}, "
-             f"{os.cpu_count()} CPUs, qe4_fast SIMD level {qe4_fast.bag._SIMD}",
+             f"{os.cpu_count()} CPUs, qe4_fast SIMD level {qe4_fast.simd_level()}",
              "rows/s = rows read per second; ratio = rows/s over the float32 sum bag's "
              "(same threads, same indices)", ""]
     header = f"{'case':<34} {'threads':>7} {'time':>12} {'Mrows/s':>9} {'ratio':>7}"

@@ -11,7 +11,7 @@ from .io import load, save
 from .metrics import row_errors, table_error, zipf_weights
 from .rowwise import range_loss, row_ranges
 from .table import QuantizedTable
-from .api import dequantize, from_tbe, methods, quantize, to_tbe
+from .api import dequantize, from_tbe, methods, presets, quantize, to_tbe
 from .update import update_file, update_rows
 
 __version__ = "0.1.0"
@@ -19,6 +19,6 @@ __version__ = "0.1.0"
 __all__ = [
     "QuantizedTable", "quantize", "dequantize", "embedding", "embedding_bag", "embedding_bags",
     "row_ranges", "range_loss",
-    "to_tbe", "from_tbe", "methods", "save", "load", "row_errors", "table_error", "zipf_weights",
+    "to_tbe", "from_tbe", "methods", "presets", "save", "load", "row_errors", "table_error", "zipf_weights",
     "update_rows", "update_file",
 ]

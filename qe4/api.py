@@ -9,6 +9,7 @@ from . import _validate as V
 from . import codebook as C
 from . import frontend
 from . import method_registry as M
+from . import preset_registry as P
 from .rowwise import assemble_rows, fma32  # noqa: F401  (assemble_rows: an old import path)
 from .table import QuantizedTable
 
@@ -18,18 +19,28 @@ def methods():
     return M.names()
 
 
-def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None, **kwargs):
+def presets():
+    """Every preset name :func:`quantize` accepts, mapped to its one-line summary.
+
+    A preset (:mod:`qe4.preset_registry`) names a measured combination of method, bits and
+    options: ``qe4.quantize(x, preset="mse-4")``, ``qe4 quantize IN OUT --preset mse-4``.
+    """
+    return {p.name: f"{p.method}, {p.bits} bits: {p.summary}" for p in P.PRESETS.values()}
+
+
+def quantize(x, bits=None, method=None, *, preset=None, n_bins=200, ratio=0.16, scale_dtype=None,
+             **kwargs):
     """Quantize each row of an embedding table.
 
     Parameters
     ----------
     x : array_like [n_rows, n_cols], float32 or float16 (float64 is rounded to float32)
         Must be finite.
-    bits : {2, 3, 4, 5, 6, 8}
-        The bit widths of the method's layout (rowwise methods: 2, 3, 4, 5, 6 and 8, where
-        3, 5 and 6 pack the codes as a bit stream torch has no op for; codebook methods:
-        2 and 4).
-    method : str
+    bits : int, default 4
+        A bit width of the method's layout (``qe4.layouts.LAYOUTS[...].bits``): rowwise
+        methods 2, 3, 4, 5, 6 and 8 (3, 5 and 6 pack the codes as a bit stream torch has
+        no op for), codebook methods 2 and 4.
+    method : str, default "greedy"
         A name of :func:`methods`.  Row-wise uniform methods: ``"minmax"`` (each row's
         min and max), ``"greedy"`` (the paper's greedy clipping search,
         :func:`qe4.rowwise.greedy_range`), ``"exhaustive"`` (the best range on
@@ -37,6 +48,9 @@ def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=
         ``"aciq-gauss"`` (:func:`qe4.rowwise.aciq_range`).  Codebook methods
         (``"kmeans"``, ``"kmeans-optimal"``, ``"two-tier"``) are described in
         :mod:`qe4.codebook`.  Each is an entry of :mod:`qe4.method_registry`.
+    preset : str, optional
+        A name of :func:`qe4.presets` (e.g. ``"mse-4"``): it sets ``bits``, ``method``,
+        ``scale_dtype`` and the method's options, which must then not be passed.
     n_bins, ratio : int, float
         The search grid of ``greedy`` and ``exhaustive`` (torch's defaults 200, 0.16):
         n_bins in [1, 1000000], ratio in [0, 1).  Checked for every method, used and
@@ -77,7 +91,7 @@ def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=
     and, at 8 bits, ``embedding_bag_byte_prepack(x)`` ("greedy" at 8 bits searches
     with float32 rounding and stores torch's byte layout).
     """
-    return frontend.quantize(x, bits, method, n_bins, ratio, scale_dtype, kwargs)
+    return frontend.quantize(x, bits, method, n_bins, ratio, scale_dtype, kwargs, preset=preset)
 
 
 def dequantize(table):

@@ -20,6 +20,7 @@ from . import _validate as V
 from . import engines as E
 from . import frontend
 from . import method_registry as M
+from . import preset_registry as P
 
 EXIT_USAGE = 2
 GLOVE_CREDIT = ("Data: GloVe 6B 50d, the 20,000 most frequent words (Pennington, Socher and "
@@ -102,8 +103,12 @@ def build_parser(command=None):
                        "(out of core): the input is memory-mapped, the output written atomically.")
     q.add_argument("input", metavar="IN", help=".npy or .safetensors file holding a 2-D float table")
     q.add_argument("output", metavar="OUT", help="qe4 file to write (safetensors)")
-    q.add_argument("--bits", type=int, default=4, choices=V.BITS, help="bits per value (default 4)")
-    q.add_argument("--method", default="greedy", choices=M.names(), metavar="METHOD",
+    q.add_argument("--preset", default=None, choices=P.names(), metavar="PRESET",
+                   help=f"one of {', '.join(P.names())}: sets --bits, --method, --scale-dtype and "
+                   "the method's options (pass none of them with it). " + P.help_text())
+    q.add_argument("--bits", type=int, default=None, choices=V.BITS,
+                   help="bits per value (default 4)")
+    q.add_argument("--method", default=None, choices=M.names(), metavar="METHOD",
                    help=f"one of {', '.join(M.names())} (default greedy). " + M.help_text())
     q.add_argument("--n-bins", type=int, default=200, help="search grid bins (default 200)")
     q.add_argument("--ratio", type=float, default=0.16, help="greedy ratio (default 0.16)")
@@ -214,7 +219,8 @@ def cmd_quantize(args):
     from .io import check_output_path, save
     progress = False if args.no_progress else None
     t0 = time.perf_counter()
-    options = _options_of(args)
+    args.bits, args.method, args.scale_dtype, options = P.resolve(
+        args.preset, args.bits, args.method, args.scale_dtype, _options_of(args))
     check_output_path(args.output, "OUT")      # before any work, not after it
     if M.get(args.method).per_row:
         info = stream.quantize_file(args.input, args.output, args.bits, args.method,
@@ -293,7 +299,7 @@ def cmd_demo(args):
     methods = args.methods or list(M.names())
     kw = eng.kwargs
     fp32 = 4 * x.shape[1]
-    header = ("method", "bits", "bytes/row", "vs fp32", "error", "zipf error", "time s")
+    header = ("method", "bits", "bytes/row", "bits/elem", "vs fp32", "error", "zipf error", "time s")
     rows, missing = [], {}
     print(f"qe4 demo: {x.shape[0]:,} x {x.shape[1]} GloVe rows, engine {args.engine}"
           + (f" ({mod.__name__})" if args.engine == "fast" else ""), flush=True)
@@ -305,11 +311,12 @@ def cmd_demo(args):
                 table = mod.quantize(x, bits, method, **kw)
             except ImportError as exc:       # e.g. a method the fast engine does not have yet
                 missing[method] = str(exc)
-                rows.append((method, str(bits)) + ("n/a",) * 5)
+                rows.append((method, str(bits)) + ("n/a",) * 6)
                 continue
             seconds = time.perf_counter() - t
             per_row = table.nbytes / table.n_rows
-            rows.append((method, str(bits), f"{per_row:.2f}", f"{fp32 / per_row:.2f}x",
+            rows.append((method, str(bits), f"{per_row:.2f}", f"{table.bits_per_element:.3f}",
+                         f"{fp32 / per_row:.2f}x",
                          f"{table_error(x, table):.3e}", f"{table_error(x, table, weights):.3e}",
                          f"{seconds:.2f}"))
     widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
@@ -318,7 +325,8 @@ def cmd_demo(args):
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print(fmt.format(*r))
-    print(f"\nerror = sum ||x - x_hat||^2 / sum ||x||^2; zipf error weights row r by 1/(r+1) "
+    print(f"\nbits/elem counts every stored byte (codes, scales, codebooks) x 8 / (rows x dim). "
+          f"error = sum ||x - x_hat||^2 / sum ||x||^2; zipf error weights row r by 1/(r+1) "
           f"(rows are in frequency order). fp32 = {fp32} bytes/row. "
           f"Total {time.perf_counter() - t_all:.1f} s.")
     for method, why in missing.items():

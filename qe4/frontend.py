@@ -8,6 +8,7 @@ errors by construction, save the same ``params`` and assemble the table the same
 The order of the checks (each raises TypeError for a wrong type, ValueError for a
 wrong value, naming the argument):
 
+0. ``preset`` (if given) is a registered preset and no argument it sets is passed too;
 1. ``bits`` is a bit width some layout stores (:data:`qe4.layouts.BITS`);
 2. ``method`` is a registered method (of the family asked for, if any);
 3. the method is per-row when the caller needs one (streaming, Dask);
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from . import _validate as V
 from . import engines as E
 from . import method_registry as M
+from . import preset_registry as P
 from .table import QuantizedTable
 
 
@@ -75,13 +77,16 @@ class Request:
 
 
 def check_request(bits, method, n_bins=200, ratio=0.16, scale_dtype=None, kwargs=None, *,
-                  family=None, per_row_for=None):
+                  family=None, per_row_for=None, preset=None):
     """Check a quantization request in the front end's order; return a :class:`Request`.
 
     ``family`` restricts the methods to one family (``qe4.row_ranges``: "rowwise").
     ``per_row_for`` names a caller that quantizes in row chunks (e.g. "streamed"): a
-    method that is not per-row is then refused with a message saying why.
+    method that is not per-row is then refused with a message saying why.  ``preset``
+    (:mod:`qe4.preset_registry`) supplies bits, method, scale_dtype and options, checked first;
+    without one, ``bits=None`` means 4 and ``method=None`` "greedy".
     """
+    bits, method, scale_dtype, kwargs = P.resolve(preset, bits, method, scale_dtype, kwargs)
     bits = V.check_bits(bits)
     entry = M.get(V.check_method(method, M.names(family=family)))
     if per_row_for is not None and not entry.per_row:
@@ -119,8 +124,9 @@ def make_table(request, data, extras, dim):
 
 
 def quantize(x, bits, method, n_bins, ratio, scale_dtype, kwargs, *, engine="reference",
-             n_threads=None, family=None):
+             n_threads=None, family=None, preset=None):
     """The whole front end: check, validate ``x``, encode with the engine, assemble."""
     eng = E.engine(engine, n_threads)
-    request = check_request(bits, method, n_bins, ratio, scale_dtype, kwargs, family=family)
+    request = check_request(bits, method, n_bins, ratio, scale_dtype, kwargs, family=family,
+                            preset=preset)
     return encode(request, V.as_float_rows(x, finite=False), eng)

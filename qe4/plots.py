@@ -407,6 +407,55 @@ def fig_budget(results):
     return fig
 
 
+# --------------------------------------------------------------------------- frontier
+
+#: The 16-level Lloyd-Max quantizer of N(0, 1): its mean squared error (Max 1960).
+LLOYD_MAX_16 = 0.009501
+
+
+def fig_frontier(results):
+    """Error against stored bits per element for every preset and the peers measured in
+    the same run (``bench/results/bench_frontier.json``, written by
+    ``bench/bench_frontier.py``), one panel per table.  N(0, 1) panels carry the Gaussian
+    Shannon bound ``D(R) = 2**(-2R)`` and the 16-level Lloyd-Max value at 4 bits; llama.cpp's
+    K/IQ formats, which no installable package quantizes, are hollow anchors with their
+    published figures (labelled as such)."""
+    panels = results["tables"]
+    fig = _figure(6.5 * min(len(panels), 2), 5.2 * -(-len(panels) // 2))
+    axs = np.atleast_1d(fig.subplots(-(-len(panels) // 2), min(len(panels), 2))).ravel()
+    for ax, panel in zip(axs, panels):
+        pts = panel["points"]
+        kinds = {"qe4": ("#1f77b4", "o"), "peer": ("#d62728", "s"), "anchor": ("#7f7f7f", "D")}
+        for kind, (c, m) in kinds.items():
+            ps = [q for q in pts if q["kind"] == kind]
+            if not ps:
+                continue
+            face = "none" if kind == "anchor" else c
+            ax.scatter([q["bpw"] for q in ps], [q["error"] for q in ps], marker=m, s=40,
+                       edgecolors=c, facecolors=face, label={"qe4": "qe4 presets", "peer":
+                       "peers, measured here", "anchor": "llama.cpp's figures (issue 12)"}[kind],
+                       gid=f"frontier-{kind}", zorder=3)
+            for q in ps:
+                ax.annotate(q["name"], (q["bpw"], q["error"]), fontsize=6.5, xytext=(3, 2),
+                            textcoords="offset points", color=c)
+        if panel.get("gaussian"):
+            r = np.linspace(1.8, 9.2, 100)
+            ax.plot(r, 2.0 ** (-2 * r), color="k", ls="--", lw=1, label="Shannon bound 2^(-2R)",
+                    gid="frontier-shannon")
+            ax.scatter([4.0], [LLOYD_MAX_16], marker="*", s=90, color="k", zorder=4,
+                       label=f"16-level Lloyd-Max ({LLOYD_MAX_16})", gid="frontier-lloyd-max")
+        ax.set_yscale("log")
+        ax.set_xlabel("stored bits per element (every byte counted)")
+        ax.set_ylabel("normalized error ||X - X_hat||^2 / ||X||^2")
+        ax.set_title(panel["name"], fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="upper right")
+    for ax in axs[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("The quality-per-bit frontier: qe4's presets against peers, one run", fontsize=12)
+    return fig
+
+
 # --------------------------------------------------------------------------- driver
 
 FIGURES = {

@@ -167,6 +167,17 @@ class QuantizedTable:
         return int(self._data.nbytes + sum(a.nbytes for a in self._extras.values()))
 
     @property
+    def bits_per_element(self):
+        """Every stored bit per table element: ``nbytes * 8 / (n_rows * dim)``.
+
+        The honest rate of the table: codes, scales and biases, centroids, shared
+        codebooks, a mixed table's row map and tier tables all count (what a file holds
+        beyond the table, its header, does not).  NaN for a table of no rows.
+        """
+        n = self.n_rows * self._dim
+        return self.nbytes * 8 / n if n else float("nan")
+
+    @property
     def shape(self):
         return (self.n_rows, self._dim)
 
@@ -176,7 +187,7 @@ class QuantizedTable:
     def __repr__(self):
         return (f"QuantizedTable(n_rows={self.n_rows}, dim={self.dim}, bits={self.bits}, "
                 f"method={self.method!r}, layout={self.layout!r}, scale_dtype={self.scale_dtype!r}, "
-                f"nbytes={self.nbytes})")
+                f"nbytes={self.nbytes}, bits_per_element={self.bits_per_element:.4g})")
 
     # ----------------------------------------------------------------- row fields
     def field(self, name, rows=slice(None)):

@@ -52,7 +52,7 @@ __all__ = [
 
 
 @shares_cores
-def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None,
+def quantize(x, bits=None, method=None, *, preset=None, n_bins=200, ratio=0.16, scale_dtype=None,
              n_threads=None, **kwargs):
     """Quantize each row of an embedding table; see :func:`qe4.quantize`.
 
@@ -61,4 +61,4 @@ def quantize(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=
     are the front end's (:mod:`qe4.frontend`), so the errors are the reference's.
     """
     return frontend.quantize(x, bits, method, n_bins, ratio, scale_dtype, kwargs, engine="fast",
-                             n_threads=n_threads)
+                             n_threads=n_threads, preset=preset)

@@ -312,20 +312,53 @@ static int64_t qe4_table_bags(const qe4_table *T, const int64_t *idx, int64_t n_
     return n_bad;
 }
 
+/* Gathers whose float32 output is larger than this many bytes write it with non-temporal
+ * (streaming) stores: an output that large cannot stay in the cache for the caller anyway,
+ * and ordinary stores first read every output line (read-for-ownership), about doubling the
+ * memory traffic of a gather, whose output is ~7x the bytes it reads at 4 bits.  The values
+ * are the same either way; only the way they reach memory differs. */
+#ifndef QE4_STREAM_BYTES
+#define QE4_STREAM_BYTES (8 << 20)
+#endif
+
+#if QE4_X86
+/* dst[0:n] = src[0:n] with streaming stores where dst is 16-byte aligned (NumPy's large
+ * arrays are), ordinary stores for the unaligned head and the tail. */
+QE4_AVX2 static void qe4_stream_floats(float *dst, const float *src, int64_t n)
+{
+    int64_t j = 0;
+    for (; j < n && ((uintptr_t)(dst + j) & 15u); j++) dst[j] = src[j];
+    for (; j + 4 <= n; j += 4) _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
+    for (; j < n; j++) dst[j] = src[j];
+}
+#endif
+
 /* Gather positions p0 .. p1-1: dst + p * dst_stride = row idx[p] rounded to `kind`.
  * scratch: [dim] floats.  Returns the number of bad two-tier group ids met. */
 static int64_t qe4_gather(const qe4_table *T, const int64_t *idx, int64_t n_idx, int64_t p0,
                           int64_t p1, int kind, char *dst, int64_t dst_stride, int simd,
                           float *scratch)
 {
-    int64_t p, n_bad = 0;
+    int64_t p, n_bad = 0, dim = T->rows.dim;
+#if QE4_X86
+    int stream = kind == QE4_OUT_F32 && simd >= QE4_SIMD_AVX2
+                 && (double)n_idx * (double)dim * 4.0 > (double)QE4_STREAM_BYTES;
+#else
+    const int stream = 0;
+#endif
     for (p = p0; p < p1; p++) {
         char *out = dst + p * dst_stride;
-        float *v = kind == QE4_OUT_F32 ? (float *)out : scratch;
+        float *v = kind == QE4_OUT_F32 && !stream ? (float *)out : scratch;
         qe4_prefetch_at(T, idx, n_idx, p);
         if (qe4_row_values(T, idx[p], simd, v)) n_bad++;
-        else if (kind != QE4_OUT_F32) qe4_store(v, T->rows.dim, kind, out, simd);
+#if QE4_X86
+        else if (stream) qe4_stream_floats((float *)out, v, dim);
+#endif
+        else if (kind != QE4_OUT_F32) qe4_store(v, dim, kind, out, simd);
     }
+#if QE4_X86
+    if (stream) _mm_sfence();      /* the streamed lines are visible before the join */
+#endif
     return n_bad;
 }
 

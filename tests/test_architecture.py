@@ -19,6 +19,7 @@ PACKAGES = ("qe4", "qe4_fast")
 LAYERS = [
     {"qe4.layouts", "qe4._mapped"},
     {"qe4.method_registry"},
+    {"qe4.preset_registry"},
     {"qe4._validate"},
     {"qe4.table"},
     {"qe4.rowwise", "qe4.codebook", "qe4.bag", "qe4.metrics", "qe4.engines"},

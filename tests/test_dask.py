@@ -27,6 +27,8 @@ qd = pytest.importorskip("qe4.dask")
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 TIMEOUT = 60   # seconds any one cluster call may take before the test fails
+# The cluster fixture is per test, so no test waits for a killed worker's replacement once
+# it is done (on a loaded 2-core machine a nanny's restart took over 4 minutes).
 
 
 def _weights(n_rows, dim, seed=0):
@@ -273,11 +275,10 @@ def fault_client(client):
     old = client.run_on_scheduler(_set_allowed_failures, 1)
     yield client
     client.run_on_scheduler(_set_allowed_failures, old)
-    client.wait_for_workers(2, timeout=TIMEOUT)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_worker_killed_once_job_completes_with_the_right_bytes(fault_client, tmp_path, same_bytes):
     x = _weights(150, 16)
     d = _dying_input(x, tmp_path, kill_block=3, always=False)
@@ -289,7 +290,7 @@ def test_worker_killed_once_job_completes_with_the_right_bytes(fault_client, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_worker_killed_every_time_job_fails_clearly(fault_client, tmp_path):
     x = _weights(150, 16)
     d = _dying_input(x, tmp_path, kill_block=2, always=True)
@@ -329,7 +330,7 @@ def _unpatch_writer(dask_worker=None):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_worker_killed_while_writing_a_shard(client, tmp_path, same_bytes):
     # Every current worker dies half-way through writing shard 2; restarted workers do not.
     # At most both die (allowed-failures 5 tolerates that and a queued task's deaths too),
@@ -345,7 +346,6 @@ def test_worker_killed_while_writing_a_shard(client, tmp_path, same_bytes):
         # a worker may still be restarting: the new one is not patched, so skip what fails
         client.run(_unpatch_writer, on_error="ignore")
         client.run_on_scheduler(_set_allowed_failures, old)
-        client.wait_for_workers(2, timeout=TIMEOUT)
     # the retry removed the temporary files of the writers that died (their pids are gone)
     assert [f for f in os.listdir(st.path) if f.endswith(".qe4tmp")] == []
     st = S.open_sharded(st.path, verify=True)

@@ -212,6 +212,21 @@ def test_fast_matches_reference(kind, dim, kernel, same_bytes):
                    qe4.embedding_bag(table, gidx, mode="max", out_dtype=od))
 
 
+STREAM_BYTES = 8 << 20      # _lookup_kernels.h: larger float32 gathers stream their output
+
+
+@pytest.mark.parametrize("kind", list(KINDS), ids=str)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_fast_large_gather_streams_the_same_bytes(kind, n_threads, kernel, same_bytes):
+    """A float32 gather of more than 8 MiB takes the streaming-store path (AVX2): the same
+    bytes as the reference, in a misaligned output row layout too (dim 33)."""
+    rng = np.random.default_rng(5)
+    for dim in (64, 33):
+        table = make_table(kind, 50, dim, seed=dim)
+        idx = rng.integers(0, 50, STREAM_BYTES // (4 * dim) + 999)
+        same_bytes(fast.embedding(table, idx, n_threads=n_threads), qe4.embedding(table, idx))
+
+
 @pytest.mark.parametrize("n_threads", N_THREADS)
 def test_fast_embedding_bags_matches_reference(n_threads, kernel, same_bytes):
     rng = np.random.default_rng(n_threads)

@@ -96,6 +96,9 @@ def test_row_sizes_come_from_the_layout(method, bits, scale_dtype):
         assert fields[0].name == "codes" and fields[0].nbytes == L.code_bytes(t.dim, bits)
         assert [f.offset for f in fields] == list(np.cumsum([0] + [f.nbytes for f in fields[:-1]]))
         assert t.params == request.params and t.method == method and t.layout == request.layout.name
+        # every stored byte counts: the rows and every extra (shared codebooks, ...)
+        stored = t.row_bytes * t.n_rows + sum(a.nbytes for a in t.extras.values())
+        assert t.bits_per_element == stored * 8 / (t.n_rows * t.dim), name
 
 
 @pytest.mark.parametrize("bits", [0, 9, 2.0, True, None])

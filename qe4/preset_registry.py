@@ -1,0 +1,129 @@
+"""Presets: named combinations of method, bit width and options, as llama.cpp's users know them.
+
+A preset is one line a user can remember (``qe4.quantize(x, preset="mse-4")``,
+``qe4 quantize IN OUT --preset mse-4``) for a choice that has been measured to be useful:
+every preset appears in the README's frontier table (``bench/bench_frontier.py`` measures
+all of them: bits per element, error, quantize and lookup speed).  A preset fixes the
+method, ``bits``, ``scale_dtype`` and the method's options; passing any of those with
+``preset=`` is a TypeError (one source of truth per call).  ``n_bins``/``ratio`` stay the
+grid defaults.
+
+Names are ``<method or family>-<bits>``; :func:`presets` lists them with their summaries.
+Adding a preset: one :class:`Preset` line in ``_ENTRIES`` below (the tests, the CLI's
+choices and the frontier bench read this registry).
+
+This module imports only the method registry.
+"""
+
+from dataclasses import dataclass
+
+from . import method_registry as M
+
+DEFAULT_BITS = 4
+DEFAULT_METHOD = "greedy"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One named choice.
+
+    Attributes
+    ----------
+    name : str
+    method : str
+        A registered method (:mod:`qe4.method_registry`).
+    bits : int
+    summary : str
+        One line: what it is and who serves it.
+    options : tuple of (str, value)
+        The method's options (checked by the method's own option checks).
+    scale_dtype : str or None
+        None: the layout's default for ``bits``.
+    """
+    name: str
+    method: str
+    bits: int
+    summary: str
+    options: tuple = ()
+    scale_dtype: str = None
+
+    def kwargs(self):
+        """The method's options as keyword arguments."""
+        return dict(self.options)
+
+
+_ENTRIES = (
+    Preset("torch-2", "greedy", 2, "torch's 2-bit rows with the paper's greedy range "
+           "(embedding_bag_2bit_prepack's optimized search); torch and FBGEMM serve it"),
+    Preset("mse-2", "mse", 2, "torch's 2-bit rows with each row's least-squares range: "
+           "the same bytes per row, served by the same ops, much lower error"),
+    Preset("codebook-2", "kmeans-optimal", 2, "the optimal 4-centroid float16 codebook of each "
+           "row (exact 1-D k-means)"),
+    Preset("torch-4", "greedy", 4, "torch's 4-bit rows with the paper's greedy range "
+           "(embedding_bag_4bit_prepack's optimized search); torch and FBGEMM serve it"),
+    Preset("mse-4", "mse", 4, "torch's 4-bit rows with each row's least-squares range "
+           "(torch's ops serve it unchanged)"),
+    Preset("two-tier-4", "two-tier", 4, "16 shared 16-centroid codebooks, one byte of "
+           "group id per row: about 4 bits per element plus 1 byte per row",
+           options=(("n_groups", 16),)),
+    Preset("codebook-4", "kmeans-optimal", 4, "the optimal 16-centroid float16 codebook of each "
+           "row (exact 1-D k-means; 32 bytes of centroids per row: for wide rows)"),
+    Preset("torch-8", "minmax", 8, "torch's byte rows (embedding_bag_byte_prepack: each "
+           "row's min and max, float32 scale and bias)"),
+)
+
+
+def _register(entries):
+    out = {}
+    for p in entries:
+        if p.name in out:
+            raise RuntimeError(f"preset {p.name!r} is registered twice")
+        m = M.get(p.method)
+        if p.bits not in m.allowed_bits:
+            raise RuntimeError(f"preset {p.name!r}: method {p.method!r} does not store {p.bits} bits")
+        m.check_options(p.kwargs())
+        out[p.name] = p
+    return out
+
+
+#: name -> Preset, in order of bits.
+PRESETS = _register(_ENTRIES)
+
+
+def names():
+    """Every preset name, in registry order."""
+    return tuple(PRESETS)
+
+
+def get(name):
+    """The preset ``name``: TypeError for a non-string, ValueError naming the choices."""
+    if not isinstance(name, str):
+        raise TypeError(f"preset must be a string, got {name!r}")
+    p = PRESETS.get(name)
+    if p is None:
+        raise ValueError(f"preset must be one of {names()}, got {name!r}")
+    return p
+
+
+def resolve(preset, bits, method, scale_dtype, kwargs):
+    """``(bits, method, scale_dtype, kwargs)`` of a call.
+
+    Without a preset: ``bits`` None means 4, ``method`` None means "greedy".  With one,
+    the preset's values, and a TypeError if the call also passed any of them.
+    """
+    kwargs = dict(kwargs or {})
+    if preset is None:
+        return (DEFAULT_BITS if bits is None else bits, DEFAULT_METHOD if method is None else method,
+                scale_dtype, kwargs)
+    p = get(preset)
+    given = [n for n, v in (("bits", bits), ("method", method), ("scale_dtype", scale_dtype))
+             if v is not None] + sorted(kwargs)
+    if given:
+        raise TypeError(f"preset={preset!r} sets bits, method, scale_dtype and the method's "
+                        f"options; do not pass {given} with it")
+    return p.bits, p.method, p.scale_dtype, p.kwargs()
+
+
+def help_text():
+    """``name: summary`` of every preset (the CLI's ``--preset`` help)."""
+    return "; ".join(f"{p.name} ({p.method}, {p.bits} bits): {p.summary}" for p in PRESETS.values())
