@@ -15,30 +15,23 @@
 
     python bench/bench_allocate.py [--rows 1000000] [--solve-rows 10000000] [--threads 2]
         [--check-rows 20000] [--repeat 3]
+    python bench/bench_allocate.py --quick     # 100,000 rows, 1,000,000 solver rows
 
 Prints the tables and writes them to bench/results/bench_allocate.txt.
 """
 
 import argparse
 import os
-import time
 
 import numpy as np
 
+import _timing  # noqa: F401  (first: this source tree's qe4 and qe4_fast)
+from _timing import RESULTS, best_of, machine_line, write_results
 import qe4
 import qe4_fast
 from qe4 import allocate as A
 
 DIM = 64
-
-
-def timed(fn, repeat=1):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def zipf(n, rng, exponent=1.05):
@@ -53,7 +46,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--check-rows", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true",
+                    help="100,000 rows, 1,000,000 solver rows, 5,000 check rows, best of 1")
+    ap.add_argument("--out", default=os.path.join(RESULTS, "bench_allocate.txt"))
     args = ap.parse_args()
+    if args.quick:
+        args.rows, args.solve_rows = min(args.rows, 100_000), min(args.solve_rows, 1_000_000)
+        args.check_rows, args.repeat = min(args.check_rows, 5_000), 1
     nt = args.threads
     lines = []
 
@@ -65,7 +64,7 @@ def main():
     x = rng.standard_normal((args.rows, DIM), dtype=np.float32)
     rungs = A.ladder()
     say(f"qe4.allocate bench: {args.rows:,} x {DIM} N(0,1), ladder {[r.name for r in rungs]}, "
-        f"{nt} threads")
+        f"{nt} threads; {machine_line()}")
 
     # 1. exactness
     sub = x[:args.check_rows]
@@ -85,10 +84,10 @@ def main():
     errors = np.empty((args.rows, len(rungs)))
     for k, rung in enumerate(rungs):
         if rung.kind == "quantized":
-            tq, _ = timed(lambda: qe4_fast.quantize(x, rung.bits, rung.method, n_threads=nt))
+            tq, _ = best_of(lambda: qe4_fast.quantize(x, rung.bits, rung.method, n_threads=nt))
         else:
-            tq, _ = timed(lambda: rung.quantize(x, "fast", nt))
-        te, col = timed(lambda: A.rung_errors(x, [rung], n_threads=nt))
+            tq, _ = best_of(lambda: rung.quantize(x, "fast", nt))
+        te, col = best_of(lambda: A.rung_errors(x, [rung], n_threads=nt))
         errors[:, k] = col[:, 0]
         total_q += tq
         total_e += te
@@ -106,7 +105,7 @@ def main():
     say(f"{'budget':<9} {'seconds':>8} {'bytes':>14} {'bpw':>7} {'weighted error':>15}")
     for label, bpw in (("3.0bpw", 3.0), ("4.64bpw", 4.64)):
         budget = A.parse_budget(f"{bpw}bpw", args.solve_rows * DIM)
-        t, a = timed(lambda: A.solve([big], [w], [norms], [DIM], budget, rungs, n_threads=nt),
+        t, a = best_of(lambda: A.solve([big], [w], [norms], [DIM], budget, rungs, n_threads=nt),
                      args.repeat)
         say(f"{label:<9} {t:>8.2f} {a.nbytes:>14,} {a.bpw:>7.3f} {a.error:>15.4e}")
     del big
@@ -122,9 +121,7 @@ def main():
         f"= {a.error / uni:.3f}x")
     say(a.summary())
 
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_allocate.txt")
-    with open(out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    out = write_results("\n".join(lines), args.out)
     print(f"wrote {out}")
 
 

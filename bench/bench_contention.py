@@ -40,27 +40,13 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+import _timing  # noqa: F401  (first: this source tree's qe4 and qe4_fast)
+from _timing import HERE, interleaved_times, source_env, stats, write_results
+
 PERIOD_US = 100_000
 
 
 # ---------------------------------------------------------------- worker side
-
-def _interleaved(fns, calls):
-    """Per-call seconds of each function over ``calls`` rounds; the order rotates."""
-    times = [np.empty(calls) for _ in fns]
-    for r in range(calls):
-        for k in range(len(fns)):
-            j = (k + r) % len(fns)
-            t0 = time.perf_counter()
-            fns[j]()
-            times[j][r] = time.perf_counter() - t0
-    return times
-
-
-def _stats(ts):
-    return {"median": float(np.median(ts)), "p99": float(np.percentile(ts, 99))}
-
 
 def worker(args):
     """Measure one setting; print one JSON line."""
@@ -72,7 +58,6 @@ def worker(args):
 
     import qe4_fast
     from qe4_fast import _pool, _threads
-    sys.path.insert(0, HERE)
     from bench_fast import bag_inputs, same_bytes
 
     torch_default = torch.get_num_threads()   # torch's 4-bit op runs on one thread anyway
@@ -103,15 +88,15 @@ def worker(args):
             for _ in range(10):
                 fn()
         before = _pool.stats()
-        res = {name: _stats(ts) for name, ts in zip(fns, _interleaved(list(fns.values()), calls))}
+        res = {name: stats(ts) for name, ts in zip(fns, interleaved_times(list(fns.values()), calls))}
         after = _pool.stats()
         res["pool"] = {k: after[k] - before[k] for k in after}
         if args.extra:
             xt = torch.from_numpy(x)
             for n in sorted({1, torch_default}):
                 torch.set_num_threads(n)
-                res[f"fp32 F.embedding_bag {n} threads"] = _stats(
-                    _interleaved([lambda: F.embedding_bag(it, xt, ot, mode="sum")], calls)[0])
+                res[f"fp32 F.embedding_bag {n} threads"] = stats(
+                    interleaved_times([lambda: F.embedding_bag(it, xt, ot, mode="sum")], calls)[0])
             # one libgomp in the process: qe4_fast right after torch's multi-threaded op
             torch.set_num_threads(torch_default)
             after_torch = np.empty(calls)
@@ -120,7 +105,7 @@ def worker(args):
                 t0 = time.perf_counter()
                 fns["qe4_fast default"]()
                 after_torch[r] = time.perf_counter() - t0
-            res["qe4_fast default right after torch's op"] = _stats(after_torch)
+            res["qe4_fast default right after torch's op"] = stats(after_torch)
         out["results"][dist] = res
     print(json.dumps(out))
 
@@ -201,9 +186,7 @@ def run_worker(args, extra=False, join=None):
         cmd.append("--extra")
     if join:
         cmd += ["--join-cgroup", join]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(HERE)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=source_env())
     if r.returncode != 0:
         sys.exit(f"bench_contention: worker failed:\n{r.stderr}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -219,7 +202,6 @@ def start_neighbour():
 
 def grain_sweep(lines):
     """1 vs 2 threads (explicit counts, back-off off) over bag sizes: where 2 threads pay."""
-    sys.path.insert(0, os.path.dirname(HERE))     # this source tree, as the workers use
     import qe4_fast
     from qe4_fast import _pool
     rows = 200_000
@@ -232,7 +214,7 @@ def grain_sweep(lines):
     for n_idx in (500, 1000, 2000, 4000, 8000, 16000, 32000):
         idx = rng.integers(0, rows, n_idx)
         off = np.arange(0, n_idx, 40)
-        a, b = (np.median(ts) for ts in _interleaved(
+        a, b = (np.median(ts) for ts in interleaved_times(
             [lambda: qe4_fast.embedding_bag(t, idx, off, n_threads=1),
              lambda: qe4_fast.embedding_bag(t, idx, off, n_threads=2)], 200))
         lines.append(f"{n_idx:9d} {n_idx * 64:10d} {a * 1e6:8.1f}us {b * 1e6:8.1f}us {a / b:6.2f}x")
@@ -334,9 +316,7 @@ def main(argv=None):
     lines.append(f"total {time.time() - t0:.0f} s")
     text = "\n".join(lines) + "\n"
     print(text, end="")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
+    write_results(text, args.out)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,11 @@ Writes the table to bench/results/bench_fast.txt as well.
 
 import argparse
 import os
-import platform
-import sys
-import time
 
 import numpy as np
 
+import _timing  # noqa: F401  (first: this source tree's qe4 and qe4_fast)
+from _timing import best_interleaved, best_of, machine_line, write_results
 import qe4
 import qe4_fast
 
@@ -36,33 +35,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 N_BAGS, BAG_LEN = 2048, 40
 
 
-def best_of(fn, repeat):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
-def best_interleaved(fns, rounds):
-    """Best time of each function over ``rounds`` rounds that call them in turn, so that a
-    burst of noise on a shared machine hits every contender alike (used for the
-    sub-millisecond bag calls)."""
-    best, outs = [float("inf")] * len(fns), [None] * len(fns)
-    for _ in range(rounds):
-        for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            outs[k] = fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best, outs
-
-
 def same_bytes(a, b, what):
-    a = np.ascontiguousarray(np.asarray(a))
-    b = np.ascontiguousarray(np.asarray(b))
-    if a.shape != b.shape or a.dtype != b.dtype or not np.array_equal(a.view(np.uint8), b.view(np.uint8)):
-        sys.exit(f"bench_fast: BYTES DIFFER for {what}: nothing timed")
+    _timing.same_bytes(a, b, what, "bench_fast")
 
 
 def memory_bandwidth(repeat):
@@ -218,8 +192,7 @@ def main(argv=None):
     lines = [
         f"bench_fast: qe4_fast vs torch {torch.__version__} and the qe4 reference; "
         f"table {rows} x {args.dim} float32 N(0,1); bags {N_BAGS} x {BAG_LEN}",
-        f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} usable cores, "
-        f"openmp={qe4_fast.openmp_enabled()}, best of {rep} (bags: best of {args.bag_rounds} "
+        f"machine: {machine_line()}, best of {rep} (bags: best of {args.bag_rounds} "
         "interleaved rounds); bytes checked equal before timing",
         f"memory bandwidth (NumPy copy of 1 GiB, read+write): {bw:.1f} GB/s",
         "ratios: peer/fast2, peer/1T (qe4_fast on 1 thread) and qe4/fast2 (> 1: qe4_fast faster); "
@@ -241,9 +214,7 @@ def main(argv=None):
         lines.append("(dequantize / embedding-bag rows skipped: qe4_fast.bag is not available)")
     text = "\n".join(lines)
     print(text)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text + "\n")
+    write_results(text, args.out)
 
 
 if __name__ == "__main__":

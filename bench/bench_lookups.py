@@ -22,18 +22,15 @@ Writes the table to bench/results/bench_lookups.txt as well.
 
 import argparse
 import os
-import platform
-import sys
 
 import numpy as np
 
+import _timing  # noqa: F401  (first: this source tree's qe4 and qe4_fast)
+from _timing import HERE, best_interleaved, machine_line, write_results
+from bench_fast import BAG_LEN, N_BAGS, bag_inputs, fmt_t, same_bytes
 import qe4
 import qe4_fast
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_fast import BAG_LEN, N_BAGS, bag_inputs, best_interleaved, fmt_t, same_bytes  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def check(fast_call, ref_call, what):
@@ -55,8 +52,7 @@ def main(argv=None):
     table = qe4_fast.quantize(x, 4, "minmax")
     small = qe4.QuantizedTable(table.data[:2000].copy(), bits=4, dim=64)
     lines = [f"bench_lookups: {rows:,} x 64 4-bit table, {N_BAGS} bags x {BAG_LEN}, "
-             f"best of {rounds} interleaved rounds; {platform.machine()}, "
-             f"{os.cpu_count()} CPUs, qe4_fast SIMD level {qe4_fast.simd_level()}",
+             f"best of {rounds} interleaved rounds; {machine_line()}",
              "rows/s = rows read per second; ratio = rows/s over the float32 sum bag's "
              "(same threads, same indices)", ""]
     header = f"{'case':<34} {'threads':>7} {'time':>12} {'Mrows/s':>9} {'ratio':>7}"
@@ -119,9 +115,7 @@ def main(argv=None):
                          f"{n_tables * per / t / 1e6:9.1f} {n_tables * per / t / base:6.2f}x")
     text = "\n".join(lines) + "\n"
     print(text, end="")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
+    write_results(text, args.out)
 
 
 if __name__ == "__main__":

@@ -94,35 +94,73 @@ def hull(dist, cost):
     return start, to, dcost, slope
 
 
-def _prefix_mask(slope, dcost, budget):
-    """Boolean mask [n_seg] of the longest slope-ordered prefix (step 2) whose cost fits.
+_BLOCK_ROWS = 1 << 16            # items whose segments step 2 reads at a time
 
-    ``slope`` (float64 > 0) and ``dcost`` (int64 > 0) list the segments in tie order
-    (item-major, then segment); returns the mask and the bytes it spends.
+
+def _segments(to, dcost, slope, a):
+    """(flat index within the block, slope, dcost) of the segments of items ``a ..`` (a
+    block of :data:`_BLOCK_ROWS`), in tie order: item, then segment."""
+    f = np.flatnonzero(to[a:a + _BLOCK_ROWS].reshape(-1) >= 0)
+    return f, slope[a:a + _BLOCK_ROWS].reshape(-1)[f], dcost[a:a + _BLOCK_ROWS].reshape(-1)[f]
+
+
+def _take_prefix(to, dcost, slope, budget):
+    """Step 2: how many segments of each item the longest slope-ordered prefix whose
+    cost fits ``budget`` takes (int64 [n]), and the bytes it spends.
+
+    The segments are read block by block of items (memory: one block's, beside the
+    hulls): a histogram of the slopes' buckets weighted by cost (float64 sums of
+    integers, exact below 2**53 bytes in any order) finds the bucket the budget ends
+    in, and only that bucket's segments are sorted.
     """
-    total = int(dcost.sum())
-    if total <= budget:
-        return np.ones(slope.size, bool), total
-    bucket = slope.view(np.int64) >> _BUCKET_SHIFT
-    lo = int(bucket.min())
-    hist = np.bincount(bucket - lo, weights=dcost.astype(F64))
-    # cumulative cost from the steepest bucket down; float64 sums of integers are exact
-    # below 2**53 bytes
+    n, n_seg = to.shape
+    n_taken = np.zeros(n, np.int64)
+    if n_seg == 0:
+        return n_taken, 0
+    hist, lo, total = np.zeros(0), None, 0
+    for pass_ in range(2):
+        for a in range(0, n, _BLOCK_ROWS):
+            f, sl, dc = _segments(to, dcost, slope, a)
+            if f.size == 0:
+                continue
+            bucket = sl.view(np.int64) >> _BUCKET_SHIFT
+            if pass_ == 0:                  # the lowest bucket and the total cost
+                total += int(dc.sum())
+                lo = int(bucket.min()) if lo is None else min(lo, int(bucket.min()))
+                continue
+            h = np.bincount(bucket - lo, weights=dc.astype(F64))
+            if h.size > hist.size:
+                hist = np.concatenate([hist, np.zeros(h.size - hist.size)])
+            hist[:h.size] += h
+        if total <= budget:
+            return (to >= 0).sum(axis=1).astype(np.int64), total
+    # cumulative cost from the steepest bucket down
     above = np.cumsum(hist[::-1])[::-1]                   # above[b]: cost of buckets >= b
     # the boundary bucket: the lowest b whose buckets >= b+1 still fit
     fits = np.concatenate([above[1:], [0.0]]) <= budget
-    b = int(np.argmax(fits))                               # fits is monotone: first True
-    take = bucket > lo + b
-    spent = int(dcost[take].sum())
-    cand = np.flatnonzero(bucket == lo + b)
+    edge = lo + int(np.argmax(fits))                       # fits is monotone: first True
+    spent = 0
+    cand_item, cand_slope, cand_cost = [], [], []
+    for a in range(0, n, _BLOCK_ROWS):
+        f, sl, dc = _segments(to, dcost, slope, a)
+        bucket = sl.view(np.int64) >> _BUCKET_SHIFT
+        take = bucket > edge
+        spent += int(dc[take].sum())
+        n_taken[a:a + _BLOCK_ROWS] += np.bincount(f[take] // n_seg,
+                                                  minlength=min(_BLOCK_ROWS, n - a))
+        on = bucket == edge
+        cand_item.append(a + f[on] // n_seg)
+        cand_slope.append(sl[on])
+        cand_cost.append(dc[on])
+    item, sl, dc = (np.concatenate(v) for v in (cand_item, cand_slope, cand_cost))
     # stable sort by decreasing slope keeps the tie order (item, then segment)
-    order = cand[np.argsort(-slope[cand], kind="stable")]
-    csum = spent + np.cumsum(dcost[order])
+    order = np.argsort(-sl, kind="stable")
+    csum = spent + np.cumsum(dc[order])
     n_fit = int(np.searchsorted(csum, budget, side="right"))
-    take[order[:n_fit]] = True
+    np.add.at(n_taken, item[order[:n_fit]], 1)
     if n_fit:
         spent = int(csum[n_fit - 1])
-    return take, spent
+    return n_taken, spent
 
 
 def solve(dist, cost, group, budget, *, hull=hull):
@@ -185,10 +223,7 @@ def solve(dist, cost, group, budget, *, hull=hull):
     if base > budget:
         raise ValueError(f"budget of {budget} bytes is below the {base} bytes of the cheapest "
                          "choice for every row")
-    # every segment, in tie order: item index, then segment index within the item
-    flat = np.flatnonzero(to.reshape(-1) >= 0)
-    take, spent = _prefix_mask(slope.reshape(-1)[flat], dcost.reshape(-1)[flat], budget - base)
-    n_taken = np.bincount(flat[take] // max(k - 1, 1), minlength=n)
+    n_taken, spent = _take_prefix(to, dcost, slope, budget - base)
     n_taken, spent = _fill(to, dcost, slope, n_taken, budget - base - spent, spent)
     choice = start.copy()
     moved = np.flatnonzero(n_taken > 0)

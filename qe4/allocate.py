@@ -25,10 +25,19 @@ The reported ``error`` is normalized like :func:`qe4.table_error`:
 ``sum w ||x - x_hat||^2 / sum w ||x||^2`` over every row of every table.
 """
 
+from __future__ import annotations
+
 import numbers
 import re
+from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from .table import QuantizedTable
+    from ._typing import Float32Array, Float64Array, Int64Array, IntArray, Tables
 
 from . import _lagrange
 from . import _validate as V
@@ -61,7 +70,7 @@ class Rung:
         For quantized rungs.
     """
 
-    def __init__(self, name):
+    def __init__(self, name: str | Rung) -> None:
         if isinstance(name, Rung):
             name = name.name
         if not isinstance(name, str):
@@ -81,7 +90,7 @@ class Rung:
             self.request = frontend.check_request(int(m.group(2)), m.group(1))
             self.kind, self.method, self.bits = "quantized", m.group(1), self.request.bits
 
-    def row_bytes(self, dim):
+    def row_bytes(self, dim: int) -> int:
         """Bytes one row of ``dim`` columns takes in this rung."""
         if self.kind == "pruned":
             return 0
@@ -89,7 +98,8 @@ class Rung:
             return dim * np.dtype(self.name).itemsize
         return self.request.row_bytes(dim)
 
-    def quantize(self, x, engine="fast", n_threads=None):
+    def quantize(self, x: Float32Array, engine: str = "fast",
+                 n_threads: int | None = None) -> QuantizedTable | NDArray[Any] | None:
         """The rows of ``x`` in this rung: a QuantizedTable, a float array or None (pruned)."""
         if self.kind == "pruned":
             return None
@@ -97,7 +107,8 @@ class Rung:
             return _round_float(x, self.name)
         return _engine_call(engine, "quantize", n_threads, x, self.bits, self.method)
 
-    def reconstruct(self, x, engine="fast", n_threads=None):
+    def reconstruct(self, x: Float32Array, engine: str = "fast",
+                    n_threads: int | None = None) -> Float32Array:
         """float32 reconstruction of the rows of ``x`` stored in this rung."""
         if self.kind == "pruned":
             return np.zeros_like(x)
@@ -129,12 +140,18 @@ def _engine_call(engine, name, n_threads, *args):
     return E.engine(engine, n_threads).call(name, *args)
 
 
-DEFAULT_METHOD = "greedy"
+#: The method of the default ladder's quantized rungs.  "mse" (the range search of least
+#: squared error per row) makes better rungs than "greedy" for the allocation: on the
+#: first 100,000 rows of GloVe 6B 50d with weights 1/(rank+1), the weighted error of the
+#: allocation (row map "tiers") is 1.23x that of uniform 4-bit greedy at 3.0 bpw against
+#: 1.82x with greedy rungs, and 0.154x against 0.197x at greedy's 29 B/row; the per-row
+#: errors of the ladder take 1.4x as long (qe4_fast, 2 threads).
+DEFAULT_METHOD = "mse"
 
 
-def default_ladder():
-    """The default rungs, from the registries: ``pruned``, the paper's method (``greedy``)
-    at every bit width its layout stores that torch's fused ops also serve
+def default_ladder() -> tuple[str, ...]:
+    """The default rungs, from the registries: ``pruned``, :data:`DEFAULT_METHOD` at every
+    bit width its layout stores that torch's fused ops also serve
     (:attr:`qe4.layouts.RowwiseLayout.torch_bits`: 2, 4, 8, so every tier of a mixed
     table has a torch op), ``float16``, ``float32``.  Rungs such as ``"greedy/3"`` or
     ``"mse/5"`` may be added to a ladder explicitly."""
@@ -143,7 +160,7 @@ def default_ladder():
     return ("pruned", *(f"{DEFAULT_METHOD}/{b}" for b in sorted(bits)), "float16", "float32")
 
 
-def ladder(rungs=None):
+def ladder(rungs: str | Rung | Sequence[str | Rung] | None = None) -> tuple[Rung, ...]:
     """The ladder as a tuple of :class:`Rung` (default: :func:`default_ladder`)."""
     names = default_ladder() if rungs is None else rungs
     if isinstance(names, (str, Rung)):
@@ -158,7 +175,7 @@ def ladder(rungs=None):
 
 # --------------------------------------------------------------------------- errors
 
-def squared_errors(x, x_hat):
+def squared_errors(x: ArrayLike, x_hat: ArrayLike) -> Float64Array:
     """Per-row squared error ``sum_j (x[r, j] - x_hat[r, j])**2`` as float64 [n_rows].
 
     Each difference is taken in float64 (exact for float32 inputs of similar
@@ -174,7 +191,8 @@ def squared_errors(x, x_hat):
     return acc
 
 
-def rung_errors(x, rungs=None, *, engine="fast", n_threads=None, chunk_rows=65536):
+def rung_errors(x: ArrayLike, rungs: Sequence[str | Rung] | None = None, *, engine: str = "fast",
+                n_threads: int | None = None, chunk_rows: int = 65536) -> Float64Array:
     """Squared error of every row of ``x`` under every rung: float64 [n_rows, n_rungs].
 
     Rows are quantized and reconstructed ``chunk_rows`` at a time with ``engine``
@@ -213,7 +231,7 @@ def _errors_kernel(engine, n_threads):
 
 # --------------------------------------------------------------------------- budget
 
-def parse_budget(budget, n_elements):
+def parse_budget(budget: int | str, n_elements: int) -> int:
     """A budget in bytes from an int (bytes) or a string: ``"3.0bpw"``, ``"2.5G"``, ``"1000000"``.
 
     ``bpw`` is bits per stored element (``n_elements`` = rows x dims summed over the
@@ -303,8 +321,9 @@ class Allocation:
         The same per table.
     """
 
-    def __init__(self, *, ladder, per, row_map, names, choices, dims, budget, nbytes,
-                 table_nbytes, dist, norm):
+    def __init__(self, *, ladder: tuple[Rung, ...], per: str, row_map: str, names: list[str] | None,
+                 choices: list[IntArray], dims: list[int], budget: int, nbytes: int,
+                 table_nbytes: list[int], dist: Sequence[float], norm: Sequence[float]) -> None:
         self.ladder, self.per, self.row_map, self.names = ladder, per, row_map, names
         self.choices, self.dims, self.budget = choices, dims, budget
         self.nbytes, self.table_nbytes = nbytes, table_nbytes
@@ -312,15 +331,15 @@ class Allocation:
         self.error = float(sum(dist) / sum(norm)) if sum(norm) > 0 else 0.0
 
     @property
-    def n_elements(self):
+    def n_elements(self) -> int:
         return int(sum(c.size * d for c, d in zip(self.choices, self.dims)))
 
     @property
-    def bpw(self):
+    def bpw(self) -> float:
         """Achieved bits per stored element: ``8 * nbytes / n_elements``."""
         return 8 * self.nbytes / self.n_elements
 
-    def mix(self):
+    def mix(self) -> dict[str, tuple[int, int]]:
         """{rung name: (n_rows, bytes of those rows)} over every table, in ladder order."""
         out = {}
         for k, rung in enumerate(self.ladder):
@@ -328,7 +347,7 @@ class Allocation:
             out[rung.name] = (sum(rows), sum(n * rung.row_bytes(d) for n, d in zip(rows, self.dims)))
         return out
 
-    def summary(self):
+    def summary(self) -> str:
         """A few lines: budget, achieved bytes and bpw, error, and the mix."""
         n_rows = sum(c.size for c in self.choices)
         lines = [f"budget {self.budget:,} bytes; stored {self.nbytes:,} bytes = "
@@ -340,7 +359,8 @@ class Allocation:
                          f"{nb:>14,} bytes")
         return "\n".join(lines)
 
-    def quantize(self, x, *, engine="fast", n_threads=None):
+    def quantize(self, x: Tables, *, engine: str = "fast", n_threads: int | None = None
+                 ) -> QuantizedTable | list[QuantizedTable] | dict[str, QuantizedTable]:
         """Store the tables of ``x`` (those allocated, same structure) as chosen.
 
         Returns a mixed :class:`qe4.QuantizedTable` (:func:`qe4.mixed.quantize_mixed`) for
@@ -358,7 +378,7 @@ class Allocation:
             return out[0]
         return dict(zip(names, out)) if isinstance(x, dict) else out
 
-    def renumbering(self, table=0):
+    def renumbering(self, table: int | str = 0) -> Int64Array:
         """``order[new_row] = original row`` of a table (``row_map="renumber"``); see
         :func:`qe4.mixed.renumbering`.  ``table`` is an index or a key."""
         from .mixed import renumbering
@@ -370,8 +390,11 @@ class Allocation:
                 f"nbytes={self.nbytes}, bpw={self.bpw:.3f}, error={self.error:.4e})")
 
 
-def allocate(x, budget, *, weights=None, ladder=None, per="row", row_map="tiers", errors=None,
-             engine="fast", n_threads=None):
+def allocate(x: Tables, budget: int | str, *,
+             weights: ArrayLike | Sequence[ArrayLike] | dict[str, ArrayLike] | None = None,
+             ladder: Sequence[str | Rung] | None = None, per: str = "row", row_map: str = "tiers",
+             errors: ArrayLike | Sequence[ArrayLike] | dict[str, ArrayLike] | None = None,
+             engine: str = "fast", n_threads: int | None = None) -> Allocation:
     """Choose a rung of ``ladder`` for every row (or table) to minimize weighted error.
 
     Parameters
@@ -454,28 +477,30 @@ def _check_errors(errors, names, shapes, k):
     return out
 
 
-def solve(errors, weights, norms, dims, budget, rungs, *, per="row", row_map="tiers", names=None,
-          engine="fast", n_threads=None):
+def solve(errors: Sequence[Float64Array], weights: Sequence[Float64Array | None],
+          norms: Sequence[Float64Array], dims: Sequence[int], budget: int,
+          rungs: Sequence[str | Rung], *, per: str = "row", row_map: str = "tiers",
+          names: list[str] | None = None, engine: str = "fast",
+          n_threads: int | None = None, overwrite_errors: bool = False) -> Allocation:
     """:func:`allocate` on given squared errors [n_rows, K] per table (the solver step).
 
     ``norms`` are the rows' squared norms (for the normalized error), ``dims`` the
-    tables' widths, ``budget`` in bytes.  Returns an :class:`Allocation`.
+    tables' widths, ``budget`` in bytes.  ``overwrite_errors=True`` lets the solver
+    weight the (float64, writable) error arrays in place, which saves their size
+    (:func:`qe4.stream.quantize_file_budget` does).  Returns an :class:`Allocation`.
     """
     from . import mixed
     hull = _hull(engine, n_threads)
     k = len(rungs)
     n_tab = len(errors)
     cost = np.array([[r.row_bytes(d) for r in rungs] for d in dims], np.int64)   # [n_tab, K]
-    dists = [_weighted(e, w) for e, w in zip(errors, weights)]
+    dists = [_weighted(e, w, overwrite_errors) for e, w in zip(errors, weights)]
+    n_rows = np.array([e.shape[0] for e in errors], np.int64)
+    check_budget(budget, n_rows, dims, rungs)
     if per == "table":
-        n_rows = np.array([e.shape[0] for e in errors], np.int64)
         tcost = cost * n_rows[:, None]
         tdist = np.array([d.sum(axis=0) for d in dists]).reshape(n_tab, k)
         head = mixed.map_nbytes(1, 1)          # each table is one tier: its header only
-        least = n_tab * head + int(tcost.min(axis=1).sum())
-        if budget < least:
-            raise ValueError(f"budget of {budget} bytes is below the {least} bytes of the "
-                             "cheapest rung for every table")
         choice, _ = _lagrange.solve(tdist, tcost, np.arange(n_tab), budget - n_tab * head,
                                     hull=hull)
         choices = [np.full(n, c, np.int8) for n, c in zip(n_rows, choice)]
@@ -489,13 +514,31 @@ def solve(errors, weights, norms, dims, budget, rungs, *, per="row", row_map="ti
                       table_nbytes=table_nbytes, dist=dist_t, norm=norm_t)
 
 
-def _weighted(e, w):
-    """``w * e`` per row; a rung a row cannot take (inf error) stays unavailable (inf) at
-    weight 0, where the product would be NaN."""
-    d = e * w[:, None]
+def check_budget(budget: int, n_rows: Sequence[int], dims: Sequence[int],
+                 rungs: Sequence[Rung]) -> None:
+    """Raise ValueError unless ``budget`` (bytes) holds every row of every table in the
+    cheapest rung of ``rungs`` plus each table's tier header (the least any allocation
+    stores).  ``n_rows`` and ``dims`` list the tables' shapes."""
+    from .mixed import map_nbytes
+    cost = [min(r.row_bytes(d) for r in rungs) for d in dims]
+    least = sum(int(n) * c + map_nbytes(1, 1) for n, c in zip(n_rows, cost))
+    if budget < least:
+        n_el = sum(int(n) * d for n, d in zip(n_rows, dims))
+        cheapest = min(rungs, key=lambda r: sum(r.row_bytes(d) for d in dims)).name
+        raise ValueError(f"budget of {budget:,} bytes is below the {least:,} bytes of the "
+                         f"cheapest rung ({cheapest}) for every row, tier headers included "
+                         f"({8 * budget / n_el:.3f} < {8 * least / n_el:.3f} bits/element)")
+
+
+def _weighted(e, w, in_place=False):
+    """``w * e`` per row (into ``e`` when ``in_place``); a rung a row cannot take (inf
+    error) stays unavailable (inf) at weight 0, where the product would be NaN."""
     zero = np.flatnonzero(w == 0)
+    unavailable = np.isinf(e[zero])
+    with np.errstate(invalid="ignore"):             # inf * 0, set right below
+        d = np.multiply(e, w[:, None], out=e if in_place else None)
     if zero.size:
-        d[zero] = np.where(np.isinf(e[zero]), np.inf, 0.0)
+        d[zero] = np.where(unavailable, np.inf, 0.0)
     return d
 
 
@@ -542,3 +585,75 @@ def _per_row(dists, cost, budget, row_map, hull):
 
 def _hull(engine, n_threads):
     return _kernel(engine, n_threads, _lagrange.hull, "hull")
+
+
+# --------------------------------------------------------------------------- whole models
+
+class TableChoices(dict):
+    """``{table name: QuantizedTable or None}`` from :func:`choose_tables`, with the
+    :class:`Allocation` behind it as ``.allocation``."""
+
+    allocation = None
+
+
+def choose_tables(tables: Mapping[str, ArrayLike], budget: int | str, *,
+                  weights: Mapping[str, ArrayLike | None] | None = None,
+                  ladder: Sequence[str] | None = None, engine: str = "fast",
+                  n_threads: int | None = None) -> TableChoices:
+    """One rung per table of a model under a byte budget (what TBE and TorchRec serve).
+
+    :func:`allocate` with ``per="table"``: each table is stored whole in one rung of
+    ``ladder``, chosen so that the weighted error over every row of every table is the
+    least within ``budget``.  The result is what :func:`qe4.torch.quantize_model` takes
+    as its ``tables`` (it calls this function when given ``budget=``).
+
+    Parameters
+    ----------
+    tables : dict {name: 2-D float array}
+        The model's embedding tables (e.g. module name -> weight).
+    budget : int or str
+        Bytes, a size (``"2.5G"``) or bits per element over all the tables' elements
+        (``"3.0bpw"``); see :func:`parse_budget`.  Each table is charged its stored bytes
+        plus the 16-byte tier header a one-tier mixed table has (a rowwise table stores
+        16 bytes less: the total stays within the budget).
+    weights : dict {name: array [n_rows]}, optional
+        Access counts or importance of the rows, in the same units for every table (a
+        table with larger counts weighs more); a table left out counts each row once.
+    ladder : sequence of str or Rung, optional
+        The choices (default :func:`default_ladder`).
+    engine, n_threads
+        As for :func:`allocate`; they also store the chosen tables (same bytes).
+
+    Returns
+    -------
+    TableChoices
+        ``{name: choice}``: the table quantized in its rung (a rowwise
+        :class:`qe4.QuantizedTable` for a ``method/bits`` rung, a one-tier mixed table
+        for ``float16`` or ``pruned``, and for ``float32`` None when the table already is
+        float32, meaning "keep it in float"), with ``.allocation`` the
+        :class:`Allocation`.
+    """
+    if not isinstance(tables, dict) or not tables:
+        raise TypeError(f"tables must be a non-empty dict of name -> 2-D float array, got "
+                        f"{type(tables).__name__}" + (" (empty)" if tables == {} else ""))
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(tables), key=str)
+    if unknown:
+        raise ValueError(f"weights names tables that are not in tables: {unknown}; the tables "
+                         f"are {sorted(tables, key=str)}")
+    full = {n: weights[n] if n in weights else np.ones(np.shape(t)[0]) for n, t in tables.items()}
+    alloc = allocate(tables, budget, weights=full, ladder=ladder, per="table", engine=engine,
+                     n_threads=n_threads)
+    out = TableChoices()
+    out.allocation = alloc
+    for name, x, choice in zip(alloc.names, tables.values(), alloc.choices):
+        rung = alloc.ladder[int(choice[0])] if choice.size else alloc.ladder[0]
+        if rung.kind == "quantized":
+            out[name] = rung.quantize(V.as_table(x, f"tables[{name!r}]"), engine, n_threads)
+        elif rung.name == "float32" and np.asarray(x).dtype == F32:
+            out[name] = None
+        else:
+            from .mixed import quantize_mixed
+            out[name] = quantize_mixed(x, np.zeros(np.shape(x)[0], np.int8), [rung],
+                                       engine=engine, n_threads=n_threads)
+    return out

@@ -3,7 +3,15 @@ layout conversion.  ``quantize`` is the front end (:mod:`qe4.frontend`) with the
 reference engine; the numerics live in :mod:`qe4.rowwise` and :mod:`qe4.codebook`.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from ._typing import Float32Array, UInt8Array
 
 from . import _validate as V
 from . import codebook as C
@@ -14,12 +22,12 @@ from .rowwise import assemble_rows, fma32  # noqa: F401  (assemble_rows: an old 
 from .table import QuantizedTable
 
 
-def methods():
+def methods() -> tuple[str, ...]:
     """Every method name :func:`quantize` accepts (the method registry's, in code order)."""
     return M.names()
 
 
-def presets():
+def presets() -> dict[str, str]:
     """Every preset name :func:`quantize` accepts, mapped to its one-line summary.
 
     A preset (:mod:`qe4.preset_registry`) names a measured combination of method, bits and
@@ -28,8 +36,9 @@ def presets():
     return {p.name: f"{p.method}, {p.bits} bits: {p.summary}" for p in P.PRESETS.values()}
 
 
-def quantize(x, bits=None, method=None, *, preset=None, n_bins=200, ratio=0.16, scale_dtype=None,
-             **kwargs):
+def quantize(x: ArrayLike, bits: int | None = None, method: str | None = None, *,
+             preset: str | None = None, n_bins: int = 200, ratio: float = 0.16,
+             scale_dtype: str | None = None, **kwargs: Any) -> QuantizedTable:
     """Quantize each row of an embedding table.
 
     Parameters
@@ -94,7 +103,7 @@ def quantize(x, bits=None, method=None, *, preset=None, n_bins=200, ratio=0.16, 
     return frontend.quantize(x, bits, method, n_bins, ratio, scale_dtype, kwargs, preset=preset)
 
 
-def dequantize(table):
+def dequantize(table: QuantizedTable) -> Float32Array:
     """Reconstruct float32 rows [n_rows, dim] from a :class:`QuantizedTable`.
 
     Rowwise tables: ``x_hat = fma(scale, q, bias)`` in float32, one rounding (torch's
@@ -112,7 +121,7 @@ def dequantize(table):
     return fma32(table.scales[:, None], table.codes(), table.biases[:, None])
 
 
-def to_tbe(table, row_alignment=1):
+def to_tbe(table: QuantizedTable, row_alignment: int = 1) -> UInt8Array:
     """Rows in fbgemm_gpu's TBE inference layout: ``[scale][bias][codes][zero padding]``.
 
     The scale/bias block moves from the end of the row to its front; rows are
@@ -130,7 +139,8 @@ def to_tbe(table, row_alignment=1):
     return out
 
 
-def from_tbe(data, bits, dim=None, *, scale_dtype="float16", row_alignment=1):
+def from_tbe(data: ArrayLike, bits: int, dim: int | None = None, *, scale_dtype: str = "float16",
+             row_alignment: int = 1) -> QuantizedTable:
     """Inverse of :func:`to_tbe`: a :class:`QuantizedTable` from TBE rows.
 
     ``dim`` defaults to every code slot of an unpadded row.  Padding bytes must be zero.

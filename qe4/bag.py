@@ -4,7 +4,17 @@ Every lookup computes its float32 result first and then, for ``out_dtype`` float
 bfloat16, rounds it once (:func:`round_output`).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from .table import QuantizedTable
+    from ._typing import Float32Array
 
 from . import _validate as V
 from .rowwise import fma32, unpack_codes
@@ -14,7 +24,8 @@ MODES = V.LOOKUP_MODES
 OUT_DTYPES = V.OUT_DTYPES
 
 
-def embedding(table, indices, *, out_dtype="float32"):
+def embedding(table: QuantizedTable, indices: ArrayLike, *,
+              out_dtype: str = "float32") -> NDArray[Any]:
     """Rows of the table, unpooled: ``dequantize(table)[indices]``, for any index shape.
 
     What LLM token tables and ``torch.nn.functional.embedding`` do, computed from the
@@ -48,8 +59,9 @@ def embedding(table, indices, *, out_dtype="float32"):
     return round_output(row_values(table, idx), out_dtype).reshape(shape + (table.dim,))
 
 
-def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weights=None,
-                  include_last_offset=False, out_dtype="float32"):
+def embedding_bag(table: QuantizedTable, indices: ArrayLike, offsets: ArrayLike | None = None, *,
+                  mode: str = "sum", per_sample_weights: ArrayLike | None = None,
+                  include_last_offset: bool = False, out_dtype: str = "float32") -> NDArray[Any]:
     """Sum, mean or max of table rows per bag, computed from the packed rows.
 
     Parameters
@@ -108,8 +120,9 @@ def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weight
     return round_output(pooled(table, idx, starts, w, mode), out_dtype)
 
 
-def embedding_bags(tables, indices, offsets, *, mode="sum", per_sample_weights=None,
-                   include_last_offset=False, out_dtype="float32"):
+def embedding_bags(tables: Sequence[QuantizedTable], indices: ArrayLike, offsets: ArrayLike, *,
+                   mode: str = "sum", per_sample_weights: ArrayLike | None = None,
+                   include_last_offset: bool = False, out_dtype: str = "float32") -> NDArray[Any]:
     """Bags over several tables in one call, as FBGEMM's table-batched embedding (TBE).
 
     Each table keeps its own bits, layout and dim.  The bags of all tables come in one
@@ -148,7 +161,7 @@ def embedding_bags(tables, indices, offsets, *, mode="sum", per_sample_weights=N
     return round_output(np.concatenate(parts, axis=1), out_dtype)
 
 
-def check_lookup_table(table):
+def check_lookup_table(table: QuantizedTable) -> QuantizedTable:
     """``table`` must be a QuantizedTable whose layout's arrays are consistent."""
     V.check_table(table)
     if table.layout in ("codebook", "two-tier"):
@@ -157,7 +170,7 @@ def check_lookup_table(table):
     return table
 
 
-def round_output(x, out_dtype):
+def round_output(x: Float32Array, out_dtype: str) -> NDArray[Any]:
     """Round a float32 result once to ``out_dtype``: the rule of every lookup's output.
 
     ``"float32"``: ``x`` itself.  ``"float16"``: IEEE round to nearest, ties to even,
@@ -180,7 +193,7 @@ def round_output(x, out_dtype):
     return half.astype(np.uint16).view(V.bfloat16_dtype())
 
 
-def row_values(table, rows):
+def row_values(table: QuantizedTable, rows: NDArray[np.integer]) -> Float32Array:
     """``dequantize(table)[rows]`` as float32 [len(rows), dim], read from those rows only."""
     if len(rows) == 0:
         return np.zeros((0, table.dim), F32)
@@ -194,7 +207,8 @@ def row_values(table, rows):
         return fma32(s[:, None], v, t[:, None])
 
 
-def pooled(table, idx, starts, w, mode):
+def pooled(table: QuantizedTable, idx: NDArray[np.integer], starts: NDArray[np.integer],
+           w: Float32Array | None, mode: str) -> Float32Array:
     """float32 [n_bags, dim] bags from validated ``idx``, ``starts`` [n_bags + 1], ``w``."""
     if table.layout == "mixed" and mode != "max":
         return _mixed_bag(table, idx, starts, w, mode)
@@ -219,14 +233,14 @@ def _pool(table, idx, starts, lengths, w, mode, out):
         out[full] *= (F32(1.0) / lengths[full].astype(F32))[:, None]
 
 
-def max_step(out, bags, v, k):
+def max_step(out: Float32Array, bags: NDArray[np.integer], v: Float32Array, k: int) -> None:
     """Step ``k`` of the max rule: ``out[bags]`` takes the values ``v`` of the bags' k-th
     positions (the first one: ``v`` itself; later: ``v`` where larger, NaN stays)."""
     acc = out[bags]
     out[bags] = v if k == 0 else np.where((acc >= v) | np.isnan(acc), acc, v)
 
 
-def max_pool(values, starts):
+def max_pool(values: Float32Array, starts: NDArray[np.integer]) -> Float32Array:
     """Max bags of per-position values [n_idx, dim] by :func:`max_step` (empty bags: 0)."""
     lengths = np.diff(starts)
     out = np.zeros((lengths.size, values.shape[1]), F32)
@@ -236,7 +250,8 @@ def max_pool(values, starts):
     return out
 
 
-def bag_terms(table, rows, weights):
+def bag_terms(table: QuantizedTable, rows: NDArray[np.integer],
+              weights: Float32Array | None) -> tuple[Float32Array, NDArray[Any], Float32Array]:
     """The (s, v, t) of ``acc = fma(s, v, acc + t)`` for the given rows and weights."""
     if table.layout != "rowwise":
         from .codebook import bag_terms as codebook_terms

@@ -6,6 +6,8 @@ traceback, 130 when interrupted (Ctrl-C, SIGINT), 143 when terminated (SIGTERM,
 which ``main`` handles like SIGINT: the output being written is removed).
 """
 
+from __future__ import annotations
+
 import argparse
 import contextlib
 import os
@@ -13,6 +15,8 @@ import signal
 import sys
 import threading
 import time
+import argparse
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -79,6 +83,20 @@ def _int(text):
     return n
 
 
+def _budget(text):
+    from .allocate import parse_budget
+    try:
+        parse_budget(text, 1)          # its syntax now; its bytes once the table's size is known
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _default_ladder():
+    from .allocate import default_ladder
+    return default_ladder()
+
+
 def _fmt_bytes(n):
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -88,7 +106,7 @@ def _fmt_bytes(n):
 
 # --------------------------------------------------------------------------- parser
 
-def build_parser(command=None):
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argparse parser; ``command`` (the subcommand about to run) lets ``plot`` and
     ``evidence`` import their modules only when they are used."""
     p = _Parser(prog="qe4", description="Post-training 4-bit quantization of embedding tables "
@@ -110,8 +128,8 @@ def build_parser(command=None):
                    help="bits per value (default 4)")
     q.add_argument("--method", default=None, choices=M.names(), metavar="METHOD",
                    help=f"one of {', '.join(M.names())} (default greedy). " + M.help_text())
-    q.add_argument("--n-bins", type=int, default=200, help="search grid bins (default 200)")
-    q.add_argument("--ratio", type=float, default=0.16, help="greedy ratio (default 0.16)")
+    q.add_argument("--n-bins", type=int, default=None, help="search grid bins (default 200)")
+    q.add_argument("--ratio", type=float, default=None, help="greedy ratio (default 0.16)")
     for opt, users in _method_options().items():
         q.add_argument("--" + opt.name.replace("_", "-"), type=opt.value_type, default=None,
                        dest="opt_" + opt.name,
@@ -125,6 +143,29 @@ def build_parser(command=None):
                    help="working-memory budget, e.g. 2G or 512M (default: 1/4 of free RAM, <= 1G)")
     q.add_argument("--tensor", default=None, help="tensor name inside a .safetensors input")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b = q.add_argument_group(
+        "mixed precision under a byte budget",
+        "With --budget each row is stored in the rung of --ladder that minimizes the "
+        "access-weighted error within the budget (qe4.allocate), every stored byte counted "
+        "(rows, row map, tier headers); the output is one mixed-precision qe4 file. "
+        "--preset, --bits, --method, --n-bins, --ratio, --scale-dtype and the method options do not "
+        "apply: the rungs say what each row may be.")
+    b.add_argument("--budget", type=_budget, default=None,
+                   help="bits per element (3.0bpw), a size (2.5G, 500M, binary multiples) "
+                   "or a number of bytes, for the whole stored table")
+    b.add_argument("--weights", metavar="COUNTS.npy", default=None,
+                   help="access counts or importance of each row: a 1-D .npy of n_rows "
+                   "finite values >= 0 (default: every row 1)")
+    b.add_argument("--ladder", default=None, metavar="RUNGS",
+                   help="comma-separated rungs: pruned, float16, float32, METHOD/BITS "
+                   f"(default {','.join(_default_ladder())})")
+    b.add_argument("--row-map", choices=("tiers", "renumber"), default="tiers",
+                   help="tiers (default): rows keep their numbers, a compact row map finds "
+                   "them (counted in the budget); renumber: no map, rows are renumbered "
+                   "tier by tier and the permutation is written to --order")
+    b.add_argument("--order", metavar="ORDER.npy", default=None,
+                   help="with --row-map renumber: where to write order (int64, "
+                   "order[new_row] = original row; look rows up by argsort(order)[row])")
     q.set_defaults(func=cmd_quantize)
 
     i = sub.add_parser("info", help="describe a qe4 file", description="Print a qe4 file's metadata.")
@@ -188,7 +229,7 @@ def _command_of(argv):
     return None
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the qe4 command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -214,14 +255,32 @@ def main(argv=None):
 
 # --------------------------------------------------------------------------- quantize
 
-def cmd_quantize(args):
+# the flags of one method and bit width; --budget takes none of them
+_SINGLE = ("preset", "bits", "method", "n_bins", "ratio", "scale_dtype")
+_BUDGET_ONLY = ("weights", "ladder", "order")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
     from . import stream
     from .io import check_output_path, save
+    options = _options_of(args)
+    check_output_path(args.output, "OUT")      # before any work, not after it
+    if args.budget is not None:
+        return _quantize_budget(args, options)
+    stray = [_flag(n) for n in _BUDGET_ONLY if getattr(args, n) is not None]
+    stray += ["--row-map"] if args.row_map != "tiers" else []
+    if stray:
+        raise UserError(f"qe4 quantize: {', '.join(stray)} only apply with --budget")
+    args.bits, args.method, args.scale_dtype, options = P.resolve(
+        args.preset, args.bits, args.method, args.scale_dtype, options)
+    args.n_bins = 200 if args.n_bins is None else args.n_bins
+    args.ratio = 0.16 if args.ratio is None else args.ratio
     progress = False if args.no_progress else None
     t0 = time.perf_counter()
-    args.bits, args.method, args.scale_dtype, options = P.resolve(
-        args.preset, args.bits, args.method, args.scale_dtype, _options_of(args))
-    check_output_path(args.output, "OUT")      # before any work, not after it
     if M.get(args.method).per_row:
         info = stream.quantize_file(args.input, args.output, args.bits, args.method,
                                     n_bins=args.n_bins, ratio=args.ratio,
@@ -258,38 +317,179 @@ def cmd_quantize(args):
     return 0
 
 
+def _quantize_budget(args, options):
+    """``qe4 quantize --budget``: a mixed-precision file (qe4.stream.quantize_file_budget)."""
+    from . import allocate as A
+    from . import stream
+    from .io import check_output_path
+    given = [_flag(n) for n in _SINGLE if getattr(args, n) is not None]
+    given += [_flag(n) for n in options]
+    if given:
+        raise UserError(f"qe4 quantize: {', '.join(given)} cannot be combined with --budget, which "
+                        "chooses every row's method and bits from --ladder (put the rungs to "
+                        "choose from there, e.g. --ladder pruned,mse/2,greedy/4,float16)")
+    if (args.row_map == "renumber") != (args.order is not None):
+        raise UserError("qe4 quantize: --row-map renumber needs --order ORDER.npy (where the "
+                        "permutation of the rows is written), and --order needs --row-map renumber")
+    if args.order is not None:
+        check_output_path(args.order, "--order")
+        if os.path.abspath(args.order) in (os.path.abspath(args.output), os.path.abspath(args.input)):
+            raise UserError(f"qe4 quantize: --order {args.order!r} must differ from IN and OUT")
+    try:
+        rungs = A.ladder(None if args.ladder is None else
+                         [r.strip() for r in args.ladder.split(",") if r.strip()])
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"qe4 quantize: --ladder {args.ladder!r}: {exc}") from None
+    with stream.Source(args.input, args.tensor) as src:      # the table's shape, from its header
+        n_rows, n_cols = src.n_rows, src.n_cols
+    weights = None if args.weights is None else _read_weights(args.weights, n_rows)
+    t0 = time.perf_counter()
+    info = stream.quantize_file_budget(args.input, args.output, args.budget, weights=weights,
+                                       ladder=rungs, row_map=args.row_map,
+                                       max_memory=args.max_memory, engine=args.engine,
+                                       n_threads=args.threads, tensor=args.tensor,
+                                       progress=False if args.no_progress else None)
+    alloc = info["allocation"]
+    if args.order is not None:
+        try:
+            _save_npy(args.order, alloc.renumbering())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(args.output)          # no table without its permutation
+            raise
+    seconds = time.perf_counter() - t0
+    n_el = n_rows * n_cols
+    nbytes = info["nbytes"]
+    mix = alloc.mix()
+    used = [(name, rows, nb) for name, (rows, nb) in mix.items() if rows]
+    print(f"input   {args.input}: {n_rows:,} x {n_cols} {info['in_dtype']}, "
+          f"{_fmt_bytes(info['in_bytes'])}")
+    print(f"output  {args.output}: mixed, {len(used)} tier(s), row map "
+          f"{'renumbered rows' if args.row_map == 'renumber' else 'tiers'}, file "
+          f"{_fmt_bytes(info['out_bytes'])}")
+    print(f"budget  {args.budget} = {alloc.budget:,} bytes ({8 * alloc.budget / n_el:.3f} bits/element)")
+    print(f"summary  {nbytes:,} bytes stored, {8 * nbytes / n_el:.3f} bits/element, weighted "
+          f"error {alloc.error:.4e}, mix " + ", ".join(f"{name} {100 * rows / n_rows:.2f}%"
+                                                     for name, rows, _ in used))
+    width = max(len(name) for name in mix)
+    for name, (rows, nb) in mix.items():
+        print(f"  {name:<{width}}  {rows:>12,} rows  {100 * rows / n_rows:6.2f}%  {nb:>14,} bytes")
+    print(f"  {'map':<{width}}  {'':>12}       {'':>7}  {nbytes - sum(nb for _, nb in mix.values()):>14,} "
+          "bytes (tier table and row map)")
+    print(f"weighted error = sum w ||x - x_hat||^2 / sum w ||x||^2, w = "
+          f"{args.weights or 'every row 1'}")
+    if args.order is not None:
+        print(f"order   {args.order}: int64 [{n_rows:,}], order[new_row] = original row")
+    print(f"time  {seconds:.2f} s, {n_rows / seconds:,.0f} rows/s, engine {args.engine}, "
+          f"{info['n_chunks']} chunk(s) of <= {info['chunk_rows']:,} rows, 2 passes")
+    return 0
+
+
+def _read_weights(path, n_rows):
+    """The --weights file as float64 [n_rows], checked like qe4.allocate's weights."""
+    from .allocate import _weights
+    try:
+        w = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise UserError(f"qe4 quantize: --weights {path}: not a readable .npy file ({exc})") from None
+    if not isinstance(w, np.ndarray):
+        raise UserError(f"qe4 quantize: --weights {path}: expected a .npy array, got a "
+                        f"{type(w).__name__} (.npz archives are not read)")
+    try:
+        return _weights(w, None, [(n_rows, 0)])[0]
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"qe4 quantize: --weights {path}: {exc} (one value per row of IN)") from None
+
+
+def _save_npy(path, array):
+    """np.save to ``path`` atomically (a temporary file beside it, then os.replace)."""
+    import tempfile
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 # --------------------------------------------------------------------------- info
 
-def cmd_info(args):
+def cmd_info(args: argparse.Namespace) -> int:
     from .io import check_rows, load, read_metadata
     m = read_metadata(args.file)
-    check_rows(load(args.file), args.file)      # a file that would fail its lookups is not "valid"
+    table = load(args.file)
+    check_rows(table, args.file)      # a file that would fail its lookups is not "valid"
     fp32 = 4 * m["dim"]
     per_row = m["data_bytes"] / m["n_rows"] if m["n_rows"] else float(m["row_bytes"])
+    mixed = m["layout"] == "mixed"
     lines = [
         ("file", args.file),
         ("format", f"qe4 version {m['format_version']} (safetensors)"),
         ("shape", f"{m['n_rows']:,} x {m['dim']}"),
-        ("bits", m["bits"]),
+        ("bits", "per tier (see the mix below)" if mixed else m["bits"]),
         ("method", m["method"]),
         ("layout", m["layout"]),
-        ("scale dtype", m["scale_dtype"]),
+        ("scale dtype", "per tier" if mixed else m["scale_dtype"]),
         ("params", m["params"] or "-"),
-        ("bytes/row", f"{m['row_bytes']} packed" + (f", {per_row:.2f} with extras" if m["extras"] else "")),
-        ("compression", f"{fp32 / per_row:.2f}x vs float32 ({100 * per_row / fp32:.2f}% of {fp32} bytes/row)"),
+        ("bytes/row", f"{per_row:.2f} (tier rows, row map and tier table)" if mixed else
+         f"{m['row_bytes']} packed" + (f", {per_row:.2f} with extras" if m["extras"] else "")),
+        ("compression", f"{fp32 / per_row:.2f}x vs float32 ({100 * per_row / fp32:.2f}% of {fp32} "
+                        "bytes/row)" if per_row else "-"),
         ("file size", f"{m['file_size']:,} bytes ({_fmt_bytes(m['file_size'])})"),
     ]
-    for name, (dtype, shape) in m["extras"].items():
-        lines.append((f"extra {name}", f"{dtype} {shape}"))
+    lines.append(("bits/element", f"{table.bits_per_element:.3f} (every stored byte x 8 / "
+                                  f"(rows x dim); {table.nbytes:,} bytes)" if table.n_rows else "-"))
+    if mixed:
+        tier_lines, map_bytes = _mix_lines(table, m)
+        lines.append(("row map", f"{m['params'].get('row_map')}, {map_bytes:,} bytes with the "
+                                 f"tier table ({8 * map_bytes / max(m['n_rows'], 1):.3f} bits/row)"))
+    else:
+        for name, (dtype, shape) in m["extras"].items():
+            lines.append((f"extra {name}", f"{dtype} {shape}"))
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
         print(f"{k:<{width}}  {v}")
+    if mixed:
+        print("\n".join(tier_lines))
     return 0
+
+
+def _mix_lines(table, m):
+    """The tiers of a mixed table as lines of a table, and the bytes beside their rows."""
+    from . import layouts as L
+    from . import mixed
+    kinds = mixed.tier_kinds(table.extras)
+    rungs = m["params"].get("rungs", ["?"] * len(kinds))
+    header = ("tier", "rung", "layout", "bits", "dtype", "rows", "share", "bytes", "bits/element")
+    rows, row_bytes = [], 0
+    for t, (kind, bits, fdt, n) in enumerate(kinds):
+        arr = table.extras.get(f"tier{t}")
+        nb = 0 if arr is None else int(arr.nbytes)
+        row_bytes += nb
+        layout = {mixed.PRUNED: "pruned", mixed.FLOAT: "float"}.get(
+            int(kind)) or L.LAYOUTS["mixed"].tier_layout(int(kind)).name
+        rows.append((str(t), rungs[t], layout, str(bits), "-" if kind == mixed.PRUNED else
+                     mixed.FLOAT_DTYPES[fdt], f"{n:,}",
+                     f"{100 * n / m['n_rows']:.2f}%" if m["n_rows"] else "-", f"{nb:,}",
+                     f"{8 * nb / (n * m['dim']):.3f}" if n else "-"))
+    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" if k < 5 else f"{{:>{w}}}" for k, w in enumerate(widths))
+    lines = ["", "mix", fmt.format(*header), "  ".join("-" * w for w in widths)]
+    lines += [fmt.format(*r) for r in rows]
+    return lines, m["data_bytes"] - row_bytes
 
 
 # --------------------------------------------------------------------------- demo
 
-def cmd_demo(args):
+def cmd_demo(args: argparse.Namespace) -> int:
     from . import datasets
     from .metrics import table_error, zipf_weights
     eng = E.engine(args.engine, args.threads)

@@ -56,7 +56,17 @@ canonicalised to ``+0.0`` before sorting, fitted centroids are rounded float64 -
 float32 (nearest-even) -> storage dtype (nearest-even), then sorted.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from .frontend import Request
+    from .table import QuantizedTable
+    from ._typing import (Encoded, Float32Array, Float64Array, Int64Array, IntArray, UInt8Array)
 
 from . import _validate as V
 from . import layouts as L
@@ -76,7 +86,7 @@ _CHUNK_CELLS = 1 << 22  # rows x columns x centroids per chunk of the per-row fi
 
 # --------------------------------------------------------------------------- validation
 
-def check_values(request, x, name="x"):
+def check_values(request: Request, x: Float32Array, name: str = "x") -> None:
     """The codebook family's value checks of float32 rows ``x``: finite, and with
     float16 centroids every ``|value|`` rounds to a finite float16 (<= 65504)."""
     scale_dtype = request.scale_dtype
@@ -92,7 +102,8 @@ def check_values(request, x, name="x"):
                              "(|value| <= 65504 required); use scale_dtype='float32'")
 
 
-def check_args(x, bits, method, scale_dtype, kwargs):
+def check_args(x: ArrayLike, bits: int, method: str, scale_dtype: str | None,
+               kwargs: dict[str, Any]) -> tuple[Float32Array, int, str, str, dict[str, Any]]:
     """Validate a codebook ``quantize`` call (the front end's checks, codebook methods only);
     returns ``(x, bits, method, scale_dtype, options)``."""
     from .frontend import check_request      # the front end is a layer above: delegate
@@ -104,7 +115,8 @@ def check_args(x, bits, method, scale_dtype, kwargs):
 
 # --------------------------------------------------------------------------- entry points
 
-def quantize_codebook(x, bits, method, *, scale_dtype=None, **kwargs):
+def quantize_codebook(x: ArrayLike, bits: int, method: str, *, scale_dtype: str | None = None,
+                      **kwargs: Any) -> QuantizedTable:
     """Codebook-quantize each row of ``x``: :func:`qe4.quantize` for the codebook methods.
 
     Parameters
@@ -125,7 +137,7 @@ def quantize_codebook(x, bits, method, *, scale_dtype=None, **kwargs):
     return quantize(x, bits, method, 200, 0.16, scale_dtype, kwargs, family="codebook")
 
 
-def encode(request, x):
+def encode(request: Request, x: Float32Array) -> Encoded:
     """The codebook family's encoder: ``(data, extras)`` of float32 rows ``x``.
 
     :func:`check_values` first.  ``layout="codebook"`` (per-row methods): each row's
@@ -151,13 +163,14 @@ def encode(request, x):
     return codebook_rows(assign_codes(x, cents), cents, bits, scale_dtype), {}
 
 
-def dequantize_codebook(table):
+def dequantize_codebook(table: QuantizedTable) -> Float32Array:
     """float32 [n_rows, dim]: each element's centroid (exactly the stored value, widened)."""
     cents = row_centroids(table, slice(None))
     return np.take_along_axis(cents, table.codes().astype(np.intp), axis=1)
 
 
-def bag_terms(table, rows, weights):
+def bag_terms(table: QuantizedTable, rows: IntArray,
+              weights: Float32Array | None) -> tuple[Float32Array, Float32Array, Float32Array]:
     """(s, v, t) of the embedding-bag step ``acc = fma(s, v, acc + t)`` for codebook rows.
 
     ``s`` = the weights (1 when None), ``v`` = the rows' centroid values, ``t`` = 0.
@@ -176,14 +189,16 @@ def _dtype(scale_dtype):
     return L.little(scale_dtype)
 
 
-def codebook_rows(codes, cents, bits, scale_dtype):
+def codebook_rows(codes: UInt8Array, cents: Float32Array, bits: int,
+                  scale_dtype: str) -> UInt8Array:
     """Rows ``[packed codes][K centroids, little-endian scale_dtype]``."""
     n = codes.shape[0]
     cb = cents.astype(_dtype(scale_dtype)).view(np.uint8).reshape(n, -1)
     return np.ascontiguousarray(np.concatenate([pack_codes(codes, bits), cb], axis=1))
 
 
-def two_tier_rows(codes, gid, books, bits, scale_dtype):
+def two_tier_rows(codes: UInt8Array, gid: Int64Array, books: Float32Array, bits: int,
+                  scale_dtype: str) -> Encoded:
     """Rows ``[packed codes][group id]`` and ``{"codebooks": books}`` [n_groups, K]."""
     n = codes.shape[0]
     ids = gid.astype(id_dtype(books.shape[0])).view(np.uint8).reshape(n, -1)
@@ -191,7 +206,7 @@ def two_tier_rows(codes, gid, books, bits, scale_dtype):
     return data, {"codebooks": np.ascontiguousarray(books.astype(_dtype(scale_dtype)))}
 
 
-def check_table(table):
+def check_table(table: object) -> None:
     """``table`` must be a codebook or two-tier QuantizedTable (built tables are valid:
     :meth:`qe4.layouts.Layout.validate` ran when it was made)."""
     from .table import check_table as check_type      # the table type is a layer above
@@ -199,12 +214,12 @@ def check_table(table):
         raise ValueError("expected a codebook or two-tier table, got a rowwise one")
 
 
-def group_of(table, rows):
+def group_of(table: QuantizedTable, rows: slice | IntArray) -> NDArray[np.intp]:
     """Group ids (intp) of ``rows`` of a two-tier table; ValueError if one is out of range."""
     return table.layout_entry.check_rows(table.data, table.extras, rows)
 
 
-def row_centroids(table, rows):
+def row_centroids(table: QuantizedTable, rows: slice | IntArray) -> Float32Array:
     """float32 [len(rows), K]: the codebook each of ``rows`` (an index array or slice) uses."""
     check_table(table)
     if table.layout == "two-tier":
@@ -214,19 +229,19 @@ def row_centroids(table, rows):
 
 # --------------------------------------------------------------------------- shared steps
 
-def sorted_rows(x):
+def sorted_rows(x: ArrayLike) -> Float64Array:
     """Each row sorted ascending as float64, ``-0.0`` first made ``+0.0``."""
     return np.sort(np.asarray(x, F32) + F32(0.0), axis=1).astype(F64)
 
 
-def store_centroids(c64, scale_dtype):
+def store_centroids(c64: ArrayLike, scale_dtype: str) -> Float32Array:
     """float64 centroids -> float32 (nearest-even) -> storage dtype (nearest-even) -> + 0.0
     (a tiny negative mean that rounds to -0.0 becomes +0.0, so equal centroids have equal
     bytes and the sort is unambiguous), sorted ascending."""
     return np.sort(round_to(np.asarray(c64).astype(F32), scale_dtype) + F32(0.0), axis=1)
 
 
-def assign_codes(x, cents):
+def assign_codes(x: Float32Array, cents: Float32Array) -> UInt8Array:
     """Nearest-centroid codes uint8 [n_rows, n_cols], ties to the lower centroid.
 
     ``cents`` float32 [n_rows, K], sorted.  ``code = #{k : float64(x) > mid_k}`` with
@@ -253,7 +268,7 @@ def _cluster_sums(values, cluster, k):
 
 # --------------------------------------------------------------------------- Lloyd
 
-def lloyd_centroids(xs, k, max_iter=100):
+def lloyd_centroids(xs: Float64Array, k: int, max_iter: int = 100) -> Float64Array:
     """Lloyd's k-means of each sorted row ``xs`` float64 [R, n]; float64 centroids [R, k].
 
     Notes
@@ -292,7 +307,7 @@ def lloyd_centroids(xs, k, max_iter=100):
 
 # --------------------------------------------------------------------------- exact DP
 
-def prefix_sums(s, q, w):
+def prefix_sums(s: Float64Array, q: Float64Array, w: Float64Array) -> list[Float64Array]:
     """Sequential prefix sums [R, n + 1] (first column 0) of per-point sums, squares, counts."""
     out = []
     for a in (s, q, w):
@@ -308,7 +323,7 @@ def _cost(P1, P2, PW, r, a, b):
     return q - (s * s) * (1.0 / (PW[r, b] - PW[r, a]))
 
 
-def optimal_partition(P1, P2, PW, k):
+def optimal_partition(P1: Float64Array, P2: Float64Array, PW: Float64Array, k: int) -> Int64Array:
     """Optimal split of n sorted points into ``k`` contiguous clusters, for each of R rows.
 
     Parameters
@@ -380,7 +395,8 @@ def optimal_partition(P1, P2, PW, k):
     return bounds
 
 
-def partition_centroids(s, w, bounds, shift, k_out):
+def partition_centroids(s: Float64Array, w: Float64Array, bounds: Int64Array,
+                        shift: Float64Array | float, k_out: int) -> Float64Array:
     """float64 centroids [R, k_out] of a partition: ``shift + S / m`` per cluster.
 
     ``S`` sums the clusters' point sums ``s`` sequentially in point order, ``m`` their
@@ -399,7 +415,7 @@ def partition_centroids(s, w, bounds, shift, k_out):
     return c
 
 
-def row_optimal_centroids(xs, k):
+def row_optimal_centroids(xs: Float64Array, k: int) -> Float64Array:
     """Exact 1-D k-means centroids (float64 [R, k]) of each sorted row ``xs`` [R, n].
 
     Points are the row's values shifted by its middle element ``shift = xs[n // 2]``:
@@ -416,7 +432,7 @@ def row_optimal_centroids(xs, k):
 
 # --------------------------------------------------------------------------- two-tier
 
-def grid_shape(n_groups):
+def grid_shape(n_groups: int) -> tuple[int, int]:
     """(g1, g2): g1 the largest divisor of n_groups with g1 <= sqrt(n_groups)."""
     g1 = max(d for d in range(1, int(np.sqrt(n_groups)) + 1) if n_groups % d == 0)
     return g1, n_groups // g1
@@ -429,7 +445,7 @@ def _equal_slices(order, n_parts):
     return np.searchsorted(bounds, np.arange(len(order)), side="right") - 1
 
 
-def group_ids(x, n_groups):
+def group_ids(x: Float32Array, n_groups: int) -> Int64Array:
     """Group of each row (int64 [n_rows]): a g1 x g2 grid on the ranks of min and max.
 
     Rows are ranked by their minimum (stable: ties by row index) and cut into g1
@@ -449,7 +465,7 @@ def group_ids(x, n_groups):
     return gid
 
 
-def bin_keys(v):
+def bin_keys(v: Float32Array) -> Float32Array:
     """Bin of each float32 value: rounded to 11 significant bits (nearest-even on the
     float32 bit pattern), ``-0.0`` made ``+0.0``.  Monotone, so bins are intervals."""
     u = np.ascontiguousarray(v, F32).view(np.uint32)
@@ -457,7 +473,8 @@ def bin_keys(v):
     return r.view(F32) + F32(0.0)
 
 
-def group_points(x, rows):
+def group_points(x: Float32Array,
+                 rows: IntArray) -> tuple[Float64Array, Float64Array, Float64Array, np.float64]:
     """Binned points of a group: (s, q, w, shift), float64 [n_bins] and a float64 shift.
 
     The group's values in row-major order (rows ascending) are binned by
@@ -473,14 +490,16 @@ def group_points(x, rows):
             np.bincount(inv, minlength=nb).astype(F64), shift)
 
 
-def two_tier_codebooks(x, bits, n_groups, scale_dtype):
+def two_tier_codebooks(x: Float32Array, bits: int, n_groups: int,
+                       scale_dtype: str) -> tuple[Int64Array, Float32Array]:
     """The two-tier method: each row's group (:func:`group_ids`) and the groups' stored
     codebooks (:func:`group_codebooks`); returns (gid int64 [n_rows], float32 [n_groups, K])."""
     gid = group_ids(x, n_groups)
     return gid, group_codebooks(x, gid, n_groups, 2 ** bits, scale_dtype)
 
 
-def group_codebooks(x, gid, n_groups, k, scale_dtype):
+def group_codebooks(x: Float32Array, gid: Int64Array, n_groups: int, k: int,
+                    scale_dtype: str) -> Float32Array:
     """float32 [n_groups, k] stored codebooks: exact 1-D k-means of each group's binned
     values (:func:`group_points`, :func:`optimal_partition`), then :func:`store_centroids`.
 

@@ -97,10 +97,19 @@ one run, in wall-clock rows/s and rows per CPU-second; measured numbers are in
 ``bench/results/bench_dask.txt`` and the README, not here.
 """
 
+from __future__ import annotations
+
 import os
 import uuid
+from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import dask.array as da
+    from .shards import ShardedTable
+    from ._typing import StrPath
 
 from . import engines as E
 from . import frontend
@@ -142,7 +151,8 @@ class QuantizedChunks:
     n_rows, dim, bits, method, row_bytes : int, int, int, str, int
     """
 
-    def __init__(self, chunks, starts, dim, bits, method, row_bytes):
+    def __init__(self, chunks: list[Any], starts: Sequence[int], dim: int, bits: int, method: str,
+                 row_bytes: int) -> None:
         self.chunks = chunks
         self.starts = starts
         self.n_rows = int(starts[-1])
@@ -151,7 +161,7 @@ class QuantizedChunks:
         self.method = method
         self.row_bytes = row_bytes
 
-    def packed(self):
+    def packed(self) -> da.Array:
         """The packed rows as a lazy uint8 dask array [n_rows, row_bytes], chunked like the input.
 
         For Dask-native storage of the bytes (``.to_zarr(...)``); the metadata
@@ -163,18 +173,18 @@ class QuantizedChunks:
             for chunk, a, b in zip(self.chunks, self.starts[:-1], self.starts[1:])])
 
     @property
-    def n_chunks(self):
+    def n_chunks(self) -> int:
         return len(self.chunks)
 
     def __repr__(self):
         return (f"QuantizedChunks(n_rows={self.n_rows}, dim={self.dim}, bits={self.bits}, "
                 f"method={self.method!r}, n_chunks={self.n_chunks})")
 
-    def compute(self, *, timeout=None):
+    def compute(self, *, timeout: float | None = None) -> list[QuantizedTable]:
         """Run the tasks; return the chunks as a list of QuantizedTable."""
         return list(_compute(self.chunks, timeout))
 
-    def to_table(self, *, timeout=None):
+    def to_table(self, *, timeout: float | None = None) -> QuantizedTable:
         """Run the tasks and concatenate the chunks into one QuantizedTable.
 
         The bytes equal those of ``qe4.quantize`` on the whole table.  The whole
@@ -182,7 +192,8 @@ class QuantizedChunks:
         """
         return concat_tables(self.compute(timeout=timeout))
 
-    def to_sharded(self, path, *, overwrite=False, verify=True, timeout=None):
+    def to_sharded(self, path: StrPath, *, overwrite: bool = False, verify: bool = True,
+                   timeout: float | None = None) -> ShardedTable:
         """Run the tasks, each writing its chunk as one shard of a sharded table at ``path``.
 
         Workers write the shard files (atomically) into ``path``; the client
@@ -207,7 +218,8 @@ class QuantizedChunks:
         return S.open_sharded(path)
 
 
-def quantize(darr, bits=4, method="greedy", *, engine="fast", n_threads=1, **kwargs):
+def quantize(darr: da.Array, bits: int = 4, method: str = "greedy", *, engine: str = "fast",
+             n_threads: int | None = 1, **kwargs: Any) -> QuantizedChunks:
     """Quantize a Dask array of rows lazily, one task per row chunk.
 
     Parameters
@@ -285,7 +297,7 @@ def _quantize_chunk(block, start, stop, bits, method, engine, opts):
                         f"{exc}") from exc
 
 
-def concat_tables(tables):
+def concat_tables(tables: Sequence[QuantizedTable]) -> QuantizedTable:
     """Concatenate consecutive row chunks of one table into a QuantizedTable.
 
     Raises ValueError if the chunks disagree on their metadata or carry
@@ -307,7 +319,9 @@ def concat_tables(tables):
                           scale_dtype=first.scale_dtype, layout=first.layout, params=first.params)
 
 
-def to_table(darr, bits=4, method="greedy", *, engine="fast", n_threads=1, timeout=None, **kwargs):
+def to_table(darr: da.Array, bits: int = 4, method: str = "greedy", *, engine: str = "fast",
+             n_threads: int | None = 1, timeout: float | None = None,
+             **kwargs: Any) -> QuantizedTable:
     """Quantize ``darr`` on the current Dask scheduler and gather one QuantizedTable.
 
     Byte-identical to ``qe4.quantize(darr.compute(), bits, method, **kwargs)``.
@@ -318,8 +332,9 @@ def to_table(darr, bits=4, method="greedy", *, engine="fast", n_threads=1, timeo
                     **kwargs).to_table(timeout=timeout)
 
 
-def to_sharded(darr, path, bits=4, method="greedy", *, engine="fast", n_threads=1, overwrite=False,
-               verify=True, timeout=None, **kwargs):
+def to_sharded(darr: da.Array, path: StrPath, bits: int = 4, method: str = "greedy", *,
+               engine: str = "fast", n_threads: int | None = 1, overwrite: bool = False,
+               verify: bool = True, timeout: float | None = None, **kwargs: Any) -> ShardedTable:
     """Quantize ``darr`` on the workers and write a sharded table, one shard per row chunk.
 
     Returns the opened :class:`~qe4.shards.ShardedTable`; see

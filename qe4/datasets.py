@@ -1,13 +1,16 @@
 """The bundled demo table: the 20,000 most frequent rows of GloVe 6B 50d (PDDL-1.0)."""
 
+from __future__ import annotations
+
 import os
 
 import numpy as np
+from numpy.typing import DTypeLike, NDArray
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 
 
-def load_glove_top20k(dtype=np.float32):
+def load_glove_top20k(dtype: DTypeLike = np.float32) -> tuple[NDArray[np.floating], list[str]]:
     """Return (table [20000, 50], words [20000]) in frequency order (row 0 = "the").
 
     Stored as float16 (2 MB); widened exactly to ``dtype``.  Credit: Pennington, Socher

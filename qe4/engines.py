@@ -12,17 +12,25 @@ reference runs on one thread and accepts only ``None`` or ``1``
 (:func:`check_n_threads`, one check, one message).
 """
 
+from __future__ import annotations
+from typing import TYPE_CHECKING, Any
+from types import ModuleType
+
+if TYPE_CHECKING:
+    from .frontend import Request
+    from ._typing import Encoded, Float32Array
+
 ENGINES = ("fast", "reference")
 
 
-def check_engine(name):
+def check_engine(name: str) -> str:
     """``name`` if it is an engine name; ValueError otherwise."""
     if not isinstance(name, str) or name not in ENGINES:
         raise ValueError(f"engine must be 'fast' or 'reference', got {name!r}")
     return name
 
 
-def check_n_threads(engine, n_threads, what="n_threads"):
+def check_n_threads(engine: str, n_threads: int | None, what: str = "n_threads") -> int | None:
     """``n_threads`` is the fast engine's; the reference runs on one thread (None or 1).
 
     The value itself is checked by the fast engine (``qe4_fast``) when it runs.
@@ -35,7 +43,7 @@ def check_n_threads(engine, n_threads, what="n_threads"):
     return n_threads
 
 
-def get_engine(engine):
+def get_engine(engine: str) -> ModuleType:
     """The module (``qe4`` or ``qe4_fast``) whose ``quantize``, ``dequantize``,
     ``embedding_bag``, ... do the work for ``engine``."""
     check_engine(engine)
@@ -64,23 +72,23 @@ class Engine:
 
     __slots__ = ("name", "n_threads", "module")
 
-    def __init__(self, name, n_threads, module):
+    def __init__(self, name: str, n_threads: int | None, module: ModuleType) -> None:
         self.name = name
         self.n_threads = n_threads
         self.module = module
 
     @property
-    def kwargs(self):
+    def kwargs(self) -> dict[str, Any]:
         """``{"n_threads": n}`` for the fast engine, ``{}`` for the reference."""
         return {"n_threads": self.n_threads} if self.name == "fast" else {}
 
-    def function(self, name):
+    def function(self, name: str) -> Any:
         return getattr(self.module, name)
 
-    def call(self, name, *args, **kwargs):
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.module, name)(*args, **kwargs, **self.kwargs)
 
-    def encode(self, request, x):
+    def encode(self, request: Request, x: Float32Array) -> Encoded:
         """``(data, extras)`` of validated float32 rows ``x`` for a checked request."""
         if self.name == "fast":
             return request.method.compiled_encoder()(request, x, self.n_threads)
@@ -90,7 +98,7 @@ class Engine:
         return f"Engine({self.name!r}, n_threads={self.n_threads!r})"
 
 
-def engine(name="fast", n_threads=None, *, what="n_threads"):
+def engine(name: str = "fast", n_threads: int | None = None, *, what: str = "n_threads") -> Engine:
     """Check ``name`` and ``n_threads`` together and return the :class:`Engine`
     (ImportError for ``"fast"`` when qe4_fast is not built)."""
     check_engine(name)

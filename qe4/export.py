@@ -57,13 +57,18 @@ Consumers are optional: computing an export needs only NumPy; writing a
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import tempfile
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    import onnx
 
 from . import _validate as V
 from .rowwise import greedy_search, pack_codes
@@ -334,7 +339,9 @@ class Export:
         Normalized squared error ``||x - x_hat||^2 / ||x||^2`` of :meth:`dequantize`.
     """
 
-    def __init__(self, fmt, tensors, dtypes, options, shape, x_hat, x):
+    def __init__(self, fmt: str, tensors: dict[str, np.ndarray], dtypes: dict[str, str],
+                 options: dict[str, Any], shape: tuple[int, ...], x_hat: np.ndarray,
+                 x: np.ndarray) -> None:
         self.format = fmt
         self.tensors = tensors
         self.dtypes = dtypes
@@ -473,7 +480,7 @@ def _check_group(group_size, n_cols, name, *, divides=True):
 
 # --------------------------------------------------------------------------- targets
 
-def to_executorch(x, bits: int = 4, *, group_size: int | None = None,
+def to_executorch(x: ArrayLike, bits: int = 4, *, group_size: int | None = None,
                   scale_dtype: str = "float32", zero_point: bool = True,
                   search: str = "greedy", n_bins: int = 200, ratio: float = 0.16) -> Export:
     """Arguments of ExecuTorch's ``quantized_decomposed::embedding_{2,4}bit`` / ``embedding_byte``.
@@ -549,7 +556,7 @@ def to_executorch(x, bits: int = 4, *, group_size: int | None = None,
     return Export("executorch", tensors, dtypes, options, x.shape, xh, x)
 
 
-def to_gguf(x, qtype: str = "Q4_0", *, search: str = "greedy", n_bins: int = 200,
+def to_gguf(x: ArrayLike, qtype: str = "Q4_0", *, search: str = "greedy", n_bins: int = 200,
             ratio: float = 0.16) -> Export:
     """A GGUF tensor of type ``Q8_0``, ``Q4_0`` or ``Q4_1`` (llama.cpp's block formats).
 
@@ -620,7 +627,7 @@ def to_gguf(x, qtype: str = "Q4_0", *, search: str = "greedy", n_bins: int = 200
                   x.shape, xh, x)
 
 
-def to_compressed_tensors(x, bits: int = 4, *, group_size: int | None = None,
+def to_compressed_tensors(x: ArrayLike, bits: int = 4, *, group_size: int | None = None,
                           symmetric: bool = True, scale_dtype: str = "bfloat16",
                           search: str = "greedy", n_bins: int = 200,
                           ratio: float = 0.16) -> Export:
@@ -674,7 +681,7 @@ def to_compressed_tensors(x, bits: int = 4, *, group_size: int | None = None,
     return Export("compressed-tensors", tensors, dtypes, options, x.shape, xh, x)
 
 
-def to_onnx(x, bits: int = 4, *, block_size: int = 32, scale_dtype: str = "float32",
+def to_onnx(x: ArrayLike, bits: int = 4, *, block_size: int = 32, scale_dtype: str = "float32",
             zero_point: bool = True, search: str = "greedy", n_bins: int = 200,
             ratio: float = 0.16) -> Export:
     """Initializers of ONNX Runtime's ``com.microsoft.GatherBlockQuantized`` (uint8 data).
@@ -742,7 +749,7 @@ class Target:
     """One export target in :data:`FORMATS`: its function, the values each option takes
     (the CLI and the tests are built from these) and the package that reads it back."""
 
-    def __init__(self, function: Callable[..., Export], choices: dict, reader: str):
+    def __init__(self, function: Callable[..., Export], choices: dict, reader: str) -> None:
         self.function, self.choices, self.reader = function, choices, reader
 
     def __repr__(self):
@@ -762,7 +769,7 @@ FORMATS: dict[str, Target] = {
 }
 
 
-def export(x, format: str, **options: Any) -> Export:
+def export(x: ArrayLike, format: str, **options: Any) -> Export:
     """Export ``x`` to ``format`` (a key of :data:`FORMATS`) with that target's ``options``.
 
     Examples
@@ -800,7 +807,7 @@ def _write_gguf(e, path, name):
     w.close()
 
 
-def onnx_model(e: Export, *, name: str | None = None):
+def onnx_model(e: Export, *, name: str | None = None) -> onnx.ModelProto:
     """An ``onnx.ModelProto``: int64 ``indices`` [n] -> ``embeddings`` [n, dim] via
     ``com.microsoft.GatherBlockQuantized`` over the export's initializers (needs ``onnx``)."""
     if e.format != "onnx":
@@ -836,7 +843,7 @@ _WRITERS = {"executorch": _write_tensors, "compressed-tensors": _write_tensors,
 
 # --------------------------------------------------------------------------- CLI
 
-def configure_parser(p):
+def configure_parser(p: argparse.ArgumentParser) -> None:
     """Arguments of ``qe4 export IN OUT --format F``."""
     p.add_argument("input", metavar="IN", help=".npy or .safetensors file holding a 2-D float table")
     p.add_argument("output", metavar="OUT", help="file to write (.gguf, .onnx or .safetensors)")
@@ -883,7 +890,7 @@ def _cli_options(args):
     return opts
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     """``qe4 export``: export a float table and print its bits per weight and error."""
     from .stream import Source
     opts = _cli_options(args)

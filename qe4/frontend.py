@@ -24,7 +24,17 @@ wrong value, naming the argument):
    emptiness), and the encoder's value checks (finiteness, float16 overflow).
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from .engines import Engine
+    from .layouts import Layout
+    from ._typing import Float32Array, UInt8Array
 
 from . import _validate as V
 from . import engines as E
@@ -44,40 +54,42 @@ class Request:
     options: dict
 
     @property
-    def layout(self):
+    def layout(self) -> Layout:
         return self.method.layout_entry
 
     @property
-    def float_dtype(self):
+    def float_dtype(self) -> str:
         return self.scale_dtype
 
     @property
-    def params(self):
+    def params(self) -> dict[str, Any]:
         """The ``params`` saved with the table: the method's options (copy)."""
         return dict(self.options)
 
-    def arguments(self):
+    def arguments(self) -> dict[str, Any]:
         """Everything a method's reference function may take (see ``Method.call``)."""
         return dict(self.options, bits=self.bits, scale_dtype=self.scale_dtype, k=2 ** self.bits,
                     n_bins=self.n_bins, ratio=self.ratio)
 
-    def extras_shapes(self):
+    def extras_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shapes of the layout's extras, known before the data (for row sizes)."""
         if self.layout.name == "two-tier":
             return {"codebooks": (self.options["n_groups"], 2 ** self.bits)}
         return {}
 
-    def check_values(self, x, name="x"):
+    def check_values(self, x: Float32Array, name: str = "x") -> None:
         """The family's value checks of float32 rows ``x`` (finite, float16 overflow)."""
         M.resolve(self.method.family_entry.check_values)(self, x, name)
 
-    def row_bytes(self, dim):
+    def row_bytes(self, dim: int) -> int:
         """Bytes of one row of the table this request makes for ``dim`` columns."""
         return self.layout.row_bytes(dim, self.bits, self.scale_dtype, self.extras_shapes())
 
 
-def check_request(bits, method, n_bins=200, ratio=0.16, scale_dtype=None, kwargs=None, *,
-                  family=None, per_row_for=None, preset=None):
+def check_request(bits: int | None, method: str | None, n_bins: int = 200, ratio: float = 0.16,
+                  scale_dtype: str | None = None, kwargs: Mapping[str, Any] | None = None, *,
+                  family: str | None = None, per_row_for: str | None = None,
+                  preset: str | None = None) -> Request:
     """Check a quantization request in the front end's order; return a :class:`Request`.
 
     ``family`` restricts the methods to one family (``qe4.row_ranges``: "rowwise").
@@ -109,22 +121,25 @@ def check_request(bits, method, n_bins=200, ratio=0.16, scale_dtype=None, kwargs
     return Request(entry, bits, scale_dtype, grid["n_bins"], grid["ratio"], options)
 
 
-def encode(request, x, engine):
+def encode(request: Request, x: Float32Array, engine: Engine) -> QuantizedTable:
     """Quantize validated rows ``x`` (:func:`qe4._validate.as_float_rows`, ``finite=False``)
     with ``engine`` (:class:`qe4.engines.Engine`) and assemble the table."""
     data, extras = engine.encode(request, x)
     return make_table(request, data, extras, x.shape[1])
 
 
-def make_table(request, data, extras, dim):
+def make_table(request: Request, data: UInt8Array, extras: Mapping[str, NDArray[Any]],
+               dim: int) -> QuantizedTable:
     """The :class:`QuantizedTable` of a request's encoded rows (validated by its layout)."""
     return QuantizedTable(data, bits=request.bits, dim=dim, method=request.method.name,
                           scale_dtype=request.scale_dtype, layout=request.method.layout,
                           extras=extras, params=request.params)
 
 
-def quantize(x, bits, method, n_bins, ratio, scale_dtype, kwargs, *, engine="reference",
-             n_threads=None, family=None, preset=None):
+def quantize(x: ArrayLike, bits: int | None, method: str | None, n_bins: int, ratio: float,
+             scale_dtype: str | None, kwargs: Mapping[str, Any] | None, *,
+             engine: str = "reference", n_threads: int | None = None,
+             family: str | None = None, preset: str | None = None) -> QuantizedTable:
     """The whole front end: check, validate ``x``, encode with the engine, assemble."""
     eng = E.engine(engine, n_threads)
     request = check_request(bits, method, n_bins, ratio, scale_dtype, kwargs, family=family,

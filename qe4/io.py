@@ -23,13 +23,22 @@ error or interrupt at any point removes the temporary file; ``path`` then either
 does not exist or still holds its previous content.  No pickle is involved anywhere.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import re
 import socket
 import tempfile
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from .table import QuantizedTable
+    from ._typing import StrPath
 
 from . import _mapped
 from . import _validate as V
@@ -89,7 +98,7 @@ def _no_duplicates(pairs):
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
-def json_depth(raw):
+def json_depth(raw: bytes) -> int:
     """Deepest nesting of ``[`` / ``{`` in JSON text ``raw`` (bytes), strings skipped.
 
     Linear and non-recursive, so it can vet text before ``json.loads`` (which
@@ -102,7 +111,8 @@ def json_depth(raw):
     return int(np.cumsum(steps).max(initial=0))
 
 
-def loads_bounded(raw, what, max_bytes=MAX_HEADER_BYTES, max_depth=MAX_JSON_DEPTH, **kwargs):
+def loads_bounded(raw: bytes | str, what: str, max_bytes: int = MAX_HEADER_BYTES,
+                  max_depth: int = MAX_JSON_DEPTH, **kwargs: Any) -> Any:
     """``json.loads`` of ``raw`` (bytes or str) after bounding its size and nesting depth.
 
     Raises ValueError starting with ``what`` (e.g. "<file>: the header") when
@@ -123,7 +133,7 @@ def loads_bounded(raw, what, max_bytes=MAX_HEADER_BYTES, max_depth=MAX_JSON_DEPT
         raise ValueError(f"{what} is not valid UTF-8 JSON ({exc})") from None
 
 
-def read_safetensors_header(path):
+def read_safetensors_header(path: StrPath) -> _Header:
     """Read and validate the header of any safetensors file (no tensor data is read).
 
     Checks the length prefix, the JSON, every tensor's dtype, shape and offsets
@@ -261,7 +271,7 @@ def _check_layout(hdr, kw):
         raise ValueError(f"{hdr.path}: inconsistent qe4 metadata: {exc}") from None
 
 
-def read_metadata(path):
+def read_metadata(path: StrPath) -> dict[str, Any]:
     """The metadata of a qe4 file, from its header alone (cheap).
 
     Returns a dict with the string metadata decoded (``bits`` and ``dim`` as
@@ -279,7 +289,7 @@ def read_metadata(path):
                 file_size=hdr.file_size)
 
 
-def load(path, *, mmap=True, check_finite=True):
+def load(path: StrPath, *, mmap: bool = True, check_finite: bool = True) -> QuantizedTable:
     """Read a qe4 file written by :func:`save` or :class:`TableWriter`.
 
     Parameters
@@ -349,7 +359,7 @@ def _load(path, *, mmap=True, check_finite=True):
     return table, hdr
 
 
-def check_rows(table, path):
+def check_rows(table: QuantizedTable, path: StrPath) -> None:
     """The layout's value rules over every row (:meth:`qe4.layouts.Layout.check_rows`,
     e.g. two-tier group ids), with errors naming ``path``."""
     try:
@@ -373,7 +383,7 @@ def _nonfinite(raw, dtype):
     return bits >= inf if int(bits.max(initial=0)) >= inf else None
 
 
-def check_stored_floats(table, path="table"):
+def check_stored_floats(table: QuantizedTable, path: StrPath = "table") -> None:
     """Raise ValueError if a stored scale, bias or centroid of ``table`` is NaN or inf.
 
     Rowwise rows hold a scale and a bias, codebook rows their centroids, two-tier
@@ -450,7 +460,7 @@ def _metadata(bits, dim, method, scale_dtype, layout, params):
             "layout": str(layout), "params": json.dumps(params or {}, sort_keys=True)}
 
 
-def check_output_path(path, name="path"):
+def check_output_path(path: StrPath, name: str = "path") -> str:
     """``path`` as a str, refused (before any work is done) when it cannot be written:
     empty, an existing directory, or in a directory that does not exist."""
     path = os.fspath(path)
@@ -486,7 +496,7 @@ def _pid_alive(pid):
     return True
 
 
-def remove_stale_temps(path):
+def remove_stale_temps(path: StrPath) -> list[str]:
     """Remove temporary files left beside ``path`` by writers of it that died on this
     host (their pid no longer exists).  Returns the names removed.  POSIX only (a
     process cannot be probed without side effects elsewhere); files of live writers
@@ -545,8 +555,10 @@ class TableWriter:
     that died on this host without cleaning up (``kill -9``).
     """
 
-    def __init__(self, path, *, n_rows, bits, dim, method, scale_dtype, layout="rowwise",
-                 params=None, extras=None, row_bytes=None, metadata=None):
+    def __init__(self, path: StrPath, *, n_rows: int, bits: int, dim: int, method: str,
+                 scale_dtype: str, layout: str = "rowwise", params: Mapping[str, Any] | None = None,
+                 extras: Mapping[str, ArrayLike] | None = None, row_bytes: int | None = None,
+                 metadata: Mapping[str, str] | None = None) -> None:
         self.path = check_output_path(path)
         if isinstance(n_rows, bool) or not isinstance(n_rows, (int, np.integer)) or n_rows < 0:
             raise ValueError(f"n_rows must be a non-negative integer, got {n_rows!r}")
@@ -623,7 +635,7 @@ class TableWriter:
             raise
         return self
 
-    def write(self, chunk):
+    def write(self, chunk: ArrayLike) -> None:
         """Append rows: uint8 [k, row_bytes], in order."""
         if self._file is None:
             raise ValueError("TableWriter.write called outside its with block")
@@ -687,7 +699,8 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
-def save(table, path, *, metadata=None):
+def save(table: QuantizedTable, path: StrPath, *,
+         metadata: Mapping[str, str] | None = None) -> None:
     """Write ``table`` to ``path`` as a qe4 safetensors file, atomically.
 
     See the module docstring for the layout.  On any failure (disk full,

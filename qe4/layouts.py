@@ -36,17 +36,25 @@ old name, kept); :attr:`qe4.QuantizedTable.float_dtype` is the same value.
 Adding a layout: see CONTRIBUTING.rst ("Adding a layout").
 """
 
+from __future__ import annotations
+
 import numbers
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+if TYPE_CHECKING:
+    from ._typing import IntArray, UInt8Array
 
 FLOAT_DTYPES = ("float16", "float32")
 
 
 # --------------------------------------------------------------------------- codes
 
-def code_bytes(dim, bits):
+def code_bytes(dim: int, bits: int) -> int:
     """Bytes of packed codes in a row: ``ceil(dim * bits / 8)``."""
     return -(-int(dim) * int(bits) // 8)
 
@@ -61,7 +69,7 @@ def _check_pack_bits(bits):
     return int(bits)
 
 
-def pack_codes(codes, bits):
+def pack_codes(codes: ArrayLike, bits: int) -> UInt8Array:
     """Pack uint8 codes [n_rows, n_cols] into bytes [n_rows, ceil(n_cols * bits / 8)].
 
     Each row is a bit stream, least significant bit first: element c holds stream bits
@@ -78,7 +86,7 @@ def pack_codes(codes, bits):
     return np.packbits(planes.reshape(n_rows, n_cols * bits), axis=1, bitorder="little")
 
 
-def unpack_codes(packed, bits, n_cols):
+def unpack_codes(packed: ArrayLike, bits: int, n_cols: int) -> UInt8Array:
     """Inverse of :func:`pack_codes`: uint8 bytes [n_rows, nb] -> codes [n_rows, n_cols]."""
     bits = _check_pack_bits(bits)
     packed = np.asarray(packed, np.uint8)
@@ -98,10 +106,10 @@ class Field:
     count: int = 1
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         return self.dtype.itemsize * self.count
 
-    def read(self, data, rows=slice(None)):
+    def read(self, data: UInt8Array, rows: slice | IntArray = slice(None)) -> NDArray[Any]:
         """The field of ``rows`` of uint8 ``data`` as native values [n, count] (a copy)."""
         raw = np.ascontiguousarray(data[rows, self.offset:self.offset + self.nbytes])
         return raw.view(self.dtype).reshape(raw.shape[0], self.count).astype(self.dtype.newbyteorder("="))
@@ -114,7 +122,7 @@ class Extra:
     doc: str
 
 
-def little(dtype):
+def little(dtype: DTypeLike) -> np.dtype[Any]:
     """``dtype`` as a little-endian numpy dtype."""
     return np.dtype(dtype).newbyteorder("<")
 
@@ -147,39 +155,41 @@ class Layout:
     floats = ""
 
     # -- codes
-    def code_bytes(self, dim, bits):
+    def code_bytes(self, dim: int, bits: int) -> int:
         """Bytes of the packed codes of a row (the first field)."""
         return code_bytes(dim, bits)
 
-    def pack_codes(self, codes, bits):
+    def pack_codes(self, codes: ArrayLike, bits: int) -> UInt8Array:
         """uint8 codes [n, dim] -> packed bytes [n, code_bytes] (default: :func:`pack_codes`)."""
         return pack_codes(codes, bits)
 
-    def unpack_codes(self, packed, bits, dim):
+    def unpack_codes(self, packed: ArrayLike, bits: int, dim: int) -> UInt8Array:
         """Inverse of :meth:`pack_codes` (default: :func:`unpack_codes`)."""
         return unpack_codes(packed, bits, dim)
 
     # -- sizes and fields
-    def fields(self, dim, bits, float_dtype, extras=None):
+    def fields(self, dim: int, bits: int, float_dtype: str,
+               extras: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
         """The row's fields in order (codes first); ``extras`` maps name -> array (or shape)."""
         raise NotImplementedError
 
-    def row_bytes(self, dim, bits, float_dtype, extras=None):
+    def row_bytes(self, dim: int, bits: int, float_dtype: str,
+                  extras: Mapping[str, Any] | None = None) -> int:
         """Bytes of one row (the sum of :meth:`fields`)."""
         last = self.fields(dim, bits, float_dtype, extras)[-1]
         return last.offset + last.nbytes
 
     @property
-    def self_contained(self):
+    def self_contained(self) -> bool:
         """True when every byte of a row lives in the row (rows can be cut into shards)."""
         return not self.extras
 
     # -- float dtype
-    def default_float_dtype(self, bits):
+    def default_float_dtype(self, bits: int) -> str:
         """The float dtype ``scale_dtype=None`` means."""
         return "float16"
 
-    def resolve_float_dtype(self, scale_dtype, bits):
+    def resolve_float_dtype(self, scale_dtype: DTypeLike | None, bits: int) -> str:
         """``scale_dtype`` argument -> the dtype name stored (None -> the default)."""
         if scale_dtype is None:
             return self.default_float_dtype(bits)
@@ -189,12 +199,13 @@ class Layout:
         return name
 
     # -- validation
-    def check_bits(self, bits):
+    def check_bits(self, bits: int) -> None:
         """ValueError unless this layout stores ``bits`` (an int already)."""
         if bits not in self.bits:
             raise ValueError(f"a {self.name} table must have bits in {self.bits}, got {bits}")
 
-    def validate(self, n_rows, row_bytes, bits, dim, float_dtype, extras):
+    def validate(self, n_rows: int, row_bytes: int, bits: int, dim: int, float_dtype: str,
+                 extras: Mapping[str, Any]) -> None:
         """Raise ValueError unless rows of ``row_bytes`` and ``extras`` make a valid table.
 
         Checks are structural (sizes, dtypes, shapes): O(1) in the table's size.  Value
@@ -216,13 +227,14 @@ class Layout:
         if row_bytes != need:
             raise ValueError(self.row_bytes_message(row_bytes, need, bits, dim, float_dtype))
 
-    def check_extras(self, bits, float_dtype, extras):
+    def check_extras(self, bits: int, float_dtype: str, extras: Mapping[str, Any]) -> None:
         """Dtype/shape rules of the extras (all present, none unknown)."""
 
-    def check_rows(self, data, extras, rows=slice(None)):
+    def check_rows(self, data: UInt8Array, extras: Mapping[str, Any],
+                   rows: slice | IntArray = slice(None)) -> NDArray[np.intp] | None:
         """Value rules that read the rows (O(rows)); ValueError if one fails."""
 
-    def row_bytes_message(self, got, need, bits, dim, float_dtype):
+    def row_bytes_message(self, got: int, need: int, bits: int, dim: int, float_dtype: str) -> str:
         return (f"data has {got} bytes per row; a {self.name} table of dim {dim} at {bits} bits "
                 f"needs {need}")
 
@@ -247,21 +259,22 @@ class RowwiseLayout(Layout):
     torch_bits = (2, 4, 8)
     floats = "scale/bias"
 
-    def fields(self, dim, bits, float_dtype, extras=None):
+    def fields(self, dim: int, bits: int, float_dtype: str,
+               extras: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
         cb = code_bytes(dim, bits)
         dt = little(float_dtype)
         return (Field("codes", 0, np.dtype(np.uint8), cb), Field("scale", cb, dt),
                 Field("bias", cb + dt.itemsize, dt))
 
-    def qparam_bytes(self, float_dtype):
+    def qparam_bytes(self, float_dtype: str) -> int:
         """Bytes of the scale and bias: ``2 * itemsize``."""
         return 2 * np.dtype(float_dtype).itemsize
 
-    def default_float_dtype(self, bits):
+    def default_float_dtype(self, bits: int) -> str:
         # torch's layouts: the fused N-bit rows keep float16 scale/bias, the byte rows float32
         return "float32" if bits == 8 else "float16"
 
-    def resolve_float_dtype(self, scale_dtype, bits):
+    def resolve_float_dtype(self, scale_dtype: DTypeLike | None, bits: int) -> str:
         name = super().resolve_float_dtype(scale_dtype, bits)
         if bits == 8 and scale_dtype is not None and name != "float32":
             raise ValueError(
@@ -269,11 +282,11 @@ class RowwiseLayout(Layout):
                 "layout with float32 scale and bias (pass scale_dtype=None or 'float32')")
         return name
 
-    def check_bits(self, bits):
+    def check_bits(self, bits: int) -> None:
         if bits not in self.bits:
             raise ValueError(f"bits must be one of {self.bits}, got {bits!r}")
 
-    def row_bytes_message(self, got, need, bits, dim, float_dtype):
+    def row_bytes_message(self, got: int, need: int, bits: int, dim: int, float_dtype: str) -> str:
         return (f"data has {got} bytes per row; a rowwise {bits}-bit table of dim {dim} with "
                 f"{float_dtype} scale/bias needs {need}")
 
@@ -285,7 +298,8 @@ class CodebookLayout(Layout):
     bits = (2, 4)
     floats = "centroids"
 
-    def fields(self, dim, bits, float_dtype, extras=None):
+    def fields(self, dim: int, bits: int, float_dtype: str,
+               extras: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
         cb = code_bytes(dim, bits)
         return (Field("codes", 0, np.dtype(np.uint8), cb),
                 Field("centroids", cb, little(float_dtype), 2 ** bits))
@@ -294,7 +308,7 @@ class CodebookLayout(Layout):
 MAX_GROUPS = 65536
 
 
-def id_dtype(n_groups):
+def id_dtype(n_groups: int) -> np.dtype[Any]:
     """Two-tier group id storage: uint8 for <= 256 groups, else uint16 little-endian."""
     return np.dtype(np.uint8) if n_groups <= 256 else np.dtype("<u2")
 
@@ -309,19 +323,20 @@ class TwoTierLayout(Layout):
                                  f"1 <= n_groups <= {MAX_GROUPS}"),)
 
     @staticmethod
-    def n_groups(extras):
+    def n_groups(extras: Mapping[str, Any]) -> int:
         books = extras["codebooks"]
         shape = getattr(books, "shape", books)
         return int(shape[0])
 
-    def fields(self, dim, bits, float_dtype, extras=None):
+    def fields(self, dim: int, bits: int, float_dtype: str,
+               extras: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
         if extras is None or "codebooks" not in extras:
             raise ValueError("a two-tier table needs extras['codebooks']")
         cb = code_bytes(dim, bits)
         return (Field("codes", 0, np.dtype(np.uint8), cb),
                 Field("group", cb, id_dtype(self.n_groups(extras))))
 
-    def check_extras(self, bits, float_dtype, extras):
+    def check_extras(self, bits: int, float_dtype: str, extras: Mapping[str, Any]) -> None:
         books = extras["codebooks"]
         k = 2 ** bits
         if not isinstance(books, np.ndarray):
@@ -331,7 +346,8 @@ class TwoTierLayout(Layout):
         if books.dtype != np.dtype(float_dtype):
             raise ValueError(f"extras['codebooks'] must have dtype {float_dtype}, got {books.dtype}")
 
-    def check_rows(self, data, extras, rows=slice(None)):
+    def check_rows(self, data: UInt8Array, extras: Mapping[str, Any],
+                   rows: slice | IntArray = slice(None)) -> NDArray[np.intp]:
         n_groups = self.n_groups(extras)
         gid = self.group_ids(data, n_groups, rows)
         if gid.size and gid.max() >= n_groups:
@@ -339,7 +355,8 @@ class TwoTierLayout(Layout):
         return gid
 
     @staticmethod
-    def group_ids(data, n_groups, rows=slice(None)):
+    def group_ids(data: UInt8Array, n_groups: int,
+                  rows: slice | IntArray = slice(None)) -> NDArray[np.intp]:
         """Group ids (intp) of ``rows``: the row's last id-sized bytes."""
         dt = id_dtype(n_groups)
         raw = np.ascontiguousarray(data[rows, data.shape[1] - dt.itemsize:])
@@ -356,12 +373,12 @@ WORD = 64                      # rows per tier bit-plane word
 SUPER = 256                    # rows per rank directory entry
 
 
-def tier_bits(n_tiers):
+def tier_bits(n_tiers: int) -> int:
     """Bits of tier code per row of a mixed table: ``ceil(log2(n_tiers))`` (0 for one)."""
     return int(n_tiers - 1).bit_length()
 
 
-def match_words(planes, words, tier):
+def match_words(planes: NDArray[np.uint64], words: IntArray, tier: IntArray) -> NDArray[np.uint64]:
     """uint64 mask of the rows of ``words`` whose tier is ``tier`` (element-wise arrays)."""
     out = np.full(words.shape, ~np.uint64(0), np.uint64)
     for k in range(planes.shape[1]):
@@ -384,20 +401,22 @@ class MixedLayout(Layout):
     bits = (8,)
     floats = "(per tier)"
 
-    def __init__(self, others):
+    def __init__(self, others: Mapping[str, Layout]) -> None:
         self.others = dict(others)
 
-    def fields(self, dim, bits, float_dtype, extras=None):
+    def fields(self, dim: int, bits: int, float_dtype: str,
+               extras: Mapping[str, Any] | None = None) -> tuple[Field, ...]:
         return ()
 
-    def row_bytes(self, dim, bits, float_dtype, extras=None):
+    def row_bytes(self, dim: int, bits: int, float_dtype: str,
+                  extras: Mapping[str, Any] | None = None) -> int:
         return 0
 
     @property
-    def self_contained(self):
+    def self_contained(self) -> bool:
         return False
 
-    def tier_layout(self, kind):
+    def tier_layout(self, kind: int) -> Layout:
         """The layout of a quantized tier's sub-table (by its code)."""
         for lay in self.others.values():
             if lay.code == kind and lay.self_contained:
@@ -406,7 +425,8 @@ class MixedLayout(Layout):
                          f"{ {n: lay.code for n, lay in self.others.items() if lay.self_contained} }, "
                          f"{PRUNED} (pruned) or {FLOAT} (float)")
 
-    def validate(self, n_rows, row_bytes, bits, dim, float_dtype, extras):
+    def validate(self, n_rows: int, row_bytes: int, bits: int, dim: int, float_dtype: str,
+                 extras: Mapping[str, Any]) -> None:
         """The tier table, every sub-table (by its layout), the tier sizes adding up to
         ``n_rows`` and the row map (tier codes below T, padding bits zero, the rank
         directory equal to the planes' counts): O(n_rows / 64), so a malformed file is
@@ -434,7 +454,9 @@ class MixedLayout(Layout):
             return      # qe4.io's check of a file header (zero-stride stand-ins): structure only
         self.check_rows(None, extras, n_rows=n_rows, dim=dim)
 
-    def check_rows(self, data, extras, rows=slice(None), *, n_rows=None, dim=None):
+    def check_rows(self, data: UInt8Array, extras: Mapping[str, Any],
+                   rows: slice | IntArray = slice(None), *, n_rows: int | None = None,
+                   dim: int | None = None) -> None:
         """The value rules: the tier table, every sub-table (by its layout), the sizes
         adding up, and the row map's consistency (O(n_rows / 64))."""
         tiers = extras["tiers"]
@@ -536,7 +558,7 @@ LAYOUTS = _register(*_PLAIN, MixedLayout({lay.name: lay for lay in _PLAIN}))
 BITS = tuple(sorted({b for lay in LAYOUTS.values() for b in lay.bits}))
 
 
-def get(name):
+def get(name: str) -> Layout:
     """The registered layout ``name`` (ValueError naming the choices otherwise)."""
     lay = LAYOUTS.get(name) if isinstance(name, str) else None
     if lay is None:
@@ -544,7 +566,7 @@ def get(name):
     return lay
 
 
-def check_dim(dim):
+def check_dim(dim: int) -> int:
     """``dim`` as an int >= 1: TypeError for a non-integer (``64.9``, ``64.0``, True)."""
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"dim must be an integer, got {dim!r}")

@@ -22,17 +22,24 @@ ImportError when a method that needs it runs, never turning into "unknown method
 Adding a method: see CONTRIBUTING.rst ("Adding a method").
 """
 
+from __future__ import annotations
+
 import importlib
 import numbers
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+
+if TYPE_CHECKING:
+    from .layouts import Layout
 
 from . import layouts as L
 
 
 # --------------------------------------------------------------------------- option checks
 
-def int_in(lo, hi):
+def int_in(lo: int, hi: int) -> Callable[[Any, str], int]:
     """A check: an integer (not bool) in [lo, hi]; TypeError / ValueError naming the option."""
     def check(value, name):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -44,7 +51,7 @@ def int_in(lo, hi):
     return check
 
 
-def real_in_half_open(lo, hi):
+def real_in_half_open(lo: float, hi: float) -> Callable[[Any, str], float]:
     """A check: a real number (not bool) in [lo, hi), returned as a Python float."""
     def check(value, name):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -69,7 +76,7 @@ class Option:
         return self.check(value, self.name)
 
     @property
-    def value_type(self):
+    def value_type(self) -> type:
         """The type a command-line flag of this option parses to."""
         return self.kind or type(self.default)
 
@@ -111,7 +118,7 @@ FAMILIES = {
 }
 
 
-def resolve(path):
+def resolve(path: str) -> Any:
     """Import ``"module:attribute"`` and return the attribute (ImportError propagates)."""
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
@@ -159,43 +166,43 @@ class Method:
     bits: tuple = field(default=None)
 
     @cached_property
-    def layout_entry(self):
+    def layout_entry(self) -> Layout:
         return L.get(self.layout)
 
     @property
-    def allowed_bits(self):
+    def allowed_bits(self) -> tuple[int, ...]:
         return self.bits or self.layout_entry.bits
 
     @property
-    def family_entry(self):
+    def family_entry(self) -> Family:
         return FAMILIES[self.family]
 
-    def reference_function(self):
+    def reference_function(self) -> Callable[..., Any]:
         return resolve(self.reference)
 
-    def encoder(self):
+    def encoder(self) -> Callable[..., Any]:
         """The reference encoder ``(request, x) -> (data, extras)``."""
         return resolve(self.family_entry.encoder)
 
-    def compiled_encoder(self):
+    def compiled_encoder(self) -> Callable[..., Any]:
         """The compiled encoder ``(request, x, n_threads) -> (data, extras)`` (ImportError
         when qe4_fast is not built)."""
         return resolve(self.family_entry.compiled)
 
-    def option(self, name):
+    def option(self, name: str) -> Option:
         return next(o for o in self.options if o.name == name)
 
-    def defaults(self):
+    def defaults(self) -> dict[str, Any]:
         return {o.name: o.default for o in self.options}
 
-    def check_options(self, kwargs):
+    def check_options(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """The options' values, defaults filled in, each checked in declared order.
 
         ``kwargs`` must hold only declared options (see :func:`qe4.frontend.check_request`).
         """
         return {o.name: o(kwargs[o.name]) if o.name in kwargs else o.default for o in self.options}
 
-    def call_reference(self, data, **available):
+    def call_reference(self, data: Any, **available: Any) -> Any:
         """``reference(data, **{name: available[name] for name in call}, **fixed)``."""
         kw = {a: available[a] for a in self.call}
         kw.update(self.fixed)
@@ -205,7 +212,7 @@ class Method:
         return f"<method {self.name!r} (code {self.code}, {self.family}, layout {self.layout!r})>"
 
 
-def real_in_half_open_or_none(lo, hi):
+def real_in_half_open_or_none(lo: float, hi: float) -> Callable[[Any, str], float | None]:
     """A check: None, or a real number (not bool) in [lo, hi)."""
     real = real_in_half_open(lo, hi)
 
@@ -271,14 +278,15 @@ def _register(entries):
 METHODS = _register(_ENTRIES)
 
 
-def names(*, family=None, layout=None, per_row=None):
+def names(*, family: str | None = None, layout: str | None = None,
+          per_row: bool | None = None) -> tuple[str, ...]:
     """Method names (registry order), optionally only those of a family/layout/kind."""
     return tuple(m.name for m in METHODS.values()
                  if (family is None or m.family == family) and (layout is None or m.layout == layout)
                  and (per_row is None or m.per_row == per_row))
 
 
-def get(name):
+def get(name: str) -> Method:
     """The entry of method ``name``: TypeError for a non-string, ValueError if unknown."""
     if not isinstance(name, str):
         raise TypeError(f"method must be a string, got {name!r}")
@@ -288,7 +296,7 @@ def get(name):
     return m
 
 
-def by_code(code):
+def by_code(code: int) -> Method:
     """The entry whose compiled ``code`` is ``code`` (ValueError if none)."""
     for m in METHODS.values():
         if m.code == code:
@@ -296,7 +304,7 @@ def by_code(code):
     raise ValueError(f"no method has code {code!r}")
 
 
-def help_text():
+def help_text() -> str:
     """``name: summary`` of every method, for help texts (the CLI's ``--method``)."""
     return "; ".join(f"{m.name}{'' if m.per_row else ' (whole table in memory)'}: {m.summary}"
                      for m in METHODS.values())

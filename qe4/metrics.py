@@ -1,6 +1,14 @@
 """Error metrics: normalized squared reconstruction error, per row and per table."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from .table import QuantizedTable
 
 from . import _validate as V
 
@@ -15,7 +23,7 @@ def _pair(x, x_hat):
     return x.astype(np.float64), x_hat.astype(np.float64)
 
 
-def row_errors(x, x_hat):
+def row_errors(x: ArrayLike, x_hat: ArrayLike | QuantizedTable) -> NDArray[np.float64]:
     """Per-row normalized squared error ``||x_r - x_hat_r||^2 / ||x_r||^2`` (float64 [n_rows]).
 
     ``x_hat`` is an array or a :class:`qe4.QuantizedTable` (dequantized first).
@@ -28,7 +36,8 @@ def row_errors(x, x_hat):
         return np.where(num == 0, 0.0, num / den)
 
 
-def table_error(x, x_hat, weights=None):
+def table_error(x: ArrayLike, x_hat: ArrayLike | QuantizedTable,
+                weights: ArrayLike | None = None) -> float:
     """Whole-table normalized squared error ``sum_r w_r ||x_r - x_hat_r||^2 / sum_r w_r ||x_r||^2``.
 
     ``weights`` (e.g. row frequencies) default to 1; they must be finite and >= 0.
@@ -49,6 +58,6 @@ def table_error(x, x_hat, weights=None):
     return float(w @ ((x - x_hat) ** 2).sum(axis=1)) / den
 
 
-def zipf_weights(n_rows, exponent=1.0):
+def zipf_weights(n_rows: int, exponent: float = 1.0) -> NDArray[np.float64]:
     """Zipf frequency weights ``1 / (rank + 1) ** exponent`` for rows in frequency order."""
     return 1.0 / np.arange(1, n_rows + 1, dtype=np.float64) ** exponent

@@ -62,7 +62,18 @@ other tiers)::
 Pruned rows contribute nothing (and are not read).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from .allocate import Rung
+    from .table import QuantizedTable
+    from ._typing import Float32Array, Int64Array, IntArray
 
 from . import layouts as L
 from .layouts import (FLOAT, MAX_ROWS, MAX_TIERS, PRUNED, SUPER, TIER_FIELDS, WORD,  # noqa: F401
@@ -73,7 +84,7 @@ FLOAT_DTYPES = L.FLOAT_DTYPES
 _WORDS_PER_SUPER = SUPER // WORD
 
 
-def map_nbytes(n_rows, n_tiers, row_map="tiers"):
+def map_nbytes(n_rows: int, n_tiers: int, row_map: str = "tiers") -> int:
     """Bytes a mixed table stores beside its sub-tables' rows: the tier table
     (``tiers``, int32 [T, 4]) and the row map (what :func:`qe4.allocate` counts)."""
     sizes = TIER_FIELDS * 4 * n_tiers
@@ -83,7 +94,7 @@ def map_nbytes(n_rows, n_tiers, row_map="tiers"):
     return sizes + -(-n_rows // WORD) * b * 8 + -(-n_rows // SUPER) * n_tiers * 4
 
 
-def encode_map(tier, n_tiers):
+def encode_map(tier: IntArray, n_tiers: int) -> tuple[NDArray[Any], NDArray[Any]]:
     """(planes, ranks) of the tier code of every row (see the module docstring).
 
     Parameters
@@ -112,7 +123,8 @@ def encode_map(tier, n_tiers):
     return planes, ranks
 
 
-def decode_map(planes, ranks, rows):
+def decode_map(planes: NDArray[Any], ranks: NDArray[Any],
+               rows: Int64Array) -> tuple[Int64Array, Int64Array]:
     """(tier, rank) of each of ``rows`` (int64 arrays, rows in range)."""
     rows = np.asarray(rows, np.int64)
     if planes.shape[1] == 0:                 # one tier: the row is its own rank
@@ -140,12 +152,13 @@ def decode_map(planes, ranks, rows):
 
 # --------------------------------------------------------------------------- tiers
 
-def tier_kinds(extras):
+def tier_kinds(extras: Mapping[str, NDArray[Any]]) -> Int64Array:
     """The tier table as int64 [T, 4] (kind, bits, float dtype, n_rows)."""
     return np.asarray(extras["tiers"], np.int64)
 
 
-def sub_table(extras, t, dim):
+def sub_table(extras: Mapping[str, NDArray[Any]], t: int,
+              dim: int) -> QuantizedTable | NDArray[Any] | None:
     """Tier ``t``'s rows: a QuantizedTable, a float array [n_t, dim] or None (pruned)."""
     from .table import QuantizedTable
     kind, bits, fdt, n = (int(v) for v in tier_kinds(extras)[t])
@@ -159,7 +172,7 @@ def sub_table(extras, t, dim):
                           scale_dtype=FLOAT_DTYPES[fdt], layout=layout)
 
 
-def tier_of_rows(extras, n_rows):
+def tier_of_rows(extras: Mapping[str, NDArray[Any]], n_rows: int) -> Int64Array:
     """The tier of every row, int64 [n_rows]."""
     sizes = tier_kinds(extras)[:, 3]
     if "planes" not in extras:
@@ -172,7 +185,7 @@ def tier_of_rows(extras, n_rows):
     return bits.reshape(-1)[:n_rows]
 
 
-def locate(extras, rows):
+def locate(extras: Mapping[str, NDArray[Any]], rows: Int64Array) -> tuple[Int64Array, Int64Array]:
     """(tier, rank) of each of ``rows`` (int64, in range): where the row is stored."""
     rows = np.asarray(rows, np.int64)
     if "planes" in extras:
@@ -185,7 +198,9 @@ def locate(extras, rows):
 
 # --------------------------------------------------------------------------- build
 
-def quantize_mixed(x, choice, rungs, *, row_map="tiers", engine="fast", n_threads=None):
+def quantize_mixed(x: ArrayLike, choice: ArrayLike, rungs: Sequence[str | Rung], *,
+                   row_map: str = "tiers", engine: str = "fast",
+                   n_threads: int | None = None) -> QuantizedTable:
     """Store the rows of ``x`` each in its chosen rung: a mixed :class:`qe4.QuantizedTable`.
 
     Parameters
@@ -220,8 +235,10 @@ def quantize_mixed(x, choice, rungs, *, row_map="tiers", engine="fast", n_thread
 CHUNK_ROWS = 1 << 16           # rows quantized at a time (a multiple of SUPER)
 
 
-def build_mixed(chunks, choice, rungs, dim, *, row_map="tiers", engine="fast", n_threads=None,
-                new_array=np.empty):
+def build_mixed(chunks: Iterable[tuple[int, int, Float32Array]], choice: ArrayLike,
+                rungs: Sequence[str | Rung], dim: int, *, row_map: str = "tiers",
+                engine: str = "fast", n_threads: int | None = None,
+                new_array: Callable[..., NDArray[Any]] = np.empty) -> QuantizedTable:
     """A mixed table from its rows given in chunks (what :func:`quantize_mixed` and
     streaming, :func:`qe4.stream.quantize_file_budget`, both use).
 
@@ -296,7 +313,7 @@ def build_mixed(chunks, choice, rungs, dim, *, row_map="tiers", engine="fast", n
                           params={"rungs": [rungs[k].name for k in used], "row_map": row_map})
 
 
-def renumbering(choice):
+def renumbering(choice: ArrayLike) -> Int64Array:
     """``order`` with ``order[new_row] = original row`` for ``row_map="renumber"``: the rows
     grouped by rung in ladder order, each group in the original order.  A caller
     maps its ids with ``np.argsort(order)[original_id]``."""
@@ -305,7 +322,8 @@ def renumbering(choice):
 
 # --------------------------------------------------------------------------- lookups
 
-def dequantize_mixed(table, dequantize):
+def dequantize_mixed(table: QuantizedTable,
+                     dequantize: Callable[[QuantizedTable], Float32Array]) -> Float32Array:
     """float32 [n_rows, dim]; ``dequantize(sub_table)`` reconstructs one tier's table
     (qe4.dequantize or qe4_fast's)."""
     extras = table.extras
@@ -320,7 +338,10 @@ def dequantize_mixed(table, dequantize):
     return out
 
 
-def row_values_mixed(table, rows, row_values, locate=locate):
+def row_values_mixed(table: QuantizedTable, rows: IntArray,
+                     row_values: Callable[[QuantizedTable, IntArray], Float32Array],
+                     locate: Callable[[Mapping[str, NDArray[Any]], Int64Array],
+                                      tuple[Int64Array, Int64Array]] = locate) -> Float32Array:
     """float32 [len(rows), dim]: the stored values of ``rows`` (pruned rows: zeros);
     ``row_values(sub_table, ranks)`` reads a quantized tier's rows and ``locate`` is
     :func:`locate` (qe4's or qe4_fast's)."""
@@ -337,7 +358,10 @@ def row_values_mixed(table, rows, row_values, locate=locate):
     return out
 
 
-def embedding_bag_mixed(table, idx, starts, weights, mode, bag, float_bag, locate):
+def embedding_bag_mixed(table: QuantizedTable, idx: IntArray, starts: IntArray,
+                        weights: Float32Array | None, mode: str, bag: Callable[..., Float32Array],
+                        float_bag: Callable[..., Float32Array],
+                        locate: Callable[..., tuple[Int64Array, Int64Array]]) -> Float32Array:
     """Bags of a mixed table in the module docstring's order.
 
     ``idx``, ``starts``, ``weights`` are validated (:func:`qe4._validate.check_bag_args`).
@@ -369,7 +393,8 @@ def embedding_bag_mixed(table, idx, starts, weights, mode, bag, float_bag, locat
     return out
 
 
-def float_bag(values, rows, starts, weights):
+def float_bag(values: NDArray[Any], rows: IntArray, starts: IntArray,
+              weights: Float32Array | None) -> Float32Array:
     """Bags of float rows: per bag, in order, ``acc = fma(w, v, acc)`` (w = 1 unweighted).
 
     Bags are processed together: step k adds the k-th position of every bag that has one.

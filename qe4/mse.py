@@ -40,9 +40,17 @@ optimum of this layout (every contiguous partition of the sorted row into 4 code
 solved by least squares) is 0.527x; at 4 bits about 1% below the exhaustive grid.
 """
 
+from __future__ import annotations
+
 import numbers
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from .frontend import Request
+    from ._typing import Encoded, Float32Array, ScaleBias
 
 from . import _validate as V
 from . import rowwise as R
@@ -63,7 +71,7 @@ N_KEEP = 3
 N_ITER = 3
 
 
-def scan_grid(n_steps):
+def scan_grid(n_steps: int) -> list[tuple[int, int]]:
     """The scan's (i, j) pairs in scan order: i ascending, then j ascending, i + j <= n_steps."""
     return [(i, j) for i in range(n_steps + 1) for j in range(n_steps + 1 - i)]
 
@@ -91,7 +99,8 @@ def _pass(xt, scale, bias, inv, qmax, sums):
     return err, (s_q, s_qq, s_y, s_yq)
 
 
-def least_squares_step(sums, n_cols, scale, bias, inv, scale_dtype):
+def least_squares_step(sums: tuple[ArrayLike, ...], n_cols: int, scale: Float32Array,
+                       bias: Float32Array, inv: Float32Array, scale_dtype: str) -> ScaleBias:
     """The stored (scale, bias, inv) fitted to the codes whose sums are ``sums``.
 
     With ``y = x - bias`` and the float32 sums ``Sq, Sqq, Sy, Syq`` of ``q``,
@@ -121,8 +130,9 @@ def least_squares_step(sums, n_cols, scale, bias, inv, scale_dtype):
             np.where(ok, new_inv, inv).astype(F32))
 
 
-def mse_params(x, bits=4, scale_dtype="float16", *, max_trim=None, n_steps=N_STEPS,
-               n_keep=N_KEEP, n_iter=N_ITER):
+def mse_params(x: Float32Array, bits: int = 4, scale_dtype: str = "float16", *,
+               max_trim: float | None = None, n_steps: int = N_STEPS, n_keep: int = N_KEEP,
+               n_iter: int = N_ITER) -> ScaleBias:
     """Each row's stored (scale, bias) of least L2 error, by the search in this module's notes.
 
     Parameters
@@ -181,7 +191,8 @@ def mse_params(x, bits=4, scale_dtype="float16", *, max_trim=None, n_steps=N_STE
     return tuple(v.astype(F32) for v in best)
 
 
-def check_mse_options(bits, max_trim, n_steps, n_keep, n_iter):
+def check_mse_options(bits: int, max_trim: float | None, n_steps: int, n_keep: int,
+                      n_iter: int) -> tuple[float, int, int, int]:
     """Validate the options of ``"mse"``; returns them with ``max_trim`` resolved (a float)."""
     if max_trim is None:
         max_trim = MAX_TRIM[bits]
@@ -203,8 +214,9 @@ def _check_int(value, name, low, high):
     return int(value)
 
 
-def quantize_mse(x, bits=4, *, scale_dtype=None, max_trim=None, n_steps=N_STEPS, n_keep=N_KEEP,
-                 n_iter=N_ITER):
+def quantize_mse(x: ArrayLike, bits: int = 4, *, scale_dtype: str | None = None,
+                 max_trim: float | None = None, n_steps: int = N_STEPS, n_keep: int = N_KEEP,
+                 n_iter: int = N_ITER) -> QuantizedTable:
     """Quantize each row with its least-squares (scale, bias): ``qe4.quantize(x, bits, "mse")``.
 
     The rows are in the fused layout of :class:`qe4.QuantizedTable` (torch's
@@ -226,12 +238,12 @@ def quantize_mse(x, bits=4, *, scale_dtype=None, max_trim=None, n_steps=N_STEPS,
                           params=mse_saved_params(max_trim, n_steps, n_keep, n_iter))
 
 
-def mse_saved_params(max_trim, n_steps, n_keep, n_iter):
+def mse_saved_params(max_trim: float, n_steps: int, n_keep: int, n_iter: int) -> dict[str, Any]:
     """The options kept in the table's ``params`` (and its files)."""
     return {"max_trim": max_trim, "n_steps": n_steps, "n_keep": n_keep, "n_iter": n_iter}
 
 
-def encode(request, x):
+def encode(request: Request, x: Float32Array) -> Encoded:
     """The "mse" family's encoder (``qe4.quantize(x, bits, "mse", ...)``): rows
     ``[codes][scale][bias]`` of ``x`` with each row's least-squares (scale, bias)
     (:func:`mse_params`), in the rowwise layout.  Returns ``(data, extras)`` (no extras)."""

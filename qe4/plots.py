@@ -10,11 +10,22 @@ Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas (no p
 no global backend change), so this module is safe to import anywhere.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import sys
+from typing import TYPE_CHECKING, Any
+import argparse
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from ._typing import StrPath
 
 DEFAULT_RESULTS = os.path.join("bench", "results", "evidence.json")
 DEFAULT_OUT = "figures"
@@ -31,14 +42,14 @@ STYLE = {
 _SPARE = [("#393b79", ">"), ("#637939", "p"), ("#843c39", "H"), ("#7b4173", "8")]
 
 
-def style(method):
+def style(method: str) -> tuple[str, str]:
     """(color, marker) of a method, stable across figures."""
     if method not in STYLE:
         STYLE[method] = _SPARE[(len(STYLE) - 12) % len(_SPARE)]
     return STYLE[method]
 
 
-def label(method):
+def label(method: str) -> str:
     return {"faiss-sq": "faiss ScalarQuantizer (peer)", "bnb-nf4": "bitsandbytes NF4 (peer)",
             "minmax": "minmax (naive)"}.get(method, method)
 
@@ -61,7 +72,7 @@ def _save(fig, path):
 
 # --------------------------------------------------------------------------- figure 1
 
-def draw_range_surface(ax, surf, title=None):
+def draw_range_surface(ax: Axes, surf: Mapping[str, Any], title: str | None = None) -> Axes:
     """Heat map of normalized error over (low-end trim i, high-end trim j) of one row,
     with greedy's candidate region, its path and choice, the exhaustive optimum, min/max
     and the ACIQ ranges.  ``surf`` is :func:`qe4.evidence.ranges.row_surface` output."""
@@ -109,7 +120,7 @@ def draw_range_surface(ax, surf, title=None):
     return ax
 
 
-def draw_clip_curves(ax, curves, bits):
+def draw_clip_curves(ax: Axes, curves: Sequence[Mapping[str, Any]], bits: int) -> None:
     """Table error against the fraction of each row's range clipped (best split per total)."""
     for k, c in enumerate(x for x in curves if x["bits"] == bits):
         col = ["#d62728", "#1f77b4"][k % 2]
@@ -143,7 +154,7 @@ def _row_title(row, bits):
             f"{bits}-bit")
 
 
-def fig_error_vs_range(results, bits=4):
+def fig_error_vs_range(results: Mapping[str, Any], bits: int = 4) -> Figure:
     g = results["glove"]["figures"]
     fig = _figure(13, 11)
     axs = fig.subplots(2, 2)
@@ -157,7 +168,7 @@ def fig_error_vs_range(results, bits=4):
     return fig
 
 
-def fig_error_vs_range_2bit(results):
+def fig_error_vs_range_2bit(results: Mapping[str, Any]) -> Figure:
     g = results["glove"]["figures"]
     fig = _figure(13, 5.8)
     axs = fig.subplots(1, 2)
@@ -180,7 +191,7 @@ def _by_method(res):
     return out
 
 
-def fig_rate_distortion(results):
+def fig_rate_distortion(results: Mapping[str, Any]) -> Figure:
     res = results["glove"]["results"]
     fig = _figure(13, 5.5)
     axs = fig.subplots(1, 2)
@@ -216,7 +227,7 @@ def fig_rate_distortion(results):
 
 # --------------------------------------------------------------------------- figure 3
 
-def draw_row_error_cdf(ax, res, bits):
+def draw_row_error_cdf(ax: Axes, res: Sequence[Mapping[str, Any]], bits: int) -> bool:
     p = None
     lo, hi = np.inf, 0.0
     for r in res:
@@ -245,7 +256,7 @@ def draw_row_error_cdf(ax, res, bits):
     return p is not None
 
 
-def draw_row_thresholds(ax, row, bits):
+def draw_row_thresholds(ax: Axes, row: Mapping[str, Any], bits: int) -> None:
     """Histogram of one row's values with each uniform method's (lo, hi) and codebook levels."""
     surf = row["surface"][str(bits)]
     vals = np.array(surf["values"])
@@ -273,7 +284,7 @@ def draw_row_thresholds(ax, row, bits):
     ax.legend(fontsize=7.5, loc="center right")
 
 
-def fig_row_errors(results):
+def fig_row_errors(results: Mapping[str, Any]) -> Figure:
     res = results["glove"]["results"]
     fig = _figure(16, 5.2)
     axs = fig.subplots(1, 3)
@@ -287,7 +298,7 @@ def fig_row_errors(results):
 
 # --------------------------------------------------------------------------- figure 4
 
-def draw_analogy(ax, g):
+def draw_analogy(ax: Axes, g: Mapping[str, Any]) -> None:
     if not g.get("n_questions"):
         ax.text(0.5, 0.5, "no analogy questions in these results\n(gensim's questions-words.txt "
                 "was not installed)", ha="center", va="center", transform=ax.transAxes)
@@ -316,7 +327,8 @@ ML_METRICS = (("mf_rmse", "Δ RMSE, MF (lower is better)"),
               ("dlrm_logloss", "Δ log loss, DLRM-style (lower is better)"))
 
 
-def draw_ml_deltas(ax, ml, key, bits, ylab, show_xlabels):
+def draw_ml_deltas(ax: Axes, ml: Mapping[str, Any], key: str, bits: int, ylab: str,
+                   show_xlabels: bool) -> None:
     """Bars: mean paired delta vs fp32 per method at one bit width; dots: each seed."""
     order = list(STYLE)
     rs = sorted((r for r in ml["results"].values() if r["bits"] == bits),
@@ -336,7 +348,7 @@ def draw_ml_deltas(ax, ml, key, bits, ylab, show_xlabels):
     ax.grid(alpha=0.3, axis="y")
 
 
-def fig_downstream(results):
+def fig_downstream(results: Mapping[str, Any]) -> Figure:
     g = results.get("glove")
     ml = results.get("movielens")
     has_ml = bool(ml and "results" in ml)
@@ -365,7 +377,7 @@ def fig_downstream(results):
 
 # --------------------------------------------------------------------------- budget
 
-def fig_budget(results):
+def fig_budget(results: Mapping[str, Any]) -> Figure:
     """Weighted error and downstream quality against bits per element: uniform methods
     (one precision for every row) against qe4.allocate (a rung per row under the budget).
 
@@ -386,10 +398,13 @@ def fig_budget(results):
         for kind in kinds:
             rs = sorted((p for p in mine if p["kind"] == kind), key=lambda p: p["bpw"])
             ys = [float(np.mean(p[key])) for p in rs]
-            c, m = ("#000000", "o") if kind == "allocate" else style(kind)
+            c, m = {"allocate": ("#000000", "o"), "per-table": ("#555555", "s")}.get(kind) \
+                or style(kind)
             ax.plot([p["bpw"] for p in rs], ys, marker=m, color=c, ms=7, gid=f"budget-{kind}",
                     lw=2.2 if kind == "allocate" else 1.2,
-                    label="qe4.allocate (rung per row)" if kind == "allocate" else f"uniform {label(kind)}")
+                    label={"allocate": "qe4.allocate (rung per row)",
+                           "per-table": "qe4.allocate (rung per table)"}.get(kind)
+                    or f"uniform {label(kind)}")
         ref = next((p for p in mine if p["kind"] == "fp32"), None)
         if ref is not None and key == "analogy":
             ax.axhline(ref[key], color="k", ls=":", lw=1.2)
@@ -413,7 +428,7 @@ def fig_budget(results):
 LLOYD_MAX_16 = 0.009501
 
 
-def fig_frontier(results):
+def fig_frontier(results: Mapping[str, Any]) -> Figure:
     """Error against stored bits per element for every preset and the peers measured in
     the same run (``bench/results/bench_frontier.json``, written by
     ``bench/bench_frontier.py``), one panel per table.  N(0, 1) panels carry the Gaussian
@@ -467,7 +482,7 @@ FIGURES = {
 }
 
 
-def plot_all(results, out_dir=DEFAULT_OUT):
+def plot_all(results: Mapping[str, Any], out_dir: StrPath = DEFAULT_OUT) -> list[str]:
     """Write every figure the cached ``results`` support; returns the paths written."""
     paths = []
     for name, fn in FIGURES.items():
@@ -477,7 +492,8 @@ def plot_all(results, out_dir=DEFAULT_OUT):
     return paths
 
 
-def fig_table_row(table, row, bits=4, n_bins=200, ratio=0.16):
+def fig_table_row(table: ArrayLike, row: int, bits: int = 4, n_bins: int = 200,
+                  ratio: float = 0.16) -> Figure:
     """Error over the clipping grid of one row of any table (the ``--table`` mode)."""
     from .evidence.ranges import row_surface
     surf = row_surface(np.asarray(table)[row], bits, n_bins=n_bins, ratio=ratio)
@@ -486,7 +502,7 @@ def fig_table_row(table, row, bits=4, n_bins=200, ratio=0.16):
     return fig
 
 
-def configure_parser(parser):
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``qe4 plot`` options to an argparse (sub)parser."""
     parser.add_argument("--results", default=DEFAULT_RESULTS,
                         help=f"cached results of `qe4 evidence` (default {DEFAULT_RESULTS})")
@@ -501,7 +517,7 @@ def configure_parser(parser):
     return parser
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     """Execute ``qe4 plot``; returns 0."""
     if args.table is not None:
         table = np.load(args.table, mmap_mode="r", allow_pickle=False)

@@ -15,7 +15,10 @@ choices and the frontier bench read this registry).
 This module imports only the method registry.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import Any
 
 from . import method_registry as M
 
@@ -44,10 +47,10 @@ class Preset:
     method: str
     bits: int
     summary: str
-    options: tuple = ()
-    scale_dtype: str = None
+    options: tuple[tuple[str, Any], ...] = ()
+    scale_dtype: str | None = None
 
-    def kwargs(self):
+    def kwargs(self) -> dict[str, Any]:
         """The method's options as keyword arguments."""
         return dict(self.options)
 
@@ -97,12 +100,12 @@ def _register(entries):
 PRESETS = _register(_ENTRIES)
 
 
-def names():
+def names() -> tuple[str, ...]:
     """Every preset name, in registry order."""
     return tuple(PRESETS)
 
 
-def get(name):
+def get(name: str) -> Preset:
     """The preset ``name``: TypeError for a non-string, ValueError naming the choices."""
     if not isinstance(name, str):
         raise TypeError(f"preset must be a string, got {name!r}")
@@ -112,7 +115,8 @@ def get(name):
     return p
 
 
-def resolve(preset, bits, method, scale_dtype, kwargs):
+def resolve(preset: str | None, bits: int | None, method: str | None, scale_dtype: str | None,
+            kwargs: dict[str, Any] | None) -> tuple[int, str, str | None, dict[str, Any]]:
     """``(bits, method, scale_dtype, kwargs)`` of a call.
 
     Without a preset: ``bits`` None means 4, ``method`` None means "greedy".  With one,
@@ -131,6 +135,6 @@ def resolve(preset, bits, method, scale_dtype, kwargs):
     return p.bits, p.method, p.scale_dtype, p.kwargs()
 
 
-def help_text():
+def help_text() -> str:
     """``name: summary`` of every preset (the CLI's ``--preset`` help)."""
     return "; ".join(f"{p.name} ({p.method}, {p.bits} bits): {p.summary}" for p in PRESETS.values())

@@ -13,7 +13,17 @@ stored scale/bias dtype and back (float16 nearest-even, or the identity for
 float32 tables).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, overload
+from collections.abc import Callable
+
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from .frontend import Request
+    from ._typing import Encoded, Float32Array, Ranges, RangesPath, ScaleBias, UInt8Array
 
 from . import _validate as V
 from .layouts import pack_codes, unpack_codes  # noqa: F401  (the packing is the layouts')
@@ -29,11 +39,11 @@ ACIQ_LAPLACE = {2: F32(2.83), 3: F32(3.89), 4: F32(5.03), 5: F32(6.2), 6: F32(7.
 ACIQ_GAUSS = {2: F32(1.71), 3: F32(2.15), 4: F32(2.55), 5: F32(2.94), 6: F32(3.29), 8: F32(3.92)}
 
 
-def qmax_of(bits):
+def qmax_of(bits: int) -> np.float32:
     return F32(2 ** bits - 1)
 
 
-def round_to(v, scale_dtype):
+def round_to(v: ArrayLike, scale_dtype: str) -> Float32Array:
     """``h(v)``: round float32 ``v`` to ``scale_dtype`` (nearest-even) and widen back."""
     if scale_dtype == "float16":
         with np.errstate(over="ignore"):
@@ -43,7 +53,7 @@ def round_to(v, scale_dtype):
 
 # --------------------------------------------------------------------------- ranges
 
-def minmax_range(x):
+def minmax_range(x: Float32Array) -> Ranges:
     """Each row's (min, max).  ``+ 0.0`` makes a zero minimum or maximum +0.0.
 
     FBGEMM's SIMD min picks the sign of a zero by lane order; qe4 defines it as +0.0.
@@ -51,7 +61,8 @@ def minmax_range(x):
     return x.min(axis=1) + ZERO, x.max(axis=1) + ZERO
 
 
-def range_loss(x, lo, hi, bits=4, scale_dtype="float16"):
+def range_loss(x: ArrayLike, lo: ArrayLike, hi: ArrayLike, bits: int = 4,
+               scale_dtype: str = "float16") -> Float32Array:
     """L2 reconstruction error of each row quantized with the range [lo, hi].
 
     The greedy search's objective, exactly as torch's ``choose_qparams_optimized``::
@@ -113,7 +124,18 @@ def _min_bins(n_bins, ratio):
     return F32(n_bins * (1.0 - float(F32(ratio))))
 
 
-def greedy_range(x, bits=4, n_bins=200, ratio=0.16, scale_dtype="float16", return_path=False):
+@overload
+def greedy_range(x: Float32Array, bits: int = ..., n_bins: int = ..., ratio: float = ...,
+                 scale_dtype: str = ..., return_path: Literal[False] = ...) -> Ranges: ...
+@overload
+def greedy_range(x: Float32Array, bits: int = ..., n_bins: int = ..., ratio: float = ...,
+                 scale_dtype: str = ..., *, return_path: Literal[True]) -> RangesPath: ...
+@overload
+def greedy_range(x: Float32Array, bits: int, n_bins: int, ratio: float, scale_dtype: str,
+                 return_path: Literal[True]) -> RangesPath: ...
+def greedy_range(x: Float32Array, bits: int = 4, n_bins: int = 200, ratio: float = 0.16,
+                 scale_dtype: str = "float16",
+                 return_path: bool = False) -> Ranges | RangesPath:
     """The paper's greedy clipping search, bit-identical to torch's
     ``choose_qparams_optimized`` (used by ``embedding_bag_4bit_prepack(w, True, ...)``).
 
@@ -163,7 +185,10 @@ def greedy_range(x, bits=4, n_bins=200, ratio=0.16, scale_dtype="float16", retur
                          n_bins, ratio, return_path)
 
 
-def greedy_search(xt, loss, n_bins=200, ratio=0.16, return_path=False):
+def greedy_search(xt: Float32Array,
+                  loss: Callable[[Float32Array, Float32Array, Float32Array], Float32Array],
+                  n_bins: int = 200, ratio: float = 0.16,
+                  return_path: bool = False) -> Ranges | RangesPath:
     """The loop of :func:`greedy_range` with any objective ``loss(xt, lo, hi)``.
 
     ``xt`` is the table transposed, float32 [n_cols, n_rows]; ``loss`` receives a
@@ -206,7 +231,8 @@ def greedy_search(xt, loss, n_bins=200, ratio=0.16, return_path=False):
     return lo, hi
 
 
-def exhaustive_range(x, bits=4, n_bins=200, ratio=0.16, scale_dtype="float16"):
+def exhaustive_range(x: Float32Array, bits: int = 4, n_bins: int = 200, ratio: float = 0.16,
+                     scale_dtype: str = "float16") -> Ranges:
     """The best range on greedy's own grid: the oracle greedy is judged against.
 
     Candidate bounds are built exactly as greedy builds them, by repeated float32
@@ -266,7 +292,7 @@ def _sequential_mean(xt):
     return acc / F32(xt.shape[0])
 
 
-def aciq_range(x, bits=4, dist="laplace"):
+def aciq_range(x: Float32Array, bits: int = 4, dist: str = "laplace") -> Ranges:
     """ACIQ clipping (Banner et al.): clip at mean +- alpha.
 
     ``mean`` is the float32 row mean summed in column order; Laplace:
@@ -292,12 +318,13 @@ def aciq_range(x, bits=4, dist="laplace"):
     return lo.astype(F32), hi.astype(F32)
 
 
-def aciq_constant(bits, dist):
+def aciq_constant(bits: int, dist: str) -> np.float32:
     """ACIQ's clipping constant c_b for ``dist`` ("laplace" or "gauss") at ``bits``."""
     return (ACIQ_LAPLACE if dist == "laplace" else ACIQ_GAUSS)[bits]
 
 
-def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None):
+def row_ranges(x: ArrayLike, bits: int = 4, method: str = "greedy", *, n_bins: int = 200,
+               ratio: float = 0.16, scale_dtype: str | None = None) -> Ranges:
     """Each row's clipping range (lo, hi) chosen by ``method`` (a row-wise method).
 
     Validates like :func:`qe4.quantize` and returns float32 arrays [n_rows].
@@ -309,13 +336,13 @@ def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtyp
     return ranges(request, x)
 
 
-def ranges(request, x):
+def ranges(request: Request, x: Float32Array) -> Ranges:
     """(lo, hi) of every row of validated ``x`` by the request's method: its registry
     entry's reference function (``minmax_range``, ``greedy_range``, ...)."""
     return request.method.call_reference(x, **request.arguments())
 
 
-def encode(request, x):
+def encode(request: Request, x: Float32Array) -> Encoded:
     """The row-wise family's encoder: rows ``[codes][scale][bias]`` of ``x``.
 
     ``x`` is float32 [n_rows, n_cols] of the right shape (not yet checked finite):
@@ -338,14 +365,15 @@ def encode(request, x):
     return assemble_rows(request.layout.pack_codes(codes, bits), scale, bias, scale_dtype), {}
 
 
-def check_values(request, x, name="x"):
+def check_values(request: Request, x: Float32Array, name: str = "x") -> None:
     """The row-wise family's value checks: finite (:func:`qe4._validate.check_finite`), and
     a range the stored scale/bias can hold (:func:`qe4._validate.check_fp16_ranges`)."""
     V.check_finite(x, name)
     V.check_fp16_ranges(x, request.bits, request.scale_dtype, name=name)
 
 
-def assemble_rows(packed, scale, bias, scale_dtype):
+def assemble_rows(packed: UInt8Array, scale: Float32Array, bias: Float32Array,
+                  scale_dtype: str) -> UInt8Array:
     """Concatenate packed codes and the little-endian scale and bias of each row."""
     dt = np.dtype(scale_dtype).newbyteorder("<")
     n = packed.shape[0]
@@ -356,7 +384,7 @@ def assemble_rows(packed, scale, bias, scale_dtype):
 
 # --------------------------------------------------------------------------- codes
 
-def scale_bias(lo, hi, bits, scale_dtype):
+def scale_bias(lo: Float32Array, hi: Float32Array, bits: int, scale_dtype: str) -> ScaleBias:
     """Stored scale and bias of each row, and the reciprocal used to quantize.
 
     2, 3, 4, 5 and 6 bits (torch's fused N-bit rows; 3, 5, 6 bits the same rule)::
@@ -385,7 +413,8 @@ def scale_bias(lo, hi, bits, scale_dtype):
     return fused_scale_bias(lo, hi, qmax_of(bits), scale_dtype)
 
 
-def fused_scale_bias(lo, hi, qmax, scale_dtype):
+def fused_scale_bias(lo: Float32Array, hi: Float32Array, qmax: np.float32 | float,
+                     scale_dtype: str) -> ScaleBias:
     """The 2/4-bit rule of :func:`scale_bias` for codes ``0``-``qmax`` (any width)."""
     lo = np.asarray(lo, F32)
     hi = np.asarray(hi, F32)
@@ -402,7 +431,7 @@ def fused_scale_bias(lo, hi, qmax, scale_dtype):
     return scale, bias, inv
 
 
-def quantize_codes(x, lo, inv, bits):
+def quantize_codes(x: Float32Array, lo: Float32Array, inv: Float32Array, bits: int) -> UInt8Array:
     """Codes ``q = clip(rint((x - lo) * inv), 0, qmax)`` as uint8 [n_rows, n_cols].
 
     ``lo`` is the stored bias (float32 value), ``inv`` from :func:`scale_bias`;
@@ -412,7 +441,7 @@ def quantize_codes(x, lo, inv, bits):
     return np.clip(q, ZERO, qmax_of(bits)).astype(np.uint8)
 
 
-def fma32(a, b, c):
+def fma32(a: ArrayLike, b: ArrayLike, c: ArrayLike) -> Float32Array:
     """float32 fused multiply-add ``a * b + c`` with one rounding, in NumPy.
 
     ``a * b`` of a float32 and a code (<= 8 bits) is exact in float64.  The

@@ -41,13 +41,22 @@ reference, so a table larger than memory can serve lookups.  Version 1 indexes
 (shards without ``qe4_shard`` metadata) are still read, without that check.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
 import re
 import secrets
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from .table import QuantizedTable
+    from ._typing import Float32Array, StrPath
 
 from . import _validate as V
 from . import engines as E
@@ -205,7 +214,9 @@ def publish_index(path, entries, *, verify=True):
     return index
 
 
-def write_sharded(table_or_chunks, path, rows_per_shard=None, *, overwrite=False, verify=True):
+def write_sharded(table_or_chunks: QuantizedTable | Iterable[QuantizedTable], path: StrPath,
+                  rows_per_shard: int | None = None, *, overwrite: bool = False,
+                  verify: bool = True) -> ShardedTable:
     """Write a sharded table and return it opened (:class:`ShardedTable`).
 
     Parameters
@@ -374,7 +385,7 @@ def check_files(path, index, *, verify=False):
                              "SHA-256 checksum in the index (corrupt or replaced)")
 
 
-def open_sharded(path, *, verify=False):
+def open_sharded(path: StrPath, *, verify: bool = False) -> ShardedTable:
     """Open a sharded table lazily.
 
     Parameters
@@ -422,7 +433,7 @@ class ShardedTable:
     same bytes and values as the concatenated table (:meth:`to_table`) would.
     """
 
-    def __init__(self, path, index):
+    def __init__(self, path: StrPath, index: dict[str, Any]) -> None:
         self.path = path
         self.index = index
         self.n_rows = index["n_rows"]
@@ -437,16 +448,16 @@ class ShardedTable:
         self._shards = [None] * len(index["shards"])
 
     @property
-    def n_shards(self):
+    def n_shards(self) -> int:
         return len(self._shards)
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         """Bytes of all shards' tables (rows plus layout arrays), as for a QuantizedTable."""
         return sum(s["nbytes"] for s in self.index["shards"])
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int]:
         return (self.n_rows, self.dim)
 
     def __len__(self):
@@ -456,7 +467,7 @@ class ShardedTable:
         return (f"ShardedTable({self.path!r}, n_rows={self.n_rows}, dim={self.dim}, bits={self.bits}, "
                 f"method={self.method!r}, layout={self.layout!r}, n_shards={self.n_shards})")
 
-    def shard(self, i):
+    def shard(self, i: int) -> QuantizedTable:
         """Shard ``i`` as a memory-mapped QuantizedTable (opened and checked on first use)."""
         if self._shards[i] is None:
             entry = self.index["shards"][i]
@@ -497,7 +508,7 @@ class ShardedTable:
                              f"{self.layout!r} table has layout arrays {self.index['extras']}; "
                              "open its shards with .shard(i)")
 
-    def rows(self, indices):
+    def rows(self, indices: ArrayLike) -> QuantizedTable:
         """The rows ``indices`` (in that order, repeats allowed) as a new QuantizedTable.
 
         Raises IndexError for an index outside ``[0, n_rows)``.
@@ -521,7 +532,7 @@ class ShardedTable:
             out[sel] = self.shard(int(i)).data[idx[sel] - self.bounds[i]]
         return self._empty(out)
 
-    def slice(self, start=0, stop=None):
+    def slice(self, start: int = 0, stop: int | None = None) -> QuantizedTable:
         """Rows ``[start, stop)`` as a new QuantizedTable (Python slice rules for the bounds)."""
         self._require_self_contained()
         start, stop, _ = slice(start, stop).indices(self.n_rows)
@@ -537,18 +548,19 @@ class ShardedTable:
                 out[a - start:b - start] = self.shard(i).data[a - lo:b - lo]
         return self._empty(out)
 
-    def dequantize(self, start=0, stop=None):
+    def dequantize(self, start: int = 0, stop: int | None = None) -> Float32Array:
         """float32 rows ``[start, stop)`` (see :func:`qe4.dequantize`)."""
         from .api import dequantize
         return dequantize(self.slice(start, stop))
 
-    def to_table(self):
+    def to_table(self) -> QuantizedTable:
         """The whole table as one in-memory QuantizedTable (only for tables that fit)."""
         return self.slice(0, self.n_rows)
 
-    def embedding_bag(self, indices, offsets=None, *, mode="sum", per_sample_weights=None,
-                      include_last_offset=False, out_dtype="float32", engine="reference",
-                      n_threads=None):
+    def embedding_bag(self, indices: ArrayLike, offsets: ArrayLike | None = None, *,
+                      mode: str = "sum", per_sample_weights: ArrayLike | None = None,
+                      include_last_offset: bool = False, out_dtype: str = "float32",
+                      engine: str = "reference", n_threads: int | None = None) -> NDArray[Any]:
         """:func:`qe4.embedding_bag` over the sharded table, reading only the referenced rows.
 
         Arguments are validated against the whole table exactly as

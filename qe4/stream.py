@@ -7,19 +7,28 @@ atomically only when every row is written.  Row-wise methods treat every row
 independently, so the result is byte-identical to quantizing the whole table in memory.
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import re
 import sys
 import time
+from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from .allocate import Rung
+    from ._typing import StrPath
 
 from . import engines as E
 from . import frontend
 from . import method_registry as M
 from .engines import get_engine  # noqa: F401  (an old import path)
-from .io import TableWriter, _read_header, check_output_path
+from .io import _TEMP_SUFFIX, TableWriter, _read_header, _temp_prefix, check_output_path
 from .table import QuantizedTable
 
 _ST_FLOATS = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
@@ -47,7 +56,7 @@ class Source:
     as a C-ordered one.
     """
 
-    def __init__(self, path, tensor=None):
+    def __init__(self, path: StrPath, tensor: str | None = None) -> None:
         self.path = os.fspath(path)
         self._file = open(self.path, "rb")
         try:
@@ -119,7 +128,7 @@ class Source:
         return shape, _ST_FLOATS[dtype], hdr.offset(tensor), "C"
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         return self.n_rows * self.n_cols * self.dtype.itemsize
 
     def _read_into(self, buf, offset):
@@ -136,7 +145,7 @@ class Source:
                                  "while being read")
             got += n
 
-    def read(self, start, stop):
+    def read(self, start: int, stop: int) -> NDArray[np.floating]:
         """Rows ``[start, stop)`` as a new array [stop - start, n_cols] in the file's dtype
         (native byte order; Fortran-ordered for a Fortran-ordered .npy)."""
         k, item = stop - start, self.dtype.itemsize
@@ -150,7 +159,7 @@ class Source:
             out = cols.T
         return out if out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))
 
-    def close(self):
+    def close(self) -> None:
         self._file.close()
 
     def __enter__(self):
@@ -162,7 +171,7 @@ class Source:
 
 # --------------------------------------------------------------------------- chunking
 
-def default_max_memory():
+def default_max_memory() -> int:
     """A quarter of the currently available RAM, between 64 MiB and 1 GiB."""
     try:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -175,7 +184,8 @@ def default_max_memory():
 ERROR_BLOCK_VALUES = 1 << 17
 
 
-def bytes_per_row(n_cols, in_itemsize, row_bytes, engine, measure_error=False):
+def bytes_per_row(n_cols: int, in_itemsize: int, row_bytes: int, engine: str,
+                  measure_error: bool = False) -> int:
     """Peak working bytes one row costs: the input chunk, its float32 copy, the
     engine's workspace and the packed output (twice: result and write buffer).
     The error measurement works in fixed blocks of :data:`ERROR_BLOCK_VALUES`
@@ -183,13 +193,14 @@ def bytes_per_row(n_cols, in_itemsize, row_bytes, engine, measure_error=False):
     return n_cols * (in_itemsize + 4 + 4 * _WORKSPACE[engine]) + 2 * row_bytes
 
 
-def error_bytes_per_row(n_cols):
+def error_bytes_per_row(n_cols: int) -> int:
     """Working bytes per row of one block of the error measurement: a float32
     reconstruction and four float64 temporaries."""
     return n_cols * (4 + 4 * 8)
 
 
-def plan_chunks(max_memory, n_rows, n_cols, per_row, measure_error):
+def plan_chunks(max_memory: int, n_rows: int, n_cols: int, per_row: int,
+                measure_error: bool) -> tuple[int, int]:
     """(chunk_rows, error_rows): rows per chunk and per block of the error measurement,
     so that one chunk plus one error block fit in ``max_memory`` (ValueError if one
     row does not)."""
@@ -208,7 +219,7 @@ def plan_chunks(max_memory, n_rows, n_cols, per_row, measure_error):
     return chunk_rows, int(min(block, chunk_rows))
 
 
-def parse_size(text):
+def parse_size(text: str) -> int:
     """'2G', '512M', '1.5GiB', '100000' -> bytes (binary multiples); at least 1 byte
     unless the text is a plain 0."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text),
@@ -253,9 +264,12 @@ def _global_rows(start, label):
 
 # --------------------------------------------------------------------------- main entry
 
-def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None,
-                  max_memory=None, engine="fast", n_threads=None, progress=None, tensor=None,
-                  measure_error=False, **kwargs):
+def quantize_file(src: StrPath, dst: StrPath, bits: int = 4, method: str = "greedy", *,
+                  n_bins: int = 200, ratio: float = 0.16, scale_dtype: str | None = None,
+                  max_memory: int | str | None = None, engine: str = "fast",
+                  n_threads: int | None = None, progress: bool | None = None,
+                  tensor: str | None = None, measure_error: bool = False,
+                  **kwargs: Any) -> dict[str, Any]:
     """Quantize a table stored on disk into a qe4 file, without loading it into RAM.
 
     Parameters
@@ -306,15 +320,8 @@ def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, 
     request = frontend.check_request(bits, method, n_bins, ratio, scale_dtype, kwargs,
                                      per_row_for="streamed")
     eng = E.engine(engine, n_threads)
-    if max_memory is None:
-        max_memory = default_max_memory()
-    elif isinstance(max_memory, str):
-        max_memory = parse_size(max_memory)
-    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory <= 0:
-        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
-    src, dst = os.fspath(src), check_output_path(dst, "dst")
-    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
-        raise ValueError(f"dst {dst!r} is the input file; choose another output path")
+    max_memory = _check_max_memory(max_memory)
+    src, dst = _check_paths(src, dst)
 
     with Source(src, tensor) as source:
         n_rows, n_cols = source.n_rows, source.n_cols
@@ -342,12 +349,36 @@ def quantize_file(src, dst, bits=4, method="greedy", *, n_bins=200, ratio=0.16, 
                     bar.update(stop - start)
         finally:
             bar.close()
-        in_dtype, in_bytes = str(source.dtype), source.file_size
-    return {"n_rows": n_rows, "n_cols": n_cols, "in_dtype": in_dtype, "in_bytes": in_bytes,
-            "out_bytes": os.path.getsize(dst), "chunk_rows": chunk_rows,
-            "n_chunks": -(-n_rows // chunk_rows), "seconds": time.perf_counter() - t0,
-            "engine": engine, "error": (num / den if den else (0.0 if num == 0 else float("inf")))
-            if measure_error else None}
+        error = (num / den if den else (0.0 if num == 0 else float("inf"))) \
+            if measure_error else None
+        return _summary(source, dst, chunk_rows, t0, engine, error=error)
+
+
+def _check_max_memory(max_memory):
+    """``max_memory`` in bytes (default :func:`default_max_memory`; a size string is parsed)."""
+    if max_memory is None:
+        return default_max_memory()
+    if isinstance(max_memory, str):
+        max_memory = parse_size(max_memory)
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory <= 0:
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    return int(max_memory)
+
+
+def _check_paths(src, dst):
+    """(src, dst) as str; dst writable (:func:`qe4.io.check_output_path`) and not src."""
+    src, dst = os.fspath(src), check_output_path(dst, "dst")
+    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        raise ValueError(f"dst {dst!r} is the input file; choose another output path")
+    return src, dst
+
+
+def _summary(source, dst, chunk_rows, t0, engine, **more):
+    """The dict :func:`quantize_file` and :func:`quantize_file_budget` return."""
+    return dict({"n_rows": source.n_rows, "n_cols": source.n_cols, "in_dtype": str(source.dtype),
+                 "in_bytes": source.file_size, "out_bytes": os.path.getsize(dst),
+                 "chunk_rows": chunk_rows, "n_chunks": -(-source.n_rows // chunk_rows),
+                 "seconds": time.perf_counter() - t0, "engine": engine}, **more)
 
 
 def _error_terms(eng, x, table, step):
@@ -384,9 +415,12 @@ def _progress_bar(progress, total, desc):
 
 # --------------------------------------------------------------------------- budget
 
-def quantize_file_budget(src, dst, budget, *, weights=None, ladder=None, row_map="tiers",
-                         max_memory=None, engine="fast", n_threads=None, progress=None,
-                         tensor=None):
+def quantize_file_budget(src: StrPath, dst: StrPath, budget: int | str, *,
+                         weights: ArrayLike | None = None,
+                         ladder: Sequence[str | Rung] | None = None, row_map: str = "tiers",
+                         max_memory: int | str | None = None, engine: str = "fast",
+                         n_threads: int | None = None, progress: bool | None = None,
+                         tensor: str | None = None) -> dict[str, Any]:
     """Quantize a table on disk under a byte budget into a mixed-precision qe4 file.
 
     Two passes over the memory-mapped input, chunk by chunk: the first computes every
@@ -399,8 +433,12 @@ def quantize_file_budget(src, dst, budget, *, weights=None, ladder=None, row_map
     Parameters
     ----------
     src, dst, max_memory, engine, n_threads, progress, tensor
-        As for :func:`quantize_file`.  ``max_memory`` bounds one chunk's working set;
-        the allocation itself keeps ``8 * (n_rungs + 1) + 1`` bytes per row.
+        As for :func:`quantize_file`.  ``max_memory`` bounds one chunk's working set,
+        not the allocation's: the per-row errors, weights and norms take
+        ``8 * (n_rungs + 2)`` bytes per row, and the solver's hulls and temporaries
+        about 27 bytes per row per rung more at its peak (measured: 160 B/row with
+        the 6-rung default ladder).  The rows themselves are never all in memory, so a
+        table bigger than memory streams when its rows are wider than that.
     budget : int or str
         Bytes, a size (``"2.5G"``) or bits per element (``"3.0bpw"``); see
         :func:`qe4.allocate.parse_budget`.
@@ -425,23 +463,14 @@ def quantize_file_budget(src, dst, budget, *, weights=None, ladder=None, row_map
     rungs = A.ladder(ladder)
     if row_map not in MX.ROW_MAPS:
         raise ValueError(f"row_map must be one of {MX.ROW_MAPS}, got {row_map!r}")
-    from .engines import get_engine
-    get_engine(engine)           # the fast engine is built, or a clear ImportError
-    max_memory = default_max_memory() if max_memory is None else (
-        parse_size(max_memory) if isinstance(max_memory, str) else max_memory)
-    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory <= 0:
-        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
-    src, dst = os.fspath(src), os.fspath(dst)
-    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
-        raise ValueError(f"dst {dst!r} is the input file; choose another output path")
+    E.engine(engine, n_threads)  # the fast engine is built and n_threads fits it, or a clear error
+    max_memory = _check_max_memory(max_memory)
+    src, dst = _check_paths(src, dst)
     with Source(src, tensor) as source:
         n_rows, n_cols = source.n_rows, source.n_cols
         w = A._weights(weights, None, [(n_rows, n_cols)])[0]
         budget = A.parse_budget(budget, n_rows * n_cols)
-        least = n_rows * min(r.row_bytes(n_cols) for r in rungs) + MX.map_nbytes(n_rows, 1)
-        if budget < least:      # before reading any row
-            raise ValueError(f"budget of {budget} bytes is below the {least} bytes of the "
-                             "cheapest rung for every row")
+        A.check_budget(budget, [n_rows], [n_cols], rungs)      # before reading any row
         widest = max(r.row_bytes(n_cols) for r in rungs)
         per_row = bytes_per_row(n_cols, source.dtype.itemsize, widest, engine, True)
         if max_memory < per_row * MX.SUPER:
@@ -466,15 +495,17 @@ def quantize_file_budget(src, dst, budget, *, weights=None, ladder=None, row_map
                 norms[start:stop] = A._row_norms(x, engine, n_threads)
                 bar.update(stop - start)
             alloc = A.solve([errors], [w], [norms], [n_cols], budget, rungs, row_map=row_map,
-                            engine=engine, n_threads=n_threads)
+                            engine=engine, n_threads=n_threads, overwrite_errors=True)
             del errors, norms
             temps = []
 
-            def new_array(shape, dtype):        # the sub-tables live in files beside dst
+            def new_array(shape, dtype):
+                # the sub-tables live in files beside dst, named as qe4.io names its temporary
+                # files: those of a run that died (kill -9) go with qe4.io.remove_stale_temps
                 if 0 in shape:
                     return np.empty(shape, dtype)
-                fd, path = tempfile.mkstemp(prefix=".qe4-tier-", dir=os.path.dirname(
-                    os.path.abspath(dst)))
+                fd, path = tempfile.mkstemp(prefix=_temp_prefix(dst), suffix=_TEMP_SUFFIX,
+                                            dir=os.path.dirname(os.path.abspath(dst)))
                 os.close(fd)
                 temps.append(path)
                 return np.memmap(path, dtype=dtype, mode="w+", shape=shape)
@@ -496,8 +527,5 @@ def quantize_file_budget(src, dst, budget, *, weights=None, ladder=None, row_map
                         os.remove(path)
         finally:
             bar.close()
-        in_dtype, in_bytes = str(source.dtype), source.file_size
-    return {"n_rows": n_rows, "n_cols": n_cols, "in_dtype": in_dtype, "in_bytes": in_bytes,
-            "out_bytes": os.path.getsize(dst), "chunk_rows": chunk_rows,
-            "n_chunks": -(-n_rows // chunk_rows), "seconds": time.perf_counter() - t0,
-            "engine": engine, "error": alloc.error, "allocation": alloc, "nbytes": nbytes}
+        return _summary(source, dst, chunk_rows, t0, engine, error=alloc.error,
+                        allocation=alloc, nbytes=nbytes)

@@ -9,9 +9,17 @@ that disagree.  The bytes themselves may be written in place when the caller's
 array is writable (a memory-mapped file's rows are not).
 """
 
+from __future__ import annotations
+
 import types
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from ._typing import Float32Array, StrPath, UInt8Array
 
 from . import _mapped
 from . import _validate as V
@@ -62,8 +70,10 @@ class QuantizedTable:
 
     __slots__ = _FIELDS
 
-    def __init__(self, data, *, bits, dim, method="fused", scale_dtype="float16",
-                 layout="rowwise", extras=None, params=None):
+    def __init__(self, data: ArrayLike, *, bits: int, dim: int, method: str = "fused",
+                 scale_dtype: str = "float16", layout: str = "rowwise",
+                 extras: Mapping[str, ArrayLike] | None = None,
+                 params: Mapping[str, Any] | None = None) -> None:
         data = V.check_uint8_table(data, "data")
         bits = V.check_bits(bits)
         lay = L.get(layout)
@@ -93,81 +103,81 @@ class QuantizedTable:
 
     # ----------------------------------------------------------------- fields
     @property
-    def data(self):
+    def data(self) -> UInt8Array:
         """The packed rows, uint8 [n_rows, row_bytes] (a new view of the table's array)."""
         return self._data.view()
 
     @property
-    def bits(self):
+    def bits(self) -> int:
         return self._bits
 
     @property
-    def dim(self):
+    def dim(self) -> int:
         return self._dim
 
     @property
-    def method(self):
+    def method(self) -> str:
         return self._method
 
     @property
-    def layout(self):
+    def layout(self) -> str:
         return self._layout
 
     @property
-    def float_dtype(self):
+    def float_dtype(self) -> str:
         """dtype name of the floats stored with the codes: scale/bias (rowwise) or centroids."""
         return self._float_dtype
 
     @property
-    def scale_dtype(self):
+    def scale_dtype(self) -> str:
         """The old name of :attr:`float_dtype` (scale/bias or centroid dtype)."""
         return self._float_dtype
 
     @property
-    def extras(self):
+    def extras(self) -> Mapping[str, NDArray[Any]]:
         """Read-only mapping name -> array (new views) of the layout's extra arrays."""
         return types.MappingProxyType({k: v.view() for k, v in self._extras.items()})
 
     @property
-    def params(self):
+    def params(self) -> dict[str, Any]:
         """The method's parameters (a copy: editing it does not change the table)."""
         return dict(self._params)
 
     @property
-    def layout_entry(self):
+    def layout_entry(self) -> L.Layout:
         """The :class:`qe4.layouts.Layout` of this table."""
         return L.LAYOUTS[self._layout]
 
-    def fields(self):
+    def fields(self) -> tuple[L.Field, ...]:
         """The row's fields (:class:`qe4.layouts.Field`: name, offset, dtype, count)."""
         return self.layout_entry.fields(self._dim, self._bits, self._float_dtype, self._extras)
 
     # ----------------------------------------------------------------- sizes
     @property
-    def n_rows(self):
+    def n_rows(self) -> int:
         return self._data.shape[0]
 
     @property
-    def row_bytes(self):
+    def row_bytes(self) -> int:
         return self._data.shape[1]
 
     @property
-    def code_bytes(self):
+    def code_bytes(self) -> int:
         """Bytes of packed codes per row: ceil(dim * bits / 8)."""
         return self.layout_entry.code_bytes(self._dim, self._bits)
 
     @property
-    def qparam_itemsize(self):
+    def qparam_itemsize(self) -> int:
         """Bytes of one stored float (scale, bias or centroid)."""
         return np.dtype(self._float_dtype).itemsize
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         """Total stored bytes: the rows plus every layout-specific array."""
         return int(self._data.nbytes + sum(a.nbytes for a in self._extras.values()))
 
     @property
-    def bits_per_element(self):
+    def bits_per_element(self) -> float:
         """Every stored bit per table element: ``nbytes * 8 / (n_rows * dim)``.
 
         The honest rate of the table: codes, scales and biases, centroids, shared
@@ -178,7 +188,7 @@ class QuantizedTable:
         return self.nbytes * 8 / n if n else float("nan")
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int]:
         return (self.n_rows, self._dim)
 
     def __len__(self):
@@ -190,7 +200,7 @@ class QuantizedTable:
                 f"nbytes={self.nbytes}, bits_per_element={self.bits_per_element:.4g})")
 
     # ----------------------------------------------------------------- row fields
-    def field(self, name, rows=slice(None)):
+    def field(self, name: str, rows: slice | ArrayLike = slice(None)) -> NDArray[Any]:
         """Field ``name`` of ``rows`` as native values [n, count] (see :meth:`fields`)."""
         for f in self.fields():
             if f.name == name:
@@ -203,16 +213,16 @@ class QuantizedTable:
         return self.field(name).reshape(-1).astype(np.float32)
 
     @property
-    def scales(self):
+    def scales(self) -> Float32Array:
         """Per-row scale as float32 [n_rows] (exactly the stored value, widened)."""
         return self._qparam("scale")
 
     @property
-    def biases(self):
+    def biases(self) -> Float32Array:
         """Per-row bias as float32 [n_rows] (exactly the stored value, widened)."""
         return self._qparam("bias")
 
-    def codes(self):
+    def codes(self) -> UInt8Array:
         """Unpacked codes, uint8 [n_rows, dim]."""
         return self.layout_entry.unpack_codes(self._data[:, :self.code_bytes], self._bits, self._dim)
 
@@ -221,23 +231,25 @@ class QuantizedTable:
             raise ValueError(f"{what} exist only for rowwise tables, this one is {self._layout!r}")
 
     # ----------------------------------------------------------------- conversions
-    def dequantize(self):
+    def dequantize(self) -> Float32Array:
         """float32 [n_rows, dim]; see :func:`qe4.dequantize`."""
         from .api import dequantize
         return dequantize(self)
 
-    def to_tbe(self, row_alignment=1):
+    def to_tbe(self, row_alignment: int = 1) -> UInt8Array:
         """Rows in the TBE inference layout (scale/bias first); see :func:`qe4.to_tbe`."""
         from .api import to_tbe
         return to_tbe(self, row_alignment)
 
     @classmethod
-    def from_tbe(cls, data, bits, dim=None, *, scale_dtype="float16", row_alignment=1):
+    def from_tbe(cls, data: ArrayLike, bits: int, dim: int | None = None, *,
+                 scale_dtype: str = "float16", row_alignment: int = 1) -> QuantizedTable:
         from .api import from_tbe
         return from_tbe(data, bits, dim, scale_dtype=scale_dtype, row_alignment=row_alignment)
 
     @classmethod
-    def from_fused(cls, data, bits, dim=None, *, scale_dtype=None):
+    def from_fused(cls, data: ArrayLike, bits: int, dim: int | None = None, *,
+                   scale_dtype: str | None = None) -> QuantizedTable:
         """Wrap existing scale/bias-last rows, e.g. torch's prepack output.
 
         ``data`` may be a uint8 ndarray or anything ``np.asarray`` takes (a CPU
@@ -261,13 +273,13 @@ class QuantizedTable:
                    method="fused", scale_dtype=scale_dtype)
 
     # ----------------------------------------------------------------- files
-    def save(self, path):
+    def save(self, path: StrPath) -> None:
         """Write the table to ``path`` (safetensors, atomic); see :func:`qe4.save`."""
         from .io import save
         save(self, path)
 
     @classmethod
-    def load(cls, path, *, mmap=True):
+    def load(cls, path: StrPath, *, mmap: bool = True) -> QuantizedTable:
         """Read a table written by :meth:`save`; see :func:`qe4.load`."""
         from .io import load
         return load(path, mmap=mmap)
@@ -297,7 +309,7 @@ def _rebuild(data, bits, dim, method, scale_dtype, layout, extras, params):
                           layout=layout, extras=extras, params=params)
 
 
-def check_table(table):
+def check_table(table: object) -> QuantizedTable:
     """``table`` must be a :class:`QuantizedTable` (TypeError otherwise).
 
     A table cannot be edited after it is built, so its sizes are those it was

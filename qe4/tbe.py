@@ -25,6 +25,8 @@ Needs torch and fbgemm-gpu-cpu 1.8.0 (``pip install "qe4[torch]"`` and
 ``pip install --no-deps fbgemm-gpu-cpu==1.8.0``): ImportError otherwise.
 """
 
+from __future__ import annotations
+
 try:
     import torch
     from fbgemm_gpu.split_embedding_configs import SparseType
@@ -35,7 +37,10 @@ except ImportError as exc:   # pragma: no cover - exercised only without fbgemm
     raise ImportError('qe4.tbe needs torch and FBGEMM: pip install "qe4[torch]" and '
                       "pip install --no-deps fbgemm-gpu-cpu==1.8.0") from exc
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _validate as V
 from . import mixed as M
@@ -94,7 +99,8 @@ class TBEEmbeddingBags(torch.nn.Module):
         The operator (FP32 output, SUM pooling), one TBE table per stored tier.
     """
 
-    def __init__(self, tables, mode="sum"):
+    def __init__(self, tables: list[QuantizedTable] | dict[str, QuantizedTable],
+                 mode: str = "sum") -> None:
         super().__init__()
         if not isinstance(mode, str) or mode not in ("sum", "mean"):
             raise ValueError(f"mode must be 'sum' or 'mean', got {mode!r}")
@@ -133,7 +139,10 @@ class TBEEmbeddingBags(torch.nn.Module):
             weights[:, :cb].copy_(torch.from_numpy(np.ascontiguousarray(rows[:, :cb])))
             qparams.copy_(torch.from_numpy(np.ascontiguousarray(rows[:, cb:])))
 
-    def forward(self, indices, offsets=None, per_sample_weights=None):
+    def forward(self, indices: torch.Tensor | ArrayLike | list[Any] | dict[str, Any],
+                offsets: torch.Tensor | ArrayLike | list[Any] | dict[str, Any] | None = None,
+                per_sample_weights: torch.Tensor | ArrayLike | list[Any] | dict[str, Any]
+                | None = None) -> list[torch.Tensor] | dict[str, torch.Tensor]:
         """Pooled rows of every table: a list (or dict) of float32 [n_bags, dim] tensors.
 
         ``indices``, ``offsets`` and ``per_sample_weights`` hold one entry per table (a

@@ -14,14 +14,19 @@ arguments (an ``offsets[0] != 0`` or decreasing offsets give garbage, ``mode``
 :func:`qe4.embedding_bag` byte for byte.
 """
 
+from __future__ import annotations
+
 try:
     import torch
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError('qe4.torch needs PyTorch: pip install "qe4[torch]"') from exc
 
 import copy
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _validate as V
 from . import layouts as L
@@ -61,7 +66,7 @@ def _check_torch_compatible(table):
                          f"{epb} == 0 (torch infers dim from the row width)")
 
 
-def to_torch(table):
+def to_torch(table: QuantizedTable) -> torch.Tensor:
     """The packed rows as the uint8 CPU tensor torch's quantized ops consume.
 
     Parameters
@@ -86,7 +91,7 @@ def to_torch(table):
     return torch.from_numpy(np.array(table.data, dtype=np.uint8, order="C"))
 
 
-def from_torch(tensor, bits, dim=None):
+def from_torch(tensor: torch.Tensor, bits: int, dim: int | None = None) -> QuantizedTable:
     """A :class:`QuantizedTable` from torch's packed rows (copied to CPU memory).
 
     ``tensor`` is the output of ``torch.ops.quantized.embedding_bag_{4,2}bit_prepack``
@@ -116,7 +121,8 @@ def _weight_array(module_or_weight):
     return weight.detach().cpu().numpy()
 
 
-def quantize_embedding(module_or_weight, bits=4, method="greedy", **kwargs):
+def quantize_embedding(module_or_weight: torch.nn.Module | torch.Tensor, bits: int = 4,
+                       method: str = "greedy", **kwargs: Any) -> QuantizedTable:
     """Quantize the weight of an ``nn.Embedding``, ``nn.EmbeddingBag`` or a 2-D tensor.
 
     Equivalent to ``qe4.quantize(weight.detach().cpu().numpy(), bits, method, **kwargs)``
@@ -290,8 +296,9 @@ class QuantizedEmbedding(_TableModule):
 
     _OPTIONS = ("padding_idx", "out_dtype")
 
-    def __init__(self, table, padding_idx=None, *, out_dtype="float32", engine="fast",
-                 n_threads=None):
+    def __init__(self, table: QuantizedTable, padding_idx: int | None = None, *,
+                 out_dtype: str = "float32", engine: str = "fast",
+                 n_threads: int | None = None) -> None:
         super().__init__()
         V.check_table(table)
         self.engine = _check_engine(engine, ("fast", "reference"))
@@ -309,8 +316,9 @@ class QuantizedEmbedding(_TableModule):
         self._hold(table)
 
     @classmethod
-    def from_float(cls, module, bits=4, method="greedy", *, out_dtype="float32", engine="fast",
-                   n_threads=None, **kwargs):
+    def from_float(cls, module: torch.nn.Module | torch.Tensor, bits: int = 4,
+                   method: str = "greedy", *, out_dtype: str = "float32", engine: str = "fast",
+                   n_threads: int | None = None, **kwargs: Any) -> QuantizedEmbedding:
         """Quantize an ``nn.Embedding`` (or a 2-D weight tensor); keywords as
         :func:`qe4.quantize` (``scale_dtype``, ``n_bins``, method options)."""
         padding_idx = None
@@ -324,13 +332,13 @@ class QuantizedEmbedding(_TableModule):
         table = _quantize_with(engine, n_threads, _weight_array(module), bits, method, kwargs)
         return cls(table, padding_idx, out_dtype=out_dtype, engine=engine, n_threads=n_threads)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, "
                 f"layout={self._meta['layout']!r}, method={self._meta['method']!r}"
                 + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
                 + (f", out_dtype={self.out_dtype!r}" if self.out_dtype != "float32" else ""))
 
-    def forward(self, input):
+    def forward(self, input: torch.Tensor | ArrayLike) -> torch.Tensor:
         """Rows of ``input`` (int32/int64 tensor or array, any shape)."""
         out = self._engine().embedding(self._table(), _numpy(input, "input"),
                                        out_dtype=self.out_dtype, **self._engine_kwargs())
@@ -370,8 +378,9 @@ class QuantizedEmbeddingBag(_TableModule):
 
     _OPTIONS = ("mode", "include_last_offset", "out_dtype")
 
-    def __init__(self, table, mode="sum", include_last_offset=False, *, engine="torch",
-                 out_dtype="float32", n_threads=None):
+    def __init__(self, table: QuantizedTable, mode: str = "sum", include_last_offset: bool = False,
+                 *, engine: str = "torch", out_dtype: str = "float32",
+                 n_threads: int | None = None) -> None:
         super().__init__()
         self.engine = _check_engine(engine, ("torch", "fast", "reference"))
         modes = ("sum", "mean") if engine == "torch" else V.LOOKUP_MODES
@@ -390,8 +399,11 @@ class QuantizedEmbeddingBag(_TableModule):
         self._hold(table)
 
     @classmethod
-    def from_float(cls, module, bits=4, method="greedy", *, mode=None, include_last_offset=None,
-                   engine="torch", out_dtype="float32", n_threads=None, **kwargs):
+    def from_float(cls, module: torch.nn.Module | torch.Tensor, bits: int = 4,
+                   method: str = "greedy", *, mode: str | None = None,
+                   include_last_offset: bool | None = None, engine: str = "torch",
+                   out_dtype: str = "float32", n_threads: int | None = None,
+                   **kwargs: Any) -> QuantizedEmbeddingBag:
         """Quantize an ``nn.EmbeddingBag`` or ``nn.Embedding`` (or a weight tensor).
 
         ``mode`` and ``include_last_offset`` default to the module's (``"sum"`` and
@@ -414,12 +426,22 @@ class QuantizedEmbeddingBag(_TableModule):
                    include_last_offset=bool(include_last_offset), engine=engine,
                    out_dtype=out_dtype, n_threads=n_threads)
 
-    def extra_repr(self):
+    def set_extra_state(self, state: Any) -> None:
+        super().set_extra_state(state)
+        if self.engine == "torch":         # a loaded table torch cannot read: qe4 reads it
+            try:
+                _check_torch_compatible(self._table())
+            except ValueError:
+                self.engine = "fast" if _has_fast() else "reference"
+
+    def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.dim}, bits={self.bits}, mode={self.mode!r}, "
                 f"include_last_offset={self.include_last_offset}"
                 + (f", engine={self.engine!r}" if self.engine != "torch" else ""))
 
-    def forward(self, input, offsets=None, per_sample_weights=None):
+    def forward(self, input: torch.Tensor | ArrayLike,
+                offsets: torch.Tensor | ArrayLike | None = None,
+                per_sample_weights: torch.Tensor | ArrayLike | None = None) -> torch.Tensor:
         """Pooled rows, [n_bags, dim] on the weight's device (CPU).
 
         ``input`` and ``offsets`` are int32/int64 tensors or arrays, as for
@@ -469,8 +491,13 @@ def _quantize_with(engine, n_threads, weight, bits, method, kwargs):
 
 # --------------------------------------------------------------------------- whole models
 
-def quantize_model(model, bits=4, method="greedy", *, tables=None, budget=None, allocator=None,
-                   engine="fast", out_dtype="float32", n_threads=None, inplace=False, **options):
+def quantize_model(model: torch.nn.Module, bits: int | None = None, method: str | None = None, *,
+                   tables: Mapping[str, Mapping[str, Any] | QuantizedTable | None] | None = None,
+                   budget: int | str | None = None,
+                   allocator: Callable[[dict[str, Any], Any], Mapping[str, Any]] | None = None,
+                   row_weights: Mapping[str, ArrayLike] | None = None,
+                   engine: str = "fast", out_dtype: str = "float32", n_threads: int | None = None,
+                   inplace: bool = False, **options: Any) -> torch.nn.Module:
     """Replace every ``nn.Embedding`` and ``nn.EmbeddingBag`` of ``model`` by its quantized
     module (:class:`QuantizedEmbedding`, :class:`QuantizedEmbeddingBag`).
 
@@ -478,20 +505,30 @@ def quantize_model(model, bits=4, method="greedy", *, tables=None, budget=None, 
     ----------
     model : torch.nn.Module
     bits, method, **options
-        The default choice for every table (see :func:`qe4.quantize`).
+        The default choice for every table (see :func:`qe4.quantize`: 4-bit greedy when
+        not given; ``preset=`` is one of the options).  Not with ``budget`` and the
+        default allocator, which chooses every table's precision.
     tables : dict, optional
         Per-table choices by module name (as in ``model.named_modules()``): a dict of
         :func:`qe4.quantize` arguments overriding the default (``{"bits": 2}``,
         ``{"method": "two-tier", "n_groups": 256}``), a ready :class:`QuantizedTable`,
         or None to keep that table in float.  Unknown names are an error.
-    budget : optional
-        A byte budget for all tables together, handed to ``allocator`` (below); its
-        choices come before ``tables``' overrides.
+    budget : int or str, optional
+        A byte budget for all tables together: bytes, a size (``"2.5G"``) or bits per
+        element over every table's elements (``"3.0bpw"``), handed to ``allocator``
+        (below); its choices come before ``tables``' overrides.  With the default
+        allocator each table gets one precision, the bytes of the quantized tables (and
+        of those kept in float32) stay within the budget, and ``bits``, ``method`` and
+        ``**options`` are not used for the tables it chooses.
     allocator : callable, optional
         ``allocator(weights, budget) -> {name: choice}`` with ``weights`` a dict of module
-        name -> float32 weight array and a choice as in ``tables``.  Default:
-        ``qe4.allocate.choose_tables`` when this installation has it; without it a budget
-        raises NotImplementedError.
+        name -> weight array (float, as the module holds it) and a choice as in
+        ``tables``.  Default: :func:`qe4.allocate.choose_tables` (one rung per table of
+        its default ladder, called with ``engine`` and ``n_threads`` too).
+    row_weights : dict, optional
+        Access counts or importance of each table's rows, by module name (arrays
+        [num_embeddings]), handed to ``allocator`` as ``weights=`` (see
+        :func:`qe4.allocate.choose_tables`); only with ``budget``.
     engine : {"fast", "reference"}
         Quantizes the tables and runs the lookups (``QuantizedEmbeddingBag`` of a
         torch-compatible table and mode sum/mean uses torch's operators instead, as
@@ -520,14 +557,21 @@ def quantize_model(model, bits=4, method="greedy", *, tables=None, budget=None, 
     _check_engine(engine, ("fast", "reference"))
     V.check_out_dtype(out_dtype)
     choices = {}
-    if budget is not None:
+    if budget is None and row_weights is not None:
+        raise ValueError("row_weights applies with budget= only (it weighs the rows of the "
+                         "allocation)")
+    if budget is not None and embeddings:
+        kw = {} if row_weights is None else {"weights": row_weights}
+        given = [n for n, v in (("bits", bits), ("method", method)) if v is not None] + sorted(options)
+        if allocator is None and given:
+            raise ValueError(f"{', '.join(given)} cannot be combined with budget=, which chooses "
+                             "every table's precision from qe4.allocate's ladder (choose the "
+                             "rungs with allocator=functools.partial(qe4.allocate.choose_tables, "
+                             "ladder=[...]))")
         if allocator is None:
-            try:
-                from .allocate import choose_tables as allocator
-            except ImportError:
-                raise NotImplementedError("budget= needs qe4.allocate.choose_tables, which this "
-                                          "installation does not have; pass allocator=") from None
-        choices = dict(allocator({n: _weight_array(m) for n, m in embeddings.items()}, budget))
+            from .allocate import choose_tables as allocator
+            kw.update(engine=engine, n_threads=n_threads)
+        choices = dict(allocator({n: _weight_array(m) for n, m in embeddings.items()}, budget, **kw))
     choices.update(tables)
     if not inplace:
         model = copy.deepcopy(model)
@@ -586,7 +630,7 @@ def _numpy(a, name):
 
 # --------------------------------------------------------------------------- mixed tables
 
-def to_torch_tiers(table):
+def to_torch_tiers(table: QuantizedTable) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A mixed table (:mod:`qe4.mixed`) as torch's per-tier tables and row mappings.
 
     Returns a list, one entry per tier that stores rows (pruned tiers have none), of
@@ -649,7 +693,8 @@ class MixedEmbeddingBag(torch.nn.Module):
     include_last_offset : bool
     """
 
-    def __init__(self, table, mode="sum", include_last_offset=False):
+    def __init__(self, table: QuantizedTable, mode: str = "sum",
+                 include_last_offset: bool = False) -> None:
         super().__init__()
         from . import mixed
         if not isinstance(mode, str) or mode not in ("sum", "mean"):
@@ -665,18 +710,20 @@ class MixedEmbeddingBag(torch.nn.Module):
             self.register_buffer(f"mapping{t}", mapping)
 
     @property
-    def num_embeddings(self):
+    def num_embeddings(self) -> int:
         return self.n_rows
 
     @property
-    def embedding_dim(self):
+    def embedding_dim(self) -> int:
         return self.dim
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"{self.n_rows}, {self.dim}, tiers={self.ops}, mode={self.mode!r}, "
                 f"include_last_offset={self.include_last_offset}")
 
-    def forward(self, input, offsets=None, per_sample_weights=None):
+    def forward(self, input: torch.Tensor | ArrayLike,
+                offsets: torch.Tensor | ArrayLike | None = None,
+                per_sample_weights: torch.Tensor | ArrayLike | None = None) -> torch.Tensor:
         """Pooled rows, float32 [n_bags, dim]; arguments as for :func:`qe4.embedding_bag`."""
         idx, starts, w = V.check_bag_args(
             _numpy(input, "input"), None if offsets is None else _numpy(offsets, "offsets"),

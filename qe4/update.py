@@ -11,9 +11,18 @@ rows would either change every other row or be encoded with codebooks that were 
 to them; re-quantize the whole table instead.
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from .table import QuantizedTable
+    from ._typing import StrPath, UInt8Array
 
 from . import _validate as V
 from . import io
@@ -21,7 +30,8 @@ from . import io
 _CHUNK_BYTES = 64 << 20     # rows copied per write when a file is rewritten
 
 
-def update_rows(table, start, x, *, method=None, **options):
+def update_rows(table: QuantizedTable, start: int, x: ArrayLike, *, method: str | None = None,
+                **options: Any) -> None:
     """Re-quantize rows ``start`` to ``start + len(x) - 1`` of ``table`` from ``x``, in place.
 
     Parameters
@@ -56,7 +66,8 @@ def update_rows(table, start, x, *, method=None, **options):
     _write_rows(table, start, x, method, options, _quantize)
 
 
-def update_file(path, start, x, *, method=None, in_place=False, **options):
+def update_file(path: StrPath, start: int, x: ArrayLike, *, method: str | None = None,
+                in_place: bool = False, **options: Any) -> None:
     """Re-quantize rows ``start`` to ``start + len(x) - 1`` of the qe4 file at ``path``.
 
     Parameters
@@ -90,7 +101,8 @@ def _quantize(x, bits, method, scale_dtype, options):
     return quantize(x, bits, method, scale_dtype=scale_dtype, **options)
 
 
-def new_rows(table, start, x, method, options, quantize):
+def new_rows(table: QuantizedTable, start: int, x: ArrayLike, method: str | None,
+             options: Mapping[str, Any], quantize: Callable[..., QuantizedTable]) -> UInt8Array:
     """Validate an update and return the packed new rows (uint8 [n, row_bytes]).
 
     ``quantize(x, bits, method, scale_dtype, options)`` is the engine's quantize.  Shared

@@ -24,6 +24,12 @@ threads share them (each takes its share), so they do not oversubscribe the mach
 A child forked after qe4_fast calls starts with a fresh pool.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
+from numpy.typing import ArrayLike
+
 from qe4 import frontend
 from qe4.table import QuantizedTable
 from qe4.api import methods
@@ -52,8 +58,10 @@ __all__ = [
 
 
 @shares_cores
-def quantize(x, bits=None, method=None, *, preset=None, n_bins=200, ratio=0.16, scale_dtype=None,
-             n_threads=None, **kwargs):
+def quantize(x: ArrayLike, bits: int | None = None, method: str | None = None, *,
+             preset: str | None = None, n_bins: int = 200, ratio: float = 0.16,
+             scale_dtype: str | None = None, n_threads: int | None = None,
+             **kwargs: Any) -> QuantizedTable:
     """Quantize each row of an embedding table; see :func:`qe4.quantize`.
 
     ``n_threads`` : int or None, the number of OpenMP threads (rows are split in

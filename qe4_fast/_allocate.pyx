@@ -1,11 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Kernels of qe4_fast.allocate: per-row squared errors and per-row lower convex hulls.
 
-Each function takes validated, C-contiguous buffers and a resolved ``n_threads``,
-writes into preallocated outputs and never raises.  Rows are independent and each is
-computed in the reference's fixed order (:func:`qe4.allocate.squared_errors`,
-:func:`qe4._lagrange.hull`), so the bytes do not depend on the thread count.  Rows are
-split into chunks run on qe4_fast's pool (``_pool.pxd``).
+One row per item, in the order of :func:`qe4.allocate.squared_errors` and
+:func:`qe4._lagrange.hull`, under the kernel contract of qe4_fast's pool (``_pool.pxd``).
 """
 
 from libc.math cimport INFINITY

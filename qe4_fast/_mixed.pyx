@@ -1,10 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Kernels of qe4_fast's mixed-precision tables: the row map and bags of float rows.
 
-Validated, C-contiguous buffers and a resolved ``n_threads`` in, preallocated outputs
-written, nothing raised.  Work is split across independent indices or bags (chunks on
-qe4_fast's pool, ``_pool.pxd``), each computed in the reference's fixed order
-(:mod:`qe4.mixed`), so the bytes do not depend on the thread count.
+One index or one bag per item, in :mod:`qe4.mixed`'s order, under the kernel contract of
+qe4_fast's pool (``_pool.pxd``).
 """
 
 from libc.math cimport fmaf

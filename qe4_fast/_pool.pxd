@@ -6,6 +6,11 @@
 #         par_run(qe4_n_chunks(n, n_threads), n_threads, _chunk, &ctx)
 #
 # worker is in [0, n_threads): index per-thread scratch with it.  CONTRIBUTING.rst says more.
+#
+# The kernel contract every family on the pool keeps: the Python layer passes validated,
+# C-contiguous buffers and a resolved n_threads; a kernel writes into preallocated outputs,
+# never raises, and computes each independent item (a row, an index, a bag) in the
+# reference's fixed order, so the bytes depend neither on the thread count nor on the chunks.
 from libc.stdint cimport int64_t
 
 ctypedef void (*qe4_chunk_fn)(void *ctx, int64_t chunk, int worker) noexcept nogil

@@ -20,6 +20,8 @@ reading it at call time; each kernel checks it (an unknown level, or one the CPU
 run, is a ValueError) and picks its code for the level once per call.
 """
 
+from __future__ import annotations
+
 import os
 
 from ._rowwise import SIMD_LEVELS, cpu_simd_level
@@ -64,7 +66,7 @@ def choose_level(value, cpu_level):
 LEVEL = choose_level(os.environ.get(ENV), cpu_simd_level())
 
 
-def simd_level():
+def simd_level() -> str:
     """The SIMD level qe4_fast's kernels run at.
 
     Returns

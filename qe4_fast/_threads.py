@@ -12,6 +12,8 @@ read as loky's ``cpu_count`` reads them: cgroup v2 ``cpu.max`` or v1
 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, ``ceil(quota / period)``.
 """
 
+from __future__ import annotations
+
 import functools
 import math
 import numbers
@@ -35,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised by tests/test_fast_ap
 THREADS_PER_CPU_CAP = 4
 
 
-def openmp_enabled():
+def openmp_enabled() -> bool:
     """True when qe4_fast was compiled with OpenMP (else every kernel runs serially)."""
     return openmp_compiled()
 

@@ -6,14 +6,18 @@ documented there.  :func:`qe4.allocate.allocate` with ``engine="fast"`` (the
 default) uses these.
 """
 
+from __future__ import annotations
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _allocate
 from ._threads import effective_n_threads, shares_cores
 
 
 @shares_cores
-def squared_errors(x, x_hat, *, n_threads=None):
+def squared_errors(x: ArrayLike, x_hat: ArrayLike, *,
+                   n_threads: int | None = None) -> NDArray[np.float64]:
     """Per-row ``sum_j (x - x_hat)**2`` in float64, column order; see
     :func:`qe4.allocate.squared_errors`."""
     x = np.ascontiguousarray(x, np.float32)
@@ -26,7 +30,9 @@ def squared_errors(x, x_hat, *, n_threads=None):
 
 
 @shares_cores
-def hull(dist, cost, *, n_threads=None):
+def hull(dist: NDArray[np.float64], cost: NDArray[np.int64], *,
+         n_threads: int | None = None
+         ) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.int64], NDArray[np.float64]]:
     """Each item's lower-hull segments; see :func:`qe4._lagrange.hull` (same values)."""
     dist = np.ascontiguousarray(dist, np.float64)
     cost = np.ascontiguousarray(cost, np.int64)

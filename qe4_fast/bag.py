@@ -7,7 +7,16 @@ the reference for every input and thread count.  The numerics are documented in
 :func:`qe4.embedding_bag` and :func:`qe4.dequantize`.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from qe4._typing import Float32Array, UInt8Array
 
 from qe4 import _validate as V
 from qe4.bag import MODES, check_lookup_table, round_output
@@ -30,7 +39,7 @@ def _rows(table):
 
 
 @shares_cores
-def dequantize(table, *, n_threads=None):
+def dequantize(table: QuantizedTable, *, n_threads: int | None = None) -> Float32Array:
     """Reconstruct float32 rows [n_rows, dim]; see :func:`qe4.dequantize`.
 
     Parameters
@@ -52,7 +61,8 @@ def dequantize(table, *, n_threads=None):
 
 
 @shares_cores
-def embedding(table, indices, *, out_dtype="float32", n_threads=None):
+def embedding(table: QuantizedTable, indices: ArrayLike, *, out_dtype: str = "float32",
+              n_threads: int | None = None) -> NDArray[Any]:
     """Rows of the table for any index shape; see :func:`qe4.embedding`.
 
     Parameters
@@ -82,8 +92,10 @@ def embedding(table, indices, *, out_dtype="float32", n_threads=None):
 
 
 @shares_cores
-def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weights=None,
-                  include_last_offset=False, out_dtype="float32", n_threads=None):
+def embedding_bag(table: QuantizedTable, indices: ArrayLike, offsets: ArrayLike | None = None, *,
+                  mode: str = "sum", per_sample_weights: ArrayLike | None = None,
+                  include_last_offset: bool = False, out_dtype: str = "float32",
+                  n_threads: int | None = None) -> NDArray[Any]:
     """Sum, mean or max of table rows per bag; see :func:`qe4.embedding_bag`.
 
     Parameters
@@ -117,8 +129,10 @@ def embedding_bag(table, indices, offsets=None, *, mode="sum", per_sample_weight
 
 
 @shares_cores
-def embedding_bags(tables, indices, offsets, *, mode="sum", per_sample_weights=None,
-                   include_last_offset=False, out_dtype="float32", n_threads=None):
+def embedding_bags(tables: Sequence[QuantizedTable], indices: ArrayLike, offsets: ArrayLike, *,
+                   mode: str = "sum", per_sample_weights: ArrayLike | None = None,
+                   include_last_offset: bool = False, out_dtype: str = "float32",
+                   n_threads: int | None = None) -> NDArray[Any]:
     """Bags over several tables in one call (TBE's convention); see :func:`qe4.embedding_bags`.
 
     Parameters
@@ -207,7 +221,8 @@ def _raise_bad_groups(tables, idx):
 
 
 @shares_cores
-def to_tbe(table, row_alignment=1, *, n_threads=None):
+def to_tbe(table: QuantizedTable, row_alignment: int = 1, *,
+           n_threads: int | None = None) -> UInt8Array:
     """Rows in fbgemm_gpu's TBE inference layout; see :func:`qe4.to_tbe`."""
     V.check_table(table)
     V.check_tbe_table(table)
@@ -220,7 +235,8 @@ def to_tbe(table, row_alignment=1, *, n_threads=None):
 
 
 @shares_cores
-def from_tbe(data, bits, dim=None, *, scale_dtype="float16", row_alignment=1, n_threads=None):
+def from_tbe(data: ArrayLike, bits: int, dim: int | None = None, *, scale_dtype: str = "float16",
+             row_alignment: int = 1, n_threads: int | None = None) -> QuantizedTable:
     """A :class:`qe4.QuantizedTable` from TBE rows; see :func:`qe4.from_tbe`."""
     data, bits, dim, scale_dtype, qp, row_bytes = V.check_tbe_rows(data, bits, dim, scale_dtype,
                                                                     row_alignment)

@@ -11,7 +11,17 @@ explicitly (not a fallback): the row grouping (:func:`qe4.codebook.group_ids`, t
 stable argsorts).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from qe4.frontend import Request
+    from qe4.table import QuantizedTable
+    from qe4._typing import Encoded, Float32Array, IntArray
 
 from qe4 import codebook as C
 from qe4 import layouts as L
@@ -35,7 +45,8 @@ def _aligned_rows(n_rows, row_bytes, align=64):
 
 
 @shares_cores
-def quantize_codebook(x, bits, method, *, scale_dtype=None, n_threads=None, **kwargs):
+def quantize_codebook(x: ArrayLike, bits: int, method: str, *, scale_dtype: str | None = None,
+                      n_threads: int | None = None, **kwargs: Any) -> QuantizedTable:
     """Codebook-quantize each row of ``x``; see :func:`qe4.codebook.quantize_codebook`.
 
     ``n_threads``: None = all usable cores; rows (or groups) are split between threads.
@@ -45,7 +56,7 @@ def quantize_codebook(x, bits, method, *, scale_dtype=None, n_threads=None, **kw
                     n_threads=n_threads, family="codebook")
 
 
-def encode(request, x, n_threads=None):
+def encode(request: Request, x: Float32Array, n_threads: int | None = None) -> Encoded:
     """The codebook family's compiled encoder: ``(data, extras)`` of float32 rows ``x``,
     byte-identical to :func:`qe4.codebook.encode`."""
     bits, scale_dtype = request.bits, request.scale_dtype
@@ -108,7 +119,7 @@ def _table_args(table):
 
 
 @shares_cores
-def dequantize_codebook(table, *, n_threads=None):
+def dequantize_codebook(table: QuantizedTable, *, n_threads: int | None = None) -> Float32Array:
     """float32 [n_rows, dim]; see :func:`qe4.codebook.dequantize_codebook`."""
     args = _table_args(table)
     out = np.empty((table.n_rows, table.dim), F32)
@@ -119,7 +130,9 @@ def dequantize_codebook(table, *, n_threads=None):
 
 
 @shares_cores
-def embedding_bag_codebook(table, idx, starts, weights, mode, n_threads=None):
+def embedding_bag_codebook(table: QuantizedTable, idx: IntArray, starts: IntArray,
+                           weights: Float32Array | None, mode: str,
+                           n_threads: int | None = None) -> Float32Array:
     """Bags over a codebook table from validated arguments (``qe4._validate.check_bag_args``):
     ``idx`` int64 [n], ``starts`` int64 [n_bags + 1], ``weights`` float32 [n] or None,
     ``mode`` "sum" or "mean".  See :func:`qe4.embedding_bag`."""

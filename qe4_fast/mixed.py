@@ -7,7 +7,17 @@ map lookup, bags of float rows, and qe4_fast's per-layout bags and dequantizatio
 the quantized tiers.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+
 import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from qe4.table import QuantizedTable
+    from qe4._typing import Float32Array, Int64Array, IntArray
 
 from qe4 import mixed as M
 
@@ -15,7 +25,8 @@ from . import _mixed
 from ._threads import effective_n_threads
 
 
-def locate(extras, rows, n_threads=None):
+def locate(extras: Mapping[str, NDArray[Any]], rows: Int64Array,
+           n_threads: int | None = None) -> tuple[Int64Array, Int64Array]:
     """(tier, rank) of each row; see :func:`qe4.mixed.locate`."""
     if "planes" not in extras:
         return M.locate(extras, rows)
@@ -30,7 +41,8 @@ def locate(extras, rows, n_threads=None):
     return tier, rank
 
 
-def float_bag(values, rows, starts, weights, n_threads=None):
+def float_bag(values: NDArray[Any], rows: IntArray, starts: IntArray, weights: Float32Array | None,
+              n_threads: int | None = None) -> Float32Array:
     """Bags of float rows; see :func:`qe4.mixed.float_bag`."""
     vals = np.ascontiguousarray(values[rows], np.float32)
     out = np.empty((starts.size - 1, values.shape[1]), np.float32)
@@ -40,14 +52,15 @@ def float_bag(values, rows, starts, weights, n_threads=None):
     return out
 
 
-def row_values_mixed(table, rows, n_threads):
+def row_values_mixed(table: QuantizedTable, rows: IntArray, n_threads: int | None) -> Float32Array:
     """float32 values of ``rows``; see :func:`qe4.mixed.row_values_mixed`."""
     from .bag import embedding
     return M.row_values_mixed(table, rows, lambda sub, r: embedding(sub, r, n_threads=n_threads),
                               lambda e, r: locate(e, r, n_threads))
 
 
-def pooled_mixed(table, idx, starts, weights, mode, n_threads):
+def pooled_mixed(table: QuantizedTable, idx: IntArray, starts: IntArray,
+                 weights: Float32Array | None, mode: str, n_threads: int | None) -> Float32Array:
     """float32 bags of validated arguments (sum, mean or max); see :func:`qe4.embedding_bag`."""
     from qe4.bag import max_pool
 
@@ -65,6 +78,6 @@ def pooled_mixed(table, idx, starts, weights, mode, n_threads):
         lambda e, r: locate(e, r, n_threads))
 
 
-def dequantize_mixed(table, n_threads):
+def dequantize_mixed(table: QuantizedTable, n_threads: int | None) -> Float32Array:
     from .bag import dequantize
     return M.dequantize_mixed(table, lambda sub: dequantize(sub, n_threads=n_threads))

@@ -1,6 +1,15 @@
 """The ``"mse"`` search, compiled: the twin of :mod:`qe4.mse` (same bytes, plus ``n_threads``)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from qe4.frontend import Request
+    from qe4._typing import Encoded, Float32Array, ScaleBias
 
 from qe4 import _validate as V
 from qe4 import mse as M
@@ -14,8 +23,9 @@ F32 = np.float32
 
 
 @shares_cores
-def quantize_mse(x, bits=4, *, scale_dtype=None, max_trim=None, n_steps=M.N_STEPS,
-                 n_keep=M.N_KEEP, n_iter=M.N_ITER, n_threads=None):
+def quantize_mse(x: ArrayLike, bits: int = 4, *, scale_dtype: str | None = None,
+                 max_trim: float | None = None, n_steps: int = M.N_STEPS, n_keep: int = M.N_KEEP,
+                 n_iter: int = M.N_ITER, n_threads: int | None = None) -> QuantizedTable:
     """Quantize each row with its least-squares (scale, bias); see :func:`qe4.mse.quantize_mse`."""
     bits = V.check_bits(bits)
     max_trim, n_steps, n_keep, n_iter = M.check_mse_options(bits, max_trim, n_steps, n_keep,
@@ -29,8 +39,9 @@ def quantize_mse(x, bits=4, *, scale_dtype=None, max_trim=None, n_steps=M.N_STEP
 
 
 @shares_cores
-def mse_params(x, bits=4, scale_dtype="float16", *, max_trim=None, n_steps=M.N_STEPS,
-               n_keep=M.N_KEEP, n_iter=M.N_ITER, n_threads=None):
+def mse_params(x: ArrayLike, bits: int = 4, scale_dtype: str = "float16", *,
+               max_trim: float | None = None, n_steps: int = M.N_STEPS, n_keep: int = M.N_KEEP,
+               n_iter: int = M.N_ITER, n_threads: int | None = None) -> ScaleBias:
     """Each row's stored (scale, bias, inv); see :func:`qe4.mse.mse_params` (validated ``x``)."""
     x = np.ascontiguousarray(np.asarray(x, F32))
     max_trim = M.MAX_TRIM[bits] if max_trim is None else max_trim
@@ -51,7 +62,7 @@ def _run(x, bits, scale_dtype, max_trim, n_steps, n_keep, n_iter, n_threads, enc
     return out, (scale, bias, inv)
 
 
-def encode(request, x, n_threads=None):
+def encode(request: Request, x: Float32Array, n_threads: int | None = None) -> Encoded:
     """The "mse" family's compiled encoder: ``(data, extras)``, byte-identical to
     :func:`qe4.mse.encode`."""
     R.check_values(request, x)

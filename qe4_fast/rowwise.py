@@ -7,7 +7,16 @@
 own helpers, so the errors are the reference's.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from qe4.frontend import Request
+    from qe4._typing import Encoded, Float32Array, Ranges
 
 from qe4 import _validate as V
 from qe4 import rowwise as R
@@ -22,7 +31,7 @@ F32 = np.float32
 KERNEL_BITS = (2, 3, 4, 5, 6, 8)
 
 
-def check_kernel(request):
+def check_kernel(request: Request) -> None:
     """ValueError unless the compiled row kernels implement the request's method and bits
     (never another method or width in their place)."""
     if request.method.code not in _rowwise.METHOD_CODES.values():
@@ -33,15 +42,16 @@ def check_kernel(request):
                          f"(they do {KERNEL_BITS}); use engine='reference'")
 
 
-def encode(request, x, n_threads=None):
+def encode(request: Request, x: Float32Array, n_threads: int | None = None) -> Encoded:
     """``(data, extras)``: the packed rows of float32 ``x`` (shape/dtype already checked)."""
     data, _, _ = _run(request, x, n_threads, encode=True)
     return data, {}
 
 
 @shares_cores
-def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtype=None,
-               n_threads=None):
+def row_ranges(x: ArrayLike, bits: int = 4, method: str = "greedy", *, n_bins: int = 200,
+               ratio: float = 0.16, scale_dtype: str | None = None,
+               n_threads: int | None = None) -> Ranges:
     """Each row's clipping range (lo, hi); see :func:`qe4.row_ranges`."""
     from qe4.frontend import check_request
     request = check_request(bits, method, n_bins, ratio, scale_dtype, family="rowwise")
@@ -50,7 +60,8 @@ def row_ranges(x, bits=4, method="greedy", *, n_bins=200, ratio=0.16, scale_dtyp
 
 
 @shares_cores
-def range_loss(x, lo, hi, bits=4, scale_dtype="float16", *, n_threads=None):
+def range_loss(x: ArrayLike, lo: ArrayLike, hi: ArrayLike, bits: int = 4,
+               scale_dtype: str = "float16", *, n_threads: int | None = None) -> Float32Array:
     """L2 error of each row quantized with the range [lo, hi]; see :func:`qe4.range_loss`."""
     x, lo, hi, bits, scale_dtype = V.check_range_loss_args(x, lo, hi, bits, scale_dtype)
     n_rows = x.shape[0]

@@ -1,6 +1,15 @@
 """Compiled row updates: :func:`qe4.update_rows` and :func:`qe4.update_file` with
 ``qe4_fast.quantize`` doing the quantization (same validation, same bytes)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from qe4.table import QuantizedTable
+    from qe4._typing import StrPath
+
 from qe4 import update as U
 
 from ._threads import shares_cores
@@ -14,7 +23,8 @@ def _engine(n_threads):
 
 
 @shares_cores
-def update_rows(table, start, x, *, method=None, n_threads=None, **options):
+def update_rows(table: QuantizedTable, start: int, x: ArrayLike, *, method: str | None = None,
+                n_threads: int | None = None, **options: Any) -> None:
     """Re-quantize rows of ``table`` in place; see :func:`qe4.update_rows`.
 
     ``n_threads``: None = all usable cores (the new rows are quantized in parallel).
@@ -23,6 +33,7 @@ def update_rows(table, start, x, *, method=None, n_threads=None, **options):
 
 
 @shares_cores
-def update_file(path, start, x, *, method=None, in_place=False, n_threads=None, **options):
+def update_file(path: StrPath, start: int, x: ArrayLike, *, method: str | None = None,
+                in_place: bool = False, n_threads: int | None = None, **options: Any) -> None:
     """Re-quantize rows of the qe4 file at ``path``; see :func:`qe4.update_file`."""
     U._update_file(path, start, x, method, in_place, options, _engine(n_threads))

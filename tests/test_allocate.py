@@ -266,3 +266,104 @@ def test_allocate_refuses_bad_input():
             A.allocate(x, budget, **kw)
     with pytest.raises(TypeError, match="x must have dtype"):
         A.allocate(x.astype(np.int32), 100)
+
+
+# --------------------------------------------------------------------------- one rung per table
+
+def _stored_bytes(choices, xs):
+    """Bytes the chosen tables store (a table kept in float32: 4 per value)."""
+    return sum(4 * xs[n].size if t is None else t.nbytes for n, t in choices.items())
+
+
+@pytest.mark.parametrize("budget", ["2.5bpw", "3.0bpw", "6bpw", 2500])
+def test_choose_tables(same_bytes, budget):
+    xs = {"users": _table(200, 16, 1), "items": _table(300, 8, 2), "tiny": _table(7, 4, 3)}
+    ws = {"users": qe4.zipf_weights(200), "items": np.arange(300.0)}      # tiny: every row 1
+    got = A.choose_tables(xs, budget, weights=ws, engine="reference")
+    a = got.allocation
+    assert list(got) == list(xs) and a.per == "table"
+    n_elements = 200 * 16 + 300 * 8 + 7 * 4
+    assert _stored_bytes(got, xs) <= a.nbytes <= a.budget == A.parse_budget(budget, n_elements)
+    full = dict(ws, tiny=np.ones(7))
+    same = A.allocate(xs, budget, weights=full, per="table", engine="reference")
+    assert [c.tobytes() for c in a.choices] == [c.tobytes() for c in same.choices]
+    num = den = 0.0
+    for (name, x), c in zip(xs.items(), a.choices):
+        rung = a.ladder[int(c[0])]
+        t = got[name]
+        if rung.kind == "quantized":       # stored rowwise, as qe4.quantize stores it
+            assert t == qe4.quantize(x, rung.bits, rung.method)
+        elif rung.name == "float32":
+            assert t is None
+        else:
+            assert t.layout == "mixed" and t.params["rungs"] == [rung.name]
+        x_hat = x if t is None else qe4.dequantize(t)
+        num += float(full[name] @ A.squared_errors(x, x_hat))
+        den += float(full[name] @ A.squared_errors(x, np.zeros_like(x)))
+    assert a.error == pytest.approx(num / den, rel=1e-12)
+
+
+def test_choose_tables_spends_on_the_read_tables():
+    x = _table(256, 16, 5)
+    xs = {"read": x, "unread": x.copy()}
+    got = A.choose_tables(xs, "4bpw", weights={"unread": np.zeros(256)})
+    assert got["unread"].params["rungs"] == ["pruned"]             # 16 bytes, reads as zeros
+    assert got["read"] == qe4.quantize(x, 4, A.DEFAULT_METHOD)
+    assert (qe4.dequantize(got["unread"]) == 0).all()
+    everything = A.choose_tables(xs, 10 ** 9)
+    assert everything["read"] is None and everything["unread"] is None    # float32 kept
+
+
+def test_choose_tables_refuses():
+    x = _table(10, 4)
+    with pytest.raises(TypeError, match="tables must be a non-empty dict"):
+        A.choose_tables([x], 100)
+    with pytest.raises(TypeError, match=r"non-empty dict .* \(empty\)"):
+        A.choose_tables({}, 100)
+    with pytest.raises(ValueError, match=r"weights names tables that are not in tables: \['b'\]"):
+        A.choose_tables({"a": x}, 100, weights={"b": np.ones(10)})
+    with pytest.raises(ValueError, match=r"weights\['a'\] must have shape \(10,\)"):
+        A.choose_tables({"a": x}, 100, weights={"a": np.ones(3)})
+    with pytest.raises(ValueError, match="budget of 10 bytes is below the 16 bytes"):
+        A.choose_tables({"a": x}, 10)
+
+
+def test_default_ladder_follows_the_registry(monkeypatch):
+    from qe4 import method_registry as MR
+    method = MR.get(A.DEFAULT_METHOD)
+    assert A.default_ladder() == ("pruned", *(f"{A.DEFAULT_METHOD}/{b}" for b in
+                                              sorted(method.allowed_bits)), "float16", "float32")
+    if not method.bits:             # the method stores every width of its layout: a new one joins
+        layout = method.layout_entry
+        monkeypatch.setattr(layout, "bits", tuple(sorted(set(layout.bits) | {3})))
+        assert f"{A.DEFAULT_METHOD}/3" in A.default_ladder()
+        assert A.default_ladder().index(f"{A.DEFAULT_METHOD}/3") == 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_solve_reads_segments_block_by_block(monkeypatch, same_bytes, seed):
+    # step 2 reads the hulls a block of items at a time: any block size, the same choice
+    rng = np.random.default_rng(seed)
+    n, k = 500, 5
+    dist = np.round(rng.random((n, k)) * 8) / 8               # many equal slopes: ties matter
+    group = rng.integers(0, 2, n).astype(np.intp)
+    cost = np.sort(rng.integers(0, 40, (2, k)), axis=1)
+    budget = int(cost[group, 0].sum() + rng.integers(0, int(cost[group, -1].sum()
+                                                              - cost[group, 0].sum()) + 1))
+    whole = G.solve(dist, cost, group, budget)
+    for block in (1, 7, 64):
+        monkeypatch.setattr(G, "_BLOCK_ROWS", block)
+        choice, spent = G.solve(dist, cost, group, budget)
+        same_bytes(choice, whole[0])
+        assert spent == whole[1] <= budget
+
+
+def test_weighting_in_place_is_the_same(same_bytes):
+    e = np.array([[4.0, np.inf, 1.0], [2.0, np.inf, 0.5], [3.0, 1.0, 0.0]])
+    w = np.array([0.5, 0.0, 2.0])
+    want = A._weighted(e, w)
+    same_bytes(want, np.array([[2.0, np.inf, 0.5], [0.0, np.inf, 0.0], [6.0, 2.0, 0.0]]))
+    mine = e.copy()
+    got = A._weighted(mine, w, in_place=True)
+    assert got is mine
+    same_bytes(got, want)

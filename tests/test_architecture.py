@@ -3,7 +3,8 @@ layer above it at module level (CONTRIBUTING.rst, "The layers").
 
 The import graph is read from the source (``ast``), so the test needs no build.
 Only module-level imports count (also those inside a module-level ``try``/``if``);
-an import inside a function is a deliberate, lazy delegation upward.
+an import inside a function is a deliberate, lazy delegation upward, and one under
+``if TYPE_CHECKING:`` is never executed (it names a type for the annotations only).
 """
 
 import ast
@@ -42,11 +43,19 @@ def _modules():
     return out
 
 
+def _is_type_checking(test):
+    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING`` (False whenever the module runs)."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def _module_level(body):
     """Import statements executed when the module is imported (not inside def/class)."""
     for node in body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            yield from _module_level(node.orelse)        # the body runs only in a type checker
         elif isinstance(node, (ast.If, ast.Try, ast.With)):
             for field in ("body", "orelse", "finalbody", "handlers"):
                 for child in getattr(node, field, []):

@@ -212,3 +212,149 @@ def test_plot_and_evidence_are_wired(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "qe4.plots", None)
     code, _, err = run(capsys, "plot")
     assert code == 2 and "qe4 plot is not available" in err
+
+
+# --------------------------------------------------------------------------- --budget
+
+@pytest.fixture
+def counts(tmp_path, npy):
+    x, _ = npy
+    w = qe4.zipf_weights(len(x))
+    np.save(tmp_path / "w.npy", w)
+    return w, tmp_path / "w.npy"
+
+
+def _summary(out):
+    m = re.search(r"^summary\s+([\d,]+) bytes stored, (\S+) bits/element, weighted error (\S+), "
+                  r"mix (.*)$", out, re.M)
+    assert m, out
+    return int(m.group(1).replace(",", "")), m.group(2), float(m.group(3)), m.group(4)
+
+
+@pytest.mark.parametrize("budget", ["3.0bpw", "5K", "4000"])
+def test_quantize_budget_then_info(capsys, tmp_path, npy, counts, budget):
+    from qe4 import allocate as A
+    x, src = npy
+    w, wpath = counts
+    dst = tmp_path / "m.qe4"
+    code, out, err = run(capsys, "quantize", str(src), str(dst), "--budget", budget, "--weights",
+                         str(wpath), "--engine", "reference", "--max-memory", "400K", "--no-progress")
+    assert code == 0, err
+    alloc = A.allocate(x, budget, weights=w, engine="reference")
+    t = qio.load(dst)
+    assert t == alloc.quantize(x, engine="reference")
+    nbytes, bpw, error, mix = _summary(out)
+    assert nbytes == t.nbytes == alloc.nbytes <= alloc.budget
+    assert bpw == f"{8 * t.nbytes / x.size:.3f}"
+    assert f"{error:.4e}" == f"{alloc.error:.4e}"
+    assert error == pytest.approx(qe4.table_error(x, qe4.dequantize(t), w), rel=1e-3)
+    used = [(name, rows) for name, (rows, _) in alloc.mix().items() if rows]
+    assert mix == ", ".join(f"{name} {100 * rows / len(x):.2f}%" for name, rows in used)
+    assert f"= {alloc.budget:,} bytes" in out and re.search(r"\d+ chunk\(s\)", out)
+
+    code, out, err = run(capsys, "info", str(dst))
+    assert code == 0, err
+    assert re.search(rf"bits/element\s+{8 * t.nbytes / x.size:.3f} ", out)
+    rows_bytes = 0
+    for t_, (name, rows) in enumerate(used):
+        nb = t.extras[f"tier{t_}"].nbytes if name != "pruned" else 0
+        rows_bytes += nb
+        assert re.search(rf"^{t_}\s+{re.escape(name)}\s+\S+\s+\d+\s+\S+\s+{rows:,}\s+"
+                         rf"{100 * rows / len(x):.2f}%\s+{nb:,}\s", out, re.M), (name, out)
+    assert f"tiers, {t.nbytes - rows_bytes:,} bytes with the tier table" in out
+
+
+def test_quantize_budget_renumbered_rows(capsys, tmp_path, npy, counts):
+    from qe4 import allocate as A
+    x, src = npy
+    w, wpath = counts
+    code, out, err = run(capsys, "quantize", str(src), str(tmp_path / "m.qe4"), "--budget", "3bpw",
+                         "--weights", str(wpath), "--row-map", "renumber", "--order",
+                         str(tmp_path / "order.npy"), "--ladder", "pruned, minmax/2,greedy/4",
+                         "--engine", "reference", "--no-progress")
+    assert code == 0, err
+    alloc = A.allocate(x, "3bpw", weights=w, ladder=["pruned", "minmax/2", "greedy/4"],
+                       row_map="renumber", engine="reference")
+    t = qio.load(tmp_path / "m.qe4")
+    assert t == alloc.quantize(x, engine="reference")
+    order = np.load(tmp_path / "order.npy")
+    assert order.dtype == np.int64
+    assert order.view(np.uint8).tobytes() == alloc.renumbering().view(np.uint8).tobytes()
+    assert "renumbered rows" in out and "order[new_row] = original row" in out
+    code, out, _ = run(capsys, "info", str(tmp_path / "m.qe4"))
+    assert code == 0 and re.search(r"row map\s+renumber, ", out)
+
+
+def test_quantize_budget_interrupted_leaves_nothing(capsys, tmp_path, npy, monkeypatch):
+    from qe4 import mixed
+    _, src = npy
+    real = mixed.build_mixed
+
+    def interrupted(chunks, *args, **kwargs):
+        def some():
+            for k, c in enumerate(chunks):
+                if k == 1:
+                    raise KeyboardInterrupt
+                yield c
+        return real(some(), *args, **kwargs)
+
+    monkeypatch.setattr(mixed, "build_mixed", interrupted)
+    code, _, err = run(capsys, "quantize", str(src), str(tmp_path / "m.qe4"), "--budget", "3bpw",
+                       "--engine", "reference", "--max-memory", "400K", "--row-map", "renumber",
+                       "--order", str(tmp_path / "o.npy"))
+    assert code == 130 and "no output file was written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]    # no table, order or temps
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--budget", "lots"], "argument --budget: cannot read a budget from 'lots'"),
+    (["--budget=-3bpw"], "cannot read a budget from '-3bpw'"),
+    (["--budget", "0.5bpw", "--ladder", "greedy/2,greedy/4"],
+     "budget of 750 bytes is below the 5,016 bytes of the cheapest rung (greedy/2)"),
+    (["--budget", "15"], "budget of 15 bytes is below the 16 bytes of the cheapest rung (pruned)"),
+    (["--budget", "3bpw", "--ladder", "greedy/4"], "budget of 4,500 bytes is below the 8,016 bytes "
+     "of the cheapest rung (greedy/4)"),
+    (["--budget", "3bpw", "--weights", "{tmp}/short.npy"],
+     "--weights {tmp}/short.npy: weights must have shape (500,), got (499,)"),
+    (["--budget", "3bpw", "--weights", "{tmp}/negative.npy"], "weights[7] = -1.0"),
+    (["--budget", "3bpw", "--weights", "{tmp}/nan.npy"], "weights[3] = nan"),
+    (["--budget", "3bpw", "--weights", "{tmp}/bool.npy"], "must be a numeric array, got dtype bool"),
+    (["--budget", "3bpw", "--weights", "{tmp}/words.npy"], "must be a numeric array, got dtype <U"),
+    (["--budget", "3bpw", "--weights", "{tmp}/text.txt"], "--weights {tmp}/text.txt: not a readable "
+     ".npy file"),
+    (["--budget", "3bpw", "--weights", "{tmp}/none.npy"], "No such file"),
+    (["--budget", "3bpw", "--bits", "2"], "--bits cannot be combined with --budget"),
+    (["--budget", "3bpw", "--preset", qe4.preset_registry.names()[0]],
+     "--preset cannot be combined with --budget"),
+    (["--budget", "3bpw", "--method", "minmax", "--ratio", "0.2"],
+     "--method, --ratio cannot be combined with --budget"),
+    (["--budget", "3bpw", "--scale-dtype", "float32"], "--scale-dtype cannot be combined"),
+    (["--budget", "3bpw", "--max-trim", "0.5"], "--max-trim cannot be combined with --budget"),
+    (["--weights", "{tmp}/w.npy"], "--weights only apply with --budget"),
+    (["--ladder", "greedy/4", "--row-map", "renumber"], "--ladder, --row-map only apply with --budget"),
+    (["--budget", "3bpw", "--row-map", "renumber"], "--row-map renumber needs --order"),
+    (["--budget", "3bpw", "--order", "{tmp}/o.npy"], "--order needs --row-map renumber"),
+    (["--budget", "3bpw", "--row-map", "renumber", "--order", "{dst}"], "must differ from IN and OUT"),
+    (["--budget", "3bpw", "--ladder", "greedy/4,fp8"], "--ladder 'greedy/4,fp8': unknown ladder rung"),
+    (["--budget", "3bpw", "--ladder", "greedy/4,greedy/4"], "ladder repeats a rung"),
+    (["--budget", "3bpw", "--ladder", "two-tier/4"], "method must be one of"),
+    (["--budget", "3bpw", "--ladder", ","], "ladder must hold at least one rung"),
+    (["--budget", "3bpw", "--threads", "2"], "n_threads=2 applies to engine='fast' only"),
+])
+def test_budget_errors_exit_2_with_one_line(capsys, tmp_path, npy, argv, message):
+    _, src = npy
+    np.save(tmp_path / "w.npy", np.ones(500))
+    np.save(tmp_path / "short.npy", np.ones(499))
+    np.save(tmp_path / "negative.npy", np.where(np.arange(500) == 7, -1.0, 1.0))
+    np.save(tmp_path / "nan.npy", np.where(np.arange(500) == 3, np.nan, 1.0))
+    np.save(tmp_path / "bool.npy", np.ones(500, bool))
+    np.save(tmp_path / "words.npy", np.array(["a"] * 500))
+    (tmp_path / "text.txt").write_text("1\n" * 500)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = [a.format(tmp=tmp_path, dst=tmp_path / "o.qe4") for a in argv]
+    code, out, err = run(capsys, "quantize", str(src), str(tmp_path / "o.qe4"), "--engine",
+                         "reference", *argv)
+    assert code == 2, (out, err)
+    assert message.format(tmp=tmp_path) in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before        # nothing written

@@ -149,14 +149,15 @@ def test_bag_is_the_sum_of_the_tiers_bags(row_map, same_bytes):
 
 def test_bag_pruned_rows_are_skipped_but_counted_in_mean(same_bytes):
     x = _x(40, 4)
-    choice = np.full(40, 2)
-    choice[[1, 3]] = 0                                     # pruned
+    rung = f"{A.DEFAULT_METHOD}/4"
+    choice = np.full(40, A.default_ladder().index(rung))
+    choice[[1, 3]] = A.default_ladder().index("pruned")
     t = M.quantize_mixed(x, choice, A.ladder(), engine="reference")
     xh = qe4.dequantize(t)
     assert not xh[[1, 3]].any()
     idx = np.array([1, 0, 3, 2, 1])
     got = qe4.embedding_bag(t, idx, np.array([0, 1, 3]), mode="mean")
-    plain = qe4.quantize(x, 4, "greedy")
+    plain = qe4.quantize(x, 4, A.DEFAULT_METHOD)
     for bag, row in ((1, 0), (2, 2)):       # one stored row and one pruned row: half of it
         same_bytes(got[bag], (qe4.embedding_bag(plain, np.array([row]), np.array([0]))[0]
                               * (F32(1) / F32(2))).astype(F32))
@@ -297,6 +298,7 @@ def test_streamed_file_equals_in_memory(tmp_path, row_map):
     x = _x(3000, 12)
     np.save(tmp_path / "x.npy", x)
     w = qe4.zipf_weights(len(x))
+    w[5::7] = 0.0                           # rows never read (the solver weighs in place)
     info = stream.quantize_file_budget(tmp_path / "x.npy", tmp_path / "m.qe4", "3.0bpw", weights=w,
                                        row_map=row_map, max_memory=300_000)
     assert info["n_chunks"] > 1 and info["chunk_rows"] % M.SUPER == 0
@@ -320,3 +322,47 @@ def test_streamed_bad_input_names_the_row_and_leaves_no_file(tmp_path):
         stream.quantize_file_budget(tmp_path / "x.npy", tmp_path / "m.qe4", "3bpw",
                                     weights=np.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+
+
+def test_streamed_progress_bar_counts_both_passes(tmp_path, capsys):
+    from qe4 import stream
+    np.save(tmp_path / "x.npy", _x(300, 8))
+    stream.quantize_file_budget(tmp_path / "x.npy", tmp_path / "m.qe4", "3bpw", progress=True,
+                                engine="reference")
+    err = capsys.readouterr().err
+    assert "100%" in err and "600/600" in err          # two passes over 300 rows
+
+
+STREAM_DIES = """
+import os, sys
+from qe4 import mixed, stream
+real = mixed.build_mixed
+def dies(chunks, *a, **k):
+    def some():
+        for i, c in enumerate(chunks):
+            if i == 1:
+                os._exit(9)                 # as kill -9 would: no cleanup runs
+            yield c
+    return real(some(), *a, **k)
+mixed.build_mixed = dies
+stream.quantize_file_budget(sys.argv[1], sys.argv[2], "3bpw", engine="reference",
+                            max_memory=300_000, ladder=["pruned", "minmax/2", "float16"])
+"""
+
+
+def test_a_streamed_run_that_dies_leaves_temps_the_next_writer_removes(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from qe4 import stream
+    np.save(tmp_path / "x.npy", _x(3000, 12))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(qe4.__file__)))   # the qe4 under test
+    r = subprocess.run([sys.executable, "-c", STREAM_DIES, str(tmp_path / "x.npy"),
+                        str(tmp_path / "m.qe4")], cwd=here, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 9, r.stderr
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "x.npy")
+    assert left and all(n.startswith(".m.qe4.") and n.endswith(".qe4tmp") for n in left)
+    # the next run writing m.qe4 removes them (qe4.io.remove_stale_temps: their writer is dead)
+    stream.quantize_file_budget(tmp_path / "x.npy", tmp_path / "m.qe4", "3bpw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.qe4", "x.npy"]

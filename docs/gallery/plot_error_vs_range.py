@@ -25,15 +25,15 @@ rng = xmax - xmin
 
 fig, axs = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
 for ax, bits in zip(axs, (4, 2)):
-    curve = []
+    sums = []
     for f in fractions:
         best = np.full(x.shape[0], np.inf)
         for a in splits:
             lo = (xmin + np.float32(a * f) * rng).astype(np.float32)
             hi = (xmax - np.float32((1 - a) * f) * rng).astype(np.float32)
             best = np.minimum(best, qe4.range_loss(x, lo, hi, bits).astype(np.float64) ** 2)
-        curve.append(best.sum() / den)
-    curve = np.array(curve)
+        sums.append(best.sum() / den)
+    curve = np.array(sums)
     base = curve[0]
     ax.plot(100 * fractions, curve / base, "-o", ms=3, label="clip a fraction of every row")
     for method, style in (("greedy", "--"), ("exhaustive", ":")):

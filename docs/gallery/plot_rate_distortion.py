@@ -9,6 +9,8 @@ its own search, and with ``search="minmax"`` (the projects' reference quantizers
 comparison.
 """
 
+from typing import Any
+
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -31,15 +33,14 @@ for method in qe4.methods():
 for method, bits, bpw, err in points:
     print(f"{method:15s} {bits} bits: {bpw:6.3f} bits/value, error {err:.3e}")
 
-exports = [("ExecuTorch 4-bit, group 25", dict(format="executorch", bits=4, group_size=25)),
-           ("ExecuTorch 8-bit", dict(format="executorch", bits=8)),
-           ("ONNX 4-bit, block 16", dict(format="onnx", bits=4, block_size=16, scale_dtype="float16")),
-           ("compressed-tensors 4-bit", dict(format="compressed-tensors", bits=4,
-                                             symmetric=False)),
-           ("compressed-tensors 2-bit", dict(format="compressed-tensors", bits=2))]
+exports: list[tuple[str, str, dict[str, Any]]] = [
+    ("ExecuTorch 4-bit, group 25", "executorch", dict(bits=4, group_size=25)),
+    ("ExecuTorch 8-bit", "executorch", dict(bits=8)),
+    ("ONNX 4-bit, block 16", "onnx", dict(bits=4, block_size=16, scale_dtype="float16")),
+    ("compressed-tensors 4-bit", "compressed-tensors", dict(bits=4, symmetric=False)),
+    ("compressed-tensors 2-bit", "compressed-tensors", dict(bits=2))]
 rows = []
-for name, opts in exports:
-    fmt = opts.pop("format")
+for name, fmt, opts in exports:
     searched = qe4.export.export(x, fmt, **opts)
     plain = qe4.export.export(x, fmt, **opts, search="minmax")
     rows.append((name, searched, plain))

@@ -59,7 +59,7 @@ for name, err in errors.items():
     print(f"{name}: median relative bag error {np.median(err):.4f}")
 
 fig, ax = plt.subplots(figsize=(8, 4))
-bins = np.linspace(0, max(np.quantile(v, 0.995) for v in errors.values()), 60)
+bins = np.linspace(0, max(np.quantile(v, 0.995) for v in errors.values()), 60).tolist()
 for name, err in errors.items():
     ax.hist(err, bins=bins, histtype="step", lw=1.8, label=name)
 ax.set_xlabel("||bag - float32 bag|| / ||float32 bag||  (2,000 mean bags of 20 Zipf rows)")

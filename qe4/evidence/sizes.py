@@ -1,11 +1,15 @@
 """Bytes per row of each stored layout, against float32 and float16 rows."""
 
+from __future__ import annotations
+
+from typing import Any
+from collections.abc import Sequence
 from qe4 import layouts as L
 
 DIMS = (16, 32, 50, 64, 72, 128)
 
 
-def row_bytes(dim, bits, scale_dtype="float16"):
+def row_bytes(dim: int, bits: int, scale_dtype: str | None = "float16") -> int:
     """Bytes of one row-wise quantized row: packed codes then scale and bias.
 
     >>> row_bytes(72, 4)          # 36 code bytes + fp16 scale + fp16 bias
@@ -16,7 +20,7 @@ def row_bytes(dim, bits, scale_dtype="float16"):
     return L.LAYOUTS["rowwise"].row_bytes(dim, bits, scale_dtype)
 
 
-def size_table(dims=DIMS):
+def size_table(dims: Sequence[int] = DIMS) -> list[dict[str, Any]]:
     """Rows of the size table: one dict per (dim, layout) with bytes/row and % of float32."""
     layouts = [("fp32", None, None), ("fp16", None, None),
                ("8-bit, fp32 scale/bias", 8, "float32"),
