@@ -45,7 +45,7 @@ def check_rowwise_bits(bits):
 def check_scale_dtype(scale_dtype, bits, layout="rowwise"):
     """Resolve ``scale_dtype`` for a ``layout`` table: None means the layout's default.
 
-    Rowwise: 2 and 4 bits default to float16 (torch's fused N-bit layout); 8 bits is
+    Rowwise: 2 to 6 bits default to float16 (torch's fused N-bit layout); 8 bits is
     torch's byte layout, whose scale and bias are always float32.  Codebook layouts:
     float16 centroids.  See :meth:`qe4.layouts.Layout.resolve_float_dtype`.
     """
@@ -251,13 +251,23 @@ def check_positive_int(value, name):
     return int(value)
 
 
+def check_tbe_table(table):
+    """ValueError unless ``table`` (a checked QuantizedTable) can move to TBE rows: rowwise,
+    at a width TBE has (2, 4 or 8 bits; :attr:`qe4.layouts.RowwiseLayout.torch_bits`)."""
+    table._require_rowwise("the TBE layout")
+    if table.bits not in L.LAYOUTS["rowwise"].torch_bits:
+        raise ValueError(f"table has bits={table.bits}; fbgemm_gpu's TBE rows are "
+                         f"{'/'.join(map(str, L.LAYOUTS['rowwise'].torch_bits))}-bit")
+
+
 def check_tbe_rows(data, bits, dim, scale_dtype, row_alignment):
     """Validate TBE rows ``[scale][bias][codes][zero padding]`` (see :func:`qe4.from_tbe`).
 
     Returns ``(data, bits, dim, scale_dtype, qp, row_bytes)``: the uint8 rows, the
-    resolved arguments, the scale/bias block size and the unpadded row size.
+    resolved arguments, the scale/bias block size and the unpadded row size.  TBE rows
+    are 2, 4 or 8 bits (:attr:`qe4.layouts.RowwiseLayout.torch_bits`).
     """
-    bits = check_rowwise_bits(bits)
+    bits = check_bits(bits, L.LAYOUTS["rowwise"].torch_bits)
     scale_dtype = check_scale_dtype(scale_dtype, bits)
     row_alignment = check_positive_int(row_alignment, "row_alignment")
     data = check_uint8_table(np.asarray(data), "data")

@@ -150,9 +150,13 @@ DEFAULT_METHOD = "mse"
 
 
 def default_ladder() -> tuple[str, ...]:
-    """The default rungs, from the method registry: ``pruned``, :data:`DEFAULT_METHOD`
-    at every bit width its layout stores, ``float16``, ``float32``."""
-    bits = M.get(DEFAULT_METHOD).allowed_bits
+    """The default rungs, from the registries: ``pruned``, :data:`DEFAULT_METHOD` at every
+    bit width its layout stores that torch's fused ops also serve
+    (:attr:`qe4.layouts.RowwiseLayout.torch_bits`: 2, 4, 8, so every tier of a mixed
+    table has a torch op), ``float16``, ``float32``.  Rungs such as ``"greedy/3"`` or
+    ``"mse/5"`` may be added to a ladder explicitly."""
+    entry = M.get(DEFAULT_METHOD)
+    bits = [b for b in entry.allowed_bits if b in entry.layout_entry.torch_bits]
     return ("pruned", *(f"{DEFAULT_METHOD}/{b}" for b in sorted(bits)), "float16", "float32")
 
 

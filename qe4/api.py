@@ -46,7 +46,9 @@ def quantize(x: ArrayLike, bits: int | None = None, method: str | None = None, *
     x : array_like [n_rows, n_cols], float32 or float16 (float64 is rounded to float32)
         Must be finite.
     bits : int, default 4
-        A bit width of the method's layout (``qe4.layouts.LAYOUTS[...].bits``).
+        A bit width of the method's layout (``qe4.layouts.LAYOUTS[...].bits``): rowwise
+        methods 2, 3, 4, 5, 6 and 8 (3, 5 and 6 pack the codes as a bit stream torch has
+        no op for), codebook methods 2 and 4.
     method : str, default "greedy"
         A name of :func:`methods`.  Row-wise uniform methods: ``"minmax"`` (each row's
         min and max), ``"greedy"`` (the paper's greedy clipping search,
@@ -66,7 +68,7 @@ def quantize(x: ArrayLike, bits: int | None = None, method: str | None = None, *
         saved in ``params`` by those two.
     scale_dtype : {None, "float16", "float32"}
         Storage of each row's scale and bias (or of the centroids).  None means torch's
-        layout: float16 at 2 and 4 bits, float32 (torch's byte layout) at 8 bits;
+        layout: float16 at 2 to 6 bits, float32 (torch's byte layout) at 8 bits;
         float16 centroids.  ``"float32"`` at 2/4 bits is a qe4 variant torch cannot read.
     **kwargs
         The method's own options (``max_iter`` for kmeans, ``n_groups`` for two-tier,
@@ -134,7 +136,7 @@ def to_tbe(table: QuantizedTable, row_alignment: int = 1) -> UInt8Array:
     Returns a new uint8 array [n_rows, padded_row_bytes].
     """
     V.check_table(table)
-    table._require_rowwise("the TBE layout")
+    V.check_tbe_table(table)
     row_alignment = V.check_positive_int(row_alignment, "row_alignment")
     cb = table.code_bytes
     width = -(-table.row_bytes // row_alignment) * row_alignment

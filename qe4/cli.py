@@ -135,7 +135,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        dest="opt_" + opt.name,
                        help=f"{opt.doc} ({', '.join(users)}; default {opt.default})")
     q.add_argument("--scale-dtype", choices=V.SCALE_DTYPES, default=None,
-                   help="dtype of scale/bias or centroids (default: torch's layout, float16 at 2/4 bits)")
+                   help="dtype of scale/bias or centroids (default: torch's layout, float16 below 8 bits)")
     q.add_argument("--engine", choices=E.ENGINES, default="fast",
                    help="fast = compiled qe4_fast (default), reference = NumPy qe4")
     q.add_argument("--threads", type=_int, default=None, help="threads of the fast engine")

@@ -228,7 +228,7 @@ def quantize(darr: da.Array, bits: int = 4, method: str = "greedy", *, engine: s
     darr : dask.array.Array [n_rows, n_cols], float16/float32/float64
         Rechunked to span all columns (``darr.rechunk({1: -1})``); the row chunks
         are kept (they must be known, not NaN).
-    bits : {2, 4, 8}
+    bits : {2, 3, 4, 5, 6, 8}
     method : str
         Any method of :func:`qe4.quantize` except those that cluster rows across
         the table (``CROSS_ROW_METHODS``), whose result depends on the chunking.

@@ -453,13 +453,20 @@ def _check_common(x, search, n_bins, ratio):
     return V.as_table(x, "x"), search, n_bins, ratio
 
 
-def _check_bits(bits: int, allowed: tuple[int, ...]) -> int:
-    """``bits`` as an int among the widths the target stores (not qe4's own widths)."""
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
-        raise TypeError(f"bits must be an integer, got {bits!r}")
-    if int(bits) not in allowed:
-        raise ValueError(f"bits must be one of {allowed} for this format, got {bits!r}")
-    return int(bits)
+#: The widths each target's format and kernels hold (the rowwise layout's 3, 5 and 6 bits,
+#: a bit stream, have no ExecuTorch op, and compressed-tensors packs 32 // bits values per
+#: int32 word rather than a stream).
+EXECUTORCH_BITS = (2, 4, 8)
+COMPRESSED_TENSORS_BITS = (2, 4, 8)
+
+
+def _check_target_bits(bits: int, allowed: tuple[int, ...], target: str) -> int:
+    """``bits`` as an int of ``allowed``: TypeError for a non-integer, ValueError naming the
+    target for a width it cannot hold."""
+    try:
+        return V.check_bits(bits, allowed)
+    except ValueError:
+        raise ValueError(f"bits must be one of {allowed} for {target}, got {bits!r}") from None
 
 
 def _check_choice(value, name, allowed):
@@ -524,7 +531,7 @@ def to_executorch(x: ArrayLike, bits: int = 4, *, group_size: int | None = None,
     >>> e.tensors["weight"].shape, e.tensors["weight_scales"].shape, e.bits_per_weight
     ((3, 4), (3, 2), 20.0)
     """
-    bits = _check_bits(bits, (2, 4, 8))
+    bits = _check_target_bits(bits, EXECUTORCH_BITS, "ExecuTorch")
     x, search, n_bins, ratio = _check_common(x, search, n_bins, ratio)
     scale_dtype = _check_choice(scale_dtype, "scale_dtype", ("float32", "float16"))
     epb = 8 // bits
@@ -707,7 +714,7 @@ def to_compressed_tensors(x: ArrayLike, bits: int = 4, *, group_size: int | None
     ``(c * bits) // 32``.  Zero points are packed the same way down each group's
     column (along the rows).  Dequantization: ``(q - zp) * scale`` in ``scale_dtype``.
     """
-    bits = _check_bits(bits, (2, 4, 8))
+    bits = _check_target_bits(bits, COMPRESSED_TENSORS_BITS, "compressed-tensors")
     x, search, n_bins, ratio = _check_common(x, search, n_bins, ratio)
     scale_dtype = _check_choice(scale_dtype, "scale_dtype", ("bfloat16", "float16", "float32"))
     group_size = _check_group(group_size, x.shape[1], "group_size")
@@ -804,11 +811,11 @@ class Target:
 
 
 FORMATS: dict[str, Target] = {
-    "executorch": Target(to_executorch, {"bits": (2, 4, 8), "scale_dtype": ("float32", "float16"),
+    "executorch": Target(to_executorch, {"bits": EXECUTORCH_BITS, "scale_dtype": ("float32", "float16"),
                                          "zero_point": (True, False)}, "executorch"),
     "gguf": Target(to_gguf, {"qtype": GGUF_TYPES}, "gguf"),
     "compressed-tensors": Target(to_compressed_tensors,
-                                 {"bits": (2, 4, 8),
+                                 {"bits": COMPRESSED_TENSORS_BITS,
                                   "scale_dtype": ("bfloat16", "float16", "float32"),
                                   "symmetric": (True, False)}, "compressed_tensors"),
     "onnx": Target(to_onnx, {"bits": (4, 8), "scale_dtype": ("float32", "float16"),

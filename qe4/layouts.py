@@ -17,7 +17,8 @@ compiled kernels use):
 ========== ==== ====== ====================================================
 name       code bits   row
 ========== ==== ====== ====================================================
-rowwise    0    2 4 8  ``[codes][scale][bias]``, scale/bias in ``float_dtype``
+rowwise    0    2 3 4  ``[codes][scale][bias]``, scale/bias in ``float_dtype``
+                5 6 8  (torch's fused rows at 2, 4 and 8 bits)
 codebook   1    2 4    ``[codes][c_0 .. c_{K-1}]``, K = 2**bits centroids
 two-tier   2    2 4    ``[codes][group id]`` + ``extras["codebooks"]`` [n_groups, K]
 mixed      3    8      no row bytes: sub-tables of the others per precision tier, a
@@ -264,11 +265,17 @@ class RowwiseLayout(Layout):
     """Row-wise affine rows ``[codes][scale][bias]`` (torch's fused rows).
 
     At 2/4 bits with float16 this is torch's ``embedding_bag_{4,2}bit_prepack`` row,
-    at 8 bits with float32 torch's ``embedding_bag_byte_prepack`` row.
+    at 8 bits with float32 torch's ``embedding_bag_byte_prepack`` row.  At 3, 5 and 6
+    bits the row has the same fields with the codes as a bit stream (:func:`pack_codes`:
+    a code may straddle two bytes) and float16 scale/bias by default, as the 2/4-bit
+    rows; torch has no fused op for those widths (:attr:`torch_bits`).
     """
     name = "rowwise"
     code = 0
-    bits = (2, 4, 8)
+    bits = (2, 3, 4, 5, 6, 8)
+    #: The widths torch's fused ops (``embedding_bag_{2,4}bit_rowwise_offsets``, the byte
+    #: ops) and FBGEMM's TBE serve; qe4 and qe4_fast serve every width in :attr:`bits`.
+    torch_bits = (2, 4, 8)
     floats = "scale/bias"
 
     def fields(self, dim: int, bits: int, float_dtype: str,

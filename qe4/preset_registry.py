@@ -63,6 +63,9 @@ _ENTRIES = (
            "the same bytes per row, served by the same ops, much lower error"),
     Preset("codebook-2", "kmeans-optimal", 2, "the optimal 4-centroid float16 codebook of each "
            "row (exact 1-D k-means)"),
+    Preset("mse-3", "mse", 3, "3-bit rowwise rows (bit-stream codes, float16 scale and bias) "
+           "with each row's least-squares range: the rung between 2 and 4 bits; qe4 and "
+           "qe4_fast serve it, torch has no 3-bit op"),
     Preset("torch-4", "greedy", 4, "torch's 4-bit rows with the paper's greedy range "
            "(embedding_bag_4bit_prepack's optimized search); torch and FBGEMM serve it"),
     Preset("mse-4", "mse", 4, "torch's 4-bit rows with each row's least-squares range "
@@ -72,6 +75,10 @@ _ENTRIES = (
            options=(("n_groups", 16),)),
     Preset("codebook-4", "kmeans-optimal", 4, "the optimal 16-centroid float16 codebook of each "
            "row (exact 1-D k-means; 32 bytes of centroids per row: for wide rows)"),
+    Preset("mse-5", "mse", 5, "5-bit rowwise rows (bit-stream codes) with each row's "
+           "least-squares range; qe4 and qe4_fast serve it, torch has no 5-bit op"),
+    Preset("mse-6", "mse", 6, "6-bit rowwise rows (bit-stream codes) with each row's "
+           "least-squares range; qe4 and qe4_fast serve it, torch has no 6-bit op"),
     Preset("grouped-2", "grouped", 2, "2-bit codes, a 4-bit scale and min per 16 values under "
            "float16 super-scales: 2.625 bits per element at dim 256 (GGUF Q2_K's rate)",
            options=(("group", 16), ("sub_bits", 4))),

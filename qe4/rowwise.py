@@ -33,7 +33,8 @@ ZERO = F32(0.0)
 ONE = F32(1.0)
 
 # ACIQ clipping constants (Banner et al.): alpha = c * b (Laplace, b = mean |x - mean|)
-# or alpha = c * sigma (Gaussian), per bit width.
+# or alpha = c * sigma (Gaussian), per bit width: the paper's optimal clipping values for
+# each prior (at every width the rowwise layout stores; docs/numerics.rst, "ACIQ clipping").
 ACIQ_LAPLACE = {2: F32(2.83), 3: F32(3.89), 4: F32(5.03), 5: F32(6.2), 6: F32(7.41), 8: F32(9.89)}
 ACIQ_GAUSS = {2: F32(1.71), 3: F32(2.15), 4: F32(2.55), 5: F32(2.94), 6: F32(3.29), 8: F32(3.92)}
 
@@ -386,7 +387,7 @@ def assemble_rows(packed: UInt8Array, scale: Float32Array, bias: Float32Array,
 def scale_bias(lo: Float32Array, hi: Float32Array, bits: int, scale_dtype: str) -> ScaleBias:
     """Stored scale and bias of each row, and the reciprocal used to quantize.
 
-    2 and 4 bits (torch's fused N-bit rows)::
+    2, 3, 4, 5 and 6 bits (torch's fused N-bit rows; 3, 5, 6 bits the same rule)::
 
         bias  = h(lo);  rng = hi - bias           # hi is not rounded
         scale = 1.0 if rng == 0 else rng / qmax

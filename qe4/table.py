@@ -269,7 +269,7 @@ class QuantizedTable:
             dim = slots
         else:
             dim = L.check_dim(dim)
-            if not slots - 8 // bits < dim <= slots:
+            if L.code_bytes(dim, bits) != data.shape[1] - L.LAYOUTS["rowwise"].qparam_bytes(scale_dtype):
                 raise ValueError(f"dim={dim} does not fit rows of {data.shape[1]} bytes at {bits} bits")
         return cls(np.array(data, dtype=np.uint8, order="C"), bits=bits, dim=dim,
                    method="fused", scale_dtype=scale_dtype)

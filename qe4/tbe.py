@@ -18,7 +18,8 @@ TBE pools in SUM mode and the mean is applied afterwards, so every output equals
 fused-row arithmetic of :mod:`qe4.bag`; its FP16/FP32 kernels ``acc = fma(w, v, acc)``,
 the float-tier rule of :mod:`qe4.mixed`).  Not servable, with a clear error: 8-bit
 rows (TBE's INT8 rows carry float16 scale/bias, qe4's 8-bit rows torch's float32 ones;
-leave ``greedy/8`` out of the ladder), codebook layouts, float32 scale/bias at 2/4 bits.
+leave ``greedy/8`` out of the ladder), 3, 5 and 6-bit rows (no TBE type), codebook layouts,
+float32 scale/bias at 2/4 bits.
 
 Needs torch and fbgemm-gpu-cpu 1.8.0 (``pip install "qe4[torch]"`` and
 ``pip install --no-deps fbgemm-gpu-cpu==1.8.0``): ImportError otherwise.
@@ -73,6 +74,9 @@ def _tiers(table, name):
 
 
 def _int_ty(bits, scale_dtype, name):
+    if bits not in (*_INT_TYS, 8):
+        raise ValueError(f"{name} has bits={bits}; TBE's integer rows are 2, 4 or 8 bits "
+                         "(qe4 and qe4_fast serve the others: qe4.embedding_bag)")
     if bits not in _INT_TYS or scale_dtype != "float16":
         raise ValueError(f"{name}: TBE cannot serve {bits}-bit rows with {scale_dtype} scale/bias "
                          "exactly (its INT8 rows carry float16 scale/bias; qe4's 8-bit rows are "

@@ -29,6 +29,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _validate as V
+from . import layouts as L
 from .bag import check_lookup_table
 from .engines import get_engine
 from .table import QuantizedTable
@@ -37,8 +38,10 @@ from .api import quantize
 __all__ = ["to_torch", "from_torch", "quantize_embedding", "QuantizedEmbedding",
            "QuantizedEmbeddingBag", "quantize_model", "to_torch_tiers", "MixedEmbeddingBag"]
 
-# torch's scale/bias dtype per bit width (fused N-bit rows: fp16; byte rows: fp32)
+# torch's scale/bias dtype per bit width it serves (fused N-bit rows: fp16; byte rows: fp32);
+# the rowwise layout's other widths (3, 5, 6) have no torch op
 TORCH_SCALE_DTYPE = {2: "float16", 4: "float16", 8: "float32"}
+assert tuple(TORCH_SCALE_DTYPE) == L.LAYOUTS["rowwise"].torch_bits
 _BAG_OPS = {2: "embedding_bag_2bit_rowwise_offsets", 4: "embedding_bag_4bit_rowwise_offsets",
             8: "embedding_bag_byte_rowwise_offsets"}
 
@@ -49,6 +52,10 @@ def _check_torch_compatible(table):
         raise TypeError(f"table must be a QuantizedTable, got {type(table).__name__}")
     if table.layout != "rowwise":
         raise ValueError(f"table has layout {table.layout!r}; torch reads only rowwise tables")
+    if table.bits not in TORCH_SCALE_DTYPE:
+        raise ValueError(f"table has bits={table.bits}; torch's fused ops read only "
+                         f"{'/'.join(map(str, TORCH_SCALE_DTYPE))}-bit rows (qe4 and qe4_fast read "
+                         f"every width: use engine='fast' or 'reference')")
     want = TORCH_SCALE_DTYPE[table.bits]
     if table.scale_dtype != want:
         raise ValueError(f"table stores {table.scale_dtype} scale/bias; torch's {table.bits}-bit "
@@ -95,6 +102,7 @@ def from_torch(tensor: torch.Tensor, bits: int, dim: int | None = None) -> Quant
         raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dtype != torch.uint8:
         raise TypeError(f"tensor must have dtype torch.uint8, got {tensor.dtype}")
+    V.check_bits(bits, tuple(TORCH_SCALE_DTYPE))        # torch packs no other width
     return QuantizedTable.from_fused(tensor.detach().cpu().numpy(), bits, dim)
 
 
@@ -655,8 +663,13 @@ def to_torch_tiers(table: QuantizedTable) -> list[tuple[torch.Tensor, torch.Tens
         rows = np.flatnonzero(tier == t)
         mapping = np.full(table.n_rows, -1, np.int32)
         mapping[rows] = np.arange(rows.size, dtype=np.int32)
-        weight = (torch.from_numpy(np.asarray(sub, np.float32).copy()) if isinstance(sub, np.ndarray)
-                  else to_torch(sub))
+        if isinstance(sub, np.ndarray):
+            weight = torch.from_numpy(np.asarray(sub, np.float32).copy())
+        else:
+            try:
+                weight = to_torch(sub)
+            except ValueError as exc:        # e.g. a 3-bit tier: say which tier
+                raise ValueError(f"tier {t} of the mixed table: {exc}") from None
         out.append((weight, torch.from_numpy(mapping)))
     return out
 

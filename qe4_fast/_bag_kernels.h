@@ -1,6 +1,6 @@
 /* Row kernels of qe4_fast._bag: embedding bags and dequantization of fused rowwise rows.
  *
- * A row is [codes][scale][bias] (qe4.rowwise.pack_codes layout, scale/bias little-endian
+ * A row is [codes][scale][bias] (qe4.layouts.pack_codes: a bit stream, low bits first; scale/bias little-endian
  * float16 or float32).  Every function here handles ONE bag or ONE row, in a fixed order:
  * bags/rows are independent, so the caller may run them on any number of threads and the
  * bytes never change.  Columns are independent accumulators too, so SIMD along the row
@@ -36,24 +36,14 @@ typedef struct {
     int64_t row_bytes;
     int64_t code_bytes;    /* ceil(dim * bits / 8) */
     int64_t dim;
-    int bits;              /* 2, 4 or 8 */
+    int bits;              /* 2, 3, 4, 5, 6 or 8 */
     int f16;               /* 1: float16 scale/bias, 0: float32 */
 } qe4_rows;
 
 /* QE4_OK when the kernels run at SIMD level simd on this CPU and implement `bits`. */
 static int qe4_bag_check(int bits, int simd)
 {
-    int err = qe4_check_simd(simd);
-    if (err != QE4_OK)
-        return err;
-    switch (bits) {
-    case 2:
-    case 4:
-    case 8:
-        return QE4_OK;
-    default:
-        return QE4_ERR_BITS;
-    }
+    return qe4_check_rowwise(bits, simd);
 }
 
 /* ------------------------------------------------------------------ scalar helpers */
@@ -100,7 +90,7 @@ qe4_row_generic_t(const uint8_t *c, int bits, int64_t dim, float s, float t, flo
                   const int fused, const int init)
 {
     int64_t j;
-    switch (bits) { /* 2, 4 or 8: qe4_bag_check refused any other width */
+    switch (bits) { /* qe4_bag_check refused any other width; a constant width per case */
     case 8:
         for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, (float)c[j], t, fused, init);
         break;
@@ -109,6 +99,15 @@ qe4_row_generic_t(const uint8_t *c, int bits, int64_t dim, float s, float t, flo
         break;
     case 2:
         for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, qe4_code_value(c, 2, j), t, fused, init);
+        break;
+    case 3:
+        for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, qe4_code_value(c, 3, j), t, fused, init);
+        break;
+    case 5:
+        for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, qe4_code_value(c, 5, j), t, fused, init);
+        break;
+    case 6:
+        for (j = 0; j < dim; j++) QE4_STEP(acc[j], s, qe4_code_value(c, 6, j), t, fused, init);
         break;
     default:
         break;
@@ -188,12 +187,55 @@ QE4_INLINE QE4_AVX2 const uint8_t *qe4_position_avx2(const qe4_rows *t, const in
     return row;
 }
 
+/* The n bytes at p (n <= 8, a constant after inlining) as a little-endian integer, by loads
+ * of 4, 2 and 1 bytes straight into registers (a memcpy of n bytes into a wider local went
+ * through the stack: a failed store-to-load forward per call, 10x slower bags). */
+QE4_INLINE uint64_t qe4_load_le(const uint8_t *p, const int n)
+{
+    uint64_t v = 0;
+    int k = 0;
+    if (n - k >= 4) {
+        uint32_t w;
+        memcpy(&w, p + k, 4);
+        v |= (uint64_t)w << (8 * k);
+        k += 4;
+    }
+    if (n - k >= 2) {
+        uint16_t w;
+        memcpy(&w, p + k, 2);
+        v |= (uint64_t)w << (8 * k);
+        k += 2;
+    }
+    if (n - k >= 1)
+        v |= (uint64_t)p[k] << (8 * k);
+    return v;
+}
+
+/* 8 codes of 3, 5 or 6 bits -> 8 floats: the `bits` bytes from j * bits / 8 (j % 8 == 0, so
+ * the chunk starts on a byte and ends on one: every byte read is a code byte of the row).
+ * Codes 0-3 are the low 4 * bits bits of that little-endian word, codes 4-7 the next
+ * 4 * bits; each half fits a 32-bit lane (4 * 6 = 24 bits), shifted by 0, b, 2b, 3b. */
+QE4_INLINE QE4_AVX2 __m256 qe4_stream8_avx2(const uint8_t *c, const int bits, int64_t j)
+{
+    uint64_t u = qe4_load_le(c + j * bits / 8, bits);
+    if (bits == 3) { /* all 8 codes in 24 bits: one broadcast */
+        __m256i v3 = _mm256_srlv_epi32(_mm256_set1_epi32((int)u),
+                                       _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21));
+        return _mm256_cvtepi32_ps(_mm256_and_si256(v3, _mm256_set1_epi32(7)));
+    }
+    uint32_t lo = (uint32_t)u, hi = (uint32_t)(u >> (4 * bits));
+    __m256i w = _mm256_setr_epi32((int)lo, (int)lo, (int)lo, (int)lo, (int)hi, (int)hi, (int)hi, (int)hi);
+    __m256i sh = _mm256_setr_epi32(0, bits, 2 * bits, 3 * bits, 0, bits, 2 * bits, 3 * bits);
+    __m256i v = _mm256_srlv_epi32(w, sh);
+    return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32((1 << bits) - 1)));
+}
+
 /* 8 codes -> 8 floats, for the chunk of codes starting at element j (j % 8 == 0). */
 QE4_INLINE QE4_AVX2 __m256 qe4_codes8_avx2(const uint8_t *c, int bits, int64_t j)
 {
     uint32_t u = 0;
     __m256i v;
-    switch (bits) { /* 2, 4 or 8 (qe4_bag_check) */
+    switch (bits) { /* qe4_bag_check refused any other width */
     case 8:
         return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(c + j))));
     case 4:
@@ -204,6 +246,12 @@ QE4_INLINE QE4_AVX2 __m256 qe4_codes8_avx2(const uint8_t *c, int bits, int64_t j
         memcpy(&u, c + j / 4, 2);
         v = _mm256_srlv_epi32(_mm256_set1_epi32((int)u), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
         return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(3)));
+    case 3:
+        return qe4_stream8_avx2(c, 3, j);
+    case 5:
+        return qe4_stream8_avx2(c, 5, j);
+    case 6:
+        return qe4_stream8_avx2(c, 6, j);
     default:
         return _mm256_setzero_ps();
     }
@@ -338,10 +386,13 @@ QE4_AVX2 static void qe4_bag_avx2(const qe4_rows *t, const int64_t *idx, int64_t
             qe4_block64_avx512(t, idx, n_idx, w, start, end, j0, out);
             continue;
         }
-        switch (t->bits) { /* 2, 4 or 8 (qe4_bag_check) */
+        switch (t->bits) { /* qe4_bag_check refused any other width */
         case 8: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 8); break;
         case 4: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 4); break;
         case 2: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 2); break;
+        case 3: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 3); break;
+        case 5: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 5); break;
+        case 6: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 6); break;
         default: break;
         }
     }

@@ -221,6 +221,27 @@ static inline int qe4_check_simd(int level)
     }
 }
 
+/* QE4_OK when this CPU runs `level` and `bits` is a width of the rowwise layout
+ * (qe4.layouts.RowwiseLayout.bits: 2, 3, 4, 5, 6, 8), which every rowwise kernel (the
+ * encoders, bags, dequantize, lookups) implements; else QE4_ERR_SIMD or QE4_ERR_BITS. */
+static inline int qe4_check_rowwise(int bits, int level)
+{
+    int err = qe4_check_simd(level);
+    if (err != QE4_OK)
+        return err;
+    switch (bits) {
+    case 2:
+    case 3:
+    case 4:
+    case 5:
+    case 6:
+    case 8:
+        return QE4_OK;
+    default:
+        return QE4_ERR_BITS;
+    }
+}
+
 /* NAME compiled once per SIMD level from the same C: NAME must be a QE4_INLINE function
  * returning RET; PARAMS is its parenthesized parameter list and ARGS the matching argument
  * names.  Defines NAME_portable, NAME_avx2, NAME_avx512 and the table NAME_at[level] of

@@ -3,21 +3,28 @@
 # Takes validated, C-contiguous, native buffers from qe4_fast.mse, releases the GIL and
 # splits independent blocks of QE4_LANES rows into chunks run by qe4_fast's pool
 # (_pool.h); each row is computed in the reference's order, so the bytes do not depend
-# on n_threads.  The numerics live in qe4_fast/_mse_kernels.h.
+# on n_threads or on the SIMD level.  The numerics live in qe4_fast/_mse_kernels.h.
 
 from libc.stdint cimport int64_t, uint8_t
 
+from qe4_fast._common cimport check
 from qe4_fast._pool cimport par_run, qe4_chunk_start, qe4_n_chunks
 
 cdef extern from "_mse_kernels.h":
     int QE4_LANES
+    ctypedef struct qe4_mse_plan:
+        const float *x
+        int n_cols, bits, fp16
+        float max_trim
+        int n_steps, n_keep, n_iter
+        float *scale
+        float *bias
+        float *inv
+        uint8_t *out
+        size_t row_bytes
     size_t qe4_mse_work_floats(int n_cols, int n_keep) noexcept nogil
-    void qe4_mse_block(const float *x, int n, int n_cols, float qmax, int fp16, float max_trim,
-                       int n_steps, int n_keep, int n_iter, float *work, float *scale_out,
-                       float *bias_out, float *inv_out) noexcept nogil
-    void qe4_mse_encode_block(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                              const float *scale, const float *bias, const float *inv,
-                              uint8_t *out, size_t row_bytes) noexcept nogil
+    int qe4_mse_plan_init(qe4_mse_plan *p, int simd) noexcept nogil
+    int qe4_mse_block_run(const qe4_mse_plan *p, int r0, int n, float *work) noexcept nogil
 
 LANES = QE4_LANES
 
@@ -28,17 +35,10 @@ def work_floats(int n_cols, int n_keep):
 
 
 ctypedef struct mse_job:
-    const float *x
-    int n_rows, n_cols, bits, n_steps, n_keep, n_iter
-    bint fp16
-    float qmax, max_trim
+    qe4_mse_plan plan
+    int n_rows
     float *work
     Py_ssize_t work_stride
-    float *scale
-    float *bias
-    float *inv
-    uint8_t *out
-    size_t row_bytes
     int64_t n_blocks, n_chunks
 
 
@@ -49,27 +49,29 @@ def mse_rows(const float[:, ::1] x,       # IN  [n_rows, n_cols], finite, ranges
              float[::1] bias,             # OUT [n_rows]
              float[::1] inv,              # OUT [n_rows]
              uint8_t[:, ::1] out,         # OUT [n_rows, row_bytes], or 0 rows: parameters only
-             int n_threads):
-    """qe4.mse.mse_params of every row, then (if ``out`` has rows) the packed rows.
-    ``n_keep`` must not exceed the number of scan ranges."""
+             int n_threads, int simd):
+    """qe4.mse.mse_params of every row, then (if ``out`` has rows) the packed rows, with the
+    kernels of SIMD level code ``simd``.  ``n_keep`` must not exceed the number of scan
+    ranges.  Raises ValueError for a bit width without a kernel or a SIMD level this CPU
+    does not run (before touching any row)."""
     cdef mse_job j
-    j.x = &x[0, 0]
+    j.plan.x = &x[0, 0]
+    j.plan.n_cols = x.shape[1]
+    j.plan.bits = bits
+    j.plan.fp16 = fp16
+    j.plan.max_trim = max_trim
+    j.plan.n_steps = n_steps
+    j.plan.n_keep = n_keep
+    j.plan.n_iter = n_iter
+    j.plan.scale = &scale[0]
+    j.plan.bias = &bias[0]
+    j.plan.inv = &inv[0]
+    j.plan.out = &out[0, 0] if out.shape[0] > 0 else NULL
+    j.plan.row_bytes = out.shape[1]
+    check(qe4_mse_plan_init(&j.plan, simd), "qe4_fast._mse.mse_rows", None, -1, bits, -1, simd)
     j.n_rows = x.shape[0]
-    j.n_cols = x.shape[1]
-    j.bits = bits
-    j.fp16 = fp16
-    j.qmax = <float>((1 << bits) - 1)
-    j.max_trim = max_trim
-    j.n_steps = n_steps
-    j.n_keep = n_keep
-    j.n_iter = n_iter
     j.work = &work[0, 0]
     j.work_stride = work.shape[1]
-    j.scale = &scale[0]
-    j.bias = &bias[0]
-    j.inv = &inv[0]
-    j.out = &out[0, 0] if out.shape[0] > 0 else NULL
-    j.row_bytes = out.shape[1]
     j.n_blocks = (j.n_rows + QE4_LANES - 1) // QE4_LANES
     j.n_chunks = qe4_n_chunks(j.n_blocks, n_threads)
     with nogil:
@@ -86,9 +88,4 @@ cdef void _mse_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
         n = j.n_rows - r0
         if n > QE4_LANES:
             n = QE4_LANES
-        qe4_mse_block(j.x + <size_t>r0 * j.n_cols, n, j.n_cols, j.qmax, j.fp16, j.max_trim,
-                      j.n_steps, j.n_keep, j.n_iter, j.work + worker * j.work_stride,
-                      j.scale + r0, j.bias + r0, j.inv + r0)
-        if j.out != NULL:
-            qe4_mse_encode_block(j.x, r0, n, j.n_cols, j.bits, j.fp16, j.scale, j.bias, j.inv,
-                                 j.out, j.row_bytes)
+        qe4_mse_block_run(&j.plan, r0, n, j.work + worker * j.work_stride)

@@ -2,8 +2,12 @@
  *
  * QE4_LANES rows at once, stored transposed (lane k = row k) as in the greedy kernel;
  * every lane performs exactly the reference's float32/float64 operations in the
- * reference's column order, so the compiler vectorizes across lanes and every SIMD
- * clone gives the same bits.  Kernels take validated buffers and never fail.
+ * reference's column order, so the compiler vectorizes across lanes.  Like the other
+ * kernel families the search runs at the one SIMD level of the process (_common.h):
+ * qe4_mse_plan_init picks the level's variant (QE4_PER_LEVEL) once per call, and every
+ * level performs the same IEEE operations, so the bytes are the same at every level.
+ * The only failure is a bad bit width or SIMD level code, refused by qe4_mse_plan_init
+ * before any row is touched.
  */
 #ifndef QE4_MSE_KERNELS_H
 #define QE4_MSE_KERNELS_H
@@ -13,18 +17,24 @@
 #pragma GCC diagnostic ignored "-Wunused-function" /* the row-wise kernels this module does not call */
 #endif
 #include "_rowwise_kernels.h"
-
-/* The mse kernels still pick their SIMD width by GCC's target_clones (same IEEE operations
- * at every width, so the same bytes), not yet by the one QE4_SIMD level the other kernel
- * families use (QE4_PER_LEVEL in _rowwise_kernels.h): moving them is the next step. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define QE4_CLONES __attribute__((target_clones("default", "avx2", "arch=x86-64-v4")))
-#else
-#define QE4_CLONES
-#endif
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
 #endif
+
+/* One call's work: set by the caller, then qe4_mse_plan_init chooses the level's step. */
+typedef struct qe4_mse_plan qe4_mse_plan;
+struct qe4_mse_plan {
+    const float *x;            /* IN  [n_rows, n_cols], finite, ranges checked */
+    int n_cols, bits, fp16;
+    float max_trim;
+    int n_steps, n_keep, n_iter; /* n_keep <= the number of scan ranges */
+    float *scale, *bias, *inv; /* OUT [n_rows] the rows' stored (scale, bias) and 1 / scale */
+    uint8_t *out;              /* OUT [n_rows, row_bytes] packed rows, or NULL: parameters only */
+    size_t row_bytes;
+    /* set by qe4_mse_plan_init */
+    float qmax;
+    int (*step)(const qe4_mse_plan *p, int r0, int n, float *work);
+};
 
 /* Floats of scratch space one block needs: the transposed rows and, per kept range,
  * its loss and (scale, bias, inv) in every lane. */
@@ -53,38 +63,6 @@ QE4_INLINE void qe4_fused_params(float lo, float hi, float qmax, int fp16,
     *scale = bad ? 1.0f : s;
     *bias = b;
     *inv = bad ? 1.0f : iv;
-}
-
-/* Loss of two candidates per lane (they share the loads of x): qe4.mse._pass without sums. */
-QE4_INLINE void qe4_mse_loss2(const float *restrict xt, int n_cols, float qmax,
-                              const float *sa, const float *ba, const float *ia, float *restrict ea,
-                              const float *sb, const float *bb, const float *ib, float *restrict eb)
-{
-    float aa[QE4_LANES], ab[QE4_LANES];
-    for (int k = 0; k < QE4_LANES; k++)
-        aa[k] = ab[k] = 0.0f;
-    for (int j = 0; j < n_cols; j++) {
-        const float *xj = xt + (size_t)j * QE4_LANES;
-        for (int k = 0; k < QE4_LANES; k++) {
-            float x = xj[k];
-            float ta = (x - ba[k]) * ia[k];
-            float tb = (x - bb[k]) * ib[k];
-            ta = ta < 0.0f ? 0.0f : ta;
-            tb = tb < 0.0f ? 0.0f : tb;
-            ta = ta > qmax ? qmax : ta;
-            tb = tb > qmax ? qmax : tb;
-            ta = (ta + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
-            tb = (tb + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
-            float da = x - (ta * sa[k] + ba[k]);
-            float db = x - (tb * sb[k] + bb[k]);
-            aa[k] = aa[k] + da * da;
-            ab[k] = ab[k] + db * db;
-        }
-    }
-    for (int k = 0; k < QE4_LANES; k++) {
-        ea[k] = aa[k];
-        eb[k] = ab[k];
-    }
 }
 
 /* Loss and least-squares sums of one candidate per lane: qe4.mse._pass with sums. */
@@ -144,10 +122,21 @@ QE4_INLINE int qe4_mse_ls_step(int n_cols, int fp16, float sq, float sqq, float 
     return changed;
 }
 
+/* One lane: (e, s, b, iv) replaces the best so far when its error is strictly smaller (ties
+ * keep the first evaluated). */
+QE4_INLINE void qe4_mse_keep_best(float e, float s, float b, float iv, float *best_e,
+                                  float *best_s, float *best_b, float *best_i)
+{
+    int better = e < *best_e;
+    *best_e = better ? e : *best_e;
+    *best_s = better ? s : *best_s;
+    *best_b = better ? b : *best_b;
+    *best_i = better ? iv : *best_i;
+}
+
 /* The "mse" (scale, bias, inv) of n rows (1 <= n <= QE4_LANES) starting at x; see
  * qe4.mse.mse_params.  n_keep >= 1 (capped at the number of scan ranges by the caller). */
-QE4_CLONES
-static void qe4_mse_block(const float *restrict x, int n, int n_cols, float qmax, int fp16,
+QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float qmax, int fp16,
                           float max_trim, int n_steps, int n_keep, int n_iter, float *work,
                           float *scale_out, float *bias_out, float *inv_out)
 {
@@ -184,7 +173,7 @@ static void qe4_mse_block(const float *restrict x, int n, int n_cols, float qmax
                 }
             }
         }
-        qe4_mse_loss2(xt, n_cols, qmax, s2[0], b2[0], i2[0], e2[0], s2[1], b2[1], i2[1], e2[1]);
+        qe4_lanes_sqerr2(xt, n_cols, qmax, s2[0], b2[0], i2[0], e2[0], s2[1], b2[1], i2[1], e2[1]);
         for (int c = 0; c < m; c++)
             for (int k = 0; k < QE4_LANES; k++) {
                 float e = e2[c][k];
@@ -227,24 +216,18 @@ static void qe4_mse_block(const float *restrict x, int n, int n_cols, float qmax
             qe4_mse_ls_pass(xt, n_cols, qmax, s, b, iv, e, sq, sqq, sy, syq);
             int changed = 0;
             for (int k = 0; k < QE4_LANES; k++) {
-                int better = e[k] < best_e[k];
-                best_e[k] = better ? e[k] : best_e[k];
-                best_s[k] = better ? s[k] : best_s[k];
-                best_b[k] = better ? b[k] : best_b[k];
-                best_i[k] = better ? iv[k] : best_i[k];
+                qe4_mse_keep_best(e[k], s[k], b[k], iv[k], &best_e[k], &best_s[k], &best_b[k],
+                                  &best_i[k]);
                 changed |= qe4_mse_ls_step(n_cols, fp16, sq[k], sqq[k], sy[k], syq[k],
                                            &s[k], &b[k], &iv[k]);
             }
             if (!changed) /* every lane at a fixed point: later passes repeat this one */
                 goto next_chain;
         }
-        qe4_mse_loss2(xt, n_cols, qmax, s, b, iv, e, s, b, iv, sq);
+        qe4_lanes_sqerr2(xt, n_cols, qmax, s, b, iv, e, s, b, iv, sq);
         for (int k = 0; k < QE4_LANES; k++) {
-            int better = e[k] < best_e[k];
-            best_e[k] = better ? e[k] : best_e[k];
-            best_s[k] = better ? s[k] : best_s[k];
-            best_b[k] = better ? b[k] : best_b[k];
-            best_i[k] = better ? iv[k] : best_i[k];
+            qe4_mse_keep_best(e[k], s[k], b[k], iv[k], &best_e[k], &best_s[k], &best_b[k],
+                              &best_i[k]);
         }
     next_chain:;
     }
@@ -255,19 +238,43 @@ static void qe4_mse_block(const float *restrict x, int n, int n_cols, float qmax
     }
 }
 
+/* Rows [r0, r0 + n) of a planned call, n <= QE4_LANES: their (scale, bias, inv), then (when
+ * p->out is set) their packed rows.  work: qe4_mse_work_floats floats.  Returns 0. */
+QE4_INLINE int qe4_mse_rows(const qe4_mse_plan *p, int r0, int n, float *work)
+{
+    int n_cols = p->n_cols;
+    qe4_mse_block(p->x + (size_t)r0 * n_cols, n, n_cols, p->qmax, p->fp16, p->max_trim,
+                  p->n_steps, p->n_keep, p->n_iter, work, p->scale + r0, p->bias + r0,
+                  p->inv + r0);
+    if (p->out != NULL)
+        for (int r = r0; r < r0 + n; r++)
+            qe4_encode_row(p->x + (size_t)r * n_cols, n_cols, p->bits, p->fp16, p->scale[r],
+                           p->bias[r], p->inv[r], p->out + (size_t)r * p->row_bytes);
+    return 0;
+}
+QE4_PER_LEVEL(int, qe4_mse_rows, (const qe4_mse_plan *p, int r0, int n, float *work),
+              (p, r0, n, work));
+
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
 
-/* Packed rows [r0, r0 + n) from their (scale, bias, inv). */
-QE4_CLONES
-static void qe4_mse_encode_block(const float *x, int r0, int n, int n_cols, int bits, int fp16,
-                                 const float *scale, const float *bias, const float *inv,
-                                 uint8_t *out, size_t row_bytes)
+/* Choose p's step (its caller fields set) for SIMD level `simd`: QE4_OK, or QE4_ERR_SIMD /
+ * QE4_ERR_BITS (a width qe4_encode_row does not implement); nothing runs then. */
+static int qe4_mse_plan_init(qe4_mse_plan *p, int simd)
 {
-    for (int r = r0; r < r0 + n; r++)
-        qe4_encode_row(x + (size_t)r * n_cols, n_cols, bits, fp16, scale[r], bias[r], inv[r],
-                       out + (size_t)r * row_bytes);
+    int err = qe4_check_rowwise(p->bits, simd);
+    if (err != QE4_OK)
+        return err;
+    p->qmax = (float)((1 << p->bits) - 1);
+    p->step = qe4_mse_rows_at[simd];
+    return QE4_OK;
+}
+
+/* Rows [r0, r0 + n) of a planned call (n <= QE4_LANES). */
+static inline int qe4_mse_block_run(const qe4_mse_plan *p, int r0, int n, float *work)
+{
+    return p->step(p, r0, n, work);
 }
 
 #endif

@@ -131,8 +131,45 @@ static inline float qe4_row_loss(const float *x, int n_cols, float lo, float hi,
 #pragma GCC optimize("no-trapping-math")
 #endif
 
-/* range_loss of QE4_LANES rows stored transposed, xt[j * QE4_LANES + k] = row k, column j,
- * for two candidate ranges at once (they share the loads of x). */
+/* Squared L2 errors of QE4_LANES rows stored transposed, xt[j * QE4_LANES + k] = row k,
+ * column j, each quantized with two candidates at once (they share the loads of x): codes
+ * clip(rint((x - bias) * inv), 0, qmax), error sum_j (x - (q * scale + bias))^2 in column
+ * order.  The range search (qe4_lanes_loss2) and the mse search (_mse_kernels.h) both
+ * evaluate their candidates with it. */
+QE4_INLINE void qe4_lanes_sqerr2(const float *restrict xt, int n_cols, float qmax,
+                                 const float *sa, const float *ba, const float *ia,
+                                 float *restrict ea, const float *sb, const float *bb,
+                                 const float *ib, float *restrict eb)
+{
+    float aa[QE4_LANES], ab[QE4_LANES];
+    for (int k = 0; k < QE4_LANES; k++)
+        aa[k] = ab[k] = 0.0f;
+    for (int j = 0; j < n_cols; j++) {
+        const float *xj = xt + (size_t)j * QE4_LANES;
+        for (int k = 0; k < QE4_LANES; k++) {
+            float x = xj[k];
+            float ta = (x - ba[k]) * ia[k];
+            float tb = (x - bb[k]) * ib[k];
+            ta = ta < 0.0f ? 0.0f : ta;
+            tb = tb < 0.0f ? 0.0f : tb;
+            ta = ta > qmax ? qmax : ta;
+            tb = tb > qmax ? qmax : tb;
+            ta = (ta + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+            tb = (tb + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+            float da = x - (ta * sa[k] + ba[k]);
+            float db = x - (tb * sb[k] + bb[k]);
+            aa[k] = aa[k] + da * da;
+            ab[k] = ab[k] + db * db;
+        }
+    }
+    for (int k = 0; k < QE4_LANES; k++) {
+        ea[k] = aa[k];
+        eb[k] = ab[k];
+    }
+}
+
+/* range_loss of QE4_LANES rows stored transposed (see qe4_lanes_sqerr2) for two candidate
+ * ranges at once. */
 QE4_INLINE void qe4_lanes_loss2(const float *restrict xt, int n_cols, float qmax, int fp16,
                                    const float *lo_a, const float *hi_a, float *restrict out_a,
                                    const float *lo_b, const float *hi_b, float *restrict out_b)
@@ -142,27 +179,8 @@ QE4_INLINE void qe4_lanes_loss2(const float *restrict xt, int n_cols, float qmax
     for (int k = 0; k < QE4_LANES; k++) {
         qe4_loss_params(lo_a[k], hi_a[k], qmax, fp16, &la[k], &sa[k], &ia[k]);
         qe4_loss_params(lo_b[k], hi_b[k], qmax, fp16, &lb[k], &sb[k], &ib[k]);
-        aa[k] = 0.0f;
-        ab[k] = 0.0f;
     }
-    for (int j = 0; j < n_cols; j++) {
-        const float *xj = xt + (size_t)j * QE4_LANES;
-        for (int k = 0; k < QE4_LANES; k++) {
-            float x = xj[k];
-            float ta = (x - la[k]) * ia[k];
-            float tb = (x - lb[k]) * ib[k];
-            ta = ta < 0.0f ? 0.0f : ta;
-            tb = tb < 0.0f ? 0.0f : tb;
-            ta = ta > qmax ? qmax : ta;
-            tb = tb > qmax ? qmax : tb;
-            ta = (ta + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
-            tb = (tb + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
-            float da = x - (ta * sa[k] + la[k]);
-            float db = x - (tb * sb[k] + lb[k]);
-            aa[k] = aa[k] + da * da;
-            ab[k] = ab[k] + db * db;
-        }
-    }
+    qe4_lanes_sqerr2(xt, n_cols, qmax, sa, la, ia, aa, sb, lb, ib, ab);
     for (int k = 0; k < QE4_LANES; k++) {
         out_a[k] = sqrtf(aa[k]);
         out_b[k] = sqrtf(ab[k]);
@@ -377,10 +395,31 @@ QE4_INLINE uint32_t qe4_quantize_code(float x, float bias, float inv, float qmax
     return qe4_bits(t + QE4_RINT_MAGIC) & 0xffu;
 }
 
+/* Codes of a row at 3, 5 or 6 bits: a bit stream, low bits first (qe4.layouts.pack_codes),
+ * so a code may straddle two bytes.  Returns the number of code bytes written. */
+QE4_INLINE int qe4_encode_stream(const float *restrict x, int n_cols, const int bits, float bias,
+                                 float inv, float qmax, uint8_t *restrict out)
+{
+    uint32_t acc = 0;
+    int n_acc = 0, o = 0;
+    for (int j = 0; j < n_cols; j++) {
+        acc |= qe4_quantize_code(x[j], bias, inv, qmax) << n_acc;
+        n_acc += bits;
+        if (n_acc >= 8) {   /* bits <= 8: at most one whole byte is ready */
+            out[o++] = (uint8_t)acc;
+            acc >>= 8;
+            n_acc -= 8;
+        }
+    }
+    if (n_acc > 0)
+        out[o++] = (uint8_t)acc;
+    return o;
+}
+
 /* One packed row: codes low bits first, then scale and bias little-endian (float16 when
- * fp16, else float32).  Unused high bits of the last code byte are zero.  bits is 2, 4 or
- * 8: qe4_rowwise_plan_init refuses any other width before a row is encoded, so the
- * default case (which writes nothing) is never reached. */
+ * fp16, else float32).  Unused high bits of the last code byte are zero.  bits is 2, 3, 4,
+ * 5, 6 or 8: qe4_rowwise_plan_init and qe4_mse_plan_init (qe4_check_rowwise) refuse any other width before a row
+ * is encoded, so the default case (which writes nothing) is never reached. */
 QE4_INLINE void qe4_encode_row(const float *restrict x, int n_cols, int bits, int fp16,
                                float scale, float bias, float inv, uint8_t *restrict out)
 {
@@ -415,6 +454,15 @@ QE4_INLINE void qe4_encode_row(const float *restrict x, int n_cols, int bits, in
             out[full] = (uint8_t)v;
         }
         nb = (n_cols + 3) / 4;
+        break;
+    case 3: /* a constant width per case, so each loop compiles for its own shifts */
+        nb = qe4_encode_stream(x, n_cols, 3, bias, inv, qmax, out);
+        break;
+    case 5:
+        nb = qe4_encode_stream(x, n_cols, 5, bias, inv, qmax, out);
+        break;
+    case 6:
+        nb = qe4_encode_stream(x, n_cols, 6, bias, inv, qmax, out);
         break;
     default:
         return;
@@ -684,17 +732,9 @@ static int64_t qe4_rowwise_work_floats(int method, int n_cols, int max_levels)
  * with output rows is the fused pass, which keeps no ranges. */
 static int qe4_rowwise_plan_init(qe4_rowwise_plan *p, int method, int simd)
 {
-    int err = qe4_check_simd(simd);
+    int err = qe4_check_rowwise(p->bits, simd);
     if (err != QE4_OK)
         return err;
-    switch (p->bits) {
-    case 2:
-    case 4:
-    case 8:
-        break;
-    default:
-        return QE4_ERR_BITS;
-    }
     p->qmax = (float)((1 << p->bits) - 1);
     p->encode = p->out != NULL ? qe4_step_encode_at[simd] : NULL;
     switch (method) {

@@ -246,7 +246,7 @@ def to_tbe(table: QuantizedTable, row_alignment: int = 1, *,
            n_threads: int | None = None) -> UInt8Array:
     """Rows in fbgemm_gpu's TBE inference layout; see :func:`qe4.to_tbe`."""
     V.check_table(table)
-    table._require_rowwise("the TBE layout")
+    V.check_tbe_table(table)
     row_alignment = V.check_positive_int(row_alignment, "row_alignment")
     width = -(-table.row_bytes // row_alignment) * row_alignment
     out = np.empty((table.n_rows, width), np.uint8)

@@ -16,7 +16,7 @@ from qe4 import mse as M
 from qe4 import rowwise as R
 from qe4.table import QuantizedTable
 
-from . import _mse
+from . import _mse, _simd
 from ._threads import effective_n_threads, shares_cores
 
 F32 = np.float32
@@ -58,7 +58,7 @@ def _run(x, bits, scale_dtype, max_trim, n_steps, n_keep, n_iter, n_threads, enc
     row_bytes = -(-n_cols * bits // 8) + 2 * np.dtype(scale_dtype).itemsize
     out = np.empty((n_rows if encode else 0, row_bytes), np.uint8)
     _mse.mse_rows(x, bits, scale_dtype == "float16", float(F32(max_trim)), n_steps, n_keep,
-                  n_iter, work, scale, bias, inv, out, n_threads)
+                  n_iter, work, scale, bias, inv, out, n_threads, _simd.LEVEL)
     return out, (scale, bias, inv)
 
 

@@ -28,7 +28,7 @@ from ._threads import GRAIN_SEARCH, GRAIN_STREAM, effective_n_threads, shares_co
 F32 = np.float32
 #: Bit widths the compiled row kernels implement (a width the layout registry gains must
 #: get its kernel here before qe4_fast accepts it).
-KERNEL_BITS = (2, 4, 8)
+KERNEL_BITS = (2, 3, 4, 5, 6, 8)
 
 
 def check_kernel(request: Request) -> None:

@@ -331,13 +331,16 @@ def test_choose_tables_refuses():
 def test_default_ladder_follows_the_registry(monkeypatch):
     from qe4 import method_registry as MR
     method = MR.get(A.DEFAULT_METHOD)
+    served = method.layout_entry.torch_bits          # every tier of a mixed table has a torch op
     assert A.default_ladder() == ("pruned", *(f"{A.DEFAULT_METHOD}/{b}" for b in
-                                              sorted(method.allowed_bits)), "float16", "float32")
+                                              sorted(method.allowed_bits) if b in served),
+                                  "float16", "float32")
+    assert f"{A.DEFAULT_METHOD}/3" not in A.default_ladder()     # stored, but torch has no op
     if not method.bits:             # the method stores every width of its layout: a new one joins
         layout = method.layout_entry
-        monkeypatch.setattr(layout, "bits", tuple(sorted(set(layout.bits) | {3})))
-        assert f"{A.DEFAULT_METHOD}/3" in A.default_ladder()
-        assert A.default_ladder().index(f"{A.DEFAULT_METHOD}/3") == 2
+        monkeypatch.setattr(layout, "bits", tuple(sorted(set(layout.bits) | {7})))
+        monkeypatch.setattr(layout, "torch_bits", tuple(sorted(set(served) | {7})))
+        assert A.default_ladder().index(f"{A.DEFAULT_METHOD}/7") == 3
 
 
 @pytest.mark.parametrize("seed", range(4))

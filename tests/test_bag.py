@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import qe4
+from conftest import ROWWISE_BITS
 
 F32 = np.float32
 
@@ -159,7 +160,7 @@ def test_table_must_be_a_quantized_table():
 @settings(max_examples=60, deadline=None)
 @given(x=hnp.arrays(F32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=9),
                     elements=st.floats(-60000, 60000, width=32)),
-       bits=st.sampled_from([2, 4, 8]), data=st.data())
+       bits=st.sampled_from(ROWWISE_BITS), data=st.data())
 def test_one_row_bags_are_dequantized_rows(same_bytes, x, bits, data):
     """A bag of one row (weight 1 or none, sum or mean) is exactly that row dequantized."""
     t = qe4.quantize(x, bits, "minmax")

@@ -206,6 +206,8 @@ def test_save_load_roundtrip(tmp_path):
 
 @pytest.mark.parametrize("call, exc, msg", [
     (lambda x: qe4.quantize(x, 8, "kmeans"), ValueError, "bits=8 is not supported"),
+    (lambda x: qe4.quantize(x, 3, "kmeans"), ValueError,
+     r"bits=3 is not supported by method 'kmeans' \(its codebook layout stores bits in \(2, 4\)\)"),
     (lambda x: qe4.quantize(x, 7, "kmeans"), ValueError, "bits must be one of"),
     (lambda x: qe4.quantize(x, 4, "kmeans", n_groups=4), TypeError, "unexpected keyword"),
     (lambda x: qe4.quantize(x, 4, "kmeans", max_iter=0), ValueError, "max_iter must be in"),

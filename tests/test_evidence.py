@@ -151,7 +151,8 @@ def test_engine_choice_is_explicit():
 
 def test_offered_bits():
     assert C.offered_bits("greedy") == (2, 4, 8)
-    assert 3 not in C.offered_bits("minmax")
+    assert C.offered_bits("greedy", (2, 3, 5, 7)) == (2, 3, 5)      # the registry's widths
+    assert C.offered_bits("kmeans", (2, 3, 4, 8)) == (2, 4)
 
 
 # --------------------------------------------------------------------------- end to end

@@ -340,7 +340,12 @@ def test_bits_per_weight(glove):
 # --------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("call, exc, words", [
-    (lambda x: E.to_executorch(x, 3), ValueError, "bits"),
+    (lambda x: E.to_executorch(x, 3), ValueError,
+     r"bits must be one of \(2, 4, 8\) for ExecuTorch, got 3"),
+    (lambda x: E.to_executorch(x, 6), ValueError, r"for ExecuTorch, got 6"),
+    (lambda x: E.to_executorch(x, 4.0), TypeError, "bits must be an integer"),
+    (lambda x: E.to_compressed_tensors(x, 5), ValueError,
+     r"bits must be one of \(2, 4, 8\) for compressed-tensors, got 5"),
     (lambda x: E.to_executorch(x, 4, group_size=24), ValueError, "group_size=24"),
     (lambda x: E.to_executorch(x, 4, scale_dtype="bfloat16"), ValueError, "scale_dtype"),
     (lambda x: E.to_executorch(x[:, :63], 4), ValueError, "divisible by 2"),

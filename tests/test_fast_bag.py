@@ -174,7 +174,8 @@ def test_unfused_product_is_exact_for_float16_scales():
 
 # ----------------------------------------------------------------------------- TBE
 
-@pytest.mark.parametrize("bits,scale_dtype", BITS_SCALES)
+@pytest.mark.parametrize("bits,scale_dtype", [c for c in BITS_SCALES
+                                               if c[0] in L.LAYOUTS["rowwise"].torch_bits])
 @pytest.mark.parametrize("dim", [1, 7, 64, 257])
 @pytest.mark.parametrize("row_alignment", [1, 3, 16])
 def test_tbe_round_trip_matches_reference(bits, scale_dtype, dim, row_alignment):
@@ -188,6 +189,19 @@ def test_tbe_round_trip_matches_reference(bits, scale_dtype, dim, row_alignment)
         assert back == qe4.from_tbe(ref, bits, dim, scale_dtype=scale_dtype,
                                     row_alignment=row_alignment)
         assert back == table
+
+
+def test_tbe_refuses_the_stream_widths(same_error):
+    """TBE has no 3, 5 or 6-bit rows: both directions refuse them, naming bits."""
+    for bits in L.LAYOUTS["rowwise"].bits:
+        if bits in L.LAYOUTS["rowwise"].torch_bits:
+            continue
+        table = make_table(4, 10, bits, "float16")
+        err = same_error(lambda: qe4.to_tbe(table), lambda: fast.to_tbe(table))
+        assert str(err) == f"table has bits={bits}; fbgemm_gpu's TBE rows are 2/4/8-bit"
+        rows = np.zeros((4, 12), np.uint8)
+        err = same_error(lambda: qe4.from_tbe(rows, bits), lambda: fast.from_tbe(rows, bits))
+        assert str(err) == f"bits must be one of (2, 4, 8), got {bits}"
 
 
 def test_tbe_errors_match_reference():

@@ -21,6 +21,7 @@ import qe4
 from qe4 import _validate as V
 from qe4 import codebook as C
 from qe4.table import LAYOUTS
+from conftest import float_dtype_configs
 
 qe4_fast = pytest.importorskip("qe4_fast", reason="qe4_fast is not built")
 from qe4_fast import _bag, _codebook, _lookup, _rowwise, _simd  # noqa: E402
@@ -139,17 +140,44 @@ def test_rowwise_bytes_at_every_level(method, same_bytes, monkeypatch):
     opts = {"n_bins": 24} if method in ("greedy", "exhaustive") else {}
     for n_rows, n_cols in ((17, 1), (20, 7), (33, 33), (9, 130)):
         x = _data(n_rows, n_cols)
-        for bits in (2, 4, 8):
-            for sd in (("float32",) if bits == 8 else ("float16", "float32")):
-                ref = qe4.quantize(x, bits, method, scale_dtype=sd, **opts).data
-                lo, hi = qe4.row_ranges(x, bits, method, scale_dtype=sd, **opts)
-                for level in LEVELS:
-                    monkeypatch.setattr(_simd, "LEVEL", level)
-                    t = qe4_fast.quantize(x, bits, method, scale_dtype=sd, n_threads=2, **opts)
-                    same_bytes(t.data, ref)
-                    got = qe4_fast.row_ranges(x, bits, method, scale_dtype=sd, **opts)
-                    same_bytes(got[0], lo)
-                    same_bytes(got[1], hi)
+        for bits, sd in float_dtype_configs("rowwise"):
+            ref = qe4.quantize(x, bits, method, scale_dtype=sd, **opts).data
+            lo, hi = qe4.row_ranges(x, bits, method, scale_dtype=sd, **opts)
+            for level in LEVELS:
+                monkeypatch.setattr(_simd, "LEVEL", level)
+                t = qe4_fast.quantize(x, bits, method, scale_dtype=sd, n_threads=2, **opts)
+                same_bytes(t.data, ref)
+                got = qe4_fast.row_ranges(x, bits, method, scale_dtype=sd, **opts)
+                same_bytes(got[0], lo)
+                same_bytes(got[1], hi)
+
+
+def test_mse_bytes_at_every_level(same_bytes, monkeypatch):
+    """The mse search and its rows at each level the CPU runs equal the reference, at every
+    rowwise width (small search: its kernels run at the one level like the others)."""
+    opts = {"n_steps": 3, "n_keep": 2, "n_iter": 2}
+    for n_rows, n_cols in ((17, 1), (20, 7), (9, 130)):
+        x = _data(n_rows, n_cols)
+        for bits, sd in float_dtype_configs("rowwise"):
+            ref = qe4.quantize(x, bits, "mse", scale_dtype=sd, **opts).data
+            for level in LEVELS:
+                monkeypatch.setattr(_simd, "LEVEL", level)
+                same_bytes(qe4_fast.quantize(x, bits, "mse", scale_dtype=sd, n_threads=2,
+                                             **opts).data, ref)
+
+
+def test_mse_kernels_refuse_bad_codes():
+    from qe4_fast import _mse
+    x = _data(20, 9)
+    work = np.zeros((1, _mse.work_floats(9, 1)), F32)
+    par = [np.full(20, 7.0, F32) for _ in range(3)]
+    out = np.full((20, 9), 0xAB, np.uint8)
+    for bits, simd, match in ((7, _simd.LEVEL, "no kernel for bits=7"),
+                              (1, _simd.LEVEL, "no kernel for bits=1"),
+                              (4, 3, "SIMD level code 3"), (4, -1, "SIMD level code -1")):
+        with pytest.raises(ValueError, match="qe4_fast._mse.mse_rows: " + match):
+            _mse.mse_rows(x, bits, True, 0.5, 2, 1, 1, work, *par, out, 1, simd)
+        assert np.all(out == 0xAB) and all(np.all(p == 7.0) for p in par)   # nothing written
 
 
 # ----------------------------------------------------------------------------- bad codes
@@ -167,7 +195,7 @@ def _rowwise_args(method=0, bits=4, simd=None):
 @pytest.mark.parametrize("kwargs, match", [
     ({"method": 5}, "unknown method code 5"),
     ({"method": -1}, "unknown method code -1"),
-    ({"bits": 3}, "no kernel for bits=3"),
+    ({"bits": 7}, "no kernel for bits=7"),
     ({"bits": 1}, "no kernel for bits=1"),
     ({"bits": 16}, "no kernel for bits=16"),
     ({"simd": 3}, "SIMD level code 3"),
@@ -206,7 +234,7 @@ def _bag_args(bits=4, simd=None):
             None, False, out, 1, _simd.LEVEL if simd is None else simd), out
 
 
-@pytest.mark.parametrize("kwargs, match", [({"bits": 3}, "bits=3"), ({"bits": 6}, "bits=6"),
+@pytest.mark.parametrize("kwargs, match", [({"bits": 7}, "bits=7"), ({"bits": 1}, "bits=1"),
                                            ({"simd": 7}, "SIMD level code 7")])
 def test_bag_kernels_refuse_bad_codes(kwargs, match):
     args, out = _bag_args(**kwargs)
@@ -267,13 +295,13 @@ def test_lookup_kernels_refuse_bad_codes():
                           ({"kind": 5}, "unknown output kind code 5"),
                           ({"simd": 4}, "SIMD level code 4"),
                           ({"spec": spec[:1] + (7,) + spec[2:]}, "unknown layout code 7"),
-                          ({"spec": spec[:2] + (3,) + spec[3:]}, "no kernel for bits=3")):
+                          ({"spec": spec[:2] + (7,) + spec[3:]}, "no kernel for bits=7")):
         with pytest.raises(ValueError, match="qe4_fast._lookup.bags: " + match):
             bags(**kwargs)
     with pytest.raises(ValueError, match="qe4_fast._lookup.gather: unknown output kind code 9"):
         _lookup.gather(spec, idx, 9, out, 1, _simd.LEVEL)
-    with pytest.raises(ValueError, match="qe4_fast._lookup.gather: no kernel for bits=5"):
-        _lookup.gather(spec[:2] + (5,) + spec[3:], idx, 0, out, 1, _simd.LEVEL)
+    with pytest.raises(ValueError, match="qe4_fast._lookup.gather: no kernel for bits=7"):
+        _lookup.gather(spec[:2] + (7,) + spec[3:], idx, 0, out, 1, _simd.LEVEL)
     assert np.all(out == 0xAB)
     with pytest.raises(ValueError, match="round_floats: SIMD level code 3"):
         _lookup.round_floats(np.ones(4, F32), 1, np.zeros(8, np.uint8), 3)

@@ -2,7 +2,8 @@
 re-written byte for byte by every later qe4 (the numcodecs fixture pattern).
 
 The files were written once (tests/golden/write_once.py, before the registry
-refactor) and are never regenerated: a change that breaks one of these tests
+refactor; the 3, 5 and 6-bit rowwise ones by the first code that stored those widths)
+and are never regenerated: a change that breaks one of these tests
 breaks files users already have on disk.
 """
 

@@ -281,7 +281,7 @@ META = {"format": "qe4", "format_version": "1", "bits": "4", "dim": "4", "method
     ({"__metadata__": {k: v for k, v in META.items() if k != "format"}}, b"\0" * 12, "not a qe4 file"),
     ({"__metadata__": dict(META, format_version="2")}, b"\0" * 12, "unsupported qe4 format_version '2'"),
     ({"__metadata__": dict(META, bits="four")}, b"\0" * 12, "bits='four' is not an integer"),
-    ({"__metadata__": dict(META, bits="3")}, b"\0" * 12, "bits must be one of"),
+    ({"__metadata__": dict(META, bits="7")}, b"\0" * 12, "bits must be one of"),
     ({"__metadata__": dict(META, dim="9")}, b"\0" * 12, "6 bytes per row"),
     ({"__metadata__": dict(META, params="{oops")}, b"\0" * 12, "params='{oops' is not valid UTF-8 JSON"),
     ({"__metadata__": dict(META, params="[1]")}, b"\0" * 12, "params must be a JSON object"),
@@ -443,7 +443,7 @@ def test_writer_row_count_enforced(tmp_path):
 
 def test_writer_validates_metadata(tmp_path):
     with pytest.raises(ValueError, match="bits must be one of"):
-        qio.TableWriter(tmp_path / "t", n_rows=1, bits=3, dim=4, method="m", scale_dtype="float16")
+        qio.TableWriter(tmp_path / "t", n_rows=1, bits=7, dim=4, method="m", scale_dtype="float16")
     with pytest.raises(ValueError, match="9 bytes per row"):
         qio.TableWriter(tmp_path / "t", n_rows=1, bits=4, dim=4, method="m",
                         scale_dtype="float16", row_bytes=9)

@@ -187,8 +187,13 @@ def test_exhaustive_never_worse_than_greedy(bits, n_bins, ratio):
             for m in ("minmax", "greedy", "exhaustive")}
     assert (loss["exhaustive"] <= loss["greedy"]).all()
     assert (loss["greedy"] <= loss["minmax"]).all()
-    if bits < 8:                     # at 8 bits clipping 32-value rows rarely pays
-        assert (loss["exhaustive"] < loss["minmax"]).mean() > 0.5
+    # the finer the code grid the less clipping 32-value rows pays: most rows at 2 to 4
+    # bits; at 5 and 6 bits most rows with the default 200 bins; rarely at 8
+    pays = (loss["exhaustive"] < loss["minmax"]).mean()
+    if bits <= 4:
+        assert pays > 0.5
+    elif bits < 8 and n_bins == 200:    # 50 bins: a step is too coarse to pay at 6 bits
+        assert pays > 0.5
 
 
 def test_greedy_path_properties(same_bytes):
@@ -495,7 +500,7 @@ wide_tables = hnp.arrays(
 
 
 @settings(max_examples=80, deadline=None)
-@given(x=st.one_of(finite_tables, wide_tables), bits=st.sampled_from([2, 4, 8]),
+@given(x=st.one_of(finite_tables, wide_tables), bits=st.sampled_from(ROWWISE_BITS),
        method=st.sampled_from(["greedy", "exhaustive", "aciq-laplace", "aciq-gauss"]),
        scale_dtype=st.sampled_from([None, "float32"]))
 def test_every_method_roundtrips_its_bytes(same_bytes, x, bits, method, scale_dtype):

@@ -560,9 +560,9 @@ def _range_loss_cases():
     x = weights(3, 5)
     lo, hi = x.min(axis=1), x.max(axis=1)
     return [
-        ((x, lo, hi, -1), ValueError, r"bits must be one of \(2, 4, 8\), got -1"),
-        ((x, lo, hi, 3), ValueError, r"bits must be one of \(2, 4, 8\), got 3"),
-        ((x, lo, hi, 100), ValueError, r"bits must be one of \(2, 4, 8\), got 100"),
+        ((x, lo, hi, -1), ValueError, r"bits must be one of \(2, 3, 4, 5, 6, 8\), got -1"),
+        ((x, lo, hi, 7), ValueError, r"bits must be one of \(2, 3, 4, 5, 6, 8\), got 7"),
+        ((x, lo, hi, 100), ValueError, r"bits must be one of \(2, 3, 4, 5, 6, 8\), got 100"),
         ((x, lo, hi, 4.0), TypeError, "bits must be an integer, got 4.0"),
         ((x, lo, hi, 4, "bogus"), ValueError, "scale_dtype must be one of"),
         ((x.astype(np.complex64), lo, hi), TypeError, "x must have dtype float16, float32 or float64"),

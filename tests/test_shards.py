@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qe4
+from conftest import ROWWISE_BITS
 from qe4 import shards as S
 
 
@@ -337,7 +338,7 @@ def test_codebook_tables(tmp_path, same_bytes):
 @settings(max_examples=30, deadline=None)
 @given(data=st.data())
 def test_random_shards_and_bags_match_the_whole_table(data):
-    bits = data.draw(st.sampled_from([2, 4, 8]), label="bits")
+    bits = data.draw(st.sampled_from(ROWWISE_BITS), label="bits")
     n_rows = data.draw(st.integers(1, 40), label="n_rows")
     dim = data.draw(st.integers(1, 9), label="dim")
     x = _weights(n_rows, dim, seed=data.draw(st.integers(0, 2**16), label="seed"))

@@ -76,6 +76,13 @@ def test_refuses():
         TBEEmbeddingBags([qe4.quantize(x, 8, "greedy")])
     with pytest.raises(ValueError, match="layout 'codebook'"):
         TBEEmbeddingBags([qe4.quantize(x, 4, "kmeans")])
+    for bits in (3, 5, 6):      # the rowwise bit-stream widths: no TBE type
+        with pytest.raises(ValueError, match=f"has bits={bits}; TBE's integer rows are 2, 4 or 8"):
+            TBEEmbeddingBags([qe4.quantize(x, bits, "greedy")])
+    with pytest.raises(ValueError, match=r"bits=3"):    # a mixed table's 3-bit tier
+        TBEEmbeddingBags([M.quantize_mixed(x, np.arange(len(x)) % 2, ["greedy/3", "greedy/4"])])
+    with pytest.raises(ValueError, match=r"bits must be one of \(2, 4, 8\), got 3"):
+        qe4.from_tbe(np.zeros((2, 8), np.uint8), 3)
     m = TBEEmbeddingBags({"a": qe4.quantize(x, 4, "greedy"), "b": qe4.quantize(x, 4, "greedy")})
     with pytest.raises(ValueError, match="same number of bags"):
         m({"a": np.array([0, 1]), "b": np.array([0])}, {"a": np.array([0, 1]), "b": np.array([0])})

@@ -261,6 +261,28 @@ def test_to_torch_rejects_incompatible_tables():
     assert from_torch(t, 4, dim=7) == odd
 
 
+def test_stream_widths_have_no_torch_op_but_serve_through_qe4(same_bytes):
+    """3, 5 and 6-bit tables: torch's fused ops refuse them by name (bits and value), the
+    engine path serves them, and quantize_model gives their bags the engine path."""
+    x = np.random.default_rng(4).standard_normal((30, 16)).astype(F32)
+    idx, off = np.array([0, 29, 3, 3, 17, 8]), np.array([0, 2, 2, 5])
+    for bits in (3, 5, 6):
+        t = qe4.quantize(x, bits, "mse")
+        msg = f"table has bits={bits}; torch's fused ops read only 2/4/8-bit rows"
+        with pytest.raises(ValueError, match=msg):
+            to_torch(t)
+        with pytest.raises(ValueError, match=msg):
+            QuantizedEmbeddingBag(t)                  # engine="torch"
+        with pytest.raises(ValueError, match=rf"bits must be one of \(2, 4, 8\), got {bits}"):
+            from_torch(torch.zeros(2, 8, dtype=torch.uint8), bits)
+        want = qe4.embedding_bag(t, idx, off, mode="mean")
+        same_bytes(QuantizedEmbeddingBag(t, "mean", engine="fast")(idx, off).numpy(), want)
+        model = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(x), mode="mean")
+        q = qe4.torch.quantize_model(model, bits, "mse")
+        assert q.engine == "fast"
+        same_bytes(q(torch.from_numpy(idx), torch.from_numpy(off)).numpy(), want)
+
+
 def test_from_torch_rejects_bad_tensors():
     with pytest.raises(TypeError, match="torch.Tensor"):
         from_torch(np.zeros((2, 6), np.uint8), 4)

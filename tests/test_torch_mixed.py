@@ -67,3 +67,13 @@ def test_refuses():
         QT.MixedEmbeddingBag(t)
     with pytest.raises(ValueError, match="mode must be"):
         QT.MixedEmbeddingBag(_table("tiers"), mode="max")
+
+
+def test_a_3bit_tier_is_refused_naming_the_tier():
+    x = np.random.default_rng(0).standard_normal((40, 16)).astype(F32)
+    t = M.quantize_mixed(x, np.arange(40) % 2, ["greedy/4", "greedy/3"])
+    msg = r"tier 1 of the mixed table: table has bits=3; torch's fused ops read only 2/4/8-bit rows"
+    with pytest.raises(ValueError, match=msg):
+        QT.to_torch_tiers(t)
+    with pytest.raises(ValueError, match=msg):
+        QT.MixedEmbeddingBag(t)

@@ -87,9 +87,10 @@ class Engine:
         return self.name + (f" ({self.notes()})" if self.notes() else "")
 
 
-def offered_bits(method: str, candidates: Sequence[int] = (2, 3, 4, 8)) -> tuple[int, ...]:
-    """The bit widths of ``candidates`` that ``qe4.quantize`` accepts for ``method``
-    (the method registry's: :attr:`qe4.method_registry.Method.allowed_bits`)."""
+def offered_bits(method: str, candidates: Sequence[int] = UNIFORM_BITS) -> tuple[int, ...]:
+    """The bit widths of ``candidates`` (default: the evidence's 2, 4 and 8 bits, the widths
+    torch also serves) that ``qe4.quantize`` accepts for ``method`` (the method registry's:
+    :attr:`qe4.method_registry.Method.allowed_bits`)."""
     allowed = M.get(method).allowed_bits
     return tuple(b for b in candidates if b in allowed)
 

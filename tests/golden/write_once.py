@@ -1,7 +1,10 @@
 """Write the golden qe4 files of tests/golden/ (run ONCE; never again).
 
 The files were written by this script with the qe4 of commit 514179a (before the
-registry refactor) and are committed.  tests/test_format_golden.py loads them
+registry refactor) and are committed; the 3, 5 and 6-bit rowwise files (bit-stream
+codes that straddle bytes) were added later, written by the first qe4 that stored
+those widths (the commit adding them to the rowwise layout), so they pin that code's
+bytes rather than an independent implementation's.  tests/test_format_golden.py loads them
 and checks every later qe4 reads, looks up and re-writes them byte for byte.
 Re-running this script would overwrite history, so it refuses when the files
 exist.  To add a case for a new layout or bit width, add it to CASES and run
@@ -32,6 +35,10 @@ CASES = {
     "rowwise-2bit-float32": (2, "aciq-laplace", {"scale_dtype": "float32"}),
     "rowwise-4bit-float32": (4, "exhaustive", {"scale_dtype": "float32", "n_bins": 40}),
     "rowwise-8bit-aciq": (8, "aciq-gauss", {}),
+    # 3, 5 and 6 bits: at DIM = 7 codes straddle bytes (21, 35, 42 bits of codes)
+    "rowwise-3bit": (3, "greedy", {}),
+    "rowwise-5bit": (5, "mse", {}),
+    "rowwise-6bit-float32": (6, "aciq-laplace", {"scale_dtype": "float32"}),
     "codebook-2bit": (2, "kmeans", {}),
     "codebook-4bit": (4, "kmeans-optimal", {}),
     "codebook-4bit-float32": (4, "kmeans", {"scale_dtype": "float32", "max_iter": 7}),
