@@ -149,14 +149,21 @@ def _engine_call(engine, name, n_threads, *args):
 DEFAULT_METHOD = "mse"
 
 
-def default_ladder() -> tuple[str, ...]:
+def default_ladder(torch_only: bool = False) -> tuple[str, ...]:
     """The default rungs, from the registries: ``pruned``, :data:`DEFAULT_METHOD` at every
-    bit width its layout stores that torch's fused ops also serve
-    (:attr:`qe4.layouts.RowwiseLayout.torch_bits`: 2, 4, 8, so every tier of a mixed
-    table has a torch op), ``float16``, ``float32``.  Rungs such as ``"greedy/3"`` or
-    ``"mse/5"`` may be added to a ladder explicitly."""
+    bit width its layout stores, ``float16``, ``float32``.
+
+    ``torch_only=True`` keeps the widths torch's fused ops and FBGEMM's TBE serve
+    (:attr:`qe4.layouts.RowwiseLayout.torch_bits`: 2, 4, 8), so that every tier of a mixed
+    table has a torch op (:func:`qe4.torch.to_torch_tiers`); :func:`choose_tables` (one
+    precision per table, for TBE/TorchRec) uses it.  The 3, 5 and 6-bit rungs are in the
+    default because they lower the error at every budget (bench/bench_budget.py, GloVe 50k
+    rows weighted 1/(rank+1): 0.115x uniform 4-bit greedy's weighted error at its bytes
+    with them, 0.170x without); qe4's own lookups and :class:`qe4.torch.MixedEmbeddingBag`
+    serve them.
+    """
     entry = M.get(DEFAULT_METHOD)
-    bits = [b for b in entry.allowed_bits if b in entry.layout_entry.torch_bits]
+    bits = [b for b in entry.allowed_bits if not torch_only or b in entry.layout_entry.torch_bits]
     return ("pruned", *(f"{DEFAULT_METHOD}/{b}" for b in sorted(bits)), "float16", "float32")
 
 
@@ -620,7 +627,7 @@ def choose_tables(tables: Mapping[str, ArrayLike], budget: int | str, *,
         Access counts or importance of the rows, in the same units for every table (a
         table with larger counts weighs more); a table left out counts each row once.
     ladder : sequence of str or Rung, optional
-        The choices (default :func:`default_ladder`).
+        The choices (default ``default_ladder(torch_only=True)``: the widths TBE serves).
     engine, n_threads
         As for :func:`allocate`; they also store the chosen tables (same bytes).
 
@@ -642,6 +649,8 @@ def choose_tables(tables: Mapping[str, ArrayLike], budget: int | str, *,
         raise ValueError(f"weights names tables that are not in tables: {unknown}; the tables "
                          f"are {sorted(tables, key=str)}")
     full = {n: weights[n] if n in weights else np.ones(np.shape(t)[0]) for n, t in tables.items()}
+    if ladder is None:
+        ladder = default_ladder(torch_only=True)
     alloc = allocate(tables, budget, weights=full, ladder=ladder, per="table", engine=engine,
                      n_threads=n_threads)
     out = TableChoices()

@@ -257,7 +257,7 @@ def test_allocate_refuses_bad_input():
         (dict(budget=100, ladder=["bogus/4"]), ValueError, "method must be one of"),
         (dict(budget=100, ladder=["fp8"]), ValueError, "unknown ladder rung 'fp8'"),
         (dict(budget=100, ladder=[4]), TypeError, "a ladder rung must be a string"),
-        (dict(budget=100, errors=np.zeros((10, 2))), ValueError, r"errors must have shape \(10, 6\)"),
+        (dict(budget=100, errors=np.zeros((10, 2))), ValueError, rf"errors must have shape \(10, {len(A.default_ladder())}\)"),
         (dict(budget=10, ladder=["greedy/4"]), ValueError, "budget of 10 bytes is below"),
     ]
     for kw, exc, match in cases:
@@ -285,7 +285,8 @@ def test_choose_tables(same_bytes, budget):
     n_elements = 200 * 16 + 300 * 8 + 7 * 4
     assert _stored_bytes(got, xs) <= a.nbytes <= a.budget == A.parse_budget(budget, n_elements)
     full = dict(ws, tiny=np.ones(7))
-    same = A.allocate(xs, budget, weights=full, per="table", engine="reference")
+    same = A.allocate(xs, budget, weights=full, per="table", engine="reference",
+                      ladder=A.default_ladder(torch_only=True))      # TBE's widths
     assert [c.tobytes() for c in a.choices] == [c.tobytes() for c in same.choices]
     num = den = 0.0
     for (name, x), c in zip(xs.items(), a.choices):
@@ -332,15 +333,17 @@ def test_default_ladder_follows_the_registry(monkeypatch):
     from qe4 import method_registry as MR
     method = MR.get(A.DEFAULT_METHOD)
     served = method.layout_entry.torch_bits          # every tier of a mixed table has a torch op
-    assert A.default_ladder() == ("pruned", *(f"{A.DEFAULT_METHOD}/{b}" for b in
-                                              sorted(method.allowed_bits) if b in served),
-                                  "float16", "float32")
-    assert f"{A.DEFAULT_METHOD}/3" not in A.default_ladder()     # stored, but torch has no op
+    rungs = lambda widths: ("pruned", *(f"{A.DEFAULT_METHOD}/{b}" for b in sorted(widths)),  # noqa: E731
+                            "float16", "float32")
+    assert A.default_ladder() == rungs(method.allowed_bits)
+    assert A.default_ladder(torch_only=True) == rungs(b for b in method.allowed_bits if b in served)
+    assert f"{A.DEFAULT_METHOD}/3" in A.default_ladder()
+    assert f"{A.DEFAULT_METHOD}/3" not in A.default_ladder(torch_only=True)   # torch has no op
     if not method.bits:             # the method stores every width of its layout: a new one joins
         layout = method.layout_entry
         monkeypatch.setattr(layout, "bits", tuple(sorted(set(layout.bits) | {7})))
-        monkeypatch.setattr(layout, "torch_bits", tuple(sorted(set(served) | {7})))
-        assert A.default_ladder().index(f"{A.DEFAULT_METHOD}/7") == 3
+        assert f"{A.DEFAULT_METHOD}/7" in A.default_ladder()
+        assert f"{A.DEFAULT_METHOD}/7" not in A.default_ladder(torch_only=True)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -16,7 +16,7 @@ from qe4.tbe import TBEEmbeddingBags         # noqa: E402
 
 F32 = np.float32
 # the rungs TBE serves exactly: every default rung but 8-bit
-LADDER = [r.name for r in A.ladder() if r.bits != 8]
+LADDER = [r.name for r in A.ladder(A.default_ladder(torch_only=True)) if r.bits != 8]  # TBE's widths
 
 
 def _model(seed=0):

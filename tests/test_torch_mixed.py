@@ -13,7 +13,7 @@ from qe4 import mixed as M                   # noqa: E402
 
 F32 = np.float32
 # every rung of the default ladder torch reads (all of them)
-LADDER = A.ladder()
+LADDER = A.ladder(A.default_ladder(torch_only=True))      # the widths torch serves
 
 
 def _table(row_map, n=500, dim=16, seed=0):
@@ -62,7 +62,7 @@ def test_refuses():
     with pytest.raises(ValueError, match="takes mixed tables"):
         QT.to_torch_tiers(qe4.quantize(np.ones((2, 4), F32), 4, "minmax"))
     x = np.random.default_rng(0).standard_normal((10, 6)).astype(F32)
-    t = M.quantize_mixed(x, np.full(10, 1), A.ladder(), engine="reference")   # 2-bit, dim 6
+    t = M.quantize_mixed(x, np.full(10, 1), LADDER, engine="reference")   # 2-bit, dim 6
     with pytest.raises(ValueError, match="dim % 4 == 0"):
         QT.MixedEmbeddingBag(t)
     with pytest.raises(ValueError, match="mode must be"):
