@@ -11,6 +11,8 @@ import qe4_fast.allocate as FA
 from qe4 import _lagrange as G
 from qe4 import allocate as A
 from qe4 import mixed
+from qe4 import layouts as L
+from qe4 import method_registry as M
 
 F32 = np.float32
 
@@ -344,6 +346,17 @@ def test_default_ladder_follows_the_registry(monkeypatch):
         monkeypatch.setattr(layout, "bits", tuple(sorted(set(layout.bits) | {7})))
         assert f"{A.DEFAULT_METHOD}/7" in A.default_ladder()
         assert f"{A.DEFAULT_METHOD}/7" not in A.default_ladder(torch_only=True)
+
+
+def test_rungs_are_layouts_a_mixed_table_can_hold():
+    assert A.MIXED_TIER_LAYOUTS == tuple(n for n, lay in L.LAYOUTS.items()
+                                         if lay.self_contained and not lay.uses_params)
+    for m in M.names(per_row=True):
+        lay = M.get(m).layout_entry
+        if lay.name not in A.MIXED_TIER_LAYOUTS:
+            with pytest.raises(ValueError, match=f"ladder rung '{m}/4': {lay.name} rows cannot "
+                                                 "be a tier of a mixed table"):
+                A.Rung(f"{m}/4")
 
 
 @pytest.mark.parametrize("seed", range(4))
