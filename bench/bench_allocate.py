@@ -46,6 +46,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--check-rows", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--ladder", default=None,
+                    help="comma-separated rungs (default: qe4's; the issue's 6-rung target: "
+                         "pruned,mse/2,mse/4,mse/8,float16,float32)")
     ap.add_argument("--quick", action="store_true",
                     help="100,000 rows, 1,000,000 solver rows, 5,000 check rows, best of 1")
     ap.add_argument("--out", default=os.path.join(RESULTS, "bench_allocate.txt"))
@@ -62,7 +65,7 @@ def main():
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.rows, DIM), dtype=np.float32)
-    rungs = A.ladder()
+    rungs = A.ladder(args.ladder.split(",") if args.ladder else None)
     say(f"qe4.allocate bench: {args.rows:,} x {DIM} N(0,1), ladder {[r.name for r in rungs]}, "
         f"{nt} threads; {machine_line()}")
 
@@ -72,8 +75,9 @@ def main():
     e_ref = A.rung_errors(sub, rungs, engine="reference")
     e_fast = A.rung_errors(sub, rungs, n_threads=nt)
     assert e_ref.tobytes() == e_fast.tobytes(), "per-row errors differ between the engines"
-    a_ref = A.allocate(sub, "3.0bpw", weights=w_sub, errors=e_ref, engine="reference")
-    a_fast = A.allocate(sub, "3.0bpw", weights=w_sub, errors=e_ref, n_threads=nt)
+    a_ref = A.allocate(sub, "3.0bpw", weights=w_sub, errors=e_ref, ladder=rungs,
+                       engine="reference")
+    a_fast = A.allocate(sub, "3.0bpw", weights=w_sub, errors=e_ref, ladder=rungs, n_threads=nt)
     assert a_ref.choices[0].tobytes() == a_fast.choices[0].tobytes(), "choices differ"
     say(f"exact: reference and qe4_fast errors and choices equal on {len(sub):,} rows")
 
@@ -114,7 +118,7 @@ def main():
     wq = zipf(args.rows, np.random.default_rng(1))
     t4 = qe4_fast.quantize(x, 4, "greedy", n_threads=nt)
     uni = qe4.table_error(x, qe4_fast.dequantize(t4, n_threads=nt), wq)
-    a = A.allocate(x, t4.nbytes, weights=wq, errors=errors, n_threads=nt)
+    a = A.allocate(x, t4.nbytes, weights=wq, errors=errors, ladder=rungs, n_threads=nt)
     say("")
     say(f"quality ({args.rows:,} rows, Zipf(1.05) weights): uniform greedy/4 {t4.nbytes:,} B "
         f"weighted error {uni:.4e}; allocation {a.nbytes:,} B {a.error:.4e} "
