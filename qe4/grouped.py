@@ -110,7 +110,7 @@ def sub_max(sub_bits: int) -> int:
 
 
 def min_range(sub_bits: int, signed: bool) -> tuple[int, int]:
-    """The sub-mins' range: ``0 .. 2**sub_bits - 1``, or two's complement when ``signed``."""
+    """The sub-mins' range (lo, hi): 0 to ``2**sub_bits - 1``, or two's complement."""
     if signed:
         return -(2 ** (sub_bits - 1)), 2 ** (sub_bits - 1) - 1
     return 0, sub_max(sub_bits)
