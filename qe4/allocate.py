@@ -89,11 +89,10 @@ class Rung:
                                  "'float32' or '<method>/<bits>' such as 'greedy/4'")
             V.check_method(m.group(1), M.names(per_row=True))   # a rung is one row's choice
             self.request = frontend.check_request(int(m.group(2)), m.group(1))
-            lay = self.request.layout
-            if not lay.self_contained or lay.uses_params:
-                # a mixed table's tier records (layout, bits, float dtype, rows) only
+            lay, mixed = self.request.layout, L.LAYOUTS["mixed"]
+            if not mixed.holds(lay):
                 raise ValueError(f"ladder rung {name!r}: {lay.name} rows cannot be a tier of a "
-                                 f"mixed table (tiers hold {MIXED_TIER_LAYOUTS} rows, whose size "
+                                 f"mixed table (tiers hold {mixed.tier_layouts} rows, whose size "
                                  "depends on dim and bits alone)")
             self.kind, self.method, self.bits = "quantized", m.group(1), self.request.bits
 
@@ -153,10 +152,6 @@ def _engine_call(engine, name, n_threads, *args):
 #: allocation (row map "tiers") is 1.23x that of uniform 4-bit greedy at 3.0 bpw against
 #: 1.82x with greedy rungs, and 0.154x against 0.197x at greedy's 29 B/row; the per-row
 #: errors of the ladder take 1.4x as long (qe4_fast, 2 threads).
-#: The layouts a quantized rung may use: those a mixed table's tiers store.
-MIXED_TIER_LAYOUTS = tuple(n for n, lay in L.LAYOUTS.items()
-                           if lay.self_contained and not lay.uses_params)
-
 DEFAULT_METHOD = "mse"
 
 

@@ -415,8 +415,8 @@ class MixedLayout(Layout):
     ``data`` is uint8 [n_rows, 0]; every byte lives in the extras (``tiers``,
     ``tier<t>``, ``planes``, ``ranks``), described in :mod:`qe4.mixed`.  Each tier
     carries its own bit width; the table's ``bits`` is always 8 (the container's: no
-    row is wider than 8-bit codes or float values).  A tier's sub-table must be a
-    self-contained layout (rowwise, codebook), float16/float32 values, or pruned.
+    row is wider than 8-bit codes or float values).  A tier's sub-table is a layout
+    :meth:`holds` (rowwise, codebook), float16/float32 values, or pruned.
     """
     name = "mixed"
     code = 3
@@ -440,13 +440,30 @@ class MixedLayout(Layout):
     def self_contained(self) -> bool:
         return False
 
+    def holds(self, layout: Layout) -> bool:
+        """True when a tier's sub-table may be in ``layout``.
+
+        A tier records (layout code, bits, float dtype, n_rows) and nothing else, so its
+        rows must be self-contained (no extras beside them) and their fields must not
+        depend on a table's ``params`` (:attr:`Layout.uses_params`): rowwise and codebook,
+        not two-tier (extras) nor grouped (params).
+        """
+        return (self.others.get(layout.name) is layout and layout.self_contained
+                and not layout.uses_params)
+
+    @property
+    def tier_layouts(self) -> tuple[str, ...]:
+        """The names of the layouts a tier may hold (:meth:`holds`), in code order."""
+        return tuple(n for n, lay in self.others.items() if self.holds(lay))
+
     def tier_layout(self, kind: int) -> Layout:
-        """The layout of a quantized tier's sub-table (by its code)."""
+        """The layout of a quantized tier's sub-table (by its code; ValueError unless
+        :meth:`holds` it)."""
         for lay in self.others.values():
-            if lay.code == kind and lay.self_contained:
+            if lay.code == kind and self.holds(lay):
                 return lay
-        raise ValueError(f"kind {kind} is not the code of a self-contained layout "
-                         f"{ {n: lay.code for n, lay in self.others.items() if lay.self_contained} }, "
+        raise ValueError(f"kind {kind} is not the code of a layout a tier holds "
+                         f"{ {n: self.others[n].code for n in self.tier_layouts} }, "
                          f"{PRUNED} (pruned) or {FLOAT} (float)")
 
     def validate(self, n_rows: int, row_bytes: int, bits: int, dim: int, float_dtype: str,

@@ -349,11 +349,21 @@ def test_default_ladder_follows_the_registry(monkeypatch):
 
 
 def test_rungs_are_layouts_a_mixed_table_can_hold():
-    assert A.MIXED_TIER_LAYOUTS == tuple(n for n, lay in L.LAYOUTS.items()
-                                         if lay.self_contained and not lay.uses_params)
+    mixed = L.LAYOUTS["mixed"]
+    assert mixed.tier_layouts == ("rowwise", "codebook")     # two-tier has extras, grouped params
+    assert mixed.tier_layouts == tuple(n for n, lay in L.LAYOUTS.items()
+                                       if lay.self_contained and not lay.uses_params)
+    for name, lay in L.LAYOUTS.items():
+        assert mixed.holds(lay) == (name in mixed.tier_layouts)
+        if mixed.holds(lay):
+            assert mixed.tier_layout(lay.code) is lay
+        else:
+            with pytest.raises(ValueError, match=f"kind {lay.code} is not the code of a layout "
+                                                 "a tier holds"):
+                mixed.tier_layout(lay.code)
     for m in M.names(per_row=True):
         lay = M.get(m).layout_entry
-        if lay.name not in A.MIXED_TIER_LAYOUTS:
+        if not mixed.holds(lay):
             with pytest.raises(ValueError, match=f"ladder rung '{m}/4': {lay.name} rows cannot "
                                                  "be a tier of a mixed table"):
                 A.Rung(f"{m}/4")
