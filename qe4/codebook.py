@@ -6,9 +6,12 @@ centroids instead of a point of a uniform grid (the paper's second method).
 Methods (``qe4.quantize(x, bits, method, **options)``)
 -------------------------------------------------------
 ``"kmeans"``
-    Per-row codebook fitted by Lloyd iterations (the paper's and QKeras' approach).
-    Deterministic, no randomness and no seed: initialised at quantiles of the sorted
-    row.  Option ``max_iter`` (default 100).  See :func:`lloyd_centroids`.
+    Per-row codebook fitted by Lloyd iterations (the paper's and QKeras' approach),
+    with deterministic split-merge moves out of Lloyd's local minima (plain Lloyd from
+    quantiles stopped at 2.8x ``kmeans-optimal``'s error at 4 bits on N(0,1) rows of 64;
+    with the moves 1.07x, and 1.04x at 2 bits).  No randomness and no seed: initialised
+    at quantiles of the sorted row.  Option ``max_iter`` (default 100, moves included).
+    See :func:`lloyd_centroids` and :func:`relocate`.
 ``"kmeans-optimal"``
     Per-row codebook that is the exact optimum of 1-D k-means (Wang & Song 2011,
     Ckmeans.1d.dp), by dynamic programming with the O(K n log n) divide-and-conquer
@@ -269,7 +272,8 @@ def _cluster_sums(values, cluster, k):
 # --------------------------------------------------------------------------- Lloyd
 
 def lloyd_centroids(xs: Float64Array, k: int, max_iter: int = 100) -> Float64Array:
-    """Lloyd's k-means of each sorted row ``xs`` float64 [R, n]; float64 centroids [R, k].
+    """Lloyd's k-means of each sorted row ``xs`` float64 [R, n], with split-merge moves
+    out of its local minima; float64 centroids [R, k].
 
     Notes
     -----
@@ -277,27 +281,46 @@ def lloyd_centroids(xs: Float64Array, k: int, max_iter: int = 100) -> Float64Arr
     Then up to ``max_iter`` times::
 
         assign: code(x) = #{i : x > (c_{i-1} + c_i) * 0.5}      (float64, ties lower)
-        stop if the assignment equals the previous one
+        if the assignment equals the previous one (Lloyd has converged):
+            move one centroid by :func:`relocate`; stop if it finds no move,
+            else assign again with the moved centroids
         update: c_i = (sequential sum of the row's values with code i, in sorted
                 order) / count;  an empty cluster keeps its centroid
 
-    So at most ``max_iter`` updates.  Rows stop independently.
+    So at most ``max_iter`` updates, moves included.  Rows stop independently.
+
+    Why the moves: plain Lloyd from quantiles stops at the first fixed point, and with
+    16 centroids on 64 values (about 4 per cluster) nearly every partition near the
+    quantile start is one: N(0,1) rows of 64 end at 2.8x the error of ``kmeans-optimal``
+    (it converges in ~10 updates; more do not help).  Iterations are not short, and the
+    start has no empty clusters on distinct values; a local minimum is the cause.  A move
+    takes the centroid that is cheapest to lose to the cluster whose split gains most,
+    both exact in closed form (:func:`between`), only when the squared error falls; Lloyd
+    then resumes, which can only lower it further, so no partition repeats.  On those
+    rows: 1.07x the optimum's error at 4 bits, 1.04x at 2 (Lloyd alone: 2.8x, 1.05x).
+    An empty cluster (equal starting quantiles, from tied values) costs nothing to lose,
+    so it is moved to where a split helps.
     """
     n_rows, n = xs.shape
     c = xs[:, ((2 * np.arange(k) + 1) * n) // (2 * k)].copy()
+    P = prefix_sum(xs)
     prev = np.full(xs.shape, -1, np.int64)
     active = np.arange(n_rows)
     for _ in range(max_iter):
         if not active.size:
             break
-        ca, xa = c[active], xs[active]
-        mids = (ca[:, :-1] + ca[:, 1:]) * 0.5
-        codes = np.zeros(xa.shape, np.int64)
-        for i in range(k - 1):
-            codes += xa > mids[:, i:i + 1]
-        moved = (codes != prev[active]).any(axis=1)
-        active, codes, xa, ca = active[moved], codes[moved], xa[moved], ca[moved]
+        codes = _lloyd_codes(xs[active], c[active])
+        settled = np.flatnonzero((codes == prev[active]).all(axis=1))   # Lloyd converged
+        if settled.size:
+            rows = active[settled]
+            moved_c, moved = relocate(xs[rows], P[rows], codes[settled], c[rows])
+            c[rows[moved]] = moved_c[moved]
+            codes[settled[moved]] = _lloyd_codes(xs[rows[moved]], moved_c[moved])
+            keep = np.ones(active.size, bool)
+            keep[settled[~moved]] = False                                # no move: done
+            active, codes = active[keep], codes[keep]
         prev[active] = codes
+        xa, ca = xs[active], c[active]
         sums = _cluster_sums(xa, codes, k)
         counts = _cluster_sums(np.ones_like(xa), codes, k)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -305,16 +328,140 @@ def lloyd_centroids(xs: Float64Array, k: int, max_iter: int = 100) -> Float64Arr
     return c
 
 
+def _lloyd_codes(xs, c):
+    """Lloyd's assignment: ``#{i : x > (c_{i-1} + c_i) * 0.5}`` (int64)."""
+    mids = (c[:, :-1] + c[:, 1:]) * 0.5
+    codes = np.zeros(xs.shape, np.int64)
+    for i in range(c.shape[1] - 1):
+        codes += xs > mids[:, i:i + 1]
+    return codes
+
+
+def between(s1: Float64Array, m1: Float64Array, s2: Float64Array,
+            m2: Float64Array) -> Float64Array:
+    """Squared error added by merging two clusters of sums ``s1, s2`` and counts
+    ``m1, m2`` (float64): ``(m1 * m2) / (m1 + m2) * d * d`` with ``d = s1 / m1 - s2 / m2``,
+    in this order (the two clusters' sizes times the squared distance of their means)."""
+    d = s1 / m1 - s2 / m2
+    return ((m1 * m2) / (m1 + m2)) * (d * d)
+
+
+def relocate(xs: Float64Array, P: Float64Array, codes: Int64Array,
+             c: Float64Array) -> tuple[Float64Array, NDArray[np.bool_]]:
+    """One split-merge move of Lloyd's centroids (:func:`lloyd_centroids`) for R rows.
+
+    Parameters
+    ----------
+    xs : float64 [R, n]
+        The sorted rows.
+    P : float64 [R, n + 1]
+        Their prefix sums (:func:`prefix_sum`).
+    codes : int64 [R, n]
+        Lloyd's converged assignment (non-decreasing along each row: cluster ``i`` is
+        the points ``[a_i, a_{i+1})``, ``a_i = #{t : codes_t < i}``).
+    c : float64 [R, k]
+        The centroids.
+
+    Returns
+    -------
+    (float64 [R, k] moved centroids, sorted; bool [R]: whether a row moved).  Rows that
+    did not move keep ``c``.
+
+    Notes
+    -----
+    With ``m_i = a_{i+1} - a_i`` and ``S_i = P[a_{i+1}] - P[a_i]`` (float64), and
+    :func:`between` for every merge or split::
+
+        gain_j = max over a_j < t < a_{j+1} of between(P[t] - P[a_j], t - a_j,
+                                                       P[a_{j+1}] - P[t], a_{j+1} - t)
+                 (the first t of the maximum; -inf when m_j < 2)
+        cost_i = 0 for an empty cluster (partner i); else the cheaper of
+                 between(S_i, m_i, S_q, m_q) for a non-empty neighbour q = i - 1, i + 1
+                 (the lower one on a tie; inf without one)
+        move   = the first (i, j) in row-major order of the largest gain_j - cost_i
+                 with j != i and j != partner(i); made only when that is > 0
+
+    The move sets ``c_q = (S_i + S_q) / (m_i + m_q)`` for the partner q (skipped when
+    cluster i is empty), then ``c_i = (P[a_{j+1}] - P[t]) / (a_{j+1} - t)`` and
+    ``c_j = (P[t] - P[a_j]) / (t - a_j)`` for the cut t of cluster j, and sorts.
+    """
+    n_rows, n = xs.shape
+    k = c.shape[1]
+    rows = np.arange(n_rows)
+    r = rows[:, None]
+    a = np.zeros((n_rows, k + 1), np.int64)                  # cluster i: points [a_i, a_i+1)
+    for i in range(1, k + 1):
+        a[:, i] = (codes < i).sum(axis=1)
+    m = (a[:, 1:] - a[:, :-1]).astype(F64)
+    S = P[r, a[:, 1:]] - P[r, a[:, :-1]]
+    with np.errstate(invalid="ignore", divide="ignore"):    # masked cells divide by 0
+        gain, cut = _split_gains(P, codes, a, k)
+        cost, partner = _merge_costs(S, m)
+    # the move: the first best (i, j) in row-major order, j neither i nor i's partner
+    idx = np.arange(k)
+    value = gain[:, None, :] - cost[:, :, None]                              # [R, i, j]
+    col = idx[None, None, :]
+    allowed = (col != idx[None, :, None]) & (col != partner[:, :, None])
+    value = np.where(allowed, value, -np.inf).reshape(n_rows, k * k)
+    pick = value.argmax(axis=1)
+    moved = value[rows, pick] > 0
+    i, j = pick // k, pick % k
+    q = partner[rows, i]
+    lo, hi, t = a[rows, j], a[rows, j + 1], cut[rows, j]
+    out = c.copy()
+    with np.errstate(invalid="ignore", divide="ignore"):    # rows that do not move
+        merged = (S[rows, i] + S[rows, q]) / (m[rows, i] + m[rows, q])
+        out[rows, q] = np.where(m[rows, i] > 0, merged, out[rows, q])
+        out[rows, i] = (P[rows, hi] - P[rows, t]) / (hi - t).astype(F64)
+        out[rows, j] = (P[rows, t] - P[rows, lo]) / (t - lo).astype(F64)
+    return np.where(moved[:, None], np.sort(out, axis=1), c), moved
+
+
+def _split_gains(P, codes, a, k):
+    """Best split of each cluster (:func:`relocate`): gain float64 [R, k] (-inf when it
+    has fewer than 2 points) and the cut t int64 [R, k] (the first of the best)."""
+    n_rows, n = codes.shape
+    r = np.arange(n_rows)[:, None]
+    t = np.arange(1, n)                               # a cut before point t ...
+    j = codes[:, 1:]                                  # ... of t's cluster j ...
+    lo, hi = np.take_along_axis(a, j, axis=1), np.take_along_axis(a, j + 1, axis=1)
+    g = between(P[:, 1:n] - P[r, lo], (t - lo).astype(F64), P[r, hi] - P[:, 1:n],
+                (hi - t).astype(F64))
+    g = np.where(codes[:, :-1] == j, g, -np.inf)      # ... when point t - 1 is in j too
+    gain, cut = np.full((n_rows, k), -np.inf), np.zeros((n_rows, k), np.int64)
+    for cl in range(k if n > 1 else 0):               # (one point: nothing to split)
+        g_cl = np.where(j == cl, g, -np.inf)
+        best = g_cl.argmax(axis=1)
+        gain[:, cl], cut[:, cl] = g_cl[r[:, 0], best], best + 1
+    return gain, cut
+
+
+def _merge_costs(S, m):
+    """Cheapest merge of each cluster (:func:`relocate`): cost float64 [R, k] and the
+    partner int64 [R, k]; an empty cluster costs 0 with itself as partner."""
+    k = S.shape[1]
+    both = (m[:, 1:] > 0) & (m[:, :-1] > 0)
+    left, right = np.full(S.shape, np.inf), np.full(S.shape, np.inf)
+    left[:, 1:] = np.where(both, between(S[:, 1:], m[:, 1:], S[:, :-1], m[:, :-1]), np.inf)
+    right[:, :-1] = np.where(both, between(S[:, :-1], m[:, :-1], S[:, 1:], m[:, 1:]), np.inf)
+    idx = np.broadcast_to(np.arange(k), S.shape)
+    cost = np.where(m > 0, np.minimum(left, right), 0.0)
+    partner = np.where(m > 0, np.where(right < left, idx + 1, idx - 1), idx)
+    return cost, partner
+
+
 # --------------------------------------------------------------------------- exact DP
+
+def prefix_sum(a: Float64Array) -> Float64Array:
+    """Sequential prefix sums [R, n + 1] (first column 0) of ``a`` float64 [R, n]."""
+    p = np.zeros((a.shape[0], a.shape[1] + 1), F64)
+    p[:, 1:] = np.cumsum(a, axis=1)              # add.accumulate: strictly sequential
+    return p
+
 
 def prefix_sums(s: Float64Array, q: Float64Array, w: Float64Array) -> list[Float64Array]:
     """Sequential prefix sums [R, n + 1] (first column 0) of per-point sums, squares, counts."""
-    out = []
-    for a in (s, q, w):
-        p = np.zeros((a.shape[0], a.shape[1] + 1), F64)
-        p[:, 1:] = np.cumsum(a, axis=1)          # add.accumulate: strictly sequential
-        out.append(p)
-    return out
+    return [prefix_sum(a) for a in (s, q, w)]
 
 
 def _cost(P1, P2, PW, r, a, b):

@@ -217,8 +217,8 @@ static void cb_partition_centroids(const double *s, const double *w, const int64
 
 typedef struct {
     int64_t n, K;
-    double *xs, *s, *q, *w, *P1, *P2, *PW, *Fa, *Fb, *c64, *sums, *cnts;
-    int32_t *A, *codes, *prev;
+    double *xs, *s, *q, *w, *P1, *P2, *PW, *Fa, *Fb, *c64, *sums, *cnts, *gain, *cost;
+    int32_t *A, *codes, *prev, *cut, *part;
     int64_t *bounds;
     float *cents;
     void *block;
@@ -233,8 +233,8 @@ static void cb_work_free(cb_work *wk)
 /* Allocate scratch for n points and K centroids; 0 on success, -1 when out of memory. */
 static int cb_work_init(cb_work *wk, int64_t n, int64_t K)
 {
-    size_t nd = (size_t)(4 * n + 5 * (n + 1) + 3 * K);
-    size_t ni = (size_t)((K > 1 ? K - 1 : 1) * (n + 1) + 2 * n);
+    size_t nd = (size_t)(4 * n + 5 * (n + 1) + 5 * K);
+    size_t ni = (size_t)((K > 1 ? K - 1 : 1) * (n + 1) + 2 * n + 2 * K);
     size_t bytes = nd * 8 + (size_t)(K + 1) * 8 + ni * 4 + (size_t)K * 4 + 64;
     char *p = (char *)malloc(bytes);
     wk->block = p;
@@ -255,11 +255,15 @@ static int cb_work_init(cb_work *wk, int64_t n, int64_t K)
     wk->c64 = dp; dp += K;
     wk->sums = dp; dp += K;
     wk->cnts = dp; dp += K;
+    wk->gain = dp; dp += K;
+    wk->cost = dp; dp += K;
     wk->bounds = (int64_t *)dp;
     int32_t *ip = (int32_t *)(wk->bounds + K + 1);
     wk->A = ip; ip += (K > 1 ? K - 1 : 1) * (n + 1);
     wk->codes = ip; ip += n;
     wk->prev = ip; ip += n;
+    wk->cut = ip; ip += K;
+    wk->part = ip; ip += K;
     wk->cents = (float *)ip;
     return 0;
 }
@@ -291,7 +295,118 @@ static void cb_row_optimal(cb_work *wk, const double *inv)
     cb_points_optimal(wk, n, shift, inv);
 }
 
-/* qe4.codebook.lloyd_centroids for the sorted row wk->xs [n] */
+/* qe4.codebook.between: the squared error added by merging clusters (s1, m1), (s2, m2) */
+static inline double cb_between(double s1, double m1, double s2, double m2)
+{
+    double d = s1 / m1 - s2 / m2;
+    return ((m1 * m2) / (m1 + m2)) * (d * d);
+}
+
+/* qe4.codebook.relocate for one row: the split-merge move of the centroids wk->c64 [K]
+ * from Lloyd's converged assignment wk->codes [n] (non-decreasing) and the prefix sums
+ * P [n + 1] of the sorted row.  Returns 1 when it moved (c64 sorted again), else 0. */
+static int cb_relocate(cb_work *wk, const double *P)
+{
+    int64_t n = wk->n, K = wk->K;
+    const int32_t *codes = wk->codes;
+    int64_t *a = wk->bounds;                     /* a[i] = #{t : codes[t] < i}, [K + 1] */
+    double *c = wk->c64, *S = wk->sums, *m = wk->cnts, *gain = wk->gain, *cost = wk->cost;
+    int32_t *cut = wk->cut, *part = wk->part;
+    for (int64_t i = 0; i <= K; i++)
+        a[i] = 0;
+    for (int64_t t = 0; t < n; t++)
+        a[codes[t] + 1]++;
+    for (int64_t i = 1; i <= K; i++)
+        a[i] += a[i - 1];
+    for (int64_t i = 0; i < K; i++) {
+        m[i] = (double)(a[i + 1] - a[i]);
+        S[i] = P[a[i + 1]] - P[a[i]];
+        gain[i] = -INFINITY;
+        cut[i] = 0;
+    }
+    for (int64_t t = 1; t < n; t++) {            /* a cut before t, inside t's cluster */
+        int32_t j = codes[t];
+        if (codes[t - 1] != j)
+            continue;
+        int64_t lo = a[j], hi = a[j + 1];
+        double g = cb_between(P[t] - P[lo], (double)(t - lo), P[hi] - P[t], (double)(hi - t));
+        if (g > gain[j]) {
+            gain[j] = g;
+            cut[j] = (int32_t)t;
+        }
+    }
+    for (int64_t i = 0; i < K; i++) {
+        if (m[i] == 0.0) {
+            cost[i] = 0.0;
+            part[i] = (int32_t)i;
+            continue;
+        }
+        double left = INFINITY, right = INFINITY;
+        if (i > 0 && m[i - 1] > 0.0)
+            left = cb_between(S[i], m[i], S[i - 1], m[i - 1]);
+        if (i < K - 1 && m[i + 1] > 0.0)
+            right = cb_between(S[i], m[i], S[i + 1], m[i + 1]);
+        cost[i] = right < left ? right : left;
+        part[i] = (int32_t)(right < left ? i + 1 : i - 1);
+    }
+    double best = -INFINITY;
+    int64_t bi = 0, bj = 0;
+    for (int64_t i = 0; i < K; i++)
+        for (int64_t j = 0; j < K; j++) {
+            if (j == i || j == part[i])
+                continue;
+            double v = gain[j] - cost[i];
+            if (v > best) {
+                best = v;
+                bi = i;
+                bj = j;
+            }
+        }
+    if (!(best > 0.0))
+        return 0;
+    int64_t q = part[bi];
+    if (m[bi] > 0.0)
+        c[q] = (S[bi] + S[q]) / (m[bi] + m[q]);
+    int64_t lo = a[bj], hi = a[bj + 1], tc = cut[bj];
+    c[bi] = (P[hi] - P[tc]) / (double)(hi - tc);
+    c[bj] = (P[tc] - P[lo]) / (double)(tc - lo);
+    CB_INSERTION_SORT(double, c, K);
+    return 1;
+}
+
+/* Lloyd's assignment of the sorted row wk->xs to wk->c64 into wk->codes: #{i : x > mid_i};
+ * 1 when it differs from wk->prev.  The midpoints are sorted in practice (a cluster's mean
+ * lies between its midpoints, an empty cluster keeps its centroid), and then, the row being
+ * sorted, one merge-like sweep counts them in O(n + K); a rounding that unsorts them takes
+ * the plain count. */
+static int cb_lloyd_assign(cb_work *wk)
+{
+    int64_t n = wk->n, K = wk->K;
+    const double *xs = wk->xs, *c = wk->c64;
+    double mids[16];
+    int sorted = 1;
+    for (int64_t i = 1; i < K; i++) {
+        mids[i - 1] = (c[i - 1] + c[i]) * 0.5;
+        sorted &= i == 1 || mids[i - 2] <= mids[i - 1];
+    }
+    int moved = 0;
+    int32_t code = 0;
+    for (int64_t t = 0; t < n; t++) {
+        if (sorted) {
+            while (code < K - 1 && xs[t] > mids[code])
+                code++;
+        } else {
+            code = 0;
+            for (int64_t i = 0; i < K - 1; i++)
+                code += xs[t] > mids[i];
+        }
+        wk->codes[t] = code;
+        moved |= code != wk->prev[t];
+    }
+    return moved;
+}
+
+/* qe4.codebook.lloyd_centroids for the sorted row wk->xs [n] (prefix sums in wk->P1) */
 static void cb_row_lloyd(cb_work *wk, int64_t max_iter)
 {
     int64_t n = wk->n, K = wk->K;
@@ -299,19 +414,15 @@ static void cb_row_lloyd(cb_work *wk, int64_t max_iter)
     double *c = wk->c64;
     for (int64_t i = 0; i < K; i++)
         c[i] = xs[((2 * i + 1) * n) / (2 * K)];
+    cb_prefix(xs, n, wk->P1);
     for (int64_t t = 0; t < n; t++)
         wk->prev[t] = -1;
     for (int64_t it = 0; it < max_iter; it++) {
-        int moved = 0;
-        for (int64_t t = 0; t < n; t++) {
-            int32_t code = 0;
-            for (int64_t i = 1; i < K; i++)
-                code += xs[t] > (c[i - 1] + c[i]) * 0.5;
-            wk->codes[t] = code;
-            moved |= code != wk->prev[t];
+        if (!cb_lloyd_assign(wk)) {              /* Lloyd converged: move a centroid */
+            if (!cb_relocate(wk, wk->P1))
+                break;
+            cb_lloyd_assign(wk);
         }
-        if (!moved)
-            break;
         for (int64_t i = 0; i < K; i++)
             wk->sums[i] = wk->cnts[i] = 0.0;
         for (int64_t t = 0; t < n; t++) {

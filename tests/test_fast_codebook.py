@@ -83,9 +83,26 @@ def test_two_tier_group_counts(n_groups, same_bytes):
 
 def test_lloyd_max_iter(same_bytes):
     x = _table(64, seed=3)
-    for it in (1, 2, 5):
+    for it in (1, 2, 5, 1000):
         same_bytes(FC.quantize_codebook(x, 4, "kmeans", max_iter=it).data,
                    qe4.quantize(x, 4, "kmeans", max_iter=it).data)
+
+
+@pytest.mark.parametrize("bits", C.BITS)
+@pytest.mark.parametrize("dim", (1, 2, 3, 7, 17, 64, 257))
+def test_lloyd_moves_bytes(bits, dim, same_bytes):
+    # the split-merge moves on ties, few distinct values, fewer values than centroids and
+    # wide ranges, at every move budget and thread count
+    rng = np.random.default_rng(dim)
+    x = np.concatenate([rng.standard_normal((8, dim)),
+                        np.round(rng.standard_normal((8, dim)) * 2) / 2,   # many ties
+                        rng.integers(0, 3, (8, dim)),                     # three values
+                        np.exp(3 * rng.standard_normal((8, dim)))]).astype(F32)
+    for it in (1, 2, 3, 7, 100):
+        ref = qe4.quantize(x, bits, "kmeans", max_iter=it, scale_dtype="float32")
+        for nt in THREADS:
+            same_bytes(FC.quantize_codebook(x, bits, "kmeans", max_iter=it,
+                                            scale_dtype="float32", n_threads=nt).data, ref.data)
 
 
 @pytest.mark.parametrize("method", C.METHODS)

@@ -4,8 +4,12 @@ The files were written by this script with the qe4 of commit 514179a (before the
 registry refactor) and are committed; the 3, 5 and 6-bit rowwise files (bit-stream
 codes that straddle bytes) were added later, written by the first qe4 that stored
 those widths (the commit adding them to the rowwise layout), so they pin that code's
-bytes rather than an independent implementation's.  tests/test_format_golden.py loads them
-and checks every later qe4 reads, looks up and re-writes them byte for byte.
+bytes rather than an independent implementation's.  ``codebook-2bit`` (method kmeans)
+was written again, by deleting it and running this script, when kmeans gained its
+split-merge moves (qe4.codebook.lloyd_centroids): its fit, not its format, changed; the
+other kmeans case (max_iter=7, 7 values per row) kept its bytes.
+tests/test_format_golden.py loads them and checks every later qe4 reads, looks up and
+re-writes them byte for byte.
 Re-running this script would overwrite history, so it refuses when the files
 exist.  To add a case for a new layout or bit width, add it to CASES and run
 the script: it writes only the files that are missing (and their expected
