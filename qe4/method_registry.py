@@ -233,7 +233,8 @@ MAX_TRIM = Option("max_trim", None, real_in_half_open_or_none(0, 1),
 N_STEPS = Option("n_steps", 8, int_in(1, 1000), "mse: scan steps (i + j <= n_steps)")
 N_KEEP = Option("n_keep", 3, int_in(1, 10**6), "mse: scanned ranges refined by least squares")
 N_ITER = Option("n_iter", 3, int_in(0, 1000), "mse: least-squares rounds per refined range")
-MAX_ITER = Option("max_iter", 100, int_in(1, 1_000_000), "most Lloyd updates per row")
+MAX_ITER = Option("max_iter", 100, int_in(1, 1_000_000),
+                  "most Lloyd updates per row (split-merge moves included)")
 N_GROUPS = Option("n_groups", 16, int_in(1, L.MAX_GROUPS), "number of shared codebooks")
 # the grouped method (qe4.grouped): its options size the rows (qe4.layouts.GroupedLayout)
 GROUP = Option("group", 32, int_in(1, L.MAX_GROUP),
@@ -257,7 +258,8 @@ _ENTRIES = (
            "ACIQ clipping at mean +- c_b * std (Gaussian prior)",
            call=("bits",), fixed=(("dist", "gauss"),)),
     Method("kmeans", 5, "codebook", "codebook", True, "qe4.codebook:lloyd_centroids",
-           "a per-row codebook by Lloyd's k-means (quantile start, no randomness)",
+           "a per-row codebook by Lloyd's k-means (quantile start, split-merge moves, "
+           "no randomness)",
            options=(MAX_ITER,), call=("k", "max_iter")),
     Method("kmeans-optimal", 6, "codebook", "codebook", True, "qe4.codebook:row_optimal_centroids",
            "the exact optimal per-row 1-D k-means codebook (dynamic programming)",

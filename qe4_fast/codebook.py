@@ -4,11 +4,11 @@ Same validation (``qe4.codebook.check_args``/``check_table``), byte-identical ta
 dequantized rows and bags for every thread count.  The numerics are documented in
 :mod:`qe4.codebook`.
 
-What is compiled: every per-row fit (Lloyd and the exact dynamic program), the
-binning and dynamic program of each ``two-tier`` group, encoding, dequantization and
-bags.  One ``two-tier`` step is the reference's own vectorized NumPy function, called
-explicitly (not a fallback): the row grouping (:func:`qe4.codebook.group_ids`, two
-stable argsorts).
+What is compiled: every per-row fit (Lloyd with its split-merge moves, and the exact
+dynamic program), the binning and dynamic program of each ``two-tier`` group, encoding,
+dequantization and bags.  One ``two-tier`` step is the reference's own vectorized NumPy
+function, called explicitly (not a fallback): the row grouping
+(:func:`qe4.codebook.group_ids`, two stable argsorts).
 """
 
 from __future__ import annotations
