@@ -144,25 +144,31 @@ QE4_INLINE QE4_AVX2 __m256 qe4_canonical8_avx2(__m256 x)
     return _mm256_blendv_ps(x, q, nan);
 }
 
+/* 8 floats -> their 8 float16 bits (NaN canonical, then round to nearest-even). */
+QE4_INLINE QE4_AVX2 __m128i qe4_f16x8_avx2(__m256 x)
+{
+    return _mm256_cvtps_ph(qe4_canonical8_avx2(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+/* 8 floats -> their 8 bfloat16 bits (NaN canonical, then (u + 0x7fff + bit16) >> 16). */
+QE4_INLINE QE4_AVX2 __m128i qe4_bf16x8_avx2(__m256 x)
+{
+    __m256i u = _mm256_castps_si256(qe4_canonical8_avx2(x));
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    u = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    return _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+}
+
 QE4_AVX2 static void qe4_store_avx2(const float *src, int64_t n, int kind, void *dst)
 {
     uint16_t *d = (uint16_t *)dst;
     int64_t j = 0;
     if (kind == QE4_OUT_F16) {
-        for (; j + 8 <= n; j += 8) {
-            __m256 x = qe4_canonical8_avx2(_mm256_loadu_ps(src + j));
-            _mm_storeu_si128((__m128i *)(d + j),
-                             _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        }
+        for (; j + 8 <= n; j += 8)
+            _mm_storeu_si128((__m128i *)(d + j), qe4_f16x8_avx2(_mm256_loadu_ps(src + j)));
     } else if (kind == QE4_OUT_BF16) {
-        const __m256i bias = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
-        for (; j + 8 <= n; j += 8) {
-            __m256i u = _mm256_castps_si256(qe4_canonical8_avx2(_mm256_loadu_ps(src + j)));
-            __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
-            u = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, bias), lsb), 16);
-            _mm_storeu_si128((__m128i *)(d + j), _mm_packus_epi32(_mm256_castsi256_si128(u),
-                                                                  _mm256_extracti128_si256(u, 1)));
-        }
+        for (; j + 8 <= n; j += 8)
+            _mm_storeu_si128((__m128i *)(d + j), qe4_bf16x8_avx2(_mm256_loadu_ps(src + j)));
     }
     if (kind == QE4_OUT_F32)
         qe4_store_generic(src, n, kind, dst);
@@ -239,14 +245,18 @@ static inline void qe4_max_generic(float *acc, const float *v, int64_t n)
 }
 
 #if QE4_X86
+/* The max rule on 8 lanes: (a >= b || a is NaN) ? a : b. */
+QE4_INLINE QE4_AVX2 __m256 qe4_max8_avx2(__m256 a, __m256 b)
+{
+    __m256 keep = _mm256_or_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ), _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+    return _mm256_blendv_ps(b, a, keep);
+}
+
 QE4_AVX2 static void qe4_max_avx2(float *acc, const float *v, int64_t n)
 {
     int64_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        __m256 a = _mm256_loadu_ps(acc + j), b = _mm256_loadu_ps(v + j);
-        __m256 keep = _mm256_or_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ), _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
-        _mm256_storeu_ps(acc + j, _mm256_blendv_ps(b, a, keep));
-    }
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(acc + j, qe4_max8_avx2(_mm256_loadu_ps(acc + j), _mm256_loadu_ps(v + j)));
     qe4_max_generic(acc + j, v + j, n - j);
 }
 #endif
@@ -263,6 +273,104 @@ static inline void qe4_max(float *acc, const float *v, int64_t n, int simd)
     qe4_max_generic(acc, v, n);
 }
 
+/* ------------------------------------------------------------------ rowwise rows in registers
+ *
+ * The AVX2 max bag and gather of rowwise tables hold a row's values for 64 columns in 8
+ * registers, as the sum bag does (_bag_kernels.h, qe4_block64_avx2_t): the row values are
+ * the same fma(scale, q, bias) as qe4_row_avx2 gives (dequantize's), computed by the same
+ * instructions, without the trip through a scratch row and a function call per row that the
+ * layout-generic path (qe4_row_values, then qe4_max or qe4_store) takes. */
+#if QE4_X86
+/* Codes j0 .. j0 + 63 of a rowwise row as 8 float vectors (j0 % 64 == 0), as
+ * qe4_block64_avx2_t decodes them. */
+QE4_INLINE QE4_AVX2 void qe4_codes64_avx2(const uint8_t *row, int64_t j0, const int bits,
+                                          __m256 q[8])
+{
+    int k;
+    if (bits == 4) {
+        /* 64 nibbles: unpacking within 128-bit lanes gives codes [0,16) and [32,48) in u1,
+         * [16,32) and [48,64) in u2 */
+        const __m256i m = _mm256_set1_epi8(0x0f);
+        __m256i b = _mm256_loadu_si256((const __m256i *)(row + j0 / 2));
+        __m256i lo = _mm256_and_si256(b, m), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+        __m256i u1 = _mm256_unpacklo_epi8(lo, hi), u2 = _mm256_unpackhi_epi8(lo, hi);
+        __m128i h[4] = {_mm256_castsi256_si128(u1), _mm256_castsi256_si128(u2),
+                        _mm256_extracti128_si256(u1, 1), _mm256_extracti128_si256(u2, 1)};
+        for (k = 0; k < 4; k++) {
+            q[2 * k] = qe4_lo8_avx2(h[k]);
+            q[2 * k + 1] = qe4_hi8_avx2(h[k]);
+        }
+    } else {
+        for (k = 0; k < 8; k++) q[k] = qe4_codes8_avx2(row, bits, j0 + 8 * k);
+    }
+}
+
+/* Row of position p (prefetching p + QE4_PREFETCH when `prefetch`) and its broadcast scale
+ * and bias; *s and *b as floats for the columns past the last 64-column block. */
+QE4_INLINE QE4_AVX2 const uint8_t *qe4_row_params_avx2(const qe4_table *T, const int64_t *idx,
+                                                       int64_t n_idx, int64_t p, int prefetch,
+                                                       float *s, float *b)
+{
+    if (prefetch) qe4_prefetch_at(T, idx, n_idx, p);
+    const uint8_t *row = qe4_table_row(T, idx[p]);
+    qe4_qparams_avx2(&T->rows, row, s, b);
+    return row;
+}
+
+/* Columns [j0, j0 + 64) of a max bag over positions start .. end - 1 (start < end) into
+ * acc[j0:j0 + 64], the 8 running maxima in registers. */
+QE4_INLINE QE4_AVX2 void qe4_max_block64_avx2_t(const qe4_table *T, const int64_t *idx,
+                                                int64_t n_idx, int64_t start, int64_t end,
+                                                int64_t j0, float *acc, const int bits)
+{
+    __m256 m[8], q[8];
+    float s, b;
+    int64_t p;
+    int k;
+    const uint8_t *row = qe4_row_params_avx2(T, idx, n_idx, start, j0 == 0, &s, &b);
+    __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(b);
+    qe4_codes64_avx2(row, j0, bits, q);
+    for (k = 0; k < 8; k++) m[k] = _mm256_fmadd_ps(vs, q[k], vt);
+    for (p = start + 1; p < end; p++) {
+        row = qe4_row_params_avx2(T, idx, n_idx, p, j0 == 0, &s, &b);
+        vs = _mm256_set1_ps(s);
+        vt = _mm256_set1_ps(b);
+        qe4_codes64_avx2(row, j0, bits, q);
+        for (k = 0; k < 8; k++) m[k] = qe4_max8_avx2(m[k], _mm256_fmadd_ps(vs, q[k], vt));
+    }
+    for (k = 0; k < 8; k++) _mm256_storeu_ps(acc + j0 + 8 * k, m[k]);
+}
+
+/* acc[0:dim] = max-pooled rowwise rows idx[start:end], start < end; vals: scratch [dim]. */
+QE4_AVX2 static void qe4_bag_max_rowwise_avx2(const qe4_table *T, const int64_t *idx,
+                                              int64_t n_idx, int64_t start, int64_t end,
+                                              float *acc, float *vals)
+{
+    const qe4_rows *t = &T->rows;
+    int64_t p, j0 = 0, dim = t->dim;
+    for (; j0 + 64 <= dim; j0 += 64) {
+        switch (t->bits) { /* qe4_lookup_check refused any other width */
+        case 8: qe4_max_block64_avx2_t(T, idx, n_idx, start, end, j0, acc, 8); break;
+        case 4: qe4_max_block64_avx2_t(T, idx, n_idx, start, end, j0, acc, 4); break;
+        case 2: qe4_max_block64_avx2_t(T, idx, n_idx, start, end, j0, acc, 2); break;
+        case 3: qe4_max_block64_avx2_t(T, idx, n_idx, start, end, j0, acc, 3); break;
+        case 5: qe4_max_block64_avx2_t(T, idx, n_idx, start, end, j0, acc, 5); break;
+        case 6: qe4_max_block64_avx2_t(T, idx, n_idx, start, end, j0, acc, 6); break;
+        default: break;
+        }
+    }
+    if (j0 == dim) return;
+    /* the remaining columns, row by row through vals (row values as qe4_row_avx2 gives) */
+    for (p = start; p < end; p++) {
+        float s, b;
+        const uint8_t *row = qe4_row_params_avx2(T, idx, n_idx, p, j0 == 0, &s, &b);
+        qe4_row_avx2_t(row + j0 * t->bits / 8, t->bits, dim - j0, s, b,
+                       p == start ? acc + j0 : vals, 1);
+        if (p > start) qe4_max_avx2(acc + j0, vals, dim - j0);
+    }
+}
+#endif
+
 /* acc[0:dim] = max-pooled rows idx[start:end] (zeros for an empty bag); vals: scratch [dim]. */
 static int qe4_bag_max(const qe4_table *T, const int64_t *idx, int64_t n_idx, int64_t start,
                        int64_t end, int simd, float *acc, float *vals)
@@ -272,6 +380,12 @@ static int qe4_bag_max(const qe4_table *T, const int64_t *idx, int64_t n_idx, in
         for (j = 0; j < dim; j++) acc[j] = 0.0f;
         return 0;
     }
+#if QE4_X86
+    if (T->layout == QE4_LAYOUT_ROWWISE && simd >= QE4_SIMD_AVX2) {
+        qe4_bag_max_rowwise_avx2(T, idx, n_idx, start, end, acc, vals);
+        return 0;
+    }
+#endif
     qe4_prefetch_at(T, idx, n_idx, start);
     if (qe4_row_values(T, idx[start], simd, acc)) return 1;
     for (p = start + 1; p < end; p++) {

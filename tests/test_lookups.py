@@ -275,6 +275,41 @@ def test_fast_crafted_nan_and_overflow(kernel, same_bytes):
         same_bytes(fast.embedding(table, idx, out_dtype=od), qe4.embedding(table, idx, out_dtype=od))
 
 
+ROWWISE_KINDS = [k for k in KINDS if k[0] == "rowwise"]
+
+
+def crafted_rows(kind, n_rows, dim, seed):
+    """A rowwise table whose stored scale/bias make NaN (inf * 0), +-inf and -0.0 values
+    (scale -1, bias -0.0: code 0 gives -0.0), next to ordinary rows."""
+    table = make_table(kind, n_rows, dim, seed=seed)
+    data = table.data.copy()
+    size = 2 if table.scale_dtype == "float16" else 4
+    dt = "<f2" if size == 2 else "<f4"
+    data[1, table.code_bytes:table.code_bytes + size] = np.array([np.inf], dt).view(np.uint8)
+    data[2, table.code_bytes:] = np.array([-1.0, -0.0], dt).view(np.uint8)
+    data[3, :] = 0                                     # scale 0, bias 0: +0.0 everywhere
+    return QuantizedTable(data, bits=table.bits, dim=dim, scale_dtype=table.scale_dtype)
+
+
+@pytest.mark.parametrize("dim", [64, 71, 130])
+@pytest.mark.parametrize("kind", ROWWISE_KINDS, ids=str)
+def test_fast_max_and_gather_blocks_of_64_columns(kind, dim, kernel, same_bytes):
+    """The AVX2 max bag and gather of rowwise tables keep 64 columns in registers: NaN,
+    infinities and the -0.0 / +0.0 ties go through those blocks and their tails exactly as
+    through the reference's rule."""
+    rng = np.random.default_rng(dim)
+    table = crafted_rows(kind, 12, dim, seed=dim)
+    idx = np.concatenate([[2, 3, 3, 2, 1, 0], rng.integers(0, 12, 60)])
+    off = np.array([0, 2, 4, 6, 6, 20, 21, 40], np.int64)
+    for od in OUT_DTYPES:
+        for n_threads in (1, 2):
+            same_bytes(fast.embedding_bag(table, idx, off, mode="max", out_dtype=od,
+                                          n_threads=n_threads),
+                       qe4.embedding_bag(table, idx, off, mode="max", out_dtype=od))
+            same_bytes(fast.embedding(table, idx, out_dtype=od, n_threads=n_threads),
+                       qe4.embedding(table, idx, out_dtype=od))
+
+
 def test_fast_bad_group_ids_raise_like_the_reference(same_error):
     table = make_table(("two-tier", 4, "float16"), 10, 8)
     data = table.data.copy()
