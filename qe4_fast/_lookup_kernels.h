@@ -426,11 +426,16 @@ static int64_t qe4_table_bags(const qe4_table *T, const int64_t *idx, int64_t n_
     return n_bad;
 }
 
-/* Gathers whose float32 output is larger than this many bytes write it with non-temporal
+/* Gathers whose output is larger than this many bytes write it with non-temporal
  * (streaming) stores: an output that large cannot stay in the cache for the caller anyway,
  * and ordinary stores first read every output line (read-for-ownership), about doubling the
  * memory traffic of a gather, whose output is ~7x the bytes it reads at 4 bits.  The values
- * are the same either way; only the way they reach memory differs. */
+ * are the same either way; only the way they reach memory differs.  Rowwise tables at AVX2
+ * stream float32, float16 and bfloat16 rows straight from registers when the output's rows
+ * are 16-byte aligned (qe4_gather_rowwise_avx2); other layouts, and misaligned rows, stream
+ * float32 rows only, through scratch (qe4_stream_floats).  On the bench machine (1M x 64
+ * 4-bit, 81,920 rows, 21 MB out) streaming took the float32 gather from 2.5-2.9 ms to
+ * 1.5-1.7 ms and the float16 one from 2.0-2.1 ms to 1.7-1.8 ms. */
 #ifndef QE4_STREAM_BYTES
 #define QE4_STREAM_BYTES (8 << 20)
 #endif
@@ -447,6 +452,95 @@ QE4_AVX2 static void qe4_stream_floats(float *dst, const float *src, int64_t n)
 }
 #endif
 
+#if QE4_X86
+/* 8 values of a gathered row -> dst (their first output element), rounded to `kind`;
+ * stream: 0 ordinary stores, 1 streaming stores to a 16-byte aligned dst, 2 (float32 only)
+ * to a 32-byte aligned one. */
+QE4_INLINE QE4_AVX2 void qe4_put8_avx2(char *dst, __m256 v, const int kind, const int stream)
+{
+    if (kind == QE4_OUT_F32) {
+        if (stream == 2) {
+            _mm256_stream_ps((float *)dst, v);
+        } else if (stream == 1) {
+            _mm_stream_ps((float *)dst, _mm256_castps256_ps128(v));
+            _mm_stream_ps((float *)dst + 4, _mm256_extractf128_ps(v, 1));
+        } else {
+            _mm256_storeu_ps((float *)dst, v);
+        }
+        return;
+    }
+    __m128i h = kind == QE4_OUT_F16 ? qe4_f16x8_avx2(v) : qe4_bf16x8_avx2(v);
+    if (stream) _mm_stream_si128((__m128i *)dst, h);
+    else _mm_storeu_si128((__m128i *)dst, h);
+}
+
+/* Gather positions p0 .. p1 - 1 of a rowwise table (the contract of qe4_gather), 64 columns
+ * of a row at a time in registers, stored straight to the output; the columns past the last
+ * block go through scratch [dim] floats. */
+QE4_INLINE QE4_AVX2 void qe4_gather_rowwise_avx2_t(const qe4_table *T, const int64_t *idx,
+                                                   int64_t n_idx, int64_t p0, int64_t p1,
+                                                   char *dst, int64_t dst_stride, float *scratch,
+                                                   const int bits, const int kind,
+                                                   const int stream)
+{
+    const int64_t dim = T->rows.dim, size = kind == QE4_OUT_F32 ? 4 : 2;
+    __m256 q[8];
+    int64_t p, j0;
+    int k;
+    for (p = p0; p < p1; p++) {
+        char *out = dst + p * dst_stride;
+        float s, b;
+        const uint8_t *row = qe4_row_params_avx2(T, idx, n_idx, p, 1, &s, &b);
+        __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(b);
+        for (j0 = 0; j0 + 64 <= dim; j0 += 64) {
+            qe4_codes64_avx2(row, j0, bits, q);
+            for (k = 0; k < 8; k++)
+                qe4_put8_avx2(out + (j0 + 8 * k) * size, _mm256_fmadd_ps(vs, q[k], vt), kind,
+                              stream);
+        }
+        if (j0 == dim) continue;
+        char *tail = out + j0 * size;
+        float *v = kind == QE4_OUT_F32 && !stream ? (float *)tail : scratch;
+        qe4_row_avx2_t(row + j0 * bits / 8, bits, dim - j0, s, b, v, 1);
+        if (kind == QE4_OUT_F32 && stream) qe4_stream_floats((float *)tail, v, dim - j0);
+        else if (kind != QE4_OUT_F32) qe4_store_avx2(v, dim - j0, kind, tail);
+    }
+}
+
+/* The kernel for the table's bit width and the output kind, with streaming stores of
+ * alignment `stream` (see qe4_put8_avx2). */
+#define QE4_GATHER_KINDS(BITS)                                                                \
+    do {                                                                                      \
+        switch (kind * 3 + stream) {                                                          \
+        case QE4_OUT_F32 * 3 + 0: qe4_gather_rowwise_avx2_t(T, idx, n_idx, p0, p1, dst, dst_stride, scratch, BITS, QE4_OUT_F32, 0); break; \
+        case QE4_OUT_F32 * 3 + 1: qe4_gather_rowwise_avx2_t(T, idx, n_idx, p0, p1, dst, dst_stride, scratch, BITS, QE4_OUT_F32, 1); break; \
+        case QE4_OUT_F32 * 3 + 2: qe4_gather_rowwise_avx2_t(T, idx, n_idx, p0, p1, dst, dst_stride, scratch, BITS, QE4_OUT_F32, 2); break; \
+        case QE4_OUT_F16 * 3 + 0: qe4_gather_rowwise_avx2_t(T, idx, n_idx, p0, p1, dst, dst_stride, scratch, BITS, QE4_OUT_F16, 0); break; \
+        case QE4_OUT_F16 * 3 + 1: qe4_gather_rowwise_avx2_t(T, idx, n_idx, p0, p1, dst, dst_stride, scratch, BITS, QE4_OUT_F16, 1); break; \
+        case QE4_OUT_BF16 * 3 + 0: qe4_gather_rowwise_avx2_t(T, idx, n_idx, p0, p1, dst, dst_stride, scratch, BITS, QE4_OUT_BF16, 0); break; \
+        case QE4_OUT_BF16 * 3 + 1: qe4_gather_rowwise_avx2_t(T, idx, n_idx, p0, p1, dst, dst_stride, scratch, BITS, QE4_OUT_BF16, 1); break; \
+        default: break; /* the caller passes no other pair */                                \
+        }                                                                                     \
+    } while (0)
+
+QE4_AVX2 static void qe4_gather_rowwise_avx2(const qe4_table *T, const int64_t *idx,
+                                             int64_t n_idx, int64_t p0, int64_t p1, int kind,
+                                             char *dst, int64_t dst_stride, int stream,
+                                             float *scratch)
+{
+    switch (T->rows.bits) { /* qe4_lookup_check refused any other width */
+    case 8: QE4_GATHER_KINDS(8); break;
+    case 4: QE4_GATHER_KINDS(4); break;
+    case 2: QE4_GATHER_KINDS(2); break;
+    case 3: QE4_GATHER_KINDS(3); break;
+    case 5: QE4_GATHER_KINDS(5); break;
+    case 6: QE4_GATHER_KINDS(6); break;
+    default: break;
+    }
+}
+#undef QE4_GATHER_KINDS
+#endif
+
 /* Gather positions p0 .. p1-1: dst + p * dst_stride = row idx[p] rounded to `kind`.
  * scratch: [dim] floats.  Returns the number of bad two-tier group ids met. */
 static int64_t qe4_gather(const qe4_table *T, const int64_t *idx, int64_t n_idx, int64_t p0,
@@ -455,8 +549,22 @@ static int64_t qe4_gather(const qe4_table *T, const int64_t *idx, int64_t n_idx,
 {
     int64_t p, n_bad = 0, dim = T->rows.dim;
 #if QE4_X86
-    int stream = kind == QE4_OUT_F32 && simd >= QE4_SIMD_AVX2
-                 && (double)n_idx * (double)dim * 4.0 > (double)QE4_STREAM_BYTES;
+    int big = simd >= QE4_SIMD_AVX2
+              && (double)n_idx * (double)dim * (kind == QE4_OUT_F32 ? 4.0 : 2.0)
+                 > (double)QE4_STREAM_BYTES;
+    int stream = big && kind == QE4_OUT_F32;
+    if (T->layout == QE4_LAYOUT_ROWWISE && simd >= QE4_SIMD_AVX2) {
+        /* streaming stores of whole vectors need every row's vectors aligned alike (a
+         * float16/bfloat16 vector is 16 bytes, a float32 one 32 or two of 16) */
+        uintptr_t at = (uintptr_t)dst | (uintptr_t)dst_stride;
+        int mode = !big ? 0
+                   : (at & 31u) == 0 && kind == QE4_OUT_F32 ? 2 : (at & 15u) == 0 ? 1 : -1;
+        if (mode >= 0) {
+            qe4_gather_rowwise_avx2(T, idx, n_idx, p0, p1, kind, dst, dst_stride, mode, scratch);
+            if (mode) _mm_sfence();
+            return 0;
+        }
+    }
 #else
     const int stream = 0;
 #endif

@@ -30,6 +30,7 @@ KERNELS = _simd.levels_up_to_chosen()
 
 
 KINDS = table_kinds()
+ROWWISE_KINDS = [k for k in KINDS if k[0] == "rowwise"]
 
 
 def test_every_layout_is_covered():
@@ -227,6 +228,32 @@ def test_fast_large_gather_streams_the_same_bytes(kind, n_threads, kernel, same_
         same_bytes(fast.embedding(table, idx, n_threads=n_threads), qe4.embedding(table, idx))
 
 
+@pytest.mark.parametrize("od", OUT_DTYPES)
+@pytest.mark.parametrize("kind", [("rowwise", 4, "float16"), ("rowwise", 3, "float32")], ids=str)
+def test_fast_large_gather_every_output_alignment(kind, od, kernel, same_bytes):
+    """Large gathers stream whole vectors when every row's vectors are aligned alike (32 or
+    16 bytes, by the output's address and row stride) and take the generic path otherwise:
+    outputs at each alignment, through the kernel itself (qe4_fast.embedding's own arrays
+    have whatever alignment NumPy gives them)."""
+    rng = np.random.default_rng(7)
+    itemsize = 4 if od == "float32" else 2
+    # row strides (float32 / 16-bit): 256 / 128, 272 / 136, 288 / 144 and 280 / 140 bytes,
+    # with tails of 0, 4, 8 and 6 columns past the 64-column block
+    for dim in (64, 68, 72, 70):
+        table = make_table(kind, 40, dim, seed=dim)
+        n = STREAM_BYTES // (itemsize * dim) + 37
+        idx = rng.integers(0, 40, n)
+        want = qe4.embedding(table, idx, out_dtype=od)
+        row_bytes = dim * itemsize
+        base = np.zeros(n * row_bytes + 64, np.uint8)
+        skip = (-base.ctypes.data) % 32          # base + skip is 32-byte aligned
+        for shift in (0, 16, 4):
+            out = base[skip + shift:skip + shift + n * row_bytes].reshape(n, row_bytes)
+            assert _lookup.gather(fast._spec(table), idx, _lookup.KINDS[od], out, 2,
+                                  _simd.LEVEL) == 0
+            same_bytes(out.view(np.uint16 if itemsize == 2 else F32).view(want.dtype), want)
+
+
 @pytest.mark.parametrize("n_threads", N_THREADS)
 def test_fast_embedding_bags_matches_reference(n_threads, kernel, same_bytes):
     rng = np.random.default_rng(n_threads)
@@ -273,9 +300,6 @@ def test_fast_crafted_nan_and_overflow(kernel, same_bytes):
             same_bytes(fast.embedding_bag(table, idx, **kw, out_dtype=od),
                        qe4.embedding_bag(table, idx, **kw, out_dtype=od))
         same_bytes(fast.embedding(table, idx, out_dtype=od), qe4.embedding(table, idx, out_dtype=od))
-
-
-ROWWISE_KINDS = [k for k in KINDS if k[0] == "rowwise"]
 
 
 def crafted_rows(kind, n_rows, dim, seed):
