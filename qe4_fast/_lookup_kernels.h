@@ -317,6 +317,15 @@ QE4_INLINE QE4_AVX2 const uint8_t *qe4_row_params_avx2(const qe4_table *T, const
     return row;
 }
 
+/* 1 when neither s nor b is infinite or NaN.  Then no value fma(s, q, b) of the row is a
+ * NaN: the exact s * q + b is a finite real (q an integer code), which may round to +-inf
+ * but never to NaN.  Rows with stored infinities or NaNs (imported bytes) are the rare case. */
+QE4_INLINE int qe4_finite_params(float s, float b)
+{
+    return ((qe4_bits(s) & 0x7f800000u) != 0x7f800000u)
+           & ((qe4_bits(b) & 0x7f800000u) != 0x7f800000u);
+}
+
 /* Columns [j0, j0 + 64) of a max bag over positions start .. end - 1 (start < end) into
  * acc[j0:j0 + 64], the 8 running maxima in registers. */
 QE4_INLINE QE4_AVX2 void qe4_max_block64_avx2_t(const qe4_table *T, const int64_t *idx,
@@ -336,7 +345,13 @@ QE4_INLINE QE4_AVX2 void qe4_max_block64_avx2_t(const qe4_table *T, const int64_
         vs = _mm256_set1_ps(s);
         vt = _mm256_set1_ps(b);
         qe4_codes64_avx2(row, j0, bits, q);
-        for (k = 0; k < 8; k++) m[k] = qe4_max8_avx2(m[k], _mm256_fmadd_ps(vs, q[k], vt));
+        if (qe4_finite_params(s, b)) {
+            /* v is no NaN: vmaxps(v, m) = v > m ? v : m is the max rule (m NaN or a tie
+             * keeps m), one instruction instead of qe4_max8_avx2's four */
+            for (k = 0; k < 8; k++) m[k] = _mm256_max_ps(_mm256_fmadd_ps(vs, q[k], vt), m[k]);
+        } else {
+            for (k = 0; k < 8; k++) m[k] = qe4_max8_avx2(m[k], _mm256_fmadd_ps(vs, q[k], vt));
+        }
     }
     for (k = 0; k < 8; k++) _mm256_storeu_ps(acc + j0 + 8 * k, m[k]);
 }

@@ -323,8 +323,9 @@ def test_fast_max_and_gather_blocks_of_64_columns(kind, dim, kernel, same_bytes)
     through the reference's rule."""
     rng = np.random.default_rng(dim)
     table = crafted_rows(kind, 12, dim, seed=dim)
-    idx = np.concatenate([[2, 3, 3, 2, 1, 0], rng.integers(0, 12, 60)])
-    off = np.array([0, 2, 4, 6, 6, 20, 21, 40], np.int64)
+    # bags: -0.0 then +0.0, +0.0 then -0.0, NaN first, NaN after a finite row, empty, random
+    idx = np.concatenate([[2, 3, 3, 2, 1, 0, 0, 1], rng.integers(0, 12, 60)])
+    off = np.array([0, 2, 4, 6, 8, 8, 20, 21, 40], np.int64)
     for od in OUT_DTYPES:
         for n_threads in (1, 2):
             same_bytes(fast.embedding_bag(table, idx, off, mode="max", out_dtype=od,
