@@ -144,16 +144,18 @@ QE4_INLINE QE4_AVX2 __m256 qe4_canonical8_avx2(__m256 x)
     return _mm256_blendv_ps(x, q, nan);
 }
 
-/* 8 floats -> their 8 float16 bits (NaN canonical, then round to nearest-even). */
-QE4_INLINE QE4_AVX2 __m128i qe4_f16x8_avx2(__m256 x)
+/* 8 floats -> their 8 float16 bits (NaN canonical, then round to nearest-even); clean: the
+ * caller knows x holds no NaN (the canonical step is skipped). */
+QE4_INLINE QE4_AVX2 __m128i qe4_f16x8_avx2(__m256 x, const int clean)
 {
-    return _mm256_cvtps_ph(qe4_canonical8_avx2(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm256_cvtps_ph(clean ? x : qe4_canonical8_avx2(x),
+                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
 /* 8 floats -> their 8 bfloat16 bits (NaN canonical, then (u + 0x7fff + bit16) >> 16). */
-QE4_INLINE QE4_AVX2 __m128i qe4_bf16x8_avx2(__m256 x)
+QE4_INLINE QE4_AVX2 __m128i qe4_bf16x8_avx2(__m256 x, const int clean)
 {
-    __m256i u = _mm256_castps_si256(qe4_canonical8_avx2(x));
+    __m256i u = _mm256_castps_si256(clean ? x : qe4_canonical8_avx2(x));
     __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
     u = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
     return _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
@@ -165,10 +167,10 @@ QE4_AVX2 static void qe4_store_avx2(const float *src, int64_t n, int kind, void 
     int64_t j = 0;
     if (kind == QE4_OUT_F16) {
         for (; j + 8 <= n; j += 8)
-            _mm_storeu_si128((__m128i *)(d + j), qe4_f16x8_avx2(_mm256_loadu_ps(src + j)));
+            _mm_storeu_si128((__m128i *)(d + j), qe4_f16x8_avx2(_mm256_loadu_ps(src + j), 0));
     } else if (kind == QE4_OUT_BF16) {
         for (; j + 8 <= n; j += 8)
-            _mm_storeu_si128((__m128i *)(d + j), qe4_bf16x8_avx2(_mm256_loadu_ps(src + j)));
+            _mm_storeu_si128((__m128i *)(d + j), qe4_bf16x8_avx2(_mm256_loadu_ps(src + j), 0));
     }
     if (kind == QE4_OUT_F32)
         qe4_store_generic(src, n, kind, dst);
@@ -470,8 +472,10 @@ QE4_AVX2 static void qe4_stream_floats(float *dst, const float *src, int64_t n)
 #if QE4_X86
 /* 8 values of a gathered row -> dst (their first output element), rounded to `kind`;
  * stream: 0 ordinary stores, 1 streaming stores to a 16-byte aligned dst, 2 (float32 only)
- * to a 32-byte aligned one. */
-QE4_INLINE QE4_AVX2 void qe4_put8_avx2(char *dst, __m256 v, const int kind, const int stream)
+ * to a 32-byte aligned one.  clean: v holds no NaN (qe4_finite_params), so the 16-bit
+ * roundings skip making NaNs canonical (a no-op on other values). */
+QE4_INLINE QE4_AVX2 void qe4_put8_avx2(char *dst, __m256 v, const int kind, const int stream,
+                                       const int clean)
 {
     if (kind == QE4_OUT_F32) {
         if (stream == 2) {
@@ -484,7 +488,7 @@ QE4_INLINE QE4_AVX2 void qe4_put8_avx2(char *dst, __m256 v, const int kind, cons
         }
         return;
     }
-    __m128i h = kind == QE4_OUT_F16 ? qe4_f16x8_avx2(v) : qe4_bf16x8_avx2(v);
+    __m128i h = kind == QE4_OUT_F16 ? qe4_f16x8_avx2(v, clean) : qe4_bf16x8_avx2(v, clean);
     if (stream) _mm_stream_si128((__m128i *)dst, h);
     else _mm_storeu_si128((__m128i *)dst, h);
 }
@@ -507,11 +511,18 @@ QE4_INLINE QE4_AVX2 void qe4_gather_rowwise_avx2_t(const qe4_table *T, const int
         float s, b;
         const uint8_t *row = qe4_row_params_avx2(T, idx, n_idx, p, 1, &s, &b);
         __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(b);
+        int clean = kind == QE4_OUT_F32 || qe4_finite_params(s, b);
         for (j0 = 0; j0 + 64 <= dim; j0 += 64) {
             qe4_codes64_avx2(row, j0, bits, q);
-            for (k = 0; k < 8; k++)
-                qe4_put8_avx2(out + (j0 + 8 * k) * size, _mm256_fmadd_ps(vs, q[k], vt), kind,
-                              stream);
+            if (clean) {
+                for (k = 0; k < 8; k++)
+                    qe4_put8_avx2(out + (j0 + 8 * k) * size, _mm256_fmadd_ps(vs, q[k], vt),
+                                  kind, stream, 1);
+            } else {
+                for (k = 0; k < 8; k++)
+                    qe4_put8_avx2(out + (j0 + 8 * k) * size, _mm256_fmadd_ps(vs, q[k], vt),
+                                  kind, stream, 0);
+            }
         }
         if (j0 == dim) continue;
         char *tail = out + j0 * size;

@@ -303,8 +303,9 @@ def test_fast_crafted_nan_and_overflow(kernel, same_bytes):
 
 
 def crafted_rows(kind, n_rows, dim, seed):
-    """A rowwise table whose stored scale/bias make NaN (inf * 0), +-inf and -0.0 values
-    (scale -1, bias -0.0: code 0 gives -0.0), next to ordinary rows."""
+    """A rowwise table whose stored scale/bias make NaN (inf * 0; a NaN bias with a payload,
+    which the 16-bit outputs make canonical), +-inf and -0.0 values (scale -1, bias -0.0:
+    code 0 gives -0.0), next to ordinary rows."""
     table = make_table(kind, n_rows, dim, seed=seed)
     data = table.data.copy()
     size = 2 if table.scale_dtype == "float16" else 4
@@ -312,6 +313,8 @@ def crafted_rows(kind, n_rows, dim, seed):
     data[1, table.code_bytes:table.code_bytes + size] = np.array([np.inf], dt).view(np.uint8)
     data[2, table.code_bytes:] = np.array([-1.0, -0.0], dt).view(np.uint8)
     data[3, :] = 0                                     # scale 0, bias 0: +0.0 everywhere
+    nan = np.array([0x7e01 if size == 2 else 0x7fc12345], "<u2" if size == 2 else "<u4")
+    data[4, table.code_bytes + size:] = nan.view(np.uint8)   # a NaN bias with a payload
     return QuantizedTable(data, bits=table.bits, dim=dim, scale_dtype=table.scale_dtype)
 
 
@@ -323,9 +326,10 @@ def test_fast_max_and_gather_blocks_of_64_columns(kind, dim, kernel, same_bytes)
     through the reference's rule."""
     rng = np.random.default_rng(dim)
     table = crafted_rows(kind, 12, dim, seed=dim)
-    # bags: -0.0 then +0.0, +0.0 then -0.0, NaN first, NaN after a finite row, empty, random
-    idx = np.concatenate([[2, 3, 3, 2, 1, 0, 0, 1], rng.integers(0, 12, 60)])
-    off = np.array([0, 2, 4, 6, 8, 8, 20, 21, 40], np.int64)
+    # bags: -0.0 then +0.0, +0.0 then -0.0, NaN first, NaN after a finite row, empty, the NaN
+    # with a payload, random
+    idx = np.concatenate([[2, 3, 3, 2, 1, 0, 0, 1, 4], rng.integers(0, 12, 60)])
+    off = np.array([0, 2, 4, 6, 8, 8, 9, 20, 21, 40], np.int64)
     for od in OUT_DTYPES:
         for n_threads in (1, 2):
             same_bytes(fast.embedding_bag(table, idx, off, mode="max", out_dtype=od,
