@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(not (OBJDUMP and X86), reason="needs objdump on 
 #: module -> functions (symbol name prefixes) that read random rows and must prefetch
 RANDOM_ROW_KERNELS = {
     _bag: ("qe4_bag_avx2", "qe4_bag_generic"),
-    _lookup: ("qe4_bag_avx2",),
+    # the rowwise max bag and gather keep 64 columns in registers (_lookup_kernels.h)
+    _lookup: ("qe4_bag_avx2", "qe4_bag_max_rowwise_avx2", "qe4_gather_rowwise_avx2"),
     _codebook: (),
 }
 

@@ -30,6 +30,7 @@ KERNELS = _simd.levels_up_to_chosen()
 
 
 KINDS = table_kinds()
+ROWWISE_KINDS = [k for k in KINDS if k[0] == "rowwise"]
 
 
 def test_every_layout_is_covered():
@@ -227,6 +228,32 @@ def test_fast_large_gather_streams_the_same_bytes(kind, n_threads, kernel, same_
         same_bytes(fast.embedding(table, idx, n_threads=n_threads), qe4.embedding(table, idx))
 
 
+@pytest.mark.parametrize("od", OUT_DTYPES)
+@pytest.mark.parametrize("kind", [("rowwise", 4, "float16"), ("rowwise", 3, "float32")], ids=str)
+def test_fast_large_gather_every_output_alignment(kind, od, kernel, same_bytes):
+    """Large gathers stream whole vectors when every row's vectors are aligned alike (32 or
+    16 bytes, by the output's address and row stride) and take the generic path otherwise:
+    outputs at each alignment, through the kernel itself (qe4_fast.embedding's own arrays
+    have whatever alignment NumPy gives them)."""
+    rng = np.random.default_rng(7)
+    itemsize = 4 if od == "float32" else 2
+    # row strides (float32 / 16-bit): 256 / 128, 272 / 136, 288 / 144 and 280 / 140 bytes,
+    # with tails of 0, 4, 8 and 6 columns past the 64-column block
+    for dim in (64, 68, 72, 70):
+        table = make_table(kind, 40, dim, seed=dim)
+        n = STREAM_BYTES // (itemsize * dim) + 37
+        idx = rng.integers(0, 40, n)
+        want = qe4.embedding(table, idx, out_dtype=od)
+        row_bytes = dim * itemsize
+        base = np.zeros(n * row_bytes + 64, np.uint8)
+        skip = (-base.ctypes.data) % 32          # base + skip is 32-byte aligned
+        for shift in (0, 16, 4):
+            out = base[skip + shift:skip + shift + n * row_bytes].reshape(n, row_bytes)
+            assert _lookup.gather(fast._spec(table), idx, _lookup.KINDS[od], out, 2,
+                                  _simd.LEVEL) == 0
+            same_bytes(out.view(np.uint16 if itemsize == 2 else F32).view(want.dtype), want)
+
+
 @pytest.mark.parametrize("n_threads", N_THREADS)
 def test_fast_embedding_bags_matches_reference(n_threads, kernel, same_bytes):
     rng = np.random.default_rng(n_threads)
@@ -273,6 +300,43 @@ def test_fast_crafted_nan_and_overflow(kernel, same_bytes):
             same_bytes(fast.embedding_bag(table, idx, **kw, out_dtype=od),
                        qe4.embedding_bag(table, idx, **kw, out_dtype=od))
         same_bytes(fast.embedding(table, idx, out_dtype=od), qe4.embedding(table, idx, out_dtype=od))
+
+
+def crafted_rows(kind, n_rows, dim, seed):
+    """A rowwise table whose stored scale/bias make NaN (inf * 0; a NaN bias with a payload,
+    which the 16-bit outputs make canonical), +-inf and -0.0 values (scale -1, bias -0.0:
+    code 0 gives -0.0), next to ordinary rows."""
+    table = make_table(kind, n_rows, dim, seed=seed)
+    data = table.data.copy()
+    size = 2 if table.scale_dtype == "float16" else 4
+    dt = "<f2" if size == 2 else "<f4"
+    data[1, table.code_bytes:table.code_bytes + size] = np.array([np.inf], dt).view(np.uint8)
+    data[2, table.code_bytes:] = np.array([-1.0, -0.0], dt).view(np.uint8)
+    data[3, :] = 0                                     # scale 0, bias 0: +0.0 everywhere
+    nan = np.array([0x7e01 if size == 2 else 0x7fc12345], "<u2" if size == 2 else "<u4")
+    data[4, table.code_bytes + size:] = nan.view(np.uint8)   # a NaN bias with a payload
+    return QuantizedTable(data, bits=table.bits, dim=dim, scale_dtype=table.scale_dtype)
+
+
+@pytest.mark.parametrize("dim", [64, 71, 130])
+@pytest.mark.parametrize("kind", ROWWISE_KINDS, ids=str)
+def test_fast_max_and_gather_blocks_of_64_columns(kind, dim, kernel, same_bytes):
+    """The AVX2 max bag and gather of rowwise tables keep 64 columns in registers: NaN,
+    infinities and the -0.0 / +0.0 ties go through those blocks and their tails exactly as
+    through the reference's rule."""
+    rng = np.random.default_rng(dim)
+    table = crafted_rows(kind, 12, dim, seed=dim)
+    # bags: -0.0 then +0.0, +0.0 then -0.0, NaN first, NaN after a finite row, empty, the NaN
+    # with a payload, random
+    idx = np.concatenate([[2, 3, 3, 2, 1, 0, 0, 1, 4], rng.integers(0, 12, 60)])
+    off = np.array([0, 2, 4, 6, 8, 8, 9, 20, 21, 40], np.int64)
+    for od in OUT_DTYPES:
+        for n_threads in (1, 2):
+            same_bytes(fast.embedding_bag(table, idx, off, mode="max", out_dtype=od,
+                                          n_threads=n_threads),
+                       qe4.embedding_bag(table, idx, off, mode="max", out_dtype=od))
+            same_bytes(fast.embedding(table, idx, out_dtype=od, n_threads=n_threads),
+                       qe4.embedding(table, idx, out_dtype=od))
 
 
 def test_fast_bad_group_ids_raise_like_the_reference(same_error):
