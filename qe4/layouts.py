@@ -594,6 +594,43 @@ def grouping(params: Mapping[str, Any] | None) -> tuple[int, int]:
     return group, sub_bits
 
 
+#: The level tables of the grouped layout, by name and bit width: code ``q`` reads back as
+#: ``fma(scale_j, level[q], min_j)``.  ``"uniform"`` is ``level[q] = q`` (GGUF's K
+#: formats); ``"nl"`` is qe4's non-uniform table, in code units (``level[0] = 0``,
+#: ``level[qmax] = qmax``; each value a multiple of 1/1024), fitted to N(0, 1) groups of
+#: 32 values by ``bench/fit_levels.py`` (:mod:`qe4.grouped`, "Non-uniform levels").
+def _in_1024ths(*numerators: int) -> tuple[float, ...]:
+    return tuple(k / 1024 for k in numerators)
+
+
+LEVELS: dict[str, dict[int, tuple[float, ...]] | None] = {
+    "uniform": None,
+    "nl": {
+        2: _in_1024ths(0, 1085, 1987, 3072),
+        3: _in_1024ths(*range(0, 8 * 1024, 1024)),
+        4: _in_1024ths(0, 1663, 2902, 3927, 4836, 5678, 6486, 7282, 8078, 8874, 9682, 10524,
+                       11433, 12458, 13697, 15360),
+        5: _in_1024ths(*range(0, 32 * 1024, 1024)),
+        6: _in_1024ths(*range(0, 64 * 1024, 1024)),
+    },
+}
+
+
+def level_table(params: Mapping[str, Any] | None, bits: int) -> NDArray[np.float32] | None:
+    """The float32 level table of a grouped table's ``params["levels"]`` at ``bits``
+    (None for ``"uniform"``, also when ``params`` has no ``"levels"``: tables saved before
+    the option existed); ValueError naming a bad name or a width the table lacks."""
+    name = (params or {}).get("levels", "uniform")
+    if not isinstance(name, str) or name not in LEVELS:
+        raise ValueError(f"params['levels'] must be one of {tuple(LEVELS)}, got {name!r}")
+    tables = LEVELS[name]
+    if tables is None:
+        return None
+    if bits not in tables:
+        raise ValueError(f"levels={name!r} is defined for bits in {tuple(tables)}, got bits={bits!r}")
+    return np.asarray(tables[bits], np.float32)
+
+
 def n_groups_of(dim: int, group: int) -> int:
     """Groups of a grouped row: ``ceil(dim / group)``; the last holds
     ``dim - (n_groups - 1) * group`` values (``group`` when it divides ``dim``)."""
@@ -615,7 +652,8 @@ class GroupedLayout(Layout):
       sub-min mode) and super-min (little-endian).
 
     ``group`` and ``sub_bits`` are the table's ``params`` (the ``grouped`` method's
-    options), so the row size needs them.  The floats are always float16.  With
+    options), so the row size needs them; ``params["levels"]`` names what the codes mean
+    (:data:`LEVELS`; the bytes are the same for every table).  The floats are always float16.  With
     bits=4, group=32, sub_bits=6 and dim a multiple of 256 a row costs 4.5 bits per value,
     as GGUF's Q4_K.  Reconstruction: :mod:`qe4.grouped`.
     """
@@ -652,6 +690,7 @@ class GroupedLayout(Layout):
             self.check_bits(bits)
             raise ValueError(f"a grouped table stores float16 super-scales, got scale_dtype={float_dtype!r}")
         super().validate(n_rows, row_bytes, bits, dim, float_dtype, extras, params)
+        level_table(params, bits)
 
     def row_bytes_message(self, got: int, need: int, bits: int, dim: int, float_dtype: str) -> str:
         return (f"data has {got} bytes per row; a grouped {bits}-bit table of dim {dim} with these "

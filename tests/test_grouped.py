@@ -22,6 +22,9 @@ BITS = LAYOUT.bits
 # (dim, group, sub_bits): groups dividing the dim, a ragged last group, one group, group 1
 SHAPES = [(64, 32, 6), (50, 32, 6), (7, 3, 5), (37, 8, 4), (16, 16, 8), (9, 1, 2), (33, 40, 7)]
 LEVELS = _simd.levels_up_to_chosen()
+# (bits, levels): every width with every level table defined at it (qe4.layouts.LEVELS)
+WIDTHS = [(bits, name) for name, tables in L.LEVELS.items() for bits in BITS
+          if tables is None or bits in tables]
 
 
 @pytest.fixture(params=LEVELS, ids=lambda level: _simd.SIMD_LEVELS[level])
@@ -41,8 +44,8 @@ def rows(n, dim, seed=0):
     return x
 
 
-def options(group, sub_bits):
-    return {"group": group, "sub_bits": sub_bits}
+def options(group, sub_bits, levels="uniform"):
+    return {"group": group, "sub_bits": sub_bits, "levels": levels}
 
 
 # --------------------------------------------------------------------------- registry, layout
@@ -50,7 +53,7 @@ def options(group, sub_bits):
 def test_registered_with_its_codes():
     m = M.get("grouped")
     assert (m.code, m.family, m.layout, m.per_row) == (9, "grouped", "grouped", True)
-    assert m.defaults() == {"group": 32, "sub_bits": 6}
+    assert m.defaults() == {"group": 32, "sub_bits": 6, "levels": "uniform"}
     assert (LAYOUT.code, LAYOUT.bits) == (4, (2, 3, 4, 5, 6, 8))
     assert LAYOUT.self_contained and LAYOUT.uses_params
     from qe4_fast import _grouped
@@ -117,22 +120,24 @@ def test_error_at_4_5_bits_per_value():
 # --------------------------------------------------------------------------- both packages
 
 @pytest.mark.parametrize("dim, group, sub_bits", SHAPES)
-@pytest.mark.parametrize("bits", BITS)
-def test_quantize_matches_reference(bits, dim, group, sub_bits, same_bytes):
+@pytest.mark.parametrize("bits, levels", WIDTHS)
+def test_quantize_matches_reference(bits, levels, dim, group, sub_bits, same_bytes):
     x = rows(40, dim, bits)
-    want = qe4.quantize(x, bits, "grouped", **options(group, sub_bits))
-    assert want.params == options(group, sub_bits) and want.layout == "grouped"
+    opts = options(group, sub_bits, levels)
+    want = qe4.quantize(x, bits, "grouped", **opts)
+    assert want.params == opts and want.layout == "grouped"
     for n_threads in (1, 2, 7):
-        got = qe4_fast.quantize(x, bits, "grouped", n_threads=n_threads, **options(group, sub_bits))
+        got = qe4_fast.quantize(x, bits, "grouped", n_threads=n_threads, **opts)
         same_bytes(got.data, want.data)
         assert got == want and got.params == want.params
 
 
 @pytest.mark.parametrize("dim, group, sub_bits", SHAPES[:4] + [(256, 32, 6)])
-@pytest.mark.parametrize("bits", BITS)
-def test_lookups_match_reference(bits, dim, group, sub_bits, level, same_bytes):
+@pytest.mark.parametrize("bits, levels", WIDTHS)
+def test_lookups_match_reference(bits, levels, dim, group, sub_bits, level, same_bytes):
     rng = np.random.default_rng(dim)
-    t = qe4.quantize(rows(30, dim, 1)[:, :dim], bits, "grouped", **options(group, sub_bits))
+    t = qe4.quantize(rows(30, dim, 1)[:, :dim], bits, "grouped",
+                     **options(group, sub_bits, levels))
     other = qe4.quantize(rows(30, 5, 2), 4, "greedy")
     idx = rng.integers(0, 30, 180)
     off = np.array([0, 0, 1, 7, 7, 40, 170])         # a bag of 130 positions: several chunks
@@ -240,7 +245,7 @@ def test_save_load(tmp_path, mmap, same_bytes):
     t = qe4_fast.quantize(rows(20, 13), 5, "grouped", group=6, sub_bits=7)
     qe4.save(t, tmp_path / "g.qe4")
     back = qe4.load(tmp_path / "g.qe4", mmap=mmap)
-    assert back == t and back.params == {"group": 6, "sub_bits": 7} and back.layout == "grouped"
+    assert back == t and back.params == options(6, 7) and back.layout == "grouped"
     same_bytes(qe4_fast.dequantize(back), qe4.dequantize(t))
     assert qio.read_metadata(tmp_path / "g.qe4")["layout"] == "grouped"
 
