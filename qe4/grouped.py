@@ -71,6 +71,36 @@ minima of both signs), hence the per-row choice: on all of GloVe at group 16 it 
 6. Steps 2 to 5 run in both sub-min modes; the row keeps the signed one only if its
    error is lower.
 
+**Non-uniform levels** (``levels="nl"``; the default ``"uniform"`` is all of the above).
+The bytes are the same; what a code means changes: ``q`` reads back as
+``fma(scale_j, level[q], min_j)`` with ``level`` the float32 table
+``qe4.layouts.LEVELS["nl"][bits]`` (:func:`qe4.layouts.level_table`), in code units:
+``level[0] = 0`` and ``level[qmax] = qmax``, so the table lies between the group's min and
+its max, with steps wider at the ends than in the middle (at 4 bits the outer step is 1.6
+uniform steps, the middle ones 0.78).  The search is the one above with ``v = level[q]``
+in place of ``q`` wherever a code's value enters:
+
+- a value's code is the nearest level, :func:`qe4.mse.level_codes` of
+  ``t = (x - min_j) * inv_j`` (the number of the table's midpoints that ``t`` exceeds: a
+  tie goes to the lower level; no clipping is needed);
+- step 1 is :func:`qe4.mse.mse_params` with ``levels=``: its scan of clipping ranges and its
+  least squares use the level values;
+- steps 2 to 5 are unchanged; the refit's coefficient of ``d`` is ``sc_j * level[q]``.
+
+The table was fitted once, by Lloyd's alternation on N(0, 1) groups of 32 values under
+step 1 (``bench/fit_levels.py``: each level moves to the weighted mean of the normalized
+values coded to it, the table is mapped back to ``0 .. qmax`` and symmetrized), and is part
+of the file format: a table's ``params["levels"]`` names it.  How it relates to its
+neighbours:
+
+- GGUF's IQ4_NL and bitsandbytes' NF4 also fix 16 levels, but symmetric about zero under a
+  scale alone; here the levels sit between a per-group min and max (affine), so a group's
+  offset costs nothing;
+- the per-row codebooks (``kmeans``, ``kmeans-optimal``) learn ``2**bits`` free float16
+  centroids per row (32 bytes a row at 4 bits) and the two-tier codebook shares learned
+  tables between rows; the level table is learned once, costs no bytes, and only its
+  scale and min are per group.
+
 Errors are ``sum (x - fma(scale_j, q, min_j))**2`` accumulated in float32 in column
 order within each group; a row's error is the float32 sum of its groups' errors in
 group order.  Measured (``bench/bench_grouped.py``) against a dense search of each

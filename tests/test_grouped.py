@@ -12,6 +12,7 @@ from qe4 import layouts as L
 from qe4 import method_registry as M
 from qe4 import shards as S
 from qe4 import stream
+from qe4.rowwise import fma32
 
 qe4_fast = pytest.importorskip("qe4_fast")
 from qe4_fast import _simd  # noqa: E402
@@ -191,6 +192,32 @@ def test_zero_rows_and_empty_bags(same_bytes):
                    np.zeros((3, 9), F32))
 
 
+def test_levels_read_back_through_the_table(same_bytes):
+    """A level table changes what the codes mean, not the bytes: the same rows under
+    params without "levels" (a file written before the option) read as uniform levels, and
+    with "nl" as fma(scale_j, level[q], min_j)."""
+    t = qe4.quantize(rows(6, 40, 3), 4, "grouped", group=16, levels="nl")
+    old = qe4.QuantizedTable(t.data, bits=4, dim=40, method="grouped", layout="grouped",
+                             params={"group": 16, "sub_bits": 6})
+    scale, low, q = G.read_rows(t)
+    level = L.level_table(t.params, 4)
+    s, lo = G.expand(scale, 40, 16), G.expand(low, 40, 16)
+    for mod in (qe4, qe4_fast):
+        same_bytes(mod.dequantize(old), fma32(s, q.astype(F32), lo))
+        same_bytes(mod.dequantize(t), fma32(s, level[q], lo))
+
+
+def test_level_tables_are_sound():
+    """Every table: 2**bits ascending float32 values from 0 to qmax, multiples of 1/1024
+    (so the midpoints the codes compare against are exact)."""
+    for name, tables in L.LEVELS.items():
+        for bits in (tables or {}):
+            level = L.level_table({"levels": name}, bits)
+            assert level.dtype == F32 and level.shape == (2 ** bits,)
+            assert level[0] == 0 and level[-1] == 2 ** bits - 1 and (np.diff(level) > 0).all()
+            assert ((level * 1024) == np.rint(level * 1024)).all()
+
+
 # --------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("kwargs, exc, match", [
@@ -202,6 +229,10 @@ def test_zero_rows_and_empty_bags(same_bytes):
     ({"bits": 7}, ValueError, r"bits must be one of \(2, 3, 4, 5, 6, 8\), got 7"),
     ({"scale_dtype": "float32"}, ValueError, "a grouped table stores float16 super-scales"),
     ({"n_groups": 3}, TypeError, r"unexpected keyword arguments for method 'grouped': \['n_groups'\]"),
+    ({"levels": "nf4"}, ValueError, r"levels must be one of \('uniform', 'nl'\), got 'nf4'"),
+    ({"levels": None}, ValueError, r"levels must be one of \('uniform', 'nl'\), got None"),
+    ({"levels": "nl", "bits": 8}, ValueError, r"levels='nl' is defined for bits in \(2, 3, 4, 5, 6\), "
+     "got bits=8"),
 ])
 def test_bad_options(kwargs, exc, match, same_error):
     kwargs = dict(kwargs)
@@ -228,6 +259,9 @@ def test_bad_values(change, match, same_error):
     ({"group": "4", "sub_bits": 6}, r"params\['group'\] must be an integer in \[1, 65536\], got '4'"),
     ({"group": 4, "sub_bits": 1}, r"params\['sub_bits'\] must be an integer in \[2, 8\], got 1"),
     ({"group": 2, "sub_bits": 6}, "data has 14 bytes per row; a grouped 4-bit table of dim 9 .* needs 17"),
+    ({"group": 4, "sub_bits": 6, "levels": "NL"}, r"params\['levels'\] must be one of \('uniform', 'nl'\), "
+     "got 'NL'"),
+    ({"group": 4, "sub_bits": 6, "levels": 1}, r"params\['levels'\] must be one of"),
 ])
 def test_bad_tables(params, match):
     t = qe4.quantize(rows(3, 9), 4, "grouped", group=4)        # 5 + 5 + 4 = 14 bytes
