@@ -41,15 +41,6 @@ static inline void qe4_g_set_levels(qe4_grouped *t, const float *lev)
         t->mid[k] = (lev[k] + lev[k + 1]) * 0.5f;
 }
 
-/* The level value of t: lev[the number of midpoints t exceeds] (qe4.mse.level_codes). */
-QE4_INLINE float qe4_g_level(const qe4_grouped *g, float t)
-{
-    float v = g->lev[0];
-    for (int i = 0; i < g->n_mid; i++)
-        v = t > g->mid[i] ? g->lev[i + 1] : v;
-    return v;
-}
-
 /* The code of a level value v (qe4.grouped.codes_of: the number of levels below v). */
 QE4_INLINE int qe4_g_level_code(const qe4_grouped *g, float v)
 {
@@ -99,18 +90,33 @@ QE4_INLINE float qe4_g_codes(const float *x, int len, float scale, float low, fl
     return err;
 }
 
-/* The same with t's level table: q the level values lev[level_codes((x - low) * inv)]. */
+/* The same with t's level table: q the level values lev[level_codes((x - low) * inv)]:
+ * lev[the number of midpoints exceeded], a chain of selects (the midpoints ascend, so the
+ * last one exceeded picks the value), 16 values at a time so that it vectorizes. */
 QE4_INLINE float qe4_g_codes_lev(const qe4_grouped *g, const float *x, int len, float scale,
                                  float low, float *q)
 {
     float inv = 1.0f / scale;
     inv = (scale > 0.0f && isfinite(inv)) ? inv : 0.0f;
     float err = 0.0f;
-    for (int c = 0; c < len; c++) {
-        float v = qe4_g_level(g, (x[c] - low) * inv);
-        q[c] = v;
-        float e = x[c] - fmaf(scale, v, low);
-        err = err + e * e;
+    for (int c0 = 0; c0 < len; c0 += 16) {
+        int n = len - c0 < 16 ? len - c0 : 16;
+        float tv[16], v[16];
+        for (int k = 0; k < 16; k++) {
+            tv[k] = k < n ? (x[c0 + k] - low) * inv : 0.0f;
+            v[k] = g->lev[0];
+        }
+        for (int i = 0; i < g->n_mid; i++) {
+            float mi = g->mid[i], lv = g->lev[i + 1];
+#pragma GCC unroll 1
+            for (int k = 0; k < 16; k++)
+                v[k] = tv[k] > mi ? lv : v[k];
+        }
+        for (int k = 0; k < n; k++) {
+            q[c0 + k] = v[k];
+            float e = x[c0 + k] - fmaf(scale, v[k], low);
+            err = err + e * e;
+        }
     }
     return err;
 }
@@ -168,8 +174,9 @@ QE4_INLINE void qe4_g_local(const qe4_grouped *t, const float *x, float d, float
                     tv[k] = (xc - ll[k]) * li[k];
                     v[k] = t->lev[0];
                 }
-                for (int i = 0; i < t->n_mid; i++) { /* the selects of qe4_g_level, lane-wise */
+                for (int i = 0; i < t->n_mid; i++) { /* qe4_g_codes_lev's selects, lane-wise */
                     float mi = t->mid[i], lv = t->lev[i + 1];
+#pragma GCC unroll 1 /* a loop (not 16 scalars): the one vectorized */
                     for (int k = 0; k < QE4_G_MOVE_LANES; k++)
                         v[k] = tv[k] > mi ? lv : v[k];
                 }

@@ -118,6 +118,8 @@ QE4_INLINE void qe4_lev_values(const float *restrict t, float *restrict v, const
         v[k] = lev[0];
     for (int i = 0; i < n_mid; i++) {
         float mi = mid[i], li = lev[i + 1];
+        /* kept a loop (not unrolled into 16 scalars), so that it is the one vectorized */
+#pragma GCC unroll 1
         for (int k = 0; k < QE4_LANES; k++)
             v[k] = t[k] > mi ? li : v[k];
     }
