@@ -442,23 +442,29 @@ static void qe4_g_add_row_portable_lev(const qe4_grouped *t, int64_t r, int weig
 }
 
 #if QE4_X86
-/* The level values of 8 4-bit codes q from a 16-value table in two registers (lo: lev[0..7],
- * hi: lev[8..15]): a lookup in each (the low 3 bits of q) and a blend on q > 7. */
-QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_lev16_avx2(__m256i q, __m256 lo, __m256 hi)
+/* The level values of 8 4-bit codes in the low 4 bits of each lane of `raw` (the higher bits
+ * are ignored) from a 16-value table in two registers (lo: lev[0..7], hi: lev[8..15]): a
+ * lookup in each (bits 0-2) and a blend on bit 3 (moved to the sign bit blendv reads). */
+QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_lev16_avx2(__m256i raw, __m256 lo, __m256 hi)
 {
-    __m256 a = _mm256_permutevar8x32_ps(lo, q), b = _mm256_permutevar8x32_ps(hi, q);
-    __m256i high = _mm256_cmpgt_epi32(q, _mm256_set1_epi32(7));
-    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(high));
+    __m256 a = _mm256_permutevar8x32_ps(lo, raw), b = _mm256_permutevar8x32_ps(hi, raw);
+    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(raw, 28)));
 }
 
-/* The values of 8 codes: q itself (uniform), or the level values (4-bit: in registers lo, hi;
- * 8-bit: a gather from lev). */
-QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_vals_avx2(__m256i q, int bits, const float *lev,
-                                                  __m256 lo, __m256 hi, const int use_lev)
+/* The values of 8 4-bit codes (low 4 bits of each lane of raw): q itself (uniform), or the
+ * level values in registers lo, hi. */
+QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_vals4_avx2(__m256i raw, __m256 lo, __m256 hi,
+                                                   const int use_lev)
 {
-    if (!use_lev)
-        return _mm256_cvtepi32_ps(q);
-    return bits == 4 ? qe4_g_lev16_avx2(q, lo, hi) : _mm256_i32gather_ps(lev, q, 4);
+    if (use_lev)
+        return qe4_g_lev16_avx2(raw, lo, hi);
+    return _mm256_cvtepi32_ps(_mm256_and_si256(raw, _mm256_set1_epi32(15)));
+}
+
+/* The values of 8 8-bit codes q: q itself, or the level values (a gather from lev). */
+QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_vals8_avx2(__m256i q, const float *lev, const int use_lev)
+{
+    return use_lev ? _mm256_i32gather_ps(lev, q, 4) : _mm256_cvtepi32_ps(q);
 }
 
 /* qe4_g_axpy_any for 4- or 8-bit codes, len % 8 == 0 and c0 * bits a multiple of 8: AVX2. */
@@ -476,20 +482,19 @@ QE4_INLINE QE4_TARGET_AVX2 void qe4_g_axpy_avx2(const qe4_grouped *t, const uint
     const uint8_t *p = codes + ((int64_t)c0 * bits >> 3);
     if (bits == 4) {
         const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-        const __m256i nib = _mm256_set1_epi32(15);
         for (int c = 0; c < len; c += 8) {
             uint32_t w;
             memcpy(&w, p + c / 2, 4);
-            __m256i v = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)w), shifts), nib);
+            __m256i raw = _mm256_srlv_epi32(_mm256_set1_epi32((int)w), shifts);
             __m256 a = _mm256_loadu_ps(acc + c);
-            __m256 fv = qe4_g_vals_avx2(v, 4, t->lev, lo, hi, use_lev);
+            __m256 fv = qe4_g_vals4_avx2(raw, lo, hi, use_lev);
             _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(vs, fv, _mm256_add_ps(a, vt)));
         }
     } else {
         for (int c = 0; c < len; c += 8) {
             __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + c)));
             __m256 a = _mm256_loadu_ps(acc + c);
-            __m256 fv = qe4_g_vals_avx2(v, 8, t->lev, lo, hi, use_lev);
+            __m256 fv = qe4_g_vals8_avx2(v, t->lev, use_lev);
             _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(vs, fv, _mm256_add_ps(a, vt)));
         }
     }
@@ -581,7 +586,6 @@ QE4_INLINE QE4_TARGET_AVX2 void qe4_g_bag_block_avx2(const qe4_grouped *t, const
 {
     __m256 acc[8];
     const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-    const __m256i nib = _mm256_set1_epi32(15);
     __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
     if (use_lev && t->bits == 4) {
         lo = _mm256_loadu_ps(t->lev);
@@ -595,15 +599,16 @@ QE4_INLINE QE4_TARGET_AVX2 void qe4_g_bag_block_avx2(const qe4_grouped *t, const
         __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(tt);
         const uint8_t *code = r->row[k] + ((int64_t)c0 * t->bits >> 3);
         for (int v = 0; v < nv; v++) {
-            __m256i q;
+            __m256 fv;
             if (t->bits == 4) {
                 uint32_t word;
                 memcpy(&word, code + 4 * v, 4);
-                q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts), nib);
+                __m256i raw = _mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts);
+                fv = qe4_g_vals4_avx2(raw, lo, hi, use_lev);
             } else {
-                q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(code + 8 * v)));
+                __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(code + 8 * v)));
+                fv = qe4_g_vals8_avx2(q, t->lev, use_lev);
             }
-            __m256 fv = qe4_g_vals_avx2(q, t->bits, t->lev, lo, hi, use_lev);
             acc[v] = _mm256_fmadd_ps(vs, fv, _mm256_add_ps(acc[v], vt));
         }
     }

@@ -125,12 +125,13 @@ QE4_INLINE void qe4_lev_values(const float *restrict t, float *restrict v, const
     }
 }
 
-/* qe4.mse._pass of one candidate per lane with a level table: the loss and the
- * least-squares sums of the codes' values lev[q] (the scan uses the loss only). */
-QE4_INLINE void qe4_mse_lev_pass(const float *restrict xt, int n_cols, const float *lev,
-                                 const float *mid, int n_mid, const float *s, const float *b,
-                                 const float *iv, float *restrict err, float *restrict sq,
-                                 float *restrict sqq, float *restrict sy, float *restrict syq)
+/* qe4.mse._pass of one candidate per lane with a level table: the loss and (with the constant
+ * `sums`; the scan has none) the least-squares sums of the codes' values lev[q]. */
+QE4_INLINE void qe4_mse_lev_pass_impl(const float *restrict xt, int n_cols, const float *lev,
+                                      const float *mid, int n_mid, const float *s,
+                                      const float *b, const float *iv, float *restrict err,
+                                      float *restrict sq, float *restrict sqq,
+                                      float *restrict sy, float *restrict syq, const int sums)
 {
     float e[QE4_LANES], a[QE4_LANES], aa[QE4_LANES], y1[QE4_LANES], yq[QE4_LANES];
     float t[QE4_LANES], v[QE4_LANES];
@@ -147,19 +148,40 @@ QE4_INLINE void qe4_mse_lev_pass(const float *restrict xt, int n_cols, const flo
             float q = v[k];
             float d = x - (q * s[k] + b[k]);
             e[k] = e[k] + d * d;
-            a[k] = a[k] + q;
-            aa[k] = aa[k] + q * q;
-            y1[k] = y1[k] + y;
-            yq[k] = yq[k] + y * q;
+            if (sums) {
+                a[k] = a[k] + q;
+                aa[k] = aa[k] + q * q;
+                y1[k] = y1[k] + y;
+                yq[k] = yq[k] + y * q;
+            }
         }
     }
     for (int k = 0; k < QE4_LANES; k++) {
         err[k] = e[k];
-        sq[k] = a[k];
-        sqq[k] = aa[k];
-        sy[k] = y1[k];
-        syq[k] = yq[k];
+        if (sums) {
+            sq[k] = a[k];
+            sqq[k] = aa[k];
+            sy[k] = y1[k];
+            syq[k] = yq[k];
+        }
     }
+}
+
+/* The loss and sums of qe4_mse_lev_pass_impl. */
+QE4_INLINE void qe4_mse_lev_pass(const float *restrict xt, int n_cols, const float *lev,
+                                 const float *mid, int n_mid, const float *s, const float *b,
+                                 const float *iv, float *restrict err, float *restrict sq,
+                                 float *restrict sqq, float *restrict sy, float *restrict syq)
+{
+    qe4_mse_lev_pass_impl(xt, n_cols, lev, mid, n_mid, s, b, iv, err, sq, sqq, sy, syq, 1);
+}
+
+/* The loss alone (the scan and the last pass of a chain). */
+QE4_INLINE void qe4_mse_lev_loss(const float *restrict xt, int n_cols, const float *lev,
+                                 const float *mid, int n_mid, const float *s, const float *b,
+                                 const float *iv, float *restrict err)
+{
+    qe4_mse_lev_pass_impl(xt, n_cols, lev, mid, n_mid, s, b, iv, err, NULL, NULL, NULL, NULL, 0);
 }
 
 /* qe4.mse.least_squares_step of one lane; returns 1 when (scale, bias) changed. */
@@ -240,10 +262,8 @@ QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float 
             qe4_lanes_sqerr2(xt, n_cols, qmax, s2[0], b2[0], i2[0], e2[0], s2[1], b2[1], i2[1],
                              e2[1]);
         } else {
-            float u[4][QE4_LANES]; /* the sums, unused */
             for (int c = 0; c < m; c++)
-                qe4_mse_lev_pass(xt, n_cols, lev, mid, n_mid, s2[c], b2[c], i2[c], e2[c], u[0],
-                                 u[1], u[2], u[3]);
+                qe4_mse_lev_loss(xt, n_cols, lev, mid, n_mid, s2[c], b2[c], i2[c], e2[c]);
         }
         for (int c = 0; c < m; c++)
             for (int k = 0; k < QE4_LANES; k++) {
@@ -301,7 +321,7 @@ QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float 
         if (lev == NULL)
             qe4_lanes_sqerr2(xt, n_cols, qmax, s, b, iv, e, s, b, iv, sq);
         else
-            qe4_mse_lev_pass(xt, n_cols, lev, mid, n_mid, s, b, iv, e, sq, sqq, sy, syq);
+            qe4_mse_lev_loss(xt, n_cols, lev, mid, n_mid, s, b, iv, e);
         for (int k = 0; k < QE4_LANES; k++) {
             qe4_mse_keep_best(e[k], s[k], b[k], iv[k], &best_e[k], &best_s[k], &best_b[k],
                               &best_i[k]);
