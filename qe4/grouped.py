@@ -71,6 +71,36 @@ minima of both signs), hence the per-row choice: on all of GloVe at group 16 it 
 6. Steps 2 to 5 run in both sub-min modes; the row keeps the signed one only if its
    error is lower.
 
+**Non-uniform levels** (``levels="nl"``; the default ``"uniform"`` is all of the above).
+The bytes are the same; what a code means changes: ``q`` reads back as
+``fma(scale_j, level[q], min_j)`` with ``level`` the float32 table
+``qe4.layouts.LEVELS["nl"][bits]`` (:func:`qe4.layouts.level_table`), in code units:
+``level[0] = 0`` and ``level[qmax] = qmax``, so the table lies between the group's min and
+its max, with steps wider at the ends than in the middle (at 4 bits the outer step is 1.6
+uniform steps, the middle ones 0.78).  The search is the one above with ``v = level[q]``
+in place of ``q`` wherever a code's value enters:
+
+- a value's code is the nearest level, :func:`qe4.mse.level_codes` of
+  ``t = (x - min_j) * inv_j`` (the number of the table's midpoints that ``t`` exceeds: a
+  tie goes to the lower level; no clipping is needed);
+- step 1 is :func:`qe4.mse.mse_params` with ``levels=``: its scan of clipping ranges and its
+  least squares use the level values;
+- steps 2 to 5 are unchanged; the refit's coefficient of ``d`` is ``sc_j * level[q]``.
+
+The table was fitted once, by Lloyd's alternation on N(0, 1) groups of 32 values under
+step 1 (``bench/fit_levels.py``: each level moves to the weighted mean of the normalized
+values coded to it, the table is mapped back to ``0 .. qmax`` and symmetrized), and is part
+of the file format: a table's ``params["levels"]`` names it.  How it relates to its
+neighbours:
+
+- GGUF's IQ4_NL and bitsandbytes' NF4 also fix 16 levels, but symmetric about zero under a
+  scale alone; here the levels sit between a per-group min and max (affine), so a group's
+  offset costs nothing;
+- the per-row codebooks (``kmeans``, ``kmeans-optimal``) learn ``2**bits`` free float16
+  centroids per row (32 bytes a row at 4 bits) and the two-tier codebook shares learned
+  tables between rows; the level table is learned once, costs no bytes, and only its
+  scale and min are per group.
+
 Errors are ``sum (x - fma(scale_j, q, min_j))**2`` accumulated in float32 in column
 order within each group; a row's error is the float32 sum of its groups' errors in
 group order.  Measured (``bench/bench_grouped.py``) against a dense search of each
@@ -144,11 +174,13 @@ def per_row(parts: list[Float32Array], n: int) -> Float32Array:
     return np.ascontiguousarray(np.concatenate([p.reshape(n, -1) for p in parts], axis=1), F32)
 
 
-def group_ranges(x: Float32Array, bits: int, group: int) -> tuple[Float32Array, Float32Array]:
-    """Step 1: each group's float32 (scale, min) of least error, [n, n_groups] each."""
+def group_ranges(x: Float32Array, bits: int, group: int, levels: Float32Array | None = None
+                 ) -> tuple[Float32Array, Float32Array]:
+    """Step 1: each group's float32 (scale, min) of least error on its levels,
+    [n, n_groups] each."""
     scales, mins = [], []
     for seg in group_segments(x, group):
-        scale, low, _ = MSE.mse_params(seg, bits, "float32")
+        scale, low, _ = MSE.mse_params(seg, bits, "float32", levels=levels)
         constant = seg.max(axis=1) == seg.min(axis=1)
         scales.append(np.where(constant, F32(0.0), scale))
         mins.append(low)
@@ -185,13 +217,24 @@ def group_values(d: Float32Array, m: Float32Array, sc: IntArray,
 
 
 def group_codes(xg: Float32Array, scale: Float32Array, low: Float32Array,
-                bits: int) -> Float32Array:
-    """Step 3: codes [n, n_groups, group] (float32 values) for the groups' (scale, min)."""
+                bits: int, levels: Float32Array | None = None) -> Float32Array:
+    """Step 3: the values ``v`` [n, n_groups, group] (float32) of the codes for the groups'
+    (scale, min): uniform levels ``v = q = clip(rint(t), 0, qmax)``, else
+    ``v = levels[level_codes(t)]``, with ``t = (x - min_j) * inv_j``."""
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         inv = F32(1.0) / scale
     inv = np.where((scale > 0) & np.isfinite(inv), inv, F32(0.0)).astype(F32)
-    q = np.rint((xg - low[..., None]) * inv[..., None])
-    return np.clip(q, F32(0.0), F32(2 ** bits - 1)).astype(F32)
+    t = ((xg - low[..., None]) * inv[..., None]).astype(F32)
+    if levels is not None:
+        return levels[MSE.level_codes(t, levels)]
+    return np.clip(np.rint(t), F32(0.0), F32(2 ** bits - 1)).astype(F32)
+
+
+def codes_of(v: Float32Array, levels: Float32Array | None) -> UInt8Array:
+    """The codes of level values ``v`` (the inverse of ``levels[q]``; uniform: ``v`` itself)."""
+    if levels is None:
+        return v.astype(np.uint8)
+    return np.searchsorted(levels, v).astype(np.uint8)
 
 
 def group_errors(xg: Float32Array, valid: NDArray[np.bool_], q: Float32Array, scale: Float32Array,
@@ -206,7 +249,7 @@ def group_errors(xg: Float32Array, valid: NDArray[np.bool_], q: Float32Array, sc
 
 def local_search(xg: Float32Array, valid: NDArray[np.bool_], bits: int, sub_bits: int,
                  d: Float32Array, m: Float32Array, sc: IntArray, mn: IntArray,
-                 signed: bool = False) -> list[NDArray[Any]]:
+                 signed: bool = False, levels: Float32Array | None = None) -> list[NDArray[Any]]:
     """Step 4: each group's best move of :data:`MOVES`; returns ``sc, mn, q, err``."""
     smax = sub_max(sub_bits)
     lo, hi = min_range(sub_bits, signed)
@@ -215,7 +258,7 @@ def local_search(xg: Float32Array, valid: NDArray[np.bool_], bits: int, sub_bits
         tsc = np.clip(sc + a, 0, smax)
         tmn = np.clip(mn + b, lo, hi)
         scale, low = group_values(d, m, tsc, tmn)
-        q = group_codes(xg, scale, low, bits)
+        q = group_codes(xg, scale, low, bits, levels)
         err = group_errors(xg, valid, q, scale, low)
         if best is None:
             best = [tsc, tmn, q, err]
@@ -262,15 +305,16 @@ def refit_super(x: Float32Array, group: int, sc: IntArray, mn: IntArray,
 
 def search_mode(x: Float32Array, xg: Float32Array, valid: NDArray[np.bool_],
                 ranges: tuple[Float32Array, Float32Array], bits: int, group: int, sub_bits: int,
-                signed: bool) -> tuple[Float32Array, Float32Array, NDArray[np.int32],
+                signed: bool, levels: Float32Array | None = None) -> tuple[Float32Array, Float32Array, NDArray[np.int32],
                                        NDArray[np.int32], Float32Array, Float32Array]:
     """Steps 2 to 5 in one sub-min mode: ``d, m, sc, mn, q [n, n_groups, group], row error``."""
     d, m, sc, mn = super_params(*ranges, sub_bits, signed)
-    sc, mn, q, err = local_search(xg, valid, bits, sub_bits, d, m, sc, mn, signed)
+    sc, mn, q, err = local_search(xg, valid, bits, sub_bits, d, m, sc, mn, signed, levels)
     err = row_error(err)
     rd, rm, ok = refit_super(x, group, sc, mn, q)
     if ok.any():
-        rsc, rmn, rq, rerr = local_search(xg, valid, bits, sub_bits, rd, rm, sc, mn, signed)
+        rsc, rmn, rq, rerr = local_search(xg, valid, bits, sub_bits, rd, rm, sc, mn, signed,
+                                          levels)
         rerr = row_error(rerr)
         better = ok & (rerr < err)
         d, m = np.where(better, rd, d), np.where(better, rm, m)
@@ -280,8 +324,8 @@ def search_mode(x: Float32Array, xg: Float32Array, valid: NDArray[np.bool_],
     return d, m, sc, mn, q, err
 
 
-def grouped_params(x: ArrayLike, bits: int = 4, group: int = GROUP, sub_bits: int = SUB_BITS
-                   ) -> tuple[NDArray[np.bool_], Float32Array, Float32Array, NDArray[np.int32],
+def grouped_params(x: ArrayLike, bits: int = 4, group: int = GROUP, sub_bits: int = SUB_BITS,
+                   levels: str = "uniform") -> tuple[NDArray[np.bool_], Float32Array, Float32Array, NDArray[np.int32],
                               NDArray[np.int32], UInt8Array]:
     """Each row's ``(signed, d, m, sc, mn, q)`` by the search in this module's notes.
 
@@ -290,6 +334,8 @@ def grouped_params(x: ArrayLike, bits: int = 4, group: int = GROUP, sub_bits: in
     x : float32 ndarray [n_rows, dim]
         Validated (finite, float16 ranges checked: :func:`check_values`).
     bits, group, sub_bits : int
+    levels : {"uniform", "nl"}
+        What the codes mean (:data:`qe4.layouts.LEVELS`).
 
     Returns
     -------
@@ -301,14 +347,15 @@ def grouped_params(x: ArrayLike, bits: int = 4, group: int = GROUP, sub_bits: in
     """
     x = np.asarray(x, F32)
     n, dim = x.shape
+    table = L.level_table({"levels": levels}, bits)
     xg, valid = split_groups(x, group)
-    ranges = group_ranges(x, bits, group)
-    plain = search_mode(x, xg, valid, ranges, bits, group, sub_bits, False)
-    other = search_mode(x, xg, valid, ranges, bits, group, sub_bits, True)
+    ranges = group_ranges(x, bits, group, table)
+    plain = search_mode(x, xg, valid, ranges, bits, group, sub_bits, False, table)
+    other = search_mode(x, xg, valid, ranges, bits, group, sub_bits, True, table)
     signed = other[5] < plain[5]
     d, m, sc, mn, q = (np.where(signed.reshape((n,) + (1,) * (a.ndim - 1)), b, a)
                        for a, b in zip(plain[:5], other[:5]))
-    return signed, d, m, sc, mn, q.reshape(n, -1)[:, :dim].astype(np.uint8)
+    return signed, d, m, sc, mn, codes_of(q.reshape(n, -1)[:, :dim], table)
 
 
 def assemble(signed: NDArray[np.bool_], d: Float32Array, m: Float32Array, sc: IntArray,
@@ -343,16 +390,19 @@ def expand(values: NDArray[Any], dim: int, group: int) -> NDArray[Any]:
     return np.repeat(values, group, axis=1)[:, :dim]
 
 
-def bag_terms(table: QuantizedTable, rows: slice | IntArray,
-              weights: Float32Array | None) -> tuple[Float32Array, UInt8Array, Float32Array]:
+def bag_terms(table: QuantizedTable, rows: slice | IntArray, weights: Float32Array | None
+              ) -> tuple[Float32Array, UInt8Array | Float32Array, Float32Array]:
     """The (s, v, t) [n, dim] of ``acc = fma(s, v, acc + t)`` for rows of a grouped table:
-    ``s = w * scale_j``, ``t = w * min_j`` (float32) per column of group j, ``v`` the codes."""
+    ``s = w * scale_j``, ``t = w * min_j`` (float32) per column of group j, ``v`` the codes
+    (uniform levels) or their level values ``levels[q]`` (float32)."""
     group, _ = L.grouping(table.params)
+    levels = L.level_table(table.params, table.bits)
     scale, low, q = read_rows(table, rows)
     if weights is not None:
         scale = (weights[:, None] * scale).astype(F32)
         low = (weights[:, None] * low).astype(F32)
-    return expand(scale, table.dim, group), q, expand(low, table.dim, group)
+    v = q if levels is None else levels[q]
+    return expand(scale, table.dim, group), v, expand(low, table.dim, group)
 
 
 def dequantize_grouped(table: QuantizedTable) -> Float32Array:
@@ -365,6 +415,7 @@ def check_values(request: Request, x: Float32Array, name: str = "x") -> None:
     """The grouped family's value checks: finite, and every value and ``(max - min) / qmax``
     of the row finite in float16 (the rowwise layout's float16 rule,
     :func:`qe4._validate.check_fp16_ranges`), so that the super-scale and super-min are."""
+    L.level_table(request.options, request.bits)
     V.check_finite(x, name)
     V.check_fp16_ranges(x, request.bits, "float16", name=name)
 
@@ -373,5 +424,6 @@ def encode(request: Request, x: Float32Array) -> Encoded:
     """The grouped family's encoder: rows of ``x`` by :func:`grouped_params`, in the
     grouped layout.  Returns ``(data, extras)`` (no extras)."""
     check_values(request, x)
-    group, sub_bits = request.options["group"], request.options["sub_bits"]
-    return assemble(*grouped_params(x, request.bits, group, sub_bits), request.bits, sub_bits), {}
+    o = request.options
+    params = grouped_params(x, request.bits, o["group"], o["sub_bits"], o["levels"])
+    return assemble(*params, request.bits, o["sub_bits"]), {}

@@ -611,6 +611,50 @@ def grouping(params: Mapping[str, Any] | None) -> tuple[int, int]:
     return group, sub_bits
 
 
+#: The level tables of the grouped layout, by name and bit width: code ``q`` reads back as
+#: ``fma(scale_j, level[q], min_j)``.  ``"uniform"`` is ``level[q] = q`` (GGUF's K
+#: formats); ``"nl"`` is qe4's non-uniform table, in code units (``level[0] = 0``,
+#: ``level[qmax] = qmax``; each value a multiple of 1/1024), fitted to N(0, 1) groups of
+#: 32 values by ``bench/fit_levels.py`` (:mod:`qe4.grouped`, "Non-uniform levels").
+def _in_1024ths(*numerators: int) -> tuple[float, ...]:
+    return tuple(k / 1024 for k in numerators)
+
+
+LEVELS: dict[str, dict[int, tuple[float, ...]] | None] = {
+    "uniform": None,
+    "nl": {
+        2: _in_1024ths(0, 1085, 1987, 3072),
+        3: _in_1024ths(0, 1347, 2331, 3177, 3991, 4837, 5821, 7168),
+        4: _in_1024ths(0, 1675, 2919, 3945, 4852, 5695, 6498, 7287, 8073, 8862, 9665, 10508,
+                       11415, 12441, 13685, 15360),
+        5: _in_1024ths(0, 1994, 3484, 4684, 5723, 6682, 7592, 8474, 9353, 10224, 11096, 11966,
+                       12832, 13702, 14571, 15438, 16306, 17173, 18042, 18912, 19778, 20648,
+                       21520, 22391, 23270, 24152, 25062, 26021, 27060, 28260, 29750, 31744),
+        6: _in_1024ths(0, 2220, 3889, 5220, 6361, 7392, 8373, 9344, 10286, 11231, 12167, 13096,
+                       14024, 14958, 15888, 16819, 17750, 18688, 19625, 20559, 21497, 22429, 23363,
+                       24302, 25233, 26165, 27098, 28037, 28972, 29909, 30852, 31789, 32723, 33660,
+                       34603, 35540, 36475, 37414, 38347, 39279, 40210, 41149, 42083, 43015, 43953,
+                       44887, 45824, 46762, 47693, 48624, 49554, 50488, 51416, 52345, 53281, 54226,
+                       55168, 56139, 57120, 58151, 59292, 60623, 62292, 64512),
+    },
+}
+
+
+def level_table(params: Mapping[str, Any] | None, bits: int) -> NDArray[np.float32] | None:
+    """The float32 level table of a grouped table's ``params["levels"]`` at ``bits``
+    (None for ``"uniform"``, also when ``params`` has no ``"levels"``: tables saved before
+    the option existed); ValueError naming a bad name or a width the table lacks."""
+    name = (params or {}).get("levels", "uniform")
+    if not isinstance(name, str) or name not in LEVELS:
+        raise ValueError(f"params['levels'] must be one of {tuple(LEVELS)}, got {name!r}")
+    tables = LEVELS[name]
+    if tables is None:
+        return None
+    if bits not in tables:
+        raise ValueError(f"levels={name!r} is defined for bits in {tuple(tables)}, got bits={bits!r}")
+    return np.asarray(tables[bits], np.float32)
+
+
 def n_groups_of(dim: int, group: int) -> int:
     """Groups of a grouped row: ``ceil(dim / group)``; the last holds
     ``dim - (n_groups - 1) * group`` values (``group`` when it divides ``dim``)."""
@@ -632,7 +676,8 @@ class GroupedLayout(Layout):
       sub-min mode) and super-min (little-endian).
 
     ``group`` and ``sub_bits`` are the table's ``params`` (the ``grouped`` method's
-    options), so the row size needs them.  The floats are always float16.  With
+    options), so the row size needs them; ``params["levels"]`` names what the codes mean
+    (:data:`LEVELS`; the bytes are the same for every table).  The floats are always float16.  With
     bits=4, group=32, sub_bits=6 and dim a multiple of 256 a row costs 4.5 bits per value,
     as GGUF's Q4_K.  Reconstruction: :mod:`qe4.grouped`.
     """
@@ -669,6 +714,7 @@ class GroupedLayout(Layout):
             self.check_bits(bits)
             raise ValueError(f"a grouped table stores float16 super-scales, got scale_dtype={float_dtype!r}")
         super().validate(n_rows, row_bytes, bits, dim, float_dtype, extras, params)
+        level_table(params, bits)
 
     def row_bytes_message(self, got: int, need: int, bits: int, dim: int, float_dtype: str) -> str:
         return (f"data has {got} bytes per row; a grouped {bits}-bit table of dim {dim} with these "

@@ -51,6 +51,16 @@ def int_in(lo: int, hi: int) -> Callable[[Any, str], int]:
     return check
 
 
+def one_of(choices: tuple[str, ...]) -> Callable[[Any, str], str]:
+    """A check: one of the strings ``choices``."""
+    def check(value, name):
+        if not isinstance(value, str) or value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        return value
+    check.rule = f"one of {choices}"
+    return check
+
+
 def real_in_half_open(lo: float, hi: float) -> Callable[[Any, str], float]:
     """A check: a real number (not bool) in [lo, hi), returned as a Python float."""
     def check(value, name):
@@ -241,6 +251,9 @@ GROUP = Option("group", 32, int_in(1, L.MAX_GROUP),
                "grouped: values per group (the last group of a row holds the rest)")
 SUB_BITS = Option("sub_bits", 6, int_in(L.SUB_BITS[0], L.SUB_BITS[-1]),
                   "grouped: bits of each group's sub-scale and sub-min")
+LEVELS = Option("levels", "uniform", one_of(tuple(L.LEVELS)),
+                "grouped: what the codes mean: 'uniform' (GGUF's K formats) or qe4's "
+                "non-uniform table 'nl' (qe4.layouts.LEVELS; bits 2 to 6)", kind=str)
 
 _ENTRIES = (
     Method("minmax", 0, "rowwise", "rowwise", True, "qe4.rowwise:minmax_range",
@@ -275,7 +288,7 @@ _ENTRIES = (
     Method("grouped", 9, "grouped", "grouped", True, "qe4.grouped:grouped_params",
            "a scale and min per group of values (GGUF K-format-like: sub_bits each under a "
            "float16 super-scale and super-min per row)",
-           options=(GROUP, SUB_BITS), call=("bits", "group", "sub_bits")),
+           options=(GROUP, SUB_BITS, LEVELS), call=("bits", "group", "sub_bits", "levels")),
 )
 
 

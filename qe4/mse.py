@@ -76,9 +76,10 @@ def scan_grid(n_steps: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(n_steps + 1) for j in range(n_steps + 1 - i)]
 
 
-def _pass(xt, scale, bias, inv, qmax, sums):
+def _pass(xt, scale, bias, inv, qmax, sums, levels=None):
     """One pass over the columns: the loss of (scale, bias) and, with ``sums``, the
-    least-squares sums of its codes (float32, column order)."""
+    least-squares sums of its codes (float32, column order).  With a level table the
+    codes' values are ``levels[q]`` (:func:`level_codes`), else ``q`` itself."""
     n_rows = scale.shape[0]
     err = np.zeros(n_rows, F32)
     s_q = np.zeros(n_rows, F32)
@@ -88,7 +89,9 @@ def _pass(xt, scale, bias, inv, qmax, sums):
     with np.errstate(over="ignore", invalid="ignore"):
         for col in xt:
             y = col - bias
-            q = np.clip(np.rint(y * inv), F32(0.0), qmax)
+            t = (y * inv).astype(F32)
+            q = np.clip(np.rint(t), F32(0.0), qmax) if levels is None else \
+                levels[level_codes(t, levels)]
             d = col - (q * scale + bias)
             err = err + d * d
             if sums:
@@ -97,6 +100,14 @@ def _pass(xt, scale, bias, inv, qmax, sums):
                 s_y = s_y + y
                 s_yq = s_yq + y * q
     return err, (s_q, s_qq, s_y, s_yq)
+
+
+def level_codes(t: Float32Array, levels: Float32Array) -> Any:
+    """The nearest level's code of each ``t`` (code units) in an ascending level table:
+    the number of midpoints ``(levels[k] + levels[k + 1]) / 2`` (float32, exact for
+    :data:`qe4.layouts.LEVELS`) that ``t`` exceeds, so a tie goes to the lower level."""
+    mids = ((levels[1:] + levels[:-1]) * F32(0.5)).astype(F32)
+    return np.searchsorted(mids, t, side="left")
 
 
 def least_squares_step(sums: tuple[ArrayLike, ...], n_cols: int, scale: Float32Array,
@@ -132,7 +143,7 @@ def least_squares_step(sums: tuple[ArrayLike, ...], n_cols: int, scale: Float32A
 
 def mse_params(x: Float32Array, bits: int = 4, scale_dtype: str = "float16", *,
                max_trim: float | None = None, n_steps: int = N_STEPS, n_keep: int = N_KEEP,
-               n_iter: int = N_ITER) -> ScaleBias:
+               n_iter: int = N_ITER, levels: Float32Array | None = None) -> ScaleBias:
     """Each row's stored (scale, bias) of least L2 error, by the search in this module's notes.
 
     Parameters
@@ -146,6 +157,10 @@ def mse_params(x: Float32Array, bits: int = 4, scale_dtype: str = "float16", *,
     n_steps, n_keep, n_iter : int
         Grid steps of the scan (``(n_steps + 1) * (n_steps + 2) / 2`` ranges), ranges
         refined, and least-squares rounds per refined range.
+    levels : float32 ndarray [2**bits] or None
+        A level table (:data:`qe4.layouts.LEVELS`; the grouped layout's step 1): the codes
+        read back as ``scale * levels[q] + bias``, ``q`` the nearest level
+        (:func:`level_codes`).  None: uniform levels ``q``.
 
     Returns
     -------
@@ -169,7 +184,7 @@ def mse_params(x: Float32Array, bits: int = 4, scale_dtype: str = "float16", *,
         hi = (xmax - F32(j) * delta).astype(F32)
         params = R.fused_scale_bias(lo, hi, qmax, scale_dtype)
         starts.append(params)
-        errs.append(_pass(xt, *params, qmax, sums=False)[0])
+        errs.append(_pass(xt, *params, qmax, sums=False, levels=levels)[0])
     errs = np.stack(errs)
     rank = np.argsort(errs, axis=0, kind="stable")
     rows = np.arange(n_rows)
@@ -182,7 +197,7 @@ def mse_params(x: Float32Array, bits: int = 4, scale_dtype: str = "float16", *,
         pick = rank[k]
         scale, bias, inv = (np.stack([p[m] for p in starts])[pick, rows] for m in range(3))
         for t in range(n_iter + 1):
-            err, sums = _pass(xt, scale, bias, inv, qmax, sums=t < n_iter)
+            err, sums = _pass(xt, scale, bias, inv, qmax, sums=t < n_iter, levels=levels)
             better = err < best_err
             best_err = np.where(better, err, best_err)
             best = [np.where(better, v, b) for v, b in zip((scale, bias, inv), best)]

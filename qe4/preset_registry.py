@@ -97,6 +97,22 @@ _ENTRIES = (
     Preset("grouped-6", "grouped", 6, "6-bit codes, a 6-bit scale and min per 32 values: 6.5 "
            "bits per element at dim 256 (under GGUF Q6_K's 6.5625)",
            options=(("group", 32), ("sub_bits", 6))),
+    Preset("nl-2", "grouped", 2, "grouped-2 with qe4's non-uniform levels (levels='nl'): "
+           "2.625 bits per element at dim 256", options=(("group", 16), ("sub_bits", 4),
+                                                          ("levels", "nl"))),
+    Preset("nl-3", "grouped", 3, "grouped-3 with qe4's non-uniform levels: 3.4375 bits per "
+           "element at dim 256", options=(("group", 32), ("sub_bits", 5), ("levels", "nl"))),
+    Preset("nl-4-64", "grouped", 4, "grouped-4-64 with qe4's non-uniform levels: 4.25 bits "
+           "per element at dim 256 (GGUF IQ4_XS's rate)",
+           options=(("group", 64), ("sub_bits", 4), ("levels", "nl"))),
+    Preset("nl-4", "grouped", 4, "4-bit codes on qe4's non-uniform levels, a 6-bit scale and "
+           "min per 32 values: 4.5 bits per element at dim 256 (the rate of GGUF Q4_K and "
+           "IQ4_NL); the lowest error per bit at 4 bits",
+           options=(("group", 32), ("sub_bits", 6), ("levels", "nl"))),
+    Preset("nl-5", "grouped", 5, "grouped-5 with qe4's non-uniform levels: 5.5 bits per "
+           "element at dim 256", options=(("group", 32), ("sub_bits", 6), ("levels", "nl"))),
+    Preset("nl-6", "grouped", 6, "grouped-6 with qe4's non-uniform levels: 6.5 bits per "
+           "element at dim 256", options=(("group", 32), ("sub_bits", 6), ("levels", "nl"))),
     Preset("torch-8", "minmax", 8, "torch's byte rows (embedding_bag_byte_prepack: each "
            "row's min and max, float32 scale and bias)"),
 )

@@ -25,6 +25,8 @@ cdef extern from "_grouped_kernels.h" nogil:
         int64_t n_rows
         int64_t row_bytes
         int dim, bits, group, sub_bits, n_groups, code_bytes, sub_bytes
+        const float *lev
+    void qe4_g_set_levels(qe4_grouped *t, const float *lev) noexcept
     size_t qe4_grouped_work_floats(int dim, int n_groups) noexcept
     void qe4_grouped_finish_row(const qe4_grouped *t, const float *x, const float *gscale,
                                 const float *glow, uint8_t *row, float *work,
@@ -34,7 +36,10 @@ cdef extern from "_grouped_kernels.h" nogil:
                          int64_t start, int64_t end, int mean, int simd, float *out) noexcept
 
 
-cdef qe4_grouped _table(const uint8_t[:, ::1] data, int dim, int bits, int group, int sub_bits):
+cdef qe4_grouped _table(const uint8_t[:, ::1] data, int dim, int bits, int group, int sub_bits,
+                        const float[::1] levels):
+    """The kernels' view of a table; ``levels``: its level table [2**bits] (kept alive by the
+    caller during the call), or None: uniform."""
     cdef qe4_grouped t
     t.data = &data[0, 0] if data.shape[0] > 0 else NULL
     t.n_rows = data.shape[0]
@@ -49,6 +54,10 @@ cdef qe4_grouped _table(const uint8_t[:, ::1] data, int dim, int bits, int group
     if t.code_bytes + t.sub_bytes + 4 != t.row_bytes:
         raise ValueError(f"qe4_fast._grouped: rows of {t.row_bytes} bytes are not grouped rows of "
                          f"dim {dim}, bits {bits}, group {group}, sub_bits {sub_bits}")
+    if levels is not None and levels.shape[0] != (1 << bits):
+        raise ValueError(f"qe4_fast._grouped: a level table of {levels.shape[0]} values for "
+                         f"bits={bits} (need {1 << bits})")
+    qe4_g_set_levels(&t, &levels[0] if levels is not None else NULL)
     return t
 
 
@@ -71,12 +80,13 @@ def finish_rows(const float[:, ::1] x,            # IN  [n_rows, dim], validated
                 const float[:, ::1] gscale,       # IN  [n_rows, n_groups]: step 1's scales
                 const float[:, ::1] glow,         # IN  [n_rows, n_groups]: step 1's mins
                 int bits, int group, int sub_bits,
+                const float[::1] levels,          # IN  [2**bits] level table, or None: uniform
                 uint8_t[:, ::1] out,              # OUT [n_rows, row_bytes]
                 int n_threads, int simd):
     """Steps 2 to 5 of qe4.grouped.grouped_params and the rows' bytes."""
     check(qe4_check_simd(simd), "qe4_fast._grouped.finish_rows", None, -1, bits, -1, simd)
     cdef finish_job j
-    j.t = _table(out, x.shape[1], bits, group, sub_bits)
+    j.t = _table(out, x.shape[1], bits, group, sub_bits, levels)
     j.n_rows = x.shape[0]
     if j.n_rows == 0:
         return
@@ -123,13 +133,15 @@ ctypedef struct rows_job:
 
 
 def row_values(const uint8_t[:, ::1] data, int dim, int bits, int group, int sub_bits,
+               const float[::1] levels,          # IN  [2**bits] level table, or None: uniform
                const int64_t[::1] idx,           # IN  rows to read (validated), or None: all
                float[:, ::1] out,                # OUT [len(idx) or n_rows, dim]
                int n_threads, int simd):
-    """Dequantized rows ``fma(scale_j, q, min_j)`` of ``idx`` (or of every row)."""
+    """Dequantized rows ``fma(scale_j, v, min_j)`` of ``idx`` (or of every row); ``v`` the
+    code or its level value."""
     check(qe4_check_simd(simd), "qe4_fast._grouped.row_values", None, -1, bits, -1, simd)
     cdef rows_job j
-    j.t = _table(data, dim, bits, group, sub_bits)
+    j.t = _table(data, dim, bits, group, sub_bits, levels)
     j.n = out.shape[0]
     if j.n == 0:
         return
@@ -161,6 +173,7 @@ ctypedef struct bag_job:
 
 
 def bag(const uint8_t[:, ::1] data, int dim, int bits, int group, int sub_bits,
+        const float[::1] levels,         # IN  [2**bits] level table, or None: uniform
         const int64_t[::1] idx,          # IN  row of each position, all in range
         const int64_t[::1] starts,       # IN  [n_bags + 1], non-decreasing, 0 .. n_idx
         const float[::1] weights,        # IN  [n_idx] or None
@@ -170,7 +183,7 @@ def bag(const uint8_t[:, ::1] data, int dim, int bits, int group, int sub_bits,
     """Sum or mean of each bag (qe4.embedding_bag's arithmetic, per group)."""
     check(qe4_check_simd(simd), "qe4_fast._grouped.bag", None, -1, bits, -1, simd)
     cdef bag_job j
-    j.t = _table(data, dim, bits, group, sub_bits)
+    j.t = _table(data, dim, bits, group, sub_bits, levels)
     j.n_bags = out.shape[0]
     if j.n_bags == 0:
         return

@@ -11,6 +11,11 @@
  * - qe4_grouped_row_values / qe4_grouped_bag: dequantized rows and pooled bags (sum, mean,
  *   weights), a portable path and an AVX2 path (4- and 8-bit codes in groups of a multiple
  *   of 8) with the same IEEE operations per element.
+ * Level tables (qe4.layouts.level_table): with t->lev set (qe4_g_set_levels) a code q reads
+ * back as fma(scale_j, lev[q], min_j) and step 3 picks the nearest level (qe4.mse.level_codes).
+ * The table paths are separate instances of the same functions (a constant `use_lev` argument
+ * of always-inline bodies, or their own lookup loops), chosen once per row or bag, so the
+ * uniform loops carry no extra branch.
  * Every function takes validated buffers; none fails.
  */
 #ifndef QE4_GROUPED_KERNELS_H
@@ -22,7 +27,28 @@ typedef struct {
     const uint8_t *data;
     int64_t n_rows, row_bytes;
     int dim, bits, group, sub_bits, n_groups, code_bytes, sub_bytes;
+    const float *lev; /* [1 << bits] ascending level values, or NULL: uniform (q itself) */
+    int n_mid;        /* with lev: (1 << bits) - 1 midpoints mid[k] = (lev[k] + lev[k+1]) / 2 */
+    float mid[255];
 } qe4_grouped;
+
+/* Set t's level table (NULL: uniform) and its float32 midpoints, as qe4.mse.level_codes. */
+static inline void qe4_g_set_levels(qe4_grouped *t, const float *lev)
+{
+    t->lev = lev;
+    t->n_mid = lev != NULL ? (1 << t->bits) - 1 : 0;
+    for (int k = 0; k < t->n_mid; k++)
+        t->mid[k] = (lev[k] + lev[k + 1]) * 0.5f;
+}
+
+/* The code of a level value v (qe4.grouped.codes_of: the number of levels below v). */
+QE4_INLINE int qe4_g_level_code(const qe4_grouped *g, float v)
+{
+    int q = 0;
+    for (int i = 0; i <= g->n_mid; i++)
+        q += g->lev[i] < v;
+    return q;
+}
 
 QE4_INLINE int qe4_g_len(const qe4_grouped *t, int j)
 {
@@ -64,6 +90,37 @@ QE4_INLINE float qe4_g_codes(const float *x, int len, float scale, float low, fl
     return err;
 }
 
+/* The same with t's level table: q the level values lev[level_codes((x - low) * inv)]:
+ * lev[the number of midpoints exceeded], a chain of selects (the midpoints ascend, so the
+ * last one exceeded picks the value), 16 values at a time so that it vectorizes. */
+QE4_INLINE float qe4_g_codes_lev(const qe4_grouped *g, const float *x, int len, float scale,
+                                 float low, float *q)
+{
+    float inv = 1.0f / scale;
+    inv = (scale > 0.0f && isfinite(inv)) ? inv : 0.0f;
+    float err = 0.0f;
+    for (int c0 = 0; c0 < len; c0 += 16) {
+        int n = len - c0 < 16 ? len - c0 : 16;
+        float tv[16], v[16];
+        for (int k = 0; k < 16; k++) {
+            tv[k] = k < n ? (x[c0 + k] - low) * inv : 0.0f;
+            v[k] = g->lev[0];
+        }
+        for (int i = 0; i < g->n_mid; i++) {
+            float mi = g->mid[i], lv = g->lev[i + 1];
+#pragma GCC unroll 1
+            for (int k = 0; k < 16; k++)
+                v[k] = tv[k] > mi ? lv : v[k];
+        }
+        for (int k = 0; k < n; k++) {
+            q[c0 + k] = v[k];
+            float e = x[c0 + k] - fmaf(scale, v[k], low);
+            err = err + e * e;
+        }
+    }
+    return err;
+}
+
 static const int qe4_g_moves[9][2] = {{0, 0}, {-1, 0}, {1, 0}, {0, -1}, {0, 1},
                                       {-1, -1}, {-1, 1}, {1, -1}, {1, 1}};
 
@@ -73,7 +130,7 @@ static const int qe4_g_moves[9][2] = {{0, 0}, {-1, 0}, {1, 0}, {0, -1}, {0, 1},
 
 QE4_INLINE void qe4_g_local(const qe4_grouped *t, const float *x, float d, float m, int mlo,
                             int mhi, const int *sc0, const int *mn0, int *sc, int *mn, float *q,
-                            float *err)
+                            float *err, const int use_lev)
 {
     int smax = (1 << t->sub_bits) - 1;
     float qmax = (float)((1 << t->bits) - 1);
@@ -95,16 +152,38 @@ QE4_INLINE void qe4_g_local(const qe4_grouped *t, const float *x, float d, float
             li[k] = (ls[k] > 0.0f && isfinite(inv)) ? inv : 0.0f;
             acc[k] = 0.0f;
         }
-        /* every move's error, each lane exactly qe4_g_codes' sequence of operations */
-        for (int c = 0; c < len; c++) {
-            float xc = x[off + c];
-            for (int k = 0; k < QE4_G_MOVE_LANES; k++) {
-                float v = (xc - ll[k]) * li[k];
-                v = v < 0.0f ? 0.0f : v;
-                v = v > qmax ? qmax : v;
-                v = (v + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
-                float e = xc - fmaf(ls[k], v, ll[k]);
-                acc[k] = acc[k] + e * e;
+        /* every move's error, each lane exactly qe4_g_codes' (qe4_g_codes_lev's) sequence of
+         * operations */
+        if (!use_lev) {
+            for (int c = 0; c < len; c++) {
+                float xc = x[off + c];
+                for (int k = 0; k < QE4_G_MOVE_LANES; k++) {
+                    float v = (xc - ll[k]) * li[k];
+                    v = v < 0.0f ? 0.0f : v;
+                    v = v > qmax ? qmax : v;
+                    v = (v + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+                    float e = xc - fmaf(ls[k], v, ll[k]);
+                    acc[k] = acc[k] + e * e;
+                }
+            }
+        } else {
+            for (int c = 0; c < len; c++) {
+                float xc = x[off + c];
+                float tv[QE4_G_MOVE_LANES], v[QE4_G_MOVE_LANES];
+                for (int k = 0; k < QE4_G_MOVE_LANES; k++) {
+                    tv[k] = (xc - ll[k]) * li[k];
+                    v[k] = t->lev[0];
+                }
+                for (int i = 0; i < t->n_mid; i++) { /* qe4_g_codes_lev's selects, lane-wise */
+                    float mi = t->mid[i], lv = t->lev[i + 1];
+#pragma GCC unroll 1 /* a loop (not 16 scalars): the one vectorized */
+                    for (int k = 0; k < QE4_G_MOVE_LANES; k++)
+                        v[k] = tv[k] > mi ? lv : v[k];
+                }
+                for (int k = 0; k < QE4_G_MOVE_LANES; k++) {
+                    float e = xc - fmaf(ls[k], v[k], ll[k]);
+                    acc[k] = acc[k] + e * e;
+                }
             }
         }
         int best = 0;
@@ -112,7 +191,8 @@ QE4_INLINE void qe4_g_local(const qe4_grouped *t, const float *x, float d, float
             best = acc[k] < acc[best] ? k : best;
         sc[j] = ma[best];
         mn[j] = mb[best];
-        err[j] = qe4_g_codes(x + off, len, ls[best], ll[best], qmax, q + off);
+        err[j] = use_lev ? qe4_g_codes_lev(t, x + off, len, ls[best], ll[best], q + off)
+                         : qe4_g_codes(x + off, len, ls[best], ll[best], qmax, q + off);
     }
 }
 
@@ -136,7 +216,8 @@ static inline size_t qe4_grouped_work_floats(int dim, int n_groups)
  * constant groups zeroed. */
 QE4_INLINE float qe4_g_mode(const qe4_grouped *t, const float *x, const float *gs,
                             const float *glow, int signed_mins, float *d_out, float *m_out,
-                            int *sc, int *mn, float **q, float *work, int *iwork)
+                            int *sc, int *mn, float **q, float *work, int *iwork,
+                            const int use_lev)
 {
     const int G = t->n_groups, dim = t->dim, smax = (1 << t->sub_bits) - 1;
     const int mlo = signed_mins ? -(1 << (t->sub_bits - 1)) : 0;
@@ -165,7 +246,7 @@ QE4_INLINE float qe4_g_mode(const qe4_grouped *t, const float *x, const float *g
         mn1[j] = (int)b;
     }
     /* step 4 */
-    qe4_g_local(t, x, d, m, mlo, mhi, sc1, mn1, sc, mn, qa, err);
+    qe4_g_local(t, x, d, m, mlo, mhi, sc1, mn1, sc, mn, qa, err, use_lev);
     float row_err = qe4_g_row_error(err, G);
     *q = qa;
     /* step 5: least-squares refit of (d, m), float64 sums in column order */
@@ -184,7 +265,7 @@ QE4_INLINE float qe4_g_mode(const qe4_grouped *t, const float *x, const float *g
         float rd = qe4_h16((float)((s_yu * s_vv - s_yv * s_uv) / det));
         float rm = qe4_h16((float)((s_yv * s_uu - s_yu * s_uv) / det));
         if (isfinite(rd) && isfinite(rm) && rd > 0.0f) {
-            qe4_g_local(t, x, rd, rm, mlo, mhi, sc, mn, sc1, mn1, rq, rerr);
+            qe4_g_local(t, x, rd, rm, mlo, mhi, sc, mn, sc1, mn1, rq, rerr, use_lev);
             float r_err = qe4_g_row_error(rerr, G);
             if (r_err < row_err) {
                 d = rd;
@@ -204,8 +285,9 @@ QE4_INLINE float qe4_g_mode(const qe4_grouped *t, const float *x, const float *g
 /* Steps 2 to 5 of qe4.grouped.grouped_params for one row x [dim] in both sub-min modes, from
  * step 1's group (scale, low) [n_groups], and the row's bytes into row [row_bytes].
  * Compiled for every SIMD level (qe4_g_finish_row_at; the same IEEE operations at each). */
-QE4_INLINE int qe4_g_finish_row(const qe4_grouped *t, const float *x, const float *gscale,
-                                const float *glow, uint8_t *row, float *work, int *iwork)
+QE4_INLINE int qe4_g_finish_row_impl(const qe4_grouped *t, const float *x, const float *gscale,
+                                     const float *glow, uint8_t *row, float *work, int *iwork,
+                                     const int use_lev)
 {
     const int G = t->n_groups, dim = t->dim;
     const size_t mode_floats = (size_t)2 * dim + (size_t)2 * G;
@@ -226,12 +308,17 @@ QE4_INLINE int qe4_g_finish_row(const qe4_grouped *t, const float *x, const floa
     }
     for (int k = 0; k < 2; k++)
         err[k] = qe4_g_mode(t, x, gs, glow, k, &d[k], &m[k], sc[k], mn[k], &q[k],
-                            work + k * mode_floats, iwork + 2 * G + k * 4 * G);
+                            work + k * mode_floats, iwork + 2 * G + k * 4 * G, use_lev);
     int k = err[1] < err[0];
     /* the row's bytes: a signed row stores -d (its sign bit) and two's complement sub-mins */
     int smax = (1 << t->sub_bits) - 1;
-    for (int c = 0; c < dim; c++)
-        codes[c] = (uint8_t)q[k][c];
+    if (use_lev) {
+        for (int c = 0; c < dim; c++)
+            codes[c] = (uint8_t)qe4_g_level_code(t, q[k][c]);
+    } else {
+        for (int c = 0; c < dim; c++)
+            codes[c] = (uint8_t)q[k][c];
+    }
     qe4_g_pack(row, t->code_bytes, codes, dim, t->bits);
     for (int j = 0; j < G; j++) {
         codes[2 * j] = (uint8_t)sc[k][j];
@@ -242,6 +329,15 @@ QE4_INLINE int qe4_g_finish_row(const qe4_grouped *t, const float *x, const floa
     memcpy(row + t->code_bytes + t->sub_bytes, &hd, 2);
     memcpy(row + t->code_bytes + t->sub_bytes + 2, &hm, 2);
     return 0;
+}
+
+/* One instance per table kind: uniform, or t's level table. */
+QE4_INLINE int qe4_g_finish_row(const qe4_grouped *t, const float *x, const float *gscale,
+                                const float *glow, uint8_t *row, float *work, int *iwork)
+{
+    if (t->lev == NULL)
+        return qe4_g_finish_row_impl(t, x, gscale, glow, row, work, iwork, 0);
+    return qe4_g_finish_row_impl(t, x, gscale, glow, row, work, iwork, 1);
 }
 
 QE4_PER_LEVEL(int, qe4_g_finish_row,
@@ -290,6 +386,24 @@ QE4_INLINE void qe4_g_axpy_portable(const uint8_t *codes, int bits, int c0, int 
         acc[c] = fmaf(s, (float)qe4_unpack_code(codes, bits, (int64_t)c0 + c), acc[c] + tt);
 }
 
+/* The same with the level values: acc[c] = fma(s, lev[q_c], acc[c] + t). */
+QE4_INLINE void qe4_g_axpy_portable_lev(const uint8_t *codes, int bits, const float *lev, int c0,
+                                        int len, float s, float tt, float *acc)
+{
+    for (int c = 0; c < len; c++)
+        acc[c] = fmaf(s, lev[qe4_unpack_code(codes, bits, (int64_t)c0 + c)], acc[c] + tt);
+}
+
+/* One of the two, by the constant use_lev. */
+QE4_INLINE void qe4_g_axpy_any(const qe4_grouped *t, const uint8_t *codes, int c0, int len,
+                               float s, float tt, float *acc, const int use_lev)
+{
+    if (use_lev)
+        qe4_g_axpy_portable_lev(codes, t->bits, t->lev, c0, len, s, tt, acc);
+    else
+        qe4_g_axpy_portable(codes, t->bits, c0, len, s, tt, acc);
+}
+
 /* Group j's bag terms: s = w * scale_j, t = w * min_j (weighted), else scale_j, min_j. */
 QE4_INLINE void qe4_g_terms(const qe4_grouped *t, const uint8_t *row, int j, float d, float m,
                             int sgn, int weighted, float w, float *s, float *tt)
@@ -301,9 +415,9 @@ QE4_INLINE void qe4_g_terms(const qe4_grouped *t, const uint8_t *row, int j, flo
     }
 }
 
-/* acc [dim] += row r weighted by w: portable C. */
-static void qe4_g_add_row_portable(const qe4_grouped *t, int64_t r, int weighted, float w,
-                                   float *acc)
+/* acc [dim] += row r weighted by w: portable C (uniform, or the level values by use_lev). */
+QE4_INLINE void qe4_g_add_row_portable_impl(const qe4_grouped *t, int64_t r, int weighted,
+                                            float w, float *acc, const int use_lev)
 {
     const uint8_t *row = t->data + r * t->row_bytes;
     float d, m;
@@ -311,40 +425,86 @@ static void qe4_g_add_row_portable(const qe4_grouped *t, int64_t r, int weighted
     for (int j = 0; j < t->n_groups; j++) {
         float s, tt;
         qe4_g_terms(t, row, j, d, m, sgn, weighted, w, &s, &tt);
-        qe4_g_axpy_portable(row, t->bits, j * t->group, qe4_g_len(t, j), s, tt, acc + j * t->group);
+        qe4_g_axpy_any(t, row, j * t->group, qe4_g_len(t, j), s, tt, acc + j * t->group, use_lev);
     }
 }
 
-#if QE4_X86
-/* The same for 4- or 8-bit codes, len % 8 == 0 and c0 * bits a multiple of 8: AVX2. */
-QE4_INLINE QE4_TARGET_AVX2 void qe4_g_axpy_avx2(const uint8_t *codes, int bits, int c0, int len,
-                                                float s, float tt, float *acc)
+static void qe4_g_add_row_portable(const qe4_grouped *t, int64_t r, int weighted, float w,
+                                   float *acc)
 {
+    qe4_g_add_row_portable_impl(t, r, weighted, w, acc, 0);
+}
+
+static void qe4_g_add_row_portable_lev(const qe4_grouped *t, int64_t r, int weighted, float w,
+                                       float *acc)
+{
+    qe4_g_add_row_portable_impl(t, r, weighted, w, acc, 1);
+}
+
+#if QE4_X86
+/* The level values of 8 4-bit codes in the low 4 bits of each lane of `raw` (the higher bits
+ * are ignored) from a 16-value table in two registers (lo: lev[0..7], hi: lev[8..15]): a
+ * lookup in each (bits 0-2) and a blend on bit 3 (moved to the sign bit blendv reads). */
+QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_lev16_avx2(__m256i raw, __m256 lo, __m256 hi)
+{
+    __m256 a = _mm256_permutevar8x32_ps(lo, raw), b = _mm256_permutevar8x32_ps(hi, raw);
+    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(raw, 28)));
+}
+
+/* The values of 8 4-bit codes (low 4 bits of each lane of raw): q itself (uniform), or the
+ * level values in registers lo, hi. */
+QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_vals4_avx2(__m256i raw, __m256 lo, __m256 hi,
+                                                   const int use_lev)
+{
+    if (use_lev)
+        return qe4_g_lev16_avx2(raw, lo, hi);
+    return _mm256_cvtepi32_ps(_mm256_and_si256(raw, _mm256_set1_epi32(15)));
+}
+
+/* The values of 8 8-bit codes q: q itself, or the level values (a gather from lev). */
+QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_vals8_avx2(__m256i q, const float *lev, const int use_lev)
+{
+    return use_lev ? _mm256_i32gather_ps(lev, q, 4) : _mm256_cvtepi32_ps(q);
+}
+
+/* qe4_g_axpy_any for 4- or 8-bit codes, len % 8 == 0 and c0 * bits a multiple of 8: AVX2. */
+QE4_INLINE QE4_TARGET_AVX2 void qe4_g_axpy_avx2(const qe4_grouped *t, const uint8_t *codes,
+                                                int c0, int len, float s, float tt, float *acc,
+                                                const int use_lev)
+{
+    const int bits = t->bits;
     __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(tt);
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    if (use_lev && bits == 4) {
+        lo = _mm256_loadu_ps(t->lev);
+        hi = _mm256_loadu_ps(t->lev + 8);
+    }
     const uint8_t *p = codes + ((int64_t)c0 * bits >> 3);
     if (bits == 4) {
         const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-        const __m256i nib = _mm256_set1_epi32(15);
         for (int c = 0; c < len; c += 8) {
             uint32_t w;
             memcpy(&w, p + c / 2, 4);
-            __m256i v = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)w), shifts), nib);
+            __m256i raw = _mm256_srlv_epi32(_mm256_set1_epi32((int)w), shifts);
             __m256 a = _mm256_loadu_ps(acc + c);
-            _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(vs, _mm256_cvtepi32_ps(v), _mm256_add_ps(a, vt)));
+            __m256 fv = qe4_g_vals4_avx2(raw, lo, hi, use_lev);
+            _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(vs, fv, _mm256_add_ps(a, vt)));
         }
     } else {
         for (int c = 0; c < len; c += 8) {
             __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + c)));
             __m256 a = _mm256_loadu_ps(acc + c);
-            _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(vs, _mm256_cvtepi32_ps(v), _mm256_add_ps(a, vt)));
+            __m256 fv = qe4_g_vals8_avx2(v, t->lev, use_lev);
+            _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(vs, fv, _mm256_add_ps(a, vt)));
         }
     }
 }
 
 /* acc [dim] += row r weighted by w: AVX2 for the groups it can take, the portable loop
  * (compiled with FMA here: the same fmaf) for the others. */
-QE4_TARGET_AVX2 static void qe4_g_add_row_avx2(const qe4_grouped *t, int64_t r, int weighted,
-                                               float w, float *acc)
+QE4_INLINE QE4_TARGET_AVX2 void qe4_g_add_row_avx2_impl(const qe4_grouped *t, int64_t r,
+                                                        int weighted, float w, float *acc,
+                                                        const int use_lev)
 {
     const uint8_t *row = t->data + r * t->row_bytes;
     float d, m;
@@ -355,32 +515,44 @@ QE4_TARGET_AVX2 static void qe4_g_add_row_avx2(const qe4_grouped *t, int64_t r, 
         int len = qe4_g_len(t, j), c0 = j * t->group;
         qe4_g_terms(t, row, j, d, m, sgn, weighted, w, &s, &tt);
         if (vec && (len & 7) == 0 && ((int64_t)c0 * t->bits & 7) == 0)
-            qe4_g_axpy_avx2(row, t->bits, c0, len, s, tt, acc + c0);
+            qe4_g_axpy_avx2(t, row, c0, len, s, tt, acc + c0, use_lev);
         else
-            qe4_g_axpy_portable(row, t->bits, c0, len, s, tt, acc + c0);
+            qe4_g_axpy_any(t, row, c0, len, s, tt, acc + c0, use_lev);
     }
+}
+
+QE4_TARGET_AVX2 static void qe4_g_add_row_avx2(const qe4_grouped *t, int64_t r, int weighted,
+                                               float w, float *acc)
+{
+    qe4_g_add_row_avx2_impl(t, r, weighted, w, acc, 0);
+}
+
+QE4_TARGET_AVX2 static void qe4_g_add_row_avx2_lev(const qe4_grouped *t, int64_t r, int weighted,
+                                                   float w, float *acc)
+{
+    qe4_g_add_row_avx2_impl(t, r, weighted, w, acc, 1);
 }
 #endif
 
 typedef void (*qe4_g_add_row_fn)(const qe4_grouped *t, int64_t r, int weighted, float w,
                                  float *acc);
 
-/* The row adder of SIMD level `simd` (AVX-512 CPUs use the AVX2 one). */
-static qe4_g_add_row_fn qe4_g_add_row_at(int simd)
+/* The row adder of SIMD level `simd` for t's levels (AVX-512 CPUs use the AVX2 one). */
+static qe4_g_add_row_fn qe4_g_add_row_at(const qe4_grouped *t, int simd)
 {
 #if QE4_X86
     if (simd >= QE4_SIMD_AVX2)
-        return qe4_g_add_row_avx2;
+        return t->lev != NULL ? qe4_g_add_row_avx2_lev : qe4_g_add_row_avx2;
 #endif
     (void)simd;
-    return qe4_g_add_row_portable;
+    return t->lev != NULL ? qe4_g_add_row_portable_lev : qe4_g_add_row_portable;
 }
 
-/* Dequantized row r into out [dim]: fma(scale_j, q, min_j) (the bag of one row, weight 1). */
+/* Dequantized row r into out [dim]: fma(scale_j, v, min_j) (the bag of one row, weight 1). */
 static void qe4_grouped_row_values(const qe4_grouped *t, int64_t r, int simd, float *out)
 {
     memset(out, 0, (size_t)t->dim * sizeof(float));
-    qe4_g_add_row_at(simd)(t, r, 0, 1.0f, out);
+    qe4_g_add_row_at(t, simd)(t, r, 0, 1.0f, out);
 }
 
 #if QE4_X86
@@ -410,11 +582,15 @@ QE4_INLINE void qe4_g_load_rows(const qe4_grouped *t, const int64_t *idx, int64_
  * per element as the row-at-a-time loop. */
 QE4_INLINE QE4_TARGET_AVX2 void qe4_g_bag_block_avx2(const qe4_grouped *t, const qe4_g_rows *r,
                                                      int n, int weighted, int j, int c0, int nv,
-                                                     float *out)
+                                                     float *out, const int use_lev)
 {
     __m256 acc[8];
     const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-    const __m256i nib = _mm256_set1_epi32(15);
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    if (use_lev && t->bits == 4) {
+        lo = _mm256_loadu_ps(t->lev);
+        hi = _mm256_loadu_ps(t->lev + 8);
+    }
     for (int v = 0; v < nv; v++)
         acc[v] = _mm256_loadu_ps(out + c0 + 8 * v);
     for (int k = 0; k < n; k++) {
@@ -423,15 +599,17 @@ QE4_INLINE QE4_TARGET_AVX2 void qe4_g_bag_block_avx2(const qe4_grouped *t, const
         __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(tt);
         const uint8_t *code = r->row[k] + ((int64_t)c0 * t->bits >> 3);
         for (int v = 0; v < nv; v++) {
-            __m256i q;
+            __m256 fv;
             if (t->bits == 4) {
                 uint32_t word;
                 memcpy(&word, code + 4 * v, 4);
-                q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts), nib);
+                __m256i raw = _mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts);
+                fv = qe4_g_vals4_avx2(raw, lo, hi, use_lev);
             } else {
-                q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(code + 8 * v)));
+                __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(code + 8 * v)));
+                fv = qe4_g_vals8_avx2(q, t->lev, use_lev);
             }
-            acc[v] = _mm256_fmadd_ps(vs, _mm256_cvtepi32_ps(q), _mm256_add_ps(acc[v], vt));
+            acc[v] = _mm256_fmadd_ps(vs, fv, _mm256_add_ps(acc[v], vt));
         }
     }
     for (int v = 0; v < nv; v++)
@@ -440,9 +618,9 @@ QE4_INLINE QE4_TARGET_AVX2 void qe4_g_bag_block_avx2(const qe4_grouped *t, const
 
 /* A bag at AVX2, QE4_G_CHUNK positions at a time: the groups it can take block by block
  * (above), the others position by position. */
-QE4_TARGET_AVX2 static void qe4_g_bag_avx2(const qe4_grouped *t, const int64_t *idx,
-                                           int64_t n_idx, const float *w, int64_t start,
-                                           int64_t end, float *out)
+QE4_INLINE QE4_TARGET_AVX2 void qe4_g_bag_avx2_impl(const qe4_grouped *t, const int64_t *idx,
+                                                    int64_t n_idx, const float *w, int64_t start,
+                                                    int64_t end, float *out, const int use_lev)
 {
     qe4_g_rows r;
     int vec = t->bits == 4 || t->bits == 8;
@@ -455,19 +633,49 @@ QE4_TARGET_AVX2 static void qe4_g_bag_avx2(const qe4_grouped *t, const int64_t *
             if (vec && (len & 7) == 0 && ((int64_t)c0 * t->bits & 7) == 0) {
                 for (int cb = 0; cb < len; cb += 64) {
                     int nv = (len - cb) / 8 < 8 ? (len - cb) / 8 : 8;
-                    qe4_g_bag_block_avx2(t, &r, n, w != NULL, j, c0 + cb, nv, out);
+                    qe4_g_bag_block_avx2(t, &r, n, w != NULL, j, c0 + cb, nv, out, use_lev);
                 }
                 continue;
             }
             for (int k = 0; k < n; k++) {
                 float s, tt;
                 qe4_g_terms(t, r.row[k], j, r.d[k], r.m[k], r.sgn[k], w != NULL, r.w[k], &s, &tt);
-                qe4_g_axpy_portable(r.row[k], t->bits, c0, len, s, tt, out + c0);
+                qe4_g_axpy_any(t, r.row[k], c0, len, s, tt, out + c0, use_lev);
             }
         }
     }
 }
+
+QE4_TARGET_AVX2 static void qe4_g_bag_avx2(const qe4_grouped *t, const int64_t *idx,
+                                           int64_t n_idx, const float *w, int64_t start,
+                                           int64_t end, float *out)
+{
+    qe4_g_bag_avx2_impl(t, idx, n_idx, w, start, end, out, 0);
+}
+
+QE4_TARGET_AVX2 static void qe4_g_bag_avx2_lev(const qe4_grouped *t, const int64_t *idx,
+                                               int64_t n_idx, const float *w, int64_t start,
+                                               int64_t end, float *out)
+{
+    qe4_g_bag_avx2_impl(t, idx, n_idx, w, start, end, out, 1);
+}
 #endif
+
+/* A bag of positions [start, end), portable, position by position (uniform or levels). */
+QE4_INLINE void qe4_g_bag_portable(const qe4_grouped *t, const int64_t *idx, int64_t n_idx,
+                                   const float *w, int64_t start, int64_t end, float *out,
+                                   const int use_lev)
+{
+    memset(out, 0, (size_t)t->dim * sizeof(float));
+    for (int64_t p = start; p < end; p++) {
+        if (p + QE4_PREFETCH < n_idx)
+            qe4_prefetch_row(t->data + idx[p + QE4_PREFETCH] * t->row_bytes, t->row_bytes);
+        if (use_lev)
+            qe4_g_add_row_portable_lev(t, idx[p], w != NULL, w != NULL ? w[p] : 1.0f, out);
+        else
+            qe4_g_add_row_portable(t, idx[p], w != NULL, w != NULL ? w[p] : 1.0f, out);
+    }
+}
 
 /* The bag of positions [start, end) of idx [n_idx] (validated) into out [dim]; w NULL or
  * [n_idx].  Rows are prefetched QE4_PREFETCH positions ahead, across bags. */
@@ -476,16 +684,17 @@ static void qe4_grouped_bag(const qe4_grouped *t, const int64_t *idx, int64_t n_
 {
 #if QE4_X86
     if (simd >= QE4_SIMD_AVX2) {
-        qe4_g_bag_avx2(t, idx, n_idx, w, start, end, out);
+        if (t->lev != NULL)
+            qe4_g_bag_avx2_lev(t, idx, n_idx, w, start, end, out);
+        else
+            qe4_g_bag_avx2(t, idx, n_idx, w, start, end, out);
     } else
 #endif
     {
-        memset(out, 0, (size_t)t->dim * sizeof(float));
-        for (int64_t p = start; p < end; p++) {
-            if (p + QE4_PREFETCH < n_idx)
-                qe4_prefetch_row(t->data + idx[p + QE4_PREFETCH] * t->row_bytes, t->row_bytes);
-            qe4_g_add_row_portable(t, idx[p], w != NULL, w != NULL ? w[p] : 1.0f, out);
-        }
+        if (t->lev != NULL)
+            qe4_g_bag_portable(t, idx, n_idx, w, start, end, out, 1);
+        else
+            qe4_g_bag_portable(t, idx, n_idx, w, start, end, out, 0);
     }
     if (mean && end > start) {
         float inv = 1.0f / (float)(end - start);

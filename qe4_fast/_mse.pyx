@@ -22,6 +22,7 @@ cdef extern from "_mse_kernels.h":
         float *inv
         uint8_t *out
         size_t row_bytes
+        const float *lev
     size_t qe4_mse_work_floats(int n_cols, int n_keep) noexcept nogil
     int qe4_mse_plan_init(qe4_mse_plan *p, int simd) noexcept nogil
     int qe4_mse_block_run(const qe4_mse_plan *p, int r0, int n, float *work) noexcept nogil
@@ -49,12 +50,18 @@ def mse_rows(const float[:, ::1] x,       # IN  [n_rows, n_cols], finite, ranges
              float[::1] bias,             # OUT [n_rows]
              float[::1] inv,              # OUT [n_rows]
              uint8_t[:, ::1] out,         # OUT [n_rows, row_bytes], or 0 rows: parameters only
-             int n_threads, int simd):
+             int n_threads, int simd,
+             const float[::1] levels=None):  # IN  [2**bits] ascending level table, or None
+    # (with a table: parameters only)
     """qe4.mse.mse_params of every row, then (if ``out`` has rows) the packed rows, with the
     kernels of SIMD level code ``simd``.  ``n_keep`` must not exceed the number of scan
     ranges.  Raises ValueError for a bit width without a kernel or a SIMD level this CPU
-    does not run (before touching any row)."""
+    does not run (before touching any row).  With ``levels`` the codes read back as
+    ``levels[q]`` (qe4.mse.mse_params(levels=)); then ``out`` must have no rows."""
     cdef mse_job j
+    if levels is not None and (levels.shape[0] != (1 << bits) or out.shape[0] > 0):
+        raise ValueError(f"qe4_fast._mse.mse_rows: levels has {levels.shape[0]} values for "
+                         f"bits={bits} (need {1 << bits}) or out has rows")
     j.plan.x = &x[0, 0]
     j.plan.n_cols = x.shape[1]
     j.plan.bits = bits
@@ -68,6 +75,7 @@ def mse_rows(const float[:, ::1] x,       # IN  [n_rows, n_cols], finite, ranges
     j.plan.inv = &inv[0]
     j.plan.out = &out[0, 0] if out.shape[0] > 0 else NULL
     j.plan.row_bytes = out.shape[1]
+    j.plan.lev = &levels[0] if levels is not None else NULL
     check(qe4_mse_plan_init(&j.plan, simd), "qe4_fast._mse.mse_rows", None, -1, bits, -1, simd)
     j.n_rows = x.shape[0]
     j.work = &work[0, 0]

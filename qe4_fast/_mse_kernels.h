@@ -8,6 +8,10 @@
  * level performs the same IEEE operations, so the bytes are the same at every level.
  * The only failure is a bad bit width or SIMD level code, refused by qe4_mse_plan_init
  * before any row is touched.
+ *
+ * Level tables (qe4.mse.mse_params(levels=), the grouped layout's step 1): with p->lev set,
+ * a code reads back as lev[q] instead of q; the passes are separate functions
+ * (qe4_mse_lev_pass), so the uniform loops are unchanged.
  */
 #ifndef QE4_MSE_KERNELS_H
 #define QE4_MSE_KERNELS_H
@@ -31,8 +35,12 @@ struct qe4_mse_plan {
     float *scale, *bias, *inv; /* OUT [n_rows] the rows' stored (scale, bias) and 1 / scale */
     uint8_t *out;              /* OUT [n_rows, row_bytes] packed rows, or NULL: parameters only */
     size_t row_bytes;
+    const float *lev;          /* IN  [1 << bits] ascending level table, or NULL: uniform (q);
+                                * with a table out must be NULL */
     /* set by qe4_mse_plan_init */
     float qmax;
+    int n_mid;                 /* with lev: the (1 << bits) - 1 midpoints mid[] */
+    float mid[255];
     int (*step)(const qe4_mse_plan *p, int r0, int n, float *work);
 };
 
@@ -100,6 +108,82 @@ QE4_INLINE void qe4_mse_ls_pass(const float *restrict xt, int n_cols, float qmax
     }
 }
 
+/* The level values v[k] = lev[level_codes(t[k])] of QE4_LANES lanes: lev[the number of
+ * midpoints t exceeds] (qe4.mse.level_codes; the midpoints ascend, so the last one exceeded
+ * picks the value), a chain of selects the compiler vectorizes across the lanes. */
+QE4_INLINE void qe4_lev_values(const float *restrict t, float *restrict v, const float *lev,
+                               const float *mid, int n_mid)
+{
+    for (int k = 0; k < QE4_LANES; k++)
+        v[k] = lev[0];
+    for (int i = 0; i < n_mid; i++) {
+        float mi = mid[i], li = lev[i + 1];
+        /* kept a loop (not unrolled into 16 scalars), so that it is the one vectorized */
+#pragma GCC unroll 1
+        for (int k = 0; k < QE4_LANES; k++)
+            v[k] = t[k] > mi ? li : v[k];
+    }
+}
+
+/* qe4.mse._pass of one candidate per lane with a level table: the loss and (with the constant
+ * `sums`; the scan has none) the least-squares sums of the codes' values lev[q]. */
+QE4_INLINE void qe4_mse_lev_pass_impl(const float *restrict xt, int n_cols, const float *lev,
+                                      const float *mid, int n_mid, const float *s,
+                                      const float *b, const float *iv, float *restrict err,
+                                      float *restrict sq, float *restrict sqq,
+                                      float *restrict sy, float *restrict syq, const int sums)
+{
+    float e[QE4_LANES], a[QE4_LANES], aa[QE4_LANES], y1[QE4_LANES], yq[QE4_LANES];
+    float t[QE4_LANES], v[QE4_LANES];
+    for (int k = 0; k < QE4_LANES; k++)
+        e[k] = a[k] = aa[k] = y1[k] = yq[k] = 0.0f;
+    for (int j = 0; j < n_cols; j++) {
+        const float *xj = xt + (size_t)j * QE4_LANES;
+        for (int k = 0; k < QE4_LANES; k++)
+            t[k] = (xj[k] - b[k]) * iv[k];
+        qe4_lev_values(t, v, lev, mid, n_mid);
+        for (int k = 0; k < QE4_LANES; k++) {
+            float x = xj[k];
+            float y = x - b[k];
+            float q = v[k];
+            float d = x - (q * s[k] + b[k]);
+            e[k] = e[k] + d * d;
+            if (sums) {
+                a[k] = a[k] + q;
+                aa[k] = aa[k] + q * q;
+                y1[k] = y1[k] + y;
+                yq[k] = yq[k] + y * q;
+            }
+        }
+    }
+    for (int k = 0; k < QE4_LANES; k++) {
+        err[k] = e[k];
+        if (sums) {
+            sq[k] = a[k];
+            sqq[k] = aa[k];
+            sy[k] = y1[k];
+            syq[k] = yq[k];
+        }
+    }
+}
+
+/* The loss and sums of qe4_mse_lev_pass_impl. */
+QE4_INLINE void qe4_mse_lev_pass(const float *restrict xt, int n_cols, const float *lev,
+                                 const float *mid, int n_mid, const float *s, const float *b,
+                                 const float *iv, float *restrict err, float *restrict sq,
+                                 float *restrict sqq, float *restrict sy, float *restrict syq)
+{
+    qe4_mse_lev_pass_impl(xt, n_cols, lev, mid, n_mid, s, b, iv, err, sq, sqq, sy, syq, 1);
+}
+
+/* The loss alone (the scan and the last pass of a chain). */
+QE4_INLINE void qe4_mse_lev_loss(const float *restrict xt, int n_cols, const float *lev,
+                                 const float *mid, int n_mid, const float *s, const float *b,
+                                 const float *iv, float *restrict err)
+{
+    qe4_mse_lev_pass_impl(xt, n_cols, lev, mid, n_mid, s, b, iv, err, NULL, NULL, NULL, NULL, 0);
+}
+
 /* qe4.mse.least_squares_step of one lane; returns 1 when (scale, bias) changed. */
 QE4_INLINE int qe4_mse_ls_step(int n_cols, int fp16, float sq, float sqq, float sy, float syq,
                                float *scale, float *bias, float *inv)
@@ -137,7 +221,8 @@ QE4_INLINE void qe4_mse_keep_best(float e, float s, float b, float iv, float *be
 /* The "mse" (scale, bias, inv) of n rows (1 <= n <= QE4_LANES) starting at x; see
  * qe4.mse.mse_params.  n_keep >= 1 (capped at the number of scan ranges by the caller). */
 QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float qmax, int fp16,
-                          float max_trim, int n_steps, int n_keep, int n_iter, float *work,
+                          float max_trim, int n_steps, int n_keep, int n_iter, const float *lev,
+                          const float *mid, int n_mid, float *work,
                           float *scale_out, float *bias_out, float *inv_out)
 {
     float *restrict xt = work;
@@ -173,7 +258,13 @@ QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float 
                 }
             }
         }
-        qe4_lanes_sqerr2(xt, n_cols, qmax, s2[0], b2[0], i2[0], e2[0], s2[1], b2[1], i2[1], e2[1]);
+        if (lev == NULL) {
+            qe4_lanes_sqerr2(xt, n_cols, qmax, s2[0], b2[0], i2[0], e2[0], s2[1], b2[1], i2[1],
+                             e2[1]);
+        } else {
+            for (int c = 0; c < m; c++)
+                qe4_mse_lev_loss(xt, n_cols, lev, mid, n_mid, s2[c], b2[c], i2[c], e2[c]);
+        }
         for (int c = 0; c < m; c++)
             for (int k = 0; k < QE4_LANES; k++) {
                 float e = e2[c][k];
@@ -213,7 +304,10 @@ QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float 
             iv[k] = keep[((size_t)r * 4 + 3) * QE4_LANES + k];
         }
         for (int t = 0; t < n_iter; t++) {
-            qe4_mse_ls_pass(xt, n_cols, qmax, s, b, iv, e, sq, sqq, sy, syq);
+            if (lev == NULL)
+                qe4_mse_ls_pass(xt, n_cols, qmax, s, b, iv, e, sq, sqq, sy, syq);
+            else
+                qe4_mse_lev_pass(xt, n_cols, lev, mid, n_mid, s, b, iv, e, sq, sqq, sy, syq);
             int changed = 0;
             for (int k = 0; k < QE4_LANES; k++) {
                 qe4_mse_keep_best(e[k], s[k], b[k], iv[k], &best_e[k], &best_s[k], &best_b[k],
@@ -224,7 +318,10 @@ QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float 
             if (!changed) /* every lane at a fixed point: later passes repeat this one */
                 goto next_chain;
         }
-        qe4_lanes_sqerr2(xt, n_cols, qmax, s, b, iv, e, s, b, iv, sq);
+        if (lev == NULL)
+            qe4_lanes_sqerr2(xt, n_cols, qmax, s, b, iv, e, s, b, iv, sq);
+        else
+            qe4_mse_lev_loss(xt, n_cols, lev, mid, n_mid, s, b, iv, e);
         for (int k = 0; k < QE4_LANES; k++) {
             qe4_mse_keep_best(e[k], s[k], b[k], iv[k], &best_e[k], &best_s[k], &best_b[k],
                               &best_i[k]);
@@ -244,7 +341,8 @@ QE4_INLINE int qe4_mse_rows(const qe4_mse_plan *p, int r0, int n, float *work)
 {
     int n_cols = p->n_cols;
     qe4_mse_block(p->x + (size_t)r0 * n_cols, n, n_cols, p->qmax, p->fp16, p->max_trim,
-                  p->n_steps, p->n_keep, p->n_iter, work, p->scale + r0, p->bias + r0,
+                  p->n_steps, p->n_keep, p->n_iter, p->lev, p->mid, p->n_mid, work,
+                  p->scale + r0, p->bias + r0,
                   p->inv + r0);
     if (p->out != NULL)
         for (int r = r0; r < r0 + n; r++)
@@ -260,13 +358,17 @@ QE4_PER_LEVEL(int, qe4_mse_rows, (const qe4_mse_plan *p, int r0, int n, float *w
 #endif
 
 /* Choose p's step (its caller fields set) for SIMD level `simd`: QE4_OK, or QE4_ERR_SIMD /
- * QE4_ERR_BITS (a width qe4_encode_row does not implement); nothing runs then. */
+ * QE4_ERR_BITS (a width qe4_encode_row does not implement); nothing runs then.  With a level
+ * table, its midpoints mid[k] = (lev[k] + lev[k + 1]) * 0.5f (float32, as qe4.mse.level_codes). */
 static int qe4_mse_plan_init(qe4_mse_plan *p, int simd)
 {
     int err = qe4_check_rowwise(p->bits, simd);
     if (err != QE4_OK)
         return err;
     p->qmax = (float)((1 << p->bits) - 1);
+    p->n_mid = p->lev != NULL ? (1 << p->bits) - 1 : 0;
+    for (int k = 0; k < p->n_mid; k++)
+        p->mid[k] = (p->lev[k] + p->lev[k + 1]) * 0.5f;
     p->step = qe4_mse_rows_at[simd];
     return QE4_OK;
 }

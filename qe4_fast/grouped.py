@@ -3,7 +3,9 @@
 Quantizing runs step 1 of the search (each group's float32 least-squares range) with the
 compiled ``"mse"`` kernel (:func:`qe4_fast.mse.mse_params`, byte-identical to
 :func:`qe4.mse.mse_params`) and steps 2 to 5 plus the row bytes in
-``qe4_fast/_grouped_kernels.h``.  Lookups read the packed rows directly.
+``qe4_fast/_grouped_kernels.h``.  Lookups read the packed rows directly.  A table's level
+table (``params["levels"]``, :func:`qe4.layouts.level_table`; None for uniform levels) is
+passed to every kernel, the search's and the lookups'.
 """
 
 from __future__ import annotations
@@ -28,17 +30,19 @@ F32 = np.float32
 
 
 def _geometry(table):
+    """The kernels' arguments of a table: data, dim, bits, group, sub_bits, level table."""
     group, sub_bits = L.grouping(table.params)
-    return np.ascontiguousarray(table.data), table.dim, table.bits, group, sub_bits
+    return (np.ascontiguousarray(table.data), table.dim, table.bits, group, sub_bits,
+            L.level_table(table.params, table.bits))
 
 
-def group_ranges(x: Float32Array, bits: int, group: int,
+def group_ranges(x: Float32Array, bits: int, group: int, levels: Float32Array | None = None,
                  n_threads: int | None = None) -> tuple[Float32Array, Float32Array]:
     """Step 1 of the search (:func:`qe4.grouped.group_ranges`) with the compiled mse kernel;
     the finishing kernel zeroes the scales of constant groups."""
     scales, mins = [], []
     for seg in G.group_segments(x, group):
-        scale, low, _ = MSE.mse_params(seg, bits, "float32", n_threads=n_threads)
+        scale, low, _ = MSE.mse_params(seg, bits, "float32", levels=levels, n_threads=n_threads)
         scales.append(scale)
         mins.append(low)
     return G.per_row(scales, x.shape[0]), G.per_row(mins, x.shape[0])
@@ -50,10 +54,12 @@ def encode(request: Request, x: Float32Array, n_threads: int | None = None) -> E
     G.check_values(request, x)
     x = np.ascontiguousarray(x, F32)
     group, sub_bits = request.options["group"], request.options["sub_bits"]
-    scale, low = group_ranges(x, request.bits, group, n_threads)
+    levels = L.level_table(request.options, request.bits)
+    scale, low = group_ranges(x, request.bits, group, levels, n_threads)
     out = np.empty((x.shape[0], request.row_bytes(x.shape[1])), np.uint8)
     n = effective_n_threads(n_threads, x.shape[0], x.size, GRAIN_SEARCH)
-    _grouped.finish_rows(x, scale, low, request.bits, group, sub_bits, out, n, _simd.LEVEL)
+    _grouped.finish_rows(x, scale, low, request.bits, group, sub_bits, levels, out, n,
+                         _simd.LEVEL)
     return out, {}
 
 

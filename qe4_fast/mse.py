@@ -41,15 +41,21 @@ def quantize_mse(x: ArrayLike, bits: int = 4, *, scale_dtype: str | None = None,
 @shares_cores
 def mse_params(x: ArrayLike, bits: int = 4, scale_dtype: str = "float16", *,
                max_trim: float | None = None, n_steps: int = M.N_STEPS, n_keep: int = M.N_KEEP,
-               n_iter: int = M.N_ITER, n_threads: int | None = None) -> ScaleBias:
-    """Each row's stored (scale, bias, inv); see :func:`qe4.mse.mse_params` (validated ``x``)."""
+               n_iter: int = M.N_ITER, levels: Float32Array | None = None,
+               n_threads: int | None = None) -> ScaleBias:
+    """Each row's stored (scale, bias, inv); see :func:`qe4.mse.mse_params` (validated ``x``;
+    ``levels`` a float32 table of ``2**bits`` ascending values or None)."""
     x = np.ascontiguousarray(np.asarray(x, F32))
     max_trim = M.MAX_TRIM[bits] if max_trim is None else max_trim
-    _, params = _run(x, bits, scale_dtype, max_trim, n_steps, n_keep, n_iter, n_threads, False)
+    if levels is not None:
+        levels = np.ascontiguousarray(levels, F32)
+    _, params = _run(x, bits, scale_dtype, max_trim, n_steps, n_keep, n_iter, n_threads, False,
+                     levels)
     return params
 
 
-def _run(x, bits, scale_dtype, max_trim, n_steps, n_keep, n_iter, n_threads, encode):
+def _run(x, bits, scale_dtype, max_trim, n_steps, n_keep, n_iter, n_threads, encode,
+         levels=None):
     n_rows, n_cols = x.shape
     n_keep = min(n_keep, len(M.scan_grid(n_steps)))
     n_threads = effective_n_threads(n_threads, -(-n_rows // _mse.LANES))
@@ -58,7 +64,7 @@ def _run(x, bits, scale_dtype, max_trim, n_steps, n_keep, n_iter, n_threads, enc
     row_bytes = -(-n_cols * bits // 8) + 2 * np.dtype(scale_dtype).itemsize
     out = np.empty((n_rows if encode else 0, row_bytes), np.uint8)
     _mse.mse_rows(x, bits, scale_dtype == "float16", float(F32(max_trim)), n_steps, n_keep,
-                  n_iter, work, scale, bias, inv, out, n_threads, _simd.LEVEL)
+                  n_iter, work, scale, bias, inv, out, n_threads, _simd.LEVEL, levels)
     return out, (scale, bias, inv)
 
 

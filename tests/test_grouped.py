@@ -12,6 +12,7 @@ from qe4 import layouts as L
 from qe4 import method_registry as M
 from qe4 import shards as S
 from qe4 import stream
+from qe4.rowwise import fma32
 
 qe4_fast = pytest.importorskip("qe4_fast")
 from qe4_fast import _simd  # noqa: E402
@@ -22,6 +23,9 @@ BITS = LAYOUT.bits
 # (dim, group, sub_bits): groups dividing the dim, a ragged last group, one group, group 1
 SHAPES = [(64, 32, 6), (50, 32, 6), (7, 3, 5), (37, 8, 4), (16, 16, 8), (9, 1, 2), (33, 40, 7)]
 LEVELS = _simd.levels_up_to_chosen()
+# (bits, levels): every width with every level table defined at it (qe4.layouts.LEVELS)
+WIDTHS = [(bits, name) for name, tables in L.LEVELS.items() for bits in BITS
+          if tables is None or bits in tables]
 
 
 @pytest.fixture(params=LEVELS, ids=lambda level: _simd.SIMD_LEVELS[level])
@@ -41,8 +45,8 @@ def rows(n, dim, seed=0):
     return x
 
 
-def options(group, sub_bits):
-    return {"group": group, "sub_bits": sub_bits}
+def options(group, sub_bits, levels="uniform"):
+    return {"group": group, "sub_bits": sub_bits, "levels": levels}
 
 
 # --------------------------------------------------------------------------- registry, layout
@@ -50,7 +54,7 @@ def options(group, sub_bits):
 def test_registered_with_its_codes():
     m = M.get("grouped")
     assert (m.code, m.family, m.layout, m.per_row) == (9, "grouped", "grouped", True)
-    assert m.defaults() == {"group": 32, "sub_bits": 6}
+    assert m.defaults() == {"group": 32, "sub_bits": 6, "levels": "uniform"}
     assert (LAYOUT.code, LAYOUT.bits) == (4, (2, 3, 4, 5, 6, 8))
     assert LAYOUT.self_contained and LAYOUT.uses_params
     from qe4_fast import _grouped
@@ -117,22 +121,24 @@ def test_error_at_4_5_bits_per_value():
 # --------------------------------------------------------------------------- both packages
 
 @pytest.mark.parametrize("dim, group, sub_bits", SHAPES)
-@pytest.mark.parametrize("bits", BITS)
-def test_quantize_matches_reference(bits, dim, group, sub_bits, same_bytes):
+@pytest.mark.parametrize("bits, levels", WIDTHS)
+def test_quantize_matches_reference(bits, levels, dim, group, sub_bits, same_bytes):
     x = rows(40, dim, bits)
-    want = qe4.quantize(x, bits, "grouped", **options(group, sub_bits))
-    assert want.params == options(group, sub_bits) and want.layout == "grouped"
+    opts = options(group, sub_bits, levels)
+    want = qe4.quantize(x, bits, "grouped", **opts)
+    assert want.params == opts and want.layout == "grouped"
     for n_threads in (1, 2, 7):
-        got = qe4_fast.quantize(x, bits, "grouped", n_threads=n_threads, **options(group, sub_bits))
+        got = qe4_fast.quantize(x, bits, "grouped", n_threads=n_threads, **opts)
         same_bytes(got.data, want.data)
         assert got == want and got.params == want.params
 
 
 @pytest.mark.parametrize("dim, group, sub_bits", SHAPES[:4] + [(256, 32, 6)])
-@pytest.mark.parametrize("bits", BITS)
-def test_lookups_match_reference(bits, dim, group, sub_bits, level, same_bytes):
+@pytest.mark.parametrize("bits, levels", WIDTHS)
+def test_lookups_match_reference(bits, levels, dim, group, sub_bits, level, same_bytes):
     rng = np.random.default_rng(dim)
-    t = qe4.quantize(rows(30, dim, 1)[:, :dim], bits, "grouped", **options(group, sub_bits))
+    t = qe4.quantize(rows(30, dim, 1)[:, :dim], bits, "grouped",
+                     **options(group, sub_bits, levels))
     other = qe4.quantize(rows(30, 5, 2), 4, "greedy")
     idx = rng.integers(0, 30, 180)
     off = np.array([0, 0, 1, 7, 7, 40, 170])         # a bag of 130 positions: several chunks
@@ -186,6 +192,32 @@ def test_zero_rows_and_empty_bags(same_bytes):
                    np.zeros((3, 9), F32))
 
 
+def test_levels_read_back_through_the_table(same_bytes):
+    """A level table changes what the codes mean, not the bytes: the same rows under
+    params without "levels" (a file written before the option) read as uniform levels, and
+    with "nl" as fma(scale_j, level[q], min_j)."""
+    t = qe4.quantize(rows(6, 40, 3), 4, "grouped", group=16, levels="nl")
+    old = qe4.QuantizedTable(t.data, bits=4, dim=40, method="grouped", layout="grouped",
+                             params={"group": 16, "sub_bits": 6})
+    scale, low, q = G.read_rows(t)
+    level = L.level_table(t.params, 4)
+    s, lo = G.expand(scale, 40, 16), G.expand(low, 40, 16)
+    for mod in (qe4, qe4_fast):
+        same_bytes(mod.dequantize(old), fma32(s, q.astype(F32), lo))
+        same_bytes(mod.dequantize(t), fma32(s, level[q], lo))
+
+
+def test_level_tables_are_sound():
+    """Every table: 2**bits ascending float32 values from 0 to qmax, multiples of 1/1024
+    (so the midpoints the codes compare against are exact)."""
+    for name, tables in L.LEVELS.items():
+        for bits in (tables or {}):
+            level = L.level_table({"levels": name}, bits)
+            assert level.dtype == F32 and level.shape == (2 ** bits,)
+            assert level[0] == 0 and level[-1] == 2 ** bits - 1 and (np.diff(level) > 0).all()
+            assert ((level * 1024) == np.rint(level * 1024)).all()
+
+
 # --------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("kwargs, exc, match", [
@@ -197,6 +229,10 @@ def test_zero_rows_and_empty_bags(same_bytes):
     ({"bits": 7}, ValueError, r"bits must be one of \(2, 3, 4, 5, 6, 8\), got 7"),
     ({"scale_dtype": "float32"}, ValueError, "a grouped table stores float16 super-scales"),
     ({"n_groups": 3}, TypeError, r"unexpected keyword arguments for method 'grouped': \['n_groups'\]"),
+    ({"levels": "nf4"}, ValueError, r"levels must be one of \('uniform', 'nl'\), got 'nf4'"),
+    ({"levels": None}, ValueError, r"levels must be one of \('uniform', 'nl'\), got None"),
+    ({"levels": "nl", "bits": 8}, ValueError, r"levels='nl' is defined for bits in \(2, 3, 4, 5, 6\), "
+     "got bits=8"),
 ])
 def test_bad_options(kwargs, exc, match, same_error):
     kwargs = dict(kwargs)
@@ -223,6 +259,9 @@ def test_bad_values(change, match, same_error):
     ({"group": "4", "sub_bits": 6}, r"params\['group'\] must be an integer in \[1, 65536\], got '4'"),
     ({"group": 4, "sub_bits": 1}, r"params\['sub_bits'\] must be an integer in \[2, 8\], got 1"),
     ({"group": 2, "sub_bits": 6}, "data has 14 bytes per row; a grouped 4-bit table of dim 9 .* needs 17"),
+    ({"group": 4, "sub_bits": 6, "levels": "NL"}, r"params\['levels'\] must be one of \('uniform', 'nl'\), "
+     "got 'NL'"),
+    ({"group": 4, "sub_bits": 6, "levels": 1}, r"params\['levels'\] must be one of"),
 ])
 def test_bad_tables(params, match):
     t = qe4.quantize(rows(3, 9), 4, "grouped", group=4)        # 5 + 5 + 4 = 14 bytes
@@ -240,7 +279,7 @@ def test_save_load(tmp_path, mmap, same_bytes):
     t = qe4_fast.quantize(rows(20, 13), 5, "grouped", group=6, sub_bits=7)
     qe4.save(t, tmp_path / "g.qe4")
     back = qe4.load(tmp_path / "g.qe4", mmap=mmap)
-    assert back == t and back.params == {"group": 6, "sub_bits": 7} and back.layout == "grouped"
+    assert back == t and back.params == options(6, 7) and back.layout == "grouped"
     same_bytes(qe4_fast.dequantize(back), qe4.dequantize(t))
     assert qio.read_metadata(tmp_path / "g.qe4")["layout"] == "grouped"
 
