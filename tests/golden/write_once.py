@@ -7,7 +7,11 @@ those widths (the commit adding them to the rowwise layout), so they pin that co
 bytes rather than an independent implementation's.  ``codebook-2bit`` (method kmeans)
 was written again, by deleting it and running this script, when kmeans gained its
 split-merge moves (qe4.codebook.lloyd_centroids): its fit, not its format, changed; the
-other kmeans case (max_iter=7, 7 values per row) kept its bytes.
+other kmeans case (max_iter=7, 7 values per row) kept its bytes.  The grouped files were
+written again when the grouped method gained its ``levels`` option: their headers' params
+now name ``"levels": "uniform"`` (rows and outputs unchanged); the file written before,
+``grouped-4bit-before-levels.qe4`` (no ``levels`` in its params), stays, to show such files
+still read as uniform levels (tests/test_grouped.py).
 tests/test_format_golden.py loads them and checks every later qe4 reads, looks up and
 re-writes them byte for byte.
 Re-running this script would overwrite history, so it refuses when the files
@@ -61,6 +65,10 @@ CASES = {
     "grouped-5bit": (5, "grouped", {"group": 2, "sub_bits": 5}),
     "grouped-6bit": (6, "grouped", {"group": 4, "sub_bits": 8}),
     "grouped-8bit": (8, "grouped", {"group": 7, "sub_bits": 7}),
+    # non-uniform levels (levels="nl", qe4.layouts.LEVELS): the same bytes, other values
+    "grouped-3bit-nl": (3, "grouped", {"group": 3, "sub_bits": 6, "levels": "nl"}),
+    "grouped-4bit-nl": (4, "grouped", {"group": 3, "sub_bits": 6, "levels": "nl"}),
+    "grouped-6bit-nl": (6, "grouped", {"group": 4, "sub_bits": 8, "levels": "nl"}),
 }
 N_ROWS, DIM = 11, 7          # an odd dim: the last code byte is half padding at 4 bits
 
