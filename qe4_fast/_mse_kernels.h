@@ -341,14 +341,9 @@ QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float 
 QE4_INLINE int qe4_mse_rows(const qe4_mse_plan *p, int r0, int n, float *work)
 {
     int n_cols = p->n_cols;
-    if (p->lev == NULL) /* two instances: the uniform one is the code without tables */
-        qe4_mse_block(p->x + (size_t)r0 * n_cols, n, n_cols, p->qmax, p->fp16, p->max_trim,
-                      p->n_steps, p->n_keep, p->n_iter, NULL, NULL, 0, work, p->scale + r0,
-                      p->bias + r0, p->inv + r0, 0);
-    else
-        qe4_mse_block(p->x + (size_t)r0 * n_cols, n, n_cols, p->qmax, p->fp16, p->max_trim,
-                      p->n_steps, p->n_keep, p->n_iter, p->lev, p->mid, p->n_mid, work,
-                      p->scale + r0, p->bias + r0, p->inv + r0, 1);
+    qe4_mse_block(p->x + (size_t)r0 * n_cols, n, n_cols, p->qmax, p->fp16, p->max_trim,
+                  p->n_steps, p->n_keep, p->n_iter, NULL, NULL, 0, work, p->scale + r0,
+                  p->bias + r0, p->inv + r0, 0);
     if (p->out != NULL)
         for (int r = r0; r < r0 + n; r++)
             qe4_encode_row(p->x + (size_t)r * n_cols, n_cols, p->bits, p->fp16, p->scale[r],
@@ -356,6 +351,19 @@ QE4_INLINE int qe4_mse_rows(const qe4_mse_plan *p, int r0, int n, float *work)
     return 0;
 }
 QE4_PER_LEVEL(int, qe4_mse_rows, (const qe4_mse_plan *p, int r0, int n, float *work),
+              (p, r0, n, work));
+
+/* The same with p's level table (parameters only: p->out is NULL), its own function so that
+ * the uniform one is the code without tables. */
+QE4_INLINE int qe4_mse_rows_lev(const qe4_mse_plan *p, int r0, int n, float *work)
+{
+    int n_cols = p->n_cols;
+    qe4_mse_block(p->x + (size_t)r0 * n_cols, n, n_cols, p->qmax, p->fp16, p->max_trim,
+                  p->n_steps, p->n_keep, p->n_iter, p->lev, p->mid, p->n_mid, work,
+                  p->scale + r0, p->bias + r0, p->inv + r0, 1);
+    return 0;
+}
+QE4_PER_LEVEL(int, qe4_mse_rows_lev, (const qe4_mse_plan *p, int r0, int n, float *work),
               (p, r0, n, work));
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -374,7 +382,7 @@ static int qe4_mse_plan_init(qe4_mse_plan *p, int simd)
     p->n_mid = p->lev != NULL ? (1 << p->bits) - 1 : 0;
     for (int k = 0; k < p->n_mid; k++)
         p->mid[k] = (p->lev[k] + p->lev[k + 1]) * 0.5f;
-    p->step = qe4_mse_rows_at[simd];
+    p->step = p->lev != NULL ? qe4_mse_rows_lev_at[simd] : qe4_mse_rows_at[simd];
     return QE4_OK;
 }
 
