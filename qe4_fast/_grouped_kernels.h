@@ -331,12 +331,17 @@ QE4_INLINE int qe4_g_finish_row_impl(const qe4_grouped *t, const float *x, const
     return 0;
 }
 
-/* One instance per table kind: uniform, or t's level table. */
+/* One function per table kind (uniform, or t's level table), so that the uniform one is the
+ * code without tables. */
 QE4_INLINE int qe4_g_finish_row(const qe4_grouped *t, const float *x, const float *gscale,
                                 const float *glow, uint8_t *row, float *work, int *iwork)
 {
-    if (t->lev == NULL)
-        return qe4_g_finish_row_impl(t, x, gscale, glow, row, work, iwork, 0);
+    return qe4_g_finish_row_impl(t, x, gscale, glow, row, work, iwork, 0);
+}
+
+QE4_INLINE int qe4_g_finish_row_lev(const qe4_grouped *t, const float *x, const float *gscale,
+                                    const float *glow, uint8_t *row, float *work, int *iwork)
+{
     return qe4_g_finish_row_impl(t, x, gscale, glow, row, work, iwork, 1);
 }
 
@@ -344,13 +349,20 @@ QE4_PER_LEVEL(int, qe4_g_finish_row,
               (const qe4_grouped *t, const float *x, const float *gscale, const float *glow,
                uint8_t *row, float *work, int *iwork),
               (t, x, gscale, glow, row, work, iwork));
+QE4_PER_LEVEL(int, qe4_g_finish_row_lev,
+              (const qe4_grouped *t, const float *x, const float *gscale, const float *glow,
+               uint8_t *row, float *work, int *iwork),
+              (t, x, gscale, glow, row, work, iwork));
 
-/* qe4_g_finish_row at SIMD level `simd` (checked by the caller with qe4_check_simd). */
+/* qe4_g_finish_row (or _lev) at SIMD level `simd` (checked by the caller with qe4_check_simd). */
 static void qe4_grouped_finish_row(const qe4_grouped *t, const float *x, const float *gscale,
                                    const float *glow, uint8_t *row, float *work, int *iwork,
                                    int simd)
 {
-    qe4_g_finish_row_at[simd](t, x, gscale, glow, row, work, iwork);
+    if (t->lev == NULL)
+        qe4_g_finish_row_at[simd](t, x, gscale, glow, row, work, iwork);
+    else
+        qe4_g_finish_row_lev_at[simd](t, x, gscale, glow, row, work, iwork);
 }
 
 /* --------------------------------------------------------------------------- lookups */

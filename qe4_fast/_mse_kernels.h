@@ -11,7 +11,8 @@
  *
  * Level tables (qe4.mse.mse_params(levels=), the grouped layout's step 1): with p->lev set,
  * a code reads back as lev[q] instead of q; the passes are separate functions
- * (qe4_mse_lev_pass), so the uniform loops are unchanged.
+ * (qe4_mse_lev_pass) in a separate instance of qe4_mse_block (its constant use_lev), so the
+ * uniform instance is the code without tables.
  */
 #ifndef QE4_MSE_KERNELS_H
 #define QE4_MSE_KERNELS_H
@@ -223,7 +224,7 @@ QE4_INLINE void qe4_mse_keep_best(float e, float s, float b, float iv, float *be
 QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float qmax, int fp16,
                           float max_trim, int n_steps, int n_keep, int n_iter, const float *lev,
                           const float *mid, int n_mid, float *work,
-                          float *scale_out, float *bias_out, float *inv_out)
+                          float *scale_out, float *bias_out, float *inv_out, const int use_lev)
 {
     float *restrict xt = work;
     float *keep = work + (size_t)QE4_LANES * n_cols; /* [n_keep][4][QE4_LANES]: err, s, b, inv */
@@ -258,7 +259,7 @@ QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float 
                 }
             }
         }
-        if (lev == NULL) {
+        if (!use_lev) {
             qe4_lanes_sqerr2(xt, n_cols, qmax, s2[0], b2[0], i2[0], e2[0], s2[1], b2[1], i2[1],
                              e2[1]);
         } else {
@@ -304,7 +305,7 @@ QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float 
             iv[k] = keep[((size_t)r * 4 + 3) * QE4_LANES + k];
         }
         for (int t = 0; t < n_iter; t++) {
-            if (lev == NULL)
+            if (!use_lev)
                 qe4_mse_ls_pass(xt, n_cols, qmax, s, b, iv, e, sq, sqq, sy, syq);
             else
                 qe4_mse_lev_pass(xt, n_cols, lev, mid, n_mid, s, b, iv, e, sq, sqq, sy, syq);
@@ -318,7 +319,7 @@ QE4_INLINE void qe4_mse_block(const float *restrict x, int n, int n_cols, float 
             if (!changed) /* every lane at a fixed point: later passes repeat this one */
                 goto next_chain;
         }
-        if (lev == NULL)
+        if (!use_lev)
             qe4_lanes_sqerr2(xt, n_cols, qmax, s, b, iv, e, s, b, iv, sq);
         else
             qe4_mse_lev_loss(xt, n_cols, lev, mid, n_mid, s, b, iv, e);
@@ -341,9 +342,8 @@ QE4_INLINE int qe4_mse_rows(const qe4_mse_plan *p, int r0, int n, float *work)
 {
     int n_cols = p->n_cols;
     qe4_mse_block(p->x + (size_t)r0 * n_cols, n, n_cols, p->qmax, p->fp16, p->max_trim,
-                  p->n_steps, p->n_keep, p->n_iter, p->lev, p->mid, p->n_mid, work,
-                  p->scale + r0, p->bias + r0,
-                  p->inv + r0);
+                  p->n_steps, p->n_keep, p->n_iter, NULL, NULL, 0, work, p->scale + r0,
+                  p->bias + r0, p->inv + r0, 0);
     if (p->out != NULL)
         for (int r = r0; r < r0 + n; r++)
             qe4_encode_row(p->x + (size_t)r * n_cols, n_cols, p->bits, p->fp16, p->scale[r],
@@ -351,6 +351,19 @@ QE4_INLINE int qe4_mse_rows(const qe4_mse_plan *p, int r0, int n, float *work)
     return 0;
 }
 QE4_PER_LEVEL(int, qe4_mse_rows, (const qe4_mse_plan *p, int r0, int n, float *work),
+              (p, r0, n, work));
+
+/* The same with p's level table (parameters only: p->out is NULL), its own function so that
+ * the uniform one is the code without tables. */
+QE4_INLINE int qe4_mse_rows_lev(const qe4_mse_plan *p, int r0, int n, float *work)
+{
+    int n_cols = p->n_cols;
+    qe4_mse_block(p->x + (size_t)r0 * n_cols, n, n_cols, p->qmax, p->fp16, p->max_trim,
+                  p->n_steps, p->n_keep, p->n_iter, p->lev, p->mid, p->n_mid, work,
+                  p->scale + r0, p->bias + r0, p->inv + r0, 1);
+    return 0;
+}
+QE4_PER_LEVEL(int, qe4_mse_rows_lev, (const qe4_mse_plan *p, int r0, int n, float *work),
               (p, r0, n, work));
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -369,7 +382,7 @@ static int qe4_mse_plan_init(qe4_mse_plan *p, int simd)
     p->n_mid = p->lev != NULL ? (1 << p->bits) - 1 : 0;
     for (int k = 0; k < p->n_mid; k++)
         p->mid[k] = (p->lev[k] + p->lev[k + 1]) * 0.5f;
-    p->step = qe4_mse_rows_at[simd];
+    p->step = p->lev != NULL ? qe4_mse_rows_lev_at[simd] : qe4_mse_rows_at[simd];
     return QE4_OK;
 }
 
