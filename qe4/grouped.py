@@ -305,8 +305,9 @@ def refit_super(x: Float32Array, group: int, sc: IntArray, mn: IntArray,
 
 def search_mode(x: Float32Array, xg: Float32Array, valid: NDArray[np.bool_],
                 ranges: tuple[Float32Array, Float32Array], bits: int, group: int, sub_bits: int,
-                signed: bool, levels: Float32Array | None = None) -> tuple[Float32Array, Float32Array, NDArray[np.int32],
-                                       NDArray[np.int32], Float32Array, Float32Array]:
+                signed: bool, levels: Float32Array | None = None
+                ) -> tuple[Float32Array, Float32Array, NDArray[np.int32], NDArray[np.int32],
+                           Float32Array, Float32Array]:
     """Steps 2 to 5 in one sub-min mode: ``d, m, sc, mn, q [n, n_groups, group], row error``."""
     d, m, sc, mn = super_params(*ranges, sub_bits, signed)
     sc, mn, q, err = local_search(xg, valid, bits, sub_bits, d, m, sc, mn, signed, levels)
@@ -325,7 +326,8 @@ def search_mode(x: Float32Array, xg: Float32Array, valid: NDArray[np.bool_],
 
 
 def grouped_params(x: ArrayLike, bits: int = 4, group: int = GROUP, sub_bits: int = SUB_BITS,
-                   levels: str = "uniform") -> tuple[NDArray[np.bool_], Float32Array, Float32Array, NDArray[np.int32],
+                   levels: str = "uniform"
+                   ) -> tuple[NDArray[np.bool_], Float32Array, Float32Array, NDArray[np.int32],
                               NDArray[np.int32], UInt8Array]:
     """Each row's ``(signed, d, m, sc, mn, q)`` by the search in this module's notes.
 
