@@ -332,6 +332,81 @@ QE4_INLINE QE4_AVX2 void qe4_block64_avx2_t(const qe4_rows *t, const int64_t *id
     for (k = 0; k < 8; k++) _mm256_storeu_ps(out + j0 + 8 * k, acc[k]);
 }
 
+/* The 4-bit block of 64 columns, AVX2, in its own (not inlined) function: inside
+ * qe4_bag_avx2 the constants of the other widths stay live and two of the eight
+ * accumulators went to the stack, a store-to-load forward on their chain every row.
+ *
+ * Each group of 8 code bytes (16 columns) is widened to 8 dword lanes straight from memory
+ * (vpmovzxbd); lane i holds columns 2i (low nibble, `& 15`) and 2i + 1 (high nibble, `>> 4`),
+ * so ae[k] accumulates the even columns of group k and ao[k] the odd ones, interleaved back
+ * at the store (as the AVX-512 block does): 4 loads, 4 ands and 4 shifts per row where the
+ * in-register unpack took 13 shuffles.  Scale and bias come in one broadcast of their 4 (or 8)
+ * bytes, converted together ([s, b, s, b, ...]; a weight multiplies both lanes, the float32
+ * products w*scale and w*bias of qe4_weigh) and spread by vpermilps.  Same per-element
+ * operations as qe4_block64_avx2_t: acc = fma(s, q, acc + t).  prefetch: position
+ * p + QE4_PREFETCH's row (its first and last byte), done in the block of columns 0. */
+QE4_INLINE QE4_AVX2 void qe4_block4x64_avx2_t(const qe4_rows *t, const int64_t *idx, int64_t n_idx,
+                                              const float *w, int64_t start, int64_t end,
+                                              int64_t j0, float *out, const int weighted,
+                                              const int f16, const int prefetch)
+{
+    const __m256i m = _mm256_set1_epi32(15);
+    const uint8_t *data = t->data;
+    const int64_t rb = t->row_bytes, cb = t->code_bytes;
+    __m256 ae[4], ao[4];
+    int64_t p;
+    int k;
+    for (k = 0; k < 4; k++) ae[k] = ao[k] = _mm256_setzero_ps();
+    for (p = start; p < end; p++) {
+        if (prefetch && p + QE4_PREFETCH < n_idx)
+            qe4_prefetch_row(data + idx[p + QE4_PREFETCH] * rb, rb);
+        const uint8_t *row = qe4_row_at(t, idx[p]);
+        __m256 sb;
+        if (f16) {
+            uint32_t u;
+            memcpy(&u, row + cb, 4);
+            sb = _mm256_cvtph_ps(_mm_set1_epi32((int)u));
+        } else {
+            double d;
+            memcpy(&d, row + cb, 8);
+            sb = _mm256_castpd_ps(_mm256_set1_pd(d));
+        }
+        if (weighted) sb = _mm256_mul_ps(_mm256_set1_ps(w[p]), sb);
+        const __m256 vs = _mm256_permute_ps(sb, 0x00), vt = _mm256_permute_ps(sb, 0x55);
+        const uint8_t *c = row + j0 / 2;
+        for (k = 0; k < 4; k++) {
+            __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(c + 8 * k)));
+            __m256 qe = _mm256_cvtepi32_ps(_mm256_and_si256(x, m));
+            __m256 qo = _mm256_cvtepi32_ps(_mm256_srli_epi32(x, 4));
+            ae[k] = _mm256_fmadd_ps(vs, qe, _mm256_add_ps(ae[k], vt));
+            ao[k] = _mm256_fmadd_ps(vs, qo, _mm256_add_ps(ao[k], vt));
+        }
+    }
+    /* unpacklo: columns 0-3 | 8-11 of the group, unpackhi: 4-7 | 12-15 */
+    for (k = 0; k < 4; k++) {
+        __m256 lo = _mm256_unpacklo_ps(ae[k], ao[k]), hi = _mm256_unpackhi_ps(ae[k], ao[k]);
+        _mm256_storeu_ps(out + j0 + 16 * k, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(out + j0 + 16 * k + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
+}
+
+__attribute__((noinline)) QE4_AVX2 static void
+qe4_block4x64_avx2(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const float *w,
+                   int64_t start, int64_t end, int64_t j0, float *out)
+{
+    const int pf = j0 == 0;
+#define QE4_B4(weighted, f16, prefetch) \
+    qe4_block4x64_avx2_t(t, idx, n_idx, w, start, end, j0, out, weighted, f16, prefetch)
+    if (w != NULL) {
+        if (t->f16) { if (pf) QE4_B4(1, 1, 1); else QE4_B4(1, 1, 0); }
+        else { if (pf) QE4_B4(1, 0, 1); else QE4_B4(1, 0, 0); }
+    } else {
+        if (t->f16) { if (pf) QE4_B4(0, 1, 1); else QE4_B4(0, 1, 0); }
+        else { if (pf) QE4_B4(0, 0, 1); else QE4_B4(0, 0, 0); }
+    }
+#undef QE4_B4
+}
+
 /* AVX-512F variant of the 4-bit block: four 16-lane accumulators, fewer instructions per row
  * (the same per-element operations: zmm lanes are just wider columns).  Each code byte is
  * widened to a dword lane once; vpermps with the table 0.0 .. 15.0 turns the low 4 bits of a
@@ -388,7 +463,7 @@ QE4_AVX2 static void qe4_bag_avx2(const qe4_rows *t, const int64_t *idx, int64_t
         }
         switch (t->bits) { /* qe4_bag_check refused any other width */
         case 8: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 8); break;
-        case 4: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 4); break;
+        case 4: qe4_block4x64_avx2(t, idx, n_idx, w, start, end, j0, out); break;
         case 2: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 2); break;
         case 3: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 3); break;
         case 5: qe4_block64_avx2_t(t, idx, n_idx, w, start, end, j0, out, 5); break;

@@ -117,6 +117,44 @@ def test_bags_identical_for_any_thread_count(n_threads, kernel, same_bytes):
     same_bytes(one, qe4.embedding_bag(table, indices, offsets, per_sample_weights=w))
 
 
+# QE4_PREFETCH in qe4_fast/_common.h: the look-ahead of the row prefetch
+PREFETCH = 32
+
+
+@pytest.mark.parametrize("scale_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("dim", [64, 128, 197])
+def test_4bit_register_blocks_at_the_edges(scale_dtype, dim, kernel, same_bytes):
+    """The 4-bit blocks of 64 columns (qe4_block4x64_avx2: even/odd nibble lanes, the
+    prefetch in the first block only), and the tail of 197 columns: index counts around the
+    prefetch look-ahead (the last PREFETCH positions prefetch nothing), bags of 0, 1 and odd
+    lengths, every nibble value, weights and means, 1 and 2 threads."""
+    rng = np.random.default_rng(dim)
+    n_rows = 70
+    data = rng.integers(0, 256, (n_rows, -(-dim // 2)), dtype=np.uint8)
+    data[0] = 0xFF                                      # codes 15 in both nibbles
+    data[1] = 0x0F
+    data[2] = 0xF0
+    itemsize = 2 if scale_dtype == "float16" else 4
+    params = rng.standard_normal((n_rows, 2)) * np.exp(rng.uniform(-6, 4, (n_rows, 1)))
+    qp = params.astype(np.dtype(scale_dtype).newbyteorder("<")).view(np.uint8)
+    table = QuantizedTable(np.concatenate([data, qp.reshape(n_rows, 2 * itemsize)], axis=1),
+                           bits=4, dim=dim, scale_dtype=scale_dtype)
+    for n_idx in (0, 1, 2, PREFETCH - 1, PREFETCH, PREFETCH + 1, 2 * PREFETCH + 3, 97):
+        idx = rng.integers(0, n_rows, n_idx)
+        idx[:3] = [0, 1, 2][:n_idx]
+        # bag lengths 0, 1, odd and the rest in one bag
+        cuts = sorted({0, min(1, n_idx), min(1, n_idx), min(4, n_idx), min(5, n_idx),
+                       min(n_idx // 2 | 1, n_idx)})
+        offsets = np.array([0] + cuts, np.int64)       # first bag empty, then the cuts
+        w = (rng.standard_normal(n_idx) * 3).astype(np.float32)
+        for mode, weights in (("sum", None), ("mean", None), ("sum", w)):
+            ref = qe4.embedding_bag(table, idx, offsets, mode=mode, per_sample_weights=weights)
+            for n_threads in (1, 2):
+                same_bytes(fast.embedding_bag(table, idx, offsets, mode=mode,
+                                              per_sample_weights=weights, n_threads=n_threads),
+                           ref)
+
+
 def test_no_bags_and_only_empty_bags(kernel, same_bytes):
     table = make_table(5, 7, 4, "float16")
     empty = np.zeros(0, np.int64)
@@ -239,7 +277,7 @@ def test_golden_bags(golden, dim, kernel, same_bytes):
 def test_matches_torch_ops(kernel, same_bytes):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(11)
-    for bits, dim in ((4, 64), (4, 70), (2, 36)):
+    for bits, dim in ((4, 64), (4, 70), (4, 128), (2, 36)):
         x = torch.from_numpy((rng.standard_normal((200, dim)) * 2).astype(np.float32))
         prepack = getattr(torch.ops.quantized, f"embedding_bag_{bits}bit_prepack")
         bag = getattr(torch.ops.quantized, f"embedding_bag_{bits}bit_rowwise_offsets")
