@@ -254,7 +254,10 @@ def report(settings, args):
              f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs in the affinity "
              f"mask; {args.calls} calls per contender, interleaved; bytes checked equal first",
              "ratios > 1: qe4_fast faster (x/y = time of x / time of y, so torch/default > 1 "
-             "means qe4_fast's default is faster)", ""]
+             "means qe4_fast's default is faster)",
+             "load average (1, 5, 15 min) at the start: %s, at the end: %s" % tuple(
+                 ", ".join(f"{v:.2f}" for v in la) for la in (args.load_start, os.getloadavg())),
+             ""]
     lines.append(f"{'setting':<16} {'indices':<8} {'contender':<42} {'median':>10} {'p99':>10}")
     for name, info in settings:
         if isinstance(info, str):
@@ -294,6 +297,7 @@ def main(argv=None):
     if args.worker:
         return worker(args)
     t0 = time.time()
+    args.load_start = os.getloadavg()
     settings = [("quiet", ("nothing else started", run_worker(args, extra=True)))]
     nb, cpu = start_neighbour()
     try:
