@@ -25,8 +25,9 @@ cdef extern from "_bag_kernels.h" nogil:
         int bits
         int f16
     int qe4_bag_check(int bits, int simd) noexcept
-    void qe4_bag(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const float *w,
-                 int64_t start, int64_t end, int mean, int simd, float *out) noexcept
+    void qe4_bags(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const float *w,
+                  const int64_t *starts, int64_t m0, int64_t m1, int mean, int simd,
+                  float *out) noexcept
     void qe4_dequantize_row(const qe4_rows *t, int64_t r, int simd, float *out) noexcept
 
 
@@ -119,9 +120,7 @@ cdef inline Py_ssize_t _first_bag(const int64_t *starts, Py_ssize_t n_bags, Py_s
 cdef inline void _bags(const qe4_rows *t, const int64_t *ip, int64_t n_idx, const float *wp,
                        const int64_t *starts, Py_ssize_t m0, Py_ssize_t m1, bint mean, int simd,
                        float *out) noexcept nogil:
-    cdef Py_ssize_t m
-    for m in range(m0, m1):
-        qe4_bag(t, ip, n_idx, wp, starts[m], starts[m + 1], mean, simd, out + m * t.dim)
+    qe4_bags(t, ip, n_idx, wp, starts, m0, m1, mean, simd, out)
 
 
 def dequantize_rowwise(const uint8_t[:, ::1] data,       # IN  packed rows [n_rows, row_bytes]

@@ -407,6 +407,33 @@ qe4_block4x64_avx2(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const f
 #undef QE4_B4
 }
 
+/* Bags m0 .. m1 - 1 of a 4-bit table of exactly 64 columns at level AVX2 (out: [m1, 64]):
+ * the block's variant is chosen once for the run of bags, not once per bag (bags of ~40
+ * rows paid the dispatch of qe4_bag, qe4_bag_avx2 and qe4_block4x64_avx2 each time).  The
+ * bags and their bytes are those of qe4_bag; mean scales as it does. */
+__attribute__((noinline)) QE4_AVX2 static void
+qe4_bags4x64_avx2(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const float *w,
+                  const int64_t *starts, int64_t m0, int64_t m1, int mean, float *out)
+{
+    int64_t m;
+    int j;
+#define QE4_B4S(weighted, f16)                                                                \
+    for (m = m0; m < m1; m++) {                                                              \
+        float *o = out + m * 64;                                                             \
+        qe4_block4x64_avx2_t(t, idx, n_idx, w, starts[m], starts[m + 1], 0, o, weighted, f16, 1); \
+        if (mean && starts[m + 1] > starts[m]) {                                             \
+            float inv = 1.0f / (float)(starts[m + 1] - starts[m]);                           \
+            for (j = 0; j < 64; j++) o[j] *= inv;                                            \
+        }                                                                                    \
+    }
+    if (w != NULL) {
+        if (t->f16) QE4_B4S(1, 1) else QE4_B4S(1, 0)
+    } else {
+        if (t->f16) QE4_B4S(0, 1) else QE4_B4S(0, 0)
+    }
+#undef QE4_B4S
+}
+
 /* AVX-512F variant of the 4-bit block: four 16-lane accumulators, fewer instructions per row
  * (the same per-element operations: zmm lanes are just wider columns).  Each code byte is
  * widened to a dword lane once; vpermps with the table 0.0 .. 15.0 turns the low 4 bits of a
@@ -518,6 +545,22 @@ static void qe4_bag(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const 
         float inv = 1.0f / (float)(end - start);
         for (j = 0; j < t->dim; j++) out[j] *= inv;
     }
+}
+
+/* out[m * dim : (m + 1) * dim] = qe4_bag of bag m (positions starts[m] .. starts[m + 1]) for
+ * the bags m0 .. m1 - 1, in order. */
+static void qe4_bags(const qe4_rows *t, const int64_t *idx, int64_t n_idx, const float *w,
+                     const int64_t *starts, int64_t m0, int64_t m1, int mean, int simd, float *out)
+{
+    int64_t m;
+#if QE4_X86
+    if (simd == QE4_SIMD_AVX2 && t->bits == 4 && t->dim == 64) {
+        qe4_bags4x64_avx2(t, idx, n_idx, w, starts, m0, m1, mean, out);
+        return;
+    }
+#endif
+    for (m = m0; m < m1; m++)
+        qe4_bag(t, idx, n_idx, w, starts[m], starts[m + 1], mean, simd, out + m * t->dim);
 }
 
 /* out[0:dim] = fma(scale, q, bias) of row r. */
