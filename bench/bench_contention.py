@@ -20,7 +20,13 @@ worker also times torch's op at torch's default thread count, fp32
 ``F.embedding_bag`` on the unquantized table at 1 thread and at all cores, and
 qe4_fast called right after a multi-threaded torch op in the same process (one GNU
 libgomp serves both; its idle threads spin after each torch region): the
-libgomp-vs-torch measurement.
+libgomp-vs-torch measurement.  The same calls right after a numpy pass over 64 MB (no
+threads, only the caches emptied, as torch's fp32 bag over its 256 MB table empties them)
+separate the two causes: measured in December 2026, most of the slowdown right after
+torch's op came from the caches (it was as large at 1 thread, where no helper waits for a
+core, and after the numpy pass), not from torch's spinning threads (about 8 ms of CPU
+after each torch region with libgomp's default wait policy; ``OMP_WAIT_POLICY=passive``
+stops it).
 
     python bench/bench_contention.py            # ~1-2 minutes on an idle 2-core machine
     python bench/bench_contention.py --quick    # 100,000 rows, 100 calls: a check that it runs
@@ -97,15 +103,24 @@ def worker(args):
                 torch.set_num_threads(n)
                 res[f"fp32 F.embedding_bag {n} threads"] = stats(
                     interleaved_times([lambda: F.embedding_bag(it, xt, ot, mode="sum")], calls)[0])
-            # one libgomp in the process: qe4_fast right after torch's multi-threaded op
+            # one libgomp in the process: qe4_fast right after torch's multi-threaded op, and
+            # right after a numpy pass over 64 MB (what the op does to the caches, no threads)
             torch.set_num_threads(torch_default)
-            after_torch = np.empty(calls)
+            junk = np.ones(64 << 20, np.uint8)
+            befores = {"torch's op": lambda: F.embedding_bag(it, xt, ot, mode="sum"),
+                       "a 64 MB numpy pass": lambda: junk.sum(dtype=np.uint64)}
+            cases = [(f"qe4_fast {who} {'right ' if b == 0 else ''}after {what}", before, fns[f"qe4_fast {who}"])
+                     for b, (what, before) in enumerate(befores.items())
+                     for who in ("default", "1 thread")]
+            after_times = {name: np.empty(calls) for name, _, _ in cases}
             for r in range(calls):
-                F.embedding_bag(it, xt, ot, mode="sum")
-                t0 = time.perf_counter()
-                fns["qe4_fast default"]()
-                after_torch[r] = time.perf_counter() - t0
-            res["qe4_fast default right after torch's op"] = stats(after_torch)
+                for name, before, fn in cases[r % len(cases):] + cases[:r % len(cases)]:
+                    before()
+                    t0 = time.perf_counter()
+                    fn()
+                    after_times[name][r] = time.perf_counter() - t0
+            for name, ts in after_times.items():
+                res[name] = stats(ts)
         out["results"][dist] = res
     print(json.dumps(out))
 
@@ -272,10 +287,15 @@ def report(settings, args):
                 lines.append(f"{'':<16} {dist:<8} {contender:<42} {fmt(st['median'])} "
                              f"{fmt(st['p99'])}")
             lines.append(f"{'':<16} {dist:<8} targets: " + "; ".join(targets(name, res)))
-            after = res.get("qe4_fast default right after torch's op")
-            if after:
-                lines.append(f"{'':<16} {dist:<8} one libgomp with torch: median right after "
-                             f"torch's op / interleaved {after['median'] / res['qe4_fast default']['median']:.2f}x")
+            if "qe4_fast default right after torch's op" in res:
+                ratio = {(who, what): res[f"qe4_fast {who} {what}"]["median"]
+                         / res[f"qe4_fast {who}"]["median"]
+                         for who in ("default", "1 thread")
+                         for what in ("right after torch's op", "after a 64 MB numpy pass")}
+                lines.append(
+                    f"{'':<16} {dist:<8} one libgomp with torch: median right after torch's op / "
+                    "interleaved %.2fx default, %.2fx 1 thread; after a 64 MB numpy pass (caches "
+                    "only) %.2fx default, %.2fx 1 thread" % tuple(ratio.values()))
             lines.append(f"{'':<16} {dist:<8} pool: {pool}")
         lines.append("")
     return lines
