@@ -24,9 +24,11 @@ pytestmark = pytest.mark.skipif(not (OBJDUMP and X86), reason="needs objdump on 
 
 #: module -> functions (symbol name prefixes) that read random rows and must prefetch
 RANDOM_ROW_KERNELS = {
-    _bag: ("qe4_bag_avx2", "qe4_bag_generic"),
+    # the 4-bit blocks of 64 columns are functions of their own (_bag_kernels.h)
+    _bag: ("qe4_bag_avx2", "qe4_bag_generic", "qe4_block4x64_avx2", "qe4_bags4x64_avx2"),
     # the rowwise max bag and gather keep 64 columns in registers (_lookup_kernels.h)
-    _lookup: ("qe4_bag_avx2", "qe4_bag_max_rowwise_avx2", "qe4_gather_rowwise_avx2"),
+    _lookup: ("qe4_bag_avx2", "qe4_bag_max_rowwise_avx2", "qe4_gather_rowwise_avx2",
+              "qe4_block4x64_avx2"),
     _codebook: (),
 }
 
