@@ -405,24 +405,63 @@ QE4_INLINE int qe4_g_super(const qe4_grouped *t, const uint8_t *row, float *d, f
     return hd >> 15;
 }
 
-/* Groups [j0, j0 + n) of a stored row under its super-parameters (qe4_g_super: |d|, m and
- * the sub-min mode): scale[k] = |d| * sc_{j0+k}, low[k] = m * mn_{j0+k}.  The one function
- * that reads a row's sub stream: every lookup (portable and AVX2, rows and bags) calls it.
- * Group j's two fields sc_j, mn_j are adjacent (bits 2 * j * sub_bits onwards): one read;
- * a signed row's mn_j is two's complement ((mn ^ half) - half sign-extends it). */
+typedef uint32_t qe4_g_v8u __attribute__((vector_size(32)));
+typedef int32_t qe4_g_v8i __attribute__((vector_size(32)));
+typedef float qe4_g_v8f __attribute__((vector_size(32)));
+
+/* The bag terms of groups [j0, j0 + n) of a stored row under its super-parameters
+ * (qe4_g_super: |d|, m and the sub-min mode), interleaved: st[2k] = w * scale_{j0+k},
+ * st[2k+1] = w * min_{j0+k} (weighted), else scale and min themselves, where
+ * scale_j = |d| * sc_j and min_j = m * mn_j.  The one function that reads a row's sub stream:
+ * every lookup (portable and AVX2, rows and bags) calls it.
+ *
+ * Group j's fields sc_j, mn_j are adjacent: fields 2j, 2j + 1 of the stream.  Four groups
+ * (8 fields, 8 * sub_bits bits from bit 2 * j * sub_bits, a byte boundary when j % 4 == 0)
+ * at a time, in GCC vector types (one AVX2 register in AVX2 callers): the 8 or 4 bytes from
+ * there (an 8-byte load when the row has 8 left: the fields, the rest of the stream, d, m;
+ * else 4 suffice), field i of them in lane i, a signed row's mn_j two's complement
+ * ((mn ^ half) - half sign-extends it).  The same float32 products as one group at a time. */
 QE4_INLINE void qe4_g_params(const qe4_grouped *t, const uint8_t *row, int j0, int n, float d,
-                             float m, int signed_mins, float *scale, float *low)
+                             float m, int signed_mins, int weighted, float w, float *st)
 {
     const uint8_t *subs = row + t->code_bytes;
     const int b = t->sub_bits;
-    const uint32_t mask = (1u << b) - 1u, pair = (1u << 2 * b) - 1u;
     const uint32_t half = signed_mins ? 1u << (b - 1) : 0u;
-    int64_t at = 2 * (int64_t)j0 * b;
-    for (int k = 0; k < n; k++, at += 2 * b) {
-        uint32_t f = qe4_g_bits(subs, at, pair);
-        int32_t mn = (int32_t)((f >> b) ^ half) - (int32_t)half;
-        scale[k] = d * (float)(f & mask);
-        low[k] = m * (float)mn;
+    const qe4_g_v8u sh = {0, b, 2 * b, 3 * b, 0, b, 2 * b, 3 * b};
+    const qe4_g_v8u mask = (qe4_g_v8u){0, 0, 0, 0, 0, 0, 0, 0} + ((1u << b) - 1u);
+    const qe4_g_v8u hv = {0, half, 0, half, 0, half, 0, half};
+    const qe4_g_v8f dm = {d, m, d, m, d, m, d, m};
+    for (int k = 0; k < n; k += 4, j0 += 4, st += 8) {
+        /* j0 % 4 == 0 after the first step; the first may start inside a byte */
+        int64_t at = 2 * (int64_t)j0 * b;
+        int64_t byte = at >> 3;
+        uint64_t u = 0;
+        if (t->sub_bytes + 4 - byte >= 8) {
+            memcpy(&u, subs + byte, 8);
+        } else {
+            uint32_t u4;
+            memcpy(&u4, subs + byte, 4);
+            u = u4;
+        }
+        u >>= at & 7;
+        uint32_t lo = (uint32_t)u, hi = (uint32_t)(u >> (4 * b));
+        qe4_g_v8u f = ((qe4_g_v8u){lo, lo, lo, lo, hi, hi, hi, hi} >> sh) & mask;
+        qe4_g_v8i v = (qe4_g_v8i)(f ^ hv) - (qe4_g_v8i)hv;
+        qe4_g_v8f r = __builtin_convertvector(v, qe4_g_v8f) * dm;
+        if (weighted)
+            r = w * r;
+        int left = n - k;
+        if (left >= 4) {
+            memcpy(st, &r, 32);
+        } else if (left == 2) {
+            memcpy(st, &r, 16);
+        } else if (left == 1) {
+            memcpy(st, &r, 8);
+        } else {
+            memcpy(st, &r, 16);
+            st[4] = r[4];
+            st[5] = r[5];
+        }
     }
 }
 
@@ -430,11 +469,10 @@ QE4_INLINE void qe4_g_params(const qe4_grouped *t, const uint8_t *row, int j0, i
 QE4_INLINE void qe4_g_terms(const qe4_grouped *t, const uint8_t *row, int j, float d, float m,
                             int sgn, int weighted, float w, float *s, float *tt)
 {
-    qe4_g_params(t, row, j, 1, d, m, sgn, s, tt);
-    if (weighted) {
-        *s = w * *s;
-        *tt = w * *tt;
-    }
+    float st[2];
+    qe4_g_params(t, row, j, 1, d, m, sgn, weighted, w, st);
+    *s = st[0];
+    *tt = st[1];
 }
 
 /* Every cache line of row r (a grouped row is often a few lines: 144 bytes at dim 256). */
@@ -632,12 +670,12 @@ static void qe4_grouped_row_values(const qe4_grouped *t, int64_t r, int simd, fl
 #if QE4_X86
 /* A chunk of a bag at AVX2: up to QE4_G_CHUNK positions, each with its row and the
  * (weighted) bag terms of a run of groups [j0, j0 + ng), ng <= QE4_G_TERMS / QE4_G_CHUNK:
- * position k's group j0 + g at s[k * ng + g], t[k * ng + g]. */
+ * position k's group j0 + g at st[2 * (k * ng + g)] (s) and the next float (t). */
 #define QE4_G_CHUNK 64
 #define QE4_G_TERMS 2048
 typedef struct {
     const uint8_t *row[QE4_G_CHUNK];
-    float s[QE4_G_TERMS], t[QE4_G_TERMS];
+    float st[2 * QE4_G_TERMS];
 } qe4_g_chunk;
 
 /* The rows and terms of positions [p0, p0 + n) for groups [j0, j0 + ng), prefetching every
@@ -651,27 +689,20 @@ QE4_INLINE void qe4_g_chunk_terms(const qe4_grouped *t, const int64_t *idx, int6
         if (prefetch && p + QE4_PREFETCH < n_idx)
             qe4_g_prefetch(t, idx[p + QE4_PREFETCH]);
         const uint8_t *row = t->data + idx[p] * t->row_bytes;
-        float d, m, *s = ch->s + k * ng, *tt = ch->t + k * ng;
+        float d, m;
         int sgn = qe4_g_super(t, row, &d, &m, 1);
         ch->row[k] = row;
-        qe4_g_params(t, row, j0, ng, d, m, sgn, s, tt);
-        if (w != NULL) {
-            float wk = w[p];
-            for (int g = 0; g < ng; g++) {
-                s[g] = wk * s[g];
-                tt[g] = wk * tt[g];
-            }
-        }
+        qe4_g_params(t, row, j0, ng, d, m, sgn, w != NULL, w != NULL ? w[p] : 1.0f,
+                     ch->st + 2 * k * ng);
     }
 }
 
-/* Position k's terms of 8 column vectors acc[0..8) (vector v in group gv[v] of the chunk's
- * run): acc[v] = fma(s, v_c, acc[v] + t) with the values fv[v]. */
-QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_step_avx2(__m256 acc, const float *s, const float *tt,
-                                                  int g, __m256 fv)
+/* One position's step of a column vector in group g of its terms st (qe4_g_params'
+ * pairs): fma(s, fv, acc + t). */
+QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_step_avx2(__m256 acc, const float *st, int g, __m256 fv)
 {
-    __m256 a = _mm256_add_ps(acc, _mm256_broadcast_ss(tt + g));
-    return _mm256_fmadd_ps(_mm256_broadcast_ss(s + g), fv, a);
+    __m256 a = _mm256_add_ps(acc, _mm256_broadcast_ss(st + 2 * g + 1));
+    return _mm256_fmadd_ps(_mm256_broadcast_ss(st + 2 * g), fv, a);
 }
 
 /* Columns [c0, c0 + 64) (inside the chunk's run of groups, group % 8 == 0) of the chunk's n
@@ -698,7 +729,7 @@ QE4_INLINE QE4_TARGET_AVX2 void qe4_g_block64_avx2(const qe4_grouped *t, const q
         gv[v] = vpg ? (c0 - j0 * t->group) / t->group + v / vpg : (c0 + 8 * v) / t->group - j0;
     }
     for (int k = 0; k < n; k++) {
-        const float *s = ch->s + k * ng, *tt = ch->t + k * ng;
+        const float *st = ch->st + 2 * k * ng;
         const uint8_t *row = ch->row[k];
         if (bits == 4) {
             const __m256i m4 = _mm256_set1_epi8(0x0f), bias = _mm256_set1_epi8(0x78);
@@ -724,14 +755,14 @@ QE4_INLINE QE4_TARGET_AVX2 void qe4_g_block64_avx2(const qe4_grouped *t, const q
                 } else {
                     fv = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(qv));
                 }
-                acc[v] = qe4_g_step_avx2(acc[v], s, tt, gv[v], fv);
+                acc[v] = qe4_g_step_avx2(acc[v], st, gv[v], fv);
             }
         } else {
 #pragma GCC unroll 8
             for (int v = 0; v < 8; v++) {
                 __m256 fv = qe4_g_value_avx2(qe4_g_codes8_avx2(row, c0 + 8 * v, bits), t->lev,
                                              lo, hi, bits, use_lev);
-                acc[v] = qe4_g_step_avx2(acc[v], s, tt, gv[v], fv);
+                acc[v] = qe4_g_step_avx2(acc[v], st, gv[v], fv);
             }
         }
     }
@@ -757,7 +788,7 @@ QE4_INLINE QE4_TARGET_AVX2 void qe4_g_block_avx2(const qe4_grouped *t, const qe4
         for (int k = 0; k < n; k++) {
             __m256 fv = qe4_g_value_avx2(qe4_g_codes8_avx2(ch->row[k], c, bits), t->lev, lo, hi,
                                          bits, use_lev);
-            acc = qe4_g_step_avx2(acc, ch->s + k * ng, ch->t + k * ng, g, fv);
+            acc = qe4_g_step_avx2(acc, ch->st + 2 * k * ng, g, fv);
         }
         _mm256_storeu_ps(out + c, acc);
     }
@@ -803,8 +834,8 @@ QE4_INLINE QE4_TARGET_AVX2 void qe4_g_bag_avx2_impl(const qe4_grouped *t, const 
                 for (int j = cv / t->group; j < j0 + ng; j++) {
                     int a = j * t->group > cv ? j * t->group : cv;
                     int b = j + 1 < G ? (j + 1) * t->group : t->dim;
-                    qe4_g_axpy_portable(t, ch.row[k], a, b - a, ch.s[k * ng + j - j0],
-                                        ch.t[k * ng + j - j0], out + a, use_lev);
+                    const float *st = ch.st + 2 * (k * ng + j - j0);
+                    qe4_g_axpy_portable(t, ch.row[k], a, b - a, st[0], st[1], out + a, use_lev);
                 }
             }
         }
