@@ -705,6 +705,30 @@ QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_step_avx2(__m256 acc, const float *st, i
     return _mm256_fmadd_ps(_mm256_broadcast_ss(st + 2 * g), fv, a);
 }
 
+/* The positions of a bag read straight by the fused one-block bag (dim 64: every group's
+ * terms fit in registers' reach, no chunk table): idx, n_idx, w and the first position. */
+typedef struct {
+    const int64_t *idx;
+    int64_t n_idx, p0;
+    const float *w;
+} qe4_g_pos;
+
+/* Position p0 + k of f: prefetches QE4_PREFETCH positions ahead, writes the row's terms of
+ * all its groups (at most 8) into st and returns the row. */
+QE4_INLINE const uint8_t *qe4_g_pos_terms(const qe4_grouped *t, const qe4_g_pos *f, int k,
+                                          float *st)
+{
+    int64_t p = f->p0 + k;
+    if (p + QE4_PREFETCH < f->n_idx)
+        qe4_g_prefetch(t, f->idx[p + QE4_PREFETCH]);
+    const uint8_t *row = t->data + f->idx[p] * t->row_bytes;
+    float d, m;
+    int sgn = qe4_g_super(t, row, &d, &m, 1);
+    qe4_g_params(t, row, 0, t->n_groups, d, m, sgn, f->w != NULL, f->w != NULL ? f->w[p] : 1.0f,
+                 st);
+    return row;
+}
+
 /* Columns [c0, c0 + 64) (inside the chunk's run of groups, group % 8 == 0) of the chunk's n
  * positions added to out in position order, the 8 accumulators in registers: per element
  * the operations of the row-at-a-time loop.  At 4 bits the 32 code bytes are unpacked at once
@@ -713,7 +737,7 @@ QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_step_avx2(__m256 acc, const float *st, i
 QE4_INLINE QE4_TARGET_AVX2 void qe4_g_block64_avx2(const qe4_grouped *t, const qe4_g_chunk *ch,
                                                    int n, int j0, int ng, int c0, float *out,
                                                    const int bits, const int use_lev,
-                                                   const int vpg)
+                                                   const int vpg, const qe4_g_pos *fused)
 {
     __m256 acc[8], lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
     int gv[8]; /* vector v's group in the run */
@@ -728,9 +752,10 @@ QE4_INLINE QE4_TARGET_AVX2 void qe4_g_block64_avx2(const qe4_grouped *t, const q
          * inside one group), so that the terms' offsets are constants */
         gv[v] = vpg ? (c0 - j0 * t->group) / t->group + v / vpg : (c0 + 8 * v) / t->group - j0;
     }
+    float own[2 * 8 + 8]; /* fused: the position's terms */
     for (int k = 0; k < n; k++) {
-        const float *st = ch->st + 2 * k * ng;
-        const uint8_t *row = ch->row[k];
+        const float *st = ch != NULL ? ch->st + 2 * k * ng : own;
+        const uint8_t *row = ch != NULL ? ch->row[k] : qe4_g_pos_terms(t, fused, k, own);
         if (bits == 4) {
             const __m256i m4 = _mm256_set1_epi8(0x0f), bias = _mm256_set1_epi8(0x78);
             __m256i b = _mm256_loadu_si256((const __m256i *)(row + c0 / 2));
@@ -794,6 +819,24 @@ QE4_INLINE QE4_TARGET_AVX2 void qe4_g_block_avx2(const qe4_grouped *t, const qe4
     }
 }
 
+/* qe4_g_block64_avx2 with the constant vectors-per-group of t's group (0: other groups). */
+QE4_INLINE QE4_TARGET_AVX2 void qe4_g_block64_by_vpg(const qe4_grouped *t, const qe4_g_chunk *ch,
+                                                     int n, int j0, int ng, int c0, float *out,
+                                                     const int bits, const int use_lev,
+                                                     const qe4_g_pos *fused)
+{
+    if (t->group % 64 == 0)
+        qe4_g_block64_avx2(t, ch, n, j0, ng, c0, out, bits, use_lev, 8, fused);
+    else if (t->group == 32)
+        qe4_g_block64_avx2(t, ch, n, j0, ng, c0, out, bits, use_lev, 4, fused);
+    else if (t->group == 16)
+        qe4_g_block64_avx2(t, ch, n, j0, ng, c0, out, bits, use_lev, 2, fused);
+    else if (t->group == 8)
+        qe4_g_block64_avx2(t, ch, n, j0, ng, c0, out, bits, use_lev, 1, fused);
+    else
+        qe4_g_block64_avx2(t, ch, n, j0, ng, c0, out, bits, use_lev, 0, fused);
+}
+
 /* A bag at AVX2, QE4_G_CHUNK positions at a time: each run of groups' terms once per
  * position, then its columns block by block (64 columns in registers) when group % 8 == 0,
  * the ragged rest (and every column of other groups) position by position. */
@@ -806,6 +849,14 @@ QE4_INLINE QE4_TARGET_AVX2 void qe4_g_bag_avx2_impl(const qe4_grouped *t, const 
     const int G = t->n_groups, run = QE4_G_TERMS / QE4_G_CHUNK;
     const int vec = t->group % 8 == 0;
     memset(out, 0, (size_t)t->dim * sizeof(float));
+    if (vec && t->dim == 64) { /* one block: every position straight into the registers */
+        for (int64_t p0 = start; p0 < end; p0 += 1 << 20) {
+            qe4_g_pos f = {idx, n_idx, p0, w};
+            int n = end - p0 < (1 << 20) ? (int)(end - p0) : 1 << 20;
+            qe4_g_block64_by_vpg(t, NULL, n, 0, G, 0, out, bits, use_lev, &f);
+        }
+        return;
+    }
     for (int64_t p0 = start; p0 < end; p0 += QE4_G_CHUNK) {
         int n = end - p0 < QE4_G_CHUNK ? (int)(end - p0) : QE4_G_CHUNK;
         for (int j0 = 0; j0 < G; j0 += run) {
@@ -814,18 +865,8 @@ QE4_INLINE QE4_TARGET_AVX2 void qe4_g_bag_avx2_impl(const qe4_grouped *t, const 
             int c0 = j0 * t->group, c1 = j0 + ng < G ? (j0 + ng) * t->group : t->dim;
             int cv = c0 + (vec ? (c1 - c0) / 8 * 8 : 0); /* the vector columns end */
             int c = c0;
-            for (; c + 64 <= cv; c += 64) {
-                if (t->group % 64 == 0)
-                    qe4_g_block64_avx2(t, &ch, n, j0, ng, c, out, bits, use_lev, 8);
-                else if (t->group == 32)
-                    qe4_g_block64_avx2(t, &ch, n, j0, ng, c, out, bits, use_lev, 4);
-                else if (t->group == 16)
-                    qe4_g_block64_avx2(t, &ch, n, j0, ng, c, out, bits, use_lev, 2);
-                else if (t->group == 8)
-                    qe4_g_block64_avx2(t, &ch, n, j0, ng, c, out, bits, use_lev, 1);
-                else
-                    qe4_g_block64_avx2(t, &ch, n, j0, ng, c, out, bits, use_lev, 0);
-            }
+            for (; c + 64 <= cv; c += 64)
+                qe4_g_block64_by_vpg(t, &ch, n, j0, ng, c, out, bits, use_lev, NULL);
             if (c < cv)
                 qe4_g_block_avx2(t, &ch, n, j0, ng, c, (cv - c) / 8, out, bits, use_lev);
             if (cv == c1)

@@ -332,9 +332,11 @@ def test_cli_quantize(tmp_path, capsys, same_bytes):
 # (dim, group, sub_bits) for qe4_fast's AVX2 bag (_grouped_kernels.h): 1, 2, 4 and 8 column
 # vectors per group (groups 8, 16, 32, a multiple of 64), other multiples of 8 (24, 40),
 # dims not a multiple of 8 or 64 (a ragged last group, a run's last vectors), more groups
-# than one run of terms holds (300 / 8: 38 groups), every sub_bits
-BAG_SHAPES = [(64, 16, 4), (128, 8, 2), (200, 32, 6), (70, 32, 3), (300, 8, 5), (192, 64, 8),
-              (256, 128, 7), (136, 24, 6), (100, 40, 6), (65, 32, 6), (20, 5, 6)]
+# than one run of terms holds (300 / 8: 38 groups), dim 64 (the one-block bag) with each
+# kind of group, every sub_bits
+BAG_SHAPES = [(64, 16, 4), (64, 8, 3), (64, 24, 6), (64, 64, 5), (128, 8, 2), (200, 32, 6),
+              (70, 32, 3), (300, 8, 5), (192, 64, 8), (256, 128, 7), (136, 24, 6), (100, 40, 6),
+              (65, 32, 6), (20, 5, 6)]
 
 
 def random_rows(n, dim, bits, group, sub_bits, levels, seed):
