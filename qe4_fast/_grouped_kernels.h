@@ -9,8 +9,12 @@
  *   least-squares refit) and the row's bytes, from step 1's per-group float32 (scale, min)
  *   (qe4.mse.mse_params, computed by the compiled mse kernel);
  * - qe4_grouped_row_values / qe4_grouped_bag: dequantized rows and pooled bags (sum, mean,
- *   weights), a portable path and an AVX2 path (4- and 8-bit codes in groups of a multiple
- *   of 8) with the same IEEE operations per element.
+ *   weights), a portable path and an AVX2 path (every width; 8 columns a vector in groups of
+ *   a multiple of 8, the rest column by column) with the same IEEE operations per element.
+ *   Every lookup reads a row's group parameters through qe4_g_super and qe4_g_params only.
+ *   The AVX2 bag decodes each position's terms once per chunk of positions (qe4_g_chunk),
+ *   then adds 64 columns at a time with the accumulators in registers (qe4_g_block64_avx2,
+ *   the fused rowwise bag's scheme); at dim 64 the one block reads the positions straight.
  * Level tables (qe4.layouts.level_table): with t->lev set (qe4_g_set_levels) a code q reads
  * back as fma(scale_j, lev[q], min_j) and step 3 picks the nearest level (qe4.mse.level_codes).
  * The table paths are separate instances of the same functions (a constant `use_lev` argument
