@@ -11,8 +11,18 @@ absent), the normalized error ||X - X_hat||^2 / ||X||^2 and bits per value of:
   D = 64 on 2 threads, and the 4-bit grouped bag against the fused rowwise 4-bit bag
   (``minmax`` table) on the same indices.
 
+``--bags`` measures only the lookups (GitHub issue 12, item 5: the best 4.5-bpw layout's
+bags at >= 0.8x the fused 4-bit bag's speed): qe4_fast.embedding_bag sums of 2,048 bags x 40
+uniform indices on N(0, 1) 100,000 x 256 and x 64 tables of the presets nl-4 and grouped-4
+(``--widths``: every grouped and nl preset), at 1 and 2 threads, as ratios to the fused
+rowwise 4-bit bag of the ``torch-4`` preset on the same indices, best of interleaved rounds
+in one run (each round calls every contender once), the load average printed.  Every table's
+bags (sum, mean, weighted) are checked byte for byte against qe4.embedding_bag on a slice
+first.
+
     python bench/bench_grouped.py --quick     # 20,000 rows (about 30 s)
     python bench/bench_grouped.py             # 100,000 rows, all of GloVe
+    python bench/bench_grouped.py --bags [--widths] [--rounds 60] [--cache DIR]
 """
 
 import argparse
@@ -27,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import qe4  # noqa: E402
 import qe4_fast  # noqa: E402
 from qe4 import grouped as G  # noqa: E402
+from _timing import best_interleaved, machine_line, same_bytes  # noqa: E402
 
 F32 = np.float32
 
@@ -100,10 +111,77 @@ def speed(n_rows):
               f"fused rowwise 4-bit bag's speed")
 
 
+BAG_PRESETS = ("nl-4", "grouped-4")
+WIDTH_PRESETS = ("grouped-2", "nl-2", "grouped-3", "nl-3", "grouped-4-64", "nl-4-64",
+                 "grouped-5", "nl-5", "grouped-6", "nl-6")
+
+
+def preset_table(x, name, cache):
+    """qe4_fast.quantize(x, preset=name) on 2 threads, kept in ``cache`` (a directory) when given."""
+    path = None
+    if cache:
+        path = os.path.join(cache, f"{name}-{x.shape[0]}x{x.shape[1]}.qe4")
+        if os.path.exists(path):
+            return qe4.load(path, mmap=False)
+    t = qe4_fast.quantize(x, preset=name, n_threads=2)
+    if path:
+        os.makedirs(cache, exist_ok=True)
+        t.save(path)
+    return t
+
+
+def check_bags(table, idx, off, name):
+    """qe4_fast's bags of ``table`` (sum, mean, weighted, at 1 and 2 threads) byte for byte
+    against the reference's on the first 256 bags."""
+    n = 256 * 40
+    i, o = idx[:n], off[:256]
+    w = np.random.default_rng(2).standard_normal(n).astype(F32)
+    for kw in ({}, {"mode": "mean"}, {"per_sample_weights": w}):
+        ref = qe4.embedding_bag(table, i, o, **kw)
+        for threads in (1, 2):
+            same_bytes(qe4_fast.embedding_bag(table, i, o, n_threads=threads, **kw), ref,
+                       f"{name} bag {kw.keys() or 'sum'} at {threads} threads", "bench_grouped")
+
+
+def bag_speed(n_rows, rounds, names, cache):
+    """The --bags table: each preset's bag speed over the fused 4-bit bag's (torch-4)."""
+    print(f"bench_grouped --bags: {machine_line()}; load average "
+          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())} at start")
+    print(f"qe4_fast.embedding_bag sum, 2,048 bags x 40 uniform indices, best of {rounds} "
+          "interleaved rounds; speed = the torch-4 (fused rowwise 4-bit) bag's time / the preset's")
+    rng = np.random.default_rng(0)
+    for dim in (256, 64):
+        x = rng.standard_normal((n_rows, dim)).astype(F32)
+        tables = {name: preset_table(x, name, cache) for name in ("torch-4",) + tuple(names)}
+        idx = np.random.default_rng(1).integers(0, n_rows, 2048 * 40).astype(np.int64)
+        off = np.arange(0, idx.size, 40, dtype=np.int64)
+        for name, t in tables.items():
+            check_bags(t, idx, off, name)
+        print(f"\n### N(0,1) {n_rows:,} x {dim}\n{'preset':<14} {'bpw':>7} {'threads':>7} "
+              f"{'time':>10} {'speed':>7}")
+        for threads in (1, 2):
+            fns = [lambda t=t: qe4_fast.embedding_bag(t, idx, off, n_threads=threads)
+                   for t in tables.values()]
+            times, _ = best_interleaved(fns, rounds)
+            for (name, t), sec in zip(tables.items(), times):
+                print(f"{name:<14} {t.bits_per_element:7.4f} {threads:>7} {sec * 1e3:8.3f}ms "
+                      f"{times[0] / sec:6.2f}x")
+    print(f"\nload average {', '.join(f'{v:.2f}' for v in os.getloadavg())} at the end")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="20,000 rows, 40,000 GloVe rows")
+    ap.add_argument("--bags", action="store_true", help="only the bag speeds (issue 12 item 5)")
+    ap.add_argument("--widths", action="store_true", help="with --bags: every grouped/nl preset")
+    ap.add_argument("--rounds", type=int, default=60, help="with --bags: interleaved rounds")
+    ap.add_argument("--rows", type=int, default=100_000, help="with --bags: table rows")
+    ap.add_argument("--cache", help="with --bags: a directory keeping the quantized tables")
     args = ap.parse_args()
+    if args.bags:
+        bag_speed(args.rows, args.rounds, BAG_PRESETS + (WIDTH_PRESETS if args.widths else ()),
+                  args.cache)
+        return
     n = 20_000 if args.quick else 100_000
     rng = np.random.default_rng(0)
     tables = {"N(0,1) x 256": rng.standard_normal((n, 256)).astype(F32),

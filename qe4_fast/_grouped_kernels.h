@@ -9,8 +9,12 @@
  *   least-squares refit) and the row's bytes, from step 1's per-group float32 (scale, min)
  *   (qe4.mse.mse_params, computed by the compiled mse kernel);
  * - qe4_grouped_row_values / qe4_grouped_bag: dequantized rows and pooled bags (sum, mean,
- *   weights), a portable path and an AVX2 path (4- and 8-bit codes in groups of a multiple
- *   of 8) with the same IEEE operations per element.
+ *   weights), a portable path and an AVX2 path (every width; 8 columns a vector in groups of
+ *   a multiple of 8, the rest column by column) with the same IEEE operations per element.
+ *   Every lookup reads a row's group parameters through qe4_g_super and qe4_g_params only.
+ *   The AVX2 bag decodes each position's terms once per chunk of positions (qe4_g_chunk),
+ *   then adds 64 columns at a time with the accumulators in registers (qe4_g_block64_avx2,
+ *   the fused rowwise bag's scheme); at dim 64 the one block reads the positions straight.
  * Level tables (qe4.layouts.level_table): with t->lev set (qe4_g_set_levels) a code q reads
  * back as fma(scale_j, lev[q], min_j) and step 3 picks the nearest level (qe4.mse.level_codes).
  * The table paths are separate instances of the same functions (a constant `use_lev` argument
@@ -30,6 +34,7 @@ typedef struct {
     const float *lev; /* [1 << bits] ascending level values, or NULL: uniform (q itself) */
     int n_mid;        /* with lev: (1 << bits) - 1 midpoints mid[k] = (lev[k] + lev[k+1]) / 2 */
     float mid[255];
+    float lev16[16];  /* with lev: lev[0 .. min(16, 1 << bits)), zero-padded to 16 (for loads of 8) */
 } qe4_grouped;
 
 /* Set t's level table (NULL: uniform) and its float32 midpoints, as qe4.mse.level_codes. */
@@ -39,6 +44,8 @@ static inline void qe4_g_set_levels(qe4_grouped *t, const float *lev)
     t->n_mid = lev != NULL ? (1 << t->bits) - 1 : 0;
     for (int k = 0; k < t->n_mid; k++)
         t->mid[k] = (lev[k] + lev[k + 1]) * 0.5f;
+    for (int k = 0; k < 16; k++)
+        t->lev16[k] = lev != NULL && k < (1 << t->bits) ? lev[k] : 0.0f;
 }
 
 /* The code of a level value v (qe4.grouped.codes_of: the number of levels below v). */
@@ -367,63 +374,132 @@ static void qe4_grouped_finish_row(const qe4_grouped *t, const float *x, const f
 
 /* --------------------------------------------------------------------------- lookups */
 
-/* Group j's (scale, min) of a stored row. */
-QE4_INLINE void qe4_g_params(const qe4_grouped *t, const uint8_t *row, int j, float d, float m,
-                             int signed_mins, float *scale, float *low)
+/* The `mask` bits (at most 25 of them) of the little-endian bit stream s from bit `at`: one
+ * 32-bit load at byte at / 8, which reads up to 3 bytes past the field.  Lookups read fields
+ * of a row's codes and of its sub stream only, and each is followed inside the row by at
+ * least 4 bytes (the sub stream and d, m; d and m), so the load never leaves the row. */
+QE4_INLINE uint32_t qe4_g_bits(const uint8_t *s, int64_t at, uint32_t mask)
 {
-    const uint8_t *subs = row + t->code_bytes;
-    int mn = (int)qe4_unpack_code(subs, t->sub_bits, 2 * (int64_t)j + 1);
-    if (signed_mins && mn >= (1 << (t->sub_bits - 1)))
-        mn -= 1 << t->sub_bits;
-    *scale = d * (float)qe4_unpack_code(subs, t->sub_bits, 2 * (int64_t)j);
-    *low = m * (float)mn;
+    uint32_t w;
+    memcpy(&w, s + (at >> 3), 4);
+    return (w >> (at & 7)) & mask;
 }
 
-/* The row's |d| and m, and whether its sub-mins are signed (the sign bit of d). */
-QE4_INLINE int qe4_g_super(const qe4_grouped *t, const uint8_t *row, float *d, float *m)
+/* float16 bits -> float32 by the compiler's _Float16 (vcvtph2ps in F16C code): the same value
+ * as qe4_half_to_float, except that a signaling NaN comes back quieted, which no caller can
+ * see (the lookups only multiply d and m, and a product quiets the NaN anyway). */
+QE4_INLINE float qe4_g_half_native(uint16_t h)
+{
+    _Float16 v;
+    memcpy(&v, &h, 2);
+    return (float)v;
+}
+
+/* The row's |d| and m, and whether its sub-mins are signed (the sign bit of d); f16c (a
+ * constant): converted by qe4_g_half_native (callers compiled for F16C), else portably. */
+QE4_INLINE int qe4_g_super(const qe4_grouped *t, const uint8_t *row, float *d, float *m,
+                           const int f16c)
 {
     const uint8_t *tail = row + t->code_bytes + t->sub_bytes;
-    uint16_t hd;
+    uint16_t hd, hm;
     memcpy(&hd, tail, 2);
-    *d = qe4_half_to_float((uint16_t)(hd & 0x7fffu));
-    *m = qe4_load_f16(tail + 2);
+    memcpy(&hm, tail + 2, 2);
+    *d = f16c ? qe4_g_half_native((uint16_t)(hd & 0x7fffu)) : qe4_half_to_float((uint16_t)(hd & 0x7fffu));
+    *m = f16c ? qe4_g_half_native(hm) : qe4_half_to_float(hm);
     return hd >> 15;
 }
 
-/* acc[c] = fma(s, q_c, acc[c] + t) over the codes [c0, c0 + len) of a row: portable. */
-QE4_INLINE void qe4_g_axpy_portable(const uint8_t *codes, int bits, int c0, int len, float s,
-                                    float tt, float *acc)
-{
-    for (int c = 0; c < len; c++)
-        acc[c] = fmaf(s, (float)qe4_unpack_code(codes, bits, (int64_t)c0 + c), acc[c] + tt);
-}
+typedef uint32_t qe4_g_v8u __attribute__((vector_size(32)));
+typedef int32_t qe4_g_v8i __attribute__((vector_size(32)));
+typedef float qe4_g_v8f __attribute__((vector_size(32)));
 
-/* The same with the level values: acc[c] = fma(s, lev[q_c], acc[c] + t). */
-QE4_INLINE void qe4_g_axpy_portable_lev(const uint8_t *codes, int bits, const float *lev, int c0,
-                                        int len, float s, float tt, float *acc)
+/* The bag terms of groups [j0, j0 + n) of a stored row under its super-parameters
+ * (qe4_g_super: |d|, m and the sub-min mode), interleaved: st[2k] = w * scale_{j0+k},
+ * st[2k+1] = w * min_{j0+k} (weighted), else scale and min themselves, where
+ * scale_j = |d| * sc_j and min_j = m * mn_j.  The one function that reads a row's sub stream:
+ * every lookup (portable and AVX2, rows and bags) calls it.
+ *
+ * Group j's fields sc_j, mn_j are adjacent: fields 2j, 2j + 1 of the stream.  Four groups
+ * (8 fields, 8 * sub_bits bits from bit 2 * j * sub_bits, a byte boundary when j % 4 == 0)
+ * at a time, in GCC vector types (one AVX2 register in AVX2 callers): the 8 or 4 bytes from
+ * there (an 8-byte load when the row has 8 left: the fields, the rest of the stream, d, m;
+ * else 4 suffice), field i of them in lane i, a signed row's mn_j two's complement
+ * ((mn ^ half) - half sign-extends it).  The same float32 products as one group at a time. */
+QE4_INLINE void qe4_g_params(const qe4_grouped *t, const uint8_t *row, int j0, int n, float d,
+                             float m, int signed_mins, int weighted, float w, float *st)
 {
-    for (int c = 0; c < len; c++)
-        acc[c] = fmaf(s, lev[qe4_unpack_code(codes, bits, (int64_t)c0 + c)], acc[c] + tt);
-}
-
-/* One of the two, by the constant use_lev. */
-QE4_INLINE void qe4_g_axpy_any(const qe4_grouped *t, const uint8_t *codes, int c0, int len,
-                               float s, float tt, float *acc, const int use_lev)
-{
-    if (use_lev)
-        qe4_g_axpy_portable_lev(codes, t->bits, t->lev, c0, len, s, tt, acc);
-    else
-        qe4_g_axpy_portable(codes, t->bits, c0, len, s, tt, acc);
+    const uint8_t *subs = row + t->code_bytes;
+    const int b = t->sub_bits;
+    const uint32_t half = signed_mins ? 1u << (b - 1) : 0u;
+    const qe4_g_v8u sh = {0, b, 2 * b, 3 * b, 0, b, 2 * b, 3 * b};
+    const qe4_g_v8u mask = (qe4_g_v8u){0, 0, 0, 0, 0, 0, 0, 0} + ((1u << b) - 1u);
+    const qe4_g_v8u hv = {0, half, 0, half, 0, half, 0, half};
+    const qe4_g_v8f dm = {d, m, d, m, d, m, d, m};
+    for (int k = 0; k < n; k += 4, j0 += 4, st += 8) {
+        /* j0 % 4 == 0 after the first step; the first may start inside a byte */
+        int64_t at = 2 * (int64_t)j0 * b;
+        int64_t byte = at >> 3;
+        uint64_t u = 0;
+        if (t->sub_bytes + 4 - byte >= 8) {
+            memcpy(&u, subs + byte, 8);
+        } else {
+            uint32_t u4;
+            memcpy(&u4, subs + byte, 4);
+            u = u4;
+        }
+        u >>= at & 7;
+        uint32_t lo = (uint32_t)u, hi = (uint32_t)(u >> (4 * b));
+        qe4_g_v8u f = ((qe4_g_v8u){lo, lo, lo, lo, hi, hi, hi, hi} >> sh) & mask;
+        qe4_g_v8i v = (qe4_g_v8i)(f ^ hv) - (qe4_g_v8i)hv;
+        qe4_g_v8f r = __builtin_convertvector(v, qe4_g_v8f) * dm;
+        if (weighted)
+            r = w * r;
+        int left = n - k;
+        if (left >= 4) {
+            memcpy(st, &r, 32);
+        } else if (left == 2) {
+            memcpy(st, &r, 16);
+        } else if (left == 1) {
+            memcpy(st, &r, 8);
+        } else {
+            memcpy(st, &r, 16);
+            st[4] = r[4];
+            st[5] = r[5];
+        }
+    }
 }
 
 /* Group j's bag terms: s = w * scale_j, t = w * min_j (weighted), else scale_j, min_j. */
 QE4_INLINE void qe4_g_terms(const qe4_grouped *t, const uint8_t *row, int j, float d, float m,
                             int sgn, int weighted, float w, float *s, float *tt)
 {
-    qe4_g_params(t, row, j, d, m, sgn, s, tt);
-    if (weighted) {
-        *s = w * *s;
-        *tt = w * *tt;
+    float st[2];
+    qe4_g_params(t, row, j, 1, d, m, sgn, weighted, w, st);
+    *s = st[0];
+    *tt = st[1];
+}
+
+/* Every cache line of row r (a grouped row is often a few lines: 144 bytes at dim 256). */
+QE4_INLINE void qe4_g_prefetch(const qe4_grouped *t, int64_t r)
+{
+    const uint8_t *row = t->data + r * t->row_bytes;
+    __builtin_prefetch(row, 0, 3);
+    for (int64_t o = 64; o < t->row_bytes - 1; o += 64)
+        __builtin_prefetch(row + o, 0, 3);
+    __builtin_prefetch(row + t->row_bytes - 1, 0, 3);
+}
+
+/* acc[c] = fma(s, v_c, acc[c] + t) over the codes [c0, c0 + len) of a row, v the code or its
+ * level value lev[q] (by the constant use_lev): portable (also the AVX2 paths' tails). */
+QE4_INLINE void qe4_g_axpy_portable(const qe4_grouped *t, const uint8_t *codes, int c0, int len,
+                                    float s, float tt, float *acc, const int use_lev)
+{
+    const int bits = t->bits;
+    const uint32_t mask = (1u << bits) - 1u;
+    int64_t at = (int64_t)c0 * bits;
+    for (int c = 0; c < len; c++, at += bits) {
+        uint32_t q = qe4_g_bits(codes, at, mask);
+        acc[c] = fmaf(s, use_lev ? t->lev[q] : (float)q, acc[c] + tt);
     }
 }
 
@@ -433,11 +509,12 @@ QE4_INLINE void qe4_g_add_row_portable_impl(const qe4_grouped *t, int64_t r, int
 {
     const uint8_t *row = t->data + r * t->row_bytes;
     float d, m;
-    int sgn = qe4_g_super(t, row, &d, &m);
+    int sgn = qe4_g_super(t, row, &d, &m, 0);
     for (int j = 0; j < t->n_groups; j++) {
         float s, tt;
         qe4_g_terms(t, row, j, d, m, sgn, weighted, w, &s, &tt);
-        qe4_g_axpy_any(t, row, j * t->group, qe4_g_len(t, j), s, tt, acc + j * t->group, use_lev);
+        qe4_g_axpy_portable(t, row, j * t->group, qe4_g_len(t, j), s, tt, acc + j * t->group,
+                            use_lev);
     }
 }
 
@@ -454,95 +531,122 @@ static void qe4_g_add_row_portable_lev(const qe4_grouped *t, int64_t r, int weig
 }
 
 #if QE4_X86
-/* The level values of 8 4-bit codes in the low 4 bits of each lane of `raw` (the higher bits
- * are ignored) from a 16-value table in two registers (lo: lev[0..7], hi: lev[8..15]): a
- * lookup in each (bits 0-2) and a blend on bit 3 (moved to the sign bit blendv reads). */
-QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_lev16_avx2(__m256i raw, __m256 lo, __m256 hi)
+/* The level values of 8 codes of at most 4 bits in the lanes of q (the lanes' bits 0-2 pick
+ * from lo = lev[0..7], and at 4 bits bit 3 from hi = lev[8..15]; higher bits must be 0). */
+QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_lev_avx2(__m256i q, __m256 lo, __m256 hi, const int bits)
 {
-    __m256 a = _mm256_permutevar8x32_ps(lo, raw), b = _mm256_permutevar8x32_ps(hi, raw);
-    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(raw, 28)));
+    __m256 a = _mm256_permutevar8x32_ps(lo, q);
+    if (bits < 4)
+        return a;
+    __m256 b = _mm256_permutevar8x32_ps(hi, q);
+    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(q, 28)));
 }
 
-/* The values of 8 4-bit codes (low 4 bits of each lane of raw): q itself (uniform), or the
- * level values in registers lo, hi. */
-QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_vals4_avx2(__m256i raw, __m256 lo, __m256 hi,
-                                                   const int use_lev)
+/* The values of 8 codes q (< 2**bits, one a lane): q itself, or their level values (in
+ * registers lo, hi up to 4 bits, else a gather from lev). */
+QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_value_avx2(__m256i q, const float *lev, __m256 lo,
+                                                   __m256 hi, const int bits, const int use_lev)
 {
-    if (use_lev)
-        return qe4_g_lev16_avx2(raw, lo, hi);
-    return _mm256_cvtepi32_ps(_mm256_and_si256(raw, _mm256_set1_epi32(15)));
+    if (!use_lev)
+        return _mm256_cvtepi32_ps(q);
+    if (bits <= 4)
+        return qe4_g_lev_avx2(q, lo, hi, bits);
+    return _mm256_i32gather_ps(lev, q, 4);
 }
 
-/* The values of 8 8-bit codes q: q itself, or the level values (a gather from lev). */
-QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_vals8_avx2(__m256i q, const float *lev, const int use_lev)
+/* The 8 codes of columns [c, c + 8) of a row (c * bits a multiple of 8, so they are the
+ * `bits` bytes from c * bits / 8), one a lane.  Loads of 4 bytes (bits <= 4) or 8 (5 to 8)
+ * read at most 5 bytes past them, and at least 5 follow the codes in the row (the sub
+ * stream, d and m), except at 2 bits, where a 4-byte load reads 2 past them. */
+QE4_INLINE QE4_TARGET_AVX2 __m256i qe4_g_codes8_avx2(const uint8_t *codes, int c, const int bits)
 {
-    return use_lev ? _mm256_i32gather_ps(lev, q, 4) : _mm256_cvtepi32_ps(q);
+    const uint8_t *p = codes + ((int64_t)c * bits >> 3);
+    if (bits == 8)
+        return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+    const __m256i mask = _mm256_set1_epi32((1 << bits) - 1);
+    if (bits <= 4) {
+        uint32_t w;
+        memcpy(&w, p, 4);
+        const __m256i sh = _mm256_setr_epi32(0, bits, 2 * bits, 3 * bits, 4 * bits, 5 * bits,
+                                             6 * bits, 7 * bits);
+        return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)w), sh), mask);
+    }
+    uint64_t u;
+    memcpy(&u, p, 8);
+    __m256i v = _mm256_setr_epi32((int)(uint32_t)u, (int)(uint32_t)u, (int)(uint32_t)u,
+                                  (int)(uint32_t)u, (int)(uint32_t)(u >> (4 * bits)),
+                                  (int)(uint32_t)(u >> (4 * bits)), (int)(uint32_t)(u >> (4 * bits)),
+                                  (int)(uint32_t)(u >> (4 * bits)));
+    const __m256i sh = _mm256_setr_epi32(0, bits, 2 * bits, 3 * bits, 0, bits, 2 * bits, 3 * bits);
+    return _mm256_and_si256(_mm256_srlv_epi32(v, sh), mask);
 }
 
-/* qe4_g_axpy_any for 4- or 8-bit codes, len % 8 == 0 and c0 * bits a multiple of 8: AVX2. */
+/* acc[c] = fma(s, v_c, acc[c] + t) over the codes [c0, c0 + len) of a row at AVX2: 8 columns
+ * at a time while c0 * bits is a multiple of 8, the rest by the portable loop (compiled with
+ * FMA here: the same fmaf). */
 QE4_INLINE QE4_TARGET_AVX2 void qe4_g_axpy_avx2(const qe4_grouped *t, const uint8_t *codes,
                                                 int c0, int len, float s, float tt, float *acc,
-                                                const int use_lev)
+                                                const int bits, const int use_lev)
 {
-    const int bits = t->bits;
     __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(tt);
     __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
-    if (use_lev && bits == 4) {
-        lo = _mm256_loadu_ps(t->lev);
-        hi = _mm256_loadu_ps(t->lev + 8);
+    if (use_lev && bits <= 4) {
+        lo = _mm256_loadu_ps(t->lev16);
+        hi = _mm256_loadu_ps(t->lev16 + 8);
     }
-    const uint8_t *p = codes + ((int64_t)c0 * bits >> 3);
-    if (bits == 4) {
-        const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-        for (int c = 0; c < len; c += 8) {
-            uint32_t w;
-            memcpy(&w, p + c / 2, 4);
-            __m256i raw = _mm256_srlv_epi32(_mm256_set1_epi32((int)w), shifts);
-            __m256 a = _mm256_loadu_ps(acc + c);
-            __m256 fv = qe4_g_vals4_avx2(raw, lo, hi, use_lev);
-            _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(vs, fv, _mm256_add_ps(a, vt)));
-        }
-    } else {
-        for (int c = 0; c < len; c += 8) {
-            __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + c)));
-            __m256 a = _mm256_loadu_ps(acc + c);
-            __m256 fv = qe4_g_vals8_avx2(v, t->lev, use_lev);
-            _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(vs, fv, _mm256_add_ps(a, vt)));
+    int c = 0;
+    if (((int64_t)c0 * bits & 7) == 0) {
+        for (; c + 8 <= len; c += 8) {
+            __m256 fv = qe4_g_value_avx2(qe4_g_codes8_avx2(codes, c0 + c, bits), t->lev, lo, hi,
+                                         bits, use_lev);
+            __m256 a = _mm256_add_ps(_mm256_loadu_ps(acc + c), vt);
+            _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(vs, fv, a));
         }
     }
+    qe4_g_axpy_portable(t, codes, c0 + c, len - c, s, tt, acc + c, use_lev);
 }
 
-/* acc [dim] += row r weighted by w: AVX2 for the groups it can take, the portable loop
- * (compiled with FMA here: the same fmaf) for the others. */
+/* acc [dim] += row r weighted by w, at AVX2 (codes of a constant width `bits`). */
 QE4_INLINE QE4_TARGET_AVX2 void qe4_g_add_row_avx2_impl(const qe4_grouped *t, int64_t r,
                                                         int weighted, float w, float *acc,
-                                                        const int use_lev)
+                                                        const int bits, const int use_lev)
 {
     const uint8_t *row = t->data + r * t->row_bytes;
     float d, m;
-    int sgn = qe4_g_super(t, row, &d, &m);
-    int vec = t->bits == 4 || t->bits == 8;
+    int sgn = qe4_g_super(t, row, &d, &m, 1);
     for (int j = 0; j < t->n_groups; j++) {
         float s, tt;
-        int len = qe4_g_len(t, j), c0 = j * t->group;
+        int c0 = j * t->group;
         qe4_g_terms(t, row, j, d, m, sgn, weighted, w, &s, &tt);
-        if (vec && (len & 7) == 0 && ((int64_t)c0 * t->bits & 7) == 0)
-            qe4_g_axpy_avx2(t, row, c0, len, s, tt, acc + c0, use_lev);
-        else
-            qe4_g_axpy_any(t, row, c0, len, s, tt, acc + c0, use_lev);
+        qe4_g_axpy_avx2(t, row, c0, qe4_g_len(t, j), s, tt, acc + c0, bits, use_lev);
     }
 }
+
+/* One instance per code width (a constant in the loops) and level kind. */
+#define QE4_G_BY_BITS(CALL_OF_BITS)                                                          \
+    switch (t->bits) {                                                                       \
+    case 2: CALL_OF_BITS(2); break;                                                          \
+    case 3: CALL_OF_BITS(3); break;                                                          \
+    case 4: CALL_OF_BITS(4); break;                                                          \
+    case 5: CALL_OF_BITS(5); break;                                                          \
+    case 6: CALL_OF_BITS(6); break;                                                          \
+    default: CALL_OF_BITS(8); break;                                                         \
+    }
 
 QE4_TARGET_AVX2 static void qe4_g_add_row_avx2(const qe4_grouped *t, int64_t r, int weighted,
                                                float w, float *acc)
 {
-    qe4_g_add_row_avx2_impl(t, r, weighted, w, acc, 0);
+#define QE4_G_CALL(B) qe4_g_add_row_avx2_impl(t, r, weighted, w, acc, B, 0)
+    QE4_G_BY_BITS(QE4_G_CALL)
+#undef QE4_G_CALL
 }
 
 QE4_TARGET_AVX2 static void qe4_g_add_row_avx2_lev(const qe4_grouped *t, int64_t r, int weighted,
                                                    float w, float *acc)
 {
-    qe4_g_add_row_avx2_impl(t, r, weighted, w, acc, 1);
+#define QE4_G_CALL(B) qe4_g_add_row_avx2_impl(t, r, weighted, w, acc, B, 1)
+    QE4_G_BY_BITS(QE4_G_CALL)
+#undef QE4_G_CALL
 }
 #endif
 
@@ -568,91 +672,216 @@ static void qe4_grouped_row_values(const qe4_grouped *t, int64_t r, int simd, fl
 }
 
 #if QE4_X86
-/* The positions [p0, p0 + n) of a bag (n <= QE4_G_CHUNK): row pointers, |d|, m, sign, weight. */
+/* A chunk of a bag at AVX2: up to QE4_G_CHUNK positions, each with its row and the
+ * (weighted) bag terms of a run of groups [j0, j0 + ng), ng <= QE4_G_TERMS / QE4_G_CHUNK:
+ * position k's group j0 + g at st[2 * (k * ng + g)] (s) and the next float (t). */
 #define QE4_G_CHUNK 64
+#define QE4_G_TERMS 2048
 typedef struct {
     const uint8_t *row[QE4_G_CHUNK];
-    float d[QE4_G_CHUNK], m[QE4_G_CHUNK], w[QE4_G_CHUNK];
-    int sgn[QE4_G_CHUNK];
-} qe4_g_rows;
+    float st[2 * QE4_G_TERMS];
+} qe4_g_chunk;
 
-QE4_INLINE void qe4_g_load_rows(const qe4_grouped *t, const int64_t *idx, int64_t n_idx,
-                                const float *w, int64_t p0, int n, qe4_g_rows *r)
+/* The rows and terms of positions [p0, p0 + n) for groups [j0, j0 + ng), prefetching every
+ * line of the rows QE4_PREFETCH positions ahead (with `prefetch`: in the first run). */
+QE4_INLINE void qe4_g_chunk_terms(const qe4_grouped *t, const int64_t *idx, int64_t n_idx,
+                                  const float *w, int64_t p0, int n, int j0, int ng,
+                                  int prefetch, qe4_g_chunk *ch)
 {
     for (int k = 0; k < n; k++) {
         int64_t p = p0 + k;
-        if (p + QE4_PREFETCH < n_idx)
-            qe4_prefetch_row(t->data + idx[p + QE4_PREFETCH] * t->row_bytes, t->row_bytes);
-        r->row[k] = t->data + idx[p] * t->row_bytes;
-        r->sgn[k] = qe4_g_super(t, r->row[k], &r->d[k], &r->m[k]);
-        r->w[k] = w != NULL ? w[p] : 1.0f;
+        if (prefetch && p + QE4_PREFETCH < n_idx)
+            qe4_g_prefetch(t, idx[p + QE4_PREFETCH]);
+        const uint8_t *row = t->data + idx[p] * t->row_bytes;
+        float d, m;
+        int sgn = qe4_g_super(t, row, &d, &m, 1);
+        ch->row[k] = row;
+        qe4_g_params(t, row, j0, ng, d, m, sgn, w != NULL, w != NULL ? w[p] : 1.0f,
+                     ch->st + 2 * k * ng);
     }
 }
 
-/* Group j of positions r [0, n), columns [c0, c0 + 8 * nv) (nv <= 8, 4- or 8-bit codes),
- * added to acc in position order with the accumulators in registers: the same operations
- * per element as the row-at-a-time loop. */
-QE4_INLINE QE4_TARGET_AVX2 void qe4_g_bag_block_avx2(const qe4_grouped *t, const qe4_g_rows *r,
-                                                     int n, int weighted, int j, int c0, int nv,
-                                                     float *out, const int use_lev)
+/* One position's step of a column vector in group g of its terms st (qe4_g_params'
+ * pairs): fma(s, fv, acc + t). */
+QE4_INLINE QE4_TARGET_AVX2 __m256 qe4_g_step_avx2(__m256 acc, const float *st, int g, __m256 fv)
 {
-    __m256 acc[8];
-    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
-    if (use_lev && t->bits == 4) {
-        lo = _mm256_loadu_ps(t->lev);
-        hi = _mm256_loadu_ps(t->lev + 8);
+    __m256 a = _mm256_add_ps(acc, _mm256_broadcast_ss(st + 2 * g + 1));
+    return _mm256_fmadd_ps(_mm256_broadcast_ss(st + 2 * g), fv, a);
+}
+
+/* The positions of a bag read straight by the fused one-block bag (dim 64: every group's
+ * terms fit in registers' reach, no chunk table): idx, n_idx, w and the first position. */
+typedef struct {
+    const int64_t *idx;
+    int64_t n_idx, p0;
+    const float *w;
+} qe4_g_pos;
+
+/* Position p0 + k of f: prefetches QE4_PREFETCH positions ahead, writes the row's terms of
+ * all its groups (at most 8) into st and returns the row. */
+QE4_INLINE const uint8_t *qe4_g_pos_terms(const qe4_grouped *t, const qe4_g_pos *f, int k,
+                                          float *st)
+{
+    int64_t p = f->p0 + k;
+    if (p + QE4_PREFETCH < f->n_idx)
+        qe4_g_prefetch(t, f->idx[p + QE4_PREFETCH]);
+    const uint8_t *row = t->data + f->idx[p] * t->row_bytes;
+    float d, m;
+    int sgn = qe4_g_super(t, row, &d, &m, 1);
+    qe4_g_params(t, row, 0, t->n_groups, d, m, sgn, f->w != NULL, f->w != NULL ? f->w[p] : 1.0f,
+                 st);
+    return row;
+}
+
+/* Columns [c0, c0 + 64) (inside the chunk's run of groups, group % 8 == 0) of the chunk's n
+ * positions added to out in position order, the 8 accumulators in registers: per element
+ * the operations of the row-at-a-time loop.  At 4 bits the 32 code bytes are unpacked at once
+ * (the fused rowwise bag's way); at nl levels the nibbles + 0x78 make each byte's bits 0-2
+ * the code's and its sign bit the code's bit 3, the lanes qe4_g_lev_avx2 reads. */
+QE4_INLINE QE4_TARGET_AVX2 void qe4_g_block64_avx2(const qe4_grouped *t, const qe4_g_chunk *ch,
+                                                   int n, int j0, int ng, int c0, float *out,
+                                                   const int bits, const int use_lev,
+                                                   const int vpg, const qe4_g_pos *fused)
+{
+    __m256 acc[8], lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    int gv[8]; /* vector v's group in the run */
+    if (use_lev && bits <= 4) {
+        lo = _mm256_loadu_ps(t->lev16);
+        hi = _mm256_loadu_ps(t->lev16 + 8);
     }
-    for (int v = 0; v < nv; v++)
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; v++) {
         acc[v] = _mm256_loadu_ps(out + c0 + 8 * v);
+        /* vpg (a constant, or 0): the vectors per group, 8 for a multiple of 64 (the block
+         * inside one group), so that the terms' offsets are constants */
+        gv[v] = vpg ? (c0 - j0 * t->group) / t->group + v / vpg : (c0 + 8 * v) / t->group - j0;
+    }
+    float own[2 * 8 + 8]; /* fused: the position's terms */
     for (int k = 0; k < n; k++) {
-        float s, tt;
-        qe4_g_terms(t, r->row[k], j, r->d[k], r->m[k], r->sgn[k], weighted, r->w[k], &s, &tt);
-        __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(tt);
-        const uint8_t *code = r->row[k] + ((int64_t)c0 * t->bits >> 3);
-        for (int v = 0; v < nv; v++) {
-            __m256 fv;
-            if (t->bits == 4) {
-                uint32_t word;
-                memcpy(&word, code + 4 * v, 4);
-                __m256i raw = _mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts);
-                fv = qe4_g_vals4_avx2(raw, lo, hi, use_lev);
-            } else {
-                __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(code + 8 * v)));
-                fv = qe4_g_vals8_avx2(q, t->lev, use_lev);
+        const float *st = ch != NULL ? ch->st + 2 * k * ng : own;
+        const uint8_t *row = ch != NULL ? ch->row[k] : qe4_g_pos_terms(t, fused, k, own);
+        if (bits == 4) {
+            const __m256i m4 = _mm256_set1_epi8(0x0f), bias = _mm256_set1_epi8(0x78);
+            __m256i b = _mm256_loadu_si256((const __m256i *)(row + c0 / 2));
+            __m256i l4 = _mm256_and_si256(b, m4), h4 = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+            __m256i u1 = _mm256_unpacklo_epi8(l4, h4), u2 = _mm256_unpackhi_epi8(l4, h4);
+            if (use_lev) {
+                u1 = _mm256_add_epi8(u1, bias);
+                u2 = _mm256_add_epi8(u2, bias);
             }
-            acc[v] = _mm256_fmadd_ps(vs, fv, _mm256_add_ps(acc[v], vt));
+            /* codes [0,16) [16,32) [32,48) [48,64) */
+            __m128i q[4] = {_mm256_castsi256_si128(u1), _mm256_castsi256_si128(u2),
+                            _mm256_extracti128_si256(u1, 1), _mm256_extracti128_si256(u2, 1)};
+#pragma GCC unroll 8
+            for (int v = 0; v < 8; v++) {
+                __m128i qv = (v & 1) ? _mm_srli_si128(q[v >> 1], 8) : q[v >> 1];
+                __m256 fv;
+                if (use_lev) {
+                    __m256i ix = _mm256_cvtepi8_epi32(qv);
+                    fv = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, ix),
+                                          _mm256_permutevar8x32_ps(hi, ix),
+                                          _mm256_castsi256_ps(ix));
+                } else {
+                    fv = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(qv));
+                }
+                acc[v] = qe4_g_step_avx2(acc[v], st, gv[v], fv);
+            }
+        } else {
+#pragma GCC unroll 8
+            for (int v = 0; v < 8; v++) {
+                __m256 fv = qe4_g_value_avx2(qe4_g_codes8_avx2(row, c0 + 8 * v, bits), t->lev,
+                                             lo, hi, bits, use_lev);
+                acc[v] = qe4_g_step_avx2(acc[v], st, gv[v], fv);
+            }
         }
     }
-    for (int v = 0; v < nv; v++)
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; v++)
         _mm256_storeu_ps(out + c0 + 8 * v, acc[v]);
 }
 
-/* A bag at AVX2, QE4_G_CHUNK positions at a time: the groups it can take block by block
- * (above), the others position by position. */
+/* The same for columns [c0, c0 + 8 * nv), nv < 8 (a run's last columns): one vector at a
+ * time, its accumulator in a register. */
+QE4_INLINE QE4_TARGET_AVX2 void qe4_g_block_avx2(const qe4_grouped *t, const qe4_g_chunk *ch,
+                                                 int n, int j0, int ng, int c0, int nv,
+                                                 float *out, const int bits, const int use_lev)
+{
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    if (use_lev && bits <= 4) {
+        lo = _mm256_loadu_ps(t->lev16);
+        hi = _mm256_loadu_ps(t->lev16 + 8);
+    }
+    for (int v = 0; v < nv; v++) {
+        int c = c0 + 8 * v, g = c / t->group - j0;
+        __m256 acc = _mm256_loadu_ps(out + c);
+        for (int k = 0; k < n; k++) {
+            __m256 fv = qe4_g_value_avx2(qe4_g_codes8_avx2(ch->row[k], c, bits), t->lev, lo, hi,
+                                         bits, use_lev);
+            acc = qe4_g_step_avx2(acc, ch->st + 2 * k * ng, g, fv);
+        }
+        _mm256_storeu_ps(out + c, acc);
+    }
+}
+
+/* qe4_g_block64_avx2 with the constant vectors-per-group of t's group (0: other groups). */
+QE4_INLINE QE4_TARGET_AVX2 void qe4_g_block64_by_vpg(const qe4_grouped *t, const qe4_g_chunk *ch,
+                                                     int n, int j0, int ng, int c0, float *out,
+                                                     const int bits, const int use_lev,
+                                                     const qe4_g_pos *fused)
+{
+    if (t->group % 64 == 0)
+        qe4_g_block64_avx2(t, ch, n, j0, ng, c0, out, bits, use_lev, 8, fused);
+    else if (t->group == 32)
+        qe4_g_block64_avx2(t, ch, n, j0, ng, c0, out, bits, use_lev, 4, fused);
+    else if (t->group == 16)
+        qe4_g_block64_avx2(t, ch, n, j0, ng, c0, out, bits, use_lev, 2, fused);
+    else if (t->group == 8)
+        qe4_g_block64_avx2(t, ch, n, j0, ng, c0, out, bits, use_lev, 1, fused);
+    else
+        qe4_g_block64_avx2(t, ch, n, j0, ng, c0, out, bits, use_lev, 0, fused);
+}
+
+/* A bag at AVX2, QE4_G_CHUNK positions at a time: each run of groups' terms once per
+ * position, then its columns block by block (64 columns in registers) when group % 8 == 0,
+ * the ragged rest (and every column of other groups) position by position. */
 QE4_INLINE QE4_TARGET_AVX2 void qe4_g_bag_avx2_impl(const qe4_grouped *t, const int64_t *idx,
                                                     int64_t n_idx, const float *w, int64_t start,
-                                                    int64_t end, float *out, const int use_lev)
+                                                    int64_t end, float *out, const int bits,
+                                                    const int use_lev)
 {
-    qe4_g_rows r;
-    int vec = t->bits == 4 || t->bits == 8;
+    qe4_g_chunk ch;
+    const int G = t->n_groups, run = QE4_G_TERMS / QE4_G_CHUNK;
+    const int vec = t->group % 8 == 0;
     memset(out, 0, (size_t)t->dim * sizeof(float));
+    if (vec && t->dim == 64) { /* one block: every position straight into the registers */
+        for (int64_t p0 = start; p0 < end; p0 += 1 << 20) {
+            qe4_g_pos f = {idx, n_idx, p0, w};
+            int n = end - p0 < (1 << 20) ? (int)(end - p0) : 1 << 20;
+            qe4_g_block64_by_vpg(t, NULL, n, 0, G, 0, out, bits, use_lev, &f);
+        }
+        return;
+    }
     for (int64_t p0 = start; p0 < end; p0 += QE4_G_CHUNK) {
         int n = end - p0 < QE4_G_CHUNK ? (int)(end - p0) : QE4_G_CHUNK;
-        qe4_g_load_rows(t, idx, n_idx, w, p0, n, &r);
-        for (int j = 0; j < t->n_groups; j++) {
-            int len = qe4_g_len(t, j), c0 = j * t->group;
-            if (vec && (len & 7) == 0 && ((int64_t)c0 * t->bits & 7) == 0) {
-                for (int cb = 0; cb < len; cb += 64) {
-                    int nv = (len - cb) / 8 < 8 ? (len - cb) / 8 : 8;
-                    qe4_g_bag_block_avx2(t, &r, n, w != NULL, j, c0 + cb, nv, out, use_lev);
-                }
+        for (int j0 = 0; j0 < G; j0 += run) {
+            int ng = G - j0 < run ? G - j0 : run;
+            qe4_g_chunk_terms(t, idx, n_idx, w, p0, n, j0, ng, j0 == 0, &ch);
+            int c0 = j0 * t->group, c1 = j0 + ng < G ? (j0 + ng) * t->group : t->dim;
+            int cv = c0 + (vec ? (c1 - c0) / 8 * 8 : 0); /* the vector columns end */
+            int c = c0;
+            for (; c + 64 <= cv; c += 64)
+                qe4_g_block64_by_vpg(t, &ch, n, j0, ng, c, out, bits, use_lev, NULL);
+            if (c < cv)
+                qe4_g_block_avx2(t, &ch, n, j0, ng, c, (cv - c) / 8, out, bits, use_lev);
+            if (cv == c1)
                 continue;
-            }
-            for (int k = 0; k < n; k++) {
-                float s, tt;
-                qe4_g_terms(t, r.row[k], j, r.d[k], r.m[k], r.sgn[k], w != NULL, r.w[k], &s, &tt);
-                qe4_g_axpy_any(t, r.row[k], c0, len, s, tt, out + c0, use_lev);
+            for (int k = 0; k < n; k++) { /* the columns [cv, c1), group by group */
+                for (int j = cv / t->group; j < j0 + ng; j++) {
+                    int a = j * t->group > cv ? j * t->group : cv;
+                    int b = j + 1 < G ? (j + 1) * t->group : t->dim;
+                    const float *st = ch.st + 2 * (k * ng + j - j0);
+                    qe4_g_axpy_portable(t, ch.row[k], a, b - a, st[0], st[1], out + a, use_lev);
+                }
             }
         }
     }
@@ -662,14 +891,18 @@ QE4_TARGET_AVX2 static void qe4_g_bag_avx2(const qe4_grouped *t, const int64_t *
                                            int64_t n_idx, const float *w, int64_t start,
                                            int64_t end, float *out)
 {
-    qe4_g_bag_avx2_impl(t, idx, n_idx, w, start, end, out, 0);
+#define QE4_G_CALL(B) qe4_g_bag_avx2_impl(t, idx, n_idx, w, start, end, out, B, 0)
+    QE4_G_BY_BITS(QE4_G_CALL)
+#undef QE4_G_CALL
 }
 
 QE4_TARGET_AVX2 static void qe4_g_bag_avx2_lev(const qe4_grouped *t, const int64_t *idx,
                                                int64_t n_idx, const float *w, int64_t start,
                                                int64_t end, float *out)
 {
-    qe4_g_bag_avx2_impl(t, idx, n_idx, w, start, end, out, 1);
+#define QE4_G_CALL(B) qe4_g_bag_avx2_impl(t, idx, n_idx, w, start, end, out, B, 1)
+    QE4_G_BY_BITS(QE4_G_CALL)
+#undef QE4_G_CALL
 }
 #endif
 
@@ -681,7 +914,7 @@ QE4_INLINE void qe4_g_bag_portable(const qe4_grouped *t, const int64_t *idx, int
     memset(out, 0, (size_t)t->dim * sizeof(float));
     for (int64_t p = start; p < end; p++) {
         if (p + QE4_PREFETCH < n_idx)
-            qe4_prefetch_row(t->data + idx[p + QE4_PREFETCH] * t->row_bytes, t->row_bytes);
+            qe4_g_prefetch(t, idx[p + QE4_PREFETCH]);
         if (use_lev)
             qe4_g_add_row_portable_lev(t, idx[p], w != NULL, w != NULL ? w[p] : 1.0f, out);
         else

@@ -325,3 +325,49 @@ def test_cli_quantize(tmp_path, capsys, same_bytes):
     assert code == 0, capsys.readouterr().err
     same_bytes(qe4.load(tmp_path / "g.qe4").data,
                qe4.quantize(x, 3, "grouped", group=8, sub_bits=5).data)
+
+
+# --------------------------------------------------------------------------- the compiled bag's paths
+
+# (dim, group, sub_bits) for qe4_fast's AVX2 bag (_grouped_kernels.h): 1, 2, 4 and 8 column
+# vectors per group (groups 8, 16, 32, a multiple of 64), other multiples of 8 (24, 40),
+# dims not a multiple of 8 or 64 (a ragged last group, a run's last vectors), more groups
+# than one run of terms holds (300 / 8: 38 groups), dim 64 (the one-block bag) with each
+# kind of group, every sub_bits
+BAG_SHAPES = [(64, 16, 4), (64, 8, 3), (64, 24, 6), (64, 64, 5), (128, 8, 2), (200, 32, 6),
+              (70, 32, 3), (300, 8, 5), (192, 64, 8), (256, 128, 7), (136, 24, 6), (100, 40, 6),
+              (65, 32, 6), (20, 5, 6)]
+
+
+def random_rows(n, dim, bits, group, sub_bits, levels, seed):
+    """A table of random bytes in every field (codes, sub-scales, sub-mins, both sub-min
+    modes) under finite random super-parameters."""
+    rng = np.random.default_rng(seed)
+    row_bytes = LAYOUT.row_bytes(dim, bits, "float16", None, options(group, sub_bits))
+    data = rng.integers(0, 256, (n, row_bytes), dtype=np.uint8)
+    dm = (rng.standard_normal((n, 2)) * np.exp(rng.uniform(-4, 4, (n, 2)))).astype(np.float16)
+    data[:, -4:] = dm.view(np.uint8)
+    return qe4.QuantizedTable(data, bits=bits, dim=dim, method="grouped", layout="grouped",
+                              params=options(group, sub_bits, levels))
+
+
+@pytest.mark.parametrize("dim, group, sub_bits", BAG_SHAPES)
+@pytest.mark.parametrize("bits, levels", WIDTHS)
+def test_bag_paths_match_reference(bits, levels, dim, group, sub_bits, level, same_bytes):
+    rng = np.random.default_rng(dim + bits)
+    # qe4_fast's rows (the reference's bytes: test_quantize_matches_reference), for speed
+    quantized = qe4_fast.quantize(rows(24, dim, 1), bits, "grouped",
+                                  **options(group, sub_bits, levels))
+    crafted = random_rows(24, dim, bits, group, sub_bits, levels, dim)
+    idx = rng.integers(0, 24, 200)
+    off = np.array([0, 0, 3, 3, 70, 199])    # empty bags, a bag of 1, bags longer than a chunk
+    w = rng.uniform(-2, 2, 200).astype(F32)
+    for t in (quantized, crafted):
+        calls = {(mode, None): (idx, off, {"mode": mode}) for mode in ("sum", "mean", "max")}
+        calls["weighted"] = (idx, off, {"per_sample_weights": w})
+        want = {key: qe4.embedding_bag(t, i, o, **kw) for key, (i, o, kw) in calls.items()}
+        rows_want = qe4.embedding(t, idx[:50])
+        for n_threads in (1, 2):
+            for key, (i, o, kw) in calls.items():
+                same_bytes(qe4_fast.embedding_bag(t, i, o, n_threads=n_threads, **kw), want[key])
+            same_bytes(qe4_fast.embedding(t, idx[:50], n_threads=n_threads), rows_want)
