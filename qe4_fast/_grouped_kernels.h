@@ -27,10 +27,16 @@ typedef struct {
     const uint8_t *data;
     int64_t n_rows, row_bytes;
     int dim, bits, group, sub_bits, n_groups, code_bytes, sub_bytes;
+    int mins;         /* QE4_G_MINS_GROUP: [codes][sc, mn pairs][d][m]; QE4_G_MINS_NONE: scale-only
+                         [codes][sc_j, two's complement][d] (params["mins"] == "none") */
     const float *lev; /* [1 << bits] ascending level values, or NULL: uniform (q itself) */
     int n_mid;        /* with lev: (1 << bits) - 1 midpoints mid[k] = (lev[k] + lev[k+1]) / 2 */
+    int lin;          /* lev is the uniform signed table lev[q] = q - 2**(bits - 1) */
     float mid[255];
 } qe4_grouped;
+
+/* The kinds of group offset (qe4.layouts.MINS), t->mins. */
+enum { QE4_G_MINS_GROUP = 0, QE4_G_MINS_NONE = 1 };
 
 /* Set t's level table (NULL: uniform) and its float32 midpoints, as qe4.mse.level_codes. */
 static inline void qe4_g_set_levels(qe4_grouped *t, const float *lev)
@@ -39,6 +45,9 @@ static inline void qe4_g_set_levels(qe4_grouped *t, const float *lev)
     t->n_mid = lev != NULL ? (1 << t->bits) - 1 : 0;
     for (int k = 0; k < t->n_mid; k++)
         t->mid[k] = (lev[k] + lev[k + 1]) * 0.5f;
+    t->lin = lev != NULL;
+    for (int k = 0; lev != NULL && k <= t->n_mid; k++)
+        t->lin &= lev[k] == (float)(k - (1 << (t->bits - 1)));
 }
 
 /* The code of a level value v (qe4.grouped.codes_of: the number of levels below v). */
@@ -365,13 +374,319 @@ static void qe4_grouped_finish_row(const qe4_grouped *t, const float *x, const f
         qe4_g_finish_row_lev_at[simd](t, x, gscale, glow, row, work, iwork);
 }
 
+/* --------------------------------------------------------------------------- scale-only groups */
+
+/* Rows of mins="none" (qe4.grouped.scale_params, search_scales): [codes][sc_0 .. sc_{G-1}][d],
+ * the sub-scales two's complement, no min; group j reads back as fma(f32(d) * sc_j, lev[q], 0)
+ * on t's signed level table (always set: "uniform" is lev[q] = q - 2**(bits - 1), t->lin).
+ * qe4_grouped_scale_row runs the whole search of one row: step 1 per group (the scan's
+ * QE4_GS_SCAN scales in lanes, then the QE4_GS_KEEP chains of least-squares rounds in lanes),
+ * steps 2 to 5 (the moves of SCALE_MOVES in lanes), and writes the row's bytes. */
+#define QE4_GS_SCAN 32 /* qe4.grouped.SCALE_SCAN's 16 factors at each end of the table */
+#define QE4_GS_KEEP 3  /* SCALE_KEEP */
+#define QE4_GS_ITER 3  /* SCALE_ITER */
+#define QE4_GS_LANES 4 /* lanes of the chains (3) and of the moves (3); the others repeat lane 0 */
+
+static const int qe4_gs_moves[3] = {0, -1, 1};
+
+/* v[k] = lev[level_codes(tv[k])] for the L lanes of tv (qe4.mse.level_codes: lev[the number
+ * of midpoints tv exceeds]).  lin (the uniform signed table, lev[q] = q - h, h = 2**(bits-1)):
+ * by arithmetic, exactly that count: tv clipped to [-h, h] (beyond the outer midpoints either
+ * way), r = rint of it (r is the count or one more, at a tie), clipped to h - 1, one step down
+ * when tv does not exceed the midpoint r - 0.5 below r.  Else the chain of selects. */
+QE4_INLINE void qe4_gs_values(const qe4_grouped *g, const float *tv, float *v, const int L,
+                              const int lin)
+{
+    if (lin) {
+        const float h = (float)(1 << (g->bits - 1));
+        for (int k = 0; k < L; k++) {
+            float tc = tv[k] < -h ? -h : tv[k];
+            tc = tc > h ? h : tc;
+            float r = (tc + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+            r = r > h - 1.0f ? h - 1.0f : r;
+            v[k] = (r > -h && !(tc > r - 0.5f)) ? r - 1.0f : r;
+        }
+        return;
+    }
+    for (int k = 0; k < L; k++)
+        v[k] = g->lev[0];
+    for (int i = 0; i < g->n_mid; i++) {
+        float mi = g->mid[i], lv = g->lev[i + 1];
+#pragma GCC unroll 1 /* a loop (not scalars): the one vectorized */
+        for (int k = 0; k < L; k++)
+            v[k] = tv[k] > mi ? lv : v[k];
+    }
+}
+
+/* L scales s of one group x [len] (L <= QE4_GS_SCAN): the float32 losses
+ * err[k] = sum (x - fma(s[k], v, 0))**2 in column order, v = lev[level_codes(x * inv_k)],
+ * inv_k = f32(1 / s[k]) (0 when s[k] is 0 or that is not finite), and with the constant `sums`
+ * the float64 sums svv[k] = sum v * v, sxv[k] = sum x * v (qe4.grouped.scale_pass; also the
+ * local search's group_codes and group_errors with min 0, where x - 0 is x).  s * v is
+ * fma(s, v, 0) up to the sign of a zero, which e * e drops. */
+QE4_INLINE void qe4_gs_pass(const qe4_grouped *g, const float *x, int len, const float *s,
+                            float *err, double *svv, double *sxv, const int L, const int sums,
+                            const int lin)
+{
+    float inv[QE4_GS_SCAN], acc[QE4_GS_SCAN];
+    double a2[QE4_GS_SCAN], ax[QE4_GS_SCAN];
+    for (int k = 0; k < L; k++) {
+        float iv = 1.0f / s[k];
+        inv[k] = (s[k] != 0.0f && isfinite(iv)) ? iv : 0.0f;
+        acc[k] = 0.0f;
+        a2[k] = 0.0;
+        ax[k] = 0.0;
+    }
+    for (int c = 0; c < len; c++) {
+        float xc = x[c], tv[QE4_GS_SCAN], v[QE4_GS_SCAN];
+        for (int k = 0; k < L; k++)
+            tv[k] = xc * inv[k];
+        qe4_gs_values(g, tv, v, L, lin);
+        for (int k = 0; k < L; k++) {
+            float e = xc - s[k] * v[k];
+            acc[k] = acc[k] + e * e;
+        }
+        if (sums) {
+            for (int k = 0; k < L; k++) {
+                a2[k] = a2[k] + (double)v[k] * (double)v[k];
+                ax[k] = ax[k] + (double)xc * (double)v[k];
+            }
+        }
+    }
+    for (int k = 0; k < L; k++) {
+        err[k] = acc[k];
+        if (sums) {
+            svv[k] = a2[k];
+            sxv[k] = ax[k];
+        }
+    }
+}
+
+/* Scale-only step 1 of one group x [len] (qe4.grouped.scale_params of one row): the scan, the
+ * refinement of its QE4_GS_KEEP best (ties: the earlier, as a stable sort) by QE4_GS_ITER
+ * least-squares rounds (a chain ends when sum v v is 0 or the new scale 0 or not finite), and
+ * the evaluated scale of least error (ties: the first evaluated, in the reference's order:
+ * chain by chain, round by round). */
+QE4_INLINE float qe4_gs_scale(const qe4_grouped *g, const float *x, int len, const int lin)
+{
+    float a = x[0], aa = fabsf(x[0]);
+    for (int c = 1; c < len; c++) { /* the first value of largest magnitude */
+        if (fabsf(x[c]) > aa) {
+            aa = fabsf(x[c]);
+            a = x[c];
+        }
+    }
+    float s[QE4_GS_SCAN], err[QE4_GS_SCAN];
+    for (int e = 0; e < 2; e++) {
+        float base = a / g->lev[e ? (1 << g->bits) - 1 : 0];
+        for (int k = 0; k < QE4_GS_SCAN / 2; k++)
+            s[e * (QE4_GS_SCAN / 2) + k] = base * ((float)(40 - k) / 32.0f);
+    }
+    qe4_gs_pass(g, x, len, s, err, NULL, NULL, QE4_GS_SCAN, 0, lin);
+    int rank[QE4_GS_KEEP], n_rank = 0;
+    for (int i = 0; i < QE4_GS_SCAN; i++) { /* insertion after every kept one of error <= */
+        int p = n_rank;
+        while (p > 0 && err[i] < err[rank[p - 1]])
+            p--;
+        if (p >= QE4_GS_KEEP)
+            continue;
+        for (int r = n_rank < QE4_GS_KEEP ? n_rank : QE4_GS_KEEP - 1; r > p; r--)
+            rank[r] = rank[r - 1];
+        rank[p] = i;
+        n_rank += n_rank < QE4_GS_KEEP;
+    }
+    float best = s[rank[0]], best_err = err[rank[0]];
+    /* the chains in lanes, round by round; hs, he, hl: each round's scale, error, liveness */
+    float cs[QE4_GS_LANES], ce[QE4_GS_LANES];
+    double svv[QE4_GS_LANES], sxv[QE4_GS_LANES];
+    float hs[QE4_GS_ITER + 1][QE4_GS_KEEP], he[QE4_GS_ITER + 1][QE4_GS_KEEP];
+    int live[QE4_GS_KEEP], hl[QE4_GS_ITER + 1][QE4_GS_KEEP], n_rounds = QE4_GS_ITER + 1;
+    for (int k = 0; k < QE4_GS_LANES; k++)
+        cs[k] = s[rank[k < QE4_GS_KEEP ? k : 0]];
+    for (int k = 0; k < QE4_GS_KEEP; k++)
+        live[k] = 1;
+    for (int r = 0; r <= QE4_GS_ITER; r++) {
+        if (r < QE4_GS_ITER)
+            qe4_gs_pass(g, x, len, cs, ce, svv, sxv, QE4_GS_LANES, 1, lin);
+        else
+            qe4_gs_pass(g, x, len, cs, ce, NULL, NULL, QE4_GS_LANES, 0, lin);
+        int any = 0;
+        for (int k = 0; k < QE4_GS_KEEP; k++) {
+            hs[r][k] = cs[k];
+            he[r][k] = ce[k];
+            hl[r][k] = live[k];
+            if (r < QE4_GS_ITER && live[k]) {
+                float nw = (float)(sxv[k] / (svv[k] > 0 ? svv[k] : 1.0));
+                live[k] = svv[k] > 0 && isfinite(nw) && nw != 0.0f;
+                cs[k] = live[k] ? nw : cs[k];
+            }
+            any |= live[k];
+        }
+        if (!any) {
+            n_rounds = r + 1;
+            break;
+        }
+    }
+    for (int k = 0; k < QE4_GS_KEEP; k++) {
+        for (int r = 0; r < n_rounds; r++) {
+            if (hl[r][k] && he[r][k] < best_err) {
+                best = hs[r][k];
+                best_err = he[r][k];
+            }
+        }
+    }
+    return best;
+}
+
+/* The level values q [len] of one group's codes for scale s (qe4.grouped.group_codes, min 0). */
+QE4_INLINE void qe4_gs_codes(const qe4_grouped *g, const float *x, int len, float s, float *q,
+                             const int lin)
+{
+    float inv = 1.0f / s;
+    inv = (s != 0.0f && isfinite(inv)) ? inv : 0.0f;
+    for (int c0 = 0; c0 < len; c0 += 16) {
+        int n = len - c0 < 16 ? len - c0 : 16;
+        float tv[16], v[16];
+        for (int k = 0; k < 16; k++)
+            tv[k] = k < n ? x[c0 + k] * inv : 0.0f;
+        qe4_gs_values(g, tv, v, 16, lin);
+        for (int k = 0; k < n; k++)
+            q[c0 + k] = v[k];
+    }
+}
+
+/* Scale-only step 4 (qe4.grouped.local_search, mins="none"): each group's best move of
+ * SCALE_MOVES from sc0 under d (ties: the earlier); writes sc, the level values q [dim] and
+ * the group errors err [n_groups]. */
+QE4_INLINE void qe4_gs_local(const qe4_grouped *t, const float *x, float d, const int *sc0,
+                             int *sc, float *q, float *err, const int lin)
+{
+    const int lo = -(1 << (t->sub_bits - 1)), hi = (1 << (t->sub_bits - 1)) - 1;
+    for (int j = 0; j < t->n_groups; j++) {
+        int len = qe4_g_len(t, j), off = j * t->group;
+        int ma[QE4_GS_LANES];
+        float ls[QE4_GS_LANES], acc[QE4_GS_LANES];
+        for (int k = 0; k < QE4_GS_LANES; k++) {
+            int a = sc0[j] + qe4_gs_moves[k < 3 ? k : 0];
+            a = a < lo ? lo : (a > hi ? hi : a);
+            ma[k] = a;
+            ls[k] = d * (float)a;
+        }
+        qe4_gs_pass(t, x + off, len, ls, acc, NULL, NULL, QE4_GS_LANES, 0, lin);
+        int best = 0;
+        for (int k = 1; k < 3; k++)
+            best = acc[k] < acc[best] ? k : best;
+        sc[j] = ma[best];
+        err[j] = acc[best];
+        qe4_gs_codes(t, x + off, len, ls[best], q + off, lin);
+    }
+}
+
+/* The whole scale-only search of one row x [dim] and its bytes into row [row_bytes]
+ * (qe4.grouped.grouped_params and assemble, mins="none").  work: 3 * dim + 3 * n_groups
+ * floats, iwork: 3 * n_groups ints (qe4_grouped_work_floats and finish_row's iwork cover
+ * them). */
+QE4_INLINE int qe4_gs_row_impl(const qe4_grouped *t, const float *x, uint8_t *row, float *work,
+                               int *iwork, const int lin)
+{
+    const int G = t->n_groups, dim = t->dim;
+    const int lo = -(1 << (t->sub_bits - 1)), hi = (1 << (t->sub_bits - 1)) - 1;
+    float *q = work, *rq = work + dim, *err = work + 2 * dim, *rerr = err + G, *gs = rerr + G;
+    uint8_t *codes = (uint8_t *)(gs + G);
+    int *sc1 = iwork, *sc = iwork + G, *rsc = iwork + 2 * G;
+
+    /* step 1, then step 2: d = h(max |s_j| / hi), sc_j = clip(rint(s_j / d), lo, hi) */
+    float smx = 0.0f;
+    for (int j = 0; j < G; j++) {
+        gs[j] = qe4_gs_scale(t, x + j * t->group, qe4_g_len(t, j), lin);
+        smx = fabsf(gs[j]) > smx ? fabsf(gs[j]) : smx;
+    }
+    float d = qe4_h16(smx / (float)hi);
+    for (int j = 0; j < G; j++) {
+        float a = d > 0.0f ? rintf(gs[j] / d) : 0.0f;
+        a = a < (float)lo ? (float)lo : (a > (float)hi ? (float)hi : a);
+        sc1[j] = (int)a;
+    }
+    /* step 4, step 5: the least-squares d of x ~ d * (sc_j * v), float64 sums in column order,
+     * and step 4 again from it; kept only if the row's error is lower */
+    qe4_gs_local(t, x, d, sc1, sc, q, err, lin);
+    float row_err = qe4_g_row_error(err, G);
+    double s_uu = 0, s_yu = 0;
+    for (int c = 0; c < dim; c++) {
+        double u = (double)sc[c / t->group] * (double)q[c];
+        s_uu = s_uu + u * u;
+        s_yu = s_yu + (double)x[c] * u;
+    }
+    if (s_uu > 0) {
+        float rd = qe4_h16((float)(s_yu / s_uu));
+        if (isfinite(rd) && rd > 0.0f) {
+            qe4_gs_local(t, x, rd, sc, rsc, rq, rerr, lin);
+            if (qe4_g_row_error(rerr, G) < row_err) {
+                d = rd;
+                memcpy(sc, rsc, (size_t)G * sizeof(int));
+                q = rq;
+            }
+        }
+    }
+    /* the row's bytes */
+    const int h = 1 << (t->bits - 1), mask = (1 << t->sub_bits) - 1;
+    for (int c = 0; c < dim; c++)
+        codes[c] = (uint8_t)(lin ? (int)q[c] + h : qe4_g_level_code(t, q[c]));
+    qe4_g_pack(row, t->code_bytes, codes, dim, t->bits);
+    for (int j = 0; j < G; j++)
+        codes[j] = (uint8_t)(sc[j] & mask);
+    qe4_g_pack(row + t->code_bytes, t->sub_bytes, codes, G, t->sub_bits);
+    uint16_t hd = qe4_float_to_half(d);
+    memcpy(row + t->code_bytes + t->sub_bytes, &hd, 2);
+    return 0;
+}
+
+/* One function per table kind: the uniform signed table by arithmetic, or t's table. */
+QE4_INLINE int qe4_gs_row_lin(const qe4_grouped *t, const float *x, uint8_t *row, float *work,
+                              int *iwork)
+{
+    return qe4_gs_row_impl(t, x, row, work, iwork, 1);
+}
+
+QE4_INLINE int qe4_gs_row_lev(const qe4_grouped *t, const float *x, uint8_t *row, float *work,
+                              int *iwork)
+{
+    return qe4_gs_row_impl(t, x, row, work, iwork, 0);
+}
+
+QE4_PER_LEVEL(int, qe4_gs_row_lin,
+              (const qe4_grouped *t, const float *x, uint8_t *row, float *work, int *iwork),
+              (t, x, row, work, iwork));
+QE4_PER_LEVEL(int, qe4_gs_row_lev,
+              (const qe4_grouped *t, const float *x, uint8_t *row, float *work, int *iwork),
+              (t, x, row, work, iwork));
+
+/* The scale-only search of row x into row at SIMD level `simd` (checked by the caller). */
+static void qe4_grouped_scale_row(const qe4_grouped *t, const float *x, uint8_t *row,
+                                  float *work, int *iwork, int simd)
+{
+    if (t->lin)
+        qe4_gs_row_lin_at[simd](t, x, row, work, iwork);
+    else
+        qe4_gs_row_lev_at[simd](t, x, row, work, iwork);
+}
+
 /* --------------------------------------------------------------------------- lookups */
 
-/* Group j's (scale, min) of a stored row. */
+/* Group j's (scale, min) of a stored row (scale-only rows: d * sc_j, sc_j sign-extended,
+ * and min +0). */
 QE4_INLINE void qe4_g_params(const qe4_grouped *t, const uint8_t *row, int j, float d, float m,
                              int signed_mins, float *scale, float *low)
 {
     const uint8_t *subs = row + t->code_bytes;
+    if (t->mins == QE4_G_MINS_NONE) {
+        int sc = (int)qe4_unpack_code(subs, t->sub_bits, j);
+        if (sc >= (1 << (t->sub_bits - 1)))
+            sc -= 1 << t->sub_bits;
+        *scale = d * (float)sc;
+        *low = 0.0f;
+        return;
+    }
     int mn = (int)qe4_unpack_code(subs, t->sub_bits, 2 * (int64_t)j + 1);
     if (signed_mins && mn >= (1 << (t->sub_bits - 1)))
         mn -= 1 << t->sub_bits;
@@ -379,10 +694,16 @@ QE4_INLINE void qe4_g_params(const qe4_grouped *t, const uint8_t *row, int j, fl
     *low = m * (float)mn;
 }
 
-/* The row's |d| and m, and whether its sub-mins are signed (the sign bit of d). */
+/* The row's |d| and m, and whether its sub-mins are signed (the sign bit of d); scale-only
+ * rows: d as stored, m = 0, not signed. */
 QE4_INLINE int qe4_g_super(const qe4_grouped *t, const uint8_t *row, float *d, float *m)
 {
     const uint8_t *tail = row + t->code_bytes + t->sub_bytes;
+    if (t->mins == QE4_G_MINS_NONE) {
+        *d = qe4_load_f16(tail);
+        *m = 0.0f;
+        return 0;
+    }
     uint16_t hd;
     memcpy(&hd, tail, 2);
     *d = qe4_half_to_float((uint16_t)(hd & 0x7fffu));
