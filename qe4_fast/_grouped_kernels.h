@@ -392,19 +392,23 @@ static const int qe4_gs_moves[3] = {0, -1, 1};
 /* v[k] = lev[level_codes(tv[k])] for the L lanes of tv (qe4.mse.level_codes: lev[the number
  * of midpoints tv exceeds]).  lin (the uniform signed table, lev[q] = q - h, h = 2**(bits-1)):
  * by arithmetic, exactly that count: tv clipped to [-h, h] (beyond the outer midpoints either
- * way), r = rint of it (r is the count or one more, at a tie), clipped to h - 1, one step down
- * when tv does not exceed the midpoint r - 0.5 below r.  Else the chain of selects. */
+ * way), r = rint of it (lev[the count] or the level above it, at a tie), clipped to h - 1,
+ * one step down when tv does not exceed the midpoint r - 0.5 below r (never at r = -h: tv is
+ * >= -h there).  Else the chain of selects.  Both are selects without branches (they
+ * vectorize across the lanes). */
 QE4_INLINE void qe4_gs_values(const qe4_grouped *g, const float *tv, float *v, const int L,
                               const int lin)
 {
     if (lin) {
         const float h = (float)(1 << (g->bits - 1));
+#pragma GCC unroll 1 /* a loop: the one vectorized */
         for (int k = 0; k < L; k++) {
             float tc = tv[k] < -h ? -h : tv[k];
             tc = tc > h ? h : tc;
             float r = (tc + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
             r = r > h - 1.0f ? h - 1.0f : r;
-            v[k] = (r > -h && !(tc > r - 0.5f)) ? r - 1.0f : r;
+            int up = tc > r - 0.5f; /* this form (not a float select) GCC 12 vectorizes */
+            v[k] = r - (float)(1 - up);
         }
         return;
     }
@@ -439,14 +443,17 @@ QE4_INLINE void qe4_gs_pass(const qe4_grouped *g, const float *x, int len, const
     }
     for (int c = 0; c < len; c++) {
         float xc = x[c], tv[QE4_GS_SCAN], v[QE4_GS_SCAN];
+#pragma GCC unroll 1 /* a loop: the one vectorized */
         for (int k = 0; k < L; k++)
             tv[k] = xc * inv[k];
         qe4_gs_values(g, tv, v, L, lin);
+#pragma GCC unroll 1 /* a loop: the one vectorized */
         for (int k = 0; k < L; k++) {
             float e = xc - s[k] * v[k];
             acc[k] = acc[k] + e * e;
         }
         if (sums) {
+#pragma GCC unroll 1 /* a loop: the one vectorized */
             for (int k = 0; k < L; k++) {
                 a2[k] = a2[k] + (double)v[k] * (double)v[k];
                 ax[k] = ax[k] + (double)xc * (double)v[k];
