@@ -380,12 +380,12 @@ static void qe4_grouped_finish_row(const qe4_grouped *t, const float *x, const f
  * the sub-scales two's complement, no min; group j reads back as fma(f32(d) * sc_j, lev[q], 0)
  * on t's signed level table (always set: "uniform" is lev[q] = q - 2**(bits - 1), t->lin).
  * qe4_grouped_scale_row runs the whole search of one row: step 1 per group (the scan's
- * QE4_GS_SCAN scales in lanes, then the QE4_GS_KEEP chains of least-squares rounds in lanes),
- * steps 2 to 5 (the moves of SCALE_MOVES in lanes), and writes the row's bytes. */
+ * QE4_GS_SCAN scales in lanes, then the QE4_GS_KEEP chains of least-squares rounds, a scale
+ * at a time with the values in lanes), steps 2 to 5 (the moves of SCALE_MOVES, the same way),
+ * and writes the row's bytes. */
 #define QE4_GS_SCAN 32 /* qe4.grouped.SCALE_SCAN's 16 factors at each end of the table */
 #define QE4_GS_KEEP 3  /* SCALE_KEEP */
 #define QE4_GS_ITER 3  /* SCALE_ITER */
-#define QE4_GS_LANES 4 /* lanes of the chains (3) and of the moves (3); the others repeat lane 0 */
 
 static const int qe4_gs_moves[3] = {0, -1, 1};
 
@@ -422,24 +422,26 @@ QE4_INLINE void qe4_gs_values(const qe4_grouped *g, const float *tv, float *v, c
     }
 }
 
-/* L scales s of one group x [len] (L <= QE4_GS_SCAN): the float32 losses
- * err[k] = sum (x - fma(s[k], v, 0))**2 in column order, v = lev[level_codes(x * inv_k)],
- * inv_k = f32(1 / s[k]) (0 when s[k] is 0 or that is not finite), and with the constant `sums`
- * the float64 sums svv[k] = sum v * v, sxv[k] = sum x * v (qe4.grouped.scale_pass; also the
- * local search's group_codes and group_errors with min 0, where x - 0 is x).  s * v is
- * fma(s, v, 0) up to the sign of a zero, which e * e drops. */
-QE4_INLINE void qe4_gs_pass(const qe4_grouped *g, const float *x, int len, const float *s,
-                            float *err, double *svv, double *sxv, const int L, const int sums,
-                            const int lin)
+/* The reciprocal a scale's codes are found with: f32(1 / s), 0 when s is 0 or that is not
+ * finite (qe4.grouped.scale_pass, group_codes: negative scales quantize too). */
+QE4_INLINE float qe4_gs_inv(float s)
 {
+    float iv = 1.0f / s;
+    return (s != 0.0f && isfinite(iv)) ? iv : 0.0f;
+}
+
+/* The scan's QE4_GS_SCAN scales s of one group x [len], in lanes: the float32 losses
+ * err[k] = sum (x - fma(s[k], v, 0))**2 in column order, v = lev[level_codes(x * inv_k)]
+ * (qe4.grouped.scale_pass without sums).  s * v is fma(s, v, 0) up to the sign of a zero,
+ * which e * e drops. */
+QE4_INLINE void qe4_gs_scan(const qe4_grouped *g, const float *x, int len, const float *s,
+                            float *err, const int lin)
+{
+    const int L = QE4_GS_SCAN;
     float inv[QE4_GS_SCAN], acc[QE4_GS_SCAN];
-    double a2[QE4_GS_SCAN], ax[QE4_GS_SCAN];
     for (int k = 0; k < L; k++) {
-        float iv = 1.0f / s[k];
-        inv[k] = (s[k] != 0.0f && isfinite(iv)) ? iv : 0.0f;
+        inv[k] = qe4_gs_inv(s[k]);
         acc[k] = 0.0f;
-        a2[k] = 0.0;
-        ax[k] = 0.0;
     }
     for (int c = 0; c < len; c++) {
         float xc = x[c], tv[QE4_GS_SCAN], v[QE4_GS_SCAN];
@@ -452,21 +454,55 @@ QE4_INLINE void qe4_gs_pass(const qe4_grouped *g, const float *x, int len, const
             float e = xc - s[k] * v[k];
             acc[k] = acc[k] + e * e;
         }
+    }
+    for (int k = 0; k < L; k++)
+        err[k] = acc[k];
+}
+
+/* One scale s of one group x [len], the values 16 at a time in lanes and every sum in column
+ * order: returns the float32 loss sum (x - fma(s, v, 0))**2 (each lane the same operations as
+ * qe4_gs_scan's), and with the constant `sums` the float64 sums *svv = sum v * v,
+ * *sxv = sum x * v (qe4.grouped.scale_pass; also group_codes and group_errors with min 0,
+ * where x - 0 is x); with q (not NULL) the level values v into q [len]. */
+QE4_INLINE float qe4_gs_pass1(const qe4_grouped *g, const float *x, int len, float s,
+                              double *svv, double *sxv, float *q, const int sums, const int lin)
+{
+    const float inv = qe4_gs_inv(s);
+    float err = 0.0f;
+    double a2 = 0.0, ax = 0.0;
+    for (int c0 = 0; c0 < len; c0 += 16) {
+        int n = len - c0 < 16 ? len - c0 : 16;
+        float xb[16], tv[16], v[16], e2[16];
+        double p2[16], px[16];
+        for (int k = 0; k < 16; k++)
+            xb[k] = k < n ? x[c0 + k] : 0.0f;
+        for (int k = 0; k < 16; k++)
+            tv[k] = xb[k] * inv;
+        qe4_gs_values(g, tv, v, 16, lin);
+        for (int k = 0; k < 16; k++) {
+            float e = xb[k] - s * v[k];
+            e2[k] = e * e;
+        }
+        for (int k = 0; k < n; k++)
+            err = err + e2[k];
         if (sums) {
-#pragma GCC unroll 1 /* a loop: the one vectorized */
-            for (int k = 0; k < L; k++) {
-                a2[k] = a2[k] + (double)v[k] * (double)v[k];
-                ax[k] = ax[k] + (double)xc * (double)v[k];
+            for (int k = 0; k < 16; k++) {
+                p2[k] = (double)v[k] * (double)v[k];
+                px[k] = (double)xb[k] * (double)v[k];
+            }
+            for (int k = 0; k < n; k++) {
+                a2 = a2 + p2[k];
+                ax = ax + px[k];
             }
         }
+        if (q != NULL)
+            memcpy(q + c0, v, (size_t)n * sizeof(float));
     }
-    for (int k = 0; k < L; k++) {
-        err[k] = acc[k];
-        if (sums) {
-            svv[k] = a2[k];
-            sxv[k] = ax[k];
-        }
+    if (sums) {
+        *svv = a2;
+        *sxv = ax;
     }
+    return err;
 }
 
 /* Scale-only step 1 of one group x [len] (qe4.grouped.scale_params of one row): the scan, the
@@ -489,7 +525,7 @@ QE4_INLINE float qe4_gs_scale(const qe4_grouped *g, const float *x, int len, con
         for (int k = 0; k < QE4_GS_SCAN / 2; k++)
             s[e * (QE4_GS_SCAN / 2) + k] = base * ((float)(40 - k) / 32.0f);
     }
-    qe4_gs_pass(g, x, len, s, err, NULL, NULL, QE4_GS_SCAN, 0, lin);
+    qe4_gs_scan(g, x, len, s, err, lin);
     int rank[QE4_GS_KEEP], n_rank = 0;
     for (int i = 0; i < QE4_GS_SCAN; i++) { /* insertion after every kept one of error <= */
         int p = n_rank;
@@ -503,63 +539,25 @@ QE4_INLINE float qe4_gs_scale(const qe4_grouped *g, const float *x, int len, con
         n_rank += n_rank < QE4_GS_KEEP;
     }
     float best = s[rank[0]], best_err = err[rank[0]];
-    /* the chains in lanes, round by round; hs, he, hl: each round's scale, error, liveness */
-    float cs[QE4_GS_LANES], ce[QE4_GS_LANES];
-    double svv[QE4_GS_LANES], sxv[QE4_GS_LANES];
-    float hs[QE4_GS_ITER + 1][QE4_GS_KEEP], he[QE4_GS_ITER + 1][QE4_GS_KEEP];
-    int live[QE4_GS_KEEP], hl[QE4_GS_ITER + 1][QE4_GS_KEEP], n_rounds = QE4_GS_ITER + 1;
-    for (int k = 0; k < QE4_GS_LANES; k++)
-        cs[k] = s[rank[k < QE4_GS_KEEP ? k : 0]];
-    for (int k = 0; k < QE4_GS_KEEP; k++)
-        live[k] = 1;
-    for (int r = 0; r <= QE4_GS_ITER; r++) {
-        if (r < QE4_GS_ITER)
-            qe4_gs_pass(g, x, len, cs, ce, svv, sxv, QE4_GS_LANES, 1, lin);
-        else
-            qe4_gs_pass(g, x, len, cs, ce, NULL, NULL, QE4_GS_LANES, 0, lin);
-        int any = 0;
-        for (int k = 0; k < QE4_GS_KEEP; k++) {
-            hs[r][k] = cs[k];
-            he[r][k] = ce[k];
-            hl[r][k] = live[k];
-            if (r < QE4_GS_ITER && live[k]) {
-                float nw = (float)(sxv[k] / (svv[k] > 0 ? svv[k] : 1.0));
-                live[k] = svv[k] > 0 && isfinite(nw) && nw != 0.0f;
-                cs[k] = live[k] ? nw : cs[k];
+    for (int k = 0; k < QE4_GS_KEEP; k++) { /* the chains, in the reference's order */
+        float scale = s[rank[k]];
+        for (int r = 0; r <= QE4_GS_ITER; r++) {
+            double svv = 0.0, sxv = 0.0;
+            float e = r < QE4_GS_ITER ? qe4_gs_pass1(g, x, len, scale, &svv, &sxv, NULL, 1, lin)
+                                      : qe4_gs_pass1(g, x, len, scale, NULL, NULL, NULL, 0, lin);
+            if (e < best_err) {
+                best = scale;
+                best_err = e;
             }
-            any |= live[k];
-        }
-        if (!any) {
-            n_rounds = r + 1;
-            break;
-        }
-    }
-    for (int k = 0; k < QE4_GS_KEEP; k++) {
-        for (int r = 0; r < n_rounds; r++) {
-            if (hl[r][k] && he[r][k] < best_err) {
-                best = hs[r][k];
-                best_err = he[r][k];
-            }
+            if (r == QE4_GS_ITER)
+                break;
+            float nw = (float)(sxv / (svv > 0 ? svv : 1.0));
+            if (!(svv > 0 && isfinite(nw) && nw != 0.0f))
+                break; /* refused: the chain ends */
+            scale = nw;
         }
     }
     return best;
-}
-
-/* The level values q [len] of one group's codes for scale s (qe4.grouped.group_codes, min 0). */
-QE4_INLINE void qe4_gs_codes(const qe4_grouped *g, const float *x, int len, float s, float *q,
-                             const int lin)
-{
-    float inv = 1.0f / s;
-    inv = (s != 0.0f && isfinite(inv)) ? inv : 0.0f;
-    for (int c0 = 0; c0 < len; c0 += 16) {
-        int n = len - c0 < 16 ? len - c0 : 16;
-        float tv[16], v[16];
-        for (int k = 0; k < 16; k++)
-            tv[k] = k < n ? x[c0 + k] * inv : 0.0f;
-        qe4_gs_values(g, tv, v, 16, lin);
-        for (int k = 0; k < n; k++)
-            q[c0 + k] = v[k];
-    }
 }
 
 /* Scale-only step 4 (qe4.grouped.local_search, mins="none"): each group's best move of
@@ -571,21 +569,20 @@ QE4_INLINE void qe4_gs_local(const qe4_grouped *t, const float *x, float d, cons
     const int lo = -(1 << (t->sub_bits - 1)), hi = (1 << (t->sub_bits - 1)) - 1;
     for (int j = 0; j < t->n_groups; j++) {
         int len = qe4_g_len(t, j), off = j * t->group;
-        int ma[QE4_GS_LANES];
-        float ls[QE4_GS_LANES], acc[QE4_GS_LANES];
-        for (int k = 0; k < QE4_GS_LANES; k++) {
-            int a = sc0[j] + qe4_gs_moves[k < 3 ? k : 0];
+        int best_sc = 0;
+        float best_err = 0.0f;
+        for (int k = 0; k < 3; k++) {
+            int a = sc0[j] + qe4_gs_moves[k];
             a = a < lo ? lo : (a > hi ? hi : a);
-            ma[k] = a;
-            ls[k] = d * (float)a;
+            float e = qe4_gs_pass1(t, x + off, len, d * (float)a, NULL, NULL, NULL, 0, lin);
+            if (k == 0 || e < best_err) {
+                best_sc = a;
+                best_err = e;
+            }
         }
-        qe4_gs_pass(t, x + off, len, ls, acc, NULL, NULL, QE4_GS_LANES, 0, lin);
-        int best = 0;
-        for (int k = 1; k < 3; k++)
-            best = acc[k] < acc[best] ? k : best;
-        sc[j] = ma[best];
-        err[j] = acc[best];
-        qe4_gs_codes(t, x + off, len, ls[best], q + off, lin);
+        sc[j] = best_sc;
+        err[j] = best_err;
+        qe4_gs_pass1(t, x + off, len, d * (float)best_sc, NULL, NULL, q + off, 0, lin);
     }
 }
 
