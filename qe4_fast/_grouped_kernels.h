@@ -554,6 +554,8 @@ QE4_INLINE float qe4_gs_scale(const qe4_grouped *g, const float *x, int len, con
             float nw = (float)(sxv / (svv > 0 ? svv : 1.0));
             if (!(svv > 0 && isfinite(nw) && nw != 0.0f))
                 break; /* refused: the chain ends */
+            if (nw == scale)
+                break; /* a fixed point: every later round repeats this one (no error below) */
             scale = nw;
         }
     }
@@ -574,6 +576,8 @@ QE4_INLINE void qe4_gs_local(const qe4_grouped *t, const float *x, float d, cons
         for (int k = 0; k < 3; k++) {
             int a = sc0[j] + qe4_gs_moves[k];
             a = a < lo ? lo : (a > hi ? hi : a);
+            if (k > 0 && a == sc0[j])
+                continue; /* clipped onto move 0 (sc0 is in range): the same error, not lower */
             float e = qe4_gs_pass1(t, x + off, len, d * (float)a, NULL, NULL, NULL, 0, lin);
             if (k == 0 || e < best_err) {
                 best_sc = a;
