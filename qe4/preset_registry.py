@@ -124,6 +124,10 @@ _ENTRIES = (
     Preset("nls-4-16", "grouped", 4, "nls-4 with groups of 16: 4.4375 bits per element at dim "
            "256; the lowest error per bit at 4 bits",
            options=(("group", 16), ("sub_bits", 6), ("levels", "nl"), ("mins", "none"))),
+    Preset("nls-5", "grouped", 5, "5-bit codes on qe4's signed non-uniform levels, a 6-bit "
+           "signed sub-scale per 16 values: 5.4375 bits per element at dim 256 (under GGUF "
+           "Q5_K's 5.5)",
+           options=(("group", 16), ("sub_bits", 6), ("levels", "nl"), ("mins", "none"))),
     Preset("nls-6", "grouped", 6, "6-bit codes on qe4's signed non-uniform levels, an 8-bit "
            "signed sub-scale per 16 values: 6.5625 bits per element at dim 256 (GGUF Q6_K's "
            "layout and rate)",
