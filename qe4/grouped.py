@@ -101,6 +101,34 @@ neighbours:
   tables between rows; the level table is learned once, costs no bytes, and only its
   scale and min are per group.
 
+**Scale-only groups** (``mins="none"``; the default ``"group"`` is all of the above).  No
+sub-mins and no super-min are stored: a row is ``[codes][sc_0 .. sc_{n_groups-1}][d]``, the
+sub-scales in two's complement (``sub_bits`` each, one bit stream) under the float16
+``d >= 0``, and a code reads back as ``fma(scale_j, level[q], 0)`` (``min_j = +0``, so every
+lookup is the one above) on a *signed* level table, :data:`qe4.layouts.SIGNED_LEVELS`:
+``level[q] = q - 2**(bits - 1)`` for ``levels="uniform"`` (GGUF's Q4_0 grid), or qe4's
+asymmetric ``"nl"`` table, whose negative end is the long one.  A negative sub-scale mirrors
+the table, so each group puts the long end on the side of its largest value: that is what
+GGUF's IQ4_NL does with the sign of its float16 scale, and what makes an asymmetric table pay
+(a symmetric table has no zero level; fitted symmetric, it was 10% worse).  The search:
+
+1. each group's float32 scale of least error, :func:`scale_params`: a scan of
+   :data:`SCALE_SCAN` factors of the two anchor scales that put the group's largest value on
+   either end of the table, then least squares on the codes (``s = sum x v / sum v v``);
+2. ``d = h(max_j |s_j| / hi)`` and ``sc_j = clip(rint(s_j / d), -hi - 1, hi)`` with
+   ``hi = 2**(sub_bits - 1) - 1`` (:func:`super_scale`);
+3. codes as above (``inv_j`` kept for any non-zero finite scale, negative ones too);
+4. local search of :data:`SCALE_MOVES` (the sub-scale alone);
+5. the least-squares refit of ``d`` alone (:func:`refit_scale`), then step 4 again; kept
+   only if the row's error is lower.  There is one mode (no sub-mins, no sign bit to spend).
+
+It costs ``sub_bits`` bits per group instead of ``2 * sub_bits`` and 2 bytes per row instead
+of 4: with 6-bit sub-scales per 32 values, 4.25 bits per value at dim 256 (GGUF's IQ4_XS
+layout) and 4.5 at dim 64 (IQ4_NL's).  Measured on N(0, 1) (``bench/bench_frontier.py``,
+:data:`qe4.presets` ``nls-*``): at those two rungs the nl table's error is 0.94x llama.cpp's
+searched IQ4_XS and IQ4_NL figures; fitting the table (``bench/fit_levels.py --mins none``) took
+step 1's floor from the uniform grid's 0.00657 to 0.00529 at 4 bits.
+
 Errors are ``sum (x - fma(scale_j, q, min_j))**2`` accumulated in float32 in column
 order within each group; a row's error is the float32 sum of its groups' errors in
 group order.  Measured (``bench/bench_grouped.py``) against a dense search of each

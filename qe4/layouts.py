@@ -663,7 +663,24 @@ LEVELS: dict[str, dict[int, tuple[float, ...]] | None] = {
 #: groups of 32 values by ``bench/fit_levels.py --mins none``.
 SIGNED_LEVELS: dict[str, dict[int, tuple[float, ...]] | None] = {
     "uniform": None,
-    "nl": {},   # filled below from the fit
+    "nl": {
+        2: _in_1024ths(-2048, -719, 285, 1404),
+        3: _in_1024ths(-4096, -2580, -1530, -658, 147, 958, 1879, 3140),
+        4: _in_1024ths(-8192, -6406, -5048, -3984, -3062, -2211, -1408, -635, 106, 826, 1547,
+                       2324, 3194, 4167, 5321, 6801),
+        5: _in_1024ths(-16384, -14056, -12690, -11425, -10361, -9409, -8505, -7622,
+                       -6739, -5866, -5006, -4146, -3258, -2372, -1499, -640, 201,
+                       1022, 1825, 2602, 3395, 4207, 5049, 5902, 6773, 7666, 8591,
+                       9560, 10625, 11784, 13135, 14900),
+        6: _in_1024ths(-32768, -31733, -30549, -28937, -27492, -26275, -25152,
+                       -24133, -23152, -22170, -21199, -20233, -19277, -18325,
+                       -17356, -16378, -15434, -14458, -13483, -12516, -11549,
+                       -10578, -9595, -8611, -7638, -6647, -5645, -4632, -3614,
+                       -2640, -1668, -710, 240, 1182, 2127, 3048, 3949, 4844, 5764,
+                       6671, 7599, 8548, 9502, 10445, 11421, 12388, 13350, 14307,
+                       15245, 16188, 17150, 18102, 19085, 20084, 21152, 22189,
+                       23211, 24212, 25245, 26331, 27429, 28692, 29924, 30991),
+    },
 }
 
 
@@ -712,7 +729,10 @@ class GroupedLayout(Layout):
     options), so the row size needs them; ``params["levels"]`` names what the codes mean
     (:data:`LEVELS`; the bytes are the same for every table).  The floats are always float16.  With
     bits=4, group=32, sub_bits=6 and dim a multiple of 256 a row costs 4.5 bits per value,
-    as GGUF's Q4_K.  Reconstruction: :mod:`qe4.grouped`.
+    as GGUF's Q4_K.  With ``params["mins"] == "none"`` (scale-only groups) the rows are
+    ``[codes][sc][d]``: ``n_groups`` two's complement sub-scales and no ``m``; with
+    sub_bits=6, group=32 and dim a multiple of 256, 4.25 bits per value, as GGUF's IQ4_XS.
+    Reconstruction: :mod:`qe4.grouped`.
     """
     name = "grouped"
     code = 4
