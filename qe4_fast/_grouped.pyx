@@ -84,7 +84,7 @@ cdef qe4_grouped _table(const uint8_t[:, ::1] data, int dim, int bits, int group
 ctypedef struct finish_job:
     qe4_grouped t
     const float *x
-    const float *gscale
+    const float *gscale    # NULL: scale-only rows (qe4_grouped_scale_row: the whole search)
     const float *glow
     uint8_t *out
     int64_t n_rows, n_chunks
@@ -105,12 +105,36 @@ def finish_rows(const float[:, ::1] x,            # IN  [n_rows, dim], validated
     check(qe4_check_simd(simd), "qe4_fast._grouped.finish_rows", None, -1, bits, -1, simd)
     cdef finish_job j
     j.t = _table(out, x.shape[1], bits, group, sub_bits, "group", levels)
+    if x.shape[0] > 0:
+        j.gscale = &gscale[0, 0]
+        j.glow = &glow[0, 0]
+    _run_rows(&j, x, out, n_threads, simd)
+
+
+def scale_rows(const float[:, ::1] x,            # IN  [n_rows, dim], validated
+               int bits, int group, int sub_bits,
+               const float[::1] levels,          # IN  [2**bits] signed level table
+               uint8_t[:, ::1] out,              # OUT [n_rows, row_bytes]
+               int n_threads, int simd):
+    """The whole search of qe4.grouped.grouped_params with mins="none" (scale-only groups:
+    step 1 per group, steps 2 to 5) and the rows' bytes."""
+    check(qe4_check_simd(simd), "qe4_fast._grouped.scale_rows", None, -1, bits, -1, simd)
+    cdef finish_job j
+    j.t = _table(out, x.shape[1], bits, group, sub_bits, "none", levels)
+    j.gscale = NULL
+    j.glow = NULL
+    _run_rows(&j, x, out, n_threads, simd)
+
+
+cdef _run_rows(finish_job *j, const float[:, ::1] x, uint8_t[:, ::1] out, int n_threads,
+               int simd):
+    """Run the rows of job j (its table and step 1's arrays set) on the pool, each worker with
+    its own scratch (qe4_grouped_work_floats floats and 10 * n_groups ints: enough for either
+    kind of row)."""
     j.n_rows = x.shape[0]
     if j.n_rows == 0:
         return
     j.x = &x[0, 0]
-    j.gscale = &gscale[0, 0]
-    j.glow = &glow[0, 0]
     j.out = &out[0, 0]
     j.simd = simd
     j.work_floats = qe4_grouped_work_floats(j.t.dim, j.t.n_groups)
@@ -123,7 +147,7 @@ def finish_rows(const float[:, ::1] x,            # IN  [n_rows, dim], validated
         raise MemoryError()
     try:
         with nogil:
-            par_run(j.n_chunks, n_threads, _finish_chunk, &j)
+            par_run(j.n_chunks, n_threads, _finish_chunk, j)
     finally:
         free(j.work)
         free(j.iwork)
@@ -133,64 +157,16 @@ cdef void _finish_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
     cdef finish_job *j = <finish_job *>ctx
     cdef int64_t r
     cdef int G = j.t.n_groups
+    cdef float *work = j.work + worker * j.work_floats
+    cdef int *iwork = j.iwork + worker * 10 * G
     for r in range(qe4_chunk_start(j.n_rows, j.n_chunks, c),
                    qe4_chunk_start(j.n_rows, j.n_chunks, c + 1)):
-        qe4_grouped_finish_row(&j.t, j.x + r * j.t.dim, j.gscale + r * G, j.glow + r * G,
-                               j.out + r * j.t.row_bytes, j.work + worker * j.work_floats,
-                               j.iwork + worker * 10 * G, j.simd)
-
-
-ctypedef struct scale_job:
-    qe4_grouped t
-    const float *x
-    uint8_t *out
-    int64_t n_rows, n_chunks
-    size_t work_floats
-    float *work
-    int *iwork
-    int simd
-
-
-def scale_rows(const float[:, ::1] x,            # IN  [n_rows, dim], validated
-               int bits, int group, int sub_bits,
-               const float[::1] levels,          # IN  [2**bits] signed level table
-               uint8_t[:, ::1] out,              # OUT [n_rows, row_bytes]
-               int n_threads, int simd):
-    """The whole search of qe4.grouped.grouped_params with mins="none" (scale-only groups:
-    step 1 per group, steps 2 to 5) and the rows' bytes."""
-    check(qe4_check_simd(simd), "qe4_fast._grouped.scale_rows", None, -1, bits, -1, simd)
-    cdef scale_job j
-    j.t = _table(out, x.shape[1], bits, group, sub_bits, "none", levels)
-    j.n_rows = x.shape[0]
-    if j.n_rows == 0:
-        return
-    j.x = &x[0, 0]
-    j.out = &out[0, 0]
-    j.simd = simd
-    j.work_floats = qe4_grouped_work_floats(j.t.dim, j.t.n_groups)
-    j.n_chunks = qe4_n_chunks(j.n_rows, n_threads)
-    j.work = <float *>malloc(n_threads * j.work_floats * sizeof(float))
-    j.iwork = <int *>malloc(n_threads * 3 * j.t.n_groups * sizeof(int))
-    if j.work == NULL or j.iwork == NULL:
-        free(j.work)
-        free(j.iwork)
-        raise MemoryError()
-    try:
-        with nogil:
-            par_run(j.n_chunks, n_threads, _scale_chunk, &j)
-    finally:
-        free(j.work)
-        free(j.iwork)
-
-
-cdef void _scale_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
-    cdef scale_job *j = <scale_job *>ctx
-    cdef int64_t r
-    for r in range(qe4_chunk_start(j.n_rows, j.n_chunks, c),
-                   qe4_chunk_start(j.n_rows, j.n_chunks, c + 1)):
-        qe4_grouped_scale_row(&j.t, j.x + r * j.t.dim, j.out + r * j.t.row_bytes,
-                              j.work + worker * j.work_floats, j.iwork + worker * 3 * j.t.n_groups,
-                              j.simd)
+        if j.gscale == NULL:
+            qe4_grouped_scale_row(&j.t, j.x + r * j.t.dim, j.out + r * j.t.row_bytes, work,
+                                  iwork, j.simd)
+        else:
+            qe4_grouped_finish_row(&j.t, j.x + r * j.t.dim, j.gscale + r * G, j.glow + r * G,
+                                   j.out + r * j.t.row_bytes, work, iwork, j.simd)
 
 
 # ----------------------------------------------------------------------------- lookups

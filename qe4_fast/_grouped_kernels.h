@@ -8,6 +8,9 @@
  * - qe4_grouped_finish_row: steps 2 to 5 of the search (super-parameters, codes, local search,
  *   least-squares refit) and the row's bytes, from step 1's per-group float32 (scale, min)
  *   (qe4.mse.mse_params, computed by the compiled mse kernel);
+ * - qe4_grouped_scale_row: the whole search of a scale-only row (params["mins"] == "none":
+ *   [codes][sc_j, two's complement][d], read back as fma(f32(d) * sc_j, lev[q], 0) on a signed
+ *   level table; qe4.grouped.scale_params and search_scales), step 1 included;
  * - qe4_grouped_row_values / qe4_grouped_bag: dequantized rows and pooled bags (sum, mean,
  *   weights), a portable path and an AVX2 path (4- and 8-bit codes in groups of a multiple
  *   of 8) with the same IEEE operations per element.
@@ -16,6 +19,7 @@
  * The table paths are separate instances of the same functions (a constant `use_lev` argument
  * of always-inline bodies, or their own lookup loops), chosen once per row or bag, so the
  * uniform loops carry no extra branch.
+ * Lookups decode either kind of row in qe4_g_super and qe4_g_params only (t->mins).
  * Every function takes validated buffers; none fails.
  */
 #ifndef QE4_GROUPED_KERNELS_H

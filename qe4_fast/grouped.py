@@ -3,7 +3,8 @@
 Quantizing runs step 1 of the search (each group's float32 least-squares range) with the
 compiled ``"mse"`` kernel (:func:`qe4_fast.mse.mse_params`, byte-identical to
 :func:`qe4.mse.mse_params`) and steps 2 to 5 plus the row bytes in
-``qe4_fast/_grouped_kernels.h``.  Lookups read the packed rows directly.  A table's level
+``qe4_fast/_grouped_kernels.h``; scale-only groups (``mins="none"``) run their whole search,
+step 1 included (:func:`qe4.grouped.scale_params`), in that header, row by row.  Lookups read the packed rows directly.  A table's level
 table (``params["levels"]``, :func:`qe4.layouts.level_table`; None for uniform levels) is
 passed to every kernel, the search's and the lookups'.
 """
