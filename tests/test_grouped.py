@@ -271,13 +271,15 @@ def test_levels_read_back_through_the_table(same_bytes):
 
 
 def test_a_file_written_before_levels_reads_as_uniform(same_bytes):
-    """tests/golden/grouped-4bit-before-levels.qe4 has no "levels" in its params: it loads,
-    reads as uniform levels and holds the rows of today's uniform file."""
+    """tests/golden/grouped-4bit-before-levels.qe4 has no "levels" (nor "mins") in its params:
+    it loads, reads as uniform levels with a sub-min per group and holds the rows of today's
+    uniform file."""
     import os
     golden = os.path.join(os.path.dirname(__file__), "golden")
     old = qe4.load(os.path.join(golden, "grouped-4bit-before-levels.qe4"))
     new = qe4.load(os.path.join(golden, "grouped-4bit.qe4"))
-    assert "levels" not in old.params and new.params == dict(old.params, levels="uniform")
+    assert "levels" not in old.params and "mins" not in old.params
+    assert new.params == dict(old.params, levels="uniform", mins="group")
     same_bytes(old.data, new.data)
     for mod in (qe4, qe4_fast):
         same_bytes(mod.dequantize(old), qe4.dequantize(new))
