@@ -2,8 +2,8 @@
 
 One run, same process, interleaved rounds (the machine's load hits every contender alike):
 qe4_fast quantize rows/s of ``grouped`` bits 4, group 32 with ``mins="none"`` at sub_bits 6 and
-8 (levels "nl" when qe4.layouts.SIGNED_LEVELS has its 4-bit table, else "uniform") against
-the affine grouped-4 (mins="group", sub_bits 6, uniform levels), N(0, 1) rows at D = 64 and
+8 (levels "nl" when qe4.layouts.SIGNED_LEVELS has its 4-bit table, else "uniform"), and the
+uniform signed table at sub_bits 6, against the affine grouped-4 (mins="group", sub_bits 6, uniform levels), N(0, 1) rows at D = 64 and
 256, on 1 and 2 threads.  Each contender's bytes are checked against the NumPy reference on
 the first rows before anything is timed.  Prints the load average before and after.
 
@@ -29,6 +29,7 @@ def contenders():
     nl = L.SIGNED_LEVELS.get("nl") or {}
     levels = "nl" if 4 in nl else "uniform"
     return [("affine grouped-4 (mins=group, sub_bits 6)", {"sub_bits": 6}),
+            ("scale-only uniform (mins=none, sub_bits 6)", {"sub_bits": 6, "mins": "none"}),
             (f"scale-only {levels} (mins=none, sub_bits 6)",
              {"sub_bits": 6, "levels": levels, "mins": "none"}),
             (f"scale-only {levels} (mins=none, sub_bits 8)",
