@@ -3,8 +3,8 @@
 One run, same process, interleaved rounds (the machine's load hits every contender alike):
 qe4_fast quantize rows/s of ``grouped`` bits 4, group 32 with ``mins="none"`` at sub_bits 6 and
 8 (levels "nl" when qe4.layouts.SIGNED_LEVELS has its 4-bit table, else "uniform"), and the
-uniform signed table at sub_bits 6, against the affine grouped-4 (mins="group", sub_bits 6, uniform levels), N(0, 1) rows at D = 64 and
-256, on 1 and 2 threads.  Each contender's bytes are checked against the NumPy reference on
+uniform signed table at sub_bits 6, against the affine grouped-4 (mins="group", sub_bits 6,
+uniform levels), N(0, 1) rows at D = 64 and 256, on 1 and 2 threads.  Each contender's bytes are checked against the NumPy reference on
 the first rows before anything is timed.  Prints the load average before and after.
 
     python bench/bench_scale_only.py [--rows 20000] [--rounds 3]
