@@ -24,7 +24,7 @@ from qe4 import layouts as L  # noqa: E402
 F32 = np.float32
 
 
-def contenders():
+def contenders() -> list[tuple[str, dict[str, object]]]:
     """(name, options) of the compared configurations."""
     nl = L.SIGNED_LEVELS.get("nl") or {}
     levels = "nl" if 4 in nl else "uniform"
