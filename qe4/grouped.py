@@ -101,6 +101,34 @@ neighbours:
   tables between rows; the level table is learned once, costs no bytes, and only its
   scale and min are per group.
 
+**Scale-only groups** (``mins="none"``; the default ``"group"`` is all of the above).  No
+sub-mins and no super-min are stored: a row is ``[codes][sc_0 .. sc_{n_groups-1}][d]``, the
+sub-scales in two's complement (``sub_bits`` each, one bit stream) under the float16
+``d >= 0``, and a code reads back as ``fma(scale_j, level[q], 0)`` (``min_j = +0``, so every
+lookup is the one above) on a *signed* level table, :data:`qe4.layouts.SIGNED_LEVELS`:
+``level[q] = q - 2**(bits - 1)`` for ``levels="uniform"`` (GGUF's Q4_0 grid), or qe4's
+asymmetric ``"nl"`` table, whose negative end is the long one.  A negative sub-scale mirrors
+the table, so each group puts the long end on the side of its largest value: that is what
+GGUF's IQ4_NL does with the sign of its float16 scale, and what makes an asymmetric table pay
+(a symmetric table has no zero level; fitted symmetric, it was 10% worse).  The search:
+
+1. each group's float32 scale of least error, :func:`scale_params`: a scan of
+   :data:`SCALE_SCAN` factors of the two anchor scales that put the group's largest value on
+   either end of the table, then least squares on the codes (``s = sum x v / sum v v``);
+2. ``d = h(max_j |s_j| / hi)`` and ``sc_j = clip(rint(s_j / d), -hi - 1, hi)`` with
+   ``hi = 2**(sub_bits - 1) - 1`` (:func:`super_scale`);
+3. codes as above (``inv_j`` kept for any non-zero finite scale, negative ones too);
+4. local search of :data:`SCALE_MOVES` (the sub-scale alone);
+5. the least-squares refit of ``d`` alone (:func:`refit_scale`), then step 4 again; kept
+   only if the row's error is lower.  There is one mode (no sub-mins, no sign bit to spend).
+
+It costs ``sub_bits`` bits per group instead of ``2 * sub_bits`` and 2 bytes per row instead
+of 4: with 6-bit sub-scales per 32 values, 4.25 bits per value at dim 256 (GGUF's IQ4_XS
+layout) and 4.5 at dim 64 (IQ4_NL's).  Measured on N(0, 1) (``bench/bench_frontier.py``,
+:data:`qe4.presets` ``nls-*``): at those two rungs the nl table's error is 0.94x llama.cpp's
+searched IQ4_XS and IQ4_NL figures; fitting the table (``bench/fit_levels.py --mins none``) took
+step 1's floor from the uniform grid's 0.00657 to 0.00529 at 4 bits.
+
 Errors are ``sum (x - fma(scale_j, q, min_j))**2`` accumulated in float32 in column
 order within each group; a row's error is the float32 sum of its groups' errors in
 group order.  Measured (``bench/bench_grouped.py``) against a dense search of each
@@ -130,8 +158,15 @@ F64 = np.float64
 
 #: the local search's moves of (sc_j, mn_j), in the order they are tried
 MOVES = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
+#: the moves of scale-only groups (``mins="none"``): the sub-scale alone
+SCALE_MOVES = tuple(mv for mv in MOVES if mv[1] == 0)
 GROUP = 32
 SUB_BITS = 6
+#: scale-only step 1: the scan's factors of each anchor scale (1.25 down to 0.78125, exact),
+#: the scanned scales refined by least squares, and the rounds of each refinement
+SCALE_SCAN = tuple((40 - k) / 32 for k in range(16))
+SCALE_KEEP = 3
+SCALE_ITER = 3
 
 
 def sub_max(sub_bits: int) -> int:
@@ -143,6 +178,13 @@ def min_range(sub_bits: int, signed: bool) -> tuple[int, int]:
     """The sub-mins' range (lo, hi): 0 to ``2**sub_bits - 1``, or two's complement."""
     if signed:
         return -(2 ** (sub_bits - 1)), 2 ** (sub_bits - 1) - 1
+    return 0, sub_max(sub_bits)
+
+
+def sc_range(sub_bits: int, mins: str) -> tuple[int, int]:
+    """The sub-scales' range (lo, hi): unsigned, or two's complement for scale-only groups."""
+    if mins == "none":
+        return min_range(sub_bits, True)
     return 0, sub_max(sub_bits)
 
 
@@ -187,6 +229,71 @@ def group_ranges(x: Float32Array, bits: int, group: int, levels: Float32Array | 
     return per_row(scales, x.shape[0]), per_row(mins, x.shape[0])
 
 
+def scale_pass(xt: Float32Array, scale: Float32Array, levels: Float32Array, sums: bool
+               ) -> tuple[Float32Array, NDArray[np.float64], NDArray[np.float64]]:
+    """One pass of scale-only step 1 over the columns ``xt`` [n_cols, n]: the float32 loss
+    ``sum (x - fma(s, levels[q], 0))**2`` of scales ``s`` [n] (column order) and, with
+    ``sums``, the float64 sums ``sum v * v``, ``sum x * v`` of the codes' values."""
+    n = scale.shape[0]
+    err = np.zeros(n, F32)
+    s_vv, s_xv = np.zeros(n, F64), np.zeros(n, F64)
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = F32(1.0) / scale
+    inv = np.where((scale != 0) & np.isfinite(inv), inv, F32(0.0)).astype(F32)
+    zero = np.zeros(n, F32)
+    for col in xt:
+        v = levels[MSE.level_codes((col * inv).astype(F32), levels)]
+        e = col - fma32(scale, v, zero)
+        err = (err + e * e).astype(F32)
+        if sums:
+            s_vv, s_xv = s_vv + F64(1) * v * v, s_xv + col.astype(F64) * v
+    return err, s_vv, s_xv
+
+
+def scale_params(x: Float32Array, levels: Float32Array) -> Float32Array:
+    """Scale-only step 1: each row's float32 scale ``s`` of least error on a signed level
+    table (``x ~ fma(s, levels[q], 0)``, ``q`` the nearest level of ``x / s``).
+
+    1. **Scan**: with ``a`` the row's first value of largest magnitude, the scales
+       ``f32(a / levels[0]) * f`` (``a`` on the lowest level), then
+       ``f32(a / levels[-1]) * f`` (on the highest), for ``f`` in :data:`SCALE_SCAN`; a
+       scale may be negative: the table is mirrored.
+    2. **Refine** the :data:`SCALE_KEEP` scales of least error (ties: the earlier) by
+       :data:`SCALE_ITER` least-squares rounds, ``s = f32(sum x v / sum v v)`` (float64 sums
+       in column order; refused, ending the chain, when ``sum v v`` is 0 or the result is
+       0 or not finite).
+    3. Keep the evaluated scale of least error (ties: the first evaluated).
+    """
+    n = x.shape[0]
+    xt = np.ascontiguousarray(x.T)
+    rows = np.arange(n)
+    a = x[rows, np.argmax(np.abs(x), axis=1)]
+    starts = [(((a / end).astype(F32)) * F32(f)).astype(F32)
+              for end in (levels[0], levels[-1]) for f in SCALE_SCAN]
+    errs = np.stack([scale_pass(xt, s, levels, False)[0] for s in starts])
+    rank = np.argsort(errs, axis=0, kind="stable")
+    starts_arr = np.stack(starts)
+    best, best_err = starts_arr[rank[0], rows], errs[rank[0], rows]
+    for k in range(SCALE_KEEP):
+        scale = starts_arr[rank[k], rows]
+        live = np.ones(n, bool)
+        for t in range(SCALE_ITER + 1):
+            err, s_vv, s_xv = scale_pass(xt, scale, levels, t < SCALE_ITER)
+            better = live & (err < best_err)
+            best, best_err = np.where(better, scale, best), np.where(better, err, best_err)
+            if t < SCALE_ITER:
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    new = (s_xv / np.where(s_vv > 0, s_vv, 1.0)).astype(F32)
+                live &= (s_vv > 0) & np.isfinite(new) & (new != 0)
+                scale = np.where(live, new, scale).astype(F32)
+    return best.astype(F32)
+
+
+def group_scales(x: Float32Array, group: int, levels: Float32Array) -> Float32Array:
+    """Scale-only step 1 per group: :func:`scale_params` of each group, [n, n_groups]."""
+    return per_row([scale_params(seg, levels) for seg in group_segments(x, group)], x.shape[0])
+
+
 def h16(v: ArrayLike) -> Float32Array:
     """Round float32 to float16 and widen back (nearest-even)."""
     with np.errstate(over="ignore"):
@@ -210,6 +317,16 @@ def super_params(scale: Float32Array, low: Float32Array, sub_bits: int, signed: 
     return d, m, sc.astype(np.int32), mn.astype(np.int32)
 
 
+def super_scale(scale: Float32Array, sub_bits: int) -> tuple[Float32Array, NDArray[np.int32]]:
+    """Scale-only step 2: ``d = h(max_j |s_j| / hi)`` [n] (``hi = 2**(sub_bits - 1) - 1``) and
+    the signed sub-scales ``sc_j = clip(rint(s_j / d), -hi - 1, hi)`` (0 when ``d`` is 0)."""
+    lo, hi = sc_range(sub_bits, "none")
+    d = h16(np.abs(scale).max(axis=1) / F32(hi))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d[:, None] > 0, np.clip(np.rint(scale / d[:, None]), lo, hi), 0)
+    return d, sc.astype(np.int32)
+
+
 def group_values(d: Float32Array, m: Float32Array, sc: IntArray,
                  mn: IntArray) -> tuple[Float32Array, Float32Array]:
     """``scale_j = f32(d) * sc_j``, ``min_j = f32(m) * mn_j`` (exact), [n, n_groups] float32."""
@@ -223,7 +340,7 @@ def group_codes(xg: Float32Array, scale: Float32Array, low: Float32Array,
     ``v = levels[level_codes(t)]``, with ``t = (x - min_j) * inv_j``."""
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         inv = F32(1.0) / scale
-    inv = np.where((scale > 0) & np.isfinite(inv), inv, F32(0.0)).astype(F32)
+    inv = np.where((scale != 0) & np.isfinite(inv), inv, F32(0.0)).astype(F32)
     t = ((xg - low[..., None]) * inv[..., None]).astype(F32)
     if levels is not None:
         return levels[MSE.level_codes(t, levels)]
@@ -249,13 +366,15 @@ def group_errors(xg: Float32Array, valid: NDArray[np.bool_], q: Float32Array, sc
 
 def local_search(xg: Float32Array, valid: NDArray[np.bool_], bits: int, sub_bits: int,
                  d: Float32Array, m: Float32Array, sc: IntArray, mn: IntArray,
-                 signed: bool = False, levels: Float32Array | None = None) -> list[NDArray[Any]]:
-    """Step 4: each group's best move of :data:`MOVES`; returns ``sc, mn, q, err``."""
-    smax = sub_max(sub_bits)
-    lo, hi = min_range(sub_bits, signed)
+                 signed: bool = False, levels: Float32Array | None = None, mins: str = "group"
+                 ) -> list[NDArray[Any]]:
+    """Step 4: each group's best move of :data:`MOVES` (scale-only groups:
+    :data:`SCALE_MOVES`, signed sub-scales, ``mn`` and ``m`` 0); returns ``sc, mn, q, err``."""
+    slo, shi = sc_range(sub_bits, mins)
+    lo, hi = min_range(sub_bits, signed) if mins == "group" else (0, 0)
     best = None
-    for a, b in MOVES:
-        tsc = np.clip(sc + a, 0, smax)
+    for a, b in (MOVES if mins == "group" else SCALE_MOVES):
+        tsc = np.clip(sc + a, slo, shi)
         tmn = np.clip(mn + b, lo, hi)
         scale, low = group_values(d, m, tsc, tmn)
         q = group_codes(xg, scale, low, bits, levels)
@@ -303,6 +422,41 @@ def refit_super(x: Float32Array, group: int, sc: IntArray, mn: IntArray,
     return d, m, ok
 
 
+def refit_scale(x: Float32Array, group: int, sc: IntArray, q: Float32Array
+                ) -> tuple[Float32Array, NDArray[np.bool_]]:
+    """Scale-only step 5's fit: the least-squares ``d`` of ``x ~ d * (sc_j * v)``, float64
+    sums ``sum u * u``, ``sum x * u`` in column order, rounded to float32 then float16;
+    ``ok`` where ``sum u * u > 0``, ``d`` is finite and ``d > 0``."""
+    n, dim = x.shape
+    u = expand(sc, dim, group).astype(F64) * q.reshape(n, -1)[:, :dim]
+    s_uu, s_yu = np.zeros(n, F64), np.zeros(n, F64)
+    for c in range(dim):
+        s_uu, s_yu = s_uu + u[:, c] * u[:, c], s_yu + x[:, c].astype(F64) * u[:, c]
+    ok = s_uu > 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        d = h16((s_yu / np.where(ok, s_uu, 1.0)).astype(F32))
+    return d, ok & np.isfinite(d) & (d > 0)
+
+
+def search_scales(x: Float32Array, xg: Float32Array, valid: NDArray[np.bool_],
+                  scales: Float32Array, bits: int, group: int, sub_bits: int,
+                  levels: Float32Array) -> tuple[Float32Array, NDArray[np.int32], Float32Array]:
+    """Steps 2 to 5 of scale-only groups: ``d, sc, q [n, n_groups, group]``."""
+    d, sc = super_scale(scales, sub_bits)
+    zero, mn = np.zeros_like(d), np.zeros_like(sc)
+    sc, _, q, err = local_search(xg, valid, bits, sub_bits, d, zero, sc, mn, levels=levels,
+                                 mins="none")
+    err = row_error(err)
+    rd, ok = refit_scale(x, group, sc, q)
+    if ok.any():
+        rsc, _, rq, rerr = local_search(xg, valid, bits, sub_bits, rd, zero, sc, mn,
+                                        levels=levels, mins="none")
+        better = ok & (row_error(rerr) < err)
+        d, sc = np.where(better, rd, d), np.where(better[:, None], rsc, sc)
+        q = np.where(better[:, None, None], rq, q)
+    return d, sc, q
+
+
 def search_mode(x: Float32Array, xg: Float32Array, valid: NDArray[np.bool_],
                 ranges: tuple[Float32Array, Float32Array], bits: int, group: int, sub_bits: int,
                 signed: bool, levels: Float32Array | None = None
@@ -326,7 +480,7 @@ def search_mode(x: Float32Array, xg: Float32Array, valid: NDArray[np.bool_],
 
 
 def grouped_params(x: ArrayLike, bits: int = 4, group: int = GROUP, sub_bits: int = SUB_BITS,
-                   levels: str = "uniform"
+                   levels: str = "uniform", mins: str = "group"
                    ) -> tuple[NDArray[np.bool_], Float32Array, Float32Array, NDArray[np.int32],
                               NDArray[np.int32], UInt8Array]:
     """Each row's ``(signed, d, m, sc, mn, q)`` by the search in this module's notes.
@@ -338,6 +492,9 @@ def grouped_params(x: ArrayLike, bits: int = 4, group: int = GROUP, sub_bits: in
     bits, group, sub_bits : int
     levels : {"uniform", "nl"}
         What the codes mean (:data:`qe4.layouts.LEVELS`).
+    mins : {"group", "none"}
+        Scale-only groups with ``"none"`` (:data:`qe4.layouts.MINS`): ``signed`` is False,
+        ``m`` and ``mn`` are 0 and ``sc`` is signed.
 
     Returns
     -------
@@ -349,8 +506,13 @@ def grouped_params(x: ArrayLike, bits: int = 4, group: int = GROUP, sub_bits: in
     """
     x = np.asarray(x, F32)
     n, dim = x.shape
-    table = L.level_table({"levels": levels}, bits)
+    table = L.level_table({"levels": levels, "mins": mins}, bits)
     xg, valid = split_groups(x, group)
+    if mins == "none":
+        d, sc, q = search_scales(x, xg, valid, group_scales(x, group, table), bits, group,
+                                 sub_bits, table)
+        return (np.zeros(n, bool), d, np.zeros_like(d), sc, np.zeros_like(sc),
+                codes_of(q.reshape(n, -1)[:, :dim], table))
     ranges = group_ranges(x, bits, group, table)
     plain = search_mode(x, xg, valid, ranges, bits, group, sub_bits, False, table)
     other = search_mode(x, xg, valid, ranges, bits, group, sub_bits, True, table)
@@ -361,12 +523,19 @@ def grouped_params(x: ArrayLike, bits: int = 4, group: int = GROUP, sub_bits: in
 
 
 def assemble(signed: NDArray[np.bool_], d: Float32Array, m: Float32Array, sc: IntArray,
-             mn: IntArray, q: UInt8Array, bits: int, sub_bits: int) -> UInt8Array:
+             mn: IntArray, q: UInt8Array, bits: int, sub_bits: int, mins: str = "group"
+             ) -> UInt8Array:
     """Rows ``[codes][subs][d][m]`` (:class:`qe4.layouts.GroupedLayout`) as uint8 [n, row_bytes];
-    a signed row's ``d`` is stored negated (its sign bit set), its sub-mins in two's complement."""
+    a signed row's ``d`` is stored negated (its sign bit set), its sub-mins in two's complement.
+    Scale-only groups (``mins="none"``): ``[codes][sc][d]``, ``sc`` in two's complement."""
     n = q.shape[0]
-    subs = np.stack([sc, mn & sub_max(sub_bits)], axis=2).reshape(n, -1).astype(np.uint8)
-    tail = np.stack([np.where(signed, -d, d), m], axis=1).astype("<f2").view(np.uint8).reshape(n, 4)
+    mask = sub_max(sub_bits)
+    if mins == "none":
+        subs = (sc & mask).astype(np.uint8)
+        tail = d.astype("<f2").view(np.uint8).reshape(n, 2)
+    else:
+        subs = np.stack([sc, mn & mask], axis=2).reshape(n, -1).astype(np.uint8)
+        tail = np.stack([np.where(signed, -d, d), m], axis=1).astype("<f2").view(np.uint8).reshape(n, 4)
     return np.concatenate([L.pack_codes(q, bits), L.pack_codes(subs, sub_bits), tail], axis=1)
 
 
@@ -378,13 +547,21 @@ def read_rows(table: QuantizedTable, rows: slice | IntArray = slice(None)
     n_groups = L.n_groups_of(table.dim, group)
     cb = table.code_bytes
     sb = L.LAYOUTS["grouped"].sub_bytes(table.dim, table.params)
+    codes = L.unpack_codes(sub[:, :cb], table.bits, table.dim)
+    if L.mins_of(table.params) == "none":
+        sc = L.unpack_codes(sub[:, cb:cb + sb], sub_bits, n_groups).astype(np.int32)
+        sc = np.where(sc >= 2 ** (sub_bits - 1), sc - 2 ** sub_bits, sc)
+        d = np.ascontiguousarray(sub[:, cb + sb:cb + sb + 2]).view("<f2").astype(F32)[:, 0]
+        zero = np.zeros_like(sc)
+        scale, low = group_values(d, np.zeros_like(d), sc, zero)
+        return scale, low, codes
     subs = L.unpack_codes(sub[:, cb:cb + sb], sub_bits, 2 * n_groups).astype(np.int32)
     sc, mn = subs[:, 0::2], subs[:, 1::2]
     dm = np.ascontiguousarray(sub[:, cb + sb:cb + sb + 4]).view("<f2").astype(F32)
     signed = np.signbit(dm[:, 0])[:, None]
     mn = np.where(signed & (mn >= 2 ** (sub_bits - 1)), mn - 2 ** sub_bits, mn)
     scale, low = group_values(np.abs(dm[:, 0]), dm[:, 1], sc, mn)
-    return scale, low, L.unpack_codes(sub[:, :cb], table.bits, table.dim)
+    return scale, low, codes
 
 
 def expand(values: NDArray[Any], dim: int, group: int) -> NDArray[Any]:
@@ -427,5 +604,5 @@ def encode(request: Request, x: Float32Array) -> Encoded:
     grouped layout.  Returns ``(data, extras)`` (no extras)."""
     check_values(request, x)
     o = request.options
-    params = grouped_params(x, request.bits, o["group"], o["sub_bits"], o["levels"])
-    return assemble(*params, request.bits, o["sub_bits"]), {}
+    params = grouped_params(x, request.bits, o["group"], o["sub_bits"], o["levels"], o["mins"])
+    return assemble(*params, request.bits, o["sub_bits"], o["mins"]), {}

@@ -602,6 +602,21 @@ def _grouped_int(params, name, ok, rule):
     return int(value)
 
 
+#: The grouped layout's kinds of group offset (``params["mins"]``): ``"group"``, a sub-min
+#: per group under the row's super-min (GGUF's K formats); ``"none"``, none stored (every
+#: ``min_j`` is 0: scale-only groups, as GGUF's Q4_0, IQ4_NL and IQ4_XS).
+MINS = ("group", "none")
+
+
+def mins_of(params: Mapping[str, Any] | None) -> str:
+    """A grouped table's ``params["mins"]`` (``"group"`` when absent: tables saved before
+    the option existed); ValueError naming a bad value."""
+    mins = (params or {}).get("mins", "group")
+    if not isinstance(mins, str) or mins not in MINS:
+        raise ValueError(f"params['mins'] must be one of {MINS}, got {mins!r}")
+    return mins
+
+
 def grouping(params: Mapping[str, Any] | None) -> tuple[int, int]:
     """``(group, sub_bits)`` of a grouped table's ``params`` (ValueError naming a bad one)."""
     group = _grouped_int(params, "group", lambda v: 1 <= v <= MAX_GROUP,
@@ -640,14 +655,49 @@ LEVELS: dict[str, dict[int, tuple[float, ...]] | None] = {
 }
 
 
+#: The level tables of scale-only groups (``params["mins"] == "none"``): code ``q`` reads
+#: back as ``fma(scale_j, level[q], 0)``, the table signed, in code units, from
+#: ``level[0] = -2**(bits - 1)`` up.  ``"uniform"`` is ``level[q] = q - 2**(bits - 1)``
+#: (GGUF's Q4_0 grid); ``"nl"`` is asymmetric (like GGUF's IQ4_NL table), so that a
+#: group's signed sub-scale mirrors it to the side of its largest value; fitted to N(0, 1)
+#: groups of 32 values by ``bench/fit_levels.py --mins none``.
+SIGNED_LEVELS: dict[str, dict[int, tuple[float, ...]] | None] = {
+    "uniform": None,
+    "nl": {
+        2: _in_1024ths(-2048, -719, 285, 1404),
+        3: _in_1024ths(-4096, -2580, -1530, -658, 147, 958, 1879, 3140),
+        4: _in_1024ths(-8192, -6406, -5048, -3984, -3062, -2211, -1408, -635, 106, 826, 1547,
+                       2324, 3194, 4167, 5321, 6801),
+        5: _in_1024ths(-16384, -14056, -12690, -11425, -10361, -9409, -8505, -7622,
+                       -6739, -5866, -5006, -4146, -3258, -2372, -1499, -640, 201,
+                       1022, 1825, 2602, 3395, 4207, 5049, 5902, 6773, 7666, 8591,
+                       9560, 10625, 11784, 13135, 14900),
+        6: _in_1024ths(-32768, -31733, -30549, -28937, -27492, -26275, -25152,
+                       -24133, -23152, -22170, -21199, -20233, -19277, -18325,
+                       -17356, -16378, -15434, -14458, -13483, -12516, -11549,
+                       -10578, -9595, -8611, -7638, -6647, -5645, -4632, -3614,
+                       -2640, -1668, -710, 240, 1182, 2127, 3048, 3949, 4844, 5764,
+                       6671, 7599, 8548, 9502, 10445, 11421, 12388, 13350, 14307,
+                       15245, 16188, 17150, 18102, 19085, 20084, 21152, 22189,
+                       23211, 24212, 25245, 26331, 27429, 28692, 29924, 30991),
+    },
+}
+
+
 def level_table(params: Mapping[str, Any] | None, bits: int) -> NDArray[np.float32] | None:
     """The float32 level table of a grouped table's ``params["levels"]`` at ``bits``
     (None for ``"uniform"``, also when ``params`` has no ``"levels"``: tables saved before
-    the option existed); ValueError naming a bad name or a width the table lacks."""
+    the option existed); ValueError naming a bad name or a width the table lacks.  With
+    ``params["mins"] == "none"`` the signed table of :data:`SIGNED_LEVELS` (never None:
+    uniform is ``q - 2**(bits - 1)``)."""
     name = (params or {}).get("levels", "uniform")
     if not isinstance(name, str) or name not in LEVELS:
         raise ValueError(f"params['levels'] must be one of {tuple(LEVELS)}, got {name!r}")
     tables = LEVELS[name]
+    if mins_of(params) == "none":
+        tables = SIGNED_LEVELS[name]
+        if tables is None:
+            return (np.arange(2 ** bits) - 2 ** (bits - 1)).astype(np.float32)
     if tables is None:
         return None
     if bits not in tables:
@@ -679,7 +729,10 @@ class GroupedLayout(Layout):
     options), so the row size needs them; ``params["levels"]`` names what the codes mean
     (:data:`LEVELS`; the bytes are the same for every table).  The floats are always float16.  With
     bits=4, group=32, sub_bits=6 and dim a multiple of 256 a row costs 4.5 bits per value,
-    as GGUF's Q4_K.  Reconstruction: :mod:`qe4.grouped`.
+    as GGUF's Q4_K.  With ``params["mins"] == "none"`` (scale-only groups) the rows are
+    ``[codes][sc][d]``: ``n_groups`` two's complement sub-scales and no ``m``; with
+    sub_bits=6, group=32 and dim a multiple of 256, 4.25 bits per value, as GGUF's IQ4_XS.
+    Reconstruction: :mod:`qe4.grouped`.
     """
     name = "grouped"
     code = 4
@@ -687,10 +740,14 @@ class GroupedLayout(Layout):
     floats = "super-scale/super-min"
     uses_params = True
 
+    def sub_fields(self, params: Mapping[str, Any] | None) -> int:
+        """Sub-parameters per group: 2 (sub-scale, sub-min), or 1 with ``mins="none"``."""
+        return 2 if mins_of(params) == "group" else 1
+
     def sub_bytes(self, dim: int, params: Mapping[str, Any] | None) -> int:
-        """Bytes of the sub-scale/sub-min stream: ``ceil(2 * n_groups * sub_bits / 8)``."""
+        """Bytes of the sub-parameter stream: ``ceil(sub_fields * n_groups * sub_bits / 8)``."""
         group, sub_bits = grouping(params)
-        return code_bytes(2 * n_groups_of(dim, group), sub_bits)
+        return code_bytes(self.sub_fields(params) * n_groups_of(dim, group), sub_bits)
 
     def fields(self, dim: int, bits: int, float_dtype: str,
                extras: Mapping[str, Any] | None = None,
@@ -698,8 +755,9 @@ class GroupedLayout(Layout):
         cb = code_bytes(dim, bits)
         sb = self.sub_bytes(dim, params)
         f16 = little("float16")
-        return (Field("codes", 0, np.dtype(np.uint8), cb), Field("subs", cb, np.dtype(np.uint8), sb),
-                Field("d", cb + sb, f16), Field("m", cb + sb + 2, f16))
+        fields = (Field("codes", 0, np.dtype(np.uint8), cb), Field("subs", cb, np.dtype(np.uint8), sb),
+                  Field("d", cb + sb, f16))
+        return fields + ((Field("m", cb + sb + 2, f16),) if self.sub_fields(params) == 2 else ())
 
     def resolve_float_dtype(self, scale_dtype: DTypeLike | None, bits: int) -> str:
         name = super().resolve_float_dtype(scale_dtype, bits)

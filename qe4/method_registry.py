@@ -254,6 +254,9 @@ SUB_BITS = Option("sub_bits", 6, int_in(L.SUB_BITS[0], L.SUB_BITS[-1]),
 LEVELS = Option("levels", "uniform", one_of(tuple(L.LEVELS)),
                 "grouped: what the codes mean: 'uniform' (GGUF's K formats) or qe4's "
                 "non-uniform table 'nl' (qe4.layouts.LEVELS; bits 2 to 6)", kind=str)
+MINS = Option("mins", "group", one_of(L.MINS),
+              "grouped: 'group' (a sub-min per group, GGUF's K formats) or 'none' (scale-only "
+              "groups: signed sub-scales on a signed level table, as GGUF's Q4_0/IQ4_XS)", kind=str)
 
 _ENTRIES = (
     Method("minmax", 0, "rowwise", "rowwise", True, "qe4.rowwise:minmax_range",
@@ -288,7 +291,8 @@ _ENTRIES = (
     Method("grouped", 9, "grouped", "grouped", True, "qe4.grouped:grouped_params",
            "a scale and min per group of values (GGUF K-format-like: sub_bits each under a "
            "float16 super-scale and super-min per row)",
-           options=(GROUP, SUB_BITS, LEVELS), call=("bits", "group", "sub_bits", "levels")),
+           options=(GROUP, SUB_BITS, LEVELS, MINS),
+           call=("bits", "group", "sub_bits", "levels", "mins")),
 )
 
 

@@ -107,12 +107,31 @@ _ENTRIES = (
            options=(("group", 64), ("sub_bits", 4), ("levels", "nl"))),
     Preset("nl-4", "grouped", 4, "4-bit codes on qe4's non-uniform levels, a 6-bit scale and "
            "min per 32 values: 4.5 bits per element at dim 256 (the rate of GGUF Q4_K and "
-           "IQ4_NL); the lowest error per bit at 4 bits",
+           "IQ4_NL)",
            options=(("group", 32), ("sub_bits", 6), ("levels", "nl"))),
     Preset("nl-5", "grouped", 5, "grouped-5 with qe4's non-uniform levels: 5.5 bits per "
            "element at dim 256", options=(("group", 32), ("sub_bits", 6), ("levels", "nl"))),
     Preset("nl-6", "grouped", 6, "grouped-6 with qe4's non-uniform levels: 6.5 bits per "
            "element at dim 256", options=(("group", 32), ("sub_bits", 6), ("levels", "nl"))),
+    Preset("nls-3", "grouped", 3, "3-bit codes on qe4's signed non-uniform levels, a 6-bit "
+           "signed sub-scale per 16 values (mins='none'): 3.4375 bits per element at dim 256 "
+           "(GGUF Q3_K's rate)",
+           options=(("group", 16), ("sub_bits", 6), ("levels", "nl"), ("mins", "none"))),
+    Preset("nls-4", "grouped", 4, "4-bit codes on qe4's signed non-uniform levels, scale-only "
+           "groups of 32 (a 6-bit signed sub-scale each, one float16 per row; mins='none'): "
+           "4.25 bits per element at dim 256 (GGUF IQ4_XS's rate), 4.5 at dim 64 (IQ4_NL's)",
+           options=(("group", 32), ("sub_bits", 6), ("levels", "nl"), ("mins", "none"))),
+    Preset("nls-4-16", "grouped", 4, "nls-4 with groups of 16: 4.4375 bits per element at dim "
+           "256; the lowest error per bit at 4 bits",
+           options=(("group", 16), ("sub_bits", 6), ("levels", "nl"), ("mins", "none"))),
+    Preset("nls-5", "grouped", 5, "5-bit codes on qe4's signed non-uniform levels, a 6-bit "
+           "signed sub-scale per 16 values: 5.4375 bits per element at dim 256 (under GGUF "
+           "Q5_K's 5.5)",
+           options=(("group", 16), ("sub_bits", 6), ("levels", "nl"), ("mins", "none"))),
+    Preset("nls-6", "grouped", 6, "6-bit codes on qe4's signed non-uniform levels, an 8-bit "
+           "signed sub-scale per 16 values: 6.5625 bits per element at dim 256 (GGUF Q6_K's "
+           "layout and rate)",
+           options=(("group", 16), ("sub_bits", 8), ("levels", "nl"), ("mins", "none"))),
     Preset("torch-8", "minmax", 8, "torch's byte rows (embedding_bag_byte_prepack: each "
            "row's min and max, float32 scale and bias)"),
 )

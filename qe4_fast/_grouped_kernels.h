@@ -8,6 +8,9 @@
  * - qe4_grouped_finish_row: steps 2 to 5 of the search (super-parameters, codes, local search,
  *   least-squares refit) and the row's bytes, from step 1's per-group float32 (scale, min)
  *   (qe4.mse.mse_params, computed by the compiled mse kernel);
+ * - qe4_grouped_scale_row: the whole search of a scale-only row (params["mins"] == "none":
+ *   [codes][sc_j, two's complement][d], read back as fma(f32(d) * sc_j, lev[q], 0) on a signed
+ *   level table; qe4.grouped.scale_params and search_scales), step 1 included;
  * - qe4_grouped_row_values / qe4_grouped_bag: dequantized rows and pooled bags (sum, mean,
  *   weights), a portable path and an AVX2 path (every width; 8 columns a vector in groups of
  *   a multiple of 8, the rest column by column) with the same IEEE operations per element.
@@ -20,6 +23,7 @@
  * The table paths are separate instances of the same functions (a constant `use_lev` argument
  * of always-inline bodies, or their own lookup loops), chosen once per row or bag, so the
  * uniform loops carry no extra branch.
+ * Lookups decode either kind of row in qe4_g_super and qe4_g_params only (t->mins).
  * Every function takes validated buffers; none fails.
  */
 #ifndef QE4_GROUPED_KERNELS_H
@@ -31,11 +35,17 @@ typedef struct {
     const uint8_t *data;
     int64_t n_rows, row_bytes;
     int dim, bits, group, sub_bits, n_groups, code_bytes, sub_bytes;
+    int mins;         /* QE4_G_MINS_GROUP: [codes][sc, mn pairs][d][m]; QE4_G_MINS_NONE: scale-only
+                         [codes][sc_j, two's complement][d] (params["mins"] == "none") */
     const float *lev; /* [1 << bits] ascending level values, or NULL: uniform (q itself) */
     int n_mid;        /* with lev: (1 << bits) - 1 midpoints mid[k] = (lev[k] + lev[k+1]) / 2 */
+    int lin;          /* lev is the uniform signed table lev[q] = q - 2**(bits - 1) */
     float mid[255];
     float lev16[16];  /* with lev: lev[0 .. min(16, 1 << bits)), zero-padded to 16 (for loads of 8) */
 } qe4_grouped;
+
+/* The kinds of group offset (qe4.layouts.MINS), t->mins. */
+enum { QE4_G_MINS_GROUP = 0, QE4_G_MINS_NONE = 1 };
 
 /* Set t's level table (NULL: uniform) and its float32 midpoints, as qe4.mse.level_codes. */
 static inline void qe4_g_set_levels(qe4_grouped *t, const float *lev)
@@ -46,6 +56,9 @@ static inline void qe4_g_set_levels(qe4_grouped *t, const float *lev)
         t->mid[k] = (lev[k] + lev[k + 1]) * 0.5f;
     for (int k = 0; k < 16; k++)
         t->lev16[k] = lev != NULL && k < (1 << t->bits) ? lev[k] : 0.0f;
+    t->lin = lev != NULL;
+    for (int k = 0; lev != NULL && k <= t->n_mid; k++)
+        t->lin &= lev[k] == (float)(k - (1 << (t->bits - 1)));
 }
 
 /* The code of a level value v (qe4.grouped.codes_of: the number of levels below v). */
@@ -372,12 +385,320 @@ static void qe4_grouped_finish_row(const qe4_grouped *t, const float *x, const f
         qe4_g_finish_row_lev_at[simd](t, x, gscale, glow, row, work, iwork);
 }
 
+/* --------------------------------------------------------------------------- scale-only groups */
+
+/* Rows of mins="none" (qe4.grouped.scale_params, search_scales): [codes][sc_0 .. sc_{G-1}][d],
+ * the sub-scales two's complement, no min; group j reads back as fma(f32(d) * sc_j, lev[q], 0)
+ * on t's signed level table (always set: "uniform" is lev[q] = q - 2**(bits - 1), t->lin).
+ * qe4_grouped_scale_row runs the whole search of one row: step 1 per group (the scan's
+ * QE4_GS_SCAN scales in lanes, then the QE4_GS_KEEP chains of least-squares rounds, a scale
+ * at a time with the values in lanes), steps 2 to 5 (the moves of SCALE_MOVES, the same way),
+ * and writes the row's bytes. */
+#define QE4_GS_SCAN 32 /* qe4.grouped.SCALE_SCAN's 16 factors at each end of the table */
+#define QE4_GS_KEEP 3  /* SCALE_KEEP */
+#define QE4_GS_ITER 3  /* SCALE_ITER */
+
+static const int qe4_gs_moves[3] = {0, -1, 1};
+
+/* v[k] = lev[level_codes(tv[k])] for the L lanes of tv (qe4.mse.level_codes: lev[the number
+ * of midpoints tv exceeds]).  lin (the uniform signed table, lev[q] = q - h, h = 2**(bits-1)):
+ * by arithmetic, exactly that count: tv clipped to [-h, h] (beyond the outer midpoints either
+ * way), r = rint of it (lev[the count] or the level above it, at a tie), clipped to h - 1,
+ * one step down when tv does not exceed the midpoint r - 0.5 below r (never at r = -h: tv is
+ * >= -h there).  Else the chain of selects.  Both are selects without branches (they
+ * vectorize across the lanes). */
+QE4_INLINE void qe4_gs_values(const qe4_grouped *g, const float *tv, float *v, const int L,
+                              const int lin)
+{
+    if (lin) {
+        const float h = (float)(1 << (g->bits - 1));
+#pragma GCC unroll 1 /* a loop: the one vectorized */
+        for (int k = 0; k < L; k++) {
+            float tc = tv[k] < -h ? -h : tv[k];
+            tc = tc > h ? h : tc;
+            float r = (tc + QE4_RINT_MAGIC) - QE4_RINT_MAGIC;
+            r = r > h - 1.0f ? h - 1.0f : r;
+            int up = tc > r - 0.5f; /* this form (not a float select) GCC 12 vectorizes */
+            v[k] = r - (float)(1 - up);
+        }
+        return;
+    }
+    for (int k = 0; k < L; k++)
+        v[k] = g->lev[0];
+    for (int i = 0; i < g->n_mid; i++) {
+        float mi = g->mid[i], lv = g->lev[i + 1];
+#pragma GCC unroll 1 /* a loop (not scalars): the one vectorized */
+        for (int k = 0; k < L; k++)
+            v[k] = tv[k] > mi ? lv : v[k];
+    }
+}
+
+/* The reciprocal a scale's codes are found with: f32(1 / s), 0 when s is 0 or that is not
+ * finite (qe4.grouped.scale_pass, group_codes: negative scales quantize too). */
+QE4_INLINE float qe4_gs_inv(float s)
+{
+    float iv = 1.0f / s;
+    return (s != 0.0f && isfinite(iv)) ? iv : 0.0f;
+}
+
+/* The scan's QE4_GS_SCAN scales s of one group x [len], in lanes: the float32 losses
+ * err[k] = sum (x - fma(s[k], v, 0))**2 in column order, v = lev[level_codes(x * inv_k)]
+ * (qe4.grouped.scale_pass without sums).  s * v is fma(s, v, 0) up to the sign of a zero,
+ * which e * e drops. */
+QE4_INLINE void qe4_gs_scan(const qe4_grouped *g, const float *x, int len, const float *s,
+                            float *err, const int lin)
+{
+    const int L = QE4_GS_SCAN;
+    float inv[QE4_GS_SCAN], acc[QE4_GS_SCAN];
+    for (int k = 0; k < L; k++) {
+        inv[k] = qe4_gs_inv(s[k]);
+        acc[k] = 0.0f;
+    }
+    for (int c = 0; c < len; c++) {
+        float xc = x[c], tv[QE4_GS_SCAN], v[QE4_GS_SCAN];
+#pragma GCC unroll 1 /* a loop: the one vectorized */
+        for (int k = 0; k < L; k++)
+            tv[k] = xc * inv[k];
+        qe4_gs_values(g, tv, v, L, lin);
+#pragma GCC unroll 1 /* a loop: the one vectorized */
+        for (int k = 0; k < L; k++) {
+            float e = xc - s[k] * v[k];
+            acc[k] = acc[k] + e * e;
+        }
+    }
+    for (int k = 0; k < L; k++)
+        err[k] = acc[k];
+}
+
+/* One scale s of one group x [len], the values 16 at a time in lanes and every sum in column
+ * order: returns the float32 loss sum (x - fma(s, v, 0))**2 (each lane the same operations as
+ * qe4_gs_scan's), and with the constant `sums` the float64 sums *svv = sum v * v,
+ * *sxv = sum x * v (qe4.grouped.scale_pass; also group_codes and group_errors with min 0,
+ * where x - 0 is x); with q (not NULL) the level values v into q [len]. */
+QE4_INLINE float qe4_gs_pass1(const qe4_grouped *g, const float *x, int len, float s,
+                              double *svv, double *sxv, float *q, const int sums, const int lin)
+{
+    const float inv = qe4_gs_inv(s);
+    float err = 0.0f;
+    double a2 = 0.0, ax = 0.0;
+    for (int c0 = 0; c0 < len; c0 += 16) {
+        int n = len - c0 < 16 ? len - c0 : 16;
+        float xb[16], tv[16], v[16], e2[16];
+        double p2[16], px[16];
+        for (int k = 0; k < 16; k++)
+            xb[k] = k < n ? x[c0 + k] : 0.0f;
+        for (int k = 0; k < 16; k++)
+            tv[k] = xb[k] * inv;
+        qe4_gs_values(g, tv, v, 16, lin);
+        for (int k = 0; k < 16; k++) {
+            float e = xb[k] - s * v[k];
+            e2[k] = e * e;
+        }
+        for (int k = 0; k < n; k++)
+            err = err + e2[k];
+        if (sums) {
+            for (int k = 0; k < 16; k++) {
+                p2[k] = (double)v[k] * (double)v[k];
+                px[k] = (double)xb[k] * (double)v[k];
+            }
+            for (int k = 0; k < n; k++) {
+                a2 = a2 + p2[k];
+                ax = ax + px[k];
+            }
+        }
+        if (q != NULL)
+            memcpy(q + c0, v, (size_t)n * sizeof(float));
+    }
+    if (sums) {
+        *svv = a2;
+        *sxv = ax;
+    }
+    return err;
+}
+
+/* Scale-only step 1 of one group x [len] (qe4.grouped.scale_params of one row): the scan, the
+ * refinement of its QE4_GS_KEEP best (ties: the earlier, as a stable sort) by QE4_GS_ITER
+ * least-squares rounds (a chain ends when sum v v is 0 or the new scale 0 or not finite), and
+ * the evaluated scale of least error (ties: the first evaluated, in the reference's order:
+ * chain by chain, round by round). */
+QE4_INLINE float qe4_gs_scale(const qe4_grouped *g, const float *x, int len, const int lin)
+{
+    float a = x[0], aa = fabsf(x[0]);
+    for (int c = 1; c < len; c++) { /* the first value of largest magnitude */
+        if (fabsf(x[c]) > aa) {
+            aa = fabsf(x[c]);
+            a = x[c];
+        }
+    }
+    float s[QE4_GS_SCAN], err[QE4_GS_SCAN];
+    for (int e = 0; e < 2; e++) {
+        float base = a / g->lev[e ? (1 << g->bits) - 1 : 0];
+        for (int k = 0; k < QE4_GS_SCAN / 2; k++)
+            s[e * (QE4_GS_SCAN / 2) + k] = base * ((float)(40 - k) / 32.0f);
+    }
+    qe4_gs_scan(g, x, len, s, err, lin);
+    int rank[QE4_GS_KEEP], n_rank = 0;
+    for (int i = 0; i < QE4_GS_SCAN; i++) { /* insertion after every kept one of error <= */
+        int p = n_rank;
+        while (p > 0 && err[i] < err[rank[p - 1]])
+            p--;
+        if (p >= QE4_GS_KEEP)
+            continue;
+        for (int r = n_rank < QE4_GS_KEEP ? n_rank : QE4_GS_KEEP - 1; r > p; r--)
+            rank[r] = rank[r - 1];
+        rank[p] = i;
+        n_rank += n_rank < QE4_GS_KEEP;
+    }
+    float best = s[rank[0]], best_err = err[rank[0]];
+    for (int k = 0; k < QE4_GS_KEEP; k++) { /* the chains, in the reference's order */
+        float scale = s[rank[k]];
+        for (int r = 0; r <= QE4_GS_ITER; r++) {
+            double svv = 0.0, sxv = 0.0;
+            float e = r < QE4_GS_ITER ? qe4_gs_pass1(g, x, len, scale, &svv, &sxv, NULL, 1, lin)
+                                      : qe4_gs_pass1(g, x, len, scale, NULL, NULL, NULL, 0, lin);
+            if (e < best_err) {
+                best = scale;
+                best_err = e;
+            }
+            if (r == QE4_GS_ITER)
+                break;
+            float nw = (float)(sxv / (svv > 0 ? svv : 1.0));
+            if (!(svv > 0 && isfinite(nw) && nw != 0.0f))
+                break; /* refused: the chain ends */
+            if (nw == scale)
+                break; /* a fixed point: every later round repeats this one (no error below) */
+            scale = nw;
+        }
+    }
+    return best;
+}
+
+/* Scale-only step 4 (qe4.grouped.local_search, mins="none"): each group's best move of
+ * SCALE_MOVES from sc0 under d (ties: the earlier); writes sc, the level values q [dim] and
+ * the group errors err [n_groups]. */
+QE4_INLINE void qe4_gs_local(const qe4_grouped *t, const float *x, float d, const int *sc0,
+                             int *sc, float *q, float *err, const int lin)
+{
+    const int lo = -(1 << (t->sub_bits - 1)), hi = (1 << (t->sub_bits - 1)) - 1;
+    for (int j = 0; j < t->n_groups; j++) {
+        int len = qe4_g_len(t, j), off = j * t->group;
+        int best_sc = 0;
+        float best_err = 0.0f;
+        for (int k = 0; k < 3; k++) {
+            int a = sc0[j] + qe4_gs_moves[k];
+            a = a < lo ? lo : (a > hi ? hi : a);
+            if (k > 0 && a == sc0[j])
+                continue; /* clipped onto move 0 (sc0 is in range): the same error, not lower */
+            float e = qe4_gs_pass1(t, x + off, len, d * (float)a, NULL, NULL, NULL, 0, lin);
+            if (k == 0 || e < best_err) {
+                best_sc = a;
+                best_err = e;
+            }
+        }
+        sc[j] = best_sc;
+        err[j] = best_err;
+        qe4_gs_pass1(t, x + off, len, d * (float)best_sc, NULL, NULL, q + off, 0, lin);
+    }
+}
+
+/* The whole scale-only search of one row x [dim] and its bytes into row [row_bytes]
+ * (qe4.grouped.grouped_params and assemble, mins="none").  work: 3 * dim + 3 * n_groups
+ * floats, iwork: 3 * n_groups ints (qe4_grouped_work_floats and finish_row's iwork cover
+ * them). */
+QE4_INLINE int qe4_gs_row_impl(const qe4_grouped *t, const float *x, uint8_t *row, float *work,
+                               int *iwork, const int lin)
+{
+    const int G = t->n_groups, dim = t->dim;
+    const int lo = -(1 << (t->sub_bits - 1)), hi = (1 << (t->sub_bits - 1)) - 1;
+    float *q = work, *rq = work + dim, *err = work + 2 * dim, *rerr = err + G, *gs = rerr + G;
+    uint8_t *codes = (uint8_t *)(gs + G);
+    int *sc1 = iwork, *sc = iwork + G, *rsc = iwork + 2 * G;
+
+    /* step 1, then step 2: d = h(max |s_j| / hi), sc_j = clip(rint(s_j / d), lo, hi) */
+    float smx = 0.0f;
+    for (int j = 0; j < G; j++) {
+        gs[j] = qe4_gs_scale(t, x + j * t->group, qe4_g_len(t, j), lin);
+        smx = fabsf(gs[j]) > smx ? fabsf(gs[j]) : smx;
+    }
+    float d = qe4_h16(smx / (float)hi);
+    for (int j = 0; j < G; j++) {
+        float a = d > 0.0f ? rintf(gs[j] / d) : 0.0f;
+        a = a < (float)lo ? (float)lo : (a > (float)hi ? (float)hi : a);
+        sc1[j] = (int)a;
+    }
+    /* step 4, step 5: the least-squares d of x ~ d * (sc_j * v), float64 sums in column order,
+     * and step 4 again from it; kept only if the row's error is lower */
+    qe4_gs_local(t, x, d, sc1, sc, q, err, lin);
+    float row_err = qe4_g_row_error(err, G);
+    double s_uu = 0, s_yu = 0;
+    for (int c = 0; c < dim; c++) {
+        double u = (double)sc[c / t->group] * (double)q[c];
+        s_uu = s_uu + u * u;
+        s_yu = s_yu + (double)x[c] * u;
+    }
+    if (s_uu > 0) {
+        float rd = qe4_h16((float)(s_yu / s_uu));
+        if (isfinite(rd) && rd > 0.0f) {
+            qe4_gs_local(t, x, rd, sc, rsc, rq, rerr, lin);
+            if (qe4_g_row_error(rerr, G) < row_err) {
+                d = rd;
+                memcpy(sc, rsc, (size_t)G * sizeof(int));
+                q = rq;
+            }
+        }
+    }
+    /* the row's bytes */
+    const int h = 1 << (t->bits - 1), mask = (1 << t->sub_bits) - 1;
+    for (int c = 0; c < dim; c++)
+        codes[c] = (uint8_t)(lin ? (int)q[c] + h : qe4_g_level_code(t, q[c]));
+    qe4_g_pack(row, t->code_bytes, codes, dim, t->bits);
+    for (int j = 0; j < G; j++)
+        codes[j] = (uint8_t)(sc[j] & mask);
+    qe4_g_pack(row + t->code_bytes, t->sub_bytes, codes, G, t->sub_bits);
+    uint16_t hd = qe4_float_to_half(d);
+    memcpy(row + t->code_bytes + t->sub_bytes, &hd, 2);
+    return 0;
+}
+
+/* One function per table kind: the uniform signed table by arithmetic, or t's table. */
+QE4_INLINE int qe4_gs_row_lin(const qe4_grouped *t, const float *x, uint8_t *row, float *work,
+                              int *iwork)
+{
+    return qe4_gs_row_impl(t, x, row, work, iwork, 1);
+}
+
+QE4_INLINE int qe4_gs_row_lev(const qe4_grouped *t, const float *x, uint8_t *row, float *work,
+                              int *iwork)
+{
+    return qe4_gs_row_impl(t, x, row, work, iwork, 0);
+}
+
+QE4_PER_LEVEL(int, qe4_gs_row_lin,
+              (const qe4_grouped *t, const float *x, uint8_t *row, float *work, int *iwork),
+              (t, x, row, work, iwork));
+QE4_PER_LEVEL(int, qe4_gs_row_lev,
+              (const qe4_grouped *t, const float *x, uint8_t *row, float *work, int *iwork),
+              (t, x, row, work, iwork));
+
+/* The scale-only search of row x into row at SIMD level `simd` (checked by the caller). */
+static void qe4_grouped_scale_row(const qe4_grouped *t, const float *x, uint8_t *row,
+                                  float *work, int *iwork, int simd)
+{
+    if (t->lin)
+        qe4_gs_row_lin_at[simd](t, x, row, work, iwork);
+    else
+        qe4_gs_row_lev_at[simd](t, x, row, work, iwork);
+}
+
 /* --------------------------------------------------------------------------- lookups */
 
 /* The `mask` bits (at most 25 of them) of the little-endian bit stream s from bit `at`: one
  * 32-bit load at byte at / 8, which reads up to 3 bytes past the field.  Lookups read fields
  * of a row's codes and of its sub stream only, and each is followed inside the row by at
- * least 4 bytes (the sub stream and d, m; d and m), so the load never leaves the row. */
+ * least 4 bytes (the sub stream and d, m; d and m), so the load never leaves the row.  A
+ * scale-only row's codes are followed by at least 3 (a sub stream of >= 1 byte and d), as
+ * many as a field starting in the codes' last byte needs; its sub stream is read byte by
+ * byte (qe4_g_params). */
 QE4_INLINE uint32_t qe4_g_bits(const uint8_t *s, int64_t at, uint32_t mask)
 {
     uint32_t w;
@@ -402,6 +723,12 @@ QE4_INLINE int qe4_g_super(const qe4_grouped *t, const uint8_t *row, float *d, f
 {
     const uint8_t *tail = row + t->code_bytes + t->sub_bytes;
     uint16_t hd, hm;
+    if (t->mins == QE4_G_MINS_NONE) { /* scale-only: d as stored (2 bytes), m = 0, not signed */
+        memcpy(&hd, tail, 2);
+        *d = f16c ? qe4_g_half_native(hd) : qe4_half_to_float(hd);
+        *m = 0.0f;
+        return 0;
+    }
     memcpy(&hd, tail, 2);
     memcpy(&hm, tail + 2, 2);
     *d = f16c ? qe4_g_half_native((uint16_t)(hd & 0x7fffu)) : qe4_half_to_float((uint16_t)(hd & 0x7fffu));
@@ -430,6 +757,23 @@ QE4_INLINE void qe4_g_params(const qe4_grouped *t, const uint8_t *row, int j0, i
 {
     const uint8_t *subs = row + t->code_bytes;
     const int b = t->sub_bits;
+    if (t->mins == QE4_G_MINS_NONE) {
+        /* scale-only rows: field j is sc_j (two's complement), min_j = +0; one group at a time
+         * from its one or two bytes (the stream is followed by d alone: 2 bytes, too few for
+         * the wide loads below) */
+        const int sbit = 1 << (b - 1);
+        for (int k = 0; k < n; k++) {
+            int64_t at = ((int64_t)j0 + k) * b;
+            uint32_t u = subs[at >> 3];
+            if ((at & 7) + b > 8)
+                u |= (uint32_t)subs[(at >> 3) + 1] << 8;
+            int sc = (int)((u >> (at & 7)) & ((1u << b) - 1u));
+            float scale = d * (float)(sc >= sbit ? sc - 2 * sbit : sc);
+            st[2 * k] = weighted ? w * scale : scale;
+            st[2 * k + 1] = weighted ? w * 0.0f : 0.0f;
+        }
+        return;
+    }
     const uint32_t half = signed_mins ? 1u << (b - 1) : 0u;
     const qe4_g_v8u sh = {0, b, 2 * b, 3 * b, 0, b, 2 * b, 3 * b};
     const qe4_g_v8u mask = (qe4_g_v8u){0, 0, 0, 0, 0, 0, 0, 0} + ((1u << b) - 1u);

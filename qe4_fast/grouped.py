@@ -3,7 +3,8 @@
 Quantizing runs step 1 of the search (each group's float32 least-squares range) with the
 compiled ``"mse"`` kernel (:func:`qe4_fast.mse.mse_params`, byte-identical to
 :func:`qe4.mse.mse_params`) and steps 2 to 5 plus the row bytes in
-``qe4_fast/_grouped_kernels.h``.  Lookups read the packed rows directly.  A table's level
+``qe4_fast/_grouped_kernels.h``; scale-only groups (``mins="none"``) run their whole search,
+step 1 included (:func:`qe4.grouped.scale_params`), in that header, row by row.  Lookups read the packed rows directly.  A table's level
 table (``params["levels"]``, :func:`qe4.layouts.level_table`; None for uniform levels) is
 passed to every kernel, the search's and the lookups'.
 """
@@ -30,10 +31,10 @@ F32 = np.float32
 
 
 def _geometry(table):
-    """The kernels' arguments of a table: data, dim, bits, group, sub_bits, level table."""
+    """The kernels' arguments of a table: data, dim, bits, group, sub_bits, mins, level table."""
     group, sub_bits = L.grouping(table.params)
     return (np.ascontiguousarray(table.data), table.dim, table.bits, group, sub_bits,
-            L.level_table(table.params, table.bits))
+            L.mins_of(table.params), L.level_table(table.params, table.bits))
 
 
 def group_ranges(x: Float32Array, bits: int, group: int, levels: Float32Array | None = None,
@@ -55,9 +56,12 @@ def encode(request: Request, x: Float32Array, n_threads: int | None = None) -> E
     x = np.ascontiguousarray(x, F32)
     group, sub_bits = request.options["group"], request.options["sub_bits"]
     levels = L.level_table(request.options, request.bits)
-    scale, low = group_ranges(x, request.bits, group, levels, n_threads)
     out = np.empty((x.shape[0], request.row_bytes(x.shape[1])), np.uint8)
     n = effective_n_threads(n_threads, x.shape[0], x.size, GRAIN_SEARCH)
+    if L.mins_of(request.options) == "none":
+        _grouped.scale_rows(x, request.bits, group, sub_bits, levels, out, n, _simd.LEVEL)
+        return out, {}
+    scale, low = group_ranges(x, request.bits, group, levels, n_threads)
     _grouped.finish_rows(x, scale, low, request.bits, group, sub_bits, levels, out, n,
                          _simd.LEVEL)
     return out, {}

@@ -23,9 +23,21 @@ BITS = LAYOUT.bits
 # (dim, group, sub_bits): groups dividing the dim, a ragged last group, one group, group 1
 SHAPES = [(64, 32, 6), (50, 32, 6), (7, 3, 5), (37, 8, 4), (16, 16, 8), (9, 1, 2), (33, 40, 7)]
 LEVELS = _simd.levels_up_to_chosen()
-# (bits, levels): every width with every level table defined at it (qe4.layouts.LEVELS)
-WIDTHS = [(bits, name) for name, tables in L.LEVELS.items() for bits in BITS
-          if tables is None or bits in tables]
+
+
+def has_table(bits, levels, mins):
+    """Whether the level table ``levels`` of kind ``mins`` is defined at ``bits``."""
+    try:
+        L.level_table({"levels": levels, "mins": mins}, bits)
+    except ValueError:
+        return False
+    return True
+
+
+# (bits, levels, mins): every kind of group offset (qe4.layouts.MINS) with every width and level
+# table defined at it (qe4.layouts.LEVELS; mins="none": qe4.layouts.SIGNED_LEVELS)
+WIDTHS = [(bits, name, mins) for mins in L.MINS for name in L.LEVELS for bits in BITS
+          if has_table(bits, name, mins)]
 
 
 @pytest.fixture(params=LEVELS, ids=lambda level: _simd.SIMD_LEVELS[level])
@@ -45,8 +57,8 @@ def rows(n, dim, seed=0):
     return x
 
 
-def options(group, sub_bits, levels="uniform"):
-    return {"group": group, "sub_bits": sub_bits, "levels": levels}
+def options(group, sub_bits, levels="uniform", mins="group"):
+    return {"group": group, "sub_bits": sub_bits, "levels": levels, "mins": mins}
 
 
 # --------------------------------------------------------------------------- registry, layout
@@ -54,7 +66,7 @@ def options(group, sub_bits, levels="uniform"):
 def test_registered_with_its_codes():
     m = M.get("grouped")
     assert (m.code, m.family, m.layout, m.per_row) == (9, "grouped", "grouped", True)
-    assert m.defaults() == {"group": 32, "sub_bits": 6, "levels": "uniform"}
+    assert m.defaults() == {"group": 32, "sub_bits": 6, "levels": "uniform", "mins": "group"}
     assert (LAYOUT.code, LAYOUT.bits) == (4, (2, 3, 4, 5, 6, 8))
     assert LAYOUT.self_contained and LAYOUT.uses_params
     from qe4_fast import _grouped
@@ -64,15 +76,21 @@ def test_registered_with_its_codes():
 
 @pytest.mark.parametrize("dim, group, sub_bits", SHAPES + [(256, 32, 6)])
 @pytest.mark.parametrize("bits", BITS)
-def test_row_fields(bits, dim, group, sub_bits):
+@pytest.mark.parametrize("mins", L.MINS)
+def test_row_fields(mins, bits, dim, group, sub_bits):
+    """[codes][subs][d][m], or scale-only rows (mins="none") [codes][sc_j][d]: one sub-field
+    per group and no super-min."""
     n_groups = -(-dim // group)
-    cb, sb = -(-dim * bits // 8), -(-2 * n_groups * sub_bits // 8)
-    fields = LAYOUT.row_fields(dim, bits, "float16", None, options(group, sub_bits))
-    assert [(f.name, f.offset, f.nbytes) for f in fields] == [
-        ("codes", 0, cb), ("subs", cb, sb), ("d", cb + sb, 2), ("m", cb + sb + 2, 2)]
-    t = qe4.quantize(rows(3, dim), bits, "grouped", **options(group, sub_bits))
-    assert t.row_bytes == cb + sb + 4 and t.nbytes == 3 * (cb + sb + 4)
-    assert [f.name for f in t.fields()] == ["codes", "subs", "d", "m"]
+    n_fields = 2 if mins == "group" else 1
+    cb, sb = -(-dim * bits // 8), -(-n_fields * n_groups * sub_bits // 8)
+    fields = LAYOUT.row_fields(dim, bits, "float16", None, options(group, sub_bits, mins=mins))
+    want = [("codes", 0, cb), ("subs", cb, sb), ("d", cb + sb, 2), ("m", cb + sb + 2, 2)]
+    assert [(f.name, f.offset, f.nbytes) for f in fields] == want[:2 + n_fields]
+    for mod in (qe4, qe4_fast):
+        t = mod.quantize(rows(3, dim), bits, "grouped", **options(group, sub_bits, mins=mins))
+        size = cb + sb + 2 * n_fields
+        assert t.row_bytes == size and t.nbytes == 3 * size
+        assert [f.name for f in t.fields()] == ["codes", "subs", "d", "m"][:2 + n_fields]
 
 
 def test_q4_k_size_and_ragged_rule():
@@ -102,6 +120,51 @@ def test_reconstruction_by_hand(same_bytes):
     same_bytes(qe4_fast.dequantize(t), want)
 
 
+def test_scale_only_reconstruction_by_hand(same_bytes):
+    """Scale-only rows read back as fma(f32(d) * sc_j, level[q], 0), sc_j two's complement
+    (negative sub-scales occur: the table is mirrored), on the signed table (uniform:
+    q - 2**(bits - 1)); a zero product is +0."""
+    dim, group, sub_bits = 11, 4, 5
+    opts = options(group, sub_bits, mins="none")
+    t = qe4.quantize(rows(16, dim, 3), 4, "grouped", **opts)
+    assert t.row_bytes == 6 + 2 + 2 and [f.name for f in t.fields()] == ["codes", "subs", "d"]
+    level = L.level_table(opts, 4)
+    same_bytes(level, np.arange(-8, 8, dtype=F32))
+    d = t.field("d").astype(F32)[:, 0]
+    sc = L.unpack_codes(t.field("subs"), sub_bits, 3).astype(np.int64)
+    sc = np.where(sc >= 16, sc - 32, sc)
+    assert (sc < 0).any() and (sc > 0).any() and (d >= 0).all()
+    scale = np.repeat(d[:, None] * sc, group, axis=1)[:, :dim]
+    want = (scale.astype(np.float64) * level[t.codes()] + 0.0).astype(F32)
+    same_bytes(qe4.dequantize(t), want)
+    same_bytes(qe4_fast.dequantize(t), want)
+    same_bytes(qe4_fast.quantize(rows(16, dim, 3), 4, "grouped", **opts).data, t.data)
+
+
+def test_any_signed_table(monkeypatch, level, same_bytes):
+    """Scale-only groups on tables other than the uniform one (the compiled search counts
+    midpoints for them, and computes the uniform table's codes by arithmetic): asymmetric
+    made-up tables at 3 and 8 bits quantize and read back byte for byte."""
+    rng = np.random.default_rng(11)
+    tables = {}
+    for bits in (3, 8):
+        h = 2 ** (bits - 1)
+        t = np.unique(np.rint(rng.uniform(-h, h, 2 ** bits + 8) * 1024) / 1024)[:2 ** bits]
+        t[0] = -h
+        tables[bits] = tuple(float(v) for v in t)
+    monkeypatch.setitem(L.SIGNED_LEVELS, "nl", tables)
+    for bits, (dim, group, sub_bits) in ((3, (50, 32, 6)), (3, (7, 3, 5)), (8, (37, 8, 4))):
+        opts = options(group, sub_bits, "nl", "none")
+        x = rows(25, dim, bits)
+        want = qe4.quantize(x, bits, "grouped", **opts)
+        for n_threads in (1, 2):
+            same_bytes(qe4_fast.quantize(x, bits, "grouped", n_threads=n_threads, **opts).data,
+                       want.data)
+        same_bytes(qe4_fast.dequantize(want), qe4.dequantize(want))
+        idx, off = np.arange(25)[::-1], np.array([0, 3, 20])
+        same_bytes(qe4_fast.embedding_bag(want, idx, off), qe4.embedding_bag(want, idx, off))
+
+
 def test_error_at_4_5_bits_per_value():
     """N(0, 1) x 256 at 4.5 bpw: below GGUF Q4_K with llama.cpp's search (0.00500) and
     far below the rowwise 4-bit rows (0.0096 at 4.125 bpw); never worse than the rounded
@@ -121,10 +184,10 @@ def test_error_at_4_5_bits_per_value():
 # --------------------------------------------------------------------------- both packages
 
 @pytest.mark.parametrize("dim, group, sub_bits", SHAPES)
-@pytest.mark.parametrize("bits, levels", WIDTHS)
-def test_quantize_matches_reference(bits, levels, dim, group, sub_bits, same_bytes):
+@pytest.mark.parametrize("bits, levels, mins", WIDTHS)
+def test_quantize_matches_reference(bits, levels, mins, dim, group, sub_bits, same_bytes):
     x = rows(40, dim, bits)
-    opts = options(group, sub_bits, levels)
+    opts = options(group, sub_bits, levels, mins)
     want = qe4.quantize(x, bits, "grouped", **opts)
     assert want.params == opts and want.layout == "grouped"
     for n_threads in (1, 2, 7):
@@ -134,11 +197,11 @@ def test_quantize_matches_reference(bits, levels, dim, group, sub_bits, same_byt
 
 
 @pytest.mark.parametrize("dim, group, sub_bits", SHAPES[:4] + [(256, 32, 6)])
-@pytest.mark.parametrize("bits, levels", WIDTHS)
-def test_lookups_match_reference(bits, levels, dim, group, sub_bits, level, same_bytes):
+@pytest.mark.parametrize("bits, levels, mins", WIDTHS)
+def test_lookups_match_reference(bits, levels, mins, dim, group, sub_bits, level, same_bytes):
     rng = np.random.default_rng(dim)
     t = qe4.quantize(rows(30, dim, 1)[:, :dim], bits, "grouped",
-                     **options(group, sub_bits, levels))
+                     **options(group, sub_bits, levels, mins))
     other = qe4.quantize(rows(30, 5, 2), 4, "greedy")
     idx = rng.integers(0, 30, 180)
     off = np.array([0, 0, 1, 7, 7, 40, 170])         # a bag of 130 positions: several chunks
@@ -208,13 +271,15 @@ def test_levels_read_back_through_the_table(same_bytes):
 
 
 def test_a_file_written_before_levels_reads_as_uniform(same_bytes):
-    """tests/golden/grouped-4bit-before-levels.qe4 has no "levels" in its params: it loads,
-    reads as uniform levels and holds the rows of today's uniform file."""
+    """tests/golden/grouped-4bit-before-levels.qe4 has no "levels" (nor "mins") in its params:
+    it loads, reads as uniform levels with a sub-min per group and holds the rows of today's
+    uniform file."""
     import os
     golden = os.path.join(os.path.dirname(__file__), "golden")
     old = qe4.load(os.path.join(golden, "grouped-4bit-before-levels.qe4"))
     new = qe4.load(os.path.join(golden, "grouped-4bit.qe4"))
-    assert "levels" not in old.params and new.params == dict(old.params, levels="uniform")
+    assert "levels" not in old.params and "mins" not in old.params
+    assert new.params == dict(old.params, levels="uniform", mins="group")
     same_bytes(old.data, new.data)
     for mod in (qe4, qe4_fast):
         same_bytes(mod.dequantize(old), qe4.dequantize(new))
@@ -246,6 +311,8 @@ def test_level_tables_are_sound():
     ({"levels": None}, ValueError, r"levels must be one of \('uniform', 'nl'\), got None"),
     ({"levels": "nl", "bits": 8}, ValueError, r"levels='nl' is defined for bits in \(2, 3, 4, 5, 6\), "
      "got bits=8"),
+    ({"mins": "sub"}, ValueError, r"mins must be one of \('group', 'none'\), got 'sub'"),
+    ({"mins": None}, ValueError, r"mins must be one of \('group', 'none'\), got None"),
 ])
 def test_bad_options(kwargs, exc, match, same_error):
     kwargs = dict(kwargs)
@@ -275,6 +342,9 @@ def test_bad_values(change, match, same_error):
     ({"group": 4, "sub_bits": 6, "levels": "NL"}, r"params\['levels'\] must be one of \('uniform', 'nl'\), "
      "got 'NL'"),
     ({"group": 4, "sub_bits": 6, "levels": 1}, r"params\['levels'\] must be one of"),
+    ({"group": 4, "sub_bits": 6, "mins": "x"}, r"params\['mins'\] must be one of \('group', 'none'\), "
+     "got 'x'"),
+    ({"group": 4, "sub_bits": 6, "mins": "none"}, "data has 14 bytes per row; .* needs 10"),
 ])
 def test_bad_tables(params, match):
     t = qe4.quantize(rows(3, 9), 4, "grouped", group=4)        # 5 + 5 + 4 = 14 bytes
@@ -285,24 +355,43 @@ def test_bad_tables(params, match):
                            scale_dtype="float32")
 
 
+def test_kernels_check_the_row_size():
+    """The compiled lookups refuse rows whose size is not that of the kind of group offset
+    they are told (2 sub-fields and a 4-byte tail, or 1 and a 2-byte tail)."""
+    from qe4_fast import _grouped
+    t = qe4.quantize(rows(3, 9), 4, "grouped", group=4)        # 5 + 5 + 4 = 14 bytes
+    s = qe4.quantize(rows(3, 9), 4, "grouped", group=4, mins="none")   # 5 + 3 + 2 = 10 bytes
+    lev = L.level_table(s.params, 4)
+    out = np.empty((3, 9), F32)
+    for data, mins in ((t.data, "none"), (s.data, "group")):
+        with pytest.raises(ValueError, match="are not grouped rows of dim 9"):
+            _grouped.row_values(data, 9, 4, 4, 6, mins, lev, None, out, 1, _simd.LEVEL)
+    with pytest.raises(ValueError, match="mins must be one of"):
+        _grouped.row_values(s.data, 9, 4, 4, 6, "zero", lev, None, out, 1, _simd.LEVEL)
+    with pytest.raises(ValueError, match="need a level table"):
+        _grouped.row_values(s.data, 9, 4, 4, 6, "none", None, None, out, 1, _simd.LEVEL)
+
+
 # --------------------------------------------------------------------------- files, streaming
 
+@pytest.mark.parametrize("mins", L.MINS)
 @pytest.mark.parametrize("mmap", (True, False))
-def test_save_load(tmp_path, mmap, same_bytes):
-    t = qe4_fast.quantize(rows(20, 13), 5, "grouped", group=6, sub_bits=7)
+def test_save_load(tmp_path, mmap, mins, same_bytes):
+    t = qe4_fast.quantize(rows(20, 13), 5, "grouped", group=6, sub_bits=7, mins=mins)
     qe4.save(t, tmp_path / "g.qe4")
     back = qe4.load(tmp_path / "g.qe4", mmap=mmap)
-    assert back == t and back.params == options(6, 7) and back.layout == "grouped"
+    assert back == t and back.params == options(6, 7, mins=mins) and back.layout == "grouped"
     same_bytes(qe4_fast.dequantize(back), qe4.dequantize(t))
     assert qio.read_metadata(tmp_path / "g.qe4")["layout"] == "grouped"
 
 
-def test_stream_shards_and_dask(tmp_path, same_bytes):
+@pytest.mark.parametrize("mins", L.MINS)
+def test_stream_shards_and_dask(tmp_path, mins, same_bytes):
     x = rows(70, 20, 9)
-    want = qe4.quantize(x, 4, "grouped", group=8, sub_bits=5)
+    want = qe4.quantize(x, 4, "grouped", group=8, sub_bits=5, mins=mins)
     np.save(tmp_path / "x.npy", x)
     stream.quantize_file(tmp_path / "x.npy", tmp_path / "s.qe4", 4, "grouped", group=8, sub_bits=5,
-                         max_memory=8192)
+                         mins=mins, max_memory=8192)
     same_bytes(qe4.load(tmp_path / "s.qe4").data, want.data)
     st = S.write_sharded(want, tmp_path / "sh", rows_per_shard=30)
     idx = np.array([69, 0, 31, 30, 5])
@@ -313,18 +402,20 @@ def test_stream_shards_and_dask(tmp_path, same_bytes):
     from qe4 import dask as qd
     with dask.config.set(scheduler="synchronous"):
         got = qd.quantize(da.from_array(x, chunks=(25, 20)), 4, "grouped", engine="fast",
-                          group=8, sub_bits=5).to_table()
+                          group=8, sub_bits=5, mins=mins).to_table()
     same_bytes(got.data, want.data)
 
 
-def test_cli_quantize(tmp_path, capsys, same_bytes):
+@pytest.mark.parametrize("mins", L.MINS)
+def test_cli_quantize(tmp_path, capsys, mins, same_bytes):
     x = rows(30, 24, 2)
     np.save(tmp_path / "x.npy", x)
     code = cli.main(["quantize", str(tmp_path / "x.npy"), str(tmp_path / "g.qe4"), "--method",
-                     "grouped", "--bits", "3", "--group", "8", "--sub-bits", "5"])
+                     "grouped", "--bits", "3", "--group", "8", "--sub-bits", "5", "--mins", mins])
     assert code == 0, capsys.readouterr().err
-    same_bytes(qe4.load(tmp_path / "g.qe4").data,
-               qe4.quantize(x, 3, "grouped", group=8, sub_bits=5).data)
+    back = qe4.load(tmp_path / "g.qe4")
+    assert back.params["mins"] == mins
+    same_bytes(back.data, qe4.quantize(x, 3, "grouped", group=8, sub_bits=5, mins=mins).data)
 
 
 # --------------------------------------------------------------------------- the compiled bag's paths
@@ -339,26 +430,28 @@ BAG_SHAPES = [(64, 16, 4), (64, 8, 3), (64, 24, 6), (64, 64, 5), (128, 8, 2), (2
               (65, 32, 6), (20, 5, 6)]
 
 
-def random_rows(n, dim, bits, group, sub_bits, levels, seed):
+def random_rows(n, dim, bits, group, sub_bits, levels, mins, seed):
     """A table of random bytes in every field (codes, sub-scales, sub-mins, both sub-min
-    modes) under finite random super-parameters."""
+    modes; scale-only: signed sub-scales) under finite random super-parameters."""
     rng = np.random.default_rng(seed)
-    row_bytes = LAYOUT.row_bytes(dim, bits, "float16", None, options(group, sub_bits))
+    params = options(group, sub_bits, levels, mins)
+    row_bytes = LAYOUT.row_bytes(dim, bits, "float16", None, params)
     data = rng.integers(0, 256, (n, row_bytes), dtype=np.uint8)
-    dm = (rng.standard_normal((n, 2)) * np.exp(rng.uniform(-4, 4, (n, 2)))).astype(np.float16)
-    data[:, -4:] = dm.view(np.uint8)
+    k = 2 if mins == "group" else 1
+    dm = (rng.standard_normal((n, k)) * np.exp(rng.uniform(-4, 4, (n, k)))).astype(np.float16)
+    data[:, -2 * k:] = dm.view(np.uint8)
     return qe4.QuantizedTable(data, bits=bits, dim=dim, method="grouped", layout="grouped",
-                              params=options(group, sub_bits, levels))
+                              params=params)
 
 
 @pytest.mark.parametrize("dim, group, sub_bits", BAG_SHAPES)
-@pytest.mark.parametrize("bits, levels", WIDTHS)
-def test_bag_paths_match_reference(bits, levels, dim, group, sub_bits, level, same_bytes):
+@pytest.mark.parametrize("bits, levels, mins", WIDTHS)
+def test_bag_paths_match_reference(bits, levels, mins, dim, group, sub_bits, level, same_bytes):
     rng = np.random.default_rng(dim + bits)
     # qe4_fast's rows (the reference's bytes: test_quantize_matches_reference), for speed
     quantized = qe4_fast.quantize(rows(24, dim, 1), bits, "grouped",
-                                  **options(group, sub_bits, levels))
-    crafted = random_rows(24, dim, bits, group, sub_bits, levels, dim)
+                                  **options(group, sub_bits, levels, mins))
+    crafted = random_rows(24, dim, bits, group, sub_bits, levels, mins, dim)
     idx = rng.integers(0, 24, 200)
     off = np.array([0, 0, 3, 3, 70, 199])    # empty bags, a bag of 1, bags longer than a chunk
     w = rng.uniform(-2, 2, 200).astype(F32)

@@ -11,7 +11,10 @@ other kmeans case (max_iter=7, 7 values per row) kept its bytes.  The grouped fi
 written again when the grouped method gained its ``levels`` option: their headers' params
 now name ``"levels": "uniform"`` (rows and outputs unchanged); the file written before,
 ``grouped-4bit-before-levels.qe4`` (no ``levels`` in its params), stays, to show such files
-still read as uniform levels (tests/test_grouped.py).
+still read as uniform levels (tests/test_grouped.py).  They were written again when it gained
+its ``mins`` option (params now name ``"mins": "group"``; rows and outputs unchanged, checked
+entry by entry against the previous expected.npz); the before-levels file has neither key and
+reads as both defaults.
 tests/test_format_golden.py loads them and checks every later qe4 reads, looks up and
 re-writes them byte for byte.
 Re-running this script would overwrite history, so it refuses when the files
@@ -69,6 +72,12 @@ CASES = {
     "grouped-3bit-nl": (3, "grouped", {"group": 3, "sub_bits": 6, "levels": "nl"}),
     "grouped-4bit-nl": (4, "grouped", {"group": 3, "sub_bits": 6, "levels": "nl"}),
     "grouped-6bit-nl": (6, "grouped", {"group": 4, "sub_bits": 8, "levels": "nl"}),
+    # scale-only groups (mins="none"): signed sub-scales, no mins, signed level tables
+    "grouped-4bit-scale-only": (4, "grouped", {"group": 3, "sub_bits": 6, "mins": "none"}),
+    "grouped-4bit-nl-scale-only": (4, "grouped", {"group": 3, "sub_bits": 6, "levels": "nl",
+                                                  "mins": "none"}),
+    "grouped-6bit-nl-scale-only": (6, "grouped", {"group": 4, "sub_bits": 8, "levels": "nl",
+                                                  "mins": "none"}),
 }
 N_ROWS, DIM = 11, 7          # an odd dim: the last code byte is half padding at 4 bits
 
