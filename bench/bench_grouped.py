@@ -13,8 +13,8 @@ absent), the normalized error ||X - X_hat||^2 / ||X||^2 and bits per value of:
 
 ``--bags`` measures only the lookups (GitHub issue 12, item 5: the best 4.5-bpw layout's
 bags at >= 0.8x the fused 4-bit bag's speed): qe4_fast.embedding_bag sums of 2,048 bags x 40
-uniform indices on N(0, 1) 100,000 x 256 and x 64 tables of the presets nl-4 and grouped-4
-(``--widths``: every grouped and nl preset), at 1 and 2 threads, as ratios to the fused
+uniform indices on N(0, 1) 100,000 x 256 and x 64 tables of the presets nl-4, grouped-4, nls-4 and
+nls-4-16 (``--widths``: every grouped preset), at 1 and 2 threads, as ratios to the fused
 rowwise 4-bit bag of the ``torch-4`` preset on the same indices, best of interleaved rounds
 in one run (each round calls every contender once), the load average printed.  Every table's
 bags (sum, mean, weighted) are checked byte for byte against qe4.embedding_bag on a slice
@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import qe4  # noqa: E402
 import qe4_fast  # noqa: E402
 from qe4 import grouped as G  # noqa: E402
+from qe4 import preset_registry  # noqa: E402
 from _timing import best_interleaved, machine_line, same_bytes  # noqa: E402
 
 F32 = np.float32
@@ -111,9 +112,10 @@ def speed(n_rows):
               f"fused rowwise 4-bit bag's speed")
 
 
-BAG_PRESETS = ("nl-4", "grouped-4")
-WIDTH_PRESETS = ("grouped-2", "nl-2", "grouped-3", "nl-3", "grouped-4-64", "nl-4-64",
-                 "grouped-5", "nl-5", "grouped-6", "nl-6")
+BAG_PRESETS = ("nl-4", "grouped-4", "nls-4", "nls-4-16")
+# every other grouped preset (the preset registry)
+WIDTH_PRESETS = tuple(name for name in qe4.presets()
+                      if preset_registry.get(name).method == "grouped" and name not in BAG_PRESETS)
 
 
 def preset_table(x, name, cache):

@@ -762,7 +762,31 @@ QE4_INLINE void qe4_g_params(const qe4_grouped *t, const uint8_t *row, int j0, i
          * from its one or two bytes (the stream is followed by d alone: 2 bytes, too few for
          * the wide loads below) */
         const int sbit = 1 << (b - 1);
-        for (int k = 0; k < n; k++) {
+        const uint32_t sh[8] = {0, 0, b, b, 2 * b, 2 * b, 3 * b, 3 * b};
+        int k = 0;
+        /* four groups at a time from a 64-bit load (4 * b + 7 <= 39 bits) while 8 bytes are
+         * left in the row from there (the stream and d); the same float32 products */
+        for (; k + 4 <= n; k += 4) {
+            int64_t at = ((int64_t)j0 + k) * b;
+            if ((at >> 3) + 8 > t->sub_bytes + 2)
+                break;
+            uint64_t u;
+            memcpy(&u, subs + (at >> 3), 8);
+            uint32_t lo = (uint32_t)(u >> (at & 7));
+            qe4_g_v8u f = ((qe4_g_v8u){lo, lo, lo, lo, lo, lo, lo, lo} >>
+                           (qe4_g_v8u){sh[0], sh[1], sh[2], sh[3], sh[4], sh[5], sh[6], sh[7]}) &
+                          (qe4_g_v8u){(1u << b) - 1u, 0, (1u << b) - 1u, 0, (1u << b) - 1u, 0,
+                                      (1u << b) - 1u, 0};
+            const qe4_g_v8u hv = {(uint32_t)sbit, 0, (uint32_t)sbit, 0, (uint32_t)sbit, 0,
+                                  (uint32_t)sbit, 0};
+            qe4_g_v8i v = (qe4_g_v8i)(f ^ hv) - (qe4_g_v8i)hv;   /* odd lanes: 0 */
+            const qe4_g_v8f dz = {d, 0.0f, d, 0.0f, d, 0.0f, d, 0.0f};
+            qe4_g_v8f r = __builtin_convertvector(v, qe4_g_v8f) * dz; /* odd lanes: +0 */
+            if (weighted)
+                r = w * r;
+            memcpy(st + 2 * k, &r, 32);
+        }
+        for (; k < n; k++) {
             int64_t at = ((int64_t)j0 + k) * b;
             uint32_t u = subs[at >> 3];
             if ((at & 7) + b > 8)
