@@ -666,3 +666,69 @@ def _points_centroids(s, q, w, shift, k):
     s, q, w = s[None], q[None], w[None]
     bounds = optimal_partition(*prefix_sums(s, q, w), min(k, s.shape[1]))
     return partition_centroids(s, w, bounds, np.array([shift]), k)[0]
+
+
+# --------------------------------------------------------------------------- fixed codebooks
+
+def check_books(books: ArrayLike) -> Float32Array:
+    """Stored codebooks (float16/float32 [n_groups, K]) as float32, refused unless every
+    centroid is finite and each codebook is sorted ascending (the layout's rule, which
+    :func:`assign_codes` and the compiled binary search rely on)."""
+    b = np.asarray(books).astype(F32)
+    V.check_finite(b, "extras['codebooks']")
+    bad = np.argwhere(b[:, 1:] < b[:, :-1])
+    if bad.size:
+        g, k = map(int, bad[0])
+        raise ValueError(f"extras['codebooks'][{g}] is not sorted ascending: centroid {k + 1} "
+                         f"= {b[g, k + 1]!r} < centroid {k} = {b[g, k]!r}")
+    return b
+
+
+def book_errors(x: Float32Array, books: Float32Array) -> Float64Array:
+    """float64 [n_rows, n_books]: the squared error of encoding each row of ``x`` with each
+    sorted codebook ``books`` float32 [n_books, K] (codes by :func:`assign_codes`)::
+
+        d_j = float64(x_j) - float64(c[code_j]);   err = sum of d_j * d_j, j = 0 .. dim-1
+
+    float64, each product rounded, summed sequentially in column order (float64 cannot
+    overflow here: every term is below 2**258).
+    """
+    n, m = x.shape[0], books.shape[0]
+    xr = np.repeat(np.asarray(x, F32), m, axis=0)                  # row i, book g at i * m + g
+    cents = np.tile(books, (n, 1))
+    codes = assign_codes(xr, cents)
+    d = xr.astype(F64) - np.take_along_axis(cents.astype(F64), codes.astype(np.intp), axis=1)
+    return np.cumsum(d * d, axis=1)[:, -1].reshape(n, m)           # add.accumulate: sequential
+
+
+def best_books(x: Float32Array, books: Float32Array) -> Int64Array:
+    """int64 [n_rows]: for each row of ``x``, the codebook of ``books`` [n_books, K] with the
+    smallest :func:`book_errors`, ties to the lower index.  Computed in blocks of about
+    ``_CHUNK_CELLS`` (row, book, column) cells, a running minimum over books ascending (so
+    a later book replaces the best only when strictly better)."""
+    n, dim = x.shape
+    m = books.shape[0]
+    pairs = max(1, _CHUNK_CELLS // max(1, dim))
+    rstep, gstep = max(1, pairs // m), min(m, pairs)
+    out = np.empty(n, np.int64)
+    for r0 in range(0, n, rstep):
+        xc = x[r0:r0 + rstep]
+        best, arg = np.full(xc.shape[0], np.inf), np.zeros(xc.shape[0], np.int64)
+        for g0 in range(0, m, gstep):
+            err = book_errors(xc, books[g0:g0 + gstep])
+            j = err.argmin(axis=1)                                  # the first minimum
+            e = err[np.arange(xc.shape[0]), j]
+            better = e < best
+            best, arg = np.where(better, e, best), np.where(better, g0 + j, arg)
+        out[r0:r0 + rstep] = arg
+    return out
+
+
+def encode_with_books(x: Float32Array, books: Float32Array, bits: int,
+                      scale_dtype: str) -> UInt8Array:
+    """Two-tier rows ``[packed codes][group id]`` of ``x`` against fixed codebooks ``books``
+    float32 [n_groups, K] (:func:`check_books`): each row's group is :func:`best_books`,
+    its codes :func:`assign_codes` with that group's codebook (the two-tier encoder's rule).
+    Rows are independent: the bytes of a row depend only on it and ``books``."""
+    gid = best_books(x, books)
+    return two_tier_rows(assign_codes(x, books[gid]), gid, books, bits, scale_dtype)[0]

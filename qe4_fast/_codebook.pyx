@@ -37,6 +37,8 @@ cdef extern from "_codebook_kernels.h" nogil:
     void cb_sort_floats(float *v, int n)
     void cb_assign_pack(const float *x, int64_t dim, const float *cents, int K, int bits,
                         uint8_t *out)
+    int64_t cb_best_book(const float *x, int64_t dim, const float *books, int64_t n_books,
+                         int K)
     const float *cb_row_cents(const uint8_t *row, int64_t code_bytes, int layout, int f16,
                               int K, int id_bytes, const float *books, float *tmp)
     void cb_row_values(const uint8_t *row, int64_t dim, int bits, const float *cents,
@@ -47,7 +49,7 @@ cdef extern from "_codebook_kernels.h" nogil:
                int mean, float *acc, float *vals, int simd)
 
 # the codes the kernels dispatch on (the registry's codes; tests/test_fast_simd.py checks)
-# (two-tier: fit_groups + encode_two_tier; encode_rows takes the per-row methods' codes)
+# (two-tier: fit_groups + encode_two_tier, or encode_with_books; encode_rows takes the per-row methods' codes)
 METHOD_CODES = {"kmeans": QE4_KMEANS, "kmeans-optimal": QE4_KMEANS_OPTIMAL,
                 "two-tier": QE4_TWO_TIER}
 LAYOUT_CODES = {"codebook": QE4_LAYOUT_CODEBOOK, "two-tier": QE4_LAYOUT_TWO_TIER}
@@ -255,6 +257,39 @@ cdef void _two_tier_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
         row[j.nb] = <uint8_t>(j.gid[r] & 255)
         if j.id_bytes == 2:
             row[j.nb + 1] = <uint8_t>(j.gid[r] >> 8)
+
+
+def encode_with_books(const float[:, ::1] x,        # IN  [n_rows, dim]
+                      const float[:, ::1] books,    # IN  [n_groups, K], sorted, finite
+                      int bits, int id_bytes,
+                      uint8_t[:, ::1] out,          # OUT [n_rows, code_bytes + id_bytes]
+                      int n_threads):
+    """Two-tier rows of ``x`` against fixed codebooks: each row's group is the codebook of
+    least squared error (qe4.codebook.best_books), its codes that codebook's nearest
+    centroids (qe4.codebook.encode_with_books)."""
+    _check(-1, QE4_LAYOUT_TWO_TIER, bits, QE4_SIMD_PORTABLE, "encode_with_books")
+    cdef cb_job j
+    _job(&j, x, bits, 0, out, n_threads)
+    j.books_in = &books[0, 0]
+    j.n_groups = books.shape[0]
+    j.id_bytes = id_bytes
+    with nogil:
+        par_run(j.n_chunks, n_threads, _books_chunk, &j)
+
+
+cdef void _books_chunk(void *ctx, int64_t c, int worker) noexcept nogil:
+    cdef cb_job *j = <cb_job *>ctx
+    cdef int64_t r, g
+    cdef const float *xr
+    cdef uint8_t *row
+    for r in range(_first(j, c), _first(j, c + 1)):
+        xr = j.x + r * j.dim
+        g = cb_best_book(xr, j.dim, j.books_in, j.n_groups, j.K)
+        row = j.out + r * j.row_bytes
+        cb_assign_pack(xr, j.dim, j.books_in + g * j.K, j.K, j.bits, row)
+        row[j.nb] = <uint8_t>(g & 255)
+        if j.id_bytes == 2:
+            row[j.nb + 1] = <uint8_t>(g >> 8)
 
 
 def dequantize(const uint8_t[:, ::1] data,    # IN  [n_rows, row_bytes]

@@ -503,24 +503,64 @@ static int64_t cb_group_points(const float *x, int64_t dim, const int64_t *rows,
 
 /* ------------------------------------------------------------------ codes and rows */
 
+/* The K - 1 midpoints of sorted float32 cents [K] (qe4.codebook.assign_codes, float64). */
+static inline void cb_mids(const float *cents, int K, double *mids)
+{
+    for (int i = 1; i < K; i++)
+        mids[i - 1] = ((double)cents[i - 1] + (double)cents[i]) * 0.5;
+}
+
+/* The code of v: #{mids < v}, by binary search (mids sorted; K a power of two). */
+static inline int cb_code(double v, const double *mids, int K)
+{
+    int code = 0;
+    for (int step = K / 2; step >= 1; step /= 2)
+        if (v > mids[code + step - 1])
+            code += step;
+    return code;
+}
+
 /* qe4.codebook.assign_codes + pack_codes for one row: sorted float32 cents [K]. */
 static void cb_assign_pack(const float *x, int64_t dim, const float *cents, int K, int bits,
                            uint8_t *out)
 {
     double mids[16];
-    for (int i = 1; i < K; i++)
-        mids[i - 1] = ((double)cents[i - 1] + (double)cents[i]) * 0.5;
+    cb_mids(cents, K, mids);
     int64_t nb = (dim * bits + 7) / 8;
     memset(out, 0, (size_t)nb);
     int epb = 8 / bits;
     for (int64_t j = 0; j < dim; j++) {
-        double v = (double)x[j];
-        int code = 0;
-        for (int step = K / 2; step >= 1; step /= 2)     /* #{mids < v}, mids sorted */
-            if (v > mids[code + step - 1])
-                code += step;
+        int code = cb_code((double)x[j], mids, K);
         out[j / epb] |= (uint8_t)(code << ((j % epb) * bits));
     }
+}
+
+/* qe4.codebook.best_books for one row: the first of the n_books sorted codebooks books
+ * [n_books, K] with the least squared error sum_j (double(x_j) - double(c[code_j]))^2,
+ * double, summed over j ascending (each product rounded: -ffp-contract=off).  A book is
+ * left as soon as its partial sum reaches the best one (sums of squares never fall), which
+ * cannot change the answer. */
+static int64_t cb_best_book(const float *x, int64_t dim, const float *books, int64_t n_books,
+                            int K)
+{
+    double mids[16], best = 0.0;
+    int64_t arg = 0;
+    for (int64_t g = 0; g < n_books; g++) {
+        const float *c = books + g * K;
+        cb_mids(c, K, mids);
+        double err = 0.0;
+        for (int64_t j = 0; j < dim; j++) {
+            double d = (double)x[j] - (double)c[cb_code((double)x[j], mids, K)];
+            err += d * d;
+            if (g > 0 && err >= best)     /* err never falls: this book cannot win */
+                break;
+        }
+        if (g == 0 || err < best) {
+            best = err;
+            arg = g;
+        }
+    }
+    return arg;
 }
 
 /* Fit, store and encode one row of a "codebook" table.  Row = [codes][K centroids].

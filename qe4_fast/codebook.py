@@ -6,7 +6,9 @@ dequantized rows and bags for every thread count.  The numerics are documented i
 
 What is compiled: every per-row fit (Lloyd with its split-merge moves, and the exact
 dynamic program), the binning and dynamic program of each ``two-tier`` group, encoding,
-dequantization and bags.  One ``two-tier`` step is the reference's own vectorized NumPy
+dequantization and bags, and the encoding of new ``two-tier`` rows against a table's
+codebooks (:func:`encode_with_books`, for ``qe4_fast.update_rows(..., codebooks="keep")``).
+One ``two-tier`` step is the reference's own vectorized NumPy
 function, called explicitly (not a fallback): the row grouping
 (:func:`qe4.codebook.group_ids`, two stable argsorts).
 """
@@ -21,7 +23,7 @@ from numpy.typing import ArrayLike
 if TYPE_CHECKING:
     from qe4.frontend import Request
     from qe4.table import QuantizedTable
-    from qe4._typing import Encoded, Float32Array, IntArray
+    from qe4._typing import Encoded, Float32Array, IntArray, UInt8Array
 
 from qe4 import codebook as C
 from qe4 import layouts as L
@@ -89,6 +91,28 @@ def encode(request: Request, x: Float32Array, n_threads: int | None = None) -> E
     for a, b in row_blocks(n_rows, cost, nt):               # Ctrl-C is noticed between blocks
         _codebook.encode_rows(x[a:b], bits, request.method.code, max_iter, f16, data[a:b], nt)
     return data, {}
+
+
+@shares_cores
+def encode_with_books(x: Float32Array, books: Float32Array, bits: int, scale_dtype: str,
+                      n_threads: int | None = None) -> UInt8Array:
+    """Two-tier rows of validated float32 rows ``x`` against fixed float32 codebooks
+    ``books`` (sorted, finite: :func:`qe4.codebook.check_books`); byte-identical to
+    :func:`qe4.codebook.encode_with_books` (the group choice and the codes are compiled)."""
+    if bits not in L.LAYOUTS["two-tier"].bits:
+        raise ValueError(f"qe4_fast's codebook kernels do not implement bits={bits} for "
+                         f"two-tier rows (they do {L.LAYOUTS['two-tier'].bits})")
+    x = np.ascontiguousarray(x, F32)
+    books = np.ascontiguousarray(books, F32)
+    n_rows, dim = x.shape
+    n_groups, k = books.shape
+    id_bytes = L.id_dtype(n_groups).itemsize
+    data = np.empty((n_rows, L.code_bytes(dim, bits) + id_bytes), np.uint8)
+    cost = dim * k * n_groups                  # per row: every codebook's codes and error
+    nt = effective_n_threads(n_threads, n_rows, n_rows * cost, GRAIN_SEARCH)
+    for a, b in row_blocks(n_rows, cost, nt):               # Ctrl-C is noticed between blocks
+        _codebook.encode_with_books(x[a:b], books, bits, id_bytes, data[a:b], nt)
+    return data
 
 
 def _group_books(x, gid, n_groups, k, f16, n_threads):

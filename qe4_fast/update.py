@@ -1,5 +1,6 @@
 """Compiled row updates: :func:`qe4.update_rows` and :func:`qe4.update_file` with
-``qe4_fast.quantize`` doing the quantization (same validation, same bytes)."""
+``qe4_fast.quantize`` doing the quantization, and with ``codebooks="keep"`` the compiled
+:func:`qe4_fast.codebook.encode_with_books` the encoding (same validation, same bytes)."""
 
 from __future__ import annotations
 
@@ -19,21 +20,28 @@ def _engine(n_threads):
     def quantize(x, bits, method, scale_dtype, options):
         from . import quantize
         return quantize(x, bits, method, scale_dtype=scale_dtype, n_threads=n_threads, **options)
-    return quantize
+
+    def encode_with_books(x, books, bits, scale_dtype):
+        from .codebook import encode_with_books
+        return encode_with_books(x, books, bits, scale_dtype, n_threads=n_threads)
+    return U.Engine(quantize, encode_with_books)
 
 
 @shares_cores
 def update_rows(table: QuantizedTable, start: int, x: ArrayLike, *, method: str | None = None,
-                n_threads: int | None = None, **options: Any) -> None:
+                codebooks: str | None = None, n_threads: int | None = None,
+                **options: Any) -> None:
     """Re-quantize rows of ``table`` in place; see :func:`qe4.update_rows`.
 
-    ``n_threads``: None = all usable cores (the new rows are quantized in parallel).
+    ``n_threads``: None = all usable cores (the new rows are quantized, or with
+    ``codebooks="keep"`` encoded against the codebooks, in parallel).
     """
-    U._write_rows(table, start, x, method, options, _engine(n_threads))
+    U._write_rows(table, start, x, method, options, _engine(n_threads), codebooks)
 
 
 @shares_cores
 def update_file(path: StrPath, start: int, x: ArrayLike, *, method: str | None = None,
-                in_place: bool = False, n_threads: int | None = None, **options: Any) -> None:
+                in_place: bool = False, codebooks: str | None = None,
+                n_threads: int | None = None, **options: Any) -> None:
     """Re-quantize rows of the qe4 file at ``path``; see :func:`qe4.update_file`."""
-    U._update_file(path, start, x, method, in_place, options, _engine(n_threads))
+    U._update_file(path, start, x, method, in_place, options, _engine(n_threads), codebooks)
