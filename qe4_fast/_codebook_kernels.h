@@ -535,27 +535,32 @@ static void cb_assign_pack(const float *x, int64_t dim, const float *cents, int 
     }
 }
 
+/* Squared error of coding x [dim] with sorted cents [K], double, summed over j ascending
+ * (each product rounded: -ffp-contract=off); stops early, returning a partial sum, once the
+ * sum reaches `stop`: sums of squares never fall, so that codebook cannot be strictly
+ * better. */
+static double cb_book_error(const float *x, int64_t dim, const float *cents, int K, double stop)
+{
+    double mids[16], err = 0.0;
+    cb_mids(cents, K, mids);
+    for (int64_t j = 0; j < dim && err < stop; j++) {
+        double d = (double)x[j] - (double)cents[cb_code((double)x[j], mids, K)];
+        err += d * d;
+    }
+    return err;
+}
+
 /* qe4.codebook.best_books for one row: the first of the n_books sorted codebooks books
- * [n_books, K] with the least squared error sum_j (double(x_j) - double(c[code_j]))^2,
- * double, summed over j ascending (each product rounded: -ffp-contract=off).  A book is
- * left as soon as its partial sum reaches the best one (sums of squares never fall), which
- * cannot change the answer. */
+ * [n_books, K] with the least error (cb_book_error), books tried in ascending order, so a
+ * later book wins only when strictly better (ties to the lower index). */
 static int64_t cb_best_book(const float *x, int64_t dim, const float *books, int64_t n_books,
                             int K)
 {
-    double mids[16], best = 0.0;
     int64_t arg = 0;
-    for (int64_t g = 0; g < n_books; g++) {
-        const float *c = books + g * K;
-        cb_mids(c, K, mids);
-        double err = 0.0;
-        for (int64_t j = 0; j < dim; j++) {
-            double d = (double)x[j] - (double)c[cb_code((double)x[j], mids, K)];
-            err += d * d;
-            if (g > 0 && err >= best)     /* err never falls: this book cannot win */
-                break;
-        }
-        if (g == 0 || err < best) {
+    double best = cb_book_error(x, dim, books, K, INFINITY);
+    for (int64_t g = 1; g < n_books; g++) {
+        double err = cb_book_error(x, dim, books + g * K, K, best);
+        if (err < best) {
             best = err;
             arg = g;
         }
