@@ -21,6 +21,9 @@ Methods (``qe4.quantize(x, bits, method, **options)``)
     minimum and maximum; each group has one codebook, the optimal 1-D k-means of the
     group's values over bins of 11 significant bits (:func:`group_codebooks`); each row
     stores its group id.  The codebook overhead moves from every row to the table.
+    New rows can be encoded against a table's existing codebooks (each row the codebook
+    of least squared error: :func:`encode_with_books`, for
+    ``qe4.update_rows(..., codebooks="keep")``).
 
 Grouping rows by the ranks of their min and max is what makes two-tier competitive (a
 naive grouping loses to per-row minmax).  How the methods compare in error and bytes
