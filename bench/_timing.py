@@ -88,6 +88,11 @@ def machine_line():
     return f"{line}, qe4_fast SIMD level {qe4_fast.simd_level()}, OpenMP {qe4_fast.openmp_enabled()}"
 
 
+def load_line(when):
+    """``"load average <when>: 1m 5m 15m"`` (when: "before", "after", ...)."""
+    return f"load average {when}: {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+
+
 def same_bytes(a, b, what, prog="bench"):
     """Exit (nothing timed) unless ``a`` and ``b`` have the same shape, dtype and bytes."""
     a = np.ascontiguousarray(np.asarray(a))

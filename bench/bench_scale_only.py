@@ -11,7 +11,6 @@ the first rows before anything is timed.  Prints the load average before and aft
 """
 
 import argparse
-import os
 
 import numpy as np
 
@@ -42,7 +41,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     print(T.machine_line())
-    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(T.load_line("before"))
     rng = np.random.default_rng(1)
     for dim in (64, 256):
         x = rng.standard_normal((args.rows, dim)).astype(F32)
@@ -59,7 +58,7 @@ def main() -> None:
             for (name, _), t in zip(cs, best):
                 print(f"D={dim:3d} {n_threads} thread{'s' if n_threads > 1 else ' '}  {name:45s} "
                       f"{args.rows / t / 1e3:8.1f} k rows/s  ({base / t:.2f}x the affine)")
-    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(T.load_line("after"))
 
 
 if __name__ == "__main__":

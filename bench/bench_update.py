@@ -12,7 +12,6 @@ Prints the load average before and after.
 """
 
 import argparse
-import os
 
 import numpy as np
 
@@ -24,14 +23,18 @@ import qe4_fast  # noqa: E402
 F32 = np.float32
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table-rows", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = arguments()
     print(T.machine_line())
-    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(T.load_line("before"))
     rng = np.random.default_rng(1)
     for dim in (64, 256):
         x = rng.standard_normal((args.table_rows, dim)).astype(F32)
@@ -60,7 +63,7 @@ def main() -> None:
             for name, t in zip(names, best):
                 print(f"D={dim:3d} {n_threads} thread{'s' if n_threads > 1 else ' '}  {name:42s} "
                       f"{args.batch / t / 1e3:8.1f} k rows/s  ({base / t:.2f}x the rowwise update)")
-    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(T.load_line("after"))
 
 
 if __name__ == "__main__":

@@ -227,17 +227,21 @@ def test_keep_encodes_each_row_with_its_best_codebook(bits, scale_dtype, n_group
 
 
 @pytest.mark.parametrize("bits,scale_dtype", TWO_TIER)
-def test_keep_rows_are_independent(bits, scale_dtype, same_bytes):
+def test_keep_rows_are_independent(bits, scale_dtype, same_bytes, monkeypatch):
     """A row's bytes depend on it and the codebooks only: one call or one row at a time,
-    the same table; many rows (several blocks of the kernel, both thread counts) too."""
+    the same table; many rows in one kernel call or in several blocks of calls, at 1 and 3
+    threads, too."""
+    from qe4_fast import _blocks
     t = two_tier(bits, scale_dtype, 16, n_rows=3000, dim=20, seed=4)
     new = new_two_tier_rows(2000, 20, seed=5)
     whole = clone(t)
     qe4.update_rows(whole, 1000, new, codebooks="keep")
-    for m, kw in ((qe4_fast, {"n_threads": 1}), (qe4_fast, {"n_threads": 3})):
-        got = clone(t)
-        m.update_rows(got, 1000, new, codebooks="keep", **kw)
-        same_bytes(got.data.view(np.uint8), whole.data.view(np.uint8))
+    for work in (_blocks.WORK_PER_CALL, 1 << 16):        # one call; blocks of dozens of rows
+        monkeypatch.setattr(_blocks, "WORK_PER_CALL", work)
+        for nt in (1, 3):
+            got = clone(t)
+            qe4_fast.update_rows(got, 1000, new, codebooks="keep", n_threads=nt)
+            same_bytes(got.data.view(np.uint8), whole.data.view(np.uint8))
     one = clone(t)
     for r in range(0, 2000, 397):
         qe4.update_rows(one, 1000 + r, new[r:r + 1], codebooks="keep")
