@@ -28,8 +28,9 @@ are not refitted and the grouping rule of :func:`qe4.quantize` (ranks of row min
 maxima over the whole table) is not applied, so re-encoding an old row's floats need not
 give back its old bytes, and rows unlike every codebook's rows get a larger error than a
 refit would: re-quantize the whole table from time to time (``qe4.table_error`` measures
-the drift).  The stored codebooks must be finite and sorted (files are checked by
-:func:`qe4.load`; a hand-built table's are checked at each update).
+the drift).  The stored codebooks must be finite and sorted ascending, as the layout
+stores them; every update checks both (:func:`qe4.codebook.check_books`), so a tampered
+file or a hand-built table is refused rather than encoded against.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def update_rows(table: QuantizedTable, start: int, x: ArrayLike, *, method: str 
         module notes of :mod:`qe4.update`).
     **options
         Method options; default: the table's ``params`` (e.g. ``n_bins``, ``ratio``).
-        None with ``codebooks="keep"`` (the table's codebooks are the encoding).
+        Refused with ``codebooks="keep"`` (nothing is fitted: the codebooks encode).
 
     Raises
     ------
