@@ -217,17 +217,33 @@ class _StatReader:
     """A /proc file read with one pread on a descriptor kept open (/proc/stat in ~10 us,
     against ~40 us for open + read + close; /proc/loadavg in ~4 us): the reads happen on
     the calling thread of a qe4_fast call, so their cost lands in that call's latency.  A
-    forked child inherits the descriptor; these files are the same for every process."""
+    forked child inherits the descriptor; these files are the same for every process.  The
+    descriptor is checked to still be that file before each read (a daemon that closed every
+    descriptor may have reused its number for a file of its own), else it is opened again."""
 
     def __init__(self, path):
-        self.path, self.fd = path, None
+        self.path, self.fd, self.ident = path, None, None
+
+    def _open(self):
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        st = os.fstat(fd)
+        self.fd, self.ident = fd, (st.st_dev, st.st_ino)
 
     def __call__(self):
         try:
             if self.fd is None:
-                self.fd = os.open(self.path, os.O_RDONLY)
+                self._open()
+            else:
+                try:
+                    st = os.fstat(self.fd)
+                    ok = (st.st_dev, st.st_ino) == self.ident
+                except OSError:
+                    ok = False
+                if not ok:              # not ours any more: leave it, open the file again
+                    self._open()
             return os.pread(self.fd, 1 << 16, 0).decode("ascii", "replace")
         except (OSError, AttributeError):
+            self.fd = None
             return ""
 
 

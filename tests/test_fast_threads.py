@@ -117,6 +117,24 @@ def test_running_others_without_a_count_is_zero(text):
     assert _threads.running_others(text, 0, 2, 2) == 0
 
 
+def test_proc_reader_reopens_a_descriptor_that_is_not_its_file(tmp_path):
+    """The kept /proc descriptor is checked before each read: closed and its number reused
+    for another file (a daemon closing every descriptor), it is opened again and the other
+    file is neither read nor closed."""
+    reader = _threads._StatReader("/proc/loadavg")
+    first = reader()
+    assert len(first.split()) == 5
+    os.close(reader.fd)
+    with open(tmp_path / "decoy", "w+") as decoy:
+        decoy.write("9.9 9.9 9.9 99/99 9\n")
+        decoy.flush()
+        text = reader()
+        assert len(text.split()) == 5 and "99/99" not in text
+        assert reader.fd != decoy.fileno()
+        os.fstat(decoy.fileno())                  # still open
+    assert _threads._StatReader("/nonexistent/file")() == ""
+
+
 def test_a_spinning_neighbour_counts_at_the_call():
     """The count read at the call sees a process that started spinning since the last
     load sample (as torch's OpenMP threads do after a parallel region)."""
