@@ -59,13 +59,15 @@ def best_interleaved(fns, rounds):
     return best, outs
 
 
-def interleaved_times(fns, calls):
-    """Per-call seconds (an array of ``calls``) of each function, called in rounds whose order
-    rotates (no contender always runs first, after the same neighbour)."""
+def interleaved_times(fns, calls, seed=0):
+    """Per-call seconds (an array of ``calls``) of each function, called in rounds in a new
+    random order each round (seeded): no contender always runs first, nor always right after
+    the same other one (a rotation of one order would keep every contender's predecessor,
+    and a call right after another one inherits its caches and its threads' spinning)."""
     times = [np.empty(calls) for _ in fns]
+    rng = np.random.default_rng(seed)
     for r in range(calls):
-        for k in range(len(fns)):
-            j = (k + r) % len(fns)
+        for j in rng.permutation(len(fns)):
             t0 = time.perf_counter()
             fns[j]()
             times[j][r] = time.perf_counter() - t0

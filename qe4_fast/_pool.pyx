@@ -10,6 +10,7 @@ cdef extern from "_pool_impl.h" nogil:
     void qe4_pool_run(int64_t n_chunks, int n_threads, qe4_chunk_fn fn, void *ctx)
     int qe4_pool_threaded()
     int qe4_pool_helpers()
+    int qe4_pool_watching()
     void qe4_pool_stats(int64_t *out)
     void qe4_pool_set_backoff(int on)
 
@@ -27,6 +28,13 @@ def threaded():
 def n_helpers():
     """Helper threads the pool has created so far in this process."""
     return qe4_pool_helpers()
+
+
+def watching():
+    """Helper threads running at this moment in their short watch for the next job (after
+    a job they spin QE4_HELPER_SPIN_NS before sleeping): running threads of this process
+    that are not a neighbour's (qe4_fast._threads.free_cpus leaves them out)."""
+    return qe4_pool_watching()
 
 
 def stats():

@@ -43,6 +43,7 @@ static void qe4_run_inline(int64_t n_chunks, qe4_chunk_fn fn, void *ctx)
 
 static int qe4_pool_threaded(void) { return 0; }
 static int qe4_pool_helpers(void) { return 0; }
+static int qe4_pool_watching(void) { return 0; }
 static void qe4_pool_stats(int64_t *out) { out[0] = out[1] = out[2] = out[3] = 0; }
 static void qe4_pool_set_backoff(int on) { (void)on; }
 static void qe4_pool_run(int64_t n_chunks, int n_threads, qe4_chunk_fn fn, void *ctx)
@@ -100,6 +101,11 @@ static atomic_int qe4_backoff_on = 1;
 /* Counters for tests and benchmarks: parallel jobs, chunks run by helpers, stalls, calls
  * that ran on their own thread because of a back-off. */
 static atomic_int_fast64_t qe4_n_jobs, qe4_n_helper_chunks, qe4_n_stalls, qe4_n_backed_off;
+
+/* Helpers running right now in their watch for the next job: the system counts them as
+ * running threads, qe4_fast._threads must not count them as a neighbour's. */
+static atomic_int qe4_n_watching;
+static int qe4_pool_watching(void) { return atomic_load_explicit(&qe4_n_watching, memory_order_relaxed); }
 
 static void qe4_pool_stats(int64_t *out)
 {
@@ -181,9 +187,11 @@ static void *qe4_helper_main(void *arg)
     for (;;) {
         /* short watch for the next job without the lock (back-to-back calls) */
         int64_t until = qe4_now_ns() + QE4_HELPER_SPIN_NS;
+        atomic_fetch_add_explicit(&qe4_n_watching, 1, memory_order_relaxed);
         while (atomic_load_explicit(&qe4_pool.gen, memory_order_acquire) == seen
                && qe4_now_ns() < until)
             for (int k = 0; k < 64; k++) qe4_cpu_relax();
+        atomic_fetch_sub_explicit(&qe4_n_watching, 1, memory_order_relaxed);
         pthread_mutex_lock(&qe4_pool.mu);
         while (atomic_load(&qe4_pool.gen) == seen || qe4_pool.job == NULL) {
             seen = atomic_load(&qe4_pool.gen);

@@ -27,6 +27,7 @@ BUILD_HINT = (
     "`python setup.py build_ext --inplace`; the NumPy reference `qe4` works without them")
 
 try:
+    from ._pool import watching as _pool_watching
     from ._rowwise import omp_max_threads, openmp_compiled
 except ImportError as exc:  # pragma: no cover - exercised by tests/test_fast_api.py
     raise ImportError(f"{BUILD_HINT} ({exc})") from exc
@@ -154,12 +155,29 @@ def cpu_count():
     return max(1, min(n, limit) if limit is not None else n)
 
 
-# Other processes' load.  With another process busy on one of 2 cores, a second thread
+# Other threads' load.  With another process busy on one of 2 cores, a second thread
 # of ours shares that core and the call waits for whichever of its threads the neighbour
 # delays: n_threads=None leaves such CPUs out, as OpenMP's OMP_DYNAMIC does from the load
 # average, but measured over the last LOAD_WINDOW seconds from /proc/stat (the CPUs of the
-# affinity mask, minus this process's own CPU time).
+# affinity mask, minus this process's own CPU time), and from the threads running at the
+# call (/proc/loadavg's count of running threads: also this process's other threads, such
+# as torch's OpenMP threads spinning after a parallel region).
 LOAD_WINDOW = 0.1
+
+
+def _busy_ticks(text, cpus):
+    """Clock ticks the CPUs in ``cpus`` spent busy, summed from /proc/stat's ``cpuN`` lines."""
+    total = 0
+    for line in text.splitlines():
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu"):
+            break                                    # the cpu lines come first
+        if not (name[3:].isdigit() and int(name[3:]) in cpus):
+            continue
+        f = [int(v) for v in rest.split()]
+        # user nice system idle iowait irq softirq steal [guest guest_nice: in user]
+        total += sum(f[:3]) + sum(f[5:8])
+    return total
 
 
 def busy_cpus(before, after, cpus, own_seconds, wall_seconds, hz=100):
@@ -182,55 +200,129 @@ def busy_cpus(before, after, cpus, own_seconds, wall_seconds, hz=100):
     -------
     float >= 0 (0.0 when the samples cannot be read)
     """
-    def busy_ticks(text):
-        total = 0
-        for line in text.splitlines():
-            name, _, rest = line.partition(" ")
-            if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
-                continue
-            f = [int(v) for v in rest.split()]
-            # user nice system idle iowait irq softirq steal [guest guest_nice: in user]
-            total += sum(f[:3]) + sum(f[5:8])
-        return total
-    if wall_seconds <= 0:
-        return 0.0
     try:
-        other = (busy_ticks(after) - busy_ticks(before)) / hz - own_seconds
+        return _busy_share(_busy_ticks(after, cpus) - _busy_ticks(before, cpus),
+                           own_seconds, wall_seconds, hz)
     except (ValueError, IndexError):
         return 0.0
-    return max(0.0, other / wall_seconds)
 
 
-def _read_stat():
-    try:
-        with open("/proc/stat") as f:
-            return f.read()
-    except OSError:
-        return ""
+def _busy_share(ticks, own_seconds, wall_seconds, hz):
+    if wall_seconds <= 0:
+        return 0.0
+    return max(0.0, (ticks / hz - own_seconds) / wall_seconds)
 
 
+class _StatReader:
+    """A /proc file read with one pread on a descriptor kept open (/proc/stat in ~10 us,
+    against ~40 us for open + read + close; /proc/loadavg in ~4 us): the reads happen on
+    the calling thread of a qe4_fast call, so their cost lands in that call's latency.  A
+    forked child inherits the descriptor; these files are the same for every process.  The
+    descriptor is checked to still be that file before each read (a daemon that closed every
+    descriptor may have reused its number for a file of its own), else it is opened again."""
+
+    def __init__(self, path):
+        self.path, self.fd, self.ident = path, None, None
+
+    def _open(self):
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        st = os.fstat(fd)
+        self.fd, self.ident = fd, (st.st_dev, st.st_ino)
+
+    def __call__(self):
+        try:
+            if self.fd is None:
+                self._open()
+            else:
+                try:
+                    st = os.fstat(self.fd)
+                    ok = (st.st_dev, st.st_ino) == self.ident
+                except OSError:
+                    ok = False
+                if not ok:              # not ours any more: leave it, open the file again
+                    self._open()
+            return os.pread(self.fd, 1 << 16, 0).decode("ascii", "replace")
+        except (OSError, AttributeError):
+            self.fd = None
+            return ""
+
+
+_read_stat = _StatReader("/proc/stat")
+_ONLINE = os.cpu_count() or 1      # read once: os.cpu_count() reads a /sys file (~20 us)
+_read_loadavg = _StatReader("/proc/loadavg")
 _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_load = {"t": time.monotonic(), "stat": _read_stat(), "own": sum(os.times()[:2]), "busy": 0.0}
+
+
+def _mask():
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
+def _sample():
+    """(time, busy ticks of the affinity mask's CPUs, this process's CPU seconds)."""
+    try:
+        ticks = _busy_ticks(_read_stat(), _mask())
+    except (ValueError, IndexError):
+        ticks = None
+    return time.monotonic(), ticks, sum(os.times()[:2])
+
+
+_load = dict(zip(("t", "ticks", "own"), _sample()), busy=0.0)
+
+
+def running_others(text, own_running, online, mask):
+    """Threads other than the caller's running now on the CPUs of the affinity mask.
+
+    Parameters
+    ----------
+    text : str
+        /proc/loadavg (``"0.50 0.40 0.30 3/456 789"``); its fourth field's ``3`` counts
+        the threads running or waiting for a CPU on the whole machine at the moment it
+        was read, the reading thread included.
+    own_running : int
+        Other running threads of this process that are not a neighbour's (qe4_fast's
+        calls in other Python threads and helpers watching for a job).
+    online, mask : int
+        The machine's CPUs, and those of the affinity mask: other threads are assumed to
+        fill the CPUs outside the mask first.
+
+    Returns
+    -------
+    int >= 0 (0 when the count cannot be read)
+    """
+    fields = text.split()
+    try:
+        running = int(fields[3].partition("/")[0])
+    except (IndexError, ValueError):
+        return 0
+    return max(0, running - 1 - own_running - max(0, online - mask))
 
 
 def _others_busy():
-    """Other processes' busy CPUs over the last LOAD_WINDOW seconds (sampled at most every
-    LOAD_WINDOW seconds; between samples the last value)."""
-    now = time.monotonic()
-    wall = now - _load["t"]
-    if wall >= LOAD_WINDOW:
-        stat, own = _read_stat(), sum(os.times()[:2])
-        try:
-            cpus = os.sched_getaffinity(0)
-        except (AttributeError, OSError):
-            cpus = set(range(os.cpu_count() or 1))
-        _load.update(busy=busy_cpus(_load["stat"], stat, cpus, own - _load["own"], wall, _HZ),
-                     t=now, stat=stat, own=own)
-    return _load["busy"]
+    """Other threads' busy CPUs: the most of the share they kept busy over the last
+    LOAD_WINDOW seconds (sampled at most every LOAD_WINDOW seconds; between samples the
+    last value) and how many run now (read at every call).
+
+    The window sees a neighbour process; the count at the call also sees a burst that
+    began since the last sample, such as the OpenMP threads of torch (or of any library
+    in the process) spinning for milliseconds after a parallel region: a helper of ours
+    woken then would share a CPU with them, and the call would wait for its chunk."""
+    if time.monotonic() - _load["t"] >= LOAD_WINDOW:
+        t, ticks, own = _sample()
+        busy = 0.0
+        if ticks is not None and _load["ticks"] is not None:
+            busy = _busy_share(ticks - _load["ticks"], own - _load["own"], t - _load["t"], _HZ)
+        _load.update(t=t, ticks=ticks, own=own, busy=busy)
+    now = running_others(_read_loadavg(), _pool_watching() + max(0, _active_calls - 1),
+                         _ONLINE, _affinity_cpus())
+    return max(_load["busy"], float(now))
 
 
 def free_cpus():
-    """:func:`cpu_count` less the CPUs other processes keep busy (rounded), at least 1."""
+    """:func:`cpu_count` less the CPUs other threads keep busy (:func:`_others_busy`,
+    rounded), at least 1."""
     n = cpu_count()
     return max(1, min(n, int(n - _others_busy() + 0.5)))
 
@@ -254,8 +346,9 @@ def effective_n_threads(n_threads, n_work, elements=None, grain=GRAIN_STREAM):
     ----------
     n_threads : int or None
         None: all usable CPUs (:func:`cpu_count`: the affinity mask and the cgroup CPU
-        quota) that other processes have not kept busy over the last 0.1 s
-        (:func:`free_cpus`), or fewer when OpenMP's default team is smaller (``OMP_NUM_THREADS``,
+        quota) that other threads have not kept busy over the last 0.1 s and that none
+        is running on at the call (:func:`free_cpus`; read only when the call is large
+        enough for more than one thread), or fewer when OpenMP's default team is smaller (``OMP_NUM_THREADS``,
         ``threadpoolctl.threadpool_limits(..., user_api="openmp")``), divided among the
         qe4_fast calls running at the same time in other Python threads (so several
         threads calling qe4_fast together do not oversubscribe the cores; see
@@ -292,15 +385,15 @@ def effective_n_threads(n_threads, n_work, elements=None, grain=GRAIN_STREAM):
         raise ValueError(f"n_threads must be a nonzero integer (None or -1 = all cores), got {n_threads!r}")
     if not openmp_compiled():
         return 1
-    if n_threads is None:
-        n = max(1, min(omp_max_threads(), free_cpus()) // max(1, _active_calls))
-    elif n_threads < 0:
-        n = max(1, cpu_count() + 1 + int(n_threads))
+    if n_threads is None or n_threads < 0:
+        n = cpu_count() if n_threads is None else cpu_count() + 1 + int(n_threads)
     else:
         n = min(int(n_threads), THREADS_PER_CPU_CAP * _affinity_cpus())
     n = min(n, int(n_work))
     if elements is not None and (n_threads is None or n_threads < 0):
         n = min(n, int(elements) // grain)
+    if n_threads is None and n > 1:     # the neighbours are read only for a parallel call
+        n = min(n, min(omp_max_threads(), free_cpus()) // max(1, _active_calls))
     return max(1, n)
 
 

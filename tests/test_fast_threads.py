@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -96,6 +97,56 @@ def test_busy_cpus_from_proc_stat(after, cpus, own, expected):
     before = STAT.format(0, 0, 0, 0)
     got = _threads.busy_cpus(before, STAT.format(*after), cpus, own, 0.2, hz=100)
     assert abs(got - expected) < 1e-9
+
+
+@pytest.mark.parametrize("running, own, online, mask, expected", [
+    (1, 0, 2, 2, 0),        # only the reading thread runs
+    (2, 0, 2, 2, 1),        # a neighbour (or torch's spinning OpenMP thread) runs
+    (2, 1, 2, 2, 0),        # ... no: one of qe4_fast's own helpers, watching for a job
+    (5, 0, 8, 2, 0),        # four others, assumed on the six CPUs outside the mask
+    (9, 0, 8, 2, 2),        # eight others: two of them inside the mask
+    (1, 3, 2, 2, 0),        # never negative
+])
+def test_running_others_from_loadavg(running, own, online, mask, expected):
+    text = f"0.52 0.61 0.70 {running}/345 6789\n"
+    assert _threads.running_others(text, own, online, mask) == expected
+
+
+@pytest.mark.parametrize("text", ["", "0.1 0.2 0.3", "0.1 0.2 0.3 x/5 7\n"])
+def test_running_others_without_a_count_is_zero(text):
+    assert _threads.running_others(text, 0, 2, 2) == 0
+
+
+def test_proc_reader_reopens_a_descriptor_that_is_not_its_file(tmp_path):
+    """The kept /proc descriptor is checked before each read: closed and its number reused
+    for another file (a daemon closing every descriptor), it is opened again and the other
+    file is neither read nor closed."""
+    reader = _threads._StatReader("/proc/loadavg")
+    first = reader()
+    assert len(first.split()) == 5
+    os.close(reader.fd)
+    with open(tmp_path / "decoy", "w+") as decoy:
+        decoy.write("9.9 9.9 9.9 99/99 9\n")
+        decoy.flush()
+        text = reader()
+        assert len(text.split()) == 5 and "99/99" not in text
+        assert reader.fd != decoy.fileno()
+        os.fstat(decoy.fileno())                  # still open
+    assert _threads._StatReader("/nonexistent/file")() == ""
+
+
+def test_a_spinning_neighbour_counts_at_the_call():
+    """The count read at the call sees a process that started spinning since the last
+    load sample (as torch's OpenMP threads do after a parallel region)."""
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        counts = [_threads.running_others(_threads._read_loadavg(), 0, os.cpu_count() or 1,
+                                          os.cpu_count() or 1) for _ in range(20)]
+    finally:
+        spin.kill()
+        spin.wait()
+    assert max(counts) >= 1, counts
 
 
 def test_default_leaves_out_cpus_others_keep_busy(monkeypatch):
