@@ -229,11 +229,13 @@ def group_ranges(x: Float32Array, bits: int, group: int, levels: Float32Array | 
     return per_row(scales, x.shape[0]), per_row(mins, x.shape[0])
 
 
-def scale_pass(xt: Float32Array, scale: Float32Array, levels: Float32Array, sums: bool
+def scale_pass(xt: Float32Array, scale: Float32Array, levels: Float32Array, sums: bool,
+               mids: Float32Array | None = None
                ) -> tuple[Float32Array, NDArray[np.float64], NDArray[np.float64]]:
     """One pass of scale-only step 1 over the columns ``xt`` [n_cols, n]: the float32 loss
     ``sum (x - fma(s, levels[q], 0))**2`` of scales ``s`` [n] (column order) and, with
-    ``sums``, the float64 sums ``sum v * v``, ``sum x * v`` of the codes' values."""
+    ``sums``, the float64 sums ``sum v * v``, ``sum x * v`` of the codes' values.  ``mids``:
+    the table's :func:`qe4.mse.level_mids` (computed here if None)."""
     n = scale.shape[0]
     err = np.zeros(n, F32)
     s_vv, s_xv = np.zeros(n, F64), np.zeros(n, F64)
@@ -241,8 +243,9 @@ def scale_pass(xt: Float32Array, scale: Float32Array, levels: Float32Array, sums
         inv = F32(1.0) / scale
     inv = np.where((scale != 0) & np.isfinite(inv), inv, F32(0.0)).astype(F32)
     zero = np.zeros(n, F32)
+    mids = MSE.level_mids(levels) if mids is None else mids
     for col in xt:
-        v = levels[MSE.level_codes((col * inv).astype(F32), levels)]
+        v = levels[MSE.level_codes((col * inv).astype(F32), levels, mids)]
         e = col - fma32(scale, v, zero)
         err = (err + e * e).astype(F32)
         if sums:
@@ -267,10 +270,11 @@ def scale_params(x: Float32Array, levels: Float32Array) -> Float32Array:
     n = x.shape[0]
     xt = np.ascontiguousarray(x.T)
     rows = np.arange(n)
+    mids = MSE.level_mids(levels)
     a = x[rows, np.argmax(np.abs(x), axis=1)]
     starts = [(((a / end).astype(F32)) * F32(f)).astype(F32)
               for end in (levels[0], levels[-1]) for f in SCALE_SCAN]
-    errs = np.stack([scale_pass(xt, s, levels, False)[0] for s in starts])
+    errs = np.stack([scale_pass(xt, s, levels, False, mids)[0] for s in starts])
     rank = np.argsort(errs, axis=0, kind="stable")
     starts_arr = np.stack(starts)
     best, best_err = starts_arr[rank[0], rows], errs[rank[0], rows]
@@ -278,7 +282,7 @@ def scale_params(x: Float32Array, levels: Float32Array) -> Float32Array:
         scale = starts_arr[rank[k], rows]
         live = np.ones(n, bool)
         for t in range(SCALE_ITER + 1):
-            err, s_vv, s_xv = scale_pass(xt, scale, levels, t < SCALE_ITER)
+            err, s_vv, s_xv = scale_pass(xt, scale, levels, t < SCALE_ITER, mids)
             better = live & (err < best_err)
             best, best_err = np.where(better, scale, best), np.where(better, err, best_err)
             if t < SCALE_ITER:
