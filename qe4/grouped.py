@@ -283,7 +283,7 @@ def scale_params(x: Float32Array, levels: Float32Array) -> Float32Array:
         live = np.ones(n, bool)
         for t in range(SCALE_ITER + 1):
             err, s_vv, s_xv = scale_pass(xt, scale, levels, t < SCALE_ITER, mids)
-            better = live & (err < best_err)
+            better = err < best_err   # a chain that ended repeats its last scale: not lower
             best, best_err = np.where(better, scale, best), np.where(better, err, best_err)
             if t < SCALE_ITER:
                 with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
