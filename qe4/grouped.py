@@ -138,12 +138,15 @@ of 32 values, whatever its storage): see docs/numerics.rst, "Grouped rows".
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .frontend import Request
     from .table import QuantizedTable
     from ._typing import Encoded, Float32Array, IntArray, UInt8Array
@@ -229,11 +232,13 @@ def group_ranges(x: Float32Array, bits: int, group: int, levels: Float32Array | 
     return per_row(scales, x.shape[0]), per_row(mins, x.shape[0])
 
 
-def scale_pass(xt: Float32Array, scale: Float32Array, levels: Float32Array, sums: bool
+def scale_pass(xt: Float32Array, scale: Float32Array, levels: Float32Array, sums: bool,
+               mids: Float32Array | None = None
                ) -> tuple[Float32Array, NDArray[np.float64], NDArray[np.float64]]:
     """One pass of scale-only step 1 over the columns ``xt`` [n_cols, n]: the float32 loss
     ``sum (x - fma(s, levels[q], 0))**2`` of scales ``s`` [n] (column order) and, with
-    ``sums``, the float64 sums ``sum v * v``, ``sum x * v`` of the codes' values."""
+    ``sums``, the float64 sums ``sum v * v``, ``sum x * v`` of the codes' values.  ``mids``:
+    the table's :func:`qe4.mse.level_mids` (computed here if None)."""
     n = scale.shape[0]
     err = np.zeros(n, F32)
     s_vv, s_xv = np.zeros(n, F64), np.zeros(n, F64)
@@ -241,8 +246,9 @@ def scale_pass(xt: Float32Array, scale: Float32Array, levels: Float32Array, sums
         inv = F32(1.0) / scale
     inv = np.where((scale != 0) & np.isfinite(inv), inv, F32(0.0)).astype(F32)
     zero = np.zeros(n, F32)
+    mids = MSE.level_mids(levels) if mids is None else mids
     for col in xt:
-        v = levels[MSE.level_codes((col * inv).astype(F32), levels)]
+        v = levels[MSE.level_codes((col * inv).astype(F32), levels, mids)]
         e = col - fma32(scale, v, zero)
         err = (err + e * e).astype(F32)
         if sums:
@@ -267,10 +273,11 @@ def scale_params(x: Float32Array, levels: Float32Array) -> Float32Array:
     n = x.shape[0]
     xt = np.ascontiguousarray(x.T)
     rows = np.arange(n)
+    mids = MSE.level_mids(levels)
     a = x[rows, np.argmax(np.abs(x), axis=1)]
     starts = [(((a / end).astype(F32)) * F32(f)).astype(F32)
               for end in (levels[0], levels[-1]) for f in SCALE_SCAN]
-    errs = np.stack([scale_pass(xt, s, levels, False)[0] for s in starts])
+    errs = np.stack([scale_pass(xt, s, levels, False, mids)[0] for s in starts])
     rank = np.argsort(errs, axis=0, kind="stable")
     starts_arr = np.stack(starts)
     best, best_err = starts_arr[rank[0], rows], errs[rank[0], rows]
@@ -278,8 +285,8 @@ def scale_params(x: Float32Array, levels: Float32Array) -> Float32Array:
         scale = starts_arr[rank[k], rows]
         live = np.ones(n, bool)
         for t in range(SCALE_ITER + 1):
-            err, s_vv, s_xv = scale_pass(xt, scale, levels, t < SCALE_ITER)
-            better = live & (err < best_err)
+            err, s_vv, s_xv = scale_pass(xt, scale, levels, t < SCALE_ITER, mids)
+            better = err < best_err   # a chain that ended repeats its last scale: not lower
             best, best_err = np.where(better, scale, best), np.where(better, err, best_err)
             if t < SCALE_ITER:
                 with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -438,22 +445,48 @@ def refit_scale(x: Float32Array, group: int, sc: IntArray, q: Float32Array
     return d, ok & np.isfinite(d) & (d > 0)
 
 
+def pick_rows(take: NDArray[np.bool_], new: NDArray[Any], old: NDArray[Any]) -> NDArray[Any]:
+    """``new`` in the rows where ``take`` [n] is set, else ``old`` (both [n, ...])."""
+    return np.where(take.reshape(take.shape + (1,) * (old.ndim - 1)), new, old)
+
+
+def search_steps(start: tuple[Float32Array, Float32Array, IntArray, IntArray],
+                 search: Callable[..., list[NDArray[Any]]],
+                 refit: Callable[[IntArray, IntArray, Float32Array],
+                                 tuple[Float32Array, Float32Array, NDArray[np.bool_]]]
+                 ) -> tuple[Float32Array, Float32Array, IntArray, IntArray, Float32Array,
+                            Float32Array]:
+    """Steps 4 and 5 of either kind from step 2's ``start = (d, m, sc, mn)``: the local search
+    ``search(d, m, sc, mn) -> sc, mn, q, err``, the kind's refit ``refit(sc, mn, q) -> d, m,
+    ok`` of its result, the local search again from the refit; a row keeps the refit only if
+    its error is lower.  Returns ``d, m, sc, mn, q [n, n_groups, group], row error``."""
+    d, m, sc, mn = start
+    sc, mn, q, err = search(d, m, sc, mn)
+    err = row_error(err)
+    rd, rm, ok = refit(sc, mn, q)
+    if ok.any():
+        rsc, rmn, rq, rerr = search(rd, rm, sc, mn)
+        rerr = row_error(rerr)
+        better = ok & (rerr < err)
+        d, m, sc, mn, q, err = (pick_rows(better, b, a) for a, b in
+                                zip((d, m, sc, mn, q, err), (rd, rm, rsc, rmn, rq, rerr)))
+    return d, m, sc, mn, q, err
+
+
 def search_scales(x: Float32Array, xg: Float32Array, valid: NDArray[np.bool_],
                   scales: Float32Array, bits: int, group: int, sub_bits: int,
                   levels: Float32Array) -> tuple[Float32Array, NDArray[np.int32], Float32Array]:
-    """Steps 2 to 5 of scale-only groups: ``d, sc, q [n, n_groups, group]``."""
+    """Steps 2 to 5 of scale-only groups (:func:`search_steps` with ``m``, ``mn`` 0):
+    ``d, sc, q [n, n_groups, group]``."""
     d, sc = super_scale(scales, sub_bits)
-    zero, mn = np.zeros_like(d), np.zeros_like(sc)
-    sc, _, q, err = local_search(xg, valid, bits, sub_bits, d, zero, sc, mn, levels=levels,
-                                 mins="none")
-    err = row_error(err)
-    rd, ok = refit_scale(x, group, sc, q)
-    if ok.any():
-        rsc, _, rq, rerr = local_search(xg, valid, bits, sub_bits, rd, zero, sc, mn,
-                                        levels=levels, mins="none")
-        better = ok & (row_error(rerr) < err)
-        d, sc = np.where(better, rd, d), np.where(better[:, None], rsc, sc)
-        q = np.where(better[:, None, None], rq, q)
+    search = partial(local_search, xg, valid, bits, sub_bits, levels=levels, mins="none")
+
+    def refit(sc: IntArray, mn: IntArray, q: Float32Array
+              ) -> tuple[Float32Array, Float32Array, NDArray[np.bool_]]:
+        rd, ok = refit_scale(x, group, sc, q)
+        return rd, np.zeros_like(rd), ok
+
+    d, _, sc, _, q, _ = search_steps((d, np.zeros_like(d), sc, np.zeros_like(sc)), search, refit)
     return d, sc, q
 
 
@@ -462,21 +495,11 @@ def search_mode(x: Float32Array, xg: Float32Array, valid: NDArray[np.bool_],
                 signed: bool, levels: Float32Array | None = None
                 ) -> tuple[Float32Array, Float32Array, NDArray[np.int32], NDArray[np.int32],
                            Float32Array, Float32Array]:
-    """Steps 2 to 5 in one sub-min mode: ``d, m, sc, mn, q [n, n_groups, group], row error``."""
-    d, m, sc, mn = super_params(*ranges, sub_bits, signed)
-    sc, mn, q, err = local_search(xg, valid, bits, sub_bits, d, m, sc, mn, signed, levels)
-    err = row_error(err)
-    rd, rm, ok = refit_super(x, group, sc, mn, q)
-    if ok.any():
-        rsc, rmn, rq, rerr = local_search(xg, valid, bits, sub_bits, rd, rm, sc, mn, signed,
-                                          levels)
-        rerr = row_error(rerr)
-        better = ok & (rerr < err)
-        d, m = np.where(better, rd, d), np.where(better, rm, m)
-        sc, mn = np.where(better[:, None], rsc, sc), np.where(better[:, None], rmn, mn)
-        q = np.where(better[:, None, None], rq, q)
-        err = np.where(better, rerr, err)
-    return d, m, sc, mn, q, err
+    """Steps 2 to 5 in one sub-min mode (:func:`search_steps`): ``d, m, sc, mn,
+    q [n, n_groups, group], row error``."""
+    search = partial(local_search, xg, valid, bits, sub_bits, signed=signed, levels=levels)
+    return search_steps(super_params(*ranges, sub_bits, signed), search,
+                        partial(refit_super, x, group))
 
 
 def grouped_params(x: ArrayLike, bits: int = 4, group: int = GROUP, sub_bits: int = SUB_BITS,
@@ -517,8 +540,7 @@ def grouped_params(x: ArrayLike, bits: int = 4, group: int = GROUP, sub_bits: in
     plain = search_mode(x, xg, valid, ranges, bits, group, sub_bits, False, table)
     other = search_mode(x, xg, valid, ranges, bits, group, sub_bits, True, table)
     signed = other[5] < plain[5]
-    d, m, sc, mn, q = (np.where(signed.reshape((n,) + (1,) * (a.ndim - 1)), b, a)
-                       for a, b in zip(plain[:5], other[:5]))
+    d, m, sc, mn, q = (pick_rows(signed, b, a) for a, b in zip(plain[:5], other[:5]))
     return signed, d, m, sc, mn, codes_of(q.reshape(n, -1)[:, :dim], table)
 
 

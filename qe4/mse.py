@@ -76,10 +76,10 @@ def scan_grid(n_steps: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(n_steps + 1) for j in range(n_steps + 1 - i)]
 
 
-def _pass(xt, scale, bias, inv, qmax, sums, levels=None):
+def _pass(xt, scale, bias, inv, qmax, sums, levels=None, mids=None):
     """One pass over the columns: the loss of (scale, bias) and, with ``sums``, the
-    least-squares sums of its codes (float32, column order).  With a level table the
-    codes' values are ``levels[q]`` (:func:`level_codes`), else ``q`` itself."""
+    least-squares sums of its codes (float32, column order).  With a level table and its
+    midpoints the codes' values are ``levels[q]`` (:func:`level_codes`), else ``q`` itself."""
     n_rows = scale.shape[0]
     err = np.zeros(n_rows, F32)
     s_q = np.zeros(n_rows, F32)
@@ -91,7 +91,7 @@ def _pass(xt, scale, bias, inv, qmax, sums, levels=None):
             y = col - bias
             t = (y * inv).astype(F32)
             q = np.clip(np.rint(t), F32(0.0), qmax) if levels is None else \
-                levels[level_codes(t, levels)]
+                levels[level_codes(t, levels, mids)]
             d = col - (q * scale + bias)
             err = err + d * d
             if sums:
@@ -102,11 +102,18 @@ def _pass(xt, scale, bias, inv, qmax, sums, levels=None):
     return err, (s_q, s_qq, s_y, s_yq)
 
 
-def level_codes(t: Float32Array, levels: Float32Array) -> Any:
+def level_mids(levels: Float32Array) -> Float32Array:
+    """The midpoints ``(levels[k] + levels[k + 1]) / 2`` of a level table (float32, exact for
+    :data:`qe4.layouts.LEVELS`): what :func:`level_codes` compares with."""
+    return ((levels[1:] + levels[:-1]) * F32(0.5)).astype(F32)
+
+
+def level_codes(t: Float32Array, levels: Float32Array, mids: Float32Array | None = None) -> Any:
     """The nearest level's code of each ``t`` (code units) in an ascending level table:
-    the number of midpoints ``(levels[k] + levels[k + 1]) / 2`` (float32, exact for
-    :data:`qe4.layouts.LEVELS`) that ``t`` exceeds, so a tie goes to the lower level."""
-    mids = ((levels[1:] + levels[:-1]) * F32(0.5)).astype(F32)
+    the number of midpoints (:func:`level_mids`) that ``t`` exceeds, so a tie goes to the
+    lower level.  ``mids``: ``level_mids(levels)`` if the caller has it (a search computes
+    it once, not once per column)."""
+    mids = level_mids(levels) if mids is None else mids
     return np.searchsorted(mids, t, side="left")
 
 
@@ -175,6 +182,7 @@ def mse_params(x: Float32Array, bits: int = 4, scale_dtype: str = "float16", *,
     xt = np.ascontiguousarray(x.T)
     xmin, xmax = R.minmax_range(x)
     delta = (F32(max_trim) * (xmax - xmin) / F32(n_steps)).astype(F32)
+    mids = None if levels is None else level_mids(levels)
 
     # 1. scan: the loss of every grid range
     grid = scan_grid(n_steps)
@@ -184,7 +192,7 @@ def mse_params(x: Float32Array, bits: int = 4, scale_dtype: str = "float16", *,
         hi = (xmax - F32(j) * delta).astype(F32)
         params = R.fused_scale_bias(lo, hi, qmax, scale_dtype)
         starts.append(params)
-        errs.append(_pass(xt, *params, qmax, sums=False, levels=levels)[0])
+        errs.append(_pass(xt, *params, qmax, sums=False, levels=levels, mids=mids)[0])
     errs = np.stack(errs)
     rank = np.argsort(errs, axis=0, kind="stable")
     rows = np.arange(n_rows)
@@ -197,7 +205,8 @@ def mse_params(x: Float32Array, bits: int = 4, scale_dtype: str = "float16", *,
         pick = rank[k]
         scale, bias, inv = (np.stack([p[m] for p in starts])[pick, rows] for m in range(3))
         for t in range(n_iter + 1):
-            err, sums = _pass(xt, scale, bias, inv, qmax, sums=t < n_iter, levels=levels)
+            err, sums = _pass(xt, scale, bias, inv, qmax, sums=t < n_iter, levels=levels,
+                              mids=mids)
             better = err < best_err
             best_err = np.where(better, err, best_err)
             best = [np.where(better, v, b) for v, b in zip((scale, bias, inv), best)]

@@ -141,8 +141,10 @@ QE4_INLINE float qe4_g_codes_lev(const qe4_grouped *g, const float *x, int len, 
     return err;
 }
 
-static const int qe4_g_moves[9][2] = {{0, 0}, {-1, 0}, {1, 0}, {0, -1}, {0, 1},
-                                      {-1, -1}, {-1, 1}, {1, -1}, {1, 1}};
+/* qe4.grouped.MOVES, in order; the scale-only search (qe4_gs_local) takes those that keep mn */
+#define QE4_G_N_MOVES 9
+static const int qe4_g_moves[QE4_G_N_MOVES][2] = {{0, 0}, {-1, 0}, {1, 0}, {0, -1}, {0, 1},
+                                                  {-1, -1}, {-1, 1}, {1, -1}, {1, 1}};
 
 /* Step 4: each group's best move from (sc, mn) under (d, m); writes the chosen sc, mn, the
  * codes q [dim] and the group errors err [n_groups]. */
@@ -160,7 +162,7 @@ QE4_INLINE void qe4_g_local(const qe4_grouped *t, const float *x, float d, float
         float ls[QE4_G_MOVE_LANES], ll[QE4_G_MOVE_LANES], li[QE4_G_MOVE_LANES];
         float acc[QE4_G_MOVE_LANES];
         for (int k = 0; k < QE4_G_MOVE_LANES; k++) {
-            int mv = k < 9 ? k : 0;
+            int mv = k < QE4_G_N_MOVES ? k : 0;
             int a = sc0[j] + qe4_g_moves[mv][0], b = mn0[j] + qe4_g_moves[mv][1];
             a = a < 0 ? 0 : (a > smax ? smax : a);
             b = b < mlo ? mlo : (b > mhi ? mhi : b);
@@ -207,7 +209,7 @@ QE4_INLINE void qe4_g_local(const qe4_grouped *t, const float *x, float d, float
             }
         }
         int best = 0;
-        for (int k = 1; k < 9; k++)
+        for (int k = 1; k < QE4_G_N_MOVES; k++)
             best = acc[k] < acc[best] ? k : best;
         sc[j] = ma[best];
         mn[j] = mb[best];
@@ -398,8 +400,6 @@ static void qe4_grouped_finish_row(const qe4_grouped *t, const float *x, const f
 #define QE4_GS_KEEP 3  /* SCALE_KEEP */
 #define QE4_GS_ITER 3  /* SCALE_ITER */
 
-static const int qe4_gs_moves[3] = {0, -1, 1};
-
 /* v[k] = lev[level_codes(tv[k])] for the L lanes of tv (qe4.mse.level_codes: lev[the number
  * of midpoints tv exceeds]).  lin (the uniform signed table, lev[q] = q - h, h = 2**(bits-1)):
  * by arithmetic, exactly that count: tv clipped to [-h, h] (beyond the outer midpoints either
@@ -584,8 +584,10 @@ QE4_INLINE void qe4_gs_local(const qe4_grouped *t, const float *x, float d, cons
         int len = qe4_g_len(t, j), off = j * t->group;
         int best_sc = 0;
         float best_err = 0.0f;
-        for (int k = 0; k < 3; k++) {
-            int a = sc0[j] + qe4_gs_moves[k];
+        for (int k = 0; k < QE4_G_N_MOVES; k++) {
+            if (qe4_g_moves[k][1] != 0)
+                continue; /* SCALE_MOVES: the moves of MOVES with mn unchanged, in order */
+            int a = sc0[j] + qe4_g_moves[k][0];
             a = a < lo ? lo : (a > hi ? hi : a);
             if (k > 0 && a == sc0[j])
                 continue; /* clipped onto move 0 (sc0 is in range): the same error, not lower */
