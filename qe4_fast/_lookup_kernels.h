@@ -421,9 +421,15 @@ static int qe4_bag_max(const qe4_table *T, const int64_t *idx, int64_t n_idx, in
     return 0;
 }
 
+/* Sum and mean bags of rowwise tables rounded to a 16-bit output go QE4_BAG_RUN bags at a
+ * time through qe4_bags (the float32 bag's own loop, its 4-bit x 64 kernel included) into
+ * scratch, then rounded: bag by bag through qe4_bag they paid its dispatch per bag. */
+#define QE4_BAG_RUN 8
+
 /* Bags m0 .. m1-1 of one table into dst + m * dst_stride (bytes), each rounded to `kind`.
- * starts: [n_bags + 1] bag bounds into idx; scratch: [2 * dim + 2] floats.  Returns the
- * number of bags that met a bad two-tier group id (their output is unfinished). */
+ * starts: [n_bags + 1] bag bounds into idx; scratch: [QE4_BAG_RUN * dim + 2] floats (at
+ * least 2 * dim + 2).  Returns the number of bags that met a bad two-tier group id (their
+ * output is unfinished). */
 static int64_t qe4_table_bags(const qe4_table *T, const int64_t *idx, int64_t n_idx,
                               const float *w, const int64_t *starts, int64_t m0, int64_t m1,
                               int mode, int kind, char *dst, int64_t dst_stride, int simd,
@@ -432,6 +438,15 @@ static int64_t qe4_table_bags(const qe4_table *T, const int64_t *idx, int64_t n_
     const qe4_rows *t = &T->rows;
     int64_t m, n_bad = 0, dim = t->dim;
     float *vals = scratch + dim + 1;
+    if (T->layout == QE4_LAYOUT_ROWWISE && mode != QE4_MODE_MAX && kind != QE4_OUT_F32) {
+        for (m = m0; m < m1; m += QE4_BAG_RUN) {
+            int64_t i, nb = m1 - m < QE4_BAG_RUN ? m1 - m : QE4_BAG_RUN;
+            qe4_bags(t, idx, n_idx, w, starts + m, 0, nb, mode == QE4_MODE_MEAN, simd, scratch);
+            for (i = 0; i < nb; i++)
+                qe4_store(scratch + i * dim, dim, kind, dst + (m + i) * dst_stride, simd);
+        }
+        return 0;
+    }
     for (m = m0; m < m1; m++) {
         char *out = dst + m * dst_stride;
         float *acc = kind == QE4_OUT_F32 ? (float *)out : scratch;
