@@ -521,7 +521,8 @@ QE4_INLINE QE4_AVX2 void qe4_put8_avx2(char *dst, __m256 v, const int kind, cons
  * widened to dword lanes, lane i's low nibble (column 2i) and high nibble (column 2i + 1)
  * in two vectors, so that after the rounding the bfloat16 of column 2i is the low half of
  * lane i (a shift) and that of column 2i + 1 its high half (a word blend): 16 results in
- * column order with one blend instead of two shifts, a pack and a lane extract per 8. */
+ * column order with one blend instead of two shifts, a pack and a lane extract per 8.
+ * stream 2: a 32-byte aligned dst (one streaming store of the 16 results, not two). */
 QE4_INLINE QE4_AVX2 void qe4_bf16x64_4bit_avx2(const uint8_t *row, int64_t j0, __m256 vs,
                                                __m256 vt, char *dst, const int stream,
                                                const int clean)
@@ -535,7 +536,9 @@ QE4_INLINE QE4_AVX2 void qe4_bf16x64_4bit_avx2(const uint8_t *row, int64_t j0, _
         __m256i h = _mm256_blend_epi16(_mm256_srli_epi32(qe4_bf16_hi8_avx2(ve, clean), 16),
                                        qe4_bf16_hi8_avx2(vo, clean), 0xAA);
         char *d = dst + 32 * k;
-        if (stream) {
+        if (stream == 2) {
+            _mm256_stream_si256((__m256i *)d, h);
+        } else if (stream) {
             _mm_stream_si128((__m128i *)d, _mm256_castsi256_si128(h));
             _mm_stream_si128((__m128i *)(d + 16), _mm256_extracti128_si256(h, 1));
         } else {
@@ -644,6 +647,7 @@ qe4_gather4_avx2(const qe4_table *T, const int64_t *idx, int64_t n_idx, int64_t 
     case QE4_OUT_F16 * 3 + 1: QE4_G4(QE4_OUT_F16, 1); break;
     case QE4_OUT_BF16 * 3 + 0: QE4_G4(QE4_OUT_BF16, 0); break;
     case QE4_OUT_BF16 * 3 + 1: QE4_G4(QE4_OUT_BF16, 1); break;
+    case QE4_OUT_BF16 * 3 + 2: QE4_G4(QE4_OUT_BF16, 2); break;
     default: break; /* the caller passes no other pair */
     }
 #undef QE4_G4
@@ -702,8 +706,11 @@ static int64_t qe4_gather(const qe4_table *T, const int64_t *idx, int64_t n_idx,
         int mode = !big ? 0
                    : (at & 31u) == 0 && kind == QE4_OUT_F32 ? 2 : (at & 15u) == 0 ? 1 : -1;
         if (mode >= 0) {
-            if (T->rows.bits == 4 && T->rows.dim % 64 == 0)
+            if (T->rows.bits == 4 && T->rows.dim % 64 == 0) {
+                /* its bfloat16 rows stream 32 bytes at a time when they are aligned so */
+                if (mode == 1 && kind == QE4_OUT_BF16 && (at & 31u) == 0) mode = 2;
                 qe4_gather4_avx2(T, idx, n_idx, p0, p1, kind, dst, dst_stride, mode);
+            }
             else
                 qe4_gather_rowwise_avx2(T, idx, n_idx, p0, p1, kind, dst, dst_stride, mode, scratch);
             if (mode) _mm_sfence();
