@@ -547,6 +547,27 @@ QE4_INLINE QE4_AVX2 void qe4_bf16x64_4bit_avx2(const uint8_t *row, int64_t j0, _
     }
 }
 
+/* Columns j0 .. j0 + 63 of a gathered rowwise row (scale s and bias b broadcast in vs, vt)
+ * to out (the row's first output element), rounded to `kind` (stream, clean: see
+ * qe4_put8_avx2; 4-bit bfloat16 rows: qe4_bf16x64_4bit_avx2). */
+QE4_INLINE QE4_AVX2 void qe4_gather_block64_avx2(const uint8_t *row, int64_t j0, const int bits,
+                                                 __m256 vs, __m256 vt, char *out,
+                                                 const int kind, const int stream,
+                                                 const int clean)
+{
+    const int64_t size = kind == QE4_OUT_F32 ? 4 : 2;
+    __m256 q[8];
+    int k;
+    if (bits == 4 && kind == QE4_OUT_BF16) {
+        qe4_bf16x64_4bit_avx2(row, j0, vs, vt, out + j0 * 2, stream, clean);
+        return;
+    }
+    qe4_codes64_avx2(row, j0, bits, q);
+    for (k = 0; k < 8; k++)
+        qe4_put8_avx2(out + (j0 + 8 * k) * size, _mm256_fmadd_ps(vs, q[k], vt), kind, stream,
+                      clean);
+}
+
 /* Gather positions p0 .. p1 - 1 of a rowwise table (the contract of qe4_gather), 64 columns
  * of a row at a time in registers, stored straight to the output; the columns past the last
  * block go through scratch [dim] floats. */
@@ -557,32 +578,16 @@ QE4_INLINE QE4_AVX2 void qe4_gather_rowwise_avx2_t(const qe4_table *T, const int
                                                    const int stream)
 {
     const int64_t dim = T->rows.dim, size = kind == QE4_OUT_F32 ? 4 : 2;
-    __m256 q[8];
     int64_t p, j0;
-    int k;
     for (p = p0; p < p1; p++) {
         char *out = dst + p * dst_stride;
         float s, b;
         const uint8_t *row = qe4_row_params_avx2(T, idx, n_idx, p, 1, &s, &b);
         __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(b);
         int clean = kind == QE4_OUT_F32 || qe4_finite_params(s, b);
-        if (bits == 4 && kind == QE4_OUT_BF16) {
-            for (j0 = 0; j0 + 64 <= dim; j0 += 64) {
-                if (clean) qe4_bf16x64_4bit_avx2(row, j0, vs, vt, out + j0 * 2, stream, 1);
-                else qe4_bf16x64_4bit_avx2(row, j0, vs, vt, out + j0 * 2, stream, 0);
-            }
-        }
-        else for (j0 = 0; j0 + 64 <= dim; j0 += 64) {
-            qe4_codes64_avx2(row, j0, bits, q);
-            if (clean) {
-                for (k = 0; k < 8; k++)
-                    qe4_put8_avx2(out + (j0 + 8 * k) * size, _mm256_fmadd_ps(vs, q[k], vt),
-                                  kind, stream, 1);
-            } else {
-                for (k = 0; k < 8; k++)
-                    qe4_put8_avx2(out + (j0 + 8 * k) * size, _mm256_fmadd_ps(vs, q[k], vt),
-                                  kind, stream, 0);
-            }
+        for (j0 = 0; j0 + 64 <= dim; j0 += 64) {
+            if (clean) qe4_gather_block64_avx2(row, j0, bits, vs, vt, out, kind, stream, 1);
+            else qe4_gather_block64_avx2(row, j0, bits, vs, vt, out, kind, stream, 0);
         }
         if (j0 == dim) continue;
         char *tail = out + j0 * size;
@@ -603,10 +608,8 @@ QE4_INLINE QE4_AVX2 void qe4_gather4_avx2_t(const qe4_table *T, const int64_t *i
                                             int64_t dst_stride, const int kind,
                                             const int stream)
 {
-    const int64_t dim = T->rows.dim, size = kind == QE4_OUT_F32 ? 4 : 2;
-    __m256 q[8];
+    const int64_t dim = T->rows.dim;
     int64_t p, j0;
-    int k;
     for (p = p0; p < p1; p++) {
         char *out = dst + p * dst_stride;
         float s, b;
@@ -614,21 +617,8 @@ QE4_INLINE QE4_AVX2 void qe4_gather4_avx2_t(const qe4_table *T, const int64_t *i
         const __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(b);
         const int clean = kind == QE4_OUT_F32 || qe4_finite_params(s, b);
         for (j0 = 0; j0 < dim; j0 += 64) {
-            if (kind == QE4_OUT_BF16) {
-                if (clean) qe4_bf16x64_4bit_avx2(row, j0, vs, vt, out + j0 * 2, stream, 1);
-                else qe4_bf16x64_4bit_avx2(row, j0, vs, vt, out + j0 * 2, stream, 0);
-                continue;
-            }
-            qe4_codes64_avx2(row, j0, 4, q);
-            if (clean) {
-                for (k = 0; k < 8; k++)
-                    qe4_put8_avx2(out + (j0 + 8 * k) * size, _mm256_fmadd_ps(vs, q[k], vt),
-                                  kind, stream, 1);
-            } else {
-                for (k = 0; k < 8; k++)
-                    qe4_put8_avx2(out + (j0 + 8 * k) * size, _mm256_fmadd_ps(vs, q[k], vt),
-                                  kind, stream, 0);
-            }
+            if (clean) qe4_gather_block64_avx2(row, j0, 4, vs, vt, out, kind, stream, 1);
+            else qe4_gather_block64_avx2(row, j0, 4, vs, vt, out, kind, stream, 0);
         }
     }
 }
