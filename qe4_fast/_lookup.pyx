@@ -33,6 +33,7 @@ cdef extern from "_lookup_kernels.h" nogil:
         QE4_MODE_MAX
         QE4_ERR_MODE
         QE4_ERR_KIND
+        QE4_BAG_RUN
     int qe4_lookup_check(int layout, int bits, int mode, int kind, int simd) noexcept
     void qe4_store(const float *src, int64_t n, int kind, void *dst, int simd) noexcept
     int64_t qe4_table_bags(const qe4_table *T, const int64_t *idx, int64_t n_idx, const float *w,
@@ -120,7 +121,7 @@ def bags(list specs,                       # IN  n_tables table specs (see _tabl
     j.mode = mode
     j.kind = kind
     j.simd = simd
-    j.scratch_floats = 2 * max_dim + 2
+    j.scratch_floats = max(2, QE4_BAG_RUN) * max_dim + 2   # qe4_table_bags
     j.n_bad = j.n_oom = 0
     # runs of consecutive bags, several per thread, claimed one at a time (_pool.h: a
     # thread delayed by another process does not hold up the rest); a run may span two tables

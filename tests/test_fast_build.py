@@ -28,7 +28,7 @@ RANDOM_ROW_KERNELS = {
     _bag: ("qe4_bag_avx2", "qe4_bag_generic", "qe4_block4x64_avx2", "qe4_bags4x64_avx2"),
     # the rowwise max bag and gather keep 64 columns in registers (_lookup_kernels.h)
     _lookup: ("qe4_bag_avx2", "qe4_bag_max_rowwise_avx2", "qe4_gather_rowwise_avx2",
-              "qe4_block4x64_avx2"),
+              "qe4_gather4_avx2", "qe4_block4x64_avx2"),
     _codebook: (),
 }
 

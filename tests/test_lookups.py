@@ -318,7 +318,7 @@ def crafted_rows(kind, n_rows, dim, seed):
     return QuantizedTable(data, bits=table.bits, dim=dim, scale_dtype=table.scale_dtype)
 
 
-@pytest.mark.parametrize("dim", [64, 71, 130])
+@pytest.mark.parametrize("dim", [64, 71, 128, 130])
 @pytest.mark.parametrize("kind", ROWWISE_KINDS, ids=str)
 def test_fast_max_and_gather_blocks_of_64_columns(kind, dim, kernel, same_bytes):
     """The AVX2 max bag and gather of rowwise tables keep 64 columns in registers: NaN,
@@ -337,6 +337,20 @@ def test_fast_max_and_gather_blocks_of_64_columns(kind, dim, kernel, same_bytes)
                        qe4.embedding_bag(table, idx, off, mode="max", out_dtype=od))
             same_bytes(fast.embedding(table, idx, out_dtype=od, n_threads=n_threads),
                        qe4.embedding(table, idx, out_dtype=od))
+
+
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("kind", [k for k in ROWWISE_KINDS if k[1] == 4], ids=str)
+def test_fast_large_gather_of_crafted_rows(kind, dim, kernel, same_bytes):
+    """Gathers large enough to stream their output (every output dtype), over rows with NaN,
+    infinite and -0.0 values: the streamed 64-column blocks of 4-bit rows (a loop of their
+    own, _lookup_kernels.h qe4_gather4_avx2) round them as the reference does."""
+    table = crafted_rows(kind, 12, dim, seed=dim)
+    idx = np.random.default_rng(dim).integers(0, 12, STREAM_BYTES // (2 * dim) + 77)
+    for od in OUT_DTYPES:
+        want = qe4.embedding(table, idx, out_dtype=od)
+        for n_threads in (1, 2):
+            same_bytes(fast.embedding(table, idx, out_dtype=od, n_threads=n_threads), want)
 
 
 def test_fast_bad_group_ids_raise_like_the_reference(same_error):
