@@ -43,11 +43,16 @@ def openmp_enabled() -> bool:
     return openmp_compiled()
 
 
-def _affinity_cpus():
+def _mask():
+    """The CPUs of the affinity mask (all CPUs where the system cannot tell)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return os.sched_getaffinity(0)
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def _affinity_cpus():
+    return len(_mask())
 
 
 def _read_words(path):
@@ -251,13 +256,6 @@ _read_stat = _StatReader("/proc/stat")
 _ONLINE = os.cpu_count() or 1      # read once: os.cpu_count() reads a /sys file (~20 us)
 _read_loadavg = _StatReader("/proc/loadavg")
 _HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _mask():
-    try:
-        return os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        return set(range(os.cpu_count() or 1))
 
 
 def _sample():
